@@ -1,0 +1,32 @@
+# catdog: `make serve` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 0.0.0.0
+PORT   ?= 8000
+MODEL_DIR ?= models/catdog
+
+.PHONY: install test lint serve clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with pinned dependencies
+
+test: install  ## lint, then run every test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+serve: install  ## serve the bundled model on :8000
+	CATDOG_MODEL_DIR=$(MODEL_DIR) $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) \
+		--timeout-graceful-shutdown 30
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

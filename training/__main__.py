@@ -1,0 +1,177 @@
+"""Command line: ``python -m training <command>`` (run with ``--help`` for each command)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from training.contract import IMAGE_SIZE
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``224`` or ``224x160`` (height x width)."""
+    parts = [int(p) for p in text.lower().split("x")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 8:
+        raise argparse.ArgumentTypeError(f"bad image size {text!r}; use 224 or 224x160")
+    return parts[0], parts[1]
+
+
+def _ratios(text: str) -> tuple[float, float, float]:
+    parts = [float(p) for p in text.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("give three ratios, e.g. 0.8,0.1,0.1")
+    return parts[0], parts[1], parts[2]
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from training.prepare import format_summary, prepare
+
+    manifest = prepare(args.source, args.dest, args.split, args.seed, args.force)
+    print(format_summary(manifest))
+    print(f"manifest: {Path(args.dest) / 'manifest.json'}")
+    return 0
+
+
+def cmd_show_batch(args: argparse.Namespace) -> int:
+    from training.data import make_dataset
+    from training.visualize import save_batch_grid
+
+    ds = make_dataset(Path(args.data) / args.split, args.image_size, args.batch_size,
+                      shuffle=True, seed=args.seed, cache=False)
+    images, labels = next(iter(ds))
+    print(f"batch: images {tuple(images.shape)} {images.dtype.name} "
+          f"range [{float(images.numpy().min()):.3f}, {float(images.numpy().max()):.3f}], "
+          f"labels {tuple(labels.shape)} (one-hot {ds.class_names})")
+    print(f"wrote {save_batch_grid(images.numpy(), labels.numpy(), ds.class_names, args.out)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig, train
+
+    config = TrainConfig(
+        data_dir=args.data, run_dir=args.run, architecture=args.arch, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, image_size=args.image_size,
+        seed=args.seed, early_stopping=args.early_stopping, label_smoothing=args.label_smoothing,
+        lr_schedule=args.lr_schedule, mixed_precision=args.mixed_precision, xla=args.xla,
+        backbone=args.backbone, fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_learning_rate=args.fine_tune_learning_rate, strategy=args.strategy,
+        cache=False if args.no_cache else (args.cache_file or True),
+        steps_per_epoch=args.steps_per_epoch,
+    )
+    print(json.dumps(train(config), indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate, format_report
+
+    report = evaluate(args.model, args.data, batch_size=args.batch_size, out_dir=args.out)
+    print(format_report(report))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from training.predict import predict_paths
+
+    for line in predict_paths(args.model, args.path):
+        print(line)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_run
+
+    path = export_run(args.run, args.out, version=args.version, data_dir=args.data,
+                      checkpoint=args.checkpoint)
+    print(f"exported {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m training`` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="split a raw Kaggle folder into train/validation/test")
+    p.add_argument("--source", required=True, help="folder of cat.N.jpg/dog.N.jpg, or of Cat/ Dog/")
+    p.add_argument("--dest", required=True, help="output folder (<split>/<class>/...)")
+    p.add_argument("--split", type=_ratios, default=(0.8, 0.1, 0.1), help="default 0.8,0.1,0.1")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--force", action="store_true", help="replace a non-empty --dest")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("show-batch", help="save a PNG grid of one training batch")
+    p.add_argument("--data", required=True, help="a prepared split folder")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", default="runs/batch.png")
+    p.add_argument("--image-size", type=_size, default=IMAGE_SIZE)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_show_batch)
+
+    from training.models import ARCHITECTURES, BACKBONES
+    from training.train import SCHEDULES, STRATEGIES
+
+    p = sub.add_parser("train", help="train an architecture; results go to --run")
+    p.add_argument("--data", required=True, help="a prepared split folder")
+    p.add_argument("--run", required=True, help="run folder (checkpoints, history, plots)")
+    p.add_argument("--arch", choices=ARCHITECTURES, default="article-3")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64, help="per replica")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--image-size", type=_size, default=IMAGE_SIZE)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better val_accuracy (0: off)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant")
+    p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")
+    p.add_argument("--xla", action="store_true", help="compile the train step with XLA")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="mobilenet")
+    p.add_argument("--fine-tune-epochs", type=int, default=0)
+    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4)
+    p.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    p.add_argument("--no-cache", action="store_true", help="decode images every epoch")
+    p.add_argument("--cache-file", help="cache decoded images on disk instead of in memory")
+    p.add_argument("--steps-per-epoch", type=int, help="for quick runs")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy overall and per class, confusion matrix")
+    p.add_argument("--model", required=True, help="a .keras checkpoint or an exported version")
+    p.add_argument("--data", required=True, help="a folder with one sub-folder per class")
+    p.add_argument("--out", help="folder for evaluation.json and confusion.png")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label and probabilities for an image or a folder")
+    p.add_argument("--model", required=True, help="a .keras checkpoint or an exported version")
+    p.add_argument("path", help="an image file or a folder of images")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="SavedModel + metadata into models/<name>/<version>/")
+    p.add_argument("--run", required=True, help="the training run folder")
+    p.add_argument("--out", default="models/catdog", help="model base folder")
+    p.add_argument("--version", type=int, help="default: one above the highest present")
+    p.add_argument("--data", help="split folder: adds validation and test metrics")
+    p.add_argument("--checkpoint", help="default: <run>/best.keras")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run one command; errors in the input become exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

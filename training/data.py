@@ -1,0 +1,100 @@
+"""tf.data loaders over a split folder (``<split>/<class>/<image>``).
+
+Files are read by ``training.preprocessing.load_image`` (the same function the
+service calls), cached as resized uint8, shuffled with a seed, batched, scaled
+``/ 255`` to float32 and prefetched. Labels are one-hot in class order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from training.contract import CLASS_NAMES, IMAGE_SIZE
+from training.preprocessing import load_image
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def list_images(
+    folder: str | Path, class_names: tuple[str, ...] = CLASS_NAMES
+) -> tuple[list[str], np.ndarray]:
+    """Image paths under ``folder/<class>/`` in sorted order, with integer labels."""
+    folder = Path(folder)
+    missing = [n for n in class_names if not (folder / n).is_dir()]
+    if missing:
+        raise ValueError(f"{folder}: missing class folder(s) {missing}")
+    paths, labels = [], []
+    for index, name in enumerate(class_names):
+        for path in sorted((folder / name).iterdir()):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                paths.append(str(path))
+                labels.append(index)
+    if not paths:
+        raise ValueError(f"{folder}: no images in {list(class_names)}")
+    return paths, np.asarray(labels, dtype=np.int32)
+
+
+def _read(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Graph wrapper around the project's preprocessing (uint8, before scaling)."""
+
+    def read(p: bytes) -> np.ndarray:
+        return load_image(p.decode(), image_size)
+
+    pixels = tf.numpy_function(read, [path], tf.uint8, stateful=False)
+    pixels.set_shape((*image_size, 3))
+    return pixels
+
+
+def scale_batch(pixels: tf.Tensor) -> tf.Tensor:
+    """Graph twin of ``preprocessing.scale``: uint8 -> float32 / 255."""
+    return tf.cast(pixels, tf.float32) / tf.constant(255.0, tf.float32)
+
+
+def make_dataset(
+    folder: str | Path,
+    image_size: tuple[int, int] = IMAGE_SIZE,
+    batch_size: int = 64,
+    shuffle: bool = False,
+    seed: int = 42,
+    cache: bool | str = True,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+) -> tf.data.Dataset:
+    """Batches of (float32 images in [0, 1], one-hot float32 labels) from a split folder.
+
+    ``cache`` is True (memory), a file path (disk), or False. The training set is
+    reshuffled every epoch from the seed; validation and test keep file order.
+    """
+    paths, labels = list_images(folder, class_names)
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    ds = ds.map(lambda p, y: (_read(p, image_size), y), num_parallel_calls=AUTOTUNE,
+                deterministic=True)
+    if cache:
+        ds = ds.cache("" if cache is True else str(cache))
+    if shuffle:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x, y: (scale_batch(x), tf.one_hot(y, len(class_names))),
+                num_parallel_calls=AUTOTUNE)
+    ds = ds.prefetch(AUTOTUNE)
+    ds.file_paths = paths  # like keras.utils.image_dataset_from_directory
+    ds.class_names = list(class_names)
+    return ds
+
+
+def load_splits(
+    data_dir: str | Path,
+    image_size: tuple[int, int] = IMAGE_SIZE,
+    batch_size: int = 64,
+    seed: int = 42,
+    cache: bool | str = True,
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Training (shuffled) and validation datasets of a ``prepare``d folder."""
+    data_dir = Path(data_dir)
+    train = make_dataset(data_dir / "train", image_size, batch_size, shuffle=True, seed=seed,
+                         cache=cache)
+    val = make_dataset(data_dir / "validation", image_size, batch_size, cache=cache)
+    return train, val

@@ -1,0 +1,190 @@
+"""Export a trained model as a SavedModel in the TF Serving layout, and load it back.
+
+``models/<name>/<version>/`` holds ``saved_model.pb`` + ``variables/`` with the
+serving signature float32 [None, H, W, 3] in [0, 1] -> probabilities [None, C],
+and ``metadata.json`` (the contract plus how the model was made and how well it
+does). A version is written to a hidden folder, checked, then renamed into
+place, so a watcher never sees half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.contract import CLASS_NAMES, SIGNATURE, ModelContract
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+TOLERANCE = 1e-5
+
+
+def version_dirs(base: str | Path) -> dict[int, Path]:
+    """Integer-named version folders under a model base folder."""
+    base = Path(base)
+    if not base.is_dir():
+        return {}
+    return {int(p.name): p for p in base.iterdir() if p.is_dir() and p.name.isdigit()}
+
+
+def latest_version(base: str | Path) -> Path:
+    """The highest integer version folder under ``base``."""
+    versions = version_dirs(base)
+    if not versions:
+        raise ValueError(f"{base}: no integer version folders (expected e.g. {base}/1/)")
+    return versions[max(versions)]
+
+
+def load_saved_model(version_dir: str | Path) -> tuple[Predictor, ModelContract]:
+    """Load an exported version: a numpy-in, numpy-out predictor and its contract.
+
+    Raises ``ValueError`` naming the path and the problem when the folder is not
+    a usable catdog model (missing files, bad metadata, wrong signature).
+    """
+    version_dir = Path(version_dir)
+    if not (version_dir / "saved_model.pb").is_file():
+        raise ValueError(f"{version_dir}: no saved_model.pb (not a SavedModel folder)")
+    contract = ModelContract.read(version_dir)
+    try:
+        loaded = tf.saved_model.load(str(version_dir))
+    except Exception as exc:  # TF raises many types for a damaged SavedModel
+        raise ValueError(f"{version_dir}: SavedModel does not load: {exc}") from exc
+    if SIGNATURE not in loaded.signatures:
+        raise ValueError(f"{version_dir}: no {SIGNATURE!r} signature "
+                         f"(has {list(loaded.signatures)})")
+    signature = loaded.signatures[SIGNATURE]
+    inputs = signature.structured_input_signature[1]
+    if len(inputs) != 1:
+        raise ValueError(f"{version_dir}: signature takes {len(inputs)} inputs, expected 1")
+    (input_name, spec), = inputs.items()
+    expected = [None, *contract.input_shape]
+    if spec.dtype != tf.float32 or spec.shape.as_list() != expected:
+        raise ValueError(f"{version_dir}: signature input is {spec.dtype.name} "
+                         f"{spec.shape.as_list()}, metadata says float32 {expected}")
+    output_name = next(iter(signature.structured_outputs))
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        result = signature(**{input_name: tf.convert_to_tensor(images, tf.float32)})
+        return result[output_name].numpy()
+
+    predict.loaded = loaded  # keep the trackable objects alive with the function
+    return predict, contract
+
+
+def load_predictor(path: str | Path) -> tuple[Predictor, ModelContract]:
+    """A predictor from a ``.keras`` checkpoint, a version folder or a model base folder."""
+    path = Path(path)
+    if path.suffix == ".keras":
+        model = keras.saving.load_model(path)
+        height, width = model.input_shape[1:3]
+        return (lambda x: np.asarray(model(x, training=False))), ModelContract(
+            image_size=(height, width))
+    if path.is_dir() and not (path / "saved_model.pb").exists() and version_dirs(path):
+        path = latest_version(path)
+    return load_saved_model(path)
+
+
+def export_model(
+    model: keras.Model,
+    base: str | Path,
+    metadata: dict[str, Any] | None = None,
+    version: int | None = None,
+    check_images: np.ndarray | None = None,
+) -> Path:
+    """Write ``model`` as ``base/<version>/``; verify the reload matches; return the folder."""
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        version = max(version_dirs(base), default=0) + 1
+    final = base / str(version)
+    if final.exists():
+        raise ValueError(f"{final} already exists; choose another --version")
+    height, width = model.input_shape[1:3]
+    contract = ModelContract(
+        class_names=CLASS_NAMES,
+        image_size=(height, width),
+        extra={**(metadata or {}), "version": version, "name": base.name,
+               "parameters": model.count_params(),
+               "tensorflow": tf.__version__, "keras": keras.__version__,
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+    )
+    staging = base / f".staging-{version}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
+        model.export(str(staging), format="tf_saved_model", input_signature=[spec], verbose=False)
+        contract.write(staging)
+        _check_reload(model, staging, check_images)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _check_reload(model: keras.Model, folder: Path, images: np.ndarray | None) -> None:
+    """Fail unless tf.saved_model.load gives the Keras model's outputs (within 1e-5)."""
+    height, width = model.input_shape[1:3]
+    rng = np.random.default_rng(0)
+    probe = rng.random((4, height, width, 3), dtype=np.float32)
+    if images is not None and len(images):
+        probe = np.concatenate([probe, images.astype(np.float32)])
+    predict, _ = load_saved_model(folder)
+    expected = np.asarray(model(probe, training=False))
+    got = predict(probe)
+    diff = float(np.max(np.abs(expected - got)))
+    if diff > TOLERANCE:
+        raise ValueError(f"exported model disagrees with the Keras model: max |diff| = {diff}")
+
+
+def export_run(
+    run: str | Path,
+    out: str | Path,
+    version: int | None = None,
+    data_dir: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+) -> Path:
+    """Export a training run's best checkpoint with its settings and metrics as metadata."""
+    from training.data import make_dataset
+    from training.evaluate import evaluate_predictor
+
+    run = Path(run)
+    checkpoint = Path(checkpoint or run / "best.keras")
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint to export")
+    model = keras.saving.load_model(checkpoint)
+    config = _read_json(run / "config.json")
+    result = _read_json(run / "result.json")
+    metadata: dict[str, Any] = {
+        "architecture": config.get("architecture"),
+        "training": {k: v for k, v in config.items() if k not in ("tensorflow", "keras")},
+        "dataset_fingerprint": config.get("dataset_fingerprint"),
+        "epoch_seconds": result.get("mean_epoch_seconds"),
+        "metrics": {},
+    }
+    check_images = None
+    if data_dir is not None:
+        size = model.input_shape[1:3]
+        predict = lambda x: np.asarray(model(x, training=False))  # noqa: E731
+        for split in ("validation", "test"):
+            folder = Path(data_dir) / split
+            if folder.is_dir():
+                started = time.perf_counter()
+                report = evaluate_predictor(predict, make_dataset(folder, size, cache=False))
+                report["seconds"] = round(time.perf_counter() - started, 1)
+                metadata["metrics"][split] = report
+        val = make_dataset(Path(data_dir) / "validation", size, batch_size=8, cache=False)
+        check_images = next(iter(val))[0].numpy()
+    return export_model(model, out, metadata, version, check_images)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,117 @@
+"""Model builders: the tutorial's three small CNNs, and two stronger ones.
+
+Every model takes float32 images in [0, 1] of shape (height, width, 3) and
+returns softmax probabilities over the classes; anything else a backbone needs
+(its own input scaling, augmentation) lives inside the model.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+ARTICLE_ARCHITECTURES = ("article-1", "article-2", "article-3")
+ARCHITECTURES = (*ARTICLE_ARCHITECTURES, "scratch", "transfer")
+BACKBONES = {
+    # name: (constructor, extra kwargs, scaling layer from [0, 1] to what it expects)
+    "mobilenet": (keras.applications.MobileNet, {"alpha": 0.25}, (2.0, -1.0)),
+    "mobilenet_v2": (keras.applications.MobileNetV2, {"alpha": 1.0}, (2.0, -1.0)),
+    "efficientnet_b0": (keras.applications.EfficientNetB0, {}, (255.0, 0.0)),
+}
+
+
+def make_article_model(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    filters: int = 16,
+    blocks: int = 1,
+    name: str = "article",
+) -> keras.Model:
+    """The tutorial's CNN: ``blocks`` × (Conv2D 3×3 + MaxPool 2×2) → Flatten → Dense(128)."""
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = inputs
+    for _ in range(blocks):
+        x = layers.Conv2D(filters, (3, 3), activation="relu")(x)
+        x = layers.MaxPooling2D((2, 2), padding="same")(x)  # 109 -> 55, as in the tutorial
+    x = layers.Flatten()(x)
+    x = layers.Dense(128, activation="relu")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def make_augmentation(seed: int = 42) -> keras.Sequential:
+    """Random flips, rotations, zooms and contrast; active only while training."""
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.1, seed=seed),
+            layers.RandomZoom(0.1, seed=seed),
+            layers.RandomContrast(0.1, value_range=(0, 1), seed=seed),
+        ],
+        name="augmentation",
+    )
+
+
+def make_scratch_model(
+    input_shape: tuple[int, int, int], num_classes: int, seed: int = 42
+) -> keras.Model:
+    """A from-scratch CNN: augmentation, conv blocks with batch norm, GAP and dropout."""
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = make_augmentation(seed)(inputs)
+    for filters in (32, 64, 128, 256):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3, seed=seed)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="scratch")
+
+
+def make_transfer_model(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    backbone: str = "mobilenet",
+    weights: str | None = "imagenet",
+    seed: int = 42,
+) -> keras.Model:
+    """An ImageNet backbone (frozen at first) under augmentation, GAP, dropout and a head."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+    build, kwargs, (factor, offset) = BACKBONES[backbone]
+    base = build(include_top=False, weights=weights, input_shape=input_shape, **kwargs)
+    base.trainable = False
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = make_augmentation(seed)(inputs)
+    x = layers.Rescaling(factor, offset=offset, name="backbone_scaling")(x)
+    x = base(x, training=False)  # batch norm stays in inference mode when fine-tuning
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.2, seed=seed)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=f"transfer_{backbone}")
+
+
+def make_model(
+    architecture: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    backbone: str = "mobilenet",
+    weights: str | None = "imagenet",
+    seed: int = 42,
+) -> keras.Model:
+    """Build any architecture by name (see ``ARCHITECTURES``)."""
+    if architecture in ARTICLE_ARCHITECTURES:
+        filters, blocks = {"article-1": (16, 1), "article-2": (32, 1), "article-3": (32, 2)}[
+            architecture
+        ]
+        name = architecture.replace("-", "_")
+        return make_article_model(input_shape, num_classes, filters, blocks, name=name)
+    if architecture == "scratch":
+        return make_scratch_model(input_shape, num_classes, seed=seed)
+    if architecture == "transfer":
+        return make_transfer_model(input_shape, num_classes, backbone, weights, seed=seed)
+    raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
