@@ -1,0 +1,1 @@
+"""catdog service: a FastAPI app serving the exported SavedModel over REST."""

@@ -105,8 +105,7 @@ def assign_splits(
         bounds = [ratios[0] * total, (ratios[0] + ratios[1]) * total]
         placed = 0
         for digest in digests:
-            split = SPLITS[0] if placed < bounds[0] else SPLITS[1] if placed < bounds[1] else SPLITS[2]
-            assignment[digest] = split
+            assignment[digest] = SPLITS[sum(placed >= b for b in bounds)]
             placed += len(groups[digest])
     return assignment
 
@@ -179,7 +178,9 @@ def prepare(
         "total": len(rows),
         "skipped": sorted(skipped, key=lambda s: s["file"]),
         "duplicate_groups": sorted(
-            sorted(str(c.path.relative_to(source)) for c in m) for m in groups.values() if len(m) > 1
+            sorted(str(c.path.relative_to(source)) for c in members)
+            for members in groups.values()
+            if len(members) > 1
         ),
         "fingerprint": split_fingerprint(rows),
         "files": sorted(files, key=lambda f: f["file"]),

@@ -37,7 +37,8 @@ def save_history_plot(history: dict[str, list[float]], path: str | Path) -> Path
         for prefix, style in (("", "-o"), ("val_", "-s")):
             values = history.get(prefix + metric)
             if values:
-                ax.plot(list(epochs)[: len(values)], values, style, label=f"{prefix or 'train_'}{metric}")
+                label = f"{prefix or 'train_'}{metric}"
+                ax.plot(list(epochs)[: len(values)], values, style, label=label)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)

@@ -1,0 +1,48 @@
+"""Map service and input errors to clean JSON answers ``{"detail": ...}``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from app.core.config import get_settings
+from app.core.errors import ModelNotReadyError, QueueFullError
+from training.preprocessing import (
+    CorruptImageError,
+    ImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+)
+
+IMAGE_ERROR_STATUS = {
+    NotAnImageError: 415,  # Unsupported Media Type
+    CorruptImageError: 422,  # Unprocessable Content
+    ImageTooLargeError: 413,  # Content Too Large
+}
+
+
+async def image_error(request: Request, exc: Exception) -> JSONResponse:
+    """A file that is not a usable image."""
+    assert isinstance(exc, ImageError)
+    status = next((s for cls, s in IMAGE_ERROR_STATUS.items() if isinstance(exc, cls)), 422)
+    return JSONResponse({"detail": exc.reason}, status_code=status)
+
+
+async def queue_full(request: Request, exc: Exception) -> JSONResponse:
+    """Too much work in flight: shed load and tell the client when to retry."""
+    settings = getattr(request.app.state, "settings", None) or get_settings()
+    return JSONResponse({"detail": f"server busy: {exc}; retry shortly"}, status_code=503,
+                        headers={"Retry-After": str(settings.retry_after_s)})
+
+
+async def not_ready(request: Request, exc: Exception) -> JSONResponse:
+    """No model loaded (starting up or shutting down)."""
+    return JSONResponse({"detail": f"model not ready: {exc}"}, status_code=503,
+                        headers={"Retry-After": "1"})
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Install the handlers above."""
+    app.add_exception_handler(ImageError, image_error)
+    app.add_exception_handler(QueueFullError, queue_full)
+    app.add_exception_handler(ModelNotReadyError, not_ready)

@@ -1,0 +1,106 @@
+"""ASGI middleware: request-body limits enforced while streaming, and request metrics."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import HTTPException
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.config import Settings, get_settings
+
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` as soon as the body passes its limit (FastAPI renders it)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+
+
+def body_limit(settings: Settings, path: str) -> int | None:
+    """The largest body accepted on ``path`` (None: no limit)."""
+    if path == "/predict":
+        return settings.max_upload_bytes + MULTIPART_OVERHEAD
+    if path == "/predict/batch":
+        return settings.max_upload_bytes * settings.max_batch_files + MULTIPART_OVERHEAD
+    return None
+
+
+def _settings(scope: Scope) -> Settings:
+    app = scope.get("app")
+    return getattr(getattr(app, "state", None), "settings", None) or get_settings()
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the limit from Content-Length, or mid-stream while counting."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = body_limit(_settings(scope), scope["path"])
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413,
+                                    headers={"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _route_template(scope: Scope) -> str:
+    """The route a path belongs to, for answers sent before routing (e.g. early 413s)."""
+    for route in getattr(scope.get("app"), "routes", []):
+        if route.matches(scope)[0] == Match.FULL:
+            return getattr(route, "path", "unmatched")
+    return "unmatched"
+
+
+class MetricsMiddleware:
+    """Count requests by route template and status; time them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics = getattr(scope.get("app").state, "metrics", None) if scope.get("app") else None
+        if scope["type"] != "http" or metrics is None:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or _route_template(scope)
+            metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
+            metrics.latency.labels(route=route).observe(time.perf_counter() - started)

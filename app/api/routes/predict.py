@@ -1,0 +1,58 @@
+"""POST /predict and /predict/batch: classify uploaded images."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, HTTPException, UploadFile
+
+from app.api.deps import ClassifierDep, SettingsDep
+from app.api.schemas import BatchPrediction, ErrorDetail, Prediction
+from app.core.config import Settings
+
+router = APIRouter(tags=["predict"])
+ERRORS = {
+    400: {"model": ErrorDetail, "description": "empty file"},
+    413: {"model": ErrorDetail, "description": "file, body or pixel count over the limit"},
+    415: {"model": ErrorDetail, "description": "not an image"},
+    422: {"model": ErrorDetail, "description": "corrupt image, or no file field"},
+    503: {"model": ErrorDetail, "description": "queue full (see Retry-After) or not ready"},
+}
+
+
+async def read_upload(file: UploadFile, settings: Settings) -> bytes:
+    """The bytes of one upload, refusing empty files and files over the size limit."""
+    data = await file.read(settings.max_upload_bytes + 1)
+    name = file.filename or "file"
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(413, f"{name} exceeds the upload limit of "
+                                 f"{settings.max_upload_bytes} bytes")
+    if not data:
+        raise HTTPException(400, f"{name} is empty")
+    return data
+
+
+@router.post("/predict", response_model=Prediction, responses=ERRORS)
+async def predict(
+    file: Annotated[UploadFile, File(description="a JPEG, PNG, GIF, WebP or BMP image")],
+    classifier: ClassifierDep,
+    settings: SettingsDep,
+) -> Prediction:
+    """Classify one image sent as multipart field ``file``."""
+    [prediction] = await classifier.predict([await read_upload(file, settings)])
+    return prediction
+
+
+@router.post("/predict/batch", response_model=BatchPrediction, responses=ERRORS)
+async def predict_batch(
+    files: Annotated[list[UploadFile], File(description="images, in repeated `files` fields")],
+    classifier: ClassifierDep,
+    settings: SettingsDep,
+) -> BatchPrediction:
+    """Classify several images; predictions come back in upload order."""
+    if len(files) > settings.max_batch_files:
+        raise HTTPException(413, f"{len(files)} files; at most {settings.max_batch_files} "
+                                 "per request")
+    images = [await read_upload(f, settings) for f in files]
+    names = [f.filename or f"#{i}" for i, f in enumerate(files)]
+    return BatchPrediction(predictions=await classifier.predict(images, names))

@@ -1,0 +1,51 @@
+"""Response bodies of the API (they appear in the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    """The class of one image."""
+
+    label: str = Field(examples=["cat"], description="the most probable class")
+    class_index: int = Field(examples=[0], description="index of label in class_names")
+    probabilities: dict[str, float] = Field(examples=[{"cat": 0.97, "dog": 0.03}],
+                                            description="per class, summing to 1")
+    model_version: str = Field(examples=["1"], description="the version that answered")
+
+
+class BatchPrediction(BaseModel):
+    """Predictions in upload order."""
+
+    predictions: list[Prediction]
+
+
+class ModelInfo(BaseModel):
+    """What the served model is and how well it did on held-out data."""
+
+    name: str
+    version: str
+    input_size: list[int] = Field(description="[height, width]")
+    class_names: list[str]
+    scaling: str
+    architecture: str | None = None
+    parameters: int | None = None
+    created: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="all of metadata.json")
+
+
+class Status(BaseModel):
+    """Liveness or readiness."""
+
+    status: str
+    model_version: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    """Every error answer: a human-readable ``detail``."""
+
+    detail: str

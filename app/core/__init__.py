@@ -1,0 +1,1 @@
+"""Service internals: settings, model loading, batching, metrics."""

@@ -1,0 +1,143 @@
+"""Dynamic batching: concurrent requests share one model call.
+
+Requests are admitted up to ``max_queue`` images in flight (decoding or waiting
+for the model); past that, ``QueueFullError`` (503). Each image waits in an
+asyncio queue; one worker takes up to ``max_batch_size`` of them and runs the
+model in a dedicated thread, so the event loop never blocks. The worker waits
+up to ``batch_timeout_ms`` for a batch to fill, but only while admitted
+requests are still decoding: a lone request is never held back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.core.errors import QueueFullError
+from app.core.metrics import Metrics
+
+log = logging.getLogger("catdog.batcher")
+
+
+@dataclass
+class Ticket:
+    """Room reserved by one request: how many of its images are not yet queued."""
+
+    unsubmitted: int
+
+
+@dataclass
+class _Item:
+    model: Any
+    image: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Groups single-image inference calls into batches (see the module docstring)."""
+
+    def __init__(self, max_batch_size: int, batch_timeout_ms: float, max_queue: int,
+                 metrics: Metrics) -> None:
+        self.max_batch_size = max_batch_size
+        self.timeout = batch_timeout_ms / 1000.0
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.in_flight = 0  # admitted images not yet answered
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._pending = 0  # admitted images not yet in the queue (still decoding)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the worker task on the running loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        """Answer what is queued, then stop the worker and the inference thread."""
+        while not self._queue.empty():
+            await asyncio.sleep(0.01)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        self._executor.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def admit(self, count: int = 1) -> Iterator[Ticket]:
+        """Reserve room for ``count`` images for the duration of a request, or 503."""
+        if self.in_flight + count > self.max_queue:
+            self.metrics.rejected.inc()
+            raise QueueFullError(f"{self.in_flight} images in flight (limit {self.max_queue})")
+        ticket = Ticket(count)
+        self.in_flight += count
+        self._pending += count
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            yield ticket
+        finally:
+            self.in_flight -= count
+            self._pending -= ticket.unsubmitted
+            self.metrics.in_flight.set(self.in_flight)
+
+    async def submit(self, ticket: Ticket, model: Any, image: np.ndarray) -> np.ndarray:
+        """Queue one preprocessed image for ``model``; return its probabilities."""
+        future = asyncio.get_running_loop().create_future()
+        ticket.unsubmitted -= 1
+        self._pending -= 1
+        self._queue.put_nowait(_Item(model, image, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = time.perf_counter() + self.timeout
+            while len(batch) < self.max_batch_size:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - time.perf_counter()
+                if self._pending <= 0 or remaining <= 0:
+                    break  # nothing else is on its way, or we waited long enough
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            await self._infer([item for item in batch if not item.future.done()])
+
+    async def _infer(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        for item in batch:
+            self.metrics.queue_wait.observe(started - item.enqueued)
+        # A version swap can leave two models in one batch: one call per model.
+        groups: dict[int, list[_Item]] = {}
+        for item in batch:
+            groups.setdefault(id(item.model), []).append(item)
+        loop = asyncio.get_running_loop()
+        for items in groups.values():
+            model = items[0].model
+            images = np.stack([item.image for item in items])
+            try:
+                t0 = time.perf_counter()
+                probabilities = await loop.run_in_executor(self._executor, model.infer, images)
+                self.metrics.inference.observe(time.perf_counter() - t0)
+                self.metrics.batch_size.observe(len(items))
+            except Exception as exc:  # a model failure fails these requests, not the worker
+                log.exception("inference failed for a batch of %d", len(items))
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, row in zip(items, probabilities):
+                if not item.future.done():
+                    item.future.set_result(row)

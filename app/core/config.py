@@ -1,0 +1,35 @@
+"""Service settings from the environment (prefix ``CATDOG_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; ``CATDOG_MODEL_DIR=... uvicorn app.main:app``."""
+
+    model_config = SettingsConfigDict(env_prefix="CATDOG_", protected_namespaces=())
+
+    model_dir: Path = Field(Path("models/catdog"),
+                            description="model base folder; its highest integer version is served")
+    model_name: str = Field("catdog", description="name under /v1/models/")
+    max_batch_size: int = Field(32, ge=1, description="1 turns dynamic batching off")
+    batch_timeout_ms: float = Field(5.0, ge=0,
+                                    description="longest wait for a batch to fill")
+    max_queue: int = Field(256, ge=1, description="requests admitted at once; beyond: 503")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded file")
+    max_batch_files: int = Field(32, ge=1, description="files per /predict/batch request")
+    max_pixels: int = Field(50_000_000, ge=1, description="width x height, checked before decoding")
+    decode_workers: int = Field(0, ge=0, description="image decoding threads; 0: one per core")
+    poll_interval_s: float = Field(5.0, ge=0, description="new-version check; 0 turns it off")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After on 503")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings of this process (a dependency that tests override)."""
+    return Settings()

@@ -1,0 +1,15 @@
+"""Service errors that become clean HTTP answers (see ``app.api.errors``)."""
+
+from __future__ import annotations
+
+
+class QueueFullError(RuntimeError):
+    """The inference queue is at ``CATDOG_MAX_QUEUE``: shed load with a 503."""
+
+
+class ModelNotReadyError(RuntimeError):
+    """No model is loaded (startup not finished, or shutting down)."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder cannot be served; the message names the path and the problem."""

@@ -1,0 +1,40 @@
+"""Prometheus metrics of one app instance (its own registry, so tests can build many)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """Requests, latency, queue wait, inference time, batch sizes and the model version."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("catdog_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("catdog_request_duration_seconds", "HTTP request latency",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("catdog_queue_wait_seconds",
+                                    "time an image waits for its batch to start",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("catdog_inference_seconds", "model call time per batch",
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("catdog_batch_size", "images per model call",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.in_flight = Gauge("catdog_images_in_flight", "admitted images not yet answered",
+                               registry=r)
+        self.rejected = Counter("catdog_rejected", "requests refused with 503 (queue full)",
+                                registry=r)
+        self.model_version = Gauge("catdog_model_version", "served model version (value 1)",
+                                   ["version"], registry=r)
+        self.model_loads = Counter("catdog_model_loads", "model version loads by result",
+                                   ["result"], registry=r)
+
+    def set_model_version(self, version: str) -> None:
+        """Expose ``version`` as the one served version."""
+        self.model_version.clear()
+        self.model_version.labels(version=version).set(1)

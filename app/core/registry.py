@@ -1,0 +1,99 @@
+"""The served model and its versions: initial load, then hot swap of new versions.
+
+A watcher polls the model base folder. A higher integer version is loaded and
+warmed up in a thread while the current one keeps serving, then swapped in by
+one assignment (requests already preprocessed keep the model they started with).
+A version that fails to load is refused with a log line and retried only if its
+files change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from app.core.errors import ModelLoadError, ModelNotReadyError
+from app.core.metrics import Metrics
+from app.core.model import LoadedModel, load_latest, load_version
+from training.export import version_dirs
+
+log = logging.getLogger("catdog.registry")
+
+
+def _files_stamp(folder: Path) -> tuple:
+    """Sizes and mtimes of every file in a folder: changes when its content does."""
+    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                        for p in folder.rglob("*") if p.is_file()))
+
+
+class ModelRegistry:
+    """Holds the current ``LoadedModel`` and swaps in new versions."""
+
+    def __init__(self, base: Path, metrics: Metrics, warm_up_batch: int = 1) -> None:
+        self.base = Path(base)
+        self.metrics = metrics
+        self.warm_up_batch = warm_up_batch
+        self._current: LoadedModel | None = None
+        self._refused: dict[int, tuple] = {}
+
+    @property
+    def current(self) -> LoadedModel:
+        """The model serving now."""
+        if self._current is None:
+            raise ModelNotReadyError("no model loaded yet")
+        return self._current
+
+    @property
+    def ready(self) -> bool:
+        """True once a model is loaded and warmed up."""
+        return self._current is not None
+
+    def load_initial(self) -> LoadedModel:
+        """Load the highest version; raise ``ModelLoadError`` (naming the path) if it fails."""
+        model = load_latest(self.base, self.warm_up_batch)
+        self._swap(model)
+        return model
+
+    async def check_for_update(self) -> bool:
+        """Load and swap in a newer version if one appeared; True if swapped."""
+        versions = version_dirs(self.base)
+        current = int(self.current.version) if self._current else -1
+        newer = sorted((v for v in versions if v > current), reverse=True)
+        for number in newer:
+            folder = versions[number]
+            stamp = await asyncio.to_thread(_files_stamp, folder)
+            if self._refused.get(number) == stamp:
+                continue
+            try:
+                model = await asyncio.to_thread(load_version, folder, self.warm_up_batch)
+            except ModelLoadError as exc:
+                self._refused[number] = stamp
+                self.metrics.model_loads.labels(result="refused").inc()
+                log.error("refused model version %s, still serving %s: %s",
+                          number, self._current.version if self._current else None, exc)
+                continue
+            self._swap(model)
+            return True
+        return False
+
+    async def watch(self, interval: float) -> None:
+        """Poll for new versions every ``interval`` seconds, forever."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_for_update()
+            except Exception:  # the watcher must survive a bad folder
+                log.exception("checking %s for new versions failed", self.base)
+
+    def _swap(self, model: LoadedModel) -> None:
+        previous = self._current.version if self._current else None
+        self._current = model
+        self.metrics.set_model_version(model.version)
+        self.metrics.model_loads.labels(result="loaded").inc()
+        log.info("serving model %s version %s (was %s) from %s",
+                 model.contract.extra.get("name", self.base.name), model.version, previous,
+                 model.path)
+
+
+__all__ = ["ModelLoadError", "ModelRegistry"]

@@ -1,0 +1,37 @@
+"""The ASGI app: ``uvicorn app.main:app`` (settings from ``CATDOG_*`` environment variables)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from app.api.errors import register_error_handlers
+from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.api.routes import health, metrics, models, predict
+from app.core.lifespan import lifespan
+from app.core.metrics import Metrics
+
+_log = logging.getLogger("catdog")
+if not _log.handlers:  # uvicorn configures its own loggers; ours logs beside them
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _log.addHandler(_handler)
+    _log.setLevel(logging.INFO)
+
+
+def create_app() -> FastAPI:
+    """Build the app; the model loads in the lifespan, never at import."""
+    app = FastAPI(title="catdog", version="0.1.0", lifespan=lifespan,
+                  description="Cat or dog? Upload a photo to POST /predict.")
+    app.state.metrics = Metrics()
+    app.state.accepting = False
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(MetricsMiddleware)
+    register_error_handlers(app)
+    for module in (predict, health, models, metrics):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()
