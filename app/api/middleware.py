@@ -7,12 +7,12 @@ import time
 from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import Settings, get_settings
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
+ROUTE_KEY = "catdog.route"  # route label for answers sent before routing
 
 
 class BodyTooLarge(HTTPException):
@@ -51,6 +51,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length")
+        scope[ROUTE_KEY] = scope["path"]  # limits exist only on exact route paths
         if declared is not None and declared.isdigit() and int(declared) > limit:
             response = JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413,
                                     headers={"Connection": "close"})
@@ -68,14 +69,6 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
-
-
-def _route_template(scope: Scope) -> str:
-    """The route a path belongs to, for answers sent before routing (e.g. early 413s)."""
-    for route in getattr(scope.get("app"), "routes", []):
-        if route.matches(scope)[0] == Match.FULL:
-            return getattr(route, "path", "unmatched")
-    return "unmatched"
 
 
 class MetricsMiddleware:
@@ -101,6 +94,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            route = getattr(scope.get("route"), "path", None) or _route_template(scope)
+            route = getattr(scope.get("route"), "path", None) or scope.get(ROUTE_KEY, "unmatched")
             metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
             metrics.latency.labels(route=route).observe(time.perf_counter() - started)
