@@ -69,8 +69,10 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
         raise CorruptImageError(f"unreadable image header: {exc}") from exc
     width, height = image.size
     if width < 1 or height < 1:
+        image.close()  # a path source has an open file; do not leak it
         raise CorruptImageError(f"image has no pixels ({width}x{height})")
     if max_pixels is not None and width * height > max_pixels:
+        image.close()
         raise ImageTooLargeError(
             f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
         )

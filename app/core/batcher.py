@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import QueueFullError
+from app.core.errors import ModelNotReadyError, QueueFullError
 from app.core.metrics import Metrics
 
 log = logging.getLogger("catdog.batcher")
@@ -62,15 +62,21 @@ class Batcher:
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
-    async def stop(self) -> None:
-        """Answer what is queued, then stop the worker and the inference thread."""
-        while not self._queue.empty():
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Finish the images in flight (up to ``timeout`` s), then stop the worker."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+        while not self._queue.empty():  # only after the timeout: fail, don't hang
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(ModelNotReadyError("the service is stopping"))
         self._executor.shutdown(wait=True)
 
     @contextlib.contextmanager
