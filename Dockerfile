@@ -1,0 +1,75 @@
+# syntax=docker/dockerfile:1
+# catdog service images.
+#   docker build --target cpu -t catdog:cpu .    (tensorflow-cpu)
+#   docker build --target gpu -t catdog:gpu .    (tensorflow[and-cuda]: CUDA and cuDNN come
+#                                                 as pip wheels; the NVIDIA container runtime
+#                                                 only injects the driver)
+# The shipped model (models/catdog) is baked in at /models/catdog; mount another
+# model base folder there (read-only) to replace it.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# ---- dependencies, built in throw-away stages --------------------------------
+FROM base AS deps-cpu
+COPY requirements.lock docker/requirements-serve.txt /tmp/
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install -c /tmp/requirements.lock \
+        -r /tmp/requirements-serve.txt "tensorflow-cpu==2.21.0"
+
+FROM base AS deps-gpu
+COPY requirements.lock docker/requirements-serve.txt /tmp/
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install -c /tmp/requirements.lock \
+        -r /tmp/requirements-serve.txt "tensorflow[and-cuda]==2.21.0"
+
+# ---- what every final image holds: user, environment, health check -----------
+FROM base AS runtime
+RUN groupadd --system --gid 10001 catdog \
+ && useradd --system --uid 10001 --gid catdog --home-dir /srv/catdog --shell /usr/sbin/nologin catdog
+WORKDIR /srv/catdog
+ENV PATH=/opt/venv/bin:$PATH \
+    PORT=8000 \
+    CATDOG_MODEL_DIR=/models/catdog \
+    TF_CPP_MIN_LOG_LEVEL=2
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "/srv/catdog/docker/healthcheck.py"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/srv/catdog/docker/entrypoint.sh"]
+
+# ---- final images: dependencies first (they change least), then code and model
+FROM runtime AS cpu
+COPY --from=deps-cpu /opt/venv /opt/venv
+COPY app ./app
+COPY training ./training
+COPY docker/entrypoint.sh docker/healthcheck.py ./docker/
+COPY models/catdog /models/catdog
+USER catdog
+
+FROM runtime AS gpu
+COPY --from=deps-gpu /opt/venv /opt/venv
+COPY app ./app
+COPY training ./training
+COPY docker/entrypoint.sh docker/healthcheck.py ./docker/
+COPY models/catdog /models/catdog
+# Allocate GPU memory as needed instead of all of it at start.
+ENV TF_FORCE_GPU_ALLOW_GROWTH=true
+USER catdog
+
+# ---- training image: GPU TensorFlow + the training package (compose `train`) ---
+FROM deps-gpu AS deps-train
+COPY requirements.lock /tmp/
+RUN /opt/venv/bin/pip install -c /tmp/requirements.lock matplotlib
+
+FROM runtime AS train
+COPY --from=deps-train /opt/venv /opt/venv
+COPY training ./training
+HEALTHCHECK NONE
+USER catdog
+ENTRYPOINT ["python", "-m", "training"]
+CMD ["--help"]
