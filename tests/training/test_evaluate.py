@@ -1,0 +1,103 @@
+"""``training.evaluate``: per-class numbers on a hand-countable case, and end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.images import MakeSplit
+from training.__main__ import main
+from training.evaluate import classification_report, evaluate, format_report
+from training.export import load_predictor
+from training.preprocessing import preprocess
+
+
+def test_report_on_a_case_countable_by_hand() -> None:
+    # true:      cat cat cat dog dog
+    # predicted: cat dog cat dog dog -> one cat taken for a dog, every dog right.
+    report = classification_report([0, 0, 0, 1, 1], [0, 1, 0, 1, 1])
+
+    assert report["count"] == 5
+    assert report["accuracy"] == pytest.approx(0.8)
+    assert report["confusion_matrix"] == [[2, 1], [0, 2]]
+    cat, dog = report["per_class"]["cat"], report["per_class"]["dog"]
+    assert (cat["correct"], cat["count"]) == (2, 3)
+    assert cat["accuracy"] == pytest.approx(2 / 3)
+    assert cat["precision"] == pytest.approx(1.0)
+    assert (dog["correct"], dog["count"]) == (2, 2)
+    assert dog["accuracy"] == pytest.approx(1.0)
+    assert dog["precision"] == pytest.approx(2 / 3)
+    assert report["class_names"] == ["cat", "dog"]
+
+    text = format_report(report)
+    assert "accuracy 0.8000 on 5 images" in text
+    assert "cat    accuracy 0.6667 (2/3)" in text
+    assert "dog    accuracy 1.0000 (2/2)" in text
+
+
+def test_report_with_a_class_never_seen() -> None:
+    report = classification_report([0, 0], [0, 1])
+    assert report["per_class"]["dog"]["accuracy"] is None
+    assert report["per_class"]["dog"]["count"] == 0
+    assert report["confusion_matrix"] == [[1, 1], [0, 0]]
+    assert "dog    accuracy n/a (0/0)" in format_report(report)
+
+
+def test_evaluate_end_to_end_matches_a_count_by_hand(
+    tiny_model_base: Path, make_split: MakeSplit, tmp_path: Path
+) -> None:
+    split = make_split(per_split={"test": 5}, seed=7)
+    folder = split / "test"
+    out = tmp_path / "eval"
+
+    report = evaluate(tiny_model_base, folder, batch_size=4, out_dir=out)
+
+    # Count by hand: predict each file on its own with the shared preprocessing.
+    predict, contract = load_predictor(tiny_model_base)
+    matrix = np.zeros((2, 2), dtype=int)
+    for true, name in enumerate(contract.class_names):
+        for path in sorted((folder / name).iterdir()):
+            probs = predict(preprocess(path, contract.image_size)[None])
+            matrix[true, int(np.argmax(probs))] += 1
+    assert report["confusion_matrix"] == matrix.tolist()
+    assert report["count"] == 10
+    assert report["accuracy"] == pytest.approx(np.trace(matrix) / 10)
+    for i, name in enumerate(("cat", "dog")):
+        assert report["per_class"][name]["count"] == 5
+        assert report["per_class"][name]["correct"] == matrix[i, i]
+
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["confusion_matrix"] == report["confusion_matrix"]
+    assert saved["accuracy"] == pytest.approx(report["accuracy"])
+    assert saved["per_class"] == json.loads(json.dumps(report["per_class"]))
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["outputs"] == [str(out / "evaluation.json"), str(out / "confusion.png")]
+
+
+def test_cli_evaluate_prints_the_report(
+    tiny_model_base: Path, make_split: MakeSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    split = make_split(per_split={"test": 2})
+    out = tmp_path / "eval"
+
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model_base),
+            "--data",
+            str(split / "test"),
+            "--out",
+            str(out),
+        ]
+    )
+
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "on 4 images" in text
+    assert f"wrote {out / 'evaluation.json'}" in text
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert f"accuracy {saved['accuracy']:.4f}" in text

@@ -1,0 +1,202 @@
+"""``training.preprocessing``: every format and mode to upright 8-bit RGB, and clear errors."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import images
+from training.preprocessing import (
+    CorruptImageError,
+    ImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+    load_image,
+    preprocess,
+)
+
+SIZE = (24, 40)  # (height, width): not square, so a swapped order would show
+
+
+def assert_close_to(pixels: np.ndarray, color: tuple[int, int, int], tolerance: int = 6) -> None:
+    """Every pixel is within ``tolerance`` of ``color`` in every channel."""
+    diff = np.abs(pixels.astype(int) - np.asarray(color))
+    assert diff.max() <= tolerance, f"max diff {diff.max()} from {color}"
+
+
+@pytest.mark.parametrize("name", sorted(images.DECODABLE))
+def test_every_format_gives_rgb_uint8(name: str) -> None:
+    pixels = load_image(images.DECODABLE[name](), SIZE)
+    assert pixels.shape == (*SIZE, 3)
+    assert pixels.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        images.jpeg_bytes(),
+        images.jpeg_bytes(progressive=True),
+        images.jpeg_cmyk_bytes(),
+        images.png_palette_bytes(),
+        images.gif_bytes(),
+        images.gif_bytes(colors=(images.RED, images.BLUE)),  # first frame
+        images.webp_bytes(),
+        images.bmp_bytes(),
+        images.tiff_bytes(),
+    ],
+    ids=["jpeg", "progressive", "cmyk", "palette", "gif", "animated-gif", "webp", "bmp", "tiff"],
+)
+def test_colours_survive_decoding(data: bytes) -> None:
+    assert_close_to(load_image(data, SIZE), images.RED)
+
+
+def test_preprocess_is_load_image_over_255_in_float32() -> None:
+    data = images.jpeg_bytes(image=images.noisy((50, 30), noise=80))
+    pixels = load_image(data, SIZE)
+    scaled = preprocess(data, SIZE)
+    assert scaled.dtype == np.float32 and scaled.shape == (*SIZE, 3)
+    assert scaled.min() >= 0.0 and scaled.max() <= 1.0
+    np.testing.assert_array_equal(scaled, pixels.astype(np.float32) / np.float32(255))
+
+
+def test_path_and_bytes_give_the_same_pixels(tmp_path: Path) -> None:
+    data = images.jpeg_bytes(image=images.noisy((50, 30), noise=80))
+    path = images.write(tmp_path / "x.jpg", data)
+    np.testing.assert_array_equal(preprocess(path, SIZE), preprocess(data, SIZE))
+    np.testing.assert_array_equal(preprocess(str(path), SIZE), preprocess(data, SIZE))
+
+
+def test_resize_is_height_then_width() -> None:
+    pixels = load_image(images.jpeg_bytes(image=images.halves((64, 32))), (10, 30))
+    assert pixels.shape == (10, 30, 3)
+    assert_close_to(pixels[:, :12], images.RED, tolerance=12)
+    assert_close_to(pixels[:, -12:], images.BLUE, tolerance=12)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_exif_rotated_jpeg_comes_out_upright(orientation: int) -> None:
+    # Four coloured quarters, not square: any wrong turn or mirror shows.
+    upright = images.quadrants((64, 32))
+    expected = load_image(images.jpeg_bytes(image=upright, quality=95), (32, 64))
+
+    got = load_image(images.exif_rotated_jpeg_bytes(upright, orientation), (32, 64))
+
+    assert np.abs(got.astype(int) - expected).max() <= 8
+    assert_close_to(got[:12, :28], images.RED, tolerance=10)  # top left
+    assert_close_to(got[:12, 36:], images.BLUE, tolerance=10)  # top right
+    assert_close_to(got[20:, :28], images.GREEN, tolerance=10)  # bottom left
+    assert_close_to(got[20:, 36:], images.YELLOW, tolerance=10)  # bottom right
+
+
+def test_exif_orientation_is_what_makes_the_difference() -> None:
+    upright = images.halves((64, 32))
+    data = images.exif_rotated_jpeg_bytes(upright, 6)
+    stored = images.jpeg_bytes(image=Image.open(io.BytesIO(data)).copy(), quality=95)
+    without_exif = load_image(stored, (32, 64))
+    # Without the tag, the red half is on top instead of on the left.
+    assert not np.allclose(without_exif, load_image(data, (32, 64)), atol=20)
+
+
+def test_transparent_pixels_are_composited_on_white() -> None:
+    assert_close_to(load_image(images.png_rgba_bytes(alpha=0), SIZE), (255, 255, 255), 0)
+    assert_close_to(load_image(images.png_rgba_bytes(alpha=255), SIZE), images.RED, 0)
+    half = load_image(images.png_rgba_bytes(alpha=128), SIZE)
+    blended = tuple(round(c * 128 / 255 + 255 * 127 / 255) for c in images.RED)
+    assert_close_to(half, blended, tolerance=1)
+    transparent_palette = load_image(images.png_palette_bytes(transparent=True), SIZE)
+    assert_close_to(transparent_palette, (255, 255, 255), 0)
+
+
+@pytest.mark.parametrize(("sample", "level"), [(0, 0), (128 * 257, 128), (65535, 255)])
+def test_16bit_png_is_scaled_not_clipped(sample: int, level: int) -> None:
+    assert_close_to(load_image(images.png_16bit_bytes(value=sample), SIZE), (level,) * 3, 1)
+
+
+def test_grayscale_is_expanded_to_three_equal_channels() -> None:
+    pixels = load_image(images.jpeg_grayscale_bytes(level=90), SIZE)
+    assert_close_to(pixels, (90, 90, 90), tolerance=2)
+
+
+BAD_INPUTS: dict[str, tuple[Callable[[], bytes], type[ImageError]]] = {
+    "truncated-jpeg": (images.truncated_jpeg_bytes, CorruptImageError),
+    "text": (images.text_bytes, NotAnImageError),
+    "empty": (lambda: images.EMPTY, NotAnImageError),
+    "html": (lambda: b"<!doctype html><html></html>", NotAnImageError),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_bytes_raise_the_right_error(name: str) -> None:
+    make, error = BAD_INPUTS[name]
+    with pytest.raises(error) as info:
+        preprocess(make(), SIZE)
+    assert isinstance(info.value, ValueError)  # callers may catch ValueError
+    assert info.value.reason
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_files_raise_the_right_error(name: str, tmp_path: Path) -> None:
+    make, error = BAD_INPUTS[name]
+    path = images.write(tmp_path / "bad.jpg", make())
+    with pytest.raises(error):
+        preprocess(path, SIZE)
+
+
+def test_too_many_pixels_is_refused_from_the_header() -> None:
+    # 5000x5000 declared, almost no pixel data: decoding would fail as corrupt,
+    # so ImageTooLargeError proves the limit is checked before decoding.
+    header_only = images.png_header_only_bytes(5000, 5000)
+    with pytest.raises(CorruptImageError):
+        load_image(header_only, SIZE)
+    with pytest.raises(ImageTooLargeError, match="25000000"):
+        load_image(header_only, SIZE, max_pixels=1_000_000)
+
+
+def test_max_pixels_boundary() -> None:
+    data = images.jpeg_bytes((100, 50))
+    assert load_image(data, SIZE, max_pixels=5000).shape == (*SIZE, 3)
+    with pytest.raises(ImageTooLargeError):
+        load_image(data, SIZE, max_pixels=4999)
+
+
+def test_decompression_bomb_is_too_large_even_without_a_limit() -> None:
+    with pytest.raises(ImageTooLargeError):
+        load_image(images.png_header_only_bytes(50_000, 50_000), SIZE)
+
+
+def test_big_jpeg_reduced_decoding_matches_a_full_decode() -> None:
+    photo = images.noisy((1200, 900), noise=10).resize((1200, 900))
+    data = images.jpeg_bytes(image=photo)
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    reference = np.asarray(full.resize((224, 224), Image.Resampling.BILINEAR))
+    got = load_image(data, (224, 224))
+    assert got.shape == (224, 224, 3)
+    assert np.abs(got.astype(int) - reference).mean() < 3
+
+
+def open_files_named(path: Path) -> int:
+    """How many file descriptors of this process point at ``path`` (Linux /proc)."""
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += Path(os.readlink(fd)) == path
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_refused_file_is_closed_at_once(tmp_path: Path) -> None:
+    path = images.write(tmp_path / "big.jpg", images.jpeg_bytes((100, 50))).resolve()
+    with pytest.raises(ImageTooLargeError) as info:
+        load_image(path, SIZE, max_pixels=10)
+    # The traceback still holds the frames: the file must have been closed explicitly.
+    assert info.value.reason
+    assert open_files_named(path) == 0
