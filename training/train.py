@@ -9,6 +9,7 @@ Everything a run produces lands in its run folder.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,16 +103,69 @@ def compile_model(model: keras.Model, config: TrainConfig, learning_rate: Any) -
     )
 
 
+def worker_dir(run: Path) -> tuple[Path, bool]:
+    """Where this process writes: the run folder for the chief, a sub-folder for other workers.
+
+    In a multi-worker cluster (``TF_CONFIG``) every worker saves, but only the
+    chief (task ``chief``, or ``worker`` 0 when there is no chief) owns the run folder.
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task") or {}
+    kind, index = task.get("type"), int(task.get("index", 0))
+    chief = kind in (None, "chief") or (
+        kind == "worker" and index == 0 and "chief" not in tf_config.get("cluster", {}))
+    return (run if chief else run / f".{kind}-{index}"), chief
+
+
+class EpochState(keras.callbacks.Callback):
+    """After every epoch: save the full model (optimizer included) and log the epoch.
+
+    ``last.keras`` + ``state.json`` make a run resumable; ``history.jsonl`` keeps
+    one line per finished epoch across interruptions.
+    """
+
+    def __init__(self, out: Path, phase: str, epoch_offset: int = 0) -> None:
+        super().__init__()
+        self.out, self.phase, self.epoch_offset = out, phase, epoch_offset
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        staging = self.out / "last.tmp.keras"
+        self.model.save(staging)
+        staging.replace(self.out / "last.keras")
+        state = {"phase": self.phase, "epoch": epoch + 1}
+        (self.out / "state.json").write_text(json.dumps(state) + "\n")
+        row = {"phase": self.phase, "epoch": epoch + 1,
+               "global_epoch": self.epoch_offset + epoch + 1,
+               **{k: float(v) for k, v in (logs or {}).items()}}
+        with open(self.out / "history.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_history(out: Path) -> list[dict[str, Any]]:
+    """Finished epochs in order, the last record winning if an epoch was logged twice."""
+    path = out / "history.jsonl"
+    if not path.is_file():
+        return []
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["global_epoch"]] = row
+    return [rows[k] for k in sorted(rows)]
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run one training; return (and save) the history and the best validation metrics."""
-    run = Path(config.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    """Run (or resume) one training; return and save the best validation metrics."""
+    # The strategy comes first: multi-worker collectives must exist before other TF ops.
     strategy = get_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
+    run = Path(config.run_dir)
+    out, chief = worker_dir(run)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
 
     # Load: cached, shuffled training set and the validation set.
     train_ds, val_ds = load_splits(config.data_dir, config.image_size, global_batch,
@@ -119,61 +173,88 @@ def train(config: TrainConfig) -> dict[str, Any]:
     steps = config.steps_per_epoch or int(train_ds.cardinality())
     if config.steps_per_epoch:
         train_ds = train_ds.repeat()
+    if replicas > 1:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
+        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
 
-    # Build and compile under the strategy.
-    input_shape = (*config.image_size, 3)
+    # The phases: train (for transfer: the head), then optionally fine-tune the backbone.
+    phases = [("train", config.epochs, config.learning_rate)]
+    if config.architecture == "transfer" and config.fine_tune_epochs > 0:
+        phases = [("head", config.epochs, config.learning_rate),
+                  ("fine-tune", config.fine_tune_epochs, config.fine_tune_learning_rate)]
+
+    # Build and compile under the strategy, or resume from the last finished epoch.
+    state = json.loads((out / "state.json").read_text()) if (out / "state.json").is_file() else None
     with strategy.scope():
-        model = make_model(config.architecture, input_shape, len(CLASS_NAMES),
-                           backbone=config.backbone, weights=config.weights, seed=config.seed)
-        compile_model(model, config,
-                      make_learning_rate(config.learning_rate, config.lr_schedule,
-                                         steps * config.epochs))
+        if state and (out / "last.keras").is_file():
+            model = keras.saving.load_model(out / "last.keras")
+            print(f"resuming {run}: phase {state['phase']}, {state['epoch']} epoch(s) done")
+        else:
+            state = {"phase": phases[0][0], "epoch": 0}
+            model = make_model(config.architecture, (*config.image_size, 3), len(CLASS_NAMES),
+                               backbone=config.backbone, weights=config.weights, seed=config.seed)
+            compile_model(model, config,
+                          make_learning_rate(config.learning_rate, config.lr_schedule,
+                                             steps * config.epochs))
     model.summary(print_fn=lambda line, **_: print(line))
     meta = {**asdict(config), "replicas": replicas, "global_batch_size": global_batch,
             "parameters": model.count_params(), "steps_per_epoch": steps,
             "dataset_fingerprint": read_fingerprint(config.data_dir),
             "tensorflow": tf.__version__, "keras": keras.__version__}
-    (run / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
-    # Fit: best checkpoint by validation accuracy, resumable backups, timing.
-    best = keras.callbacks.ModelCheckpoint(str(run / "best.keras"), monitor="val_accuracy",
-                                           save_best_only=True, verbose=1)
-    callbacks: list[keras.callbacks.Callback] = [EpochTimer(), best]
-    if config.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=config.early_stopping, restore_best_weights=True))
-    history = _fit(model, train_ds, val_ds, config.epochs, steps,
-                   [*callbacks, keras.callbacks.BackupAndRestore(str(run / "backup" / "head"))])
+    # Fit each phase: best checkpoint by validation accuracy (across resumes), timing, state.
+    done = read_history(out)
+    best = keras.callbacks.ModelCheckpoint(
+        str(out / "best.keras"), monitor="val_accuracy", save_best_only=True, verbose=1,
+        initial_value_threshold=max((r["val_accuracy"] for r in done), default=None))
+    names = [name for name, _, _ in phases]
+    offset = 0
+    for index, (phase, epochs, learning_rate) in enumerate(phases):
+        position = names.index(state["phase"]) if state["phase"] in names else 0
+        if index < position:
+            offset += epochs
+            continue  # finished before an interruption
+        initial_epoch = state["epoch"] if index == position else 0
+        if phase == "fine-tune" and not (index == position and initial_epoch > 0):
+            with strategy.scope():  # unfreeze the backbone, lower the learning rate
+                for layer in model.layers:
+                    layer.trainable = True
+                compile_model(model, config,
+                              make_learning_rate(learning_rate, config.lr_schedule,
+                                                 steps * epochs))
+        callbacks: list[keras.callbacks.Callback] = [EpochTimer(), best]
+        if config.early_stopping:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", patience=config.early_stopping,
+                restore_best_weights=True))
+        callbacks.append(EpochState(out, phase, offset))
+        if initial_epoch < epochs:
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                      initial_epoch=initial_epoch, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose="auto")
+        offset += epochs
 
-    # Transfer learning, second phase: unfreeze the backbone, lower the learning rate.
-    if config.architecture == "transfer" and config.fine_tune_epochs > 0:
-        with strategy.scope():
-            for layer in model.layers:
-                layer.trainable = True
-            compile_model(model, config,
-                          make_learning_rate(config.fine_tune_learning_rate, config.lr_schedule,
-                                             steps * config.fine_tune_epochs))
-        fine = _fit(model, train_ds, val_ds, config.fine_tune_epochs, steps,
-                    [*callbacks, keras.callbacks.BackupAndRestore(str(run / "backup" / "fine"))])
-        history = {k: history.get(k, []) + fine.get(k, []) for k in {*history, *fine}}
-        history["phase"] = ["head"] * config.epochs + ["fine-tune"] * config.fine_tune_epochs
-
-    (run / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    save_history_plot(history, run / "history.png")
-    best_epoch = max(range(len(history["val_accuracy"])), key=history["val_accuracy"].__getitem__)
+    # Record: the history across phases and resumes, its plot, the best epoch.
+    rows = read_history(out)
+    keys = [k for k in rows[0] if k not in ("phase", "epoch", "global_epoch")]
+    history: dict[str, list] = {k: [r.get(k) for r in rows] for k in keys}
+    history["phase"] = [r["phase"] for r in rows]
+    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    model.save(out / "final.keras")
+    best_row = max(rows, key=lambda r: r["val_accuracy"])
     result = {
-        "best_epoch": best_epoch + 1,
-        "val_accuracy": history["val_accuracy"][best_epoch],
-        "val_loss": history["val_loss"][best_epoch],
-        "mean_epoch_seconds": sum(history["epoch_seconds"]) / len(history["epoch_seconds"]),
-        "checkpoint": str(run / "best.keras"),
+        "best_epoch": best_row["global_epoch"],
+        "val_accuracy": best_row["val_accuracy"],
+        "val_loss": best_row["val_loss"],
+        "mean_epoch_seconds": sum(history["epoch_seconds"]) / len(rows),
+        "epochs_run": len(rows),
+        "checkpoint": str(out / "best.keras"),
+        "chief": chief,
     }
-    (run / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    if chief:
+        save_history_plot(history, out / "history.png")
     return result
-
-
-def _fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, epochs: int,
-         steps: int, callbacks: list[keras.callbacks.Callback]) -> dict[str, list[float]]:
-    fitted = model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
-                       callbacks=callbacks, verbose="auto")
-    return {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
