@@ -53,8 +53,10 @@ class BodyLimitMiddleware:
         declared = Headers(scope=scope).get("content-length")
         scope[ROUTE_KEY] = scope["path"]  # limits exist only on exact route paths
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            response = JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413,
-                                    headers={"Connection": "close"})
+            # No "Connection: close": uvicorn would close the socket with the body unread and
+            # a client still sending it would get a reset instead of this 413. Kept open, the
+            # server discards the rest of the body.
+            response = JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413)
             await response(scope, receive, send)
             return
         received = 0
