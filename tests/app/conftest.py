@@ -1,0 +1,32 @@
+"""Fixtures of the service tests, built on ``tiny_model_base`` from ``tests/conftest.py``."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tests.app.helpers import Served, serve, settings_for
+
+
+@pytest.fixture
+def model_base(tiny_model_base: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny model base folder, for tests that add or break versions."""
+    return Path(shutil.copytree(tiny_model_base, tmp_path / "catdog"))
+
+
+@pytest_asyncio.fixture(scope="module")
+async def served(tiny_model_base: Path) -> AsyncIterator[Served]:
+    """A fresh app with default settings serving the tiny model, shared by one test module."""
+    async with serve(settings_for(tiny_model_base)) as started:
+        yield started
+
+
+@pytest.fixture
+def client(served: Served) -> httpx.AsyncClient:
+    """The client of the module's shared app."""
+    return served.client

@@ -1,0 +1,227 @@
+"""Bad uploads get a clear status and JSON ``detail``, and the service keeps serving."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tests import images
+from tests.app.helpers import (
+    HTML,
+    PDF,
+    SVG,
+    Served,
+    batch_upload,
+    bomb_png_bytes,
+    good_image,
+    jpeg_with_corrupt_body,
+    metrics_text,
+    multipart_chunks,
+    png_with_corrupt_pixels,
+    png_with_garbage_chunks,
+    serve,
+    settings_for,
+    upload,
+    value,
+)
+
+MAX_UPLOAD = 50_000
+MAX_FILES = 4
+
+
+@pytest_asyncio.fixture(scope="module")
+async def served(tiny_model_base: Path) -> AsyncIterator[Served]:
+    """This module's app: small upload and batch limits, default pixel limit."""
+    settings = settings_for(tiny_model_base, max_upload_bytes=MAX_UPLOAD, max_batch_files=MAX_FILES)
+    async with serve(settings) as started:
+        yield started
+
+
+async def assert_still_serving(client: httpx.AsyncClient) -> None:
+    """A good request right after a bad one is answered normally."""
+    response = await client.post("/predict", files=upload(good_image()))
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] in ("cat", "dog")
+
+
+def assert_detail(response: httpx.Response, status: int) -> str:
+    """The status is ``status`` and the JSON body is ``{"detail": <text>}``; return the text."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"detail"}
+    assert isinstance(body["detail"], str) and body["detail"]
+    return body["detail"]
+
+
+async def test_missing_file_field(client: httpx.AsyncClient) -> None:
+    response = await client.post("/predict", files={"image": ("cat.jpg", good_image())})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert any(error["loc"] == ["body", "file"] for error in detail)
+    await assert_still_serving(client)
+
+
+async def test_no_body_at_all(client: httpx.AsyncClient) -> None:
+    response = await client.post("/predict")
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+    await assert_still_serving(client)
+
+
+async def test_empty_file(client: httpx.AsyncClient) -> None:
+    response = await client.post("/predict", files=upload(b"", name="empty.jpg"))
+    detail = assert_detail(response, 400)
+    assert "empty.jpg" in detail and "empty" in detail
+    await assert_still_serving(client)
+
+
+BAD_UPLOADS: dict[str, tuple[Callable[[], bytes], int]] = {
+    "text": (images.text_bytes, 415),
+    "html": (lambda: HTML, 415),
+    "pdf": (lambda: PDF, 415),
+    "svg": (lambda: SVG, 415),
+    "random-bytes": (lambda: os.urandom(4096), 415),
+    "truncated-jpeg": (images.truncated_jpeg_bytes, 422),
+    "truncated-png": (lambda: images.encode(images.noisy((64, 64)), "PNG")[:400], 422),
+    "png-with-corrupt-pixels": (png_with_corrupt_pixels, 422),
+    "jpeg-header-then-garbage": (jpeg_with_corrupt_body, 422),
+    "png-header-then-garbage": (png_with_garbage_chunks, 422),
+}
+KNOWN_ISSUES = {
+    "png-header-then-garbage": "training.preprocessing reports a PNG whose chunks after IHDR "
+    "are garbage as 'not a recognised image format' (415): Pillow's open() gives up on the "
+    "broken file and the format sniffing is lost",
+}
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(k, marks=pytest.mark.xfail(reason=KNOWN_ISSUES[k], strict=False))
+        if k in KNOWN_ISSUES
+        else k
+        for k in BAD_UPLOADS
+    ],
+)
+async def test_bad_upload(client: httpx.AsyncClient, kind: str) -> None:
+    make, status = BAD_UPLOADS[kind]
+    response = await client.post("/predict", files=upload(make(), name=f"upload.{kind}"))
+    assert_detail(response, status)
+    await assert_still_serving(client)
+
+
+async def test_bad_file_in_a_batch_is_named(client: httpx.AsyncClient) -> None:
+    files = batch_upload([good_image(1), images.text_bytes(), good_image(2)])
+    detail = assert_detail(await client.post("/predict/batch", files=files), 415)
+    assert "file 1" in detail and "image1.img" in detail
+    await assert_still_serving(client)
+
+
+async def test_file_over_upload_limit(client: httpx.AsyncClient) -> None:
+    """Over max_upload_bytes, though the whole body is within the request limit."""
+    data = os.urandom(MAX_UPLOAD + 1)
+    detail = assert_detail(await client.post("/predict", files=upload(data, "big.jpg")), 413)
+    assert str(MAX_UPLOAD) in detail
+    await assert_still_serving(client)
+
+
+async def test_body_over_limit_by_content_length(client: httpx.AsyncClient) -> None:
+    data = os.urandom(4 * MAX_UPLOAD + 100_000)
+    response = await client.post("/predict", files=upload(data, "huge.jpg"))
+    assert "content-length" in response.request.headers
+    assert "exceeds the limit" in assert_detail(response, 413)
+    await assert_still_serving(client)
+
+
+async def test_chunked_body_over_limit_is_cut_off_while_streaming(
+    client: httpx.AsyncClient,
+) -> None:
+    """No Content-Length: the limit is enforced on the bytes received so far."""
+    boundary = "catdog-test-boundary"
+    total_file_bytes = 2_000_000
+    sent: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in multipart_chunks(boundary, "file", "stream.jpg", total_file_bytes):
+            sent.append(len(piece))
+            yield piece
+
+    response = await client.post(
+        "/predict",
+        content=body(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert "content-length" not in response.request.headers
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert "exceeds the limit" in assert_detail(response, 413)
+    # The server stopped reading long before the end of the body.
+    assert sum(sent) < total_file_bytes / 2
+    await assert_still_serving(client)
+
+
+async def test_chunked_body_within_limit_is_served(client: httpx.AsyncClient) -> None:
+    """The hand-built multipart body above is well formed: a small one is classified."""
+    boundary = "catdog-test-boundary"
+    data = good_image(5)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            'filename="small.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        ).encode()
+        yield data
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = await client.post(
+        "/predict",
+        content=body(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 200, response.text
+
+
+async def test_decompression_bomb_is_refused(client: httpx.AsyncClient) -> None:
+    """20000 x 20000 pixels in a ~50 kB PNG: refused from the header, under default limits."""
+    bomb = bomb_png_bytes()
+    assert len(bomb) < MAX_UPLOAD
+    detail = assert_detail(await client.post("/predict", files=upload(bomb, "bomb.png")), 413)
+    assert "pixels" in detail
+    await assert_still_serving(client)
+
+
+async def test_too_many_files_in_a_batch(client: httpx.AsyncClient) -> None:
+    files = batch_upload([good_image(i) for i in range(MAX_FILES + 1)])
+    detail = assert_detail(await client.post("/predict/batch", files=files), 413)
+    assert str(MAX_FILES) in detail
+    response = await client.post(
+        "/predict/batch", files=batch_upload([good_image(i) for i in range(MAX_FILES)])
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == MAX_FILES
+
+
+async def test_errors_are_counted_by_route_and_status(client: httpx.AsyncClient) -> None:
+    response = await client.post("/predict", files=upload(images.text_bytes()))
+    assert response.status_code == 415
+    text = await metrics_text(client)
+    assert value(text, "catdog_requests_total", route="/predict", status="415") >= 1
+    # 413s answered by the body-limit middleware, before routing, keep their route label.
+    assert value(text, "catdog_requests_total", route="/predict", status="413") >= 2
+    assert value(text, "catdog_images_in_flight") == 0
+
+
+async def test_more_pixels_than_the_limit(tiny_model_base: Path) -> None:
+    async with serve(settings_for(tiny_model_base, max_pixels=10_000)) as (_, client):
+        data = images.encode(images.noisy((200, 200)), "PNG")
+        detail = assert_detail(await client.post("/predict", files=upload(data, "big.png")), 413)
+        assert "200x200" in detail and "10000" in detail
+        await assert_still_serving(client)  # 32 x 32 is within the limit
+        small = images.encode(images.noisy((100, 100)), "PNG")  # exactly at the limit
+        response = await client.post("/predict", files=upload(small, "ok.png"))
+        assert response.status_code == 200, response.text

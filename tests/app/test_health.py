@@ -1,0 +1,118 @@
+"""Liveness, readiness, and refusing to start without a usable model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from tests.app.helpers import (
+    STARTUP_TIMEOUT,
+    client_for,
+    good_image,
+    make_app,
+    settings_for,
+    upload,
+)
+
+
+async def test_ready_only_after_startup(tiny_model_base: Path) -> None:
+    app = make_app(settings_for(tiny_model_base))
+    async with client_for(app) as client:
+        # No lifespan yet: alive, but not ready, and predictions are refused cleanly.
+        response = await client.get("/healthz")
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "ok"
+        response = await client.get("/readyz")
+        assert response.status_code == 503, response.text
+        assert response.json()["status"] == "not ready"
+        response = await client.post("/predict", files=upload(good_image()))
+        assert response.status_code == 503, response.text
+        assert "not ready" in response.json()["detail"]
+        assert "retry-after" in response.headers
+
+        async with LifespanManager(app, startup_timeout=STARTUP_TIMEOUT, shutdown_timeout=60):
+            response = await client.get("/readyz")
+            assert response.status_code == 200, response.text
+            assert response.json() == {"status": "ready", "model_version": "1"}
+            response = await client.get("/healthz")
+            assert response.status_code == 200, response.text
+            response = await client.post("/predict", files=upload(good_image()))
+            assert response.status_code == 200, response.text
+
+        # After shutdown the service says so again.
+        response = await client.get("/readyz")
+        assert response.status_code == 503, response.text
+
+
+def _missing(base: Path, tiny_model_base: Path) -> tuple[Path, Path]:
+    return base / "does-not-exist", base / "does-not-exist"
+
+
+def _empty(base: Path, tiny_model_base: Path) -> tuple[Path, Path]:
+    base.mkdir()
+    return base, base
+
+
+def _no_saved_model(base: Path, tiny_model_base: Path) -> tuple[Path, Path]:
+    (base / "1").mkdir(parents=True)
+    shutil.copy(tiny_model_base / "1" / "metadata.json", base / "1")
+    return base, base / "1"
+
+
+def _bad_metadata(base: Path, tiny_model_base: Path) -> tuple[Path, Path]:
+    shutil.copytree(tiny_model_base, base)
+    (base / "1" / "metadata.json").write_text("{ this is not json")
+    return base, base / "1" / "metadata.json"
+
+
+def _wrong_contract(base: Path, tiny_model_base: Path) -> tuple[Path, Path]:
+    shutil.copytree(tiny_model_base, base)
+    path = base / "1" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["image_size"] = [64, 64]  # the SavedModel takes 32 x 32
+    path.write_text(json.dumps(metadata))
+    return base, base / "1"
+
+
+def _garbage_saved_model(base: Path, tiny_model_base: Path) -> tuple[Path, Path]:
+    shutil.copytree(tiny_model_base, base)
+    (base / "1" / "saved_model.pb").write_bytes(b"this is not a protobuf" * 10)
+    return base, base / "1"
+
+
+BROKEN = {
+    "missing-folder": _missing,
+    "no-versions": _empty,
+    "no-saved-model": _no_saved_model,
+    "bad-metadata-json": _bad_metadata,
+    "metadata-disagrees-with-model": _wrong_contract,
+    "garbage-saved-model": _garbage_saved_model,
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN))
+async def test_startup_fails_naming_the_path(
+    tiny_model_base: Path, tmp_path: Path, kind: str
+) -> None:
+    model_dir, named = BROKEN[kind](tmp_path / "catdog", tiny_model_base)
+    app = make_app(settings_for(model_dir))
+    with pytest.raises(RuntimeError) as raised:
+        async with LifespanManager(app, startup_timeout=STARTUP_TIMEOUT):
+            pass
+    message = str(raised.value)
+    assert "cannot start" in message
+    assert str(named.resolve()) in message or str(named) in message, message
+    async with client_for(app) as client:
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+
+
+async def test_healthz_answers_json(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "ok", "model_version": None}

@@ -1,0 +1,118 @@
+"""Load shedding (503 + Retry-After when the queue is full) and dynamic batching."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+from tests import images
+from tests.app.helpers import (
+    batch_upload,
+    good_image,
+    metrics_text,
+    samples,
+    serve,
+    settings_for,
+    upload,
+    value,
+)
+
+
+async def test_queue_full_is_503_with_retry_after(tiny_model_base: Path) -> None:
+    """Deterministic: three images in one request cannot fit into a queue of two."""
+    settings = settings_for(tiny_model_base, max_queue=2, retry_after_s=7)
+    async with serve(settings) as (_, client):
+        files = batch_upload([good_image(i) for i in range(3)])
+        response = await client.post("/predict/batch", files=files)
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "7"
+        detail = response.json()["detail"]
+        assert "busy" in detail and "limit 2" in detail
+
+        # Two images fit, and the refused request did not keep any room reserved.
+        response = await client.post(
+            "/predict/batch", files=batch_upload([good_image(i) for i in range(2)])
+        )
+        assert response.status_code == 200, response.text
+        response = await client.post("/predict", files=upload(good_image()))
+        assert response.status_code == 200, response.text
+        text = await metrics_text(client)
+        assert value(text, "catdog_rejected_total") == 1
+        assert value(text, "catdog_requests_total", route="/predict/batch", status="503") == 1
+        assert value(text, "catdog_images_in_flight") == 0
+
+
+async def test_burst_gets_only_200_or_503(tiny_model_base: Path) -> None:
+    settings = settings_for(tiny_model_base, max_queue=4)
+    photo = images.jpeg_bytes(image=images.noisy((640, 480), seed=3))
+    async with serve(settings) as (_, client):
+        responses = await asyncio.gather(
+            *(client.post("/predict", files=upload(photo)) for _ in range(40))
+        )
+        statuses = Counter(r.status_code for r in responses)
+        assert set(statuses) == {200, 503}, statuses
+        for response in responses:
+            if response.status_code == 503:
+                assert response.headers["retry-after"] == "1"
+                assert "busy" in response.json()["detail"]
+            else:
+                assert response.json()["model_version"] == "1"
+        # Every admitted image was released: the service is not stuck at "full".
+        text = await metrics_text(client)
+        assert value(text, "catdog_images_in_flight") == 0
+        assert value(text, "catdog_rejected_total") == statuses[503]
+        response = await client.post("/predict", files=upload(photo))
+        assert response.status_code == 200, response.text
+
+
+async def _burst_batch_sizes(
+    tiny_model_base: Path, max_batch_size: int
+) -> tuple[float, float, float]:
+    """Send 16 concurrent requests; return (sum, count, count of batches of size 1)."""
+    settings = settings_for(tiny_model_base, max_batch_size=max_batch_size, batch_timeout_ms=50)
+    async with serve(settings) as (_, client):
+        responses = await asyncio.gather(
+            *(client.post("/predict", files=upload(good_image(i))) for i in range(16))
+        )
+        assert [r.status_code for r in responses] == [200] * 16
+        text = await metrics_text(client)
+    total = value(text, "catdog_batch_size_sum")
+    count = value(text, "catdog_batch_size_count")
+    [ones] = samples(text, "catdog_batch_size_bucket", le="1.0")
+    return total, count, ones
+
+
+async def test_concurrent_requests_share_batches(tiny_model_base: Path) -> None:
+    total, count, ones = await _burst_batch_sizes(tiny_model_base, max_batch_size=8)
+    assert total == 16  # every image went through the model exactly once
+    assert total / count > 1, f"{count} model calls for 16 images: no batching"
+    assert count < 16 and ones < count
+
+
+async def test_max_batch_size_one_turns_batching_off(tiny_model_base: Path) -> None:
+    total, count, ones = await _burst_batch_sizes(tiny_model_base, max_batch_size=1)
+    assert total == 16
+    assert count == 16
+    assert ones == 16
+
+
+async def test_batched_answers_match_single_answers(tiny_model_base: Path) -> None:
+    """Grouping requests into one model call does not mix up their answers."""
+    uploads = [images.pet_jpeg_bytes(("cat", "dog")[i % 2], seed=100 + i) for i in range(12)]
+    async with serve(settings_for(tiny_model_base, batch_timeout_ms=50)) as (_, client):
+        singles = []
+        for data in uploads:
+            response = await client.post("/predict", files=upload(data))
+            assert response.status_code == 200, response.text
+            singles.append(response.json())
+        responses = await asyncio.gather(
+            *(client.post("/predict", files=upload(data)) for data in uploads)
+        )
+        text = await metrics_text(client)
+    assert value(text, "catdog_batch_size_sum") / value(text, "catdog_batch_size_count") > 1
+    for single, response in zip(singles, responses):
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["label"] == single["label"]
+        assert abs(answer["probabilities"]["cat"] - single["probabilities"]["cat"]) < 1e-6
