@@ -19,6 +19,7 @@ install: $(STAMP)  ## create .venv with pinned dependencies
 
 test: install  ## lint, then run every test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 lint: install

@@ -22,8 +22,12 @@ if not _log.handlers:  # uvicorn configures its own loggers; ours logs beside th
 
 def create_app() -> FastAPI:
     """Build the app; the model loads in the lifespan, never at import."""
-    app = FastAPI(title="catdog", version="0.1.0", lifespan=lifespan,
-                  description="Cat or dog? Upload a photo to POST /predict.")
+    app = FastAPI(
+        title="catdog",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Cat or dog? Upload a photo to POST /predict.",
+    )
     app.state.metrics = Metrics()
     app.state.accepting = False
     app.add_middleware(BodyLimitMiddleware)

@@ -40,12 +40,20 @@ def cmd_show_batch(args: argparse.Namespace) -> int:
     from training.data import make_dataset
     from training.visualize import save_batch_grid
 
-    ds = make_dataset(Path(args.data) / args.split, args.image_size, args.batch_size,
-                      shuffle=True, seed=args.seed, cache=False)
+    ds = make_dataset(
+        Path(args.data) / args.split,
+        args.image_size,
+        args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        cache=False,
+    )
     images, labels = next(iter(ds))
-    print(f"batch: images {tuple(images.shape)} {images.dtype.name} "
-          f"range [{float(images.numpy().min()):.3f}, {float(images.numpy().max()):.3f}], "
-          f"labels {tuple(labels.shape)} (one-hot {ds.class_names})")
+    print(
+        f"batch: images {tuple(images.shape)} {images.dtype.name} "
+        f"range [{float(images.numpy().min()):.3f}, {float(images.numpy().max()):.3f}], "
+        f"labels {tuple(labels.shape)} (one-hot {ds.class_names})"
+    )
     print(f"wrote {save_batch_grid(images.numpy(), labels.numpy(), ds.class_names, args.out)}")
     return 0
 
@@ -54,12 +62,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.train import TrainConfig, train
 
     config = TrainConfig(
-        data_dir=args.data, run_dir=args.run, architecture=args.arch, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, image_size=args.image_size,
-        seed=args.seed, early_stopping=args.early_stopping, label_smoothing=args.label_smoothing,
-        lr_schedule=args.lr_schedule, mixed_precision=args.mixed_precision, xla=args.xla,
-        backbone=args.backbone, fine_tune_epochs=args.fine_tune_epochs,
-        fine_tune_learning_rate=args.fine_tune_learning_rate, strategy=args.strategy,
+        data_dir=args.data,
+        run_dir=args.run,
+        architecture=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        image_size=args.image_size,
+        seed=args.seed,
+        early_stopping=args.early_stopping,
+        label_smoothing=args.label_smoothing,
+        lr_schedule=args.lr_schedule,
+        mixed_precision=args.mixed_precision,
+        xla=args.xla,
+        backbone=args.backbone,
+        fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_learning_rate=args.fine_tune_learning_rate,
+        strategy=args.strategy,
         cache=False if args.no_cache else (args.cache_file or True),
         steps_per_epoch=args.steps_per_epoch,
     )
@@ -86,8 +105,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
-    path = export_run(args.run, args.out, version=args.version, data_dir=args.data,
-                      checkpoint=args.checkpoint)
+    path = export_run(
+        args.run, args.out, version=args.version, data_dir=args.data, checkpoint=args.checkpoint
+    )
     print(f"exported {path}")
     return 0
 
@@ -126,8 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--image-size", type=_size, default=IMAGE_SIZE)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without a better val_accuracy (0: off)")
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        default=0,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without a better val_accuracy (0: off)",
+    )
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant")
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")

@@ -40,8 +40,11 @@ class ModelContract:
         data["class_names"] = list(self.class_names)
         data["image_size"] = list(self.image_size)
         data["input"] = {"dtype": "float32", "shape": [None, *self.input_shape], "range": [0, 1]}
-        data["output"] = {"dtype": "float32", "shape": [None, len(self.class_names)],
-                          "meaning": "softmax probabilities in class_names order"}
+        data["output"] = {
+            "dtype": "float32",
+            "shape": [None, len(self.class_names)],
+            "meaning": "softmax probabilities in class_names order",
+        }
         return {**extra, **data}
 
     @classmethod

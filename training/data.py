@@ -70,15 +70,17 @@ def make_dataset(
     """
     paths, labels = list_images(folder, class_names)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    ds = ds.map(lambda p, y: (_read(p, image_size), y), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(
+        lambda p, y: (_read(p, image_size), y), num_parallel_calls=AUTOTUNE, deterministic=True
+    )
     if cache:
         ds = ds.cache("" if cache is True else str(cache))
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (scale_batch(x), tf.one_hot(y, len(class_names))),
-                num_parallel_calls=AUTOTUNE)
+    ds = ds.map(
+        lambda x, y: (scale_batch(x), tf.one_hot(y, len(class_names))), num_parallel_calls=AUTOTUNE
+    )
     ds = ds.prefetch(AUTOTUNE)
     ds.file_paths = paths  # like keras.utils.image_dataset_from_directory
     ds.class_names = list(class_names)
@@ -94,7 +96,8 @@ def load_splits(
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Training (shuffled) and validation datasets of a ``prepare``d folder."""
     data_dir = Path(data_dir)
-    train = make_dataset(data_dir / "train", image_size, batch_size, shuffle=True, seed=seed,
-                         cache=cache)
+    train = make_dataset(
+        data_dir / "train", image_size, batch_size, shuffle=True, seed=seed, cache=cache
+    )
     val = make_dataset(data_dir / "validation", image_size, batch_size, cache=cache)
     return train, val

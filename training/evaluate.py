@@ -67,14 +67,21 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint or exported model; write evaluation.json and confusion.png."""
     predict, contract = load_predictor(model_path)
-    dataset = make_dataset(data_dir, contract.image_size, batch_size, cache=False,
-                           class_names=contract.class_names)
+    dataset = make_dataset(
+        data_dir, contract.image_size, batch_size, cache=False, class_names=contract.class_names
+    )
     report = evaluate_predictor(predict, dataset, contract.class_names)
     report.update(model=str(model_path), data=str(data_dir))
     model_path = Path(model_path)
-    out = Path(out_dir) if out_dir else (
-        model_path.parent / f"evaluation-{Path(data_dir).name}" if model_path.suffix == ".keras"
-        else Path("runs") / "evaluate" / f"{model_path.parent.name}-{model_path.name}")
+    out = (
+        Path(out_dir)
+        if out_dir
+        else (
+            model_path.parent / f"evaluation-{Path(data_dir).name}"
+            if model_path.suffix == ".keras"
+            else Path("runs") / "evaluate" / f"{model_path.parent.name}-{model_path.name}"
+        )
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     save_confusion_plot(report["confusion_matrix"], contract.class_names, out / "confusion.png")

@@ -59,17 +59,20 @@ def load_saved_model(version_dir: str | Path) -> tuple[Predictor, ModelContract]
     except Exception as exc:  # TF raises many types for a damaged SavedModel
         raise ValueError(f"{version_dir}: SavedModel does not load: {exc}") from exc
     if SIGNATURE not in loaded.signatures:
-        raise ValueError(f"{version_dir}: no {SIGNATURE!r} signature "
-                         f"(has {list(loaded.signatures)})")
+        raise ValueError(
+            f"{version_dir}: no {SIGNATURE!r} signature (has {list(loaded.signatures)})"
+        )
     signature = loaded.signatures[SIGNATURE]
     inputs = signature.structured_input_signature[1]
     if len(inputs) != 1:
         raise ValueError(f"{version_dir}: signature takes {len(inputs)} inputs, expected 1")
-    (input_name, spec), = inputs.items()
+    ((input_name, spec),) = inputs.items()
     expected = [None, *contract.input_shape]
     if spec.dtype != tf.float32 or spec.shape.as_list() != expected:
-        raise ValueError(f"{version_dir}: signature input is {spec.dtype.name} "
-                         f"{spec.shape.as_list()}, metadata says float32 {expected}")
+        raise ValueError(
+            f"{version_dir}: signature input is {spec.dtype.name} "
+            f"{spec.shape.as_list()}, metadata says float32 {expected}"
+        )
     output_name = next(iter(signature.structured_outputs))
 
     def predict(images: np.ndarray) -> np.ndarray:
@@ -87,7 +90,8 @@ def load_predictor(path: str | Path) -> tuple[Predictor, ModelContract]:
         model = keras.saving.load_model(path)
         height, width = model.input_shape[1:3]
         return (lambda x: np.asarray(model(x, training=False))), ModelContract(
-            image_size=(height, width))
+            image_size=(height, width)
+        )
     if path.is_dir() and not (path / "saved_model.pb").exists() and version_dirs(path):
         path = latest_version(path)
     return load_saved_model(path)
@@ -112,10 +116,15 @@ def export_model(
     contract = ModelContract(
         class_names=CLASS_NAMES,
         image_size=(height, width),
-        extra={**(metadata or {}), "version": version, "name": base.name,
-               "parameters": model.count_params(),
-               "tensorflow": tf.__version__, "keras": keras.__version__,
-               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        extra={
+            **(metadata or {}),
+            "version": version,
+            "name": base.name,
+            "parameters": model.count_params(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
     )
     staging = base / f".staging-{version}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

@@ -137,9 +137,13 @@ def prepare(
         checked = list(pool.map(check_file, candidates))
 
     skipped = [
-        {"file": str(c.candidate.path.relative_to(source)), "class": c.candidate.label,
-         "reason": c.reason}
-        for c in checked if c.reason
+        {
+            "file": str(c.candidate.path.relative_to(source)),
+            "class": c.candidate.label,
+            "reason": c.reason,
+        }
+        for c in checked
+        if c.reason
     ]
     groups: dict[str, list[Candidate]] = defaultdict(list)
     for c in checked:
@@ -147,8 +151,13 @@ def prepare(
             groups[c.sha256].append(c.candidate)
     for digest in [d for d, m in groups.items() if len({c.label for c in m}) > 1]:
         for c in groups.pop(digest):
-            skipped.append({"file": str(c.path.relative_to(source)), "class": c.label,
-                            "reason": "same bytes labelled as more than one class"})
+            skipped.append(
+                {
+                    "file": str(c.path.relative_to(source)),
+                    "class": c.label,
+                    "reason": "same bytes labelled as more than one class",
+                }
+            )
 
     assignment = assign_splits(groups, ratios, seed)
     counts = {s: {n: 0 for n in CLASS_NAMES} for s in SPLITS}
@@ -163,8 +172,15 @@ def prepare(
             shutil.copyfile(c.path, target)
             counts[split][c.label] += 1
             rows.append((split, c.label, digest))
-            files.append({"split": split, "class": c.label, "file": str(target.relative_to(dest)),
-                          "source": str(c.path.relative_to(source)), "sha256": digest})
+            files.append(
+                {
+                    "split": split,
+                    "class": c.label,
+                    "file": str(target.relative_to(dest)),
+                    "source": str(c.path.relative_to(source)),
+                    "sha256": digest,
+                }
+            )
     for split in SPLITS:
         for name in CLASS_NAMES:
             (dest / split / name).mkdir(parents=True, exist_ok=True)
@@ -204,8 +220,10 @@ def format_summary(manifest: dict) -> str:
     for split, per_class in manifest["counts"].items():
         row = [per_class[n] for n in names]
         lines.append(f"{split:<12}" + "".join(f"{v:>8}" for v in row) + f"{sum(row):>8}")
-    lines.append(f"kept {manifest['total']} files; skipped {len(manifest['skipped'])}; "
-                 f"{len(manifest['duplicate_groups'])} duplicate groups kept within one split")
+    lines.append(
+        f"kept {manifest['total']} files; skipped {len(manifest['skipped'])}; "
+        f"{len(manifest['duplicate_groups'])} duplicate groups kept within one split"
+    )
     lines += [f"  skipped {s['file']}: {s['reason']}" for s in manifest["skipped"]]
     lines.append(f"seed {manifest['seed']}, fingerprint {manifest['fingerprint'][:16]}")
     return "\n".join(lines)

@@ -27,6 +27,24 @@ from training.contract import IMAGE_SIZE
 ImageSource = bytes | str | Path
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+# Leading bytes of formats we read: a file that starts like one but will not open is corrupt.
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def _signature(head: bytes) -> str | None:
+    """The image format a file's first bytes announce, if any."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:2] == b"BM" and len(head) >= 14 and head[6:10] == b"\x00\x00\x00\x00":
+        return "BMP"  # the two reserved header fields are zero
+    return next((name for magic, name in _SIGNATURES.items() if head.startswith(magic)), None)
 
 
 class ImageError(ValueError):
@@ -62,6 +80,9 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(fp)
     except UnidentifiedImageError as exc:
+        head = source[:16] if isinstance(source, bytes) else Path(source).read_bytes()[:16]
+        if fmt := _signature(head):
+            raise CorruptImageError(f"a damaged {fmt} file (its header does not parse)") from exc
         raise NotAnImageError("not a recognised image format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(str(exc)) from exc

@@ -113,7 +113,8 @@ def worker_dir(run: Path) -> tuple[Path, bool]:
     task = tf_config.get("task") or {}
     kind, index = task.get("type"), int(task.get("index", 0))
     chief = kind in (None, "chief") or (
-        kind == "worker" and index == 0 and "chief" not in tf_config.get("cluster", {}))
+        kind == "worker" and index == 0 and "chief" not in tf_config.get("cluster", {})
+    )
     return (run if chief else run / f".{kind}-{index}"), chief
 
 
@@ -134,9 +135,12 @@ class EpochState(keras.callbacks.Callback):
         staging.replace(self.out / "last.keras")
         state = {"phase": self.phase, "epoch": epoch + 1}
         (self.out / "state.json").write_text(json.dumps(state) + "\n")
-        row = {"phase": self.phase, "epoch": epoch + 1,
-               "global_epoch": self.epoch_offset + epoch + 1,
-               **{k: float(v) for k, v in (logs or {}).items()}}
+        row = {
+            "phase": self.phase,
+            "epoch": epoch + 1,
+            "global_epoch": self.epoch_offset + epoch + 1,
+            **{k: float(v) for k, v in (logs or {}).items()},
+        }
         with open(self.out / "history.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -168,22 +172,26 @@ def train(config: TrainConfig) -> dict[str, Any]:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
     # Load: cached, shuffled training set and the validation set.
-    train_ds, val_ds = load_splits(config.data_dir, config.image_size, global_batch,
-                                   config.seed, config.cache)
+    train_ds, val_ds = load_splits(
+        config.data_dir, config.image_size, global_batch, config.seed, config.cache
+    )
     steps = config.steps_per_epoch or int(train_ds.cardinality())
     if config.steps_per_epoch:
         train_ds = train_ds.repeat()
     if replicas > 1:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA)
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
         train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
 
     # The phases: train (for transfer: the head), then optionally fine-tune the backbone.
     phases = [("train", config.epochs, config.learning_rate)]
     if config.architecture == "transfer" and config.fine_tune_epochs > 0:
-        phases = [("head", config.epochs, config.learning_rate),
-                  ("fine-tune", config.fine_tune_epochs, config.fine_tune_learning_rate)]
+        phases = [
+            ("head", config.epochs, config.learning_rate),
+            ("fine-tune", config.fine_tune_epochs, config.fine_tune_learning_rate),
+        ]
 
     # Build and compile under the strategy, or resume from the last finished epoch.
     state = json.loads((out / "state.json").read_text()) if (out / "state.json").is_file() else None
@@ -193,23 +201,41 @@ def train(config: TrainConfig) -> dict[str, Any]:
             print(f"resuming {run}: phase {state['phase']}, {state['epoch']} epoch(s) done")
         else:
             state = {"phase": phases[0][0], "epoch": 0}
-            model = make_model(config.architecture, (*config.image_size, 3), len(CLASS_NAMES),
-                               backbone=config.backbone, weights=config.weights, seed=config.seed)
-            compile_model(model, config,
-                          make_learning_rate(config.learning_rate, config.lr_schedule,
-                                             steps * config.epochs))
+            model = make_model(
+                config.architecture,
+                (*config.image_size, 3),
+                len(CLASS_NAMES),
+                backbone=config.backbone,
+                weights=config.weights,
+                seed=config.seed,
+            )
+            compile_model(
+                model,
+                config,
+                make_learning_rate(config.learning_rate, config.lr_schedule, steps * config.epochs),
+            )
     model.summary(print_fn=lambda line, **_: print(line))
-    meta = {**asdict(config), "replicas": replicas, "global_batch_size": global_batch,
-            "parameters": model.count_params(), "steps_per_epoch": steps,
-            "dataset_fingerprint": read_fingerprint(config.data_dir),
-            "tensorflow": tf.__version__, "keras": keras.__version__}
+    meta = {
+        **asdict(config),
+        "replicas": replicas,
+        "global_batch_size": global_batch,
+        "parameters": model.count_params(),
+        "steps_per_epoch": steps,
+        "dataset_fingerprint": read_fingerprint(config.data_dir),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     # Fit each phase: best checkpoint by validation accuracy (across resumes), timing, state.
     done = read_history(out)
     best = keras.callbacks.ModelCheckpoint(
-        str(out / "best.keras"), monitor="val_accuracy", save_best_only=True, verbose=1,
-        initial_value_threshold=max((r["val_accuracy"] for r in done), default=None))
+        str(out / "best.keras"),
+        monitor="val_accuracy",
+        save_best_only=True,
+        verbose=1,
+        initial_value_threshold=max((r["val_accuracy"] for r in done), default=None),
+    )
     names = [name for name, _, _ in phases]
     offset = 0
     for index, (phase, epochs, learning_rate) in enumerate(phases):
@@ -222,19 +248,31 @@ def train(config: TrainConfig) -> dict[str, Any]:
             with strategy.scope():  # unfreeze the backbone, lower the learning rate
                 for layer in model.layers:
                     layer.trainable = True
-                compile_model(model, config,
-                              make_learning_rate(learning_rate, config.lr_schedule,
-                                                 steps * epochs))
+                compile_model(
+                    model,
+                    config,
+                    make_learning_rate(learning_rate, config.lr_schedule, steps * epochs),
+                )
         callbacks: list[keras.callbacks.Callback] = [EpochTimer(), best]
         if config.early_stopping:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_accuracy", patience=config.early_stopping,
-                restore_best_weights=True))
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_accuracy",
+                    patience=config.early_stopping,
+                    restore_best_weights=True,
+                )
+            )
         callbacks.append(EpochState(out, phase, offset))
         if initial_epoch < epochs:
-            model.fit(train_ds, validation_data=val_ds, epochs=epochs,
-                      initial_epoch=initial_epoch, steps_per_epoch=steps,
-                      callbacks=callbacks, verbose="auto")
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                verbose="auto",
+            )
         offset += epochs
 
     # Record: the history across phases and resumes, its plot, the best epoch.

@@ -13,7 +13,10 @@ import numpy as np  # noqa: E402
 
 
 def save_batch_grid(
-    images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
     columns: int = 8,
 ) -> Path:
     """Save a grid of a batch of [0, 1] images titled with their (one-hot) labels."""

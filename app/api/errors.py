@@ -31,14 +31,18 @@ async def image_error(request: Request, exc: Exception) -> JSONResponse:
 async def queue_full(request: Request, exc: Exception) -> JSONResponse:
     """Too much work in flight: shed load and tell the client when to retry."""
     settings = getattr(request.app.state, "settings", None) or get_settings()
-    return JSONResponse({"detail": f"server busy: {exc}; retry shortly"}, status_code=503,
-                        headers={"Retry-After": str(settings.retry_after_s)})
+    return JSONResponse(
+        {"detail": f"server busy: {exc}; retry shortly"},
+        status_code=503,
+        headers={"Retry-After": str(settings.retry_after_s)},
+    )
 
 
 async def not_ready(request: Request, exc: Exception) -> JSONResponse:
     """No model loaded (starting up or shutting down)."""
-    return JSONResponse({"detail": f"model not ready: {exc}"}, status_code=503,
-                        headers={"Retry-After": "1"})
+    return JSONResponse(
+        {"detail": f"model not ready: {exc}"}, status_code=503, headers={"Retry-After": "1"}
+    )
 
 
 def register_error_handlers(app: FastAPI) -> None:

@@ -12,8 +12,9 @@ class Prediction(BaseModel):
 
     label: str = Field(examples=["cat"], description="the most probable class")
     class_index: int = Field(examples=[0], description="index of label in class_names")
-    probabilities: dict[str, float] = Field(examples=[{"cat": 0.97, "dog": 0.03}],
-                                            description="per class, summing to 1")
+    probabilities: dict[str, float] = Field(
+        examples=[{"cat": 0.97, "dog": 0.03}], description="per class, summing to 1"
+    )
     model_version: str = Field(examples=["1"], description="the version that answered")
 
 

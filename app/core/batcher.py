@@ -45,8 +45,9 @@ class _Item:
 class Batcher:
     """Groups single-image inference calls into batches (see the module docstring)."""
 
-    def __init__(self, max_batch_size: int, batch_timeout_ms: float, max_queue: int,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, max_batch_size: int, batch_timeout_ms: float, max_queue: int, metrics: Metrics
+    ) -> None:
         self.max_batch_size = max_batch_size
         self.timeout = batch_timeout_ms / 1000.0
         self.max_queue = max_queue

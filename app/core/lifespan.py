@@ -35,8 +35,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         raise RuntimeError(f"catdog cannot start: {exc}") from exc
-    batcher = Batcher(settings.max_batch_size, settings.batch_timeout_ms, settings.max_queue,
-                      app.state.metrics)
+    batcher = Batcher(
+        settings.max_batch_size, settings.batch_timeout_ms, settings.max_queue, app.state.metrics
+    )
     batcher.start()
     workers = settings.decode_workers or os.cpu_count() or 1
     classifier = Classifier(registry, batcher, settings.max_pixels, workers)
@@ -45,8 +46,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher = asyncio.create_task(registry.watch(settings.poll_interval_s), name="watcher")
     app.state.registry, app.state.batcher, app.state.classifier = registry, batcher, classifier
     app.state.accepting = True
-    log.info("ready: version %s, max batch %d, timeout %.1f ms, queue %d", model.version,
-             settings.max_batch_size, settings.batch_timeout_ms, settings.max_queue)
+    log.info(
+        "ready: version %s, max batch %d, timeout %.1f ms, queue %d",
+        model.version,
+        settings.max_batch_size,
+        settings.batch_timeout_ms,
+        settings.max_queue,
+    )
     try:
         yield
     finally:

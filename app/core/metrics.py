@@ -14,25 +14,46 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("catdog_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("catdog_request_duration_seconds", "HTTP request latency",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_wait = Histogram("catdog_queue_wait_seconds",
-                                    "time an image waits for its batch to start",
-                                    buckets=LATENCY_BUCKETS, registry=r)
-        self.inference = Histogram("catdog_inference_seconds", "model call time per batch",
-                                   buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("catdog_batch_size", "images per model call",
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.in_flight = Gauge("catdog_images_in_flight", "admitted images not yet answered",
-                               registry=r)
-        self.rejected = Counter("catdog_rejected", "requests refused with 503 (queue full)",
-                                registry=r)
-        self.model_version = Gauge("catdog_model_version", "served model version (value 1)",
-                                   ["version"], registry=r)
-        self.model_loads = Counter("catdog_model_loads", "model version loads by result",
-                                   ["result"], registry=r)
+        self.requests = Counter(
+            "catdog_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "catdog_request_duration_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "catdog_queue_wait_seconds",
+            "time an image waits for its batch to start",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "catdog_inference_seconds",
+            "model call time per batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "catdog_batch_size", "images per model call", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge(
+            "catdog_images_in_flight", "admitted images not yet answered", registry=r
+        )
+        self.rejected = Counter(
+            "catdog_rejected", "requests refused with 503 (queue full)", registry=r
+        )
+        self.model_version = Gauge(
+            "catdog_model_version", "served model version (value 1)", ["version"], registry=r
+        )
+        self.model_loads = Counter(
+            "catdog_model_loads", "model version loads by result", ["result"], registry=r
+        )
 
     def set_model_version(self, version: str) -> None:
         """Expose ``version`` as the one served version."""

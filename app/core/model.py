@@ -72,8 +72,10 @@ def load_latest(base: str | Path, warm_up_batch: int = 1) -> LoadedModel:
     """Load the highest version under a model base folder (fail fast, naming the path)."""
     base = Path(base)
     if not base.exists():
-        raise ModelLoadError(f"model folder {base.resolve()} does not exist "
-                             "(set CATDOG_MODEL_DIR to a folder holding <version>/saved_model.pb)")
+        raise ModelLoadError(
+            f"model folder {base.resolve()} does not exist "
+            "(set CATDOG_MODEL_DIR to a folder holding <version>/saved_model.pb)"
+        )
     try:
         version = latest_version(base)
     except ValueError as exc:
@@ -90,13 +92,15 @@ class Classifier:
         self._max_pixels = max_pixels
         self._decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
 
-    async def predict(self, images: list[bytes], names: list[str] | None = None
-                      ) -> list[Prediction]:
+    async def predict(
+        self, images: list[bytes], names: list[str] | None = None
+    ) -> list[Prediction]:
         """Classify images, in order; raises ``ImageError`` (naming the file) for bad input."""
         model = self._registry.current
         with self._batcher.admit(len(images)) as ticket:
             results = await asyncio.gather(
-                *(self._preprocess(model, data) for data in images), return_exceptions=True)
+                *(self._preprocess(model, data) for data in images), return_exceptions=True
+            )
             for position, result in enumerate(results):
                 if isinstance(result, BaseException):
                     if isinstance(result, ImageError) and len(images) > 1:
@@ -104,13 +108,15 @@ class Classifier:
                         raise type(result)(f"file {position} ({name}): {result.reason}")
                     raise result
             probabilities = await asyncio.gather(
-                *(self._predict(ticket, model, a) for a in results))
+                *(self._predict(ticket, model, a) for a in results)
+            )
         return [self._postprocess(model, p) for p in probabilities]
 
     async def _preprocess(self, model: LoadedModel, data: bytes) -> np.ndarray:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._decoder, preprocess, data, model.contract.image_size, self._max_pixels)
+            self._decoder, preprocess, data, model.contract.image_size, self._max_pixels
+        )
 
     async def _predict(self, ticket: Any, model: LoadedModel, image: np.ndarray) -> np.ndarray:
         return await self._batcher.submit(ticket, model, image)

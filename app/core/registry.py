@@ -23,8 +23,13 @@ log = logging.getLogger("catdog.registry")
 
 def _files_stamp(folder: Path) -> tuple:
     """Sizes and mtimes of every file in a folder: changes when its content does."""
-    return tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns)
-                        for p in folder.rglob("*") if p.is_file()))
+    return tuple(
+        sorted(
+            (str(p), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*")
+            if p.is_file()
+        )
+    )
 
 
 class ModelRegistry:
@@ -70,8 +75,12 @@ class ModelRegistry:
             except ModelLoadError as exc:
                 self._refused[number] = stamp
                 self.metrics.model_loads.labels(result="refused").inc()
-                log.error("refused model version %s, still serving %s: %s",
-                          number, self._current.version if self._current else None, exc)
+                log.error(
+                    "refused model version %s, still serving %s: %s",
+                    number,
+                    self._current.version if self._current else None,
+                    exc,
+                )
                 continue
             self._swap(model)
             return True
@@ -91,9 +100,13 @@ class ModelRegistry:
         self._current = model
         self.metrics.set_model_version(model.version)
         self.metrics.model_loads.labels(result="loaded").inc()
-        log.info("serving model %s version %s (was %s) from %s",
-                 model.contract.extra.get("name", self.base.name), model.version, previous,
-                 model.path)
+        log.info(
+            "serving model %s version %s (was %s) from %s",
+            model.contract.extra.get("name", self.base.name),
+            model.version,
+            previous,
+            model.path,
+        )
 
 
 __all__ = ["ModelLoadError", "ModelRegistry"]

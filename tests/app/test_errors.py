@@ -93,11 +93,7 @@ BAD_UPLOADS: dict[str, tuple[Callable[[], bytes], int]] = {
     "jpeg-header-then-garbage": (jpeg_with_corrupt_body, 422),
     "png-header-then-garbage": (png_with_garbage_chunks, 422),
 }
-KNOWN_ISSUES = {
-    "png-header-then-garbage": "training.preprocessing reports a PNG whose chunks after IHDR "
-    "are garbage as 'not a recognised image format' (415): Pillow's open() gives up on the "
-    "broken file and the format sniffing is lost",
-}
+KNOWN_ISSUES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,5 @@ async def readyz(request: Request) -> Status | JSONResponse:
     """Readiness: 200 once the model is loaded and warmed up, 503 before and when stopping."""
     registry = getattr(request.app.state, "registry", None)
     if not getattr(request.app.state, "accepting", False) or registry is None or not registry.ready:
-        return JSONResponse({"status": "not ready", "detail": "model not loaded"},
-                            status_code=503)
+        return JSONResponse({"status": "not ready", "detail": "model not loaded"}, status_code=503)
     return Status(status="ready", model_version=registry.current.version)

@@ -11,5 +11,6 @@ router = APIRouter(tags=["metrics"])
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """Requests, latency, queue wait, inference time, batch sizes, model version."""
-    return Response(generate_latest(request.app.state.metrics.registry),
-                    media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

@@ -25,8 +25,9 @@ async def read_upload(file: UploadFile, settings: Settings) -> bytes:
     data = await file.read(settings.max_upload_bytes + 1)
     name = file.filename or "file"
     if len(data) > settings.max_upload_bytes:
-        raise HTTPException(413, f"{name} exceeds the upload limit of "
-                                 f"{settings.max_upload_bytes} bytes")
+        raise HTTPException(
+            413, f"{name} exceeds the upload limit of {settings.max_upload_bytes} bytes"
+        )
     if not data:
         raise HTTPException(400, f"{name} is empty")
     return data
@@ -51,8 +52,9 @@ async def predict_batch(
 ) -> BatchPrediction:
     """Classify several images; predictions come back in upload order."""
     if len(files) > settings.max_batch_files:
-        raise HTTPException(413, f"{len(files)} files; at most {settings.max_batch_files} "
-                                 "per request")
+        raise HTTPException(
+            413, f"{len(files)} files; at most {settings.max_batch_files} per request"
+        )
     images = [await read_upload(f, settings) for f in files]
     names = [f.filename or f"#{i}" for i, f in enumerate(files)]
     return BatchPrediction(predictions=await classifier.predict(images, names))
