@@ -106,7 +106,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
     path = export_run(
-        args.run, args.out, version=args.version, data_dir=args.data, checkpoint=args.checkpoint
+        args.run,
+        args.out,
+        version=args.version,
+        data_dir=args.data,
+        checkpoint=args.checkpoint,
+        tta=args.tta,
     )
     print(f"exported {path}")
     return 0
@@ -184,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="default: one above the highest present")
     p.add_argument("--data", help="split folder: adds validation and test metrics")
     p.add_argument("--checkpoint", help="default: <run>/best.keras")
+    p.add_argument(
+        "--tta", action="store_true", help="average each image with its mirror (2x compute)"
+    )
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -130,7 +130,12 @@ def export_model(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
-        model.export(str(staging), format="tf_saved_model", input_signature=[spec], verbose=False)
+        # Not model.export(): it traces model(x) with ``training`` unset, and Keras
+        # augmentation layers then default to training mode, i.e. stay active in serving.
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", lambda images: model(images, training=False), [spec])
+        archive.write_out(str(staging), verbose=False)
         contract.write(staging)
         _check_reload(model, staging, check_images)
         staging.rename(final)
@@ -160,8 +165,13 @@ def export_run(
     version: int | None = None,
     data_dir: str | Path | None = None,
     checkpoint: str | Path | None = None,
+    tta: bool = False,
 ) -> Path:
-    """Export a training run's best checkpoint with its settings and metrics as metadata."""
+    """Export a training run's best checkpoint with its settings and metrics as metadata.
+
+    With ``tta`` the exported model averages the probabilities of each image and
+    its mirror image (test-time augmentation; twice the compute per image).
+    """
     from training.data import make_dataset
     from training.evaluate import evaluate_predictor
 
@@ -170,6 +180,8 @@ def export_run(
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to export")
     model = keras.saving.load_model(checkpoint)
+    if tta:
+        model = with_flip_averaging(model)
     config = _read_json(run / "config.json")
     result = _read_json(run / "result.json")
     metadata: dict[str, Any] = {
@@ -177,6 +189,8 @@ def export_run(
         "training": {k: v for k, v in config.items() if k not in ("tensorflow", "keras")},
         "dataset_fingerprint": config.get("dataset_fingerprint"),
         "epoch_seconds": result.get("mean_epoch_seconds"),
+        "test_time_augmentation": "mean of image and horizontal mirror" if tta else None,
+        "checkpoint": str(checkpoint),
         "metrics": {},
     }
     check_images = None
@@ -193,6 +207,22 @@ def export_run(
         val = make_dataset(Path(data_dir) / "validation", size, batch_size=8, cache=False)
         check_images = next(iter(val))[0].numpy()
     return export_model(model, out, metadata, version, check_images)
+
+
+def with_flip_averaging(model: keras.Model) -> keras.Model:
+    """Wrap a model so it returns the mean of its outputs for an image and its mirror."""
+    inputs = keras.Input(shape=model.input_shape[1:], name="images")
+    flipped = _HorizontalFlip(name="mirror")(inputs)
+    averaged = keras.layers.Average(name="flip_average")([model(inputs), model(flipped)])
+    return keras.Model(inputs, averaged, name=f"{model.name}_tta")
+
+
+@keras.saving.register_keras_serializable(package="catdog")
+class _HorizontalFlip(keras.layers.Layer):
+    """Mirror images left to right (always, unlike ``RandomFlip``)."""
+
+    def call(self, images: Any) -> Any:
+        return keras.ops.flip(images, axis=2)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
