@@ -66,10 +66,29 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
+class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """``MultiWorkerMirroredStrategy`` whose ``reduce`` copes with how Keras 3 calls it.
+
+    With several workers, Keras 3.15's TensorFlow trainer fails in two places
+    (keras-team/keras#20585): it reduces a whole ``(x, y)`` batch at once before
+    the first step, and it reduces the scalar step metrics with ``axis=0``.
+    Reducing leaf by leaf, and scalars across replicas only, fixes both.
+    """
+
+    def reduce(self, reduce_op: Any, value: Any, axis: int | None = None) -> Any:
+        parent = super().reduce
+
+        def reduce_one(v: Any) -> Any:
+            scalar = self.experimental_local_results(v)[0].shape.rank == 0
+            return parent(reduce_op, v, None if scalar else axis)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
 def get_strategy(name: str) -> tf.distribute.Strategy:
     """``auto``: mirrored over several local GPUs, else the default (one device)."""
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return MultiWorkerStrategy()
     if name == "mirrored" or (name == "auto" and len(tf.config.list_physical_devices("GPU")) > 1):
         return tf.distribute.MirroredStrategy()
     if name in ("auto", "default"):
