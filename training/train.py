@@ -149,11 +149,8 @@ class EpochState(keras.callbacks.Callback):
         self.out, self.phase, self.epoch_offset = out, phase, epoch_offset
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        staging = self.out / "last.tmp.keras"
-        self.model.save(staging)
-        staging.replace(self.out / "last.keras")
-        state = {"phase": self.phase, "epoch": epoch + 1}
-        (self.out / "state.json").write_text(json.dumps(state) + "\n")
+        # Log first, then the model, then the state: a kill between any two steps
+        # at worst repeats this epoch on resume (and its log line is replaced).
         row = {
             "phase": self.phase,
             "epoch": epoch + 1,
@@ -162,6 +159,12 @@ class EpochState(keras.callbacks.Callback):
         }
         with open(self.out / "history.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        staging = self.out / "last.tmp.keras"
+        self.model.save(staging)
+        staging.replace(self.out / "last.keras")
+        state = self.out / "state.tmp.json"
+        state.write_text(json.dumps({"phase": self.phase, "epoch": epoch + 1}) + "\n")
+        state.replace(self.out / "state.json")
 
 
 def read_history(out: Path) -> list[dict[str, Any]]:
