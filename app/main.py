@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from app.api.errors import register_error_handlers
 from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from app.api.routes import health, metrics, models, predict
+from app.api.routes import health, metrics, models, page, predict
 from app.core.lifespan import lifespan
 from app.core.metrics import Metrics
 
@@ -33,7 +33,7 @@ def create_app() -> FastAPI:
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(MetricsMiddleware)
     register_error_handlers(app)
-    for module in (predict, health, models, metrics):
+    for module in (predict, health, models, metrics, page):
         app.include_router(module.router)
     return app
 

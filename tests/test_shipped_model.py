@@ -1,0 +1,76 @@
+"""The shipped model (models/catdog) served by the app classifies real photos.
+
+The photos are a seeded random sample of the Kaggle test split (see
+tests/fixtures/photos/README.md); the model's test-split metrics are read from
+the metadata it ships with.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app.core.config import Settings, get_settings
+from app.main import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_BASE = ROOT / "models" / "catdog"
+PHOTOS = sorted((ROOT / "tests" / "fixtures" / "photos").glob("*.jpg"))
+# Seen wrong when the sample was drawn; kept, not replaced (see the fixtures README).
+KNOWN_MISTAKES = {"dog.8199.jpg", "dog.9126.jpg"}
+
+
+def true_label(photo: Path) -> str:
+    """``cat.123.jpg`` -> ``cat``."""
+    return photo.name.split(".")[0]
+
+
+def test_shipped_model_is_present_and_meets_its_accuracy_bar() -> None:
+    metadata = json.loads((MODEL_BASE / "1" / "metadata.json").read_text())
+    test = metadata["metrics"]["test"]
+    assert test["count"] == 2500
+    assert test["accuracy"] >= 0.97
+    assert all(stats["accuracy"] >= 0.96 for stats in test["per_class"].values())
+    assert metadata["class_names"] == ["cat", "dog"]
+    size = sum(p.stat().st_size for p in (MODEL_BASE / "1").rglob("*") if p.is_file())
+    assert size <= 10 * 1024 * 1024
+
+
+@pytest.fixture
+async def client() -> httpx.AsyncClient:
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(model_dir=MODEL_BASE)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+async def test_service_with_shipped_model_classifies_real_photos(
+    client: httpx.AsyncClient,
+) -> None:
+    assert len(PHOTOS) == 20
+    correct = 0
+    for photo in PHOTOS:
+        response = await client.post("/predict", files={"file": (photo.name, photo.read_bytes())})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model_version"] == "1"
+        if photo.name in KNOWN_MISTAKES:
+            continue
+        assert body["label"] == true_label(photo), (photo.name, body)
+        assert body["probabilities"][true_label(photo)] > 0.5
+        correct += 1
+    assert correct == len(PHOTOS) - len(KNOWN_MISTAKES)
+
+
+async def test_batch_endpoint_agrees_with_single_predictions(client: httpx.AsyncClient) -> None:
+    files = [("files", (p.name, p.read_bytes())) for p in PHOTOS[:8]]
+    response = await client.post("/predict/batch", files=files)
+    assert response.status_code == 200
+    labels = [p["label"] for p in response.json()["predictions"]]
+    assert labels == [true_label(p) for p in PHOTOS[:8]]
