@@ -171,10 +171,12 @@ def proc_status_kb(pid: int, key: str) -> int | None:
     return None
 
 
-def server_env(model_dir: Path, mode: str) -> dict[str, str]:
-    """This process's environment without any CATDOG_* knob, plus the mode's settings."""
+def server_env(model_dir: Path, mode: str, extra: Sequence[str] = ()) -> dict[str, str]:
+    """This process's environment without any CATDOG_* knob, plus ``--server-env`` and the mode."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CATDOG_")}
-    env.update(CATDOG_MODEL_DIR=str(model_dir), TF_CPP_MIN_LOG_LEVEL="2", **MODES[mode])
+    env.update(CATDOG_MODEL_DIR=str(model_dir), TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(item.split("=", 1) for item in extra)
+    env.update(MODES[mode])
     return env
 
 
@@ -238,7 +240,11 @@ def run_server(model_dir: Path, mode: str, args: argparse.Namespace) -> Iterator
     with log_path.open("wb") as log:
         started = time.perf_counter()
         process = subprocess.Popen(
-            command, cwd=ROOT, env=server_env(model_dir, mode), stdout=log, stderr=log
+            command,
+            cwd=ROOT,
+            env=server_env(model_dir, mode, args.server_env),
+            stdout=log,
+            stderr=log,
         )
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
@@ -637,6 +643,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before")
     p.add_argument("--modes", default="on,off", help="batching modes: on,off")
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the server (repeatable), e.g. CATDOG_BATCH_TIMEOUT_MS=20",
+    )
     p.add_argument("--images", type=Path, default=Path("data/split/test"))
     p.add_argument("--n-images", type=int, default=200, help="original photos used")
     p.add_argument("--n-medium", type=int, default=50, help="480x320 versions made")
