@@ -111,7 +111,12 @@ def test_killed_run_resumes_at_the_next_epoch(make_split: MakeSplit, tmp_path: P
     k = done[-1]
     assert done == list(range(1, k + 1))
     assert 2 <= k < EPOCHS
-    assert json.loads((run / "state.json").read_text()) == {"phase": "train", "epoch": k}
+    # The log line is written before the model and the state, so a kill in between
+    # leaves the state one epoch behind the log: that epoch is simply run again.
+    state = json.loads((run / "state.json").read_text())
+    assert state["phase"] == "train" and state["epoch"] in (k - 1, k)
+    repeated = k - state["epoch"]  # 0, or 1 if that epoch's log line got ahead of the kill
+    k = state["epoch"]
     assert (run / "last.keras").is_file()
     assert not (run / "history.json").exists()  # written only at the very end
 
@@ -130,7 +135,9 @@ def test_killed_run_resumes_at_the_next_epoch(make_split: MakeSplit, tmp_path: P
     started = [int(n) for n in re.findall(rf"Epoch (\d+)/{EPOCHS}\b", rerun.stdout)]
     assert started == list(range(k + 1, EPOCHS + 1))
 
-    assert logged_epochs(run) == list(range(1, EPOCHS + 1))  # each epoch exactly once
+    logged = logged_epochs(run)
+    assert sorted(set(logged)) == list(range(1, EPOCHS + 1))
+    assert len(logged) == EPOCHS + repeated  # only a re-run epoch appears twice
     history = json.loads((run / "history.json").read_text())
     assert history["phase"] == ["train"] * EPOCHS
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"):
