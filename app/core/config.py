@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     model_name: str = Field("catdog", description="name under /v1/models/")
     max_batch_size: int = Field(32, ge=1, description="1 turns dynamic batching off")
     batch_timeout_ms: float = Field(5.0, ge=0, description="longest wait for a batch to fill")
-    max_queue: int = Field(256, ge=1, description="requests admitted at once; beyond: 503")
+    max_queue: int = Field(64, ge=1, description="images admitted at once; beyond: 503")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded file")
     max_batch_files: int = Field(32, ge=1, description="files per /predict/batch request")
     max_pixels: int = Field(50_000_000, ge=1, description="width x height, checked before decoding")
