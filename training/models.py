@@ -55,17 +55,27 @@ def make_augmentation(seed: int = 42) -> keras.Sequential:
 def make_scratch_model(
     input_shape: tuple[int, int, int], num_classes: int, seed: int = 42
 ) -> keras.Model:
-    """A from-scratch CNN: augmentation, conv blocks with batch norm, GAP and dropout."""
+    """A from-scratch CNN: augmentation, conv blocks with batch norm, GAP and dropout.
+
+    A strided stem and pooling bring 224 px down to 56 px before the separable
+    blocks, so a forward pass costs about 0.1 GMAC (article-3: about 0.2) and an
+    epoch stays within minutes on a CPU.
+    """
     inputs = keras.Input(shape=input_shape, name="images")
     x = make_augmentation(seed)(inputs)
-    for filters in (32, 64, 128, 256):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
-        x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    for filters in (64, 128, 256):
+        for _ in range(2):
+            x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
         x = layers.MaxPooling2D(2)(x)
+    x = layers.SeparableConv2D(384, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3, seed=seed)(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
