@@ -15,6 +15,15 @@ threads, overlapped with the model) + model at several batch sizes: the best is
 what the model can do on these cores, and ``service req/s / that`` is the
 service's efficiency.
 
+CPU pinning (default on a machine with 2+ cores): the load generator runs on
+the first allowed core and the server on the rest, so the client's CPU use does
+not distort batching on vs off; the in-process limit is measured in a
+subprocess pinned to the server's cores, so efficiency compares like with like.
+``--no-pin`` shares every core.
+
+``--model-dir2 untrained:article-3`` benchmarks an untrained export of that
+architecture (``bench.models``): same graph and speed, no training run needed.
+
 Definitions used in the tables:
 
 * ``req/s``: 200 answers that completed inside the measured window / its length.
@@ -29,8 +38,13 @@ Definitions used in the tables:
 
 Usage::
 
-    .venv/bin/python -m bench.serve --model-dir models/catdog --clients 1,16,64,256 \\
-        --duration 20 --images data/split/test --out bench/results/serve.md
+    .venv/bin/python -m bench.serve --model-dir models/catdog \\
+        --model-dir2 untrained:article-3 --clients 1,16,64,256 --duration 20 \\
+        --images data/split/test --out bench/results/serve.md
+
+The report ends with the issue's targets (for ``article-3`` at 64 clients:
+throughput >= 1.4x and p99 <= 0.6x batching-off, >= 85% of the in-process limit;
+1 client p50 no worse than off; ready <= 5 s; 256 clients without socket errors).
 """
 
 from __future__ import annotations
@@ -155,6 +169,21 @@ def build_image_set(args: argparse.Namespace) -> ImageSet:
 # --------------------------------------------------------------------------- server
 
 
+def pin_to(cpus: set[int] | None) -> Any:
+    """A ``preexec_fn`` that pins a child process (all its future threads) to ``cpus``."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(client cores, server cores): the first allowed core, and the rest."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if not pin or len(allowed) < 2:
+        return None, None
+    return {allowed[0]}, set(allowed[1:])
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
@@ -245,6 +274,7 @@ def run_server(model_dir: Path, mode: str, args: argparse.Namespace) -> Iterator
             env=server_env(model_dir, mode, args.server_env),
             stdout=log,
             stderr=log,
+            preexec_fn=pin_to(args.server_cpus),
         )
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
@@ -452,6 +482,22 @@ def measure_in_process(
     return {"decode_threads": workers, "image_size": list(size), "rows": rows}
 
 
+def measure_in_process_pinned(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``measure_in_process`` in a subprocess pinned to the server's cores."""
+    if not args.server_cpus:
+        return measure_in_process(model_dir, build_image_set(args), args)
+    out = CACHE / "logs" / f"{slug(model_dir)}-inproc.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "bench.serve", "--model-dir", str(model_dir)]
+    command += ["--images", str(args.images), "--seed", str(args.seed), "--no-pin"]
+    command += ["--n-images", str(args.n_images), "--n-medium", str(args.n_medium)]
+    command += ["--n-huge", str(args.n_huge), "--mix", ",".join(map(str, args.mix))]
+    command += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
+    command += ["--inproc-duration", str(args.inproc_duration), "--inproc-only", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, preexec_fn=pin_to(args.server_cpus))
+    return json.loads(out.read_text())
+
+
 def pipelined_rate(predictor: Any, decode: Any, batch: int, seconds: float) -> float:
     """Images/s when the next batch decodes in the pool while the model runs this one."""
     predictor(np.stack([f.result() for f in decode()]))  # warm-up at this batch size
@@ -537,7 +583,8 @@ SERVICE_COLUMNS = [
 def table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> list[str]:
     """A markdown table of ``rows`` with (header, key) ``columns``."""
     lines = ["| " + " | ".join(h for h, _ in columns) + " |"]
-    lines.append("|" + "|".join("---" if k == "mode" else "---:" for _, k in columns) + "|")
+    text = {"mode", "target", "goal", "measured", "met"}
+    lines.append("|" + "|".join("---" if k in text else "---:" for _, k in columns) + "|")
     lines += ["| " + " | ".join(cell(r.get(k)) for _, k in columns) + " |" for r in rows]
     return lines
 
@@ -571,6 +618,13 @@ def model_section(result: dict[str, Any]) -> list[str]:
             ),
             "",
         ]
+    if checks := result.get("targets"):
+        lines += ["Targets (the issue sets them for `article-3`):", ""]
+        lines += table(
+            [{**c, "met": "yes" if c["met"] else "**no**"} for c in checks],
+            [("target", "target"), ("goal", "goal"), ("measured", "measured"), ("met", "met")],
+        )
+        lines.append("")
     return lines
 
 
@@ -588,7 +642,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         report["command"],
         "```",
         "",
-        f"{report['started']}; {env['cpus']} CPUs, load average at start "
+        f"{report['started']}; {env['cpus']} CPUs ({env['pinning']}), load average at start "
         f"{env['loadavg_start']}, at end {env.get('loadavg_end')}; "
         f"{report['settings']['warmup']} s warm-up then "
         f"{report['settings']['duration']} s per client count; request mix: {mix}.",
@@ -614,6 +668,46 @@ def add_efficiency(result: dict[str, Any]) -> None:
         row["efficiency"] = f"{row['req_per_s'] / best:.0%}" if best else None
 
 
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for one model, with what was measured (skips missing rows)."""
+    rows = {(r["mode"], r["clients"]): r for r in result["service"]}
+    on64, off64 = rows.get(("on", 64)), rows.get(("off", 64))
+    on1, off1 = rows.get(("on", 1)), rows.get(("off", 1))
+    best = (result.get("in_process") or {}).get("best", {}).get("images_per_s")
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, goal: str, measured: str, ok: bool) -> None:
+        checks.append({"target": name, "goal": goal, "measured": measured, "met": ok})
+
+    if on64 and off64:
+        ratio = on64["req_per_s"] / off64["req_per_s"] if off64["req_per_s"] else float("inf")
+        check("64 clients: throughput vs batching off", ">= 1.4x", f"{ratio:.2f}x", ratio >= 1.4)
+        p99 = on64["p99_ms"] / off64["p99_ms"] if off64["p99_ms"] else float("inf")
+        check("64 clients: p99 vs batching off", "<= 0.6x", f"{p99:.2f}x", p99 <= 0.6)
+    if on64 and best:
+        share = on64["req_per_s"] / best
+        check("64 clients: share of the in-process limit", ">= 85%", f"{share:.0%}", share >= 0.85)
+    if on1 and off1:
+        check(
+            "1 client: p50 vs batching off",
+            "no worse",
+            f"{on1['p50_ms']} vs {off1['p50_ms']} ms",
+            on1["p50_ms"] <= off1["p50_ms"] * 1.05 + 0.5,  # within noise: 5% + 0.5 ms
+        )
+    ready = max(r["ready_s"] for r in result["service"])
+    check("ready after start", "<= 5 s", f"{ready} s (slowest start)", ready <= 5.0)
+    for mode in ("on", "off"):
+        if row := rows.get((mode, 256)):
+            check(
+                f"256 clients, batching {mode}: socket errors",
+                "0, p99 bounded",
+                f"{row['socket_errors']} socket errors, {row['status_503']} 503s, "
+                f"p99 {row['p99_ms']} ms",
+                row["socket_errors"] == 0 and row["timeouts"] == 0,
+            )
+    return checks
+
+
 def write_report(report: dict[str, Any], out: Path) -> None:
     """The markdown at ``out``, the raw numbers as JSON beside it."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -637,8 +731,12 @@ def float_list(text: str) -> list[float]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n")[0])
-    p.add_argument("--model-dir", type=Path, required=True, help="model base folder")
-    p.add_argument("--model-dir2", type=Path, help="a second model base folder")
+    p.add_argument("--model-dir", type=model_dir_arg, required=True, help="model base folder")
+    p.add_argument(
+        "--model-dir2",
+        type=model_dir_arg,
+        help="a second model base folder, or untrained:ARCH (e.g. untrained:article-3)",
+    )
     p.add_argument("--clients", type=int_list, default=[1, 16, 64, 256], help="e.g. 1,16,64")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before")
@@ -677,6 +775,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="uvicorn access log (on, as in `make serve`)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="client on the first core, server and in-process limit on the others",
+    )
+    p.add_argument("--inproc-only", type=Path, help=argparse.SUPPRESS)  # internal: JSON path
     p.add_argument("--out", type=Path, default=Path("bench/results/serve.md"))
     args = p.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -687,7 +792,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.mix = [m / sum(args.mix) for m in args.mix]
     if args.inproc_duration is None:
         args.inproc_duration = min(10.0, max(1.0, args.duration / 4))
+    args.client_cpus, args.server_cpus = split_cpus(args.pin)
     return args
+
+
+def model_dir_arg(text: str) -> Path:
+    """A model base folder; ``untrained:ARCH`` exports one first (see ``bench.models``)."""
+    if text.startswith("untrained:"):
+        from bench.models import export_untrained
+
+        return export_untrained(text.split(":", 1)[1])
+    return Path(text)
 
 
 def loadavg() -> list[float]:
@@ -705,14 +820,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark and write the report."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.inproc_only:  # the pinned subprocess of measure_in_process_pinned
+        result = measure_in_process(args.model_dir, build_image_set(args), args)
+        args.inproc_only.write_text(json.dumps(result))
+        return
+    if args.client_cpus:
+        os.sched_setaffinity(0, args.client_cpus)
     model_dirs = [d for d in (args.model_dir, args.model_dir2) if d is not None]
     for model_dir in model_dirs:
         check_model_dir(model_dir)
     report: dict[str, Any] = {
         "command": command_line(argv),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "environment": {"cpus": os.cpu_count(), "loadavg_start": loadavg()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("model_dir", "model_dir2")},
+        "environment": {
+            "cpus": os.cpu_count(),
+            "pinning": (
+                f"client on CPU {sorted(args.client_cpus)}, "
+                f"server on CPU {sorted(args.server_cpus)}"
+                if args.server_cpus
+                else "not pinned: client and server share the cores"
+            ),
+            "loadavg_start": loadavg(),
+        },
+        "settings": {
+            k: sorted(v) if isinstance(v, set) else v
+            for k, v in vars(args).items()
+            if k not in ("model_dir", "model_dir2")
+        },
     }
     print(report["command"], flush=True)
     images = build_image_set(args)
@@ -731,8 +865,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     for result, model_dir in zip(results, model_dirs):  # every server is stopped by now
         if not args.no_inproc:
-            result["in_process"] = measure_in_process(model_dir, images, args)
+            result["in_process"] = measure_in_process_pinned(model_dir, args)
         add_efficiency(result)
+        result["targets"] = targets(result)
     report["models"] = results
     report["environment"]["loadavg_end"] = loadavg()
     write_report(report, args.out)

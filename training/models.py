@@ -55,11 +55,12 @@ def make_augmentation(seed: int = 42) -> keras.Sequential:
 def make_scratch_model(
     input_shape: tuple[int, int, int], num_classes: int, seed: int = 42
 ) -> keras.Model:
-    """A from-scratch CNN: augmentation, conv blocks with batch norm, GAP and dropout.
+    """A from-scratch CNN: augmentation, residual separable blocks with batch norm, GAP, dropout.
 
-    A strided stem and pooling bring 224 px down to 56 px before the separable
-    blocks, so a forward pass costs about 0.1 GMAC (article-3: about 0.2) and an
-    epoch stays within minutes on a CPU.
+    A strided stem and a pooling layer divide the resolution by 4 before the
+    blocks; each block halves it again and adds a strided 1x1 shortcut. At
+    128 px a training step costs about 4 ms per image on two CPU cores, so
+    30 epochs of the 20k split fit in under an hour.
     """
     inputs = keras.Input(shape=input_shape, name="images")
     x = make_augmentation(seed)(inputs)
@@ -68,11 +69,14 @@ def make_scratch_model(
     x = layers.Activation("relu")(x)
     x = layers.MaxPooling2D(2)(x)
     for filters in (64, 128, 256):
+        shortcut = layers.Conv2D(filters, 1, strides=2, padding="same", use_bias=False)(x)
+        shortcut = layers.BatchNormalization()(shortcut)
         for _ in range(2):
             x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
             x = layers.BatchNormalization()(x)
             x = layers.Activation("relu")(x)
-        x = layers.MaxPooling2D(2)(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        x = layers.add([x, shortcut])
     x = layers.SeparableConv2D(384, 3, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization()(x)
     x = layers.Activation("relu")(x)

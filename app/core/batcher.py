@@ -3,9 +3,15 @@
 Requests are admitted up to ``max_queue`` images in flight (decoding or waiting
 for the model); past that, ``QueueFullError`` (503). Each image waits in an
 asyncio queue; one worker takes up to ``max_batch_size`` of them and runs the
-model in a dedicated thread, so the event loop never blocks. The worker waits
-up to ``batch_timeout_ms`` for a batch to fill, but only while admitted
-requests are still decoding: a lone request is never held back.
+model in a dedicated thread, so the event loop never blocks.
+
+How long the worker waits for a batch to fill: only while admitted requests are
+still decoding (a lone request is never held back), and then for up to the
+longer of ``batch_timeout_ms`` and the duration of the previous model call,
+capped at ``max_batch_wait_ms``. Waiting about one model call at most doubles
+the model time of the requests already queued, and on a busy CPU it hands the
+cores to the decoders, so batches grow towards ``max_batch_size`` instead of
+settling at a few images per call with the model and the decoders taking turns.
 """
 
 from __future__ import annotations
@@ -46,10 +52,17 @@ class Batcher:
     """Groups single-image inference calls into batches (see the module docstring)."""
 
     def __init__(
-        self, max_batch_size: int, batch_timeout_ms: float, max_queue: int, metrics: Metrics
+        self,
+        max_batch_size: int,
+        batch_timeout_ms: float,
+        max_queue: int,
+        metrics: Metrics,
+        max_batch_wait_ms: float = 0.0,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.timeout = batch_timeout_ms / 1000.0
+        self.max_wait = max_batch_wait_ms / 1000.0
+        self.last_call = 0.0  # seconds taken by the previous model call
         self.max_queue = max_queue
         self.metrics = metrics
         self.in_flight = 0  # admitted images not yet answered
@@ -108,7 +121,7 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            deadline = time.perf_counter() + self.timeout
+            deadline = time.perf_counter() + self.wait_limit()
             while len(batch) < self.max_batch_size:
                 if not self._queue.empty():
                     batch.append(self._queue.get_nowait())
@@ -121,6 +134,10 @@ class Batcher:
                 except TimeoutError:
                     break
             await self._infer([item for item in batch if not item.future.done()])
+
+    def wait_limit(self) -> float:
+        """Seconds the worker may wait for requests still decoding to join a batch."""
+        return max(self.timeout, min(self.last_call, self.max_wait))
 
     async def _infer(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
@@ -137,7 +154,8 @@ class Batcher:
             try:
                 t0 = time.perf_counter()
                 probabilities = await loop.run_in_executor(self._executor, model.infer, images)
-                self.metrics.inference.observe(time.perf_counter() - t0)
+                self.last_call = time.perf_counter() - t0
+                self.metrics.inference.observe(self.last_call)
                 self.metrics.batch_size.observe(len(items))
             except Exception as exc:  # a model failure fails these requests, not the worker
                 log.exception("inference failed for a batch of %d", len(items))

@@ -20,7 +20,12 @@ class Settings(BaseSettings):
     )
     model_name: str = Field("catdog", description="name under /v1/models/")
     max_batch_size: int = Field(32, ge=1, description="1 turns dynamic batching off")
-    batch_timeout_ms: float = Field(5.0, ge=0, description="longest wait for a batch to fill")
+    batch_timeout_ms: float = Field(
+        5.0, ge=0, description="wait for a batch to fill while requests are still decoding"
+    )
+    max_batch_wait_ms: float = Field(
+        100.0, ge=0, description="cap on waiting as long as the previous model call; 0: off"
+    )
     max_queue: int = Field(64, ge=1, description="images admitted at once; beyond: 503")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded file")
     max_batch_files: int = Field(32, ge=1, description="files per /predict/batch request")

@@ -36,7 +36,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("cannot start: %s", exc)
         raise RuntimeError(f"catdog cannot start: {exc}") from exc
     batcher = Batcher(
-        settings.max_batch_size, settings.batch_timeout_ms, settings.max_queue, app.state.metrics
+        settings.max_batch_size,
+        settings.batch_timeout_ms,
+        settings.max_queue,
+        app.state.metrics,
+        settings.max_batch_wait_ms,
     )
     batcher.start()
     workers = settings.decode_workers or os.cpu_count() or 1

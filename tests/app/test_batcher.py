@@ -1,0 +1,75 @@
+"""The batcher's wait policy, driven directly with a model that takes a known time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from app.core.batcher import Batcher
+from app.core.metrics import Metrics
+
+
+class SlowModel:
+    """Returns one row per image after ``seconds``; records each call's batch size."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls: list[int] = []
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        self.calls.append(len(images))
+        return np.tile([0.25, 0.75], (len(images), 1))
+
+
+async def _late_joiners(batcher: Batcher, model: SlowModel, delay: float) -> list[int]:
+    """One request queued at once, two more admitted with it but queued ``delay`` s later."""
+    image = np.zeros((4, 4, 3), np.float32)
+    batcher.start()
+    try:
+        with batcher.admit(1) as ticket:  # a first call sets how long one takes
+            await batcher.submit(ticket, model, image)
+        model.calls.clear()
+        with batcher.admit(3) as ticket:
+
+            async def later() -> np.ndarray:
+                await asyncio.sleep(delay)
+                return await batcher.submit(ticket, model, image)
+
+            rows = await asyncio.gather(batcher.submit(ticket, model, image), later(), later())
+        assert all(row.tolist() == [0.25, 0.75] for row in rows)
+    finally:
+        await batcher.stop()
+    return model.calls
+
+
+async def test_waits_about_one_model_call_for_requests_still_decoding() -> None:
+    model = SlowModel(0.4)
+    batcher = Batcher(8, 1.0, 64, Metrics(), max_batch_wait_ms=1000)
+    assert await _late_joiners(batcher, model, delay=0.1) == [3]
+
+
+async def test_wait_is_capped_by_max_batch_wait() -> None:
+    model = SlowModel(0.4)
+    batcher = Batcher(8, 1.0, 64, Metrics(), max_batch_wait_ms=0)
+    assert await _late_joiners(batcher, model, delay=0.1) == [1, 2]
+
+
+async def test_a_lone_request_is_not_held_back() -> None:
+    model = SlowModel(0.3)
+    batcher = Batcher(8, 1.0, 64, Metrics(), max_batch_wait_ms=1000)
+    image = np.zeros((4, 4, 3), np.float32)
+    batcher.start()
+    try:
+        with batcher.admit(1) as ticket:
+            await batcher.submit(ticket, model, image)
+        assert batcher.wait_limit() >= 0.3
+        started = time.perf_counter()
+        with batcher.admit(1) as ticket:
+            await batcher.submit(ticket, model, image)
+        # Nothing else was decoding, so no wait: just the model's 0.3 s.
+        assert time.perf_counter() - started < 0.55
+    finally:
+        await batcher.stop()
