@@ -365,17 +365,22 @@ async def run_load(
 ) -> LoadResult:
     """Warm up, then measure ``clients`` closed-loop clients for ``args.duration`` seconds."""
     result = LoadResult(clients, args.duration)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # One single-connection client each: a shared pool of 256 connections costs httpx
+    # time per request that grows with the pool, and the load generator became the
+    # bottleneck (a core at 100% while the server idled).
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     timeout = httpx.Timeout(args.timeout)
-    async with (
-        httpx.AsyncClient(limits=limits, timeout=timeout) as client,
-        httpx.AsyncClient(timeout=timeout) as side,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        pool = [
+            await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=timeout))
+            for _ in range(clients)
+        ]
+        side = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
         window_start = time.perf_counter() + args.warmup
         window = (window_start, window_start + args.duration)
         tasks = [
             closed_loop_client(
-                client,
+                pool[i],
                 f"{server.url}/predict",
                 images,
                 random.Random(args.seed * 7919 + i),
