@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI
 
 from app.api.errors import register_error_handlers
-from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.api.middleware import BodyLimitMiddleware, LoadSheddingMiddleware, MetricsMiddleware
 from app.api.routes import health, metrics, models, page, predict
 from app.core.lifespan import lifespan
 from app.core.metrics import Metrics
@@ -31,6 +31,7 @@ def create_app() -> FastAPI:
     app.state.metrics = Metrics()
     app.state.accepting = False
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(LoadSheddingMiddleware)
     app.add_middleware(MetricsMiddleware)
     register_error_handlers(app)
     for module in (predict, health, models, metrics, page):

@@ -1,4 +1,4 @@
-"""ASGI middleware: request-body limits enforced while streaming, and request metrics."""
+"""ASGI middleware: request-body limits, load shedding before the upload is read, metrics."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import time
 
 from fastapi import HTTPException
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import queue_full
 from app.core.config import Settings, get_settings
+from app.core.errors import QueueFullError
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
 ROUTE_KEY = "catdog.route"  # route label for answers sent before routing
@@ -71,6 +74,35 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class LoadSheddingMiddleware:
+    """Answer 503 before reading an upload when the batch queue is already full.
+
+    Refused uploads are never parsed, so a crowd of retrying clients costs the
+    service little; a request that passes here can still get 503 from the same
+    check after parsing if the queue filled meanwhile.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        batcher = getattr(getattr(scope.get("app"), "state", None), "batcher", None)
+        predicting = (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and body_limit(_settings(scope), scope["path"]) is not None
+        )
+        if predicting and batcher is not None:
+            try:
+                batcher.check_room()
+            except QueueFullError as exc:
+                scope[ROUTE_KEY] = scope["path"]
+                response = await queue_full(Request(scope), exc)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class MetricsMiddleware:

@@ -93,12 +93,16 @@ class Batcher:
                 item.future.set_exception(ModelNotReadyError("the service is stopping"))
         self._executor.shutdown(wait=True)
 
-    @contextlib.contextmanager
-    def admit(self, count: int = 1) -> Iterator[Ticket]:
-        """Reserve room for ``count`` images for the duration of a request, or 503."""
+    def check_room(self, count: int = 1) -> None:
+        """Raise ``QueueFullError`` (and count a rejection) if ``count`` more images don't fit."""
         if self.in_flight + count > self.max_queue:
             self.metrics.rejected.inc()
             raise QueueFullError(f"{self.in_flight} images in flight (limit {self.max_queue})")
+
+    @contextlib.contextmanager
+    def admit(self, count: int = 1) -> Iterator[Ticket]:
+        """Reserve room for ``count`` images for the duration of a request, or 503."""
+        self.check_room(count)
         ticket = Ticket(count)
         self.in_flight += count
         self._pending += count

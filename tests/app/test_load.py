@@ -43,6 +43,22 @@ async def test_queue_full_is_503_with_retry_after(tiny_model_base: Path) -> None
         assert value(text, "catdog_images_in_flight") == 0
 
 
+async def test_full_queue_refuses_before_reading_the_upload(tiny_model_base: Path) -> None:
+    """With no room left, even a text upload gets 503 rather than 415: it is never parsed."""
+    settings = settings_for(tiny_model_base, max_queue=1, retry_after_s=3)
+    async with serve(settings) as (app, client):
+        with app.state.batcher.admit(1):
+            response = await client.post("/predict", files=upload(b"plain text, not an image"))
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "3"
+            assert "busy" in response.json()["detail"]
+        response = await client.post("/predict", files=upload(good_image()))
+        assert response.status_code == 200, response.text
+        text = await metrics_text(client)
+        assert value(text, "catdog_rejected_total") == 1
+        assert value(text, "catdog_requests_total", route="/predict", status="503") == 1
+
+
 async def test_burst_gets_only_200_or_503(tiny_model_base: Path) -> None:
     settings = settings_for(tiny_model_base, max_queue=4)
     photo = images.jpeg_bytes(image=images.noisy((640, 480), seed=3))
