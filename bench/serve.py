@@ -96,9 +96,13 @@ class ImageSet:
 
     def pick(self, rng: random.Random) -> tuple[str, bytes]:
         """A (file name, bytes) drawn from the mix."""
+        return self.pick_in_group(rng)[1]
+
+    def pick_in_group(self, rng: random.Random) -> tuple[str, tuple[str, bytes]]:
+        """A group drawn from the mix, and a (file name, bytes) from that group."""
         names = [g for g in self.weights if self.groups.get(g)]
         group = rng.choices(names, [self.weights[g] for g in names])[0]
-        return rng.choice(self.groups[group])
+        return group, rng.choice(self.groups[group])
 
     def describe(self) -> dict[str, Any]:
         """Per group: how many files, their mean size in KB and the mix weight."""
@@ -308,6 +312,7 @@ class LoadResult:
     duration: float
     ok_in_window: int = 0
     latencies_ok: list[float] = field(default_factory=list)
+    latencies_by_group: dict[str, list[float]] = field(default_factory=dict)
     statuses: Counter = field(default_factory=Counter)
     socket_errors: int = 0
     timeouts: int = 0
@@ -315,7 +320,9 @@ class LoadResult:
     batch_sum: float = 0.0
     batch_count: float = 0.0
 
-    def record(self, start: float, end: float, outcome: int | str, window_end: float) -> None:
+    def record(
+        self, start: float, end: float, outcome: int | str, window_end: float, group: str = ""
+    ) -> None:
         """Count one request started in the window."""
         if outcome == "timeout":
             self.timeouts += 1
@@ -327,6 +334,7 @@ class LoadResult:
             self.statuses[outcome] += 1
             if outcome == 200:
                 self.latencies_ok.append(end - start)
+                self.latencies_by_group.setdefault(group, []).append(end - start)
                 self.ok_in_window += end <= window_end
 
 
@@ -353,11 +361,11 @@ async def closed_loop_client(
     """Send one request after another until the window ends; record those started in it."""
     window_start, window_end = window
     while time.perf_counter() < window_end:
-        image = images.pick(rng)
+        group, image = images.pick_in_group(rng)
         start = time.perf_counter()
         outcome = await post_image(client, url, image)
         if start >= window_start:
-            result.record(start, time.perf_counter(), outcome, window_end)
+            result.record(start, time.perf_counter(), outcome, window_end, group)
 
 
 async def run_load(
@@ -419,6 +427,14 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "socket_errors": result.socket_errors,
         "timeouts": result.timeouts,
         "error_samples": result.error_samples,
+        "by_image": {
+            group: {
+                "ok": len(values),
+                "p50_ms": round(float(np.percentile(values, 50)) * 1000.0, 1),
+                "p99_ms": round(float(np.percentile(values, 99)) * 1000.0, 1),
+            }
+            for group, values in result.latencies_by_group.items()
+        },
         "mean_batch": round(result.batch_sum / result.batch_count, 2)
         if result.batch_count
         else None,
@@ -448,7 +464,8 @@ def format_row(row: dict[str, Any]) -> str:
         f"clients={row['clients']:>4}  {row['req_per_s']:8.2f} req/s  p50={row['p50_ms']} "
         f"p90={row['p90_ms']} p99={row['p99_ms']} ms  503={row['status_503']} "
         f"other={row['other_status']} socket={row['socket_errors']} timeouts={row['timeouts']}"
-        f"  batch={row['mean_batch']}  rss={row['peak_rss_mb']} MB"
+        f"  batch={row['mean_batch']}  rss={row['peak_rss_mb']} MB\n      p50/p99 by image: "
+        + ", ".join(f"{g} {v['p50_ms']}/{v['p99_ms']} ms" for g, v in row["by_image"].items())
     )
 
 

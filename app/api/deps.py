@@ -1,4 +1,8 @@
-"""Dependencies shared by the routers."""
+"""Dependencies shared by the routers.
+
+They are ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its
+thread pool, which costs every request a round trip through a worker thread.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from app.core.model import Classifier
 from app.core.registry import ModelRegistry
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     """The app's model registry (created in the lifespan)."""
     registry = getattr(request.app.state, "registry", None)
     if registry is None:
@@ -20,7 +24,7 @@ def get_registry(request: Request) -> ModelRegistry:
     return registry
 
 
-def get_classifier(request: Request) -> Classifier:
+async def get_classifier(request: Request) -> Classifier:
     """The app's classifier (created in the lifespan)."""
     classifier = getattr(request.app.state, "classifier", None)
     if classifier is None:
@@ -28,6 +32,11 @@ def get_classifier(request: Request) -> Classifier:
     return classifier
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def app_settings(request: Request) -> Settings:
+    """The settings the lifespan resolved (``dependency_overrides[get_settings]`` included)."""
+    return getattr(request.app.state, "settings", None) or get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]

@@ -102,6 +102,9 @@ class LoadSheddingMiddleware:
                 response = await queue_full(Request(scope), exc)
                 await response(scope, receive, send)
                 return
+            with batcher.expect():  # the batcher may wait for this upload to join a batch
+                await self.app(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 

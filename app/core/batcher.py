@@ -5,13 +5,19 @@ for the model); past that, ``QueueFullError`` (503). Each image waits in an
 asyncio queue; one worker takes up to ``max_batch_size`` of them and runs the
 model in a dedicated thread, so the event loop never blocks.
 
-How long the worker waits for a batch to fill: only while admitted requests are
-still decoding (a lone request is never held back), and then for up to the
-longer of ``batch_timeout_ms`` and the duration of the previous model call,
-capped at ``max_batch_wait_ms``. Waiting about one model call at most doubles
-the model time of the requests already queued, and on a busy CPU it hands the
-cores to the decoders, so batches grow towards ``max_batch_size`` instead of
-settling at a few images per call with the model and the decoders taking turns.
+How long the worker waits for a batch to fill: only while more images are on
+their way (a lone request is never held back), and then for up to the longer of
+``batch_timeout_ms`` and the duration of the previous model call, capped at
+``max_batch_wait_ms``. Waiting about one model call at most doubles the model
+time of the requests already queued, and on a busy CPU it hands the cores to the
+decoders, so batches grow towards ``max_batch_size`` instead of settling at a few
+images per call with the model and the decoders taking turns.
+
+"On their way" counts admitted images still decoding and prediction requests
+whose upload is still being read: the middleware announces each request with
+``expect()`` from its first byte, and ``admit()`` takes it over. Without the
+second count a batch was often cut while a few uploads of the same wave were
+still arriving, and those requests waited a whole extra model call.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +45,16 @@ class Ticket:
     """Room reserved by one request: how many of its images are not yet queued."""
 
     unsubmitted: int
+
+
+@dataclass
+class _Arrival:
+    """A prediction request counted as on its way until it is admitted or ends."""
+
+    open: bool = True
+
+
+_ARRIVAL: ContextVar[_Arrival | None] = ContextVar("catdog_arrival", default=None)
 
 
 @dataclass
@@ -68,6 +85,7 @@ class Batcher:
         self.in_flight = 0  # admitted images not yet answered
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._pending = 0  # admitted images not yet in the queue (still decoding)
+        self._arriving = 0  # prediction requests whose upload is still being read
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._worker: asyncio.Task | None = None
 
@@ -99,9 +117,32 @@ class Batcher:
             self.metrics.rejected.inc()
             raise QueueFullError(f"{self.in_flight} images in flight (limit {self.max_queue})")
 
+    @property
+    def on_the_way(self) -> int:
+        """Requests still uploading plus admitted images still decoding."""
+        return self._arriving + self._pending
+
+    @contextlib.contextmanager
+    def expect(self) -> Iterator[None]:
+        """Count a prediction request as on its way from its first byte until ``admit``."""
+        arrival = _Arrival()
+        self._arriving += 1
+        token = _ARRIVAL.set(arrival)
+        try:
+            yield
+        finally:
+            _ARRIVAL.reset(token)
+            self._arrived(arrival)
+
+    def _arrived(self, arrival: _Arrival | None) -> None:
+        if arrival is not None and arrival.open:
+            arrival.open = False
+            self._arriving -= 1
+
     @contextlib.contextmanager
     def admit(self, count: int = 1) -> Iterator[Ticket]:
         """Reserve room for ``count`` images for the duration of a request, or 503."""
+        self._arrived(_ARRIVAL.get())
         self.check_room(count)
         ticket = Ticket(count)
         self.in_flight += count
@@ -131,7 +172,7 @@ class Batcher:
                     batch.append(self._queue.get_nowait())
                     continue
                 remaining = deadline - time.perf_counter()
-                if self._pending <= 0 or remaining <= 0:
+                if self.on_the_way <= 0 or remaining <= 0:
                     break  # nothing else is on its way, or we waited long enough
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
@@ -140,7 +181,7 @@ class Batcher:
             await self._infer([item for item in batch if not item.future.done()])
 
     def wait_limit(self) -> float:
-        """Seconds the worker may wait for requests still decoding to join a batch."""
+        """Seconds the worker may wait for images on their way to join a batch."""
         return max(self.timeout, min(self.last_call, self.max_wait))
 
     async def _infer(self, batch: list[_Item]) -> None:

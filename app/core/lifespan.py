@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from app.core import heap
 from app.core.batcher import Batcher
 from app.core.config import Settings, get_settings
 from app.core.errors import ModelLoadError
@@ -24,6 +25,14 @@ def resolve_settings(app: FastAPI) -> Settings:
     return app.dependency_overrides.get(get_settings, get_settings)()
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, e.g. ``taskset`` or a cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the model before serving (fail fast on a bad folder); drain on shutdown."""
@@ -31,7 +40,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.settings = settings
     registry = ModelRegistry(settings.model_dir, app.state.metrics, settings.max_batch_size)
     try:
-        model = await asyncio.to_thread(registry.load_initial)
+        # No local name for the model: this frame lives as long as the app, and would
+        # keep the first version in memory after a new one is swapped in.
+        await asyncio.to_thread(registry.load_initial)
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         raise RuntimeError(f"catdog cannot start: {exc}") from exc
@@ -43,8 +54,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.max_batch_wait_ms,
     )
     batcher.start()
-    workers = settings.decode_workers or os.cpu_count() or 1
+    workers = settings.decode_workers or usable_cpus()
     classifier = Classifier(registry, batcher, settings.max_pixels, workers)
+    heap.settle()  # full collections would otherwise stall serving for ~200 ms
     watcher = None
     if settings.poll_interval_s > 0:
         watcher = asyncio.create_task(registry.watch(settings.poll_interval_s), name="watcher")
@@ -52,7 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.accepting = True
     log.info(
         "ready: version %s, max batch %d, timeout %.1f ms, queue %d",
-        model.version,
+        registry.current.version,
         settings.max_batch_size,
         settings.batch_timeout_ms,
         settings.max_queue,
@@ -67,3 +79,4 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await watcher
         await batcher.stop()
         classifier.close()
+        heap.thaw()

@@ -4,7 +4,8 @@ A watcher polls the model base folder. A higher integer version is loaded and
 warmed up in a thread while the current one keeps serving, then swapped in by
 one assignment (requests already preprocessed keep the model they started with).
 A version that fails to load is refused with a log line and retried only if its
-files change.
+files change. The heap is frozen while serving (``app.core.heap``); a swap thaws
+it so that the replaced version can be freed, and the next tick freezes it again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from app.core import heap
 from app.core.errors import ModelLoadError, ModelNotReadyError
 from app.core.metrics import Metrics
 from app.core.model import LoadedModel, load_latest, load_version
@@ -41,6 +43,7 @@ class ModelRegistry:
         self.warm_up_batch = warm_up_batch
         self._current: LoadedModel | None = None
         self._refused: dict[int, tuple] = {}
+        self._settle_due = False  # a swap thawed the heap; freeze it again on the next tick
 
     @property
     def current(self) -> LoadedModel:
@@ -90,6 +93,9 @@ class ModelRegistry:
         """Poll for new versions every ``interval`` seconds, forever."""
         while True:
             await asyncio.sleep(interval)
+            if self._settle_due:
+                self._settle_due = False
+                heap.settle()
             try:
                 await self.check_for_update()
             except Exception:  # the watcher must survive a bad folder
@@ -97,6 +103,11 @@ class ModelRegistry:
 
     def _swap(self, model: LoadedModel) -> None:
         previous = self._current.version if self._current else None
+        if previous is not None:
+            # The old version was frozen with the heap; let it be freed once its last
+            # batch is done, and freeze again on the watcher's next tick.
+            heap.thaw()
+            self._settle_due = True
         self._current = model
         self.metrics.set_model_version(model.version)
         self.metrics.model_loads.labels(result="loaded").inc()

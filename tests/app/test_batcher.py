@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
+import pytest
 
 from app.core.batcher import Batcher
 from app.core.metrics import Metrics
@@ -73,3 +75,55 @@ async def test_a_lone_request_is_not_held_back() -> None:
         assert time.perf_counter() - started < 0.55
     finally:
         await batcher.stop()
+
+
+async def _one_ready_one_uploading(announced: bool) -> list[int]:
+    """Two requests: one queued at once, one whose upload takes 0.2 s more to arrive.
+
+    ``announced``: the slow one is counted from its first byte (``expect``), as the
+    service's middleware does for every prediction request.
+    """
+    model = SlowModel(0.05)
+    batcher = Batcher(8, 1000.0, 64, Metrics(), max_batch_wait_ms=1000)
+    image = np.zeros((4, 4, 3), np.float32)
+    batcher.start()
+    try:
+
+        async def ready() -> np.ndarray:
+            with batcher.admit(1) as ticket:
+                return await batcher.submit(ticket, model, image)
+
+        async def uploading() -> np.ndarray:
+            with batcher.expect() if announced else contextlib.nullcontext():
+                await asyncio.sleep(0.2)  # the rest of the body is still on the wire
+                with batcher.admit(1) as ticket:
+                    return await batcher.submit(ticket, model, image)
+
+        await asyncio.gather(uploading(), ready())
+        assert batcher.on_the_way == 0
+    finally:
+        await batcher.stop()
+    return model.calls
+
+
+async def test_a_batch_waits_for_a_request_still_uploading() -> None:
+    assert await _one_ready_one_uploading(announced=True) == [2]
+
+
+async def test_an_unannounced_upload_is_not_waited_for() -> None:
+    # The same two requests without the arrival count: nothing is "on its way" when
+    # the first is queued, so it runs alone even though the timeout is a second.
+    assert await _one_ready_one_uploading(announced=False) == [1, 1]
+
+
+async def test_a_request_that_fails_before_admission_stops_counting() -> None:
+    batcher = Batcher(8, 1.0, 64, Metrics())
+    with pytest.raises(ValueError), batcher.expect():
+        assert batcher.on_the_way == 1
+        raise ValueError("413: the upload was too large")
+    assert batcher.on_the_way == 0
+    with batcher.expect():
+        with batcher.admit(2):  # admitted: its images are on their way, not the request
+            assert batcher.on_the_way == 2
+        assert batcher.on_the_way == 0
+    assert batcher.on_the_way == 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import shutil
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -118,3 +120,19 @@ async def test_lower_version_is_ignored(model_base: Path) -> None:
         text = await metrics_text(client)
         assert value(text, "catdog_model_loads_total", result="loaded") == 2
         assert value(text, "catdog_model_loads_total", result="refused") == 0
+
+
+async def test_a_replaced_version_is_freed_and_the_heap_frozen_again(model_base: Path) -> None:
+    """The heap is frozen while serving; a swap must not keep the old version alive."""
+    async with serve(settings_for(model_base, poll_interval_s=POLL)) as (app, client):
+        assert gc.get_freeze_count() > 0  # frozen after start-up
+        old = weakref.ref(app.state.registry.current)
+        shutil.copytree(model_base / "1", model_base / ".tmp")
+        (model_base / ".tmp").rename(model_base / "2")
+        await wait_for_metric(client, "catdog_model_version", 1, version="2")
+        await assert_serving(client, "2")
+        deadline = time.monotonic() + WAIT
+        while old() is not None or gc.get_freeze_count() == 0:
+            assert time.monotonic() < deadline, "version 1 is still in memory after the swap"
+            await asyncio.sleep(POLL)
+    assert gc.get_freeze_count() == 0  # shutdown thaws it
