@@ -10,9 +10,9 @@ after the warm-up, the batch sizes the service used (from ``/metrics``) and the
 server's peak RSS (``VmHWM`` in ``/proc/<pid>/status``).
 
 With every server stopped, it then loads the same SavedModel in this process
-and measures images/s of decode + preprocess (one thread per usable core, as
-the service, overlapped with the model) + model at several batch sizes: the best is
-what the model can do on these cores, and ``service req/s / that`` is the
+and measures images/s of decode + preprocess (a thread pool of ``os.cpu_count()``
+threads, at least as many as the service uses, overlapped with the model) +
+model at several batch sizes: the best is what the model can do on these cores, and ``service req/s / that`` is the
 service's efficiency.
 
 CPU pinning (default on a machine with 2+ cores): the load generator runs on
@@ -477,13 +477,12 @@ def measure_in_process(
 ) -> dict[str, Any]:
     """Images/s of decode + preprocess + model in this process, per batch size."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from app.core.lifespan import usable_cpus
     from training.export import latest_version, load_saved_model
     from training.preprocessing import preprocess
 
     predictor, contract = load_saved_model(latest_version(model_dir))
     size = tuple(contract.image_size)
-    workers = usable_cpus()  # as the service sizes its decoding pool
+    workers = os.cpu_count() or 1
     rows = []
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         for batch in args.batch_sizes:

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     model_name: str = Field("catdog", description="name under /v1/models/")
     max_batch_size: int = Field(32, ge=1, description="1 turns dynamic batching off")
     batch_timeout_ms: float = Field(
-        5.0, ge=0, description="wait for a batch to fill while requests are still decoding"
+        5.0, ge=0, description="wait for a batch to fill while more images are on their way"
     )
     max_batch_wait_ms: float = Field(
         100.0, ge=0, description="cap on waiting as long as the previous model call; 0: off"
@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded file")
     max_batch_files: int = Field(32, ge=1, description="files per /predict/batch request")
     max_pixels: int = Field(50_000_000, ge=1, description="width x height, checked before decoding")
-    decode_workers: int = Field(0, ge=0, description="image decoding threads; 0: one per core")
+    decode_workers: int = Field(
+        0, ge=0, description="image decoding threads; 0: one per usable core"
+    )
     poll_interval_s: float = Field(5.0, ge=0, description="new-version check; 0 turns it off")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 503")
 
