@@ -12,8 +12,8 @@ server's peak RSS (``VmHWM`` in ``/proc/<pid>/status``).
 With every server stopped, it then loads the same SavedModel in this process
 and measures images/s of decode + preprocess (a thread pool of ``os.cpu_count()``
 threads, at least as many as the service uses, overlapped with the model) +
-model at several batch sizes: the best is what the model can do on these cores, and ``service req/s / that`` is the
-service's efficiency.
+model at several batch sizes: the best is what the model can do on these
+cores, and ``service req/s / that`` is the service's efficiency.
 
 CPU pinning (default on a machine with 2+ cores): the load generator runs on
 the first allowed core and the server on the rest, so the client's CPU use does
