@@ -623,6 +623,16 @@ def model_section(result: dict[str, Any]) -> list[str]:
         *table(result["service"], SERVICE_COLUMNS),
         "",
     ]
+    sized = [
+        {"mode": r["mode"], "clients": r["clients"]}
+        | {g: f"{v['p50_ms']} / {v['p99_ms']}" for g, v in r["by_image"].items()}
+        for r in result["service"]
+        if r.get("by_image")
+    ]
+    if sized:
+        groups = [(g, g) for g in GROUPS if any(g in row for row in sized)]
+        lines += ["p50 / p99 ms by image size:", ""]
+        lines += [*table(sized, [("batching", "mode"), ("clients", "clients"), *groups]), ""]
     if inproc:
         best = inproc["best"]
         lines += [
