@@ -17,7 +17,9 @@ images per call with the model and the decoders taking turns.
 whose upload is still being read: the middleware announces each request with
 ``expect()`` from its first byte, and ``admit()`` takes it over. Without the
 second count a batch was often cut while a few uploads of the same wave were
-still arriving, and those requests waited a whole extra model call.
+still arriving, and those requests waited a whole extra model call. An upload
+counts for at most ``ARRIVAL_WINDOW_S`` (1 s), so a slow or stalled client
+cannot keep every batch waiting.
 """
 
 from __future__ import annotations
@@ -47,11 +49,14 @@ class Ticket:
     unsubmitted: int
 
 
-@dataclass
+ARRIVAL_WINDOW_S = 1.0  # an upload still arriving after this long is not waited for
+
+
+@dataclass(eq=False)
 class _Arrival:
     """A prediction request counted as on its way until it is admitted or ends."""
 
-    open: bool = True
+    started: float = field(default_factory=time.perf_counter)
 
 
 _ARRIVAL: ContextVar[_Arrival | None] = ContextVar("catdog_arrival", default=None)
@@ -85,7 +90,7 @@ class Batcher:
         self.in_flight = 0  # admitted images not yet answered
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._pending = 0  # admitted images not yet in the queue (still decoding)
-        self._arriving = 0  # prediction requests whose upload is still being read
+        self._arrivals: set[_Arrival] = set()  # prediction requests still being uploaded
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._worker: asyncio.Task | None = None
 
@@ -119,14 +124,19 @@ class Batcher:
 
     @property
     def on_the_way(self) -> int:
-        """Requests still uploading plus admitted images still decoding."""
-        return self._arriving + self._pending
+        """How many images the worker may wait for.
+
+        Admitted images still decoding, plus requests whose upload began less than
+        ``ARRIVAL_WINDOW_S`` ago: a client trickling its upload must not hold up batches.
+        """
+        since = time.perf_counter() - ARRIVAL_WINDOW_S
+        return self._pending + sum(1 for a in self._arrivals if a.started > since)
 
     @contextlib.contextmanager
     def expect(self) -> Iterator[None]:
         """Count a prediction request as on its way from its first byte until ``admit``."""
         arrival = _Arrival()
-        self._arriving += 1
+        self._arrivals.add(arrival)
         token = _ARRIVAL.set(arrival)
         try:
             yield
@@ -135,9 +145,8 @@ class Batcher:
             self._arrived(arrival)
 
     def _arrived(self, arrival: _Arrival | None) -> None:
-        if arrival is not None and arrival.open:
-            arrival.open = False
-            self._arriving -= 1
+        if arrival is not None:
+            self._arrivals.discard(arrival)
 
     @contextlib.contextmanager
     def admit(self, count: int = 1) -> Iterator[Ticket]:

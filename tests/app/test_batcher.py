@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from app.core import batcher as batcher_module
 from app.core.batcher import Batcher
 from app.core.metrics import Metrics
 
@@ -125,5 +126,17 @@ async def test_a_request_that_fails_before_admission_stops_counting() -> None:
     with batcher.expect():
         with batcher.admit(2):  # admitted: its images are on their way, not the request
             assert batcher.on_the_way == 2
+        assert batcher.on_the_way == 0
+    assert batcher.on_the_way == 0
+
+
+async def test_a_stalled_upload_stops_counting_after_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batcher_module, "ARRIVAL_WINDOW_S", 0.2)
+    batcher = Batcher(8, 1.0, 64, Metrics())
+    with batcher.expect():
+        assert batcher.on_the_way == 1
+        await asyncio.sleep(0.3)  # the client has stopped sending
         assert batcher.on_the_way == 0
     assert batcher.on_the_way == 0

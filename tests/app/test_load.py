@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests import images
@@ -132,3 +133,39 @@ async def test_batched_answers_match_single_answers(tiny_model_base: Path) -> No
         answer = response.json()
         assert answer["label"] == single["label"]
         assert abs(answer["probabilities"]["cat"] - single["probabilities"]["cat"]) < 1e-6
+
+
+async def test_a_batch_waits_for_an_upload_still_arriving(tiny_model_base: Path) -> None:
+    """The middleware counts a prediction from its first byte, so the batch waits for it."""
+    boundary = "catdog-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + good_image(1)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield body[:40]
+        await asyncio.sleep(0.3)  # the rest of the upload is still on the wire
+        yield body[40:]
+
+    settings = settings_for(tiny_model_base, batch_timeout_ms=2000)
+    async with serve(settings) as (_, client):
+        slow = asyncio.create_task(
+            client.post(
+                "/predict",
+                content=trickle(),
+                headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+            )
+        )
+        await asyncio.sleep(0.1)  # its first bytes are in
+        fast = await client.post("/predict", files=upload(good_image(2)))
+        assert fast.status_code == 200, fast.text
+        assert (await slow).status_code == 200
+        text = await metrics_text(client)
+    # One model call for both; without the count the first would have run alone.
+    assert value(text, "catdog_batch_size_count") == 1
+    assert value(text, "catdog_batch_size_sum") == 2
