@@ -195,6 +195,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (``/proc/<pid>/stat``)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 def proc_status_kb(pid: int, key: str) -> int | None:
     """A ``/proc/<pid>/status`` field in kB (e.g. VmHWM, the peak RSS), None if gone."""
     with contextlib.suppress(OSError):
@@ -319,6 +327,8 @@ class LoadResult:
     error_samples: list[str] = field(default_factory=list)
     batch_sum: float = 0.0
     batch_count: float = 0.0
+    server_cores: float | None = None  # CPU the server used over the window, in cores
+    client_cores: float | None = None  # the same for this load generator
 
     def record(
         self, start: float, end: float, outcome: int | str, window_end: float, group: str = ""
@@ -399,9 +409,16 @@ async def run_load(
         ]
         load = asyncio.gather(*tasks)
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
+        started = time.perf_counter()
+        server_cpu, client_cpu = cpu_seconds(server.process.pid), time.process_time()
         before = await batch_counters(side, server.url)
         await load
         after = await batch_counters(side, server.url)
+        elapsed = time.perf_counter() - started
+        server_after = cpu_seconds(server.process.pid)
+        if server_cpu is not None and server_after is not None:
+            result.server_cores = (server_after - server_cpu) / elapsed
+        result.client_cores = (time.process_time() - client_cpu) / elapsed
     result.batch_sum, result.batch_count = after[0] - before[0], after[1] - before[1]
     return result
 
@@ -438,6 +455,8 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "mean_batch": round(result.batch_sum / result.batch_count, 2)
         if result.batch_count
         else None,
+        "server_cores": None if result.server_cores is None else round(result.server_cores, 2),
+        "client_cores": None if result.client_cores is None else round(result.client_cores, 2),
     }
 
 
@@ -464,7 +483,9 @@ def format_row(row: dict[str, Any]) -> str:
         f"clients={row['clients']:>4}  {row['req_per_s']:8.2f} req/s  p50={row['p50_ms']} "
         f"p90={row['p90_ms']} p99={row['p99_ms']} ms  503={row['status_503']} "
         f"other={row['other_status']} socket={row['socket_errors']} timeouts={row['timeouts']}"
-        f"  batch={row['mean_batch']}  rss={row['peak_rss_mb']} MB\n      p50/p99 by image: "
+        f"  batch={row['mean_batch']}  rss={row['peak_rss_mb']} MB"
+        f"  cpu server={row['server_cores']} client={row['client_cores']} cores"
+        "\n      p50/p99 by image: "
         + ", ".join(f"{g} {v['p50_ms']}/{v['p99_ms']} ms" for g, v in row["by_image"].items())
     )
 
@@ -596,6 +617,8 @@ SERVICE_COLUMNS = [
     ("socket", "socket_errors"),
     ("timeouts", "timeouts"),
     ("mean batch", "mean_batch"),
+    ("server CPU cores", "server_cores"),
+    ("client CPU cores", "client_cores"),
     ("peak RSS MB", "peak_rss_mb"),
     ("ready s", "ready_s"),
     ("efficiency", "efficiency"),
