@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.core.config import Settings, get_settings
+from app.core.config import Settings, settings_of
 from app.core.errors import ModelNotReadyError
 from app.core.model import Classifier
 from app.core.registry import ModelRegistry
@@ -34,7 +34,7 @@ async def get_classifier(request: Request) -> Classifier:
 
 async def app_settings(request: Request) -> Settings:
     """The settings the lifespan resolved (``dependency_overrides[get_settings]`` included)."""
-    return getattr(request.app.state, "settings", None) or get_settings()
+    return settings_of(request.app)
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.core.config import get_settings
+from app.core.config import settings_of
 from app.core.errors import ModelNotReadyError, QueueFullError
 from training.preprocessing import (
     CorruptImageError,
@@ -30,7 +30,7 @@ async def image_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def queue_full(request: Request, exc: Exception) -> JSONResponse:
     """Too much work in flight: shed load and tell the client when to retry."""
-    settings = getattr(request.app.state, "settings", None) or get_settings()
+    settings = settings_of(request.app)
     return JSONResponse(
         {"detail": f"server busy: {exc}; retry shortly"},
         status_code=503,

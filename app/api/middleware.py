@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import queue_full
-from app.core.config import Settings, get_settings
+from app.core.config import Settings, settings_of
 from app.core.errors import QueueFullError
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
@@ -34,11 +34,6 @@ def body_limit(settings: Settings, path: str) -> int | None:
     return None
 
 
-def _settings(scope: Scope) -> Settings:
-    app = scope.get("app")
-    return getattr(getattr(app, "state", None), "settings", None) or get_settings()
-
-
 class BodyLimitMiddleware:
     """Refuse bodies over the limit from Content-Length, or mid-stream while counting."""
 
@@ -49,7 +44,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = body_limit(_settings(scope), scope["path"])
+        limit = body_limit(settings_of(scope.get("app")), scope["path"])
         if limit is None:
             await self.app(scope, receive, send)
             return
@@ -92,7 +87,7 @@ class LoadSheddingMiddleware:
         predicting = (
             scope["type"] == "http"
             and scope["method"] == "POST"
-            and body_limit(_settings(scope), scope["path"]) is not None
+            and body_limit(settings_of(scope.get("app")), scope["path"]) is not None
         )
         if predicting and batcher is not None:
             try:

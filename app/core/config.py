@@ -41,3 +41,8 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The settings of this process (a dependency that tests override)."""
     return Settings()
+
+
+def settings_of(app: object) -> Settings:
+    """The settings an app's lifespan resolved (``app.state.settings``), else this process's."""
+    return getattr(getattr(app, "state", None), "settings", None) or get_settings()
