@@ -147,6 +147,33 @@ def exif_rotated_jpeg_bytes(image: Image.Image, orientation: int = 6, quality: i
     return encode(stored, "JPEG", quality=quality, exif=exif)
 
 
+def exif_mistyped_tag_jpeg_bytes(image: Image.Image, orientation: int = 6) -> bytes:
+    """Like ``exif_rotated_jpeg_bytes``, plus a tag whose stored type is not the one EXIF defines.
+
+    The camera-make tag (ASCII) is renumbered as TransferRange, which EXIF defines as
+    numbers. Reading such metadata works; writing it back (Pillow's ``exif_transpose``
+    does, for turned photos) raises ``struct.error``.
+    """
+    upright = _UPRIGHT[orientation]
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"  # Make, ASCII
+    exif[EXIF_ORIENTATION] = orientation
+    raw = exif.tobytes()
+    entry = b"\x01\x0f\x00\x02"  # big-endian ("MM") tag 0x010F, type 2 (ASCII)
+    assert raw.count(entry) == 1
+    raw = raw.replace(entry, b"\x01\x56\x00\x02")  # tag 0x0156 (TransferRange), still ASCII
+    stored = image.transpose(_INVERSE.get(upright, upright))
+    return encode(stored, "JPEG", quality=95, exif=raw)
+
+
+def dds_unknown_format_bytes() -> bytes:
+    """A DDS header announcing a pixel format Pillow doesn't implement (``NotImplementedError``)."""
+    header = struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + bytes(44)
+    pixel_format = struct.pack("<2I", 32, 0x4) + b"ABCD" + bytes(20)
+    caps = struct.pack("<5I", 0x1000, 0, 0, 0, 0)
+    return b"DDS " + header + pixel_format + caps + bytes(64)
+
+
 def png_rgba_bytes(size: Size = (32, 32), color: Color = RED, alpha: int = 0) -> bytes:
     """An RGBA PNG of one colour at opacity ``alpha`` (0 = fully transparent)."""
     return encode(Image.new("RGBA", size, (*color, alpha)), "PNG")

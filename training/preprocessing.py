@@ -15,18 +15,37 @@ the array a model sees for a file is the same in both places. The decisions:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from training.contract import IMAGE_SIZE
 
 ImageSource = bytes | str | Path
+# Called with the pixel count about to be decoded; decoding runs inside what it returns.
+DecodeGate = Callable[[int], AbstractContextManager[object]]
+# open_image enforces a pixel limit itself (Pillow's by default), so Pillow's warning is
+# redundant. Set once here: warnings.catch_warnings() per call is not thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_JPEG_FAMILY = {"JPEG", "MPO"}  # MPO: a JPEG with extra frames (some phones and cameras)
+# EXIF orientation -> the turn that makes the photo upright (as Pillow's exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # Leading bytes of formats we read: a file that starts like one but will not open is corrupt.
 _SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -76,33 +95,51 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
     else:
         fp = source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(fp)
+        image = Image.open(fp)
     except UnidentifiedImageError as exc:
         head = source[:16] if isinstance(source, bytes) else Path(source).read_bytes()[:16]
         if fmt := _signature(head):
             raise CorruptImageError(f"a damaged {fmt} file (its header does not parse)") from exc
         raise NotAnImageError("not a recognised image format") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit
         raise ImageTooLargeError(str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise CorruptImageError(f"unreadable image header: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's plugins raise many kinds on crafted headers
+        raise CorruptImageError(f"unreadable image header: {_describe(exc)}") from exc
     width, height = image.size
     if width < 1 or height < 1:
         image.close()  # a path source has an open file; do not leak it
         raise CorruptImageError(f"image has no pixels ({width}x{height})")
-    if max_pixels is not None and width * height > max_pixels:
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if limit is not None and width * height > limit:
         image.close()
         raise ImageTooLargeError(
-            f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+            f"{width}x{height} = {width * height} pixels exceeds the limit of {limit}"
         )
     return image
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception as short text for an error answer."""
+    return str(exc) or type(exc).__name__
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (phone photos), leaving the metadata alone."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise CorruptImageError(f"unreadable EXIF metadata: {_describe(exc)}") from exc
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Turn a decoded image upright and into 8-bit RGB (see the module docstring)."""
-    image = ImageOps.exif_transpose(image)
+    image = upright(image)
     if image.mode in _SIXTEEN_BIT:
         samples = np.asarray(image, dtype=np.int64)
         if samples.max(initial=0) > 255:
@@ -120,30 +157,48 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _no_gate(pixels: int) -> AbstractContextManager[object]:
+    return contextlib.nullcontext()
+
+
 def load_image(
     source: ImageSource,
     image_size: tuple[int, int] = IMAGE_SIZE,
     max_pixels: int | None = None,
+    gate: DecodeGate = _no_gate,
 ) -> np.ndarray:
-    """Decode, turn upright, convert to RGB and resize: uint8 array (height, width, 3)."""
+    """Decode, turn upright, convert to RGB and resize: uint8 array (height, width, 3).
+
+    ``gate(pixels)`` wraps the decoding once the size to decode is known (after any
+    reduced-scale JPEG decoding is chosen); the service uses it to bound memory.
+    """
     height, width = image_size
     image = open_image(source, max_pixels=max_pixels)
     try:
         with image:
-            if image.format == "JPEG":
+            if image.format in _JPEG_FAMILY:
                 # Reduced-scale decoding keeps both sides >= the target (even if rotated).
                 side = max(height, width)
                 image.draft(None, (side, side))
-            image.load()
-            rgb = to_rgb(image)
-            resized = rgb.resize((width, height), Image.Resampling.BILINEAR)
-            return np.asarray(resized, dtype=np.uint8)
-    except ImageError:
+            with gate(image.width * image.height):
+                return _decode(image, (width, height))
+    except (ImageError, MemoryError):
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        raise CorruptImageError(f"cannot decode image: {exc}") from exc
+    except Exception as exc:  # truncated data, crafted chunks, plugin errors: all unreadable
+        raise CorruptImageError(f"cannot decode image: {_describe(exc)}") from exc
+
+
+def _decode(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Load, turn upright, make RGB, resize to (width, height); every full-size copy is
+    freed on return (closing the image frees its pixels), so still inside the gate."""
+    try:
+        image.load()
+        resized = to_rgb(image).resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(resized, dtype=np.uint8)
+    finally:
+        image.close()
 
 
 def scale(pixels: np.ndarray) -> np.ndarray:
@@ -155,6 +210,7 @@ def preprocess(
     source: ImageSource,
     image_size: tuple[int, int] = IMAGE_SIZE,
     max_pixels: int | None = None,
+    gate: DecodeGate = _no_gate,
 ) -> np.ndarray:
     """Image bytes or path -> float32 array (height, width, 3) in [0, 1], ready for the model."""
-    return scale(load_image(source, image_size, max_pixels=max_pixels))
+    return scale(load_image(source, image_size, max_pixels=max_pixels, gate=gate))

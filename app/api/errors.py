@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -14,6 +16,7 @@ from training.preprocessing import (
     NotAnImageError,
 )
 
+log = logging.getLogger("catdog.errors")
 IMAGE_ERROR_STATUS = {
     NotAnImageError: 415,  # Unsupported Media Type
     CorruptImageError: 422,  # Unprocessable Content
@@ -45,8 +48,15 @@ async def not_ready(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A fault of the service (not of the input): JSON as well; uvicorn logs the traceback."""
+    log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+
 def register_error_handlers(app: FastAPI) -> None:
     """Install the handlers above."""
+    app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(ImageError, image_error)
     app.add_exception_handler(QueueFullError, queue_full)
     app.add_exception_handler(ModelNotReadyError, not_ready)

@@ -30,7 +30,7 @@ def body_limit(settings: Settings, path: str) -> int | None:
     if path == "/predict":
         return settings.max_upload_bytes + MULTIPART_OVERHEAD
     if path == "/predict/batch":
-        return settings.max_upload_bytes * settings.max_batch_files + MULTIPART_OVERHEAD
+        return settings.max_upload_bytes * settings.files_per_request + MULTIPART_OVERHEAD
     return None
 
 

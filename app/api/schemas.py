@@ -47,6 +47,15 @@ class Status(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    """Every error answer: a human-readable ``detail``."""
+    """An error answer: a human-readable ``detail``."""
 
     detail: str
+
+
+class UnprocessableDetail(BaseModel):
+    """422: text for a corrupt image; FastAPI's list of errors for a missing or invalid field."""
+
+    detail: str | list[dict[str, Any]] = Field(
+        examples=["cannot decode image: image file is truncated"],
+        description="text, or a list of {loc, msg, type} (a request that didn't validate)",
+    )

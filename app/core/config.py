@@ -30,11 +30,19 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded file")
     max_batch_files: int = Field(32, ge=1, description="files per /predict/batch request")
     max_pixels: int = Field(50_000_000, ge=1, description="width x height, checked before decoding")
+    decode_pixel_budget: int = Field(
+        100_000_000, ge=1, description="pixels decoded at once by all threads; bounds memory"
+    )
     decode_workers: int = Field(
         0, ge=0, description="image decoding threads; 0: one per usable core"
     )
     poll_interval_s: float = Field(5.0, ge=0, description="new-version check; 0 turns it off")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 503")
+
+    @property
+    def files_per_request(self) -> int:
+        """Most files one /predict/batch may carry: a larger batch would never fit the queue."""
+        return min(self.max_batch_files, self.max_queue)
 
 
 @lru_cache

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app.core import heap
 from app.core.batcher import Batcher
+from app.core.budget import PixelBudget
 from app.core.config import Settings, get_settings
 from app.core.errors import ModelLoadError
 from app.core.model import Classifier
@@ -55,7 +56,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     batcher.start()
     workers = settings.decode_workers or usable_cpus()
-    classifier = Classifier(registry, batcher, settings.max_pixels, workers)
+    budget = PixelBudget(settings.decode_pixel_budget)
+    classifier = Classifier(registry, batcher, settings.max_pixels, workers, budget)
     heap.settle()  # full collections would otherwise stall serving for ~200 ms
     watcher = None
     if settings.poll_interval_s > 0:

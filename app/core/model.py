@@ -9,6 +9,7 @@ batcher and turns probabilities into ``Prediction`` objects.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from app.api.schemas import Prediction
+from app.core.budget import PixelBudget
 from app.core.errors import ModelLoadError
 from training.contract import ModelContract
 from training.export import Predictor, latest_version, load_saved_model
@@ -86,11 +88,19 @@ def load_latest(base: str | Path, warm_up_batch: int = 1) -> LoadedModel:
 class Classifier:
     """Image bytes in, predictions out: preprocess, batch, infer, postprocess."""
 
-    def __init__(self, registry: Any, batcher: Any, max_pixels: int, decode_workers: int) -> None:
+    def __init__(
+        self,
+        registry: Any,
+        batcher: Any,
+        max_pixels: int,
+        decode_workers: int,
+        pixel_budget: PixelBudget | None = None,
+    ) -> None:
         self._registry = registry
         self._batcher = batcher
         self._max_pixels = max_pixels
         self._decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        self.pixel_budget = pixel_budget or PixelBudget(2 * max_pixels)
 
     async def predict(
         self, images: list[bytes], names: list[str] | None = None
@@ -112,10 +122,21 @@ class Classifier:
             )
         return [self._postprocess(model, p) for p in probabilities]
 
+    def check_room(self, count: int) -> None:
+        """Raise ``QueueFullError`` now if ``count`` more images would not be admitted."""
+        self._batcher.check_room(count)
+
     async def _preprocess(self, model: LoadedModel, data: bytes) -> np.ndarray:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._decoder, preprocess, data, model.contract.image_size, self._max_pixels
+            self._decoder,
+            functools.partial(
+                preprocess,
+                data,
+                model.contract.image_size,
+                max_pixels=self._max_pixels,
+                gate=self.pixel_budget.hold,
+            ),
         )
 
     async def _predict(self, ticket: Any, model: LoadedModel, image: np.ndarray) -> np.ndarray:

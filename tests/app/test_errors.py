@@ -92,6 +92,7 @@ BAD_UPLOADS: dict[str, tuple[Callable[[], bytes], int]] = {
     "png-with-corrupt-pixels": (png_with_corrupt_pixels, 422),
     "jpeg-header-then-garbage": (jpeg_with_corrupt_body, 422),
     "png-header-then-garbage": (png_with_garbage_chunks, 422),
+    "dds-unknown-pixel-format": (images.dds_unknown_format_bytes, 422),  # was a 500
 }
 KNOWN_ISSUES: dict[str, str] = {}
 
@@ -110,6 +111,36 @@ async def test_bad_upload(client: httpx.AsyncClient, kind: str) -> None:
     response = await client.post("/predict", files=upload(make(), name=f"upload.{kind}"))
     assert_detail(response, status)
     await assert_still_serving(client)
+
+
+async def test_photo_with_a_mistyped_exif_tag_is_classified(client: httpx.AsyncClient) -> None:
+    # Turning it upright used to rewrite its EXIF, which raised struct.error: a 500.
+    data = images.exif_mistyped_tag_jpeg_bytes(images.quadrants((64, 32)), 6)
+    response = await client.post("/predict", files=upload(data, "phone.jpg"))
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] in ("cat", "dog")
+
+
+async def test_a_fault_of_the_service_is_a_json_500_and_it_keeps_serving(served: Served) -> None:
+    model = served.app.state.registry.current
+    working = model.predictor
+
+    def broken(images: object) -> object:
+        raise RuntimeError("out of memory in the model")
+
+    transport = httpx.ASGITransport(app=served.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        model.predictor = broken
+        try:
+            response = await client.post("/predict", files=upload(good_image()))
+        finally:
+            model.predictor = working
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"detail": "internal error (RuntimeError)"}
+        await assert_still_serving(client)
+        text = await metrics_text(client)
+        assert value(text, "catdog_images_in_flight") == 0
 
 
 async def test_bad_file_in_a_batch_is_named(client: httpx.AsyncClient) -> None:
@@ -210,6 +241,25 @@ async def test_errors_are_counted_by_route_and_status(client: httpx.AsyncClient)
     # 413s answered by the body-limit middleware, before routing, keep their route label.
     assert value(text, "catdog_requests_total", route="/predict", status="413") >= 2
     assert value(text, "catdog_images_in_flight") == 0
+
+
+async def test_a_batch_larger_than_the_queue_is_413_not_an_endless_503(
+    tiny_model_base: Path,
+) -> None:
+    settings = settings_for(tiny_model_base, max_queue=2, max_batch_files=4)
+    async with serve(settings) as (_, client):
+        files = batch_upload([good_image(i) for i in range(3)])
+        detail = assert_detail(await client.post("/predict/batch", files=files), 413)
+        assert "at most 2" in detail
+        response = await client.post("/predict/batch", files=batch_upload([good_image(1)] * 2))
+        assert response.status_code == 200, response.text
+
+
+async def test_oversized_file_in_a_batch_is_named(client: httpx.AsyncClient) -> None:
+    files = batch_upload([good_image(1), os.urandom(MAX_UPLOAD + 1)])
+    detail = assert_detail(await client.post("/predict/batch", files=files), 413)
+    assert "image1.img" in detail and str(MAX_UPLOAD) in detail
+    await assert_still_serving(client)
 
 
 async def test_more_pixels_than_the_limit(tiny_model_base: Path) -> None:

@@ -21,20 +21,19 @@ from tests.app.helpers import (
 
 
 async def test_queue_full_is_503_with_retry_after(tiny_model_base: Path) -> None:
-    """Deterministic: three images in one request cannot fit into a queue of two."""
-    settings = settings_for(tiny_model_base, max_queue=2, retry_after_s=7)
-    async with serve(settings) as (_, client):
-        files = batch_upload([good_image(i) for i in range(3)])
-        response = await client.post("/predict/batch", files=files)
+    """Deterministic: with two of three places taken, two more images do not fit."""
+    settings = settings_for(tiny_model_base, max_queue=3, retry_after_s=7)
+    async with serve(settings) as (app, client):
+        files = batch_upload([good_image(i) for i in range(2)])
+        with app.state.batcher.admit(2):  # as if a request of two were in flight
+            response = await client.post("/predict/batch", files=files)
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == "7"
         detail = response.json()["detail"]
-        assert "busy" in detail and "limit 2" in detail
+        assert "busy" in detail and "limit 3" in detail
 
-        # Two images fit, and the refused request did not keep any room reserved.
-        response = await client.post(
-            "/predict/batch", files=batch_upload([good_image(i) for i in range(2)])
-        )
+        # Room again, and the refused request did not keep any reserved.
+        response = await client.post("/predict/batch", files=files)
         assert response.status_code == 200, response.text
         response = await client.post("/predict", files=upload(good_image()))
         assert response.status_code == 200, response.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Callable
@@ -94,6 +95,23 @@ def test_exif_rotated_jpeg_comes_out_upright(orientation: int) -> None:
     assert_close_to(got[20:, 36:], images.YELLOW, tolerance=10)  # bottom right
 
 
+def test_a_mistyped_exif_tag_does_not_stop_a_turned_photo() -> None:
+    # Pillow's exif_transpose rewrites the metadata and raised struct.error here (a 500).
+    upright = images.quadrants((64, 32))
+    got = load_image(images.exif_mistyped_tag_jpeg_bytes(upright, 6), (32, 64))
+    expected = load_image(images.jpeg_bytes(image=upright, quality=95), (32, 64))
+    assert np.abs(got.astype(int) - expected).max() <= 8
+
+
+def test_mpo_photos_are_decoded_like_jpegs() -> None:
+    # MPO (a JPEG plus extra frames) takes the reduced-scale JPEG path: same pixels.
+    photo = images.noisy((1200, 900), noise=10)
+    mpo = images.encode(photo, "MPO", quality=90, save_all=True, append_images=[photo])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    jpeg = images.encode(photo, "JPEG", quality=90)
+    np.testing.assert_array_equal(load_image(mpo, (224, 224)), load_image(jpeg, (224, 224)))
+
+
 def test_exif_orientation_is_what_makes_the_difference() -> None:
     upright = images.halves((64, 32))
     data = images.exif_rotated_jpeg_bytes(upright, 6)
@@ -128,6 +146,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[], bytes], type[ImageError]]] = {
     "text": (images.text_bytes, NotAnImageError),
     "empty": (lambda: images.EMPTY, NotAnImageError),
     "html": (lambda: b"<!doctype html><html></html>", NotAnImageError),
+    # Pillow's DDS plugin raises NotImplementedError: any plugin failure is "corrupt".
+    "dds-unknown-pixel-format": (images.dds_unknown_format_bytes, CorruptImageError),
 }
 
 
@@ -165,9 +185,12 @@ def test_max_pixels_boundary() -> None:
         load_image(data, SIZE, max_pixels=4999)
 
 
-def test_decompression_bomb_is_too_large_even_without_a_limit() -> None:
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("side", [10_000, 50_000])  # over Pillow's limit, and over twice it
+def test_decompression_bomb_is_too_large_even_without_a_limit(side: int) -> None:
+    assert side * side > Image.MAX_IMAGE_PIXELS
     with pytest.raises(ImageTooLargeError):
-        load_image(images.png_header_only_bytes(50_000, 50_000), SIZE)
+        load_image(images.png_header_only_bytes(side, side), SIZE)
 
 
 def test_big_jpeg_reduced_decoding_matches_a_full_decode() -> None:
@@ -178,6 +201,20 @@ def test_big_jpeg_reduced_decoding_matches_a_full_decode() -> None:
     got = load_image(data, (224, 224))
     assert got.shape == (224, 224, 3)
     assert np.abs(got.astype(int) - reference).mean() < 3
+
+
+def test_the_gate_sees_the_pixels_actually_decoded() -> None:
+    calls: list[int] = []
+
+    def gate(pixels: int) -> contextlib.AbstractContextManager[object]:
+        calls.append(pixels)
+        return contextlib.nullcontext()
+
+    photo = images.noisy((1200, 900), noise=10)
+    load_image(images.jpeg_bytes(image=photo), (224, 224), gate=gate)
+    load_image(images.encode(photo, "PNG"), (224, 224), gate=gate)
+    # The JPEG decodes at 1/4 scale (300x225 >= 224); the PNG at full size.
+    assert calls == [300 * 225, 1200 * 900]
 
 
 def open_files_named(path: Path) -> int:
