@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -94,19 +94,16 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
         fp: io.BytesIO | str | Path = io.BytesIO(source)
     else:
         fp = source
-    try:
-        image = Image.open(fp)
-    except UnidentifiedImageError as exc:
-        head = source[:16] if isinstance(source, bytes) else Path(source).read_bytes()[:16]
-        if fmt := _signature(head):
-            raise CorruptImageError(f"a damaged {fmt} file (its header does not parse)") from exc
-        raise NotAnImageError("not a recognised image format") from exc
-    except Image.DecompressionBombError as exc:  # over twice Pillow's limit
-        raise ImageTooLargeError(str(exc)) from exc
-    except MemoryError:
-        raise
-    except Exception as exc:  # Pillow's plugins raise many kinds on crafted headers
-        raise CorruptImageError(f"unreadable image header: {_describe(exc)}") from exc
+    with _reading("unreadable image header"):
+        try:
+            image = Image.open(fp)
+        except UnidentifiedImageError as exc:
+            head = source[:16] if isinstance(source, bytes) else Path(source).read_bytes()[:16]
+            if fmt := _signature(head):
+                raise CorruptImageError(
+                    f"a damaged {fmt} file (its header does not parse)"
+                ) from exc
+            raise NotAnImageError("not a recognised image format") from exc
     width, height = image.size
     if width < 1 or height < 1:
         image.close()  # a path source has an open file; do not leak it
@@ -120,19 +117,28 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
     return image
 
 
-def _describe(exc: BaseException) -> str:
-    """An exception as short text for an error answer."""
-    return str(exc) or type(exc).__name__
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Any failure inside, short of running out of memory, becomes an ``ImageError``.
+
+    Pillow's plugins raise many kinds of exception on crafted or truncated files;
+    all of them mean the file is unreadable (``"<what>: <reason>"``), except a
+    decompression bomb over twice Pillow's limit, which is too large.
+    """
+    try:
+        yield
+    except (ImageError, MemoryError):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    except Exception as exc:
+        raise CorruptImageError(f"{what}: {str(exc) or type(exc).__name__}") from exc
 
 
 def upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag (phone photos), leaving the metadata alone."""
-    try:
+    with _reading("unreadable EXIF metadata"):
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise CorruptImageError(f"unreadable EXIF metadata: {_describe(exc)}") from exc
     method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
     return image if method is None else image.transpose(method)
 
@@ -174,20 +180,13 @@ def load_image(
     """
     height, width = image_size
     image = open_image(source, max_pixels=max_pixels)
-    try:
-        with image:
-            if image.format in _JPEG_FAMILY:
-                # Reduced-scale decoding keeps both sides >= the target (even if rotated).
-                side = max(height, width)
-                image.draft(None, (side, side))
-            with gate(image.width * image.height):
-                return _decode(image, (width, height))
-    except (ImageError, MemoryError):
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(str(exc)) from exc
-    except Exception as exc:  # truncated data, crafted chunks, plugin errors: all unreadable
-        raise CorruptImageError(f"cannot decode image: {_describe(exc)}") from exc
+    with _reading("cannot decode image"), image:
+        if image.format in _JPEG_FAMILY:
+            # Reduced-scale decoding keeps both sides >= the target (even if rotated).
+            side = max(height, width)
+            image.draft(None, (side, side))
+        with gate(image.width * image.height):
+            return _decode(image, (width, height))
 
 
 def _decode(image: Image.Image, size: tuple[int, int]) -> np.ndarray:

@@ -94,13 +94,13 @@ class Classifier:
         batcher: Any,
         max_pixels: int,
         decode_workers: int,
-        pixel_budget: PixelBudget | None = None,
+        pixel_budget: PixelBudget,
     ) -> None:
         self._registry = registry
         self._batcher = batcher
         self._max_pixels = max_pixels
         self._decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
-        self.pixel_budget = pixel_budget or PixelBudget(2 * max_pixels)
+        self.pixel_budget = pixel_budget
 
     async def predict(
         self, images: list[bytes], names: list[str] | None = None
