@@ -45,16 +45,16 @@ ENTRYPOINT ["/srv/catdog/docker/entrypoint.sh"]
 # ---- final images: dependencies first (they change least), then code and model
 FROM runtime AS cpu
 COPY --from=deps-cpu /opt/venv /opt/venv
+COPY catdog ./catdog
 COPY app ./app
-COPY training ./training
 COPY docker/entrypoint.sh docker/healthcheck.py ./docker/
 COPY models/catdog /models/catdog
 USER catdog
 
 FROM runtime AS gpu
 COPY --from=deps-gpu /opt/venv /opt/venv
+COPY catdog ./catdog
 COPY app ./app
-COPY training ./training
 COPY docker/entrypoint.sh docker/healthcheck.py ./docker/
 COPY models/catdog /models/catdog
 # Allocate GPU memory as needed instead of all of it at start.
@@ -68,6 +68,7 @@ RUN /opt/venv/bin/pip install -c /tmp/requirements.lock matplotlib
 
 FROM runtime AS train
 COPY --from=deps-train /opt/venv /opt/venv
+COPY catdog ./catdog
 COPY training ./training
 HEALTHCHECK NONE
 USER catdog

@@ -498,8 +498,8 @@ def measure_in_process(
 ) -> dict[str, Any]:
     """Images/s of decode + preprocess + model in this process, per batch size."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from training.export import latest_version, load_saved_model
-    from training.preprocessing import preprocess
+    from catdog.preprocessing import preprocess
+    from catdog.runtimes import latest_version, load_saved_model
 
     predictor, contract = load_saved_model(latest_version(model_dir))
     size = tuple(contract.image_size)

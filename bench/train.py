@@ -7,7 +7,7 @@ reads them, exactly as in training):
 
 1. **Input pipeline alone** (no model): two passes over
    ``make_dataset(shuffle=True, cache=True)``. Pass 1 decodes every JPEG
-   (PIL through ``training.preprocessing.load_image``) and fills the in-memory
+   (PIL through ``catdog.preprocessing.load_image``) and fills the in-memory
    uint8 cache; pass 2 reads the cache. The pipeline depends only on the image
    size, so it is measured once per size and repeated in each row of that size.
 2. **In-memory training**: one real batch held as float32 tensors (cached
@@ -90,7 +90,7 @@ Batch = tuple[np.ndarray, np.ndarray]
 
 def sample_training_photos(train_dir: Path, count: int, seed: int) -> dict[str, list[Path]]:
     """``count`` photos in all, split evenly between the class folders, chosen reproducibly."""
-    from training.contract import CLASS_NAMES
+    from catdog.contract import CLASS_NAMES
     from training.data import list_images
 
     paths, labels = list_images(train_dir)
@@ -293,7 +293,7 @@ def bench_architecture(
     """Every measurement for one architecture: one row, or two (head, fine-tune) for transfer."""
     import keras
 
-    from training.contract import CLASS_NAMES
+    from catdog.contract import CLASS_NAMES
     from training.data import make_dataset
     from training.models import make_model
     from training.train import TrainConfig, compile_model

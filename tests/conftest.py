@@ -50,7 +50,7 @@ def make_split(tmp_path: Path) -> MakeSplit:
 
 def _tiny_training_set(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed JPEG pets (as the service would see them) and one-hot labels."""
-    from training.preprocessing import preprocess
+    from catdog.preprocessing import preprocess
 
     x, y = [], []
     for i in range(count):

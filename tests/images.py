@@ -40,7 +40,7 @@ MakeSplit = Callable[..., Path]
 
 # EXIF orientation -> the transpose that turns the stored pixels upright
 # (what ``PIL.ImageOps.exif_transpose`` applies). Written out here, not imported from
-# training.preprocessing: the tests' own table, so a wrong entry there cannot hide.
+# catdog.preprocessing: the tests' own table, so a wrong entry there cannot hide.
 _UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from training.contract import IMAGE_SIZE
+from catdog.contract import IMAGE_SIZE
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """tf.data loaders over a split folder (``<split>/<class>/<image>``).
 
-Files are read by ``training.preprocessing.load_image`` (the same function the
+Files are read by ``catdog.preprocessing.load_image`` (the same function the
 service calls), cached as resized uint8, shuffled with a seed, batched, scaled
 ``/ 255`` to float32 and prefetched. Labels are one-hot in class order.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from training.contract import CLASS_NAMES, IMAGE_SIZE
-from training.preprocessing import load_image
+from catdog.contract import CLASS_NAMES, IMAGE_SIZE
+from catdog.preprocessing import load_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 AUTOTUNE = tf.data.AUTOTUNE

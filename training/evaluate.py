@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from training.contract import CLASS_NAMES
+from catdog.contract import CLASS_NAMES
 from training.data import make_dataset
 from training.export import Predictor, load_predictor
 from training.visualize import save_confusion_plot

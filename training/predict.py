@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from catdog.preprocessing import ImageError, preprocess
 from training.data import IMAGE_EXTENSIONS
 from training.export import load_predictor
-from training.preprocessing import ImageError, preprocess
 
 BATCH = 64
 

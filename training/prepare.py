@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.contract import CLASS_NAMES
-from training.preprocessing import ImageError, load_image
+from catdog.contract import CLASS_NAMES
+from catdog.preprocessing import ImageError, load_image
 
 SPLITS = ("train", "validation", "test")
 MANIFEST_FILE = "manifest.json"

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from training.contract import CLASS_NAMES
+from catdog.contract import CLASS_NAMES
 from training.data import load_splits
 from training.models import make_model
 from training.prepare import read_fingerprint

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from app.core.config import settings_of
 from app.core.errors import ModelNotReadyError, QueueFullError
-from training.preprocessing import (
+from catdog.preprocessing import (
     CorruptImageError,
     ImageError,
     ImageTooLargeError,

@@ -12,11 +12,11 @@ from fastapi import FastAPI
 
 from app.core import heap
 from app.core.batcher import Batcher
-from app.core.budget import PixelBudget
 from app.core.config import Settings, get_settings
 from app.core.errors import ModelLoadError
 from app.core.model import Classifier
 from app.core.registry import ModelRegistry
+from catdog.budget import PixelBudget
 
 log = logging.getLogger("catdog")
 

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from app.api.schemas import Prediction
-from app.core.budget import PixelBudget
 from app.core.errors import ModelLoadError
-from training.contract import ModelContract
-from training.export import Predictor, latest_version, load_saved_model
-from training.preprocessing import ImageError, preprocess
+from catdog.budget import PixelBudget
+from catdog.contract import ModelContract
+from catdog.preprocessing import ImageError, preprocess
+from catdog.runtimes import Predictor, latest_version, load_saved_model
 
 
 @dataclass

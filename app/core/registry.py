@@ -18,7 +18,7 @@ from app.core import heap
 from app.core.errors import ModelLoadError, ModelNotReadyError
 from app.core.metrics import Metrics
 from app.core.model import LoadedModel, load_latest, load_version
-from training.export import version_dirs
+from catdog.runtimes import version_dirs
 
 log = logging.getLogger("catdog.registry")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from catdog.preprocessing import preprocess
 from tests.images import MakeSplit
 from training.data import list_images, make_dataset
-from training.preprocessing import preprocess
 
 SIZE = (32, 32)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from catdog.preprocessing import preprocess
 from tests.images import MakeSplit
 from training.__main__ import main
 from training.evaluate import classification_report, evaluate, format_report
 from training.export import load_predictor
-from training.preprocessing import preprocess
 
 
 def test_report_on_a_case_countable_by_hand() -> None:

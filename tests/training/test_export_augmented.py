@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.export import export_model, load_saved_model, with_flip_averaging
+from catdog.runtimes import load_saved_model
+from training.export import export_model, with_flip_averaging
 from training.models import make_model
 
 

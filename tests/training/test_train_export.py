@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from catdog.contract import SIGNATURE
+from catdog.runtimes import load_saved_model
 from tests import images
-from training.contract import SIGNATURE
 from training.data import make_dataset
 from training.evaluate import evaluate
-from training.export import export_run, load_predictor, load_saved_model
+from training.export import export_run, load_predictor
 from training.prepare import prepare
 from training.train import TrainConfig, train
 

@@ -1,4 +1,4 @@
-"""``training.preprocessing``: every format and mode to upright 8-bit RGB, and clear errors."""
+"""``catdog.preprocessing``: every format and mode to upright 8-bit RGB, and clear errors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import images
-from training.preprocessing import (
+from catdog.preprocessing import (
     CorruptImageError,
     ImageError,
     ImageTooLargeError,
@@ -21,6 +20,7 @@ from training.preprocessing import (
     load_image,
     preprocess,
 )
+from tests import images
 
 SIZE = (24, 40)  # (height, width): not square, so a swapped order would show
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from training.contract import IMAGE_SIZE
+from catdog.contract import IMAGE_SIZE
 
 ImageSource = bytes | str | Path
 # Called with the pixel count about to be decoded; decoding runs inside what it returns.
