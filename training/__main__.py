@@ -81,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         cache=False if args.no_cache else (args.cache_file or True),
         steps_per_epoch=args.steps_per_epoch,
+        augment=args.augment,
     )
     print(json.dumps(train(config), indent=2))
     return 0
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show_batch)
 
     from training.models import ARCHITECTURES, BACKBONES
-    from training.train import SCHEDULES, STRATEGIES
+    from training.train import AUGMENTATIONS, SCHEDULES, STRATEGIES
 
     p = sub.add_parser("train", help="train an architecture; results go to --run")
     p.add_argument("--data", required=True, help="a prepared split folder")
@@ -169,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="decode images every epoch")
     p.add_argument("--cache-file", help="cache decoded images on disk instead of in memory")
     p.add_argument("--steps-per-epoch", type=int, help="for quick runs")
+    p.add_argument(
+        "--augment",
+        choices=AUGMENTATIONS,
+        default="basic",
+        help="basic: flips/rotation/zoom in the model; robust: crops, letterbox, "
+        "lighting, blur, JPEG in the data pipeline",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy overall and per class, confusion matrix")

@@ -7,6 +7,7 @@ service calls), cached as resized uint8, shuffled with a seed, batched, scaled
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +63,13 @@ def make_dataset(
     seed: int = 42,
     cache: bool | str = True,
     class_names: tuple[str, ...] = CLASS_NAMES,
+    augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 images in [0, 1], one-hot float32 labels) from a split folder.
 
     ``cache`` is True (memory), a file path (disk), or False. The training set is
     reshuffled every epoch from the seed; validation and test keep file order.
+    ``augment`` (for training) maps each scaled float32 batch to an augmented one.
     """
     paths, labels = list_images(folder, class_names)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
@@ -81,6 +84,8 @@ def make_dataset(
     ds = ds.map(
         lambda x, y: (scale_batch(x), tf.one_hot(y, len(class_names))), num_parallel_calls=AUTOTUNE
     )
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE)
     ds = ds.prefetch(AUTOTUNE)
     ds.file_paths = paths  # like keras.utils.image_dataset_from_directory
     ds.class_names = list(class_names)
@@ -93,11 +98,18 @@ def load_splits(
     batch_size: int = 64,
     seed: int = 42,
     cache: bool | str = True,
+    augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Training (shuffled) and validation datasets of a ``prepare``d folder."""
+    """Training (shuffled, maybe augmented) and validation datasets of a prepared folder."""
     data_dir = Path(data_dir)
     train = make_dataset(
-        data_dir / "train", image_size, batch_size, shuffle=True, seed=seed, cache=cache
+        data_dir / "train",
+        image_size,
+        batch_size,
+        shuffle=True,
+        seed=seed,
+        cache=cache,
+        augment=augment,
     )
     val = make_dataset(data_dir / "validation", image_size, batch_size, cache=cache)
     return train, val

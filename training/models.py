@@ -92,18 +92,24 @@ def make_transfer_model(
     backbone: str = "mobilenet",
     weights: str | None = "imagenet",
     seed: int = 42,
+    augmentation: bool = True,
 ) -> keras.Model:
-    """An ImageNet backbone (frozen at first) under augmentation, GAP, dropout and a head."""
+    """An ImageNet backbone (frozen at first) under augmentation, GAP, dropout and a head.
+
+    ``augmentation=False`` leaves the in-model augmentation out, for runs that
+    augment in the data pipeline instead (``training.augment``). The pooled
+    backbone features are the layer named ``features`` (used by ``training.ood``).
+    """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
     build, kwargs, (factor, offset) = BACKBONES[backbone]
     base = build(include_top=False, weights=weights, input_shape=input_shape, **kwargs)
     base.trainable = False
     inputs = keras.Input(shape=input_shape, name="images")
-    x = make_augmentation(seed)(inputs)
+    x = make_augmentation(seed)(inputs) if augmentation else inputs
     x = layers.Rescaling(factor, offset=offset, name="backbone_scaling")(x)
     x = base(x, training=False)  # batch norm stays in inference mode when fine-tuning
-    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.GlobalAveragePooling2D(name="features")(x)
     x = layers.Dropout(0.2, seed=seed)(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"transfer_{backbone}")
@@ -116,8 +122,12 @@ def make_model(
     backbone: str = "mobilenet",
     weights: str | None = "imagenet",
     seed: int = 42,
+    augmentation: bool = True,
 ) -> keras.Model:
-    """Build any architecture by name (see ``ARCHITECTURES``)."""
+    """Build any architecture by name (see ``ARCHITECTURES``).
+
+    ``augmentation=False``: no in-model augmentation (for ``transfer``).
+    """
     if architecture in ARTICLE_ARCHITECTURES:
         filters, blocks = {"article-1": (16, 1), "article-2": (32, 1), "article-3": (32, 2)}[
             architecture
@@ -127,5 +137,7 @@ def make_model(
     if architecture == "scratch":
         return make_scratch_model(input_shape, num_classes, seed=seed)
     if architecture == "transfer":
-        return make_transfer_model(input_shape, num_classes, backbone, weights, seed=seed)
+        return make_transfer_model(
+            input_shape, num_classes, backbone, weights, seed=seed, augmentation=augmentation
+        )
     raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")

@@ -19,13 +19,15 @@ import keras
 import tensorflow as tf
 
 from catdog.contract import CLASS_NAMES
+from training.augment import RobustAugment
 from training.data import load_splits
 from training.models import make_model
 from training.prepare import read_fingerprint
 from training.visualize import save_history_plot
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "warmup-cosine", "step")
+AUGMENTATIONS = ("basic", "robust")  # in-model flips/rotation/zoom, or training.augment
 
 
 @dataclass
@@ -52,6 +54,7 @@ class TrainConfig:
     strategy: str = "auto"
     cache: bool | str = True
     steps_per_epoch: int | None = None
+    augment: str = "basic"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,11 +102,20 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
 def make_learning_rate(
     base: float, schedule: str, steps: int
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """A constant rate, a cosine decay over ``steps``, or ×0.1 steps at 1/3 and 2/3."""
+    """A constant rate, a cosine decay over ``steps`` (after a linear warm-up over
+    the first tenth for ``warmup-cosine``), or ×0.1 steps at 1/3 and 2/3."""
     if schedule == "constant":
         return base
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(base, decay_steps=max(1, steps))
+    if schedule == "warmup-cosine":
+        warmup = max(1, steps // 10)
+        return keras.optimizers.schedules.CosineDecay(
+            base / 10,
+            decay_steps=max(1, steps - warmup),
+            warmup_target=base,
+            warmup_steps=warmup,
+        )
     if schedule == "step":
         bounds = [max(1, steps // 3), max(2, 2 * steps // 3)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(
@@ -194,8 +206,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
     # Load: cached, shuffled training set and the validation set.
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {config.augment!r}; choose from {AUGMENTATIONS}")
     train_ds, val_ds = load_splits(
-        config.data_dir, config.image_size, global_batch, config.seed, config.cache
+        config.data_dir,
+        config.image_size,
+        global_batch,
+        config.seed,
+        config.cache,
+        augment=RobustAugment() if config.augment == "robust" else None,
     )
     steps = config.steps_per_epoch or int(train_ds.cardinality())
     if config.steps_per_epoch:
@@ -230,6 +249,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 backbone=config.backbone,
                 weights=config.weights,
                 seed=config.seed,
+                augmentation=config.augment == "basic",
             )
             compile_model(
                 model,
