@@ -1,20 +1,90 @@
-"""Model runtimes: an exported version folder in, a numpy-in, numpy-out predictor out.
+"""Model runtimes: an exported version folder in, numpy-in, numpy-out inference out.
 
 A model base folder holds integer version folders (the TF Serving layout); each
-has the SavedModel and ``metadata.json`` with the contract. TensorFlow is
-imported only when a SavedModel is loaded.
+has the SavedModel, ``metadata.json`` with the contract and, when converted, the
+same model as LiteRT (``model.tflite``). ``load_model`` runs a version with either
+runtime behind one interface (``LoadedRuntime.infer``); ``auto`` picks LiteRT when
+the folder has ``model.tflite``. TensorFlow is imported only when a SavedModel is
+loaded, ``ai_edge_litert`` only when a LiteRT model is: serving LiteRT never
+imports TensorFlow or Keras.
+
+Outputs: a model has either one output (the probabilities) or a dict with
+``probabilities`` [N, C] and ``ood_score`` [N] (an out-of-distribution score).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from catdog.contract import SIGNATURE, ModelContract
+from catdog.contract import METADATA_FILE, SIGNATURE, ModelContract
 
 Predictor = Callable[[np.ndarray], np.ndarray]
+RUNTIMES = ("auto", "litert", "tensorflow")
+LITERT_FILE = "model.tflite"  # the same name as catdog.litert.LITERT_FILE (no import here)
+PROBABILITIES = "probabilities"
+OOD_SCORE = "ood_score"
+
+log = logging.getLogger("catdog.runtimes")
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A model call's outputs: probabilities [N, C] and, if the model has one, ood_score [N]."""
+
+    probabilities: np.ndarray
+    ood_score: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class LoadedRuntime:
+    """A version folder loaded by one runtime: call ``infer`` from any thread."""
+
+    name: str  # "litert" or "tensorflow"
+    contract: ModelContract
+    version_dir: Path
+    threads: int
+    outputs: tuple[str, ...]  # the model's output names, e.g. ("ood_score", "probabilities")
+    _call: Callable[[np.ndarray], Mapping[str, np.ndarray]] = field(repr=False)
+    _probabilities: str = field(repr=False, default=PROBABILITIES)
+
+    @property
+    def has_ood_score(self) -> bool:
+        """Whether the model returns an ``ood_score`` per image."""
+        return OOD_SCORE in self.outputs
+
+    def infer(self, images: np.ndarray) -> Inference:
+        """Run a float32 batch [N, H, W, 3] in [0, 1] (the contract's size) through the model."""
+        expected = self.contract.input_shape
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"expected images [N, {', '.join(map(str, expected))}], got {images.shape}"
+            )
+        count = len(images)
+        if count == 0:
+            empty = np.zeros((0, len(self.contract.class_names)), np.float32)
+            return Inference(empty, np.zeros(0, np.float32) if self.has_ood_score else None)
+        out = self._call(images)
+        ood = out.get(OOD_SCORE)
+        return Inference(
+            probabilities=out[self._probabilities],
+            ood_score=None if ood is None else np.reshape(ood, (count,)),
+        )
+
+
+def _probabilities_output(names: tuple[str, ...], where: Path) -> str:
+    """Which output holds the probabilities: ``probabilities``, or the only one."""
+    if PROBABILITIES in names:
+        return PROBABILITIES
+    if len(names) == 1:
+        return names[0]
+    raise ValueError(f"{where}: outputs {list(names)}, expected one or {PROBABILITIES!r}")
 
 
 def version_dirs(base: str | Path) -> dict[int, Path]:
@@ -33,15 +103,119 @@ def latest_version(base: str | Path) -> Path:
     return versions[max(versions)]
 
 
+def load_model(version_dir: str | Path, runtime: str = "auto", threads: int = 1) -> LoadedRuntime:
+    """Load a version folder with a runtime: ``auto``, ``litert`` or ``tensorflow``.
+
+    ``auto`` runs ``model.tflite`` with LiteRT when the folder has one, else the
+    SavedModel with TensorFlow. ``threads`` is the threads of one model call (a
+    LiteRT interpreter's ``num_threads``; for TensorFlow, its process-wide
+    intra-op pool, which can only be set before TensorFlow first runs). Raises
+    ``ValueError`` naming the folder when it cannot be run with that runtime.
+    """
+    version_dir = Path(version_dir)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if not version_dir.is_dir():
+        raise ValueError(f"{version_dir}: not a folder")
+    has_litert = (version_dir / LITERT_FILE).is_file()
+    if runtime == "litert" and not has_litert:
+        raise ValueError(
+            f"{version_dir}: no {LITERT_FILE}, cannot serve it with LiteRT "
+            "(add one with: python -m training litert <folder>, or serve with tensorflow)"
+        )
+    if runtime == "tensorflow" or (runtime == "auto" and not has_litert):
+        return _load_tensorflow(version_dir, threads)
+    return _load_litert(version_dir, threads)
+
+
+def _load_litert(version_dir: Path, threads: int) -> LoadedRuntime:
+    from catdog.litert import LiteRTModel  # imports ai_edge_litert (no TensorFlow)
+
+    contract = ModelContract.read(version_dir)
+    path = version_dir / LITERT_FILE
+    content = path.read_bytes()
+    recorded = (recorded_runtimes(contract).get("litert") or {}).get("sha256")
+    if recorded and recorded != hashlib.sha256(content).hexdigest():
+        raise ValueError(
+            f"{path}: does not match the file {METADATA_FILE} records (sha256 differs); "
+            "convert it again with: python -m training litert <folder>"
+        )
+    model = LiteRTModel(content, threads=threads, where=str(path))
+    expected = contract.input_shape
+    if model.input_shape != expected:
+        raise ValueError(
+            f"{path}: input [-1, {', '.join(map(str, model.input_shape))}], "
+            f"{METADATA_FILE} says [-1, {', '.join(map(str, expected))}]"
+        )
+    return LoadedRuntime(
+        name="litert",
+        contract=contract,
+        version_dir=version_dir,
+        threads=threads,
+        outputs=model.output_names,
+        _call=model.infer,
+        _probabilities=_probabilities_output(model.output_names, path),
+    )
+
+
+def _load_tensorflow(version_dir: Path, threads: int) -> LoadedRuntime:
+    _set_tensorflow_threads(threads)
+    call, names, contract = load_signature(version_dir)
+    return LoadedRuntime(
+        name="tensorflow",
+        contract=contract,
+        version_dir=version_dir,
+        threads=threads,
+        outputs=names,
+        _call=call,
+        _probabilities=_probabilities_output(names, version_dir),
+    )
+
+
+def _set_tensorflow_threads(threads: int) -> None:
+    """Size TensorFlow's intra-op pool, if it has not started yet (it is process-wide)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already ran: its pools are fixed
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if current != threads:
+            log.info(
+                "TensorFlow already initialised with %s intra-op threads (0: one per core); "
+                "keeping them, not %s",
+                current,
+                threads,
+            )
+
+
 def load_saved_model(version_dir: str | Path) -> tuple[Predictor, ModelContract]:
     """Load an exported version: a numpy-in, numpy-out predictor and its contract.
 
-    Raises ``ValueError`` naming the path and the problem when the folder is not
-    a usable catdog model (missing files, bad metadata, wrong signature).
+    The predictor returns the probabilities (the ``probabilities`` output of a
+    model with several). Raises ``ValueError`` naming the path and the problem
+    when the folder is not a usable catdog model (missing files, bad metadata,
+    wrong signature).
     """
+    version_dir = Path(version_dir)
+    call, names, contract = load_signature(version_dir)
+    output = _probabilities_output(names, version_dir)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return call(images)[output]
+
+    predict.loaded = call.loaded  # type: ignore[attr-defined]  # keeps the SavedModel alive
+    return predict, contract
+
+
+def load_signature(
+    version_dir: Path,
+) -> tuple[Callable[[np.ndarray], dict[str, np.ndarray]], tuple[str, ...], ModelContract]:
+    """The SavedModel's serving signature as numpy in, outputs by name out."""
     import tensorflow as tf  # only when a SavedModel is served: the import takes seconds
 
-    version_dir = Path(version_dir)
     if not (version_dir / "saved_model.pb").is_file():
         raise ValueError(f"{version_dir}: no saved_model.pb (not a SavedModel folder)")
     contract = ModelContract.read(version_dir)
@@ -64,11 +238,17 @@ def load_saved_model(version_dir: str | Path) -> tuple[Predictor, ModelContract]
             f"{version_dir}: signature input is {spec.dtype.name} "
             f"{spec.shape.as_list()}, metadata says float32 {expected}"
         )
-    output_name = next(iter(signature.structured_outputs))
+    names = tuple(sorted(signature.structured_outputs))
 
-    def predict(images: np.ndarray) -> np.ndarray:
+    def call(images: np.ndarray) -> dict[str, np.ndarray]:
         result = signature(**{input_name: tf.convert_to_tensor(images, tf.float32)})
-        return result[output_name].numpy()
+        return {name: value.numpy() for name, value in result.items()}
 
-    predict.loaded = loaded  # keep the trackable objects alive with the function
-    return predict, contract
+    call.loaded = loaded  # type: ignore[attr-defined]  # keep the trackable objects alive
+    return call, names, contract
+
+
+def recorded_runtimes(contract: ModelContract) -> dict[str, Any]:
+    """The ``runtimes`` entry of a version's metadata (empty when it has none)."""
+    runtimes = contract.extra.get("runtimes")
+    return runtimes if isinstance(runtimes, dict) else {}

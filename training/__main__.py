@@ -118,6 +118,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_litert(args: argparse.Namespace) -> int:
+    from training.litert import add_litert_from_data, format_record
+
+    print(format_record(*add_litert_from_data(args.version_dir, args.data, args.limit)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m training`` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
@@ -201,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta", action="store_true", help="average each image with its mirror (2x compute)"
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("litert", help="add model.tflite to an exported version, checked")
+    p.add_argument("version_dir", help="a version folder (or a model base folder: its latest)")
+    p.add_argument("--data", help="split folder (its test/ is used) or a folder of photos")
+    p.add_argument("--limit", type=int, help="check on at most this many photos")
+    p.set_defaults(func=cmd_litert)
     return parser
 
 

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from catdog.contract import CLASS_NAMES, ModelContract
 from catdog.runtimes import Predictor, latest_version, load_saved_model, version_dirs
+from training.litert import add_litert
 
 TOLERANCE = 1e-5
 
@@ -82,6 +83,7 @@ def export_model(
         archive.write_out(str(staging), verbose=False)
         contract.write(staging)
         _check_reload(model, staging, check_images)
+        add_litert(staging, check_images)  # model.tflite, checked against the SavedModel
         staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
