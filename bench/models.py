@@ -16,7 +16,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-CACHE_MODELS = Path(__file__).resolve().parent / ".cache" / "models"
+from bench.harness import CACHE
+
+CACHE_MODELS = CACHE / "models"
 
 
 def export_untrained(

@@ -1,17 +1,15 @@
-"""Helpers of the service tests: in-process apps, a real uvicorn server, metrics, odd uploads."""
+"""Helpers of the service tests: in-process apps, uploads, /metrics, odd images.
+
+A real uvicorn process and the Prometheus text parsing come from ``bench.harness``,
+shared with the benchmarks.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,13 +18,11 @@ import numpy as np
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.config import Settings, get_settings
 from app.main import create_app
 from tests import images
 
-ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 180.0  # model load + warm-up on a busy 2-core machine
 HTTP_TIMEOUT = 60.0
 
@@ -94,21 +90,6 @@ def good_image(seed: int = 0) -> bytes:
 
 
 # ---------------------------------------------------------------- metrics
-
-
-def samples(text: str, name: str, **labels: str) -> list[float]:
-    """Values of the samples called ``name`` whose labels include ``labels``."""
-    return [
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    ]
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    """The sum of the matching samples (0.0 if there are none)."""
-    return float(sum(samples(text, name, **labels)))
 
 
 async def metrics_text(client: httpx.AsyncClient) -> str:
@@ -189,94 +170,3 @@ def multipart_chunks(
     for start in range(0, size, chunk):
         yield b"\xab" * min(chunk, size - start)
     yield f"\r\n--{boundary}--\r\n".encode()
-
-
-# ---------------------------------------------------------------- a real uvicorn process
-
-
-@dataclass
-class Server:
-    """A uvicorn process serving ``app.main:app``; its stderr goes to ``log_path``."""
-
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        """Base URL of the server."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        """Everything the server wrote to stderr so far."""
-        return self.log_path.read_text(errors="replace")
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_uvicorn(model_dir: Path, log_path: Path, **settings: object) -> Server:
-    """Start ``uvicorn app.main:app`` with ``CATDOG_MODEL_DIR`` and ``CATDOG_<SETTING>``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CATDOG_")}
-    env.update(
-        {"CATDOG_MODEL_DIR": str(model_dir), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    )
-    env.update({f"CATDOG_{key.upper()}": str(value) for key, value in settings.items()})
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
-        )
-    return Server(process, port, log_path)
-
-
-def wait_ready(server: Server, timeout: float = STARTUP_TIMEOUT) -> None:
-    """Poll /readyz until it answers 200; fail if the process exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(
-                f"uvicorn exited with {server.process.returncode}:\n{server.log()}"
-            )
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
-                return
-        time.sleep(0.25)
-    raise AssertionError(f"uvicorn not ready after {timeout} s:\n{server.log()}")
-
-
-def stop(server: Server) -> None:
-    """Terminate the server (SIGTERM, then SIGKILL if it hangs)."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-
-
-@contextlib.contextmanager
-def uvicorn_server(model_dir: Path, log_path: Path, **settings: object) -> Iterator[Server]:
-    """A ready uvicorn server for the duration of the block."""
-    server = start_uvicorn(model_dir, log_path, **settings)
-    try:
-        wait_ready(server)
-        yield server
-    finally:
-        stop(server)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from bench.harness import value
 from tests import images
 from tests.app.helpers import (
     HTML,
@@ -27,7 +28,6 @@ from tests.app.helpers import (
     serve,
     settings_for,
     upload,
-    value,
 )
 
 MAX_UPLOAD = 50_000

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import httpx
 
+from bench.harness import value
 from tests import images
-from tests.app.helpers import good_image, metrics_text, serve, settings_for, upload, value
+from tests.app.helpers import good_image, metrics_text, serve, settings_for, upload
 
 
 async def test_model_info(client: httpx.AsyncClient, tiny_model_base: Path) -> None:

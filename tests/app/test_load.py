@@ -7,16 +7,15 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bench.harness import samples, value
 from tests import images
 from tests.app.helpers import (
     batch_upload,
     good_image,
     metrics_text,
-    samples,
     serve,
     settings_for,
     upload,
-    value,
 )
 
 

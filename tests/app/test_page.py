@@ -30,9 +30,10 @@ from starlette.routing import Match
 
 from app.api.routes import page
 from app.main import create_app
+from bench.harness import ROOT, Server, free_port, stop, wait_ready
 from tests import images
 from tests.app import browser as wd
-from tests.app.helpers import ROOT, Server, client_for, free_port, stop, upload, wait_ready
+from tests.app.helpers import client_for, upload
 
 PERCENT = re.compile(r"\d{1,3}(\.\d)?%")
 URL_ATTRIBUTES = {"src", "href", "action", "formaction", "srcset", "poster", "data", "background"}

@@ -12,17 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.harness import Server, start_uvicorn, stop, uvicorn_server, value
 from tests.app.helpers import (
     HTTP_TIMEOUT,
     STARTUP_TIMEOUT,
-    Server,
     good_image,
     multipart_chunks,
-    start_uvicorn,
-    stop,
     upload,
-    uvicorn_server,
-    value,
 )
 
 CLIENTS = 8

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.helpers import good_image, metrics_text, serve, settings_for, upload, value
+from bench.harness import value
+from tests.app.helpers import good_image, metrics_text, serve, settings_for, upload
 
 POLL = 0.1
 WAIT = 120.0  # loading a version can be slow on a busy machine

@@ -1,0 +1,121 @@
+"""The in-process limit of ``bench.serve``: what the model can do on the server's cores, no HTTP.
+
+In this process it loads the SavedModel the service serves and measures
+images/s of decode + preprocess (a thread pool of ``os.cpu_count()`` threads,
+overlapped with the model) + model, at each of ``--batch-sizes``, and of the
+model alone on one pre-decoded batch. The best end-to-end figure is the limit
+the service's req/s is compared to. With pinning it runs in a subprocess
+(``python -m bench.serve --inproc-only``) pinned to the server's cores, so the
+comparison is like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.harness import CACHE, ROOT, pin_to, slug
+from bench.serve_images import ImageSet, build_image_set
+
+Predictor = Callable[[np.ndarray], Any]
+Decoder = Callable[[], list[Future]]
+
+
+def measure_in_process(
+    model_dir: Path, images: ImageSet, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Images/s of decode + preprocess + model in this process, per batch size."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from catdog.preprocessing import preprocess
+    from catdog.runtimes import latest_version, load_saved_model
+
+    predictor, contract = load_saved_model(latest_version(model_dir))
+    size = tuple(contract.image_size)
+    workers = os.cpu_count() or 1
+    rows = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        for batch in args.batch_sizes:
+            rng = random.Random(args.seed)
+
+            def decode(n: int = batch, rng: random.Random = rng) -> list[Future]:
+                return [pool.submit(preprocess, images.pick(rng)[1], size) for _ in range(n)]
+
+            end_to_end = pipelined_rate(predictor, decode, batch, args.inproc_duration)
+            model_only = model_rate(predictor, decode, batch, args.inproc_duration)
+            rows.append(
+                {"batch": batch, "images_per_s": end_to_end, "model_only_images_per_s": model_only}
+            )
+            print(
+                f"  [{model_dir} in-process] batch {batch:>3}: {end_to_end:8.2f} images/s "
+                f"(model only {model_only:8.2f})",
+                flush=True,
+            )
+    return {"decode_threads": workers, "image_size": list(size), "rows": rows}
+
+
+def measure_in_process_pinned(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``measure_in_process`` in a subprocess pinned to the server's cores."""
+    if not args.server_cpus:
+        return measure_in_process(model_dir, build_image_set(args), args)
+    out = CACHE / "logs" / f"{slug(model_dir)}-inproc.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "bench.serve", "--model-dir", str(model_dir)]
+    command += ["--images", str(args.images), "--seed", str(args.seed), "--no-pin"]
+    command += ["--n-images", str(args.n_images), "--n-medium", str(args.n_medium)]
+    command += ["--n-huge", str(args.n_huge), "--mix", ",".join(map(str, args.mix))]
+    command += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
+    command += ["--inproc-duration", str(args.inproc_duration), "--inproc-only", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, preexec_fn=pin_to(args.server_cpus))
+    return json.loads(out.read_text())
+
+
+def combine_in_process(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One in-process table from the measurements before and after the services: the mean."""
+    rows = []
+    for first, second in zip(before["rows"], after["rows"]):
+        row: dict[str, Any] = {"batch": first["batch"]}
+        for key in ("images_per_s", "model_only_images_per_s"):
+            row[key] = round((first[key] + second[key]) / 2, 2)
+        row["before"], row["after"] = first["images_per_s"], second["images_per_s"]
+        rows.append(row)
+    return {**after, "rows": rows}
+
+
+def pipelined_rate(predictor: Predictor, decode: Decoder, batch: int, seconds: float) -> float:
+    """Images/s when the next batch decodes in the pool while the model runs this one."""
+    predictor(np.stack([f.result() for f in decode()]))  # warm-up at this batch size
+    pending = decode()
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        arrays = np.stack([f.result() for f in pending])
+        pending = decode()
+        predictor(arrays)
+        done += batch
+    elapsed = time.perf_counter() - started
+    for future in pending:
+        future.result()
+    return round(done / elapsed, 2)
+
+
+def model_rate(predictor: Predictor, decode: Decoder, batch: int, seconds: float) -> float:
+    """Images/s of the model alone on one pre-decoded batch."""
+    arrays = np.stack([f.result() for f in decode()])
+    predictor(arrays)
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        predictor(arrays)
+        done += batch
+    return round(done / (time.perf_counter() - started), 2)
