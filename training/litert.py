@@ -55,13 +55,15 @@ def add_litert(
     version_dir: str | Path,
     check_images: np.ndarray | Iterable[np.ndarray] | None = None,
     tolerance: float = TOLERANCE,
+    checked_on: str | None = None,
 ) -> dict[str, Any]:
     """Convert, check and write ``model.tflite`` into a version folder; return its record.
 
     ``check_images`` are float32 [N, H, W, 3] in [0, 1]: one array or an iterable
     of batches (so a whole test split never has to fit in memory). Raises
     ``ValueError`` (and writes nothing) when the runtimes disagree by more than
-    ``tolerance``. The record is also stored as ``runtimes.litert`` in metadata.json.
+    ``tolerance``. The record is also stored as ``runtimes.litert`` in metadata.json;
+    ``checked_on`` says there where the real images came from.
     """
     import tensorflow as tf
 
@@ -109,6 +111,7 @@ def add_litert(
         "outputs": sorted(names),
         "max_abs_diff": diffs[probabilities],
         "checked_images": real,
+        "checked_on": checked_on,
         "random_images": RANDOM_IMAGES,
         "tolerance": tolerance,
         "checked": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -204,13 +207,14 @@ def add_litert_from_data(
     if not (version_dir / "saved_model.pb").is_file() and version_dirs(version_dir):
         version_dir = latest_version(version_dir)
     contract = ModelContract.read(version_dir)
-    images = None
+    images, checked_on = None, None
     if data is not None:
         folder = Path(data) / "test" if (Path(data) / "test").is_dir() else Path(data)
         files, images = folder_images(folder, contract.image_size, limit)
         if not files:
             raise ValueError(f"{folder}: no images to check the conversion on")
-    return version_dir, add_litert(version_dir, images)
+        checked_on = f"{folder}" + (f" (first {limit} files)" if limit else "")
+    return version_dir, add_litert(version_dir, images, checked_on=checked_on)
 
 
 def format_record(version_dir: Path, record: dict[str, Any]) -> str:
