@@ -192,7 +192,10 @@ def wait_ready(server: Server, timeout: float = READY_TIMEOUT) -> float:
 
 
 def stop(server: Server, grace: float = STOP_GRACE) -> int:
-    """SIGTERM (uvicorn drains and shuts down), SIGKILL after ``grace`` s; the exit code."""
+    """SIGTERM (uvicorn drains and shuts down), SIGKILL after ``grace`` s; the return code.
+
+    uvicorn re-raises the SIGTERM once it has shut down, so a clean stop returns -15.
+    """
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
         try:
@@ -201,6 +204,13 @@ def stop(server: Server, grace: float = STOP_GRACE) -> int:
             server.process.kill()
             server.process.wait()
     return server.process.returncode
+
+
+def describe_exit(code: int | None) -> str:
+    """A return code in words: ``"exit code 1"``, ``"SIGTERM"`` (a signal), ``"running"``."""
+    if code is None:
+        return "running"
+    return signal.Signals(-code).name if code < 0 else f"exit code {code}"
 
 
 @contextlib.contextmanager

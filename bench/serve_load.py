@@ -22,7 +22,15 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.harness import CACHE, Server, read_metrics, slug, uvicorn_server, value
+from bench.harness import (
+    CACHE,
+    Server,
+    describe_exit,
+    read_metrics,
+    slug,
+    uvicorn_server,
+    value,
+)
 from bench.serve_images import ImageSet
 
 # Settings of each batching mode ("on": the service's defaults).
@@ -206,9 +214,10 @@ def bench_service(
             print(f"  {format_row(row)}", flush=True)
             if server.process.poll() is not None:
                 raise RuntimeError(f"server died during the run:\n{server.log_tail()}")
-    print(f"[{model_dir} batching {mode}] stopped, exit code {server.process.returncode}")
+    stopped = describe_exit(server.process.returncode)
+    print(f"[{model_dir} batching {mode}] stopped: {stopped}", flush=True)
     for row in rows:
-        row["server_exit"] = server.process.returncode
+        row["server_exit"] = stopped
     return rows
 
 
