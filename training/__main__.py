@@ -113,6 +113,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         data_dir=args.data,
         checkpoint=args.checkpoint,
         tta=args.tta,
+        ood=args.ood,
+        ood_limit=args.ood_limit,
     )
     print(f"exported {path}")
     return 0
@@ -207,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tta", action="store_true", help="average each image with its mirror (2x compute)"
     )
+    p.add_argument(
+        "--ood",
+        action="store_true",
+        help="fit the 'neither' score (needs --data); the model also returns ood_score",
+    )
+    p.add_argument("--ood-limit", type=int, help="fit on at most this many training images")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("litert", help="add model.tflite to an exported version, checked")

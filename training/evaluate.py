@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from catdog.contract import CLASS_NAMES
 from training.data import make_dataset
-from training.export import Predictor, load_predictor
+from training.export import Outputs, Predictor, load_outputs
 from training.visualize import save_confusion_plot
 
 
@@ -52,11 +52,38 @@ def evaluate_predictor(
     predict: Predictor, dataset: tf.data.Dataset, class_names: Sequence[str] = CLASS_NAMES
 ) -> dict[str, Any]:
     """Run a predictor over a (images, one-hot labels) dataset and report."""
-    y_true, y_pred = [], []
+    return evaluate_outputs(lambda x: {"probabilities": predict(x)}, dataset, class_names)
+
+
+def evaluate_outputs(
+    outputs: Outputs,
+    dataset: tf.data.Dataset,
+    class_names: Sequence[str] = CLASS_NAMES,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Like ``evaluate_predictor`` for a model's outputs by name; with an ``ood_score``
+    output and its ``threshold``, also the share of these images flagged as neither."""
+    y_true, y_pred, scores = [], [], []
     for images, labels in dataset:
-        y_pred.append(np.argmax(predict(images.numpy()), axis=1))
+        out = outputs(images.numpy())
+        y_pred.append(np.argmax(out["probabilities"], axis=1))
         y_true.append(np.argmax(labels.numpy(), axis=1))
-    return classification_report(np.concatenate(y_true), np.concatenate(y_pred), class_names)
+        if "ood_score" in out:
+            scores.append(np.reshape(out["ood_score"], (-1,)))
+    report = classification_report(np.concatenate(y_true), np.concatenate(y_pred), class_names)
+    if threshold is not None and scores:
+        report["ood"] = ood_summary(np.concatenate(scores), threshold)
+    return report
+
+
+def ood_summary(scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """How many images score above the threshold (are flagged as neither cat nor dog)."""
+    flagged = int(np.sum(scores > threshold))
+    return {
+        "threshold": threshold,
+        "flagged": flagged,
+        "flagged_share": flagged / len(scores) if len(scores) else None,
+    }
 
 
 def evaluate(
@@ -65,12 +92,17 @@ def evaluate(
     batch_size: int = 64,
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint or exported model; write evaluation.json and confusion.png."""
-    predict, contract = load_predictor(model_path)
+    """Evaluate a checkpoint or exported model; write evaluation.json and confusion.png.
+
+    For an exported model with an OOD score, the report also counts the images
+    flagged as neither cat nor dog (``ood``).
+    """
+    outputs, contract = load_outputs(model_path)
     dataset = make_dataset(
         data_dir, contract.image_size, batch_size, cache=False, class_names=contract.class_names
     )
-    report = evaluate_predictor(predict, dataset, contract.class_names)
+    threshold = (contract.extra.get("ood") or {}).get("threshold")
+    report = evaluate_outputs(outputs, dataset, contract.class_names, threshold)
     report.update(model=str(model_path), data=str(data_dir))
     model_path = Path(model_path)
     out = (
@@ -99,5 +131,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("confusion matrix (rows true, columns predicted): " + " ".join(names))
     for name, row in zip(names, report["confusion_matrix"]):
         lines.append(f"  {name:<6} " + " ".join(f"{v:>6}" for v in row))
+    if "ood" in report:
+        ood = report["ood"]
+        lines.append(
+            f"flagged as neither: {ood['flagged']}/{report['count']} "
+            f"({ood['flagged_share']:.2%}) above threshold {ood['threshold']:.4g}"
+        )
     lines += [f"wrote {p}" for p in report.get("outputs", [])]
     return "\n".join(lines)

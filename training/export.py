@@ -3,8 +3,10 @@
 ``models/<name>/<version>/`` holds ``saved_model.pb`` + ``variables/`` with the
 serving signature float32 [None, H, W, 3] in [0, 1] -> probabilities [None, C],
 and ``metadata.json`` (the contract plus how the model was made and how well it
-does). A version is written to a hidden folder, checked, then renamed into
-place, so a watcher never sees half a model.
+does). With an OOD fit (``training.ood``) the signature returns a dict instead:
+``probabilities`` [None, C] and ``ood_score`` [None], and metadata.json gets an
+``"ood"`` object with the method and threshold. A version is written to a
+hidden folder, checked, then renamed into place, so a watcher never sees half a model.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,24 +25,68 @@ import numpy as np
 import tensorflow as tf
 
 from catdog.contract import CLASS_NAMES, ModelContract
-from catdog.runtimes import Predictor, latest_version, load_saved_model, version_dirs
+from catdog.runtimes import (
+    OOD_SCORE,
+    PROBABILITIES,
+    Predictor,
+    latest_version,
+    load_signature,
+    version_dirs,
+)
 from training.litert import add_litert
+from training.ood import MahalanobisScore, features_and_probabilities
 
-TOLERANCE = 1e-5
+TOLERANCE = 1e-5  # probabilities; an OOD score is compared relative to its size
+# Every output of a model by name: "probabilities", and "ood_score" when fitted.
+Outputs = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def load_predictor(path: str | Path) -> tuple[Predictor, ModelContract]:
-    """A predictor from a ``.keras`` checkpoint, a version folder or a model base folder."""
+def load_outputs(path: str | Path) -> tuple[Outputs, ModelContract]:
+    """All outputs of a ``.keras`` checkpoint, a version folder or a model base folder.
+
+    A single-output model's output is returned as ``probabilities``.
+    """
     path = Path(path)
     if path.suffix == ".keras":
         model = keras.saving.load_model(path)
         height, width = model.input_shape[1:3]
-        return (lambda x: np.asarray(model(x, training=False))), ModelContract(
-            image_size=(height, width)
-        )
+
+        def keras_outputs(images: np.ndarray) -> dict[str, np.ndarray]:
+            return _named(model(images, training=False))
+
+        return keras_outputs, ModelContract(image_size=(height, width))
     if path.is_dir() and not (path / "saved_model.pb").exists() and version_dirs(path):
         path = latest_version(path)
-    return load_saved_model(path)
+    call, names, contract = load_signature(path)
+    if len(names) == 1:
+        only = names[0]
+
+        def single(images: np.ndarray) -> dict[str, np.ndarray]:
+            return {PROBABILITIES: call(images)[only]}
+
+        single.loaded = call.loaded  # type: ignore[attr-defined]  # keeps the model alive
+        return single, contract
+    if PROBABILITIES not in names:
+        raise ValueError(f"{path}: outputs {list(names)}, expected {PROBABILITIES!r} among them")
+    return call, contract
+
+
+def load_predictor(path: str | Path) -> tuple[Predictor, ModelContract]:
+    """Probabilities only, from a ``.keras`` checkpoint, a version folder or a base folder."""
+    outputs, contract = load_outputs(path)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return outputs(images)[PROBABILITIES]
+
+    predict.loaded = outputs  # type: ignore[attr-defined]  # keeps the model alive
+    return predict, contract
+
+
+def _named(result: Any) -> dict[str, np.ndarray]:
+    """A Keras model's result as outputs by name (a bare tensor is the probabilities)."""
+    if isinstance(result, dict):
+        return {name: np.asarray(value) for name, value in result.items()}
+    return {PROBABILITIES: np.asarray(result)}
 
 
 def export_model(
@@ -80,6 +127,7 @@ def export_model(
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint("serve", lambda images: model(images, training=False), [spec])
+        # (a dict-output model gives a signature with one named output per key)
         archive.write_out(str(staging), verbose=False)
         contract.write(staging)
         _check_reload(model, staging, check_images)
@@ -91,18 +139,25 @@ def export_model(
 
 
 def _check_reload(model: keras.Model, folder: Path, images: np.ndarray | None) -> None:
-    """Fail unless tf.saved_model.load gives the Keras model's outputs (within 1e-5)."""
+    """Fail unless tf.saved_model.load gives the Keras model's outputs.
+
+    Probabilities must agree within 1e-5; an OOD score within 1e-5 of its size.
+    """
     height, width = model.input_shape[1:3]
     rng = np.random.default_rng(0)
     probe = rng.random((4, height, width, 3), dtype=np.float32)
     if images is not None and len(images):
         probe = np.concatenate([probe, images.astype(np.float32)])
-    predict, _ = load_saved_model(folder)
-    expected = np.asarray(model(probe, training=False))
-    got = predict(probe)
-    diff = float(np.max(np.abs(expected - got)))
-    if diff > TOLERANCE:
-        raise ValueError(f"exported model disagrees with the Keras model: max |diff| = {diff}")
+    outputs, _ = load_outputs(folder)
+    expected = _named(model(probe, training=False))
+    got = outputs(probe)
+    if set(got) != set(expected):
+        raise ValueError(f"exported outputs {sorted(got)}, the Keras model has {sorted(expected)}")
+    for name, want in expected.items():
+        scale = 1.0 if name == PROBABILITIES else max(1.0, float(np.max(np.abs(want))))
+        diff = float(np.max(np.abs(want - got[name])))
+        if diff > TOLERANCE * scale:
+            raise ValueError(f"exported {name} disagrees with the Keras model: max |diff| = {diff}")
 
 
 def export_run(
@@ -112,22 +167,37 @@ def export_run(
     data_dir: str | Path | None = None,
     checkpoint: str | Path | None = None,
     tta: bool = False,
+    ood: bool = False,
+    ood_limit: int | None = None,
 ) -> Path:
     """Export a training run's best checkpoint with its settings and metrics as metadata.
 
     With ``tta`` the exported model averages the probabilities of each image and
-    its mirror image (test-time augmentation; twice the compute per image).
+    its mirror image (test-time augmentation; twice the compute per image). With
+    ``ood`` (needs ``data_dir``) an OOD score is fitted on (up to ``ood_limit``)
+    training images, its threshold set on validation, and exported as ``ood_score``.
     """
     from training.data import make_dataset
-    from training.evaluate import evaluate_predictor
+    from training.evaluate import evaluate_outputs
+    from training.ood import fit_ood
 
     run = Path(run)
     checkpoint = Path(checkpoint or run / "best.keras")
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to export")
-    model = keras.saving.load_model(checkpoint)
-    if tta:
-        model = with_flip_averaging(model)
+    if ood and data_dir is None:
+        raise ValueError("fitting the OOD score needs --data (training and validation images)")
+    trained = keras.saving.load_model(checkpoint)
+    size = trained.input_shape[1:3]
+    score, ood_info = None, None
+    if ood:
+        score, ood_info = fit_ood(
+            trained,
+            make_dataset(Path(data_dir) / "train", size, cache=False),
+            make_dataset(Path(data_dir) / "validation", size, cache=False),
+            limit=ood_limit,
+        )
+    model = serving_model(trained, tta, score)
     config = _read_json(run / "config.json")
     result = _read_json(run / "result.json")
     metadata: dict[str, Any] = {
@@ -139,20 +209,45 @@ def export_run(
         "checkpoint": str(checkpoint),
         "metrics": {},
     }
+    if ood_info is not None:
+        metadata["ood"] = ood_info
     check_images = None
     if data_dir is not None:
-        size = model.input_shape[1:3]
-        predict = lambda x: np.asarray(model(x, training=False))  # noqa: E731
+        threshold = None if ood_info is None else ood_info["threshold"]
+
+        def outputs(images: np.ndarray) -> dict[str, np.ndarray]:
+            return _named(model(images, training=False))
+
         for split in ("validation", "test"):
             folder = Path(data_dir) / split
             if folder.is_dir():
                 started = time.perf_counter()
-                report = evaluate_predictor(predict, make_dataset(folder, size, cache=False))
+                dataset = make_dataset(folder, size, cache=False)
+                report = evaluate_outputs(outputs, dataset, threshold=threshold)
                 report["seconds"] = round(time.perf_counter() - started, 1)
                 metadata["metrics"][split] = report
         val = make_dataset(Path(data_dir) / "validation", size, batch_size=8, cache=False)
         check_images = next(iter(val))[0].numpy()
     return export_model(model, out, metadata, version, check_images)
+
+
+def serving_model(
+    model: keras.Model, tta: bool = False, score: MahalanobisScore | None = None
+) -> keras.Model:
+    """The graph to export: probabilities (mirror-averaged with ``tta``), and
+    with a fitted ``score`` layer a dict of ``probabilities`` and ``ood_score``.
+
+    The score is computed on the features of the image as given (not its mirror).
+    """
+    if score is None:
+        return with_flip_averaging(model) if tta else model
+    inputs = keras.Input(shape=model.input_shape[1:], name="images")
+    features, probabilities = features_and_probabilities(model)(inputs)
+    if tta:
+        mirrored = model(_HorizontalFlip(name="mirror")(inputs))
+        probabilities = keras.layers.Average(name="flip_average")([probabilities, mirrored])
+    outputs = {PROBABILITIES: probabilities, OOD_SCORE: score(features)}
+    return keras.Model(inputs, outputs, name=f"{model.name}_serving")
 
 
 def with_flip_averaging(model: keras.Model) -> keras.Model:

@@ -1,0 +1,115 @@
+"""The "neither" score: the Mahalanobis fit, its in-graph layer, and its export.
+
+* Points near a class mean score low, far ones high; the threshold lets the
+  chosen share of validation scores pass.
+* The Keras layer computes the same score as the numpy fit.
+* ``export_run(..., ood=True)`` writes a SavedModel whose ``serving_default``
+  returns ``probabilities`` and ``ood_score``, metadata with an ``"ood"``
+  object, and evaluation counts the flagged images; without ``ood`` the export
+  keeps its single output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from catdog.runtimes import load_signature
+from tests.images import MakeSplit
+from training.evaluate import evaluate
+from training.export import export_run, load_outputs
+from training.models import make_model
+from training.ood import (
+    choose_threshold,
+    features_and_probabilities,
+    fit_gaussians,
+    mahalanobis_scores,
+    make_score_layer,
+)
+
+
+def _clusters(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], 200)
+    centres = np.array([[3.0, 0.0, 0.0, 0.0], [-3.0, 0.0, 0.0, 0.0]])
+    return centres[labels] + rng.normal(0, 0.5, (400, 4)), labels
+
+
+def test_far_points_score_higher_than_points_near_a_class() -> None:
+    features, labels = _clusters()
+    means, precision = fit_gaussians(features, labels)
+    near = mahalanobis_scores(np.array([[3.0, 0, 0, 0], [-3.0, 0.2, 0, 0]]), means, precision)
+    far = mahalanobis_scores(np.array([[0.0, 0, 0, 0], [3.0, 5.0, 0, 0]]), means, precision)
+    assert near.max() < 0.5 < 5 < far.min()
+
+
+def test_threshold_lets_the_chosen_share_pass() -> None:
+    scores = np.random.default_rng(1).exponential(size=1000).astype(np.float32)
+    threshold = choose_threshold(scores, 0.99)
+    assert 0.99 <= np.mean(scores <= threshold) < 0.995
+
+
+def test_keras_layer_matches_the_numpy_score() -> None:
+    features, labels = _clusters()
+    means, precision = fit_gaussians(features, labels)
+    layer = make_score_layer(means, precision)
+    probe = features[:10].astype(np.float32) * 1.5
+    np.testing.assert_allclose(
+        np.asarray(layer(probe)), mahalanobis_scores(probe, means, precision), rtol=1e-4
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with an (untrained, 32x32) transfer checkpoint and its config."""
+    folder = tmp_path_factory.mktemp("run")
+    model = make_model("transfer", (32, 32, 3), 2, weights=None, augmentation=False)
+    model.save(folder / "best.keras")
+    (folder / "config.json").write_text(json.dumps({"architecture": "transfer"}))
+    return folder
+
+
+def test_export_with_ood_returns_both_outputs(run: Path, make_split: MakeSplit) -> None:
+    split = make_split(per_split=6)
+    version = export_run(run, run.parent / "models", version=1, data_dir=split, ood=True)
+    meta = json.loads((version / "metadata.json").read_text())
+    ood = meta["ood"]
+    assert ood["method"] == "mahalanobis" and ood["output"] == "ood_score"
+    assert ood["validation_pass_rate"] >= 0.99
+    assert ood["fitted_on"]["images"] == 12
+    assert meta["metrics"]["validation"]["ood"]["flagged"] == 0
+
+    _, names, _ = load_signature(version)
+    assert names == ("ood_score", "probabilities")
+    outputs, _ = load_outputs(version)
+    images = np.random.default_rng(3).random((5, 32, 32, 3), dtype=np.float32)
+    got = outputs(images)
+    assert got["probabilities"].shape == (5, 2) and got["ood_score"].shape == (5,)
+
+    # The exported score is the numpy score of the checkpoint's features.
+    checkpoint = keras.saving.load_model(run / "best.keras")
+    features, probabilities = features_and_probabilities(checkpoint)(images)
+    np.testing.assert_allclose(got["probabilities"], np.asarray(probabilities), atol=1e-5)
+    assert np.all(got["ood_score"] >= 0)
+
+    report = evaluate(version, split / "test", out_dir=run.parent / "eval")
+    assert report["ood"]["threshold"] == ood["threshold"]
+    assert 0 <= report["ood"]["flagged"] <= report["count"]
+
+
+def test_export_without_ood_keeps_one_output(run: Path, make_split: MakeSplit) -> None:
+    split = make_split(per_split=2)
+    version = export_run(run, run.parent / "plain", version=1, data_dir=split)
+    _, names, _ = load_signature(version)
+    assert len(names) == 1
+    assert "ood" not in json.loads((version / "metadata.json").read_text())
+    assert "ood" not in evaluate(version, split / "test", out_dir=run.parent / "e2")
+
+
+def test_ood_needs_data(run: Path) -> None:
+    with pytest.raises(ValueError, match="needs --data"):
+        export_run(run, run.parent / "none", version=1, ood=True)

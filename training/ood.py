@@ -1,0 +1,153 @@
+"""The "neither cat nor dog" signal: a Mahalanobis score on the model's own features.
+
+Fit (at export): the pooled backbone features of training photos give one mean
+per class and a shared covariance. Score (in the exported graph): the smallest
+squared Mahalanobis distance from an image's features to a class mean, divided
+by the feature count, so higher means less like the training photos. The
+threshold is the score that a chosen share (99 %) of validation photos stay
+under; an image scoring above it is "neither".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+METHOD = "mahalanobis"
+PASS_RATE = 0.99  # share of validation cat/dog photos that must pass
+
+
+def feature_layer(model: keras.Model) -> keras.layers.Layer:
+    """The pooled-features layer: named ``features``, else the last global average pooling."""
+    names = [layer.name for layer in model.layers]
+    if "features" in names:
+        return model.get_layer("features")
+    pools = [
+        layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)
+    ]
+    if not pools:
+        raise ValueError(f"{model.name}: no pooled feature layer to fit an OOD score on")
+    return pools[-1]
+
+
+def features_and_probabilities(model: keras.Model) -> keras.Model:
+    """One pass, two outputs: pooled features [N, D] and the model's probabilities [N, C]."""
+    return keras.Model(
+        model.input, [feature_layer(model).output, model.output], name=f"{model.name}_features"
+    )
+
+
+def fit_gaussians(
+    features: np.ndarray, labels: np.ndarray, ridge: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class means [C, D] and the precision [D, D] of the shared, slightly ridged covariance."""
+    features = features.astype(np.float64)
+    classes = np.unique(labels)
+    means = np.stack([features[labels == c].mean(axis=0) for c in classes])
+    centred = features - means[np.searchsorted(classes, labels)]
+    covariance = centred.T @ centred / len(features)
+    # A small ridge keeps directions the photos never vary in from exploding the score.
+    # (floored, so even constant features give a finite precision).
+    spread = max(float(np.trace(covariance)) / len(covariance), 1e-6)
+    covariance += ridge * spread * np.eye(len(covariance))
+    return means.astype(np.float32), np.linalg.inv(covariance).astype(np.float32)
+
+
+def mahalanobis_scores(
+    features: np.ndarray, means: np.ndarray, precision: np.ndarray
+) -> np.ndarray:
+    """Numpy twin of ``MahalanobisScore``: min over classes of d^T P d, over D."""
+    diff = features[:, None, :].astype(np.float64) - means[None].astype(np.float64)
+    distances = np.einsum("ncd,de,nce->nc", diff, precision.astype(np.float64), diff)
+    return (distances.min(axis=1) / features.shape[1]).astype(np.float32)
+
+
+def choose_threshold(scores: np.ndarray, pass_rate: float = PASS_RATE) -> float:
+    """The smallest score that at least ``pass_rate`` of ``scores`` do not exceed."""
+    return float(np.quantile(scores, pass_rate, method="higher"))
+
+
+@keras.saving.register_keras_serializable(package="catdog")
+class MahalanobisScore(keras.layers.Layer):
+    """Features [N, D] -> score [N]: min over classes of squared Mahalanobis distance, over D."""
+
+    def __init__(self, num_classes: int, dims: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes, self.dims = num_classes, dims
+        self.means = self.add_weight(
+            shape=(num_classes, dims), initializer="zeros", trainable=False, name="means"
+        )
+        self.precision = self.add_weight(
+            shape=(dims, dims), initializer="zeros", trainable=False, name="precision"
+        )
+
+    def call(self, features: Any) -> Any:
+        diff = keras.ops.expand_dims(features, 1) - keras.ops.expand_dims(self.means, 0)
+        projected = keras.ops.einsum("ncd,de->nce", diff, self.precision)
+        distances = keras.ops.sum(projected * diff, axis=-1)
+        return keras.ops.min(distances, axis=1) / float(self.dims)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_classes": self.num_classes, "dims": self.dims}
+
+
+def make_score_layer(means: np.ndarray, precision: np.ndarray) -> MahalanobisScore:
+    """A ``MahalanobisScore`` layer holding a fit."""
+    layer = MahalanobisScore(*means.shape, name="ood_score")
+    layer.means.assign(means)
+    layer.precision.assign(precision)
+    return layer
+
+
+def collect_features(
+    extractor: keras.Model, dataset: tf.data.Dataset, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and integer labels of up to ``limit`` images of an (images, one-hot) dataset."""
+    features, labels, seen = [], [], 0
+    for images, onehot in dataset:
+        feats, _ = extractor(images, training=False)
+        features.append(np.asarray(feats))
+        labels.append(np.argmax(onehot.numpy(), axis=1))
+        seen += len(images)
+        if limit is not None and seen >= limit:
+            break
+    features_all, labels_all = np.concatenate(features), np.concatenate(labels)
+    return features_all[:limit], labels_all[:limit]
+
+
+def fit_ood(
+    model: keras.Model,
+    train: tf.data.Dataset,
+    validation: tf.data.Dataset,
+    limit: int | None = None,
+    pass_rate: float = PASS_RATE,
+) -> tuple[MahalanobisScore, dict[str, Any]]:
+    """Fit on (up to ``limit``) training images, set the threshold on validation.
+
+    Returns the score layer and the ``"ood"`` metadata object.
+    """
+    extractor = features_and_probabilities(model)
+    train_features, train_labels = collect_features(extractor, train, limit)
+    means, precision = fit_gaussians(train_features, train_labels)
+    val_features, _ = collect_features(extractor, validation)
+    val_scores = mahalanobis_scores(val_features, means, precision)
+    threshold = choose_threshold(val_scores, pass_rate)
+    info = {
+        "method": METHOD,
+        "output": "ood_score",
+        "meaning": "min over classes of the squared Mahalanobis distance of the pooled "
+        "backbone features to the class mean (shared covariance), divided by the "
+        "feature count; higher = less like the training photos",
+        "rule": "ood_score > threshold: neither a cat nor a dog",
+        "threshold": threshold,
+        "target_pass_rate": pass_rate,
+        "validation_pass_rate": float(np.mean(val_scores <= threshold)),
+        "validation_images": len(val_scores),
+        "fitted_on": {"split": "train", "images": len(train_features)},
+        "feature_dims": int(train_features.shape[1]),
+        "feature_layer": feature_layer(model).name,
+    }
+    return make_score_layer(means, precision), info
