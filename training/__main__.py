@@ -95,6 +95,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from training.robustness import TRANSFORMS, format_table, run_suite, save_results
+
+    results = {}
+    for model in args.model:
+        name = Path(model).name
+        label = f"v{name}" if name.isdigit() else Path(model).stem
+        results[label] = run_suite(
+            model, args.data, args.transform or tuple(TRANSFORMS), args.limit
+        )
+    print(format_table(results))
+    for path in save_results(results, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_neither(args: argparse.Namespace) -> int:
+    from training.neither import (
+        check,
+        folder_images,
+        format_report,
+        package_samples,
+        save_report,
+        synthetic,
+    )
+
+    categories = synthetic(args.count, args.seed)
+    categories["package samples"] = package_samples()
+    for folder in args.extra or []:
+        categories[Path(folder).name] = folder_images(folder)
+    report = check(args.model, args.data, categories, args.photo_limit)
+    print(format_report(report))
+    for path in save_report(report, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from training.predict import predict_paths
 
@@ -194,6 +231,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for evaluation.json and confusion.png")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "robustness", help="accuracy per class under photo transforms, one or more models"
+    )
+    p.add_argument(
+        "--model", required=True, action="append", help="a checkpoint or version (repeatable)"
+    )
+    p.add_argument("--data", required=True, help="a folder with one sub-folder per class")
+    p.add_argument("--out", default="runs/robustness", help="folder for robustness.json/.md")
+    p.add_argument("--transform", action="append", help="only these (repeatable); default all")
+    p.add_argument("--limit", type=int, help="use about this many photos, evenly spread")
+    p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser(
+        "neither", help="share of not-cat-not-dog images the OOD score catches, and of photos"
+    )
+    p.add_argument("--model", required=True, help="a version exported with --ood")
+    p.add_argument("--data", required=True, help="cat/dog photos (class folders), e.g. test")
+    p.add_argument("--extra", action="append", help="a folder of neither images (repeatable)")
+    p.add_argument("--count", type=int, default=100, help="synthetic images per kind")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--photo-limit", type=int, help="use about this many cat/dog photos")
+    p.add_argument("--out", default="runs/neither", help="folder for neither.json/.md")
+    p.set_defaults(func=cmd_neither)
 
     p = sub.add_parser("predict", help="label and probabilities for an image or a folder")
     p.add_argument("--model", required=True, help="a .keras checkpoint or an exported version")
