@@ -1,0 +1,1 @@
+"""Tests of the Kubernetes manifests (``deploy/k8s/``), rendered and validated offline."""

@@ -1,0 +1,107 @@
+"""The manifests use what the app really serves: env names, probe paths, port, metrics.
+
+Every expected value is read from the app (``tests.deploy.app_facts``), never
+written here, so renaming a setting, moving a route or changing the exposed port
+fails these tests until the manifests follow.
+"""
+
+from __future__ import annotations
+
+from tests.deploy import app_facts, k8s
+from tests.deploy.conftest import serving_container
+
+
+def _serving_pods(overlay: str):
+    """``(pod, container)`` for every container of the serving pod (init included)."""
+    pod, _ = serving_container(k8s.render(overlay))
+    return [(pod, c) for c in k8s.containers(pod)]
+
+
+def test_every_catdog_env_name_is_a_setting(serving: str) -> None:
+    prefix, names = app_facts.env_prefix(), app_facts.setting_env_names()
+    for _, container in _serving_pods(serving):
+        unknown = [n for n in k8s.env_of(container) if n.startswith(prefix) and n not in names]
+        assert not unknown, f"{container['name']}: not settings of the app: {unknown}"
+
+
+def test_env_values_are_valid_settings(serving: str) -> None:
+    """The app accepts the env as a whole (types, ranges, cross-field rules) and uses it."""
+    _, main = serving_container(k8s.render(serving))
+    env = k8s.resolved_env(main)
+    settings = app_facts.settings_from_env(env)
+    names = app_facts.setting_env_names()
+    assert {names[n] for n in env if n in names} <= settings.model_fields_set
+
+
+def test_thread_settings_follow_the_cpu_limit(serving: str) -> None:
+    """Every thread-count setting is set from the container's own ``limits.cpu``."""
+    _, main = serving_container(k8s.render(serving))
+    env = k8s.env_of(main)
+    thread_settings = [
+        name
+        for name, field in app_facts.setting_env_names().items()
+        if field.endswith(("_threads", "_workers"))
+    ]
+    assert thread_settings, "the app has no thread settings to match to the CPU limit"
+    for name in thread_settings:
+        assert name in env, f"{name} is not set: the app would use every core of the node"
+        ref = env[name].get("valueFrom", {}).get("resourceFieldRef", {})
+        assert ref.get("resource") == "limits.cpu", f"{name}: {env[name]}"
+        assert ref.get("containerName") == main["name"]
+
+
+def test_model_dir_is_on_the_read_only_model_volume(serving: str) -> None:
+    prefix_names = {v: k for k, v in app_facts.setting_env_names().items()}
+    _, main = serving_container(k8s.render(serving))
+    model_dir = k8s.env_value(main, prefix_names["model_dir"])
+    mount = k8s.mount_for(main, model_dir)
+    assert mount is not None and mount.get("readOnly") is True, model_dir
+
+
+def test_container_port_is_the_one_the_image_exposes(serving: str) -> None:
+    [exposed] = app_facts.exposed_ports()
+    _, main = serving_container(k8s.render(serving))
+    assert [p["containerPort"] for p in main["ports"]] == [exposed]
+    knobs = [k for k, v in app_facts.entrypoint_knobs().items() if v == str(exposed)]
+    assert knobs, "the entrypoint no longer takes its port from the environment"
+    for knob in knobs:
+        if knob in k8s.env_of(main):
+            assert k8s.env_value(main, knob) == str(exposed)
+
+
+def _probe_target(container: k8s.Doc, probe: str) -> tuple[str, int]:
+    http = container[probe]["httpGet"]
+    port = http["port"]
+    if isinstance(port, str):
+        [port] = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
+    return http["path"], port
+
+
+def test_readiness_probe_is_the_route_that_waits_for_the_model(serving: str) -> None:
+    _, main = serving_container(k8s.render(serving))
+    path, port = _probe_target(main, "readinessProbe")
+    assert path in app_facts.probes().unavailable_without_model, path
+    assert port in app_facts.exposed_ports()
+
+
+def test_liveness_and_startup_probes_answer_without_a_model(serving: str) -> None:
+    """Liveness must not depend on the model (a reload must not get the pod killed)."""
+    _, main = serving_container(k8s.render(serving))
+    for probe in ("livenessProbe", "startupProbe"):
+        path, port = _probe_target(main, probe)
+        assert path in app_facts.probes().ok_without_model, f"{probe}: {path}"
+        assert port in app_facts.exposed_ports()
+
+
+def test_scraped_path_serves_the_metrics_the_autoscaler_uses(serving: str) -> None:
+    docs = k8s.render(serving)
+    monitors = k8s.find(docs, "ServiceMonitor") + k8s.find(docs, "PodMonitor")
+    [monitor] = monitors
+    endpoints = monitor["spec"].get("endpoints") or monitor["spec"]["podMetricsEndpoints"]
+    [hpa] = k8s.find(docs, "HorizontalPodAutoscaler")
+    wanted = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    for endpoint in endpoints:
+        content_type, body = app_facts.scrape(endpoint["path"])
+        assert content_type.startswith("text/plain"), content_type
+        for name in wanted:
+            assert f"# TYPE {name} " in body, f"{endpoint['path']} does not export {name}"
