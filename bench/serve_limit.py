@@ -1,6 +1,9 @@
 """The in-process limit of ``bench.serve``: what the model can do on the server's cores, no HTTP.
 
-In this process it loads the SavedModel the service serves and measures
+In this process it loads the version the service serves, with the runtime and
+model-call threads the service picks (``CATDOG_RUNTIME`` and
+``CATDOG_INFERENCE_THREADS`` from ``--server-env``, else ``auto`` and one thread
+per usable core), and measures
 images/s of decode + preprocess (a thread pool of ``os.cpu_count()`` threads,
 overlapped with the model) + model, at each of ``--batch-sizes``, and of the
 model alone on one pre-decoded batch. The best end-to-end figure is the limit
@@ -32,16 +35,24 @@ Predictor = Callable[[np.ndarray], Any]
 Decoder = Callable[[], list[Future]]
 
 
+def service_runtime(server_env: list[str]) -> tuple[str, int]:
+    """(runtime, threads of one model call) as the service would pick them on these cores."""
+    env = {key: val for key, _, val in (item.partition("=") for item in server_env)}
+    threads = int(env.get("CATDOG_INFERENCE_THREADS", "0")) or len(os.sched_getaffinity(0))
+    return env.get("CATDOG_RUNTIME", "auto"), threads
+
+
 def measure_in_process(
     model_dir: Path, images: ImageSet, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Images/s of decode + preprocess + model in this process, per batch size."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from catdog.preprocessing import preprocess
-    from catdog.runtimes import latest_version, load_saved_model
+    from catdog.runtimes import latest_version, load_model
 
-    predictor, contract = load_saved_model(latest_version(model_dir))
-    size = tuple(contract.image_size)
+    runtime, threads = service_runtime(args.server_env)
+    loaded = load_model(latest_version(model_dir), runtime, threads)
+    predictor, size = loaded.infer, tuple(loaded.contract.image_size)
     workers = os.cpu_count() or 1
     rows = []
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
@@ -61,7 +72,13 @@ def measure_in_process(
                 f"(model only {model_only:8.2f})",
                 flush=True,
             )
-    return {"decode_threads": workers, "image_size": list(size), "rows": rows}
+    return {
+        "runtime": loaded.name,
+        "model_threads": threads,
+        "decode_threads": workers,
+        "image_size": list(size),
+        "rows": rows,
+    }
 
 
 def measure_in_process_pinned(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -76,6 +93,7 @@ def measure_in_process_pinned(model_dir: Path, args: argparse.Namespace) -> dict
     command += ["--n-huge", str(args.n_huge), "--mix", ",".join(map(str, args.mix))]
     command += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
     command += ["--inproc-duration", str(args.inproc_duration), "--inproc-only", str(out)]
+    command += [f"--server-env={item}" for item in args.server_env]
     subprocess.run(command, cwd=ROOT, check=True, preexec_fn=pin_to(args.server_cpus))
     return json.loads(out.read_text())
 

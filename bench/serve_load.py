@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.harness import (
     CACHE,
+    Metrics,
     Server,
     describe_exit,
     read_metrics,
@@ -54,6 +55,7 @@ class LoadResult:
     batch_count: float = 0.0
     server_cores: float | None = None  # CPU the server used over the window, in cores
     client_cores: float | None = None  # the same for this load generator
+    runtime: str | None = None  # what runs the model, as the server's /metrics say
 
     def record(
         self, start: float, end: float, outcome: int | str, window_end: float, group: str = ""
@@ -103,10 +105,15 @@ async def closed_loop_client(
             result.record(start, time.perf_counter(), outcome, window_end, group)
 
 
-async def batch_counters(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
+def batch_counters(metrics: Metrics) -> tuple[float, float]:
     """(catdog_batch_size_sum, catdog_batch_size_count) from the server's ``/metrics``."""
-    metrics = await read_metrics(client, url)
     return value(metrics, "catdog_batch_size_sum"), value(metrics, "catdog_batch_size_count")
+
+
+def served_runtime(metrics: Metrics) -> str | None:
+    """The runtime label of the served version (``catdog_model_version``), if it has one."""
+    served = [s for s in metrics if s.name == "catdog_model_version" and s.value == 1]
+    return served[0].labels.get("runtime") if served else None
 
 
 async def run_load(
@@ -142,15 +149,17 @@ async def run_load(
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
         started = time.perf_counter()
         server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
-        before = await batch_counters(side, server.url)
+        metrics = await read_metrics(side, server.url)
         await load
-        after = await batch_counters(side, server.url)
+        after = batch_counters(await read_metrics(side, server.url))
         elapsed = time.perf_counter() - started
         server_after = server.cpu_seconds()
         if server_cpu is not None and server_after is not None:
             result.server_cores = (server_after - server_cpu) / elapsed
         result.client_cores = (time.process_time() - client_cpu) / elapsed
+    before = batch_counters(metrics)
     result.batch_sum, result.batch_count = after[0] - before[0], after[1] - before[1]
+    result.runtime = served_runtime(metrics)
     return result
 
 
@@ -188,6 +197,7 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         else None,
         "server_cores": None if result.server_cores is None else round(result.server_cores, 2),
         "client_cores": None if result.client_cores is None else round(result.client_cores, 2),
+        "runtime": result.runtime,
     }
 
 

@@ -54,11 +54,13 @@ SERVICE_COLUMNS = [
 def model_section(result: dict[str, Any]) -> list[str]:
     """The markdown for one model: service table, then the in-process table."""
     info, inproc = result["model"], result["in_process"]
+    served = sorted({r["runtime"] for r in result["service"] if r.get("runtime")})
     lines = [
         f"## `{result['model_dir']}`",
         "",
         f"Version {info['version']}, {info['architecture']}, input {info['image_size']}, "
-        f"{info['parameters']} parameters.",
+        f"{info['parameters']} parameters"
+        + (f"; the service ran it with {' and '.join(served)}." if served else "."),
         "",
         *table(result["service"], SERVICE_COLUMNS, TEXT),
         "",
@@ -77,8 +79,9 @@ def model_section(result: dict[str, Any]) -> list[str]:
     if inproc:
         best = inproc["best"]
         lines += [
-            f"In-process limit (decode + preprocess on {inproc['decode_threads']} threads, "
-            "overlapped with the model): "
+            f"In-process limit ({inproc.get('runtime', 'tensorflow')}, "
+            f"{inproc.get('model_threads', 'default')} thread(s) per model call; decode + "
+            f"preprocess on {inproc['decode_threads']} threads, overlapped with the model): "
             f"**{best['images_per_s']} images/s** at batch {best['batch']}"
             + (
                 f" (mean of {best['before']} before and {best['after']} after the service runs)."
@@ -86,6 +89,7 @@ def model_section(result: dict[str, Any]) -> list[str]:
                 else "."
             ),
             "",
+            *mismatch(served, inproc),
             *table(
                 inproc["rows"],
                 [
@@ -118,6 +122,14 @@ def model_section(result: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def mismatch(served: list[str], inproc: dict[str, Any]) -> list[str]:
+    """A warning when the service ran another runtime than the in-process limit."""
+    limit = inproc.get("runtime")
+    if not served or limit is None or served == [limit]:
+        return []
+    return [f"**Not comparable: the service ran {' and '.join(served)}, the limit {limit}.**", ""]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
