@@ -244,3 +244,12 @@ def graceful_shutdown_knob() -> tuple[str, int]:
     )
     assert match, "the entrypoint no longer sets --timeout-graceful-shutdown from the env"
     return match[1], int(match[2])
+
+
+def in_flight_cap_field() -> str:
+    """The setting that caps the images a pod admits at once (503 beyond it)."""
+    fields = [f for f in settings_class().model_fields if f.startswith("max_") and "in_flight" in f]
+    assert len(fields) == 1, (
+        f"no single max_*in_flight* setting in {list(settings_class().model_fields)}"
+    )
+    return fields[0]

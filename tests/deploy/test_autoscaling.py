@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
 from tests.deploy import app_facts, k8s
-from tests.deploy.conftest import flavor, serving_container
+from tests.deploy.conftest import serving_container
 
 # Images in flight per core at the knee of the throughput curve: bench/results/serve.md,
 # one server core: 16 clients ~120 req/s at p99 ~200 ms, 64 clients no more req/s and
@@ -31,11 +32,7 @@ def _pods_metric(hpa) -> dict:
 
 
 def _in_flight_cap(settings) -> int:
-    return next(
-        getattr(settings, f)
-        for f in app_facts.setting_env_names().values()
-        if f.startswith("max_") and "in_flight" in f
-    )
+    return getattr(settings, app_facts.in_flight_cap_field())
 
 
 def _adapter_rules() -> list[dict]:
@@ -93,10 +90,9 @@ def test_in_flight_target_leaves_headroom_below_the_admission_cap(serving: str) 
     assert 0 < target <= _in_flight_cap(settings) / 2
 
 
-def test_cpu_in_flight_target_is_the_knee_times_the_cores(serving: str) -> None:
-    if flavor(serving) != "cpu":
-        return
-    docs = k8s.render(serving)
+@pytest.mark.parametrize("overlay", ["cpu", "cpu/kserve"])
+def test_cpu_in_flight_target_is_the_knee_times_the_cores(overlay: str) -> None:
+    docs = k8s.render(overlay)
     _, main = serving_container(docs)
     cores = k8s.cpu_cores(main["resources"]["limits"]["cpu"])
     target = float(_pods_metric(_hpa(docs))["target"]["averageValue"])

@@ -87,11 +87,7 @@ def test_memory_limit_covers_idle_footprint_and_decoding_bound(serving: str) -> 
     settings = app_facts.settings_from_env(k8s.resolved_env(main))
     # An image larger than the whole budget still decodes (alone): the bound is the larger.
     pixels = max(settings.decode_pixel_budget, settings.max_pixels)
-    in_flight = next(
-        getattr(settings, f)
-        for f in app_facts.setting_env_names().values()
-        if f.startswith("max_") and "in_flight" in f
-    )
+    in_flight = getattr(settings, app_facts.in_flight_cap_field())
     need = IDLE_RSS_BYTES + DECODE_BYTES_PER_PIXEL * pixels + SPOOL_BYTES_PER_UPLOAD * in_flight
     limit = k8s.memory_bytes(main["resources"]["limits"]["memory"])
     assert limit >= need * HEADROOM, f"{limit / 2**30:.2f} GiB < {need * HEADROOM / 2**30:.2f}"
@@ -101,11 +97,7 @@ def test_spool_volume_holds_every_upload_in_flight(serving: str) -> None:
     """Uploads past the in-memory part are spooled to TMPDIR: room for all admitted ones."""
     pod, main = serving_container(k8s.render(serving))
     settings = app_facts.settings_from_env(k8s.resolved_env(main))
-    in_flight = next(
-        getattr(settings, f)
-        for f in app_facts.setting_env_names().values()
-        if f.startswith("max_") and "in_flight" in f
-    )
+    in_flight = getattr(settings, app_facts.in_flight_cap_field())
     mount = k8s.mount_for(main, k8s.env_value(main, "TMPDIR"))
     [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     size = k8s.memory_bytes(volume["emptyDir"]["sizeLimit"])
@@ -137,16 +129,13 @@ def test_gpu_pods_take_one_gpu_each_and_grow_its_memory(overlay: str) -> None:
                 assert "nvidia.com/gpu" in tolerated, where
 
 
-def test_gpu_service_runs_tensorflow(serving: str) -> None:
-    """LiteRT runs on the CPU only: a GPU pod must not pick it."""
-    _, main = serving_container(k8s.render(serving))
+@pytest.mark.parametrize("overlay", ["gpu", "gpu/kserve"])
+def test_gpu_service_runs_tensorflow(overlay: str) -> None:
+    """LiteRT runs on the CPU only: a GPU pod must not leave the runtime to ``auto``."""
+    _, main = serving_container(k8s.render(overlay))
     settings = app_facts.settings_from_env(k8s.resolved_env(main))
-    runtime = next(
-        (getattr(settings, f) for f in app_facts.setting_env_names().values() if f == "runtime"),
-        None,
-    )
-    if flavor(serving) == "gpu":
-        assert runtime == "tensorflow"
+    assert "runtime" in settings.model_fields_set, "the GPU pod does not choose its runtime"
+    assert settings.runtime == "tensorflow"
 
 
 def _comparable(docs: tuple[k8s.Doc, ...]) -> tuple[k8s.Doc, k8s.Doc]:
