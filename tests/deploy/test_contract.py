@@ -24,6 +24,16 @@ def test_every_catdog_env_name_is_a_setting(serving: str) -> None:
         assert not unknown, f"{container['name']}: not settings of the app: {unknown}"
 
 
+def test_no_service_links_in_the_settings_namespace(serving: str) -> None:
+    """Service links are off: ``CATDOG_SERVICE_HOST`` and the like would share the prefix.
+
+    Kubernetes adds such variables for every Service in the namespace, and ours are
+    named like the app.
+    """
+    pod, _ = serving_container(k8s.render(serving))
+    assert pod.get("enableServiceLinks") is False
+
+
 def test_env_values_are_valid_settings(serving: str) -> None:
     """The app accepts the env as a whole (types, ranges, cross-field rules) and uses it."""
     _, main = serving_container(k8s.render(serving))
