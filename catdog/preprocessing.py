@@ -1,12 +1,38 @@
 """THE preprocessing of catdog: image bytes or file in, model-ready pixels out.
 
-Training (``training.data``) and serving (``app``) both call these functions, so
-the array a model sees for a file is the same in both places. The decisions:
+Training (``training.data``, ``training.prepare``) and serving (``app``) both call
+these functions, so the array a model sees for a file is the same in both places.
+The decisions:
 
+* Only an allow-list of formats is read, decided from the file's first bytes before
+  any Pillow plugin is asked to open it: by default ``ACCEPTED_FORMATS`` = JPEG, PNG,
+  GIF, WebP and BMP, what the README and the page promise. That covers what phones
+  upload: camera JPEGs, including MPO (the multi-picture JPEG some phones and
+  cameras write, read by the JPEG plugin as its first picture) and Ultra HDR JPEGs;
+  screenshots (PNG); WebP from Android and messengers. iPhones shoot HEIC, but
+  browsers hand a web page a JPEG of it, and Pillow here has no HEIC decoder anyway
+  (that needs the pillow-heif plugin). AVIF, which Pillow 13 can read, is not
+  accepted: no phone camera writes it by default and its decoder is one more large
+  attack surface. Everything else Pillow could open -- EPS (which runs Ghostscript),
+  JPEG 2000, TIFF, PSD, ICO (which decodes inside ``Image.open``), DDS, ... -- is
+  refused as ``NotAnImageError`` naming the format and the accepted ones, without
+  any of its code running. ``formats=`` narrows the list (Pillow format names, any
+  case; ``"JPEG,PNG"`` also works); it can only name ``READABLE_FORMATS``, the
+  formats checked (``tests/catdog/test_formats.py``) to reveal their size before
+  decoding any pixel.
+* The pixel count is checked against ``max_pixels`` (the caller's, else
+  ``DEFAULT_MAX_PIXELS``, Pillow's own default) from the header, before any pixel is
+  decoded or allocated: GIF and WebP sizes are read from their headers before Pillow
+  opens them (Pillow's GIF plugin fills a frame-sized buffer when the first frame
+  asks to be disposed to the background, its WebP plugin allocates the canvas);
+  JPEG, PNG and BMP are opened lazily by Pillow, which reads their headers only.
+  Pillow's own decompression-bomb limit is switched off process-wide
+  (``Image.MAX_IMAGE_PIXELS = None``) because every image goes through this check,
+  so a refusal always names the caller's limit, which may be above Pillow's.
 * EXIF orientation is applied (phone photos are turned upright).
 * Every mode becomes 8-bit RGB: grayscale and palette are expanded, CMYK is
   converted, 16-bit samples are scaled down (not clipped), transparency is
-  composited onto white. Animated GIF/WebP use their first frame.
+  composited onto white. Animated GIF/WebP/PNG use their first frame.
 * Large JPEGs are decoded at a reduced DCT scale (never below the target size),
   which makes a 12-megapixel photo several times cheaper to read.
 * Resize to (height, width) with bilinear filtering (antialiased when shrinking),
@@ -16,11 +42,14 @@ the array a model sees for a file is the same in both places. The decisions:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
-import warnings
-from collections.abc import Callable, Iterator
+import re
+import struct
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -30,9 +59,23 @@ from catdog.contract import IMAGE_SIZE
 ImageSource = bytes | str | Path
 # Called with the pixel count about to be decoded; decoding runs inside what it returns.
 DecodeGate = Callable[[int], AbstractContextManager[object]]
-# open_image enforces a pixel limit itself (Pillow's by default), so Pillow's warning is
-# redundant. Set once here: warnings.catch_warnings() per call is not thread-safe.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+#: Formats read by default (Pillow format names): what the README promises.
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
+#: Formats an allow-list may name: their size is known before any pixel is decoded
+#: or allocated (checked format by format in tests/catdog/test_formats.py).
+READABLE_FORMATS: tuple[str, ...] = ACCEPTED_FORMATS
+#: The pixel limit when the caller gives none: Pillow's default (~0.36 GB as RGBA).
+DEFAULT_MAX_PIXELS = 89_478_485
+# open_image checks every size itself, with the caller's limit; Pillow's own check
+# (and its warning) would quote Pillow's limit instead, and refuse above it.
+Image.MAX_IMAGE_PIXELS = None
+
+_NAMES = {"WEBP": "WebP"}  # how formats are written in messages
+_ALIASES = {"JPG": "JPEG", "MPO": "JPEG"}  # MPO files are opened by the JPEG plugin
+# ISO-BMFF brands of HEIC/HEIF photos, which Pillow cannot even identify without a plugin.
+_HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+_HEAD = 32  # bytes read to identify a file and find a WebP canvas size
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _JPEG_FAMILY = {"JPEG", "MPO"}  # MPO: a JPEG with extra frames (some phones and cameras)
@@ -46,24 +89,6 @@ _UPRIGHT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-# Leading bytes of formats we read: a file that starts like one but will not open is corrupt.
-_SIGNATURES = {
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"\xff\xd8\xff": "JPEG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-}
-
-
-def _signature(head: bytes) -> str | None:
-    """The image format a file's first bytes announce, if any."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    if head[:2] == b"BM" and len(head) >= 14 and head[6:10] == b"\x00\x00\x00\x00":
-        return "BMP"  # the two reserved header fields are zero
-    return next((name for magic, name in _SIGNATURES.items() if head.startswith(magic)), None)
 
 
 class ImageError(ValueError):
@@ -86,35 +111,189 @@ class ImageTooLargeError(ImageError):
     """More pixels than allowed (checked from the header, before decoding)."""
 
 
-def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
-    """Open an image lazily, checking the format and pixel count from its header."""
-    if isinstance(source, bytes):
-        if not source:
+def image_formats(formats: Collection[str] | str) -> tuple[str, ...]:
+    """Check an allow-list and return it as Pillow format names, in the order given.
+
+    Names are Pillow's, in any case (``"JPG"`` and ``"MPO"`` mean ``"JPEG"``); a string
+    is a comma-separated list. Raises ``ValueError`` for an empty list or a format
+    not in ``READABLE_FORMATS``.
+    """
+    names = formats.split(",") if isinstance(formats, str) else list(formats)
+    wanted = [_ALIASES.get(n.strip().upper(), n.strip().upper()) for n in names if n.strip()]
+    choices = _listed(READABLE_FORMATS)
+    unknown = [n for n in wanted if n not in READABLE_FORMATS]
+    if unknown or not wanted:
+        what = f"image format(s) {', '.join(unknown)} cannot be" if unknown else "no format"
+        raise ValueError(
+            f"{what} accepted: choose among {choices} (formats whose size is read first)"
+        )
+    return tuple(dict.fromkeys(wanted))
+
+
+def open_image(
+    source: ImageSource,
+    max_pixels: int | None = None,
+    formats: Collection[str] | str = ACCEPTED_FORMATS,
+) -> Image.Image:
+    """Open an image lazily, checking its format and pixel count before any pixel is read.
+
+    ``formats`` is the allow-list (see ``image_formats``); anything else raises
+    ``NotAnImageError`` naming the accepted formats, before any Pillow plugin opens it.
+    More than ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``) raises
+    ``ImageTooLargeError``. A path source's file is closed when the image is.
+    """
+    allowed = image_formats(formats)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    with _reading("unreadable image header"), _binary(source) as file:
+        head = file.read(_HEAD)
+        if not head:
             raise NotAnImageError("empty file")
-        fp: io.BytesIO | str | Path = io.BytesIO(source)
-    else:
-        fp = source
+        fmt = next((f for f in allowed if _plugin_accepts(f, head)), None)
+        if fmt is None:
+            raise _refusal(head, allowed)
+        declared = _declared_size(fmt, head, file)
+    if declared is not None:
+        _check_size(declared, limit)  # before Pillow's plugin allocates anything
+    fp: io.BytesIO | str | Path = io.BytesIO(source) if isinstance(source, bytes) else source
     with _reading("unreadable image header"):
         try:
-            image = Image.open(fp)
+            image = Image.open(fp, formats=[fmt])
         except UnidentifiedImageError as exc:
-            head = source[:16] if isinstance(source, bytes) else Path(source).read_bytes()[:16]
-            if fmt := _signature(head):
-                raise CorruptImageError(
-                    f"a damaged {fmt} file (its header does not parse)"
-                ) from exc
-            raise NotAnImageError("not a recognised image format") from exc
+            raise CorruptImageError(
+                f"a damaged {_listed([fmt])} file (its header does not parse)"
+            ) from exc
     width, height = image.size
-    if width < 1 or height < 1:
+    try:
+        if width < 1 or height < 1:
+            raise CorruptImageError(f"image has no pixels ({width}x{height})")
+        _check_size((width, height), limit)
+    except ImageError:
         image.close()  # a path source has an open file; do not leak it
-        raise CorruptImageError(f"image has no pixels ({width}x{height})")
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    if limit is not None and width * height > limit:
-        image.close()
+        raise
+    return image
+
+
+def _check_size(size: tuple[int, int], limit: int) -> None:
+    width, height = size
+    if width * height > limit:
         raise ImageTooLargeError(
             f"{width}x{height} = {width * height} pixels exceeds the limit of {limit}"
         )
-    return image
+
+
+def _listed(formats: Collection[str]) -> str:
+    """``"JPEG, PNG, WebP"``: formats as messages write them."""
+    return ", ".join(_NAMES.get(f, f) for f in formats)
+
+
+@contextlib.contextmanager
+def _binary(source: ImageSource) -> Iterator[BinaryIO]:
+    """The source as a readable binary file (opened, then closed, for a path)."""
+    if isinstance(source, bytes):
+        yield io.BytesIO(source)
+    else:
+        with open(source, "rb") as file:
+            yield file
+
+
+@functools.cache
+def _plugins() -> dict[str, tuple[Callable[..., object], Callable[[bytes], object] | None]]:
+    """Pillow's registry of readable formats, with every plugin registered."""
+    Image.init()
+    return Image.OPEN  # type: ignore[return-value]
+
+
+def _plugin_accepts(fmt: str, head: bytes) -> bool:
+    """Whether Pillow's plugin for ``fmt`` would try to open a file starting with ``head``.
+
+    This is the plugin's own magic-number test (what ``Image.open`` asks first); it
+    reads only these bytes, no plugin code beyond it runs.
+    """
+    accept = _plugins()[fmt][1]
+    try:
+        return accept is None or bool(accept(head[:16]))
+    except Exception:  # a test that fails on a short or odd prefix is a "no"
+        return False
+
+
+def _refusal(head: bytes, allowed: Collection[str]) -> NotAnImageError:
+    """The 415 for a file not in ``allowed``: name its format if its first bytes tell."""
+    accepted = f"accepted: {_listed(allowed)}"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIC_BRANDS:
+        return NotAnImageError(f"unsupported image format HEIC; {accepted}")
+    for fmt, (_, accept) in _plugins().items():
+        # Only magic-number tests; formats without one (TGA, ...) are never guessed.
+        if fmt not in allowed and accept is not None and _plugin_accepts(fmt, head):
+            return NotAnImageError(f"unsupported image format {_listed([fmt])}; {accepted}")
+    return NotAnImageError(f"not a recognised image format; {accepted}")
+
+
+def _declared_size(fmt: str, head: bytes, file: BinaryIO) -> tuple[int, int] | None:
+    """The size a GIF or WebP header declares, read before Pillow opens the file.
+
+    Pillow allocates while opening these two (the WebP canvas; for a GIF whose first
+    frame is disposed to the background, a frame-sized buffer, filled), so their size
+    must be known first. ``None`` for the formats Pillow opens without allocating.
+    """
+    if fmt == "WEBP":
+        return _webp_size(head)
+    if fmt != "GIF":
+        return None
+    if isinstance(file, io.BytesIO):
+        with file.getbuffer() as view:  # no copy of an upload
+            return _gif_size(view)
+    file.seek(0)
+    return _gif_size(file.read())
+
+
+def _webp_size(head: bytes) -> tuple[int, int]:
+    """The canvas size in a WebP's first chunk (VP8X canvas, else the VP8/VP8L frame)."""
+    chunk = head[12:16]
+    if chunk == b"VP8X" and len(head) >= 30:
+        return (
+            int.from_bytes(head[24:27], "little") + 1,
+            int.from_bytes(head[27:30], "little") + 1,
+        )
+    if chunk == b"VP8 " and len(head) >= 30 and head[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(head) >= 25 and head[20] == 0x2F:
+        (bits,) = struct.unpack("<I", head[21:25])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    # The first chunk of a valid WebP is one of these three (its decoder refuses others).
+    raise CorruptImageError("a damaged WebP file (its header declares no size)")
+
+
+_GIF_BLOCK = re.compile(rb"[!,;]")  # extension, image descriptor, trailer
+
+
+def _gif_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """The size Pillow gives a GIF: its screen, grown to hold the first frame.
+
+    Walks the blocks before the first image descriptor as Pillow's reader does (it
+    skips stray bytes between blocks too). ``None`` if there is no full screen
+    descriptor; a file that ends before a frame keeps the screen size (Pillow then
+    refuses it as damaged).
+    """
+    if len(data) < 13:
+        return None
+    width, height, flags = struct.unpack_from("<HHB", data, 6)
+    at = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global palette
+    while found := _GIF_BLOCK.search(data, at):
+        at = found.end()
+        if data[found.start()] == ord(";"):
+            break
+        if data[found.start()] == ord("!"):  # label, then sub-blocks up to an empty one
+            at += 1
+            while at < len(data) and data[at]:
+                at += 1 + data[at]
+            at += 1
+            continue
+        if at + 8 > len(data):
+            break
+        x, y, frame_width, frame_height = struct.unpack_from("<HHHH", data, at)
+        return max(width, x + frame_width), max(height, y + frame_height)
+    return width, height
 
 
 @contextlib.contextmanager
@@ -122,8 +301,9 @@ def _reading(what: str) -> Iterator[None]:
     """Any failure inside, short of running out of memory, becomes an ``ImageError``.
 
     Pillow's plugins raise many kinds of exception on crafted or truncated files;
-    all of them mean the file is unreadable (``"<what>: <reason>"``), except a
-    decompression bomb over twice Pillow's limit, which is too large.
+    all of them mean the file is unreadable (``"<what>: <reason>"``). (Pillow's own
+    decompression-bomb error is off, see the module docstring; should someone turn it
+    back on, it still means too large.)
     """
     try:
         yield
@@ -172,14 +352,16 @@ def load_image(
     image_size: tuple[int, int] = IMAGE_SIZE,
     max_pixels: int | None = None,
     gate: DecodeGate = _no_gate,
+    formats: Collection[str] | str = ACCEPTED_FORMATS,
 ) -> np.ndarray:
     """Decode, turn upright, convert to RGB and resize: uint8 array (height, width, 3).
 
+    ``max_pixels`` and ``formats`` are checked first, as in ``open_image``.
     ``gate(pixels)`` wraps the decoding once the size to decode is known (after any
     reduced-scale JPEG decoding is chosen); the service uses it to bound memory.
     """
     height, width = image_size
-    image = open_image(source, max_pixels=max_pixels)
+    image = open_image(source, max_pixels=max_pixels, formats=formats)
     with _reading("cannot decode image"), image:
         if image.format in _JPEG_FAMILY:
             # Reduced-scale decoding keeps both sides >= the target (even if rotated).
@@ -210,6 +392,11 @@ def preprocess(
     image_size: tuple[int, int] = IMAGE_SIZE,
     max_pixels: int | None = None,
     gate: DecodeGate = _no_gate,
+    formats: Collection[str] | str = ACCEPTED_FORMATS,
 ) -> np.ndarray:
-    """Image bytes or path -> float32 array (height, width, 3) in [0, 1], ready for the model."""
-    return scale(load_image(source, image_size, max_pixels=max_pixels, gate=gate))
+    """Image bytes or path -> float32 array (height, width, 3) in [0, 1], ready for the model.
+
+    Arguments as ``load_image``; the service passes its settings as ``max_pixels``,
+    ``gate`` and ``formats``.
+    """
+    return scale(load_image(source, image_size, max_pixels=max_pixels, gate=gate, formats=formats))

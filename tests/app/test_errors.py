@@ -29,6 +29,7 @@ from tests.app.helpers import (
     settings_for,
     upload,
 )
+from tests.catdog import crafted
 
 MAX_UPLOAD = 50_000
 MAX_FILES = 4
@@ -92,7 +93,12 @@ BAD_UPLOADS: dict[str, tuple[Callable[[], bytes], int]] = {
     "png-with-corrupt-pixels": (png_with_corrupt_pixels, 422),
     "jpeg-header-then-garbage": (jpeg_with_corrupt_body, 422),
     "png-header-then-garbage": (png_with_garbage_chunks, 422),
-    "dds-unknown-pixel-format": (images.dds_unknown_format_bytes, 422),  # was a 500
+    # Formats outside the allow-list: refused before any of Pillow's code for them runs.
+    "dds-unknown-pixel-format": (images.dds_unknown_format_bytes, 415),  # was a 500, then 422
+    "eps-looping": (lambda: crafted.LOOPING_EPS, 415),  # Ghostscript would spin on it
+    "tiff": (images.tiff_bytes, 415),
+    "psd": (crafted.psd_bytes, 415),
+    "ico-embedding-png": (lambda: crafted.ico_embedding(crafted.solid_png(1200)), 415),
 }
 KNOWN_ISSUES: dict[str, str] = {}
 
@@ -110,6 +116,15 @@ async def test_bad_upload(client: httpx.AsyncClient, kind: str) -> None:
     make, status = BAD_UPLOADS[kind]
     response = await client.post("/predict", files=upload(make(), name=f"upload.{kind}"))
     assert_detail(response, status)
+    await assert_still_serving(client)
+
+
+async def test_an_unaccepted_format_is_named_with_the_accepted_ones(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/predict", files=upload(crafted.LOOPING_EPS, "loop.eps"))
+    detail = assert_detail(response, 415)
+    assert "unsupported image format EPS; accepted: " in detail and "JPEG" in detail
     await assert_still_serving(client)
 
 
