@@ -65,8 +65,10 @@ class RobustAugment:
         sx = tf.where(boxed, tf.where(along_x, squeeze, 1.0), sx)
         sy = tf.where(boxed, tf.where(along_x, 1.0, squeeze), sy)
         # Where the crop's centre lands: anywhere that keeps a zoomed-in crop inside.
-        cx = width / 2 + _uniform(n, -0.5, 0.5) * tf.abs(1.0 - sx) * width
-        cy = height / 2 + _uniform(n, -0.5, 0.5) * tf.abs(1.0 - sy) * height
+        # (pixel centres run 0 .. size - 1, so the middle is at (size - 1) / 2)
+        mid_x, mid_y = (width - 1) / 2, (height - 1) / 2
+        cx = mid_x + _uniform(n, -0.5, 0.5) * tf.abs(1.0 - sx) * width
+        cy = mid_y + _uniform(n, -0.5, 0.5) * tf.abs(1.0 - sy) * height
 
         angle = tf.where(
             _chance(n, self.rotate), _uniform(n, -1.0, 1.0) * math.radians(self.max_degrees), 0.0
@@ -76,8 +78,8 @@ class RobustAugment:
         # Output pixel u (relative to the centre) reads input c + R(angle) @ diag(sx, sy) @ u.
         a0, a1 = cos * sx * mirror, -sin * sy
         b0, b1 = sin * sx * mirror, cos * sy
-        a2 = cx - a0 * width / 2 - a1 * height / 2
-        b2 = cy - b0 * width / 2 - b1 * height / 2
+        a2 = cx - a0 * mid_x - a1 * mid_y
+        b2 = cy - b0 * mid_x - b1 * mid_y
         zeros = tf.zeros_like(a0)
         transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
         # Bars and corners: black most of the time, sometimes another flat grey.
@@ -161,12 +163,14 @@ def _chance(n: tf.Tensor, p: float) -> tf.Tensor:
 
 
 def _gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int = 3) -> tf.Tensor:
-    """Separable Gaussian blur (one sigma for the batch), edges reflected."""
+    """Separable Gaussian blur (one sigma for the batch), edges mirrored."""
     x = tf.range(-radius, radius + 1, dtype=tf.float32)
     kernel = tf.exp(-(x**2) / (2 * sigma**2))
     kernel = kernel / tf.reduce_sum(kernel)
     horizontal = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 3, 1])
     vertical = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
-    padded = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
+    padded = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], "SYMMETRIC")
     out = tf.nn.depthwise_conv2d(padded, horizontal, [1, 1, 1, 1], "VALID")
-    return tf.nn.depthwise_conv2d(out, vertical, [1, 1, 1, 1], "VALID")
+    out = tf.nn.depthwise_conv2d(out, vertical, [1, 1, 1, 1], "VALID")
+    # An empty batch comes back with the padded shape; reshaping fixes it (and is a no-op else).
+    return tf.reshape(out, tf.shape(images))

@@ -7,6 +7,8 @@
   returns ``probabilities`` and ``ood_score``, metadata with an ``"ood"``
   object, and evaluation counts the flagged images; without ``ood`` the export
   keeps its single output.
+* The "neither" check counts the images of each category the score catches
+  and the cat/dog photos it flags.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import numpy as np
 import pytest
 
 from catdog.runtimes import load_signature
+from tests import images
 from tests.images import MakeSplit
 from training.evaluate import evaluate
 from training.export import export_run, load_outputs
 from training.models import make_model
+from training.neither import check, format_report, package_samples, synthetic
 from training.ood import (
     choose_threshold,
     features_and_probabilities,
@@ -73,9 +77,19 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_export_with_ood_returns_both_outputs(run: Path, make_split: MakeSplit) -> None:
-    split = make_split(per_split=6)
-    version = export_run(run, run.parent / "models", version=1, data_dir=split, ood=True)
+@pytest.fixture(scope="module")
+def split(run: Path) -> Path:
+    return images.write_split(run.parent / "split", 6, size=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def ood_version(run: Path, split: Path) -> Path:
+    """The run exported with an OOD fit."""
+    return export_run(run, run.parent / "models", version=1, data_dir=split, ood=True)
+
+
+def test_export_with_ood_returns_both_outputs(run: Path, split: Path, ood_version: Path) -> None:
+    version = ood_version
     meta = json.loads((version / "metadata.json").read_text())
     ood = meta["ood"]
     assert ood["method"] == "mahalanobis" and ood["output"] == "ood_score"
@@ -99,6 +113,23 @@ def test_export_with_ood_returns_both_outputs(run: Path, make_split: MakeSplit) 
     report = evaluate(version, split / "test", out_dir=run.parent / "eval")
     assert report["ood"]["threshold"] == ood["threshold"]
     assert 0 <= report["ood"]["flagged"] <= report["count"]
+
+
+def test_neither_check_counts_each_category(ood_version: Path, split: Path) -> None:
+    categories = synthetic(3, seed=1)
+    categories["package samples"] = package_samples()[:2]
+    report = check(ood_version, split / "test", categories)
+    assert set(report["neither"]) == {"drawings", "textures", "scenes", "package samples"}
+    assert report["neither"]["drawings"]["count"] == 3
+    assert report["photos"]["count"] == 12
+    assert report["neither_total"]["count"] == 11
+    table = format_report(report)
+    assert "| textures | 3 |" in table and "cat/dog photos" in table
+
+
+def test_neither_check_needs_an_ood_model(tiny_model_base: Path, split: Path) -> None:
+    with pytest.raises(ValueError, match="no OOD score"):
+        check(tiny_model_base / "1", split / "test", {"drawings": []})
 
 
 def test_export_without_ood_keeps_one_output(run: Path, make_split: MakeSplit) -> None:

@@ -1,0 +1,78 @@
+"""The robustness suite: each transform does what its name says; the suite reports them all.
+
+* Letterboxing puts the photo between black bars; crops have the asked aspect;
+  down-up keeps the size; rotation leaves black corners; JPEG q30 is smaller.
+* ``original`` feeds the file unchanged.
+* ``run_suite`` on the tiny model gives a report per transform, and the
+  table has a row for each and columns per model and class.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests import images
+from tests.images import MakeSplit
+from training.robustness import (
+    TRANSFORMS,
+    centre_crop,
+    down_up,
+    format_table,
+    letterbox,
+    rotate,
+    run_suite,
+    transformed_bytes,
+)
+
+
+def test_letterbox_centres_the_photo_between_black_bars() -> None:
+    out = np.asarray(letterbox(images.solid((200, 200), images.RED)))
+    assert out.shape == (320, 480, 3)
+    assert out[:, :70].max() == 0 and out[:, -70:].max() == 0
+    assert tuple(out[160, 240]) == images.RED
+
+
+def test_crops_have_the_asked_aspect() -> None:
+    photo = images.solid((200, 200))
+    assert centre_crop(photo, 3 / 2).size == (200, 133)
+    assert centre_crop(photo, 4 / 3).size == (200, 150)
+    assert centre_crop(images.solid((300, 100)), 4 / 3).size == (133, 100)
+
+
+def test_down_up_keeps_the_size_and_rotation_blackens_corners() -> None:
+    photo = images.solid((90, 60), images.BLUE)
+    assert down_up(photo).size == (90, 60)
+    turned = np.asarray(rotate(photo, 15))
+    assert turned[0, 0].max() == 0 and tuple(turned[30, 45]) == images.BLUE
+
+
+def test_original_is_the_file_and_low_quality_jpeg_is_smaller(tmp_path: Path) -> None:
+    path = images.write(tmp_path / "cat.jpg", images.jpeg_bytes((120, 100)))
+    assert transformed_bytes(path, "original") == path.read_bytes()
+    path = images.write(tmp_path / "noisy.png", images.encode(images.noisy((120, 100)), "PNG"))
+    assert len(transformed_bytes(path, "jpeg q30")) < len(transformed_bytes(path, "crop 4:3"))
+    with Image.open(io.BytesIO(transformed_bytes(path, "letterbox 480x320"))) as out:
+        assert out.size == (480, 320) and out.format == "JPEG"
+
+
+def test_suite_reports_every_transform(tiny_model_base: Path, make_split: MakeSplit) -> None:
+    split = make_split(per_split=3, size=(48, 40))
+    results = run_suite(tiny_model_base / "1", split / "test")
+    assert list(results) == list(TRANSFORMS)
+    for report in results.values():
+        assert report["count"] == 6 and 0 <= report["accuracy"] <= 1
+    assert results["original"]["accuracy"] == 1.0  # the tiny model tells red from blue
+    table = format_table({"v1": results, "v1 again": results})
+    assert all(f"| {name} |" in table for name in TRANSFORMS)
+    assert "v1 cat" in table and "v1 again dog" in table
+
+
+def test_limit_spreads_over_both_classes(tiny_model_base: Path, make_split: MakeSplit) -> None:
+    split = make_split(per_split=5)
+    results = run_suite(tiny_model_base / "1", split / "test", ["original"], limit=4)
+    assert results["original"]["count"] == 4
+    assert all(c["count"] == 2 for c in results["original"]["per_class"].values())
