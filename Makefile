@@ -7,7 +7,10 @@ HOST   ?= 0.0.0.0
 PORT   ?= 8000
 MODEL_DIR ?= models/catdog
 
-.PHONY: install test lint serve clean
+.PHONY: help install test lint serve clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +25,12 @@ test: install  ## lint, then run every test
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install  ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 serve: install  ## serve the bundled model on :8000
 	CATDOG_MODEL_DIR=$(MODEL_DIR) $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) \
 		--timeout-graceful-shutdown 30
 
-clean:
+clean:  ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

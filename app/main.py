@@ -7,10 +7,12 @@ import logging
 from fastapi import FastAPI
 
 from app.api.errors import register_error_handlers
-from app.api.middleware import BodyLimitMiddleware, LoadSheddingMiddleware, MetricsMiddleware
+from app.api.middleware import MetricsMiddleware, PredictionGateMiddleware
 from app.api.routes import health, metrics, models, page, predict
+from app.core.config import Settings, get_settings
 from app.core.lifespan import lifespan
 from app.core.metrics import Metrics
+from app.core.service import InferenceService
 
 _log = logging.getLogger("catdog")
 if not _log.handlers:  # uvicorn configures its own loggers; ours logs beside them
@@ -20,18 +22,16 @@ if not _log.handlers:  # uvicorn configures its own loggers; ours logs beside th
     _log.setLevel(logging.INFO)
 
 
-def create_app() -> FastAPI:
-    """Build the app; the model loads in the lifespan, never at import."""
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app around one ``InferenceService``; its model loads in the lifespan."""
     app = FastAPI(
         title="catdog",
         version="0.1.0",
         lifespan=lifespan,
         description="Cat or dog? Upload a photo to POST /predict.",
     )
-    app.state.metrics = Metrics()
-    app.state.accepting = False
-    app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(LoadSheddingMiddleware)
+    app.state.service = InferenceService(settings or get_settings(), Metrics())
+    app.add_middleware(PredictionGateMiddleware)
     app.add_middleware(MetricsMiddleware)
     register_error_handlers(app)
     for module in (predict, health, models, metrics, page):

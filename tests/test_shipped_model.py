@@ -14,7 +14,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.core.config import Settings, get_settings
+from app.core.config import Settings
 from app.main import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +42,7 @@ def test_shipped_model_is_present_and_meets_its_accuracy_bar() -> None:
 
 @pytest.fixture
 async def client() -> httpx.AsyncClient:
-    app = create_app()
-    app.dependency_overrides[get_settings] = lambda: Settings(model_dir=MODEL_BASE)
+    app = create_app(Settings(model_dir=MODEL_BASE))
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:

@@ -10,33 +10,21 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.core.config import Settings, settings_of
-from app.core.errors import ModelNotReadyError
-from app.core.model import Classifier
-from app.core.registry import ModelRegistry
+from app.core.admission import Upload
+from app.core.service import InferenceService
+
+UPLOAD_KEY = "catdog.upload"  # scope key: the Upload the gate middleware opened
 
 
-async def get_registry(request: Request) -> ModelRegistry:
-    """The app's model registry (created in the lifespan)."""
-    registry = getattr(request.app.state, "registry", None)
-    if registry is None:
-        raise ModelNotReadyError("the service is starting")
-    return registry
+async def get_service(request: Request) -> InferenceService:
+    """The app's inference service (built by ``create_app``, started by the lifespan)."""
+    return request.app.state.service
 
 
-async def get_classifier(request: Request) -> Classifier:
-    """The app's classifier (created in the lifespan)."""
-    classifier = getattr(request.app.state, "classifier", None)
-    if classifier is None:
-        raise ModelNotReadyError("the service is starting")
-    return classifier
+async def get_upload(request: Request) -> Upload | None:
+    """This request's upload, counted as on its way since its first byte (see middleware)."""
+    return request.scope.get(UPLOAD_KEY)
 
 
-async def app_settings(request: Request) -> Settings:
-    """The settings the lifespan resolved (``dependency_overrides[get_settings]`` included)."""
-    return settings_of(request.app)
-
-
-SettingsDep = Annotated[Settings, Depends(app_settings)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
+ServiceDep = Annotated[InferenceService, Depends(get_service)]
+UploadDep = Annotated[Upload | None, Depends(get_upload)]

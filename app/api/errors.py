@@ -7,7 +7,6 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.core.config import settings_of
 from app.core.errors import ModelNotReadyError, QueueFullError
 from catdog.preprocessing import (
     CorruptImageError,
@@ -33,7 +32,7 @@ async def image_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def queue_full(request: Request, exc: Exception) -> JSONResponse:
     """Too much work in flight: shed load and tell the client when to retry."""
-    settings = settings_of(request.app)
+    settings = request.app.state.service.settings
     return JSONResponse(
         {"detail": f"server busy: {exc}; retry shortly"},
         status_code=503,

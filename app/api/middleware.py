@@ -1,4 +1,11 @@
-"""ASGI middleware: request-body limits, load shedding before the upload is read, metrics."""
+"""ASGI middleware: a gate in front of the prediction routes, and request metrics.
+
+The gate runs before an upload is read: it refuses a body over its limit (from
+Content-Length, or mid-stream while counting), refuses with 503 when no image
+would be admitted (a crowd of retrying clients then costs little: refused uploads
+are never parsed), and opens the request's ``Upload`` so the batcher knows it is
+on its way; the route hands it to ``InferenceService.classify``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.deps import UPLOAD_KEY
 from app.api.errors import queue_full
-from app.core.config import Settings, settings_of
+from app.core.config import Settings
 from app.core.errors import QueueFullError
+from app.core.service import InferenceService
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
 ROUTE_KEY = "catdog.route"  # route label for answers sent before routing
@@ -26,35 +35,42 @@ class BodyTooLarge(HTTPException):
 
 
 def body_limit(settings: Settings, path: str) -> int | None:
-    """The largest body accepted on ``path`` (None: no limit)."""
+    """The largest body accepted on a prediction path (None: not a prediction path)."""
     if path == "/predict":
         return settings.max_upload_bytes + MULTIPART_OVERHEAD
     if path == "/predict/batch":
-        return settings.max_upload_bytes * settings.files_per_request + MULTIPART_OVERHEAD
+        return settings.max_upload_bytes * settings.max_files_per_request + MULTIPART_OVERHEAD
     return None
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over the limit from Content-Length, or mid-stream while counting."""
+class PredictionGateMiddleware:
+    """Body limit, early 503, and the upload's arrival, for POSTs to prediction paths."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        limit = body_limit(settings_of(scope.get("app")), scope["path"])
+        service: InferenceService = scope["app"].state.service
+        limit = body_limit(service.settings, scope["path"])
         if limit is None:
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
         scope[ROUTE_KEY] = scope["path"]  # limits exist only on exact route paths
+        declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             # No "Connection: close": uvicorn would close the socket with the body unread and
             # a client still sending it would get a reset instead of this 413. Kept open, the
             # server discards the rest of the body.
             response = JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413)
+            await response(scope, receive, send)
+            return
+        try:
+            service.refuse_if_full()
+        except QueueFullError as exc:
+            response = await queue_full(Request(scope), exc)
             await response(scope, receive, send)
             return
         received = 0
@@ -68,39 +84,9 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
-        await self.app(scope, counting_receive, send)
-
-
-class LoadSheddingMiddleware:
-    """Answer 503 before reading an upload when the batch queue is already full.
-
-    Refused uploads are never parsed, so a crowd of retrying clients costs the
-    service little; a request that passes here can still get 503 from the same
-    check after parsing if the queue filled meanwhile.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        batcher = getattr(getattr(scope.get("app"), "state", None), "batcher", None)
-        predicting = (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and body_limit(settings_of(scope.get("app")), scope["path"]) is not None
-        )
-        if predicting and batcher is not None:
-            try:
-                batcher.check_room()
-            except QueueFullError as exc:
-                scope[ROUTE_KEY] = scope["path"]
-                response = await queue_full(Request(scope), exc)
-                await response(scope, receive, send)
-                return
-            with batcher.expect():  # the batcher may wait for this upload to join a batch
-                await self.app(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        with service.uploading() as upload:
+            scope[UPLOAD_KEY] = upload
+            await self.app(scope, counting_receive, send)
 
 
 class MetricsMiddleware:
@@ -110,10 +96,10 @@ class MetricsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        metrics = getattr(scope.get("app").state, "metrics", None) if scope.get("app") else None
-        if scope["type"] != "http" or metrics is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        metrics = scope["app"].state.service.metrics
         status = 500
         started = time.perf_counter()
 

@@ -16,6 +16,15 @@ class Prediction(BaseModel):
         examples=[{"cat": 0.97, "dog": 0.03}], description="per class, summing to 1"
     )
     model_version: str = Field(examples=["1"], description="the version that answered")
+    known: bool | None = Field(
+        None,
+        examples=[True],
+        description="false: the photo looks unlike any cat or dog photo the model learnt from "
+        "(the label is still the more likely of the two); null: the model has no such signal",
+    )
+    ood_score: float | None = Field(
+        None, description="out-of-distribution score; above the model's threshold: known=false"
+    )
 
 
 class BatchPrediction(BaseModel):
@@ -32,6 +41,9 @@ class ModelInfo(BaseModel):
     input_size: list[int] = Field(description="[height, width]")
     class_names: list[str]
     scaling: str
+    runtime: str = Field(
+        examples=["litert"], description="what runs the model: litert or tensorflow"
+    )
     architecture: str | None = None
     parameters: int | None = None
     created: str | None = None

@@ -1,12 +1,20 @@
-"""Service settings from the environment (prefix ``CATDOG_``)."""
+"""Service settings: one ``Settings`` read from ``CATDOG_*`` environment variables.
+
+Each default is written here once; docker-compose.yml and the docs refer to these
+names. ``create_app(settings)`` takes an instance; ``get_settings()`` reads the
+environment once per process.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from catdog.preprocessing import ACCEPTED_FORMATS
 
 
 class Settings(BaseSettings):
@@ -19,6 +27,12 @@ class Settings(BaseSettings):
         description="model base folder; its highest integer version is served",
     )
     model_name: str = Field("catdog", description="name under /v1/models/")
+    runtime: Literal["auto", "litert", "tensorflow"] = Field(
+        "auto", description="auto: LiteRT when the version has model.tflite, else TensorFlow"
+    )
+    inference_threads: int = Field(
+        0, ge=0, description="threads of one model call; 0: one per usable core"
+    )
     max_batch_size: int = Field(32, ge=1, description="1 turns dynamic batching off")
     batch_timeout_ms: float = Field(
         5.0, ge=0, description="wait for a batch to fill while more images are on their way"
@@ -26,10 +40,18 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(
         100.0, ge=0, description="cap on waiting as long as the previous model call; 0: off"
     )
-    max_queue: int = Field(64, ge=1, description="images admitted at once; beyond: 503")
+    max_images_in_flight: int = Field(
+        64, ge=1, description="images admitted at once (decoding, queued or in the model); 503"
+    )
+    max_files_per_request: int = Field(
+        32, ge=1, description="files in one /predict/batch; at most max_images_in_flight"
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded file")
-    max_batch_files: int = Field(32, ge=1, description="files per /predict/batch request")
     max_pixels: int = Field(50_000_000, ge=1, description="width x height, checked before decoding")
+    image_formats: tuple[str, ...] = Field(
+        tuple(sorted(ACCEPTED_FORMATS)),
+        description="Pillow format names decoded; anything else is refused (415) unread",
+    )
     decode_pixel_budget: int = Field(
         100_000_000, ge=1, description="pixels decoded at once by all threads; bounds memory"
     )
@@ -39,18 +61,17 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(5.0, ge=0, description="new-version check; 0 turns it off")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 503")
 
-    @property
-    def files_per_request(self) -> int:
-        """Most files one /predict/batch may carry: a larger batch would never fit the queue."""
-        return min(self.max_batch_files, self.max_queue)
+    @model_validator(mode="after")
+    def _files_fit_in_flight(self) -> Settings:
+        if self.max_files_per_request > self.max_images_in_flight:
+            raise ValueError(
+                f"max_files_per_request ({self.max_files_per_request}) exceeds "
+                f"max_images_in_flight ({self.max_images_in_flight}): such a request never fits"
+            )
+        return self
 
 
 @lru_cache
 def get_settings() -> Settings:
-    """The settings of this process (a dependency that tests override)."""
+    """The settings of this process, from its environment."""
     return Settings()
-
-
-def settings_of(app: object) -> Settings:
-    """The settings an app's lifespan resolved (``app.state.settings``), else this process's."""
-    return getattr(getattr(app, "state", None), "settings", None) or get_settings()

@@ -48,14 +48,24 @@ class Metrics:
         self.rejected = Counter(
             "catdog_rejected", "requests refused with 503 (queue full)", registry=r
         )
+        self.predictions = Counter(
+            "catdog_predictions",
+            "images classified, by label and by whether they look like the training photos"
+            " (known: true, false, or unknown when the model has no such signal)",
+            ["label", "known"],
+            registry=r,
+        )
         self.model_version = Gauge(
-            "catdog_model_version", "served model version (value 1)", ["version"], registry=r
+            "catdog_model_version",
+            "served model version and its runtime (value 1)",
+            ["version", "runtime"],
+            registry=r,
         )
         self.model_loads = Counter(
             "catdog_model_loads", "model version loads by result", ["result"], registry=r
         )
 
-    def set_model_version(self, version: str) -> None:
-        """Expose ``version`` as the one served version."""
+    def set_model_version(self, version: str, runtime: str) -> None:
+        """Expose ``version`` (run by ``runtime``) as the one served version."""
         self.model_version.clear()
-        self.model_version.labels(version=version).set(1)
+        self.model_version.labels(version=version, runtime=runtime).set(1)

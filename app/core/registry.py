@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from app.core import heap
 from app.core.errors import ModelLoadError, ModelNotReadyError
 from app.core.metrics import Metrics
-from app.core.model import LoadedModel, load_latest, load_version
+from app.core.model import LoadedModel
 from catdog.runtimes import version_dirs
 
 log = logging.getLogger("catdog.registry")
+Loader = Callable[[Path], LoadedModel]
 
 
-def _files_stamp(folder: Path) -> tuple:
+def _files_stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """Sizes and mtimes of every file in a folder: changes when its content does."""
     return tuple(
         sorted(
@@ -37,12 +39,12 @@ def _files_stamp(folder: Path) -> tuple:
 class ModelRegistry:
     """Holds the current ``LoadedModel`` and swaps in new versions."""
 
-    def __init__(self, base: Path, metrics: Metrics, warm_up_batch: int = 1) -> None:
+    def __init__(self, base: Path, load: Loader, metrics: Metrics) -> None:
         self.base = Path(base)
+        self._load = load
         self.metrics = metrics
-        self.warm_up_batch = warm_up_batch
         self._current: LoadedModel | None = None
-        self._refused: dict[int, tuple] = {}
+        self._refused: dict[int, tuple[tuple[str, int, int], ...]] = {}
         self._settle_due = False  # a swap thawed the heap; freeze it again on the next tick
 
     @property
@@ -57,24 +59,31 @@ class ModelRegistry:
         """True once a model is loaded and warmed up."""
         return self._current is not None
 
-    def load_initial(self) -> LoadedModel:
+    def load_initial(self) -> None:
         """Load the highest version; raise ``ModelLoadError`` (naming the path) if it fails."""
-        model = load_latest(self.base, self.warm_up_batch)
-        self._swap(model)
-        return model
+        if not self.base.is_dir():
+            raise ModelLoadError(
+                f"model folder {self.base.resolve()} does not exist "
+                "(set CATDOG_MODEL_DIR to a folder holding <version>/saved_model.pb)"
+            )
+        versions = version_dirs(self.base)
+        if not versions:
+            raise ModelLoadError(
+                f"{self.base}: no integer version folders (expected e.g. {self.base}/1/)"
+            )
+        self._swap(self._load(versions[max(versions)]))
 
     async def check_for_update(self) -> bool:
         """Load and swap in a newer version if one appeared; True if swapped."""
         versions = version_dirs(self.base)
         current = int(self.current.version) if self._current else -1
-        newer = sorted((v for v in versions if v > current), reverse=True)
-        for number in newer:
+        for number in sorted((v for v in versions if v > current), reverse=True):
             folder = versions[number]
             stamp = await asyncio.to_thread(_files_stamp, folder)
             if self._refused.get(number) == stamp:
                 continue
             try:
-                model = await asyncio.to_thread(load_version, folder, self.warm_up_batch)
+                model = await asyncio.to_thread(self._load, folder)
             except ModelLoadError as exc:
                 self._refused[number] = stamp
                 self.metrics.model_loads.labels(result="refused").inc()
@@ -109,15 +118,13 @@ class ModelRegistry:
             heap.thaw()
             self._settle_due = True
         self._current = model
-        self.metrics.set_model_version(model.version)
+        self.metrics.set_model_version(model.version, model.runtime_name)
         self.metrics.model_loads.labels(result="loaded").inc()
         log.info(
-            "serving model %s version %s (was %s) from %s",
+            "serving model %s version %s on %s (was %s) from %s",
             model.contract.extra.get("name", self.base.name),
             model.version,
+            model.runtime_name,
             previous,
             model.path,
         )
-
-
-__all__ = ["ModelLoadError", "ModelRegistry"]

@@ -19,7 +19,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from PIL import Image
 
-from app.core.config import Settings, get_settings
+from app.core.config import Settings
 from app.main import create_app
 from tests import images
 
@@ -43,9 +43,7 @@ def settings_for(model_dir: Path, **overrides: Any) -> Settings:
 
 def make_app(settings: Settings) -> FastAPI:
     """A fresh app (its own metrics and state) using ``settings``."""
-    app = create_app()
-    app.dependency_overrides[get_settings] = lambda: settings
-    return app
+    return create_app(settings)
 
 
 @contextlib.asynccontextmanager

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from app.core import batcher as batcher_module
+from app.core import admission as admission_module
+from app.core.admission import Admission, Ticket
 from app.core.batcher import Batcher
 from app.core.metrics import Metrics
 
@@ -21,27 +22,47 @@ class SlowModel:
         self.seconds = seconds
         self.calls: list[int] = []
 
-    def infer(self, images: np.ndarray) -> np.ndarray:
+    def infer_rows(self, images: np.ndarray) -> np.ndarray:
         time.sleep(self.seconds)
         self.calls.append(len(images))
         return np.tile([0.25, 0.75], (len(images), 1))
 
 
-async def _late_joiners(batcher: Batcher, model: SlowModel, delay: float) -> list[int]:
+def make(
+    batch_timeout_ms: float = 1.0, max_batch_wait_ms: float = 100.0
+) -> tuple[Batcher, Admission]:
+    """A batcher of up to 8 images and the admission that tells it what is on its way."""
+    metrics = Metrics()
+    admission = Admission(64, metrics)
+    batcher = Batcher(8, batch_timeout_ms, max_batch_wait_ms, metrics, admission.on_the_way)
+    return batcher, admission
+
+
+async def submit(
+    batcher: Batcher, ticket: Ticket, model: SlowModel, image: np.ndarray
+) -> np.ndarray:
+    """What the service does with each decoded image: mark it queued, then submit it."""
+    ticket.queued()
+    return await batcher.submit(model, image)
+
+
+async def _late_joiners(
+    batcher: Batcher, admission: Admission, model: SlowModel, delay: float
+) -> list[int]:
     """One request queued at once, two more admitted with it but queued ``delay`` s later."""
     image = np.zeros((4, 4, 3), np.float32)
     batcher.start()
     try:
-        with batcher.admit(1) as ticket:  # a first call sets how long one takes
-            await batcher.submit(ticket, model, image)
+        with admission.admit(1) as ticket:  # a first call sets how long one takes
+            await submit(batcher, ticket, model, image)
         model.calls.clear()
-        with batcher.admit(3) as ticket:
+        with admission.admit(3) as ticket:
 
             async def later() -> np.ndarray:
                 await asyncio.sleep(delay)
-                return await batcher.submit(ticket, model, image)
+                return await submit(batcher, ticket, model, image)
 
-            rows = await asyncio.gather(batcher.submit(ticket, model, image), later(), later())
+            rows = await asyncio.gather(submit(batcher, ticket, model, image), later(), later())
         assert all(row.tolist() == [0.25, 0.75] for row in rows)
     finally:
         await batcher.stop()
@@ -50,28 +71,28 @@ async def _late_joiners(batcher: Batcher, model: SlowModel, delay: float) -> lis
 
 async def test_waits_about_one_model_call_for_requests_still_decoding() -> None:
     model = SlowModel(0.4)
-    batcher = Batcher(8, 1.0, 64, Metrics(), max_batch_wait_ms=1000)
-    assert await _late_joiners(batcher, model, delay=0.1) == [3]
+    batcher, admission = make(max_batch_wait_ms=1000)
+    assert await _late_joiners(batcher, admission, model, delay=0.1) == [3]
 
 
 async def test_wait_is_capped_by_max_batch_wait() -> None:
     model = SlowModel(0.4)
-    batcher = Batcher(8, 1.0, 64, Metrics(), max_batch_wait_ms=0)
-    assert await _late_joiners(batcher, model, delay=0.1) == [1, 2]
+    batcher, admission = make(max_batch_wait_ms=0)
+    assert await _late_joiners(batcher, admission, model, delay=0.1) == [1, 2]
 
 
 async def test_a_lone_request_is_not_held_back() -> None:
     model = SlowModel(0.3)
-    batcher = Batcher(8, 1.0, 64, Metrics(), max_batch_wait_ms=1000)
+    batcher, admission = make(max_batch_wait_ms=1000)
     image = np.zeros((4, 4, 3), np.float32)
     batcher.start()
     try:
-        with batcher.admit(1) as ticket:
-            await batcher.submit(ticket, model, image)
+        with admission.admit(1) as ticket:
+            await submit(batcher, ticket, model, image)
         assert batcher.wait_limit() >= 0.3
         started = time.perf_counter()
-        with batcher.admit(1) as ticket:
-            await batcher.submit(ticket, model, image)
+        with admission.admit(1) as ticket:
+            await submit(batcher, ticket, model, image)
         # Nothing else was decoding, so no wait: just the model's 0.3 s.
         assert time.perf_counter() - started < 0.55
     finally:
@@ -81,27 +102,27 @@ async def test_a_lone_request_is_not_held_back() -> None:
 async def _one_ready_one_uploading(announced: bool) -> list[int]:
     """Two requests: one queued at once, one whose upload takes 0.2 s more to arrive.
 
-    ``announced``: the slow one is counted from its first byte (``expect``), as the
+    ``announced``: the slow one is counted from its first byte (``uploading``), as the
     service's middleware does for every prediction request.
     """
     model = SlowModel(0.05)
-    batcher = Batcher(8, 1000.0, 64, Metrics(), max_batch_wait_ms=1000)
+    batcher, admission = make(batch_timeout_ms=1000.0, max_batch_wait_ms=1000)
     image = np.zeros((4, 4, 3), np.float32)
     batcher.start()
     try:
 
         async def ready() -> np.ndarray:
-            with batcher.admit(1) as ticket:
-                return await batcher.submit(ticket, model, image)
+            with admission.admit(1) as ticket:
+                return await submit(batcher, ticket, model, image)
 
         async def uploading() -> np.ndarray:
-            with batcher.expect() if announced else contextlib.nullcontext():
+            with admission.uploading() if announced else contextlib.nullcontext() as upload:
                 await asyncio.sleep(0.2)  # the rest of the body is still on the wire
-                with batcher.admit(1) as ticket:
-                    return await batcher.submit(ticket, model, image)
+                with admission.admit(1, upload) as ticket:
+                    return await submit(batcher, ticket, model, image)
 
         await asyncio.gather(uploading(), ready())
-        assert batcher.on_the_way == 0
+        assert admission.on_the_way() == 0
     finally:
         await batcher.stop()
     return model.calls
@@ -118,25 +139,25 @@ async def test_an_unannounced_upload_is_not_waited_for() -> None:
 
 
 async def test_a_request_that_fails_before_admission_stops_counting() -> None:
-    batcher = Batcher(8, 1.0, 64, Metrics())
-    with pytest.raises(ValueError), batcher.expect():
-        assert batcher.on_the_way == 1
+    admission = Admission(64, Metrics())
+    with pytest.raises(ValueError), admission.uploading():
+        assert admission.on_the_way() == 1
         raise ValueError("413: the upload was too large")
-    assert batcher.on_the_way == 0
-    with batcher.expect():
-        with batcher.admit(2):  # admitted: its images are on their way, not the request
-            assert batcher.on_the_way == 2
-        assert batcher.on_the_way == 0
-    assert batcher.on_the_way == 0
+    assert admission.on_the_way() == 0
+    with admission.uploading() as upload:
+        with admission.admit(2, upload):  # admitted: its images are on their way, not the upload
+            assert admission.on_the_way() == 2
+        assert admission.on_the_way() == 0
+    assert admission.on_the_way() == 0
 
 
 async def test_a_stalled_upload_stops_counting_after_the_window(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(batcher_module, "ARRIVAL_WINDOW_S", 0.2)
-    batcher = Batcher(8, 1.0, 64, Metrics())
-    with batcher.expect():
-        assert batcher.on_the_way == 1
+    monkeypatch.setattr(admission_module, "UPLOAD_WINDOW_S", 0.2)
+    admission = Admission(64, Metrics())
+    with admission.uploading():
+        assert admission.on_the_way() == 1
         await asyncio.sleep(0.3)  # the client has stopped sending
-        assert batcher.on_the_way == 0
-    assert batcher.on_the_way == 0
+        assert admission.on_the_way() == 0
+    assert admission.on_the_way() == 0

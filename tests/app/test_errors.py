@@ -38,7 +38,9 @@ MAX_FILES = 4
 @pytest_asyncio.fixture(scope="module")
 async def served(tiny_model_base: Path) -> AsyncIterator[Served]:
     """This module's app: small upload and batch limits, default pixel limit."""
-    settings = settings_for(tiny_model_base, max_upload_bytes=MAX_UPLOAD, max_batch_files=MAX_FILES)
+    settings = settings_for(
+        tiny_model_base, max_upload_bytes=MAX_UPLOAD, max_files_per_request=MAX_FILES
+    )
     async with serve(settings) as started:
         yield started
 
@@ -137,19 +139,18 @@ async def test_photo_with_a_mistyped_exif_tag_is_classified(client: httpx.AsyncC
 
 
 async def test_a_fault_of_the_service_is_a_json_500_and_it_keeps_serving(served: Served) -> None:
-    model = served.app.state.registry.current
-    working = model.predictor
+    model = served.app.state.service.model
 
     def broken(images: object) -> object:
         raise RuntimeError("out of memory in the model")
 
     transport = httpx.ASGITransport(app=served.app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        model.predictor = broken
+        model.infer_rows = broken  # type: ignore[method-assign]
         try:
             response = await client.post("/predict", files=upload(good_image()))
         finally:
-            model.predictor = working
+            del model.infer_rows  # the class's method again
         assert response.status_code == 500
         assert response.headers["content-type"] == "application/json"
         assert response.json() == {"detail": "internal error (RuntimeError)"}
@@ -258,10 +259,10 @@ async def test_errors_are_counted_by_route_and_status(client: httpx.AsyncClient)
     assert value(text, "catdog_images_in_flight") == 0
 
 
-async def test_a_batch_larger_than_the_queue_is_413_not_an_endless_503(
+async def test_a_batch_over_the_file_limit_is_413(
     tiny_model_base: Path,
 ) -> None:
-    settings = settings_for(tiny_model_base, max_queue=2, max_batch_files=4)
+    settings = settings_for(tiny_model_base, max_images_in_flight=4, max_files_per_request=2)
     async with serve(settings) as (_, client):
         files = batch_upload([good_image(i) for i in range(3)])
         detail = assert_detail(await client.post("/predict/batch", files=files), 413)

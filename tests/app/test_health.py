@@ -85,6 +85,12 @@ def _garbage_saved_model(base: Path, tiny_model_base: Path) -> tuple[Path, Path]
     return base, base / "1"
 
 
+def _garbage_litert(base: Path, tiny_model_base: Path) -> tuple[Path, Path]:
+    shutil.copytree(tiny_model_base, base)
+    (base / "1" / "model.tflite").write_bytes(b"this is not a flatbuffer" * 10)
+    return base, base / "1" / "model.tflite"
+
+
 BROKEN = {
     "missing-folder": _missing,
     "no-versions": _empty,
@@ -92,7 +98,10 @@ BROKEN = {
     "bad-metadata-json": _bad_metadata,
     "metadata-disagrees-with-model": _wrong_contract,
     "garbage-saved-model": _garbage_saved_model,
+    "garbage-litert-file": _garbage_litert,
 }
+# Where a breakage is in one runtime's file, the service is started on that runtime.
+RUNTIME = {"garbage-saved-model": "tensorflow", "garbage-litert-file": "litert"}
 
 
 @pytest.mark.parametrize("kind", list(BROKEN))
@@ -100,7 +109,7 @@ async def test_startup_fails_naming_the_path(
     tiny_model_base: Path, tmp_path: Path, kind: str
 ) -> None:
     model_dir, named = BROKEN[kind](tmp_path / "catdog", tiny_model_base)
-    app = make_app(settings_for(model_dir))
+    app = make_app(settings_for(model_dir, runtime=RUNTIME.get(kind, "auto")))
     with pytest.raises(RuntimeError) as raised:
         async with LifespanManager(app, startup_timeout=STARTUP_TIMEOUT):
             pass

@@ -89,8 +89,10 @@ async def test_openapi(client: httpx.AsyncClient) -> None:
         "class_index",
         "probabilities",
         "model_version",
+        "known",
+        "ood_score",
     }
-    assert set(prediction["required"]) == set(prediction["properties"])
+    assert set(prediction["required"]) == {"label", "class_index", "probabilities", "model_version"}
     response = await client.get("/docs")
     assert response.status_code == 200
     assert "swagger" in response.text.lower()

@@ -21,10 +21,12 @@ from tests.app.helpers import (
 
 async def test_queue_full_is_503_with_retry_after(tiny_model_base: Path) -> None:
     """Deterministic: with two of three places taken, two more images do not fit."""
-    settings = settings_for(tiny_model_base, max_queue=3, retry_after_s=7)
+    settings = settings_for(
+        tiny_model_base, max_images_in_flight=3, max_files_per_request=3, retry_after_s=7
+    )
     async with serve(settings) as (app, client):
         files = batch_upload([good_image(i) for i in range(2)])
-        with app.state.batcher.admit(2):  # as if a request of two were in flight
+        with app.state.service.admission.admit(2):  # as if a request of two were in flight
             response = await client.post("/predict/batch", files=files)
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == "7"
@@ -44,9 +46,11 @@ async def test_queue_full_is_503_with_retry_after(tiny_model_base: Path) -> None
 
 async def test_full_queue_refuses_before_reading_the_upload(tiny_model_base: Path) -> None:
     """With no room left, even a text upload gets 503 rather than 415: it is never parsed."""
-    settings = settings_for(tiny_model_base, max_queue=1, retry_after_s=3)
+    settings = settings_for(
+        tiny_model_base, max_images_in_flight=1, max_files_per_request=1, retry_after_s=3
+    )
     async with serve(settings) as (app, client):
-        with app.state.batcher.admit(1):
+        with app.state.service.admission.admit(1):
             response = await client.post("/predict", files=upload(b"plain text, not an image"))
             assert response.status_code == 503, response.text
             assert response.headers["retry-after"] == "3"
@@ -59,7 +63,7 @@ async def test_full_queue_refuses_before_reading_the_upload(tiny_model_base: Pat
 
 
 async def test_burst_gets_only_200_or_503(tiny_model_base: Path) -> None:
-    settings = settings_for(tiny_model_base, max_queue=4)
+    settings = settings_for(tiny_model_base, max_images_in_flight=4, max_files_per_request=4)
     photo = images.jpeg_bytes(image=images.noisy((640, 480), seed=3))
     async with serve(settings) as (_, client):
         responses = await asyncio.gather(

@@ -47,15 +47,15 @@ async def test_service_input_equals_training_input(tiny_model_base: Path, tmp_pa
     assert sorted(expected) == sorted(str(p) for p in paths)
 
     async with serve(settings_for(tiny_model_base, max_batch_size=1)) as (app, client):
-        model = app.state.registry.current
-        original = model.infer
+        model = app.state.service.model
+        original = model.infer_rows
         fed: list[np.ndarray] = []
 
-        def recording_infer(batch: np.ndarray) -> np.ndarray:
+        def recording_infer(batch: np.ndarray) -> list:
             fed.append(np.array(batch, copy=True))
             return original(batch)
 
-        model.infer = recording_infer  # the one interception: what reaches the model
+        model.infer_rows = recording_infer  # type: ignore[method-assign]  # what reaches the model
         for path in paths:
             fed.clear()
             response = await client.post("/predict", files=upload(path.read_bytes(), path.name))

@@ -18,7 +18,9 @@ CLASS_NAMES = ["cat", "dog"]
 
 def check_prediction(body: dict) -> None:
     """The fields and invariants of one ``Prediction``."""
-    assert set(body) == {"label", "class_index", "probabilities", "model_version"}
+    fields = {"label", "class_index", "probabilities", "model_version", "known", "ood_score"}
+    assert set(body) == fields
+    assert body["known"] is None and body["ood_score"] is None  # the tiny model has no OOD output
     probabilities = body["probabilities"]
     assert list(probabilities) == CLASS_NAMES
     assert all(0.0 <= p <= 1.0 for p in probabilities.values())

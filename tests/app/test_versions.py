@@ -127,7 +127,7 @@ async def test_a_replaced_version_is_freed_and_the_heap_frozen_again(model_base:
     """The heap is frozen while serving; a swap must not keep the old version alive."""
     async with serve(settings_for(model_base, poll_interval_s=POLL)) as (app, client):
         assert gc.get_freeze_count() > 0  # frozen after start-up
-        old = weakref.ref(app.state.registry.current)
+        old = weakref.ref(app.state.service.model)
         shutil.copytree(model_base / "1", model_base / ".tmp")
         (model_base / ".tmp").rename(model_base / "2")
         await wait_for_metric(client, "catdog_model_version", 1, version="2")

@@ -82,7 +82,7 @@ def test_a_budget_must_be_positive() -> None:
 async def test_the_service_decodes_through_its_budget(tiny_model_base: Path) -> None:
     settings = settings_for(tiny_model_base, decode_pixel_budget=5_000)
     async with serve(settings) as (app, client):
-        budget = app.state.classifier.pixel_budget
+        budget = app.state.service.pixel_budget
         assert budget.total == 5_000
         seen: list[int] = []
         hold = budget.hold

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from app.api.deps import ServiceDep
 from app.api.schemas import ErrorDetail, Status
 
 router = APIRouter(tags=["health"])
@@ -17,9 +18,8 @@ async def healthz() -> Status:
 
 
 @router.get("/readyz", response_model=Status, responses={503: {"model": ErrorDetail}})
-async def readyz(request: Request) -> Status | JSONResponse:
+async def readyz(service: ServiceDep) -> Status | JSONResponse:
     """Readiness: 200 once the model is loaded and warmed up, 503 before and when stopping."""
-    registry = getattr(request.app.state, "registry", None)
-    if not getattr(request.app.state, "accepting", False) or registry is None or not registry.ready:
+    if not service.ready:
         return JSONResponse({"status": "not ready", "detail": "model not loaded"}, status_code=503)
-    return Status(status="ready", model_version=registry.current.version)
+    return Status(status="ready", model_version=service.model.version)

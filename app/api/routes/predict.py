@@ -6,17 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, HTTPException, UploadFile
 
-from app.api.deps import ClassifierDep, SettingsDep
+from app.api.deps import ServiceDep, UploadDep
 from app.api.schemas import BatchPrediction, ErrorDetail, Prediction, UnprocessableDetail
 from app.core.config import Settings
+from app.core.service import Classification
 
 router = APIRouter(tags=["predict"])
 ERRORS = {
     400: {"model": ErrorDetail, "description": "empty file"},
     413: {"model": ErrorDetail, "description": "file, body, pixels or file count over the limit"},
-    415: {"model": ErrorDetail, "description": "not an image"},
+    415: {"model": ErrorDetail, "description": "not an image in an accepted format"},
     422: {"model": UnprocessableDetail, "description": "corrupt image, or no file field"},
-    503: {"model": ErrorDetail, "description": "queue full (see Retry-After) or not ready"},
+    503: {"model": ErrorDetail, "description": "too busy (see Retry-After) or not ready"},
 }
 
 
@@ -36,29 +37,41 @@ async def read_upload(file: UploadFile, settings: Settings) -> bytes:
     return data
 
 
+def to_prediction(result: Classification) -> Prediction:
+    """The API's view of one classification."""
+    return Prediction(
+        label=result.label,
+        class_index=result.class_index,
+        probabilities=result.probabilities,
+        model_version=result.model_version,
+        known=result.known,
+        ood_score=result.ood_score,
+    )
+
+
 @router.post("/predict", response_model=Prediction, responses=ERRORS)
 async def predict(
     file: Annotated[UploadFile, File(description="a JPEG, PNG, GIF, WebP or BMP image")],
-    classifier: ClassifierDep,
-    settings: SettingsDep,
+    service: ServiceDep,
+    upload: UploadDep,
 ) -> Prediction:
     """Classify one image sent as multipart field ``file``."""
-    [prediction] = await classifier.predict([await read_upload(file, settings)])
-    return prediction
+    image = await read_upload(file, service.settings)
+    [result] = await service.classify([image], upload=upload)
+    return to_prediction(result)
 
 
 @router.post("/predict/batch", response_model=BatchPrediction, responses=ERRORS)
 async def predict_batch(
     files: Annotated[list[UploadFile], File(description="images, in repeated `files` fields")],
-    classifier: ClassifierDep,
-    settings: SettingsDep,
+    service: ServiceDep,
+    upload: UploadDep,
 ) -> BatchPrediction:
     """Classify several images; predictions come back in upload order."""
-    if len(files) > settings.files_per_request:
-        raise HTTPException(
-            413, f"{len(files)} files; at most {settings.files_per_request} per request"
-        )
-    classifier.check_room(len(files))  # a busy service says so before reading every file
-    images = [await read_upload(f, settings) for f in files]
+    limit = service.settings.max_files_per_request
+    if len(files) > limit:
+        raise HTTPException(413, f"{len(files)} files; at most {limit} per request")
+    images = [await read_upload(f, service.settings) for f in files]
     names = [f.filename or f"#{i}" for i, f in enumerate(files)]
-    return BatchPrediction(predictions=await classifier.predict(images, names))
+    results = await service.classify(images, names, upload)
+    return BatchPrediction(predictions=[to_prediction(r) for r in results])

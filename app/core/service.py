@@ -1,0 +1,215 @@
+"""The inference service: one object that takes image bytes to a classification.
+
+A request's whole path, in order (LitServe's setup / decode / predict / encode):
+
+* ``start``      load the newest model version, start the batcher and the version watcher;
+* ``classify``   admit the images (or 503), ``_decode`` each in a thread with the
+                 project's one preprocessing, ``_predict`` them through the dynamic
+                 batcher, ``_encode`` each model output as a ``Classification``;
+* ``stop``       let the images in flight finish, then stop the batcher.
+
+The routes map ``Classification`` to their response schemas; this module knows
+nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.core import heap
+from app.core.admission import Admission, Ticket, Upload
+from app.core.batcher import Batcher
+from app.core.config import Settings
+from app.core.metrics import Metrics
+from app.core.model import ImageResult, LoadedModel, load_version
+from app.core.registry import ModelRegistry
+from catdog.budget import PixelBudget
+from catdog.preprocessing import ImageError, preprocess
+
+log = logging.getLogger("catdog")
+DRAIN_TIMEOUT_S = 30.0  # at shutdown, how long images in flight may take to finish
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, e.g. ``taskset`` or a cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The answer for one image."""
+
+    label: str
+    class_index: int
+    probabilities: dict[str, float]
+    model_version: str
+    ood_score: float | None = None
+    known: bool | None = None  # None: the model has no out-of-distribution signal
+
+
+class InferenceService:
+    """Owns the model registry, decoders, pixel budget, admission and batcher."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.accepting = False
+        cores = usable_cpus()
+        self._threads = settings.inference_threads or cores
+        self.admission = Admission(settings.max_images_in_flight, metrics)
+        self.registry = ModelRegistry(settings.model_dir, self._load, metrics)
+        self.batcher = Batcher(
+            settings.max_batch_size,
+            settings.batch_timeout_ms,
+            settings.max_batch_wait_ms,
+            metrics,
+            self.admission.on_the_way,
+        )
+        self.pixel_budget = PixelBudget(settings.decode_pixel_budget)
+        self._decoders = ThreadPoolExecutor(
+            settings.decode_workers or cores, thread_name_prefix="decode"
+        )
+        self._watcher: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the newest version (``ModelLoadError`` if it can't be served), then serve."""
+        await asyncio.to_thread(self.registry.load_initial)
+        self.batcher.start()
+        heap.settle()  # full collections would otherwise stall serving for ~200 ms
+        if self.settings.poll_interval_s > 0:
+            self._watcher = asyncio.create_task(
+                self.registry.watch(self.settings.poll_interval_s), name="watcher"
+            )
+        self.accepting = True
+        model = self.registry.current
+        log.info(
+            "ready: version %s on %s (%d inference threads), max batch %d, %d images in flight",
+            model.version,
+            model.runtime_name,
+            self._threads,
+            self.settings.max_batch_size,
+            self.settings.max_images_in_flight,
+        )
+
+    async def stop(self) -> None:
+        """Refuse new work, let the images in flight finish, then stop every worker."""
+        self.accepting = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        while self.admission.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await self.batcher.stop()
+        self._decoders.shutdown(wait=False, cancel_futures=True)
+        heap.thaw()
+
+    @property
+    def ready(self) -> bool:
+        """Serving: a warmed-up model is loaded and the service is not stopping."""
+        return self.accepting and self.registry.ready
+
+    @property
+    def model(self) -> LoadedModel:
+        """The version serving now (``ModelNotReadyError`` before the first load)."""
+        return self.registry.current
+
+    def _load(self, folder: Path) -> LoadedModel:
+        return load_version(
+            folder, self.settings.runtime, self._threads, self.settings.max_batch_size
+        )
+
+    # ------------------------------------------------------------ admission
+
+    def has_room(self, images: int = 1) -> bool:
+        """Whether ``images`` more would be admitted now."""
+        return self.admission.has_room(images)
+
+    def refuse_if_full(self, images: int = 1) -> None:
+        """``QueueFullError`` (503) unless ``images`` more fit now."""
+        self.admission.refuse_if_full(images)
+
+    def uploading(self) -> contextlib.AbstractContextManager[Upload]:
+        """Count a prediction upload as on its way (the batcher may wait for it)."""
+        return self.admission.uploading()
+
+    # ------------------------------------------------------------ the request path
+
+    async def classify(
+        self, images: list[bytes], names: list[str] | None = None, upload: Upload | None = None
+    ) -> list[Classification]:
+        """Classify images in order; ``ImageError`` (naming the file) for bad input."""
+        model = self.model
+        with self.admission.admit(len(images), upload) as ticket:
+            arrays = await asyncio.gather(
+                *(self._decode(model, data) for data in images), return_exceptions=True
+            )
+            _raise_first_error(arrays, names)
+            results = await asyncio.gather(
+                *(self._predict(ticket, model, a) for a in arrays)  # type: ignore[arg-type]
+            )
+        return [self._encode(model, r) for r in results]
+
+    async def _decode(self, model: LoadedModel, data: bytes) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._decoders,
+            functools.partial(
+                preprocess,
+                data,
+                model.contract.image_size,
+                max_pixels=self.settings.max_pixels,
+                gate=self.pixel_budget.hold,
+                formats=self.settings.image_formats,
+            ),
+        )
+
+    async def _predict(self, ticket: Ticket, model: LoadedModel, image: np.ndarray) -> ImageResult:
+        ticket.queued()
+        return await self.batcher.submit(model, image)
+
+    def _encode(self, model: LoadedModel, result: ImageResult) -> Classification:
+        probabilities = result.probabilities / result.probabilities.sum()
+        probabilities[-1] = 1.0 - probabilities[:-1].sum()  # exactly 1 in total
+        index = int(np.argmax(probabilities))
+        names = model.contract.class_names
+        known = None
+        threshold = model.ood_threshold
+        if result.ood_score is not None and threshold is not None:
+            known = result.ood_score <= threshold
+        self.metrics.predictions.labels(
+            label=names[index], known="unknown" if known is None else str(known).lower()
+        ).inc()
+        return Classification(
+            label=names[index],
+            class_index=index,
+            probabilities={n: float(p) for n, p in zip(names, probabilities)},
+            model_version=model.version,
+            ood_score=result.ood_score,
+            known=known,
+        )
+
+
+def _raise_first_error(results: list[object], names: list[str] | None) -> None:
+    """Re-raise the first decoding failure; in a batch, name the file it came from."""
+    for position, result in enumerate(results):
+        if isinstance(result, BaseException):
+            if isinstance(result, ImageError) and names is not None and len(results) > 1:
+                raise type(result)(f"file {position} ({names[position]}): {result.reason}")
+            raise result

@@ -1,0 +1,20 @@
+"""Settings: a limit that could never be met is refused when the service starts."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.core.config import Settings
+
+
+def test_a_file_limit_above_the_in_flight_limit_is_refused() -> None:
+    with pytest.raises(ValidationError, match="never fits"):
+        Settings(max_images_in_flight=2, max_files_per_request=4)
+
+
+def test_settings_come_from_catdog_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATDOG_MAX_IMAGES_IN_FLIGHT", "7")
+    monkeypatch.setenv("CATDOG_MAX_FILES_PER_REQUEST", "3")
+    settings = Settings()
+    assert (settings.max_images_in_flight, settings.max_files_per_request) == (7, 3)
