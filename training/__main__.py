@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -61,28 +62,10 @@ def cmd_show_batch(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from training.train import TrainConfig, train
 
-    config = TrainConfig(
-        data_dir=args.data,
-        run_dir=args.run,
-        architecture=args.arch,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        image_size=args.image_size,
-        seed=args.seed,
-        early_stopping=args.early_stopping,
-        label_smoothing=args.label_smoothing,
-        lr_schedule=args.lr_schedule,
-        mixed_precision=args.mixed_precision,
-        xla=args.xla,
-        backbone=args.backbone,
-        fine_tune_epochs=args.fine_tune_epochs,
-        fine_tune_learning_rate=args.fine_tune_learning_rate,
-        strategy=args.strategy,
-        cache=False if args.no_cache else (args.cache_file or True),
-        steps_per_epoch=args.steps_per_epoch,
-        augment=args.augment,
-    )
+    # Every other option's dest is a TrainConfig field of the same name.
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    config = TrainConfig(**values, cache=False if args.no_cache else (args.cache_file or True))
     print(json.dumps(train(config), indent=2))
     return 0
 
@@ -187,39 +170,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show_batch)
 
     from training.models import ARCHITECTURES, BACKBONES
-    from training.train import AUGMENTATIONS, SCHEDULES, STRATEGIES
+    from training.train import AUGMENTATIONS, SCHEDULES, STRATEGIES, TrainConfig
 
-    p = sub.add_parser("train", help="train an architecture; results go to --run")
-    p.add_argument("--data", required=True, help="a prepared split folder")
-    p.add_argument("--run", required=True, help="run folder (checkpoints, history, plots)")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="article-3")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64, help="per replica")
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--image-size", type=_size, default=IMAGE_SIZE)
-    p.add_argument("--seed", type=int, default=42)
+    # Defaults come from TrainConfig, so they are written once.
+    d = TrainConfig(data_dir="", run_dir="")
+    p = sub.add_parser(
+        "train",
+        help="train an architecture; results go to --run",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", dest="data_dir", required=True, help="a prepared split folder")
+    p.add_argument("--run", dest="run_dir", required=True, help="run folder (checkpoints, plots)")
+    p.add_argument("--arch", dest="architecture", choices=ARCHITECTURES, default=d.architecture)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="(the head's, for transfer)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per replica")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--image-size", type=_size, default=d.image_size)
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
         "--early-stopping",
         type=int,
-        default=0,
+        default=d.early_stopping,
         metavar="PATIENCE",
         help="stop after PATIENCE epochs without a better val_accuracy (0: off)",
     )
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--lr-schedule", choices=SCHEDULES, default="constant")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule)
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA")
-    p.add_argument("--backbone", choices=sorted(BACKBONES), default="mobilenet")
-    p.add_argument("--fine-tune-epochs", type=int, default=0)
-    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-4)
-    p.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default=d.backbone)
+    p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs)
+    p.add_argument("--fine-tune-learning-rate", type=float, default=d.fine_tune_learning_rate)
+    p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)
     p.add_argument("--no-cache", action="store_true", help="decode images every epoch")
     p.add_argument("--cache-file", help="cache decoded images on disk instead of in memory")
-    p.add_argument("--steps-per-epoch", type=int, help="for quick runs")
+    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch, help="quick runs")
     p.add_argument(
         "--augment",
         choices=AUGMENTATIONS,
-        default="basic",
+        default=d.augment,
         help="basic: flips/rotation/zoom in the model; robust: crops, letterbox, "
         "lighting, blur, JPEG in the data pipeline",
     )

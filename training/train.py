@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from catdog.contract import CLASS_NAMES
+from catdog.contract import CLASS_NAMES, IMAGE_SIZE
 from training.augment import RobustAugment
 from training.data import load_splits
 from training.models import make_model
@@ -40,7 +40,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64  # per replica; the global batch scales with the replicas
     learning_rate: float = 1e-3
-    image_size: tuple[int, int] = (224, 224)
+    image_size: tuple[int, int] = IMAGE_SIZE  # (height, width)
     seed: int = 42
     early_stopping: int = 0  # patience in epochs; 0 turns it off
     label_smoothing: float = 0.0
@@ -192,26 +192,112 @@ def read_history(out: Path) -> list[dict[str, Any]]:
     return [rows[k] for k in sorted(rows)]
 
 
+@dataclass
+class Phase:
+    """One ``fit``: its name, epoch count and base learning rate."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+
+
+@dataclass
+class Session:
+    """A training ready to run: built fresh or resumed from the last finished epoch."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    train_ds: tf.data.Dataset
+    val_ds: tf.data.Dataset
+    steps: int  # per epoch
+    phases: list[Phase]
+    state: dict[str, Any]  # {"phase": name, "epoch": epochs of that phase done}
+    out: Path  # where this process writes (see ``worker_dir``)
+    chief: bool
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run (or resume) one training; return and save the best validation metrics."""
+    session = build_or_resume(config)
+    run_phases(session)
+    return record(session)
+
+
+def plan_phases(config: TrainConfig) -> list[Phase]:
+    """One phase; for ``transfer`` with fine-tune epochs, the head then the whole network."""
+    if config.architecture == "transfer" and config.fine_tune_epochs > 0:
+        return [
+            Phase("head", config.epochs, config.learning_rate),
+            Phase("fine-tune", config.fine_tune_epochs, config.fine_tune_learning_rate),
+        ]
+    return [Phase("train", config.epochs, config.learning_rate)]
+
+
+def build_or_resume(config: TrainConfig) -> Session:
+    """Strategy, data, and the model: built and compiled, or loaded from ``last.keras``.
+
+    Also writes ``config.json`` (the settings plus what the run found: replicas,
+    parameters, steps per epoch, the dataset's fingerprint, library versions).
+    """
     # The strategy comes first: multi-worker collectives must exist before other TF ops.
     strategy = get_strategy(config.strategy)
-    replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_size * replicas
-    run = Path(config.run_dir)
-    out, chief = worker_dir(run)
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {config.augment!r}; choose from {AUGMENTATIONS}")
+    out, chief = worker_dir(Path(config.run_dir))
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    train_ds, val_ds, steps = _datasets(config, strategy.num_replicas_in_sync)
+    phases = plan_phases(config)
 
-    # Load: cached, shuffled training set and the validation set.
-    if config.augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {config.augment!r}; choose from {AUGMENTATIONS}")
+    state_file = out / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    with strategy.scope():
+        if state and (out / "last.keras").is_file():
+            model = keras.saving.load_model(out / "last.keras")
+            print(
+                f"resuming {config.run_dir}: phase {state['phase']}, {state['epoch']} epoch(s) done"
+            )
+        else:
+            state = {"phase": phases[0].name, "epoch": 0}
+            model = make_model(
+                config.architecture,
+                (*config.image_size, 3),
+                len(CLASS_NAMES),
+                backbone=config.backbone,
+                weights=config.weights,
+                seed=config.seed,
+                augmentation=config.augment == "basic",
+            )
+            first = phases[0]
+            compile_model(
+                model,
+                config,
+                make_learning_rate(first.learning_rate, config.lr_schedule, steps * first.epochs),
+            )
+    model.summary(print_fn=lambda line, **_: print(line))
+    meta = {
+        **asdict(config),
+        "replicas": strategy.num_replicas_in_sync,
+        "global_batch_size": config.batch_size * strategy.num_replicas_in_sync,
+        "parameters": model.count_params(),
+        "steps_per_epoch": steps,
+        "dataset_fingerprint": read_fingerprint(config.data_dir),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return Session(config, strategy, model, train_ds, val_ds, steps, phases, state, out, chief)
+
+
+def _datasets(config: TrainConfig, replicas: int) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
+    """Cached, shuffled (maybe augmented) training set, validation set, steps per epoch."""
     train_ds, val_ds = load_splits(
         config.data_dir,
         config.image_size,
-        global_batch,
+        config.batch_size * replicas,
         config.seed,
         config.cache,
         augment=RobustAugment() if config.augment == "robust" else None,
@@ -225,51 +311,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
             tf.data.experimental.AutoShardPolicy.DATA
         )
         train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
+    return train_ds, val_ds, steps
 
-    # The phases: train (for transfer: the head), then optionally fine-tune the backbone.
-    phases = [("train", config.epochs, config.learning_rate)]
-    if config.architecture == "transfer" and config.fine_tune_epochs > 0:
-        phases = [
-            ("head", config.epochs, config.learning_rate),
-            ("fine-tune", config.fine_tune_epochs, config.fine_tune_learning_rate),
-        ]
 
-    # Build and compile under the strategy, or resume from the last finished epoch.
-    state = json.loads((out / "state.json").read_text()) if (out / "state.json").is_file() else None
-    with strategy.scope():
-        if state and (out / "last.keras").is_file():
-            model = keras.saving.load_model(out / "last.keras")
-            print(f"resuming {run}: phase {state['phase']}, {state['epoch']} epoch(s) done")
-        else:
-            state = {"phase": phases[0][0], "epoch": 0}
-            model = make_model(
-                config.architecture,
-                (*config.image_size, 3),
-                len(CLASS_NAMES),
-                backbone=config.backbone,
-                weights=config.weights,
-                seed=config.seed,
-                augmentation=config.augment == "basic",
-            )
-            compile_model(
-                model,
-                config,
-                make_learning_rate(config.learning_rate, config.lr_schedule, steps * config.epochs),
-            )
-    model.summary(print_fn=lambda line, **_: print(line))
-    meta = {
-        **asdict(config),
-        "replicas": replicas,
-        "global_batch_size": global_batch,
-        "parameters": model.count_params(),
-        "steps_per_epoch": steps,
-        "dataset_fingerprint": read_fingerprint(config.data_dir),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-    }
-    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+def run_phases(session: Session) -> None:
+    """Fit each phase not yet finished, from where an interruption left it.
 
-    # Fit each phase: best checkpoint by validation accuracy (across resumes), timing, state.
+    Callbacks: the best checkpoint by validation accuracy (across resumes),
+    epoch timing, optional early stopping, and the per-epoch state that makes
+    the run resumable. Fine-tuning unfreezes the backbone and recompiles.
+    """
+    config, out, state = session.config, session.out, session.state
     done = read_history(out)
     best = keras.callbacks.ModelCheckpoint(
         str(out / "best.keras"),
@@ -278,23 +330,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         verbose=1,
         initial_value_threshold=max((r["val_accuracy"] for r in done), default=None),
     )
-    names = [name for name, _, _ in phases]
-    offset = 0
-    for index, (phase, epochs, learning_rate) in enumerate(phases):
-        position = names.index(state["phase"]) if state["phase"] in names else 0
-        if index < position:
-            offset += epochs
-            continue  # finished before an interruption
+    names = [phase.name for phase in session.phases]
+    position = names.index(state["phase"]) if state["phase"] in names else 0
+    offset = sum(phase.epochs for phase in session.phases[:position])
+    for index, phase in enumerate(session.phases[position:], start=position):
         initial_epoch = state["epoch"] if index == position else 0
-        if phase == "fine-tune" and not (index == position and initial_epoch > 0):
-            with strategy.scope():  # unfreeze the backbone, lower the learning rate
-                for layer in model.layers:
-                    layer.trainable = True
-                compile_model(
-                    model,
-                    config,
-                    make_learning_rate(learning_rate, config.lr_schedule, steps * epochs),
-                )
+        if phase.name == "fine-tune" and initial_epoch == 0:
+            _unfreeze(session, phase)
         callbacks: list[keras.callbacks.Callback] = [EpochTimer(), best]
         if config.early_stopping:
             callbacks.append(
@@ -304,26 +346,43 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     restore_best_weights=True,
                 )
             )
-        callbacks.append(EpochState(out, phase, offset))
-        if initial_epoch < epochs:
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=epochs,
+        callbacks.append(EpochState(out, phase.name, offset))
+        if initial_epoch < phase.epochs:
+            session.model.fit(
+                session.train_ds,
+                validation_data=session.val_ds,
+                epochs=phase.epochs,
                 initial_epoch=initial_epoch,
-                steps_per_epoch=steps,
+                steps_per_epoch=session.steps,
                 callbacks=callbacks,
                 verbose="auto",
             )
-        offset += epochs
+        offset += phase.epochs
 
-    # Record: the history across phases and resumes, its plot, the best epoch.
+
+def _unfreeze(session: Session, phase: Phase) -> None:
+    """Make every layer trainable and recompile at the phase's (lower) learning rate."""
+    with session.strategy.scope():
+        for layer in session.model.layers:
+            layer.trainable = True
+        compile_model(
+            session.model,
+            session.config,
+            make_learning_rate(
+                phase.learning_rate, session.config.lr_schedule, session.steps * phase.epochs
+            ),
+        )
+
+
+def record(session: Session) -> dict[str, Any]:
+    """Write the history across phases and resumes, its plot, ``final.keras`` and the result."""
+    out = session.out
     rows = read_history(out)
     keys = [k for k in rows[0] if k not in ("phase", "epoch", "global_epoch")]
     history: dict[str, list] = {k: [r.get(k) for r in rows] for k in keys}
     history["phase"] = [r["phase"] for r in rows]
     (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    model.save(out / "final.keras")
+    session.model.save(out / "final.keras")
     best_row = max(rows, key=lambda r: r["val_accuracy"])
     result = {
         "best_epoch": best_row["global_epoch"],
@@ -332,9 +391,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "mean_epoch_seconds": sum(history["epoch_seconds"]) / len(rows),
         "epochs_run": len(rows),
         "checkpoint": str(out / "best.keras"),
-        "chief": chief,
+        "chief": session.chief,
     }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    if chief:
+    if session.chief:
         save_history_plot(history, out / "history.png")
     return result

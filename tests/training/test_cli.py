@@ -121,3 +121,15 @@ def test_show_batch_writes_a_grid(
     assert "images (4, 32, 32, 3) float32" in text
     assert "labels (4, 2)" in text
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_defaults_are_train_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.train
+    from training.train import TrainConfig
+
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(training.train, "train", lambda config: seen.append(config) or {})
+    assert main(["train", "--data", "d", "--run", "r"]) == 0
+    assert seen == [TrainConfig(data_dir="d", run_dir="r")]
+    main(["train", "--data", "d", "--run", "r", "--arch", "transfer", "--no-cache"])
+    assert seen[1].architecture == "transfer" and seen[1].cache is False
