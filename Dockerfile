@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
 # catdog service images.
-#   docker build --target cpu -t catdog:cpu .    (tensorflow-cpu)
-#   docker build --target gpu -t catdog:gpu .    (tensorflow[and-cuda]: CUDA and cuDNN come
-#                                                 as pip wheels; the NVIDIA container runtime
-#                                                 only injects the driver)
+#   docker build --target cpu -t catdog:cpu .    (LiteRT: serves model.tflite, no TensorFlow)
+#   docker build --target gpu -t catdog:gpu .    (tensorflow[and-cuda] serves the SavedModel;
+#                                                 CUDA and cuDNN come as pip wheels; the NVIDIA
+#                                                 container runtime only injects the driver)
 # The shipped model (models/catdog) is baked in at /models/catdog; mount another
 # model base folder there (read-only) to replace it.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -19,7 +19,7 @@ FROM base AS deps-cpu
 COPY requirements.lock docker/requirements-serve.txt /tmp/
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install -c /tmp/requirements.lock \
-        -r /tmp/requirements-serve.txt "tensorflow-cpu==2.21.0"
+        -r /tmp/requirements-serve.txt ai-edge-litert
 
 FROM base AS deps-gpu
 COPY requirements.lock docker/requirements-serve.txt /tmp/
@@ -45,6 +45,7 @@ ENTRYPOINT ["/srv/catdog/docker/entrypoint.sh"]
 # ---- final images: dependencies first (they change least), then code and model
 FROM runtime AS cpu
 COPY --from=deps-cpu /opt/venv /opt/venv
+ENV CATDOG_RUNTIME=litert
 COPY catdog ./catdog
 COPY app ./app
 COPY docker/entrypoint.sh docker/healthcheck.py ./docker/
@@ -57,8 +58,9 @@ COPY catdog ./catdog
 COPY app ./app
 COPY docker/entrypoint.sh docker/healthcheck.py ./docker/
 COPY models/catdog /models/catdog
-# Allocate GPU memory as needed instead of all of it at start.
-ENV TF_FORCE_GPU_ALLOW_GROWTH=true
+# The SavedModel on TensorFlow; GPU memory allocated as needed instead of all of it at start.
+ENV CATDOG_RUNTIME=tensorflow \
+    TF_FORCE_GPU_ALLOW_GROWTH=true
 USER catdog
 
 # ---- training image: GPU TensorFlow + the training package (compose `train`) ---

@@ -279,8 +279,18 @@ FINAL_STAGES = ("cpu", "gpu", "train")
 def test_dockerfile_has_cpu_and_gpu_targets() -> None:
     stages = parse_dockerfile()
     assert {"cpu", "gpu"} <= set(stages)
-    assert any("tensorflow-cpu" in args for _, args in stages["deps-cpu"].instructions)
+    cpu = " ".join(args for _, args in stages["deps-cpu"].instructions)
+    assert "ai-edge-litert" in cpu and "tensorflow" not in cpu  # the CPU image serves LiteRT
     assert any("and-cuda" in args for _, args in stages["deps-gpu"].instructions)
+    requirements = (ROOT / "docker" / "requirements-serve.txt").read_text().splitlines()
+    packages = {line.split("[")[0].strip() for line in requirements if not line.startswith("#")}
+    assert not packages & {"tensorflow", "tensorflow-cpu", "keras"}, packages
+
+
+@pytest.mark.parametrize(("name", "runtime"), [("cpu", "litert"), ("gpu", "tensorflow")])
+def test_each_image_names_its_runtime(name: str, runtime: str) -> None:
+    envs = [args for kind, args in parse_dockerfile()[name].instructions if kind == "ENV"]
+    assert any(f"CATDOG_RUNTIME={runtime}" in args for args in envs), envs
 
 
 @pytest.mark.parametrize("name", FINAL_STAGES)
