@@ -19,10 +19,11 @@ def model_base(tiny_model_base: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_model_base, tmp_path / "catdog"))
 
 
-@pytest_asyncio.fixture(scope="module")
-async def served(tiny_model_base: Path) -> AsyncIterator[Served]:
-    """A fresh app with default settings serving the tiny model, shared by one test module."""
-    async with serve(settings_for(tiny_model_base)) as started:
+@pytest_asyncio.fixture(scope="module", params=["litert", "tensorflow"])
+async def served(tiny_model_base: Path, request: pytest.FixtureRequest) -> AsyncIterator[Served]:
+    """A fresh app serving the tiny model, shared by one test module; each test that uses it
+    runs once per runtime (the suite's one switch between LiteRT and TensorFlow)."""
+    async with serve(settings_for(tiny_model_base, runtime=request.param)) as started:
         yield started
 
 
