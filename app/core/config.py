@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(50_000_000, ge=1, description="width x height, checked before decoding")
     image_formats: tuple[str, ...] = Field(
         tuple(sorted(ACCEPTED_FORMATS)),
-        description="Pillow format names decoded; anything else is refused (415) unread",
+        description='Pillow format names decoded, as JSON (["JPEG","PNG"]); others: 415 unread',
     )
     decode_pixel_budget: int = Field(
         100_000_000, ge=1, description="pixels decoded at once by all threads; bounds memory"
@@ -75,3 +75,17 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The settings of this process, from its environment."""
     return Settings()
+
+
+def settings_table() -> str:
+    """Every setting as a markdown table: environment variable, default, meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        rows.append(f"| `CATDOG_{name.upper()}` | `{shown}` | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m app.core.config
+    print(settings_table())
