@@ -1,17 +1,17 @@
 """A cap on the pixels being decoded at once, shared by the decoding threads.
 
-Decoding holds several full-size copies of an image: a 50-megapixel PNG with
-transparency peaked at ~950 MB (measured), ~19 bytes per pixel, while its file
-can be a few hundred kilobytes. One decoding thread per core would let a handful
-of such uploads take many gigabytes on a large machine. A thread first takes
-the image's pixels from the budget and waits while others hold it; small photos
-pass straight through. An image larger than the whole budget takes all of it.
+Decoding holds several full-size copies of an image, so a file of a few hundred
+kilobytes can take hundreds of megabytes while it decodes (``python -m
+bench.decode_memory`` measures it; the figure is in docs/service.md). One
+decoding thread per core would let a handful of such uploads take gigabytes on a
+large machine. A thread first takes the image's pixels from the budget and waits
+while others hold it; small photos pass straight through. An image larger than
+the whole budget takes all of it.
 
-A budget alone did not bound memory: glibc keeps freed blocks in each thread's
-malloc arena, so four threads that each decoded one such image in turn held
-~4 GB between them. After a large image (``TRIM_ABOVE_PIXELS``) the budget
-therefore asks glibc to return free memory to the system (``malloc_trim``; a
-no-op elsewhere).
+A budget alone does not bound memory: glibc keeps freed blocks in each thread's
+malloc arena, so threads that each decoded one large image in turn hold on to
+all of it. After a large image (``TRIM_ABOVE_PIXELS``) the budget therefore asks
+glibc to return free memory to the system (``malloc_trim``; a no-op elsewhere).
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from catdog.preprocessing import ACCEPTED_FORMATS
+from catdog.preprocessing import ACCEPTED_FORMATS, image_formats
 
 
 class Settings(BaseSettings):
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded file")
     max_pixels: int = Field(50_000_000, ge=1, description="width x height, checked before decoding")
     image_formats: tuple[str, ...] = Field(
-        tuple(sorted(ACCEPTED_FORMATS)),
+        ACCEPTED_FORMATS,
         description='Pillow format names decoded, as JSON (["JPEG","PNG"]); others: 415 unread',
     )
     decode_pixel_budget: int = Field(
@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     )
     poll_interval_s: float = Field(5.0, ge=0, description="new-version check; 0 turns it off")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 503")
+
+    @field_validator("image_formats", mode="before")
+    @classmethod
+    def _known_formats(cls, value: object) -> tuple[str, ...]:
+        return image_formats(value)  # type: ignore[arg-type]  # ValueError names the choices
 
     @model_validator(mode="after")
     def _files_fit_in_flight(self) -> Settings:

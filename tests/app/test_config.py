@@ -31,3 +31,9 @@ def test_the_settings_table_lists_every_setting_with_its_default() -> None:
 def test_image_formats_are_read_as_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CATDOG_IMAGE_FORMATS", '["JPEG","PNG"]')
     assert Settings().image_formats == ("JPEG", "PNG")
+
+
+def test_an_unknown_image_format_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATDOG_IMAGE_FORMATS", '["JPEG","EPS"]')
+    with pytest.raises(ValidationError, match="EPS"):
+        Settings()
