@@ -16,7 +16,7 @@ import tensorflow as tf
 from catdog.contract import CLASS_NAMES, IMAGE_SIZE
 from catdog.preprocessing import load_image
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}  # what catdog.preprocessing accepts
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 AUTOTUNE = tf.data.AUTOTUNE
 
 
