@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from catdog.contract import METADATA_FILE, SIGNATURE, ModelContract
+from catdog.quiet import drop_expected_gpu_noise
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 RUNTIMES = ("auto", "litert", "tensorflow")
@@ -161,6 +162,7 @@ def _load_litert(version_dir: Path, threads: int) -> LoadedRuntime:
 
 
 def _load_tensorflow(version_dir: Path, threads: int) -> LoadedRuntime:
+    drop_expected_gpu_noise()
     _set_tensorflow_threads(threads)
     call, names, contract = load_signature(version_dir)
     return LoadedRuntime(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from catdog.contract import IMAGE_SIZE
+from catdog.quiet import drop_expected_gpu_noise
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run one command; errors in the input become exit code 2."""
+    drop_expected_gpu_noise()  # before TensorFlow starts: no cuInit error on a CPU-only machine
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
