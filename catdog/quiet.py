@@ -2,11 +2,12 @@
 
 TensorFlow's CUDA build writes a few lines to stderr on every start where there
 is no GPU: an ``E ... failed call to cuInit`` error, "Could not find cuda
-drivers", the oneDNN notice. On a CPU-only machine they say nothing new, and an
-"E" line on every command looks like a fault. ``drop_expected_gpu_noise()``
-routes file descriptor 2 through a filter that drops exactly those lines and
-passes everything else through unchanged, so real errors still show. Where an
-NVIDIA device exists it does nothing: there, those lines are worth reading.
+drivers", the oneDNN notice, a note on CPU instructions it was not built for.
+On a CPU-only machine they say nothing new, and an "E" line on every command
+looks like a fault. ``drop_expected_gpu_noise()`` routes file descriptor 2
+through a filter that drops exactly those lines and passes everything else
+through unchanged, so real errors still show. Where an NVIDIA device exists it
+does nothing: there, those lines are worth reading.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ EXPECTED_WITHOUT_GPU = (
     b"Could not find cuda drivers on your machine",
     b"oneDNN custom operations are on",
     b"All log messages before absl::InitializeLog() is called are written to STDERR",
+    b"This TensorFlow binary is optimized to use available CPU instructions",
+    b"To enable the following instructions:",
 )
 _installed = False
 _lock = threading.Lock()
