@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         0, ge=0, description="image decoding threads; 0: one per usable core"
     )
     poll_interval_s: float = Field(5.0, ge=0, description="new-version check; 0 turns it off")
+    version_policy: str = Field(
+        "latest:1",
+        pattern=r"^(latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*)$",
+        description="versions kept loaded: latest:N (the N highest), all, or specific:1,3; "
+        "the highest loaded answers requests naming no version",
+    )
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 503")
 
     @field_validator("image_formats", mode="before")

@@ -13,3 +13,11 @@ class ModelNotReadyError(RuntimeError):
 
 class ModelLoadError(RuntimeError):
     """A model folder cannot be served; the message names the path and the problem."""
+
+
+class VersionNotFoundError(LookupError):
+    """A request named a model version that is not loaded (unknown, refused, or not kept)."""
+
+
+class InvalidInputError(ValueError):
+    """A request's tensor does not fit the model contract (shape, dtype or value range)."""

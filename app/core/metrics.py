@@ -64,8 +64,23 @@ class Metrics:
         self.model_loads = Counter(
             "catdog_model_loads", "model version loads by result", ["result"], registry=r
         )
+        self.model_memory = Gauge(
+            "catdog_model_memory_bytes",
+            "each loaded version: resident memory the process grew by while it loaded and"
+            " warmed up (approximate; the first also holds the runtime's one-time cost)",
+            ["version", "runtime"],
+            registry=r,
+        )
 
     def set_model_version(self, version: str, runtime: str) -> None:
         """Expose ``version`` (run by ``runtime``) as the one served version."""
         self.model_version.clear()
         self.model_version.labels(version=version, runtime=runtime).set(1)
+
+    def set_loaded_versions(self, versions: dict[str, tuple[str, int | None]]) -> None:
+        """Expose every loaded version (version -> runtime, memory in bytes or None)."""
+        self.model_memory.clear()
+        for version, (runtime, memory) in versions.items():
+            self.model_memory.labels(version=version, runtime=runtime).set(
+                float("nan") if memory is None else memory
+            )

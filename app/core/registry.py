@@ -1,31 +1,56 @@
-"""The served model and its versions: initial load, then hot swap of new versions.
+"""The served model's versions: which stay loaded (the version policy), hot swap, refusals.
 
-A watcher polls the model base folder. A higher integer version is loaded and
-warmed up in a thread while the current one keeps serving, then swapped in by
-one assignment (requests already preprocessed keep the model they started with).
+The version policy (``CATDOG_VERSION_POLICY``) is TF Serving's ``model_version_policy``:
+
+* ``latest:N`` (default ``latest:1``): the N highest versions. A watcher polls the
+  model base folder; a version higher than every loaded one is loaded and warmed up
+  in a thread while the loaded ones keep serving, then added by one assignment, and
+  the lowest is dropped once more than N are loaded. Versions only move up: a lower
+  folder appearing, or a served folder disappearing, changes nothing while running.
+* ``all``: every version folder; new ones are added, none is dropped.
+* ``specific:1,3``: those versions; each is loaded once its folder exists.
+
+A request without a version gets the highest loaded one; ``get("2")`` answers a
+request for version 2, or raises ``VersionNotFoundError`` (unknown, refused, or not
+kept by the policy). Requests already preprocessed keep the model they started with.
+
 A version that fails to load is refused with a log line and retried only if its
-files change. The heap is frozen while serving (``app.core.heap``); a swap thaws
-it so that the replaced version can be freed, and the next tick freezes it again.
+files change. At start-up every version the policy picks must load (else
+``ModelLoadError``, naming the path): the service does not start half-configured.
+
+Memory per loaded version is the growth of the process's resident memory while it
+loaded and warmed up (``memory_bytes``). It is approximate: requests served at the
+same time allocate too, and the first version also carries the runtime's one-time
+cost (importing TensorFlow or LiteRT).
+
+The heap is frozen while serving (``app.core.heap``); dropping a version thaws it
+so that the version can be freed, and the next tick freezes it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from app.core import heap
-from app.core.errors import ModelLoadError, ModelNotReadyError
+from app.core.errors import ModelLoadError, ModelNotReadyError, VersionNotFoundError
 from app.core.metrics import Metrics
 from app.core.model import LoadedModel
 from catdog.runtimes import version_dirs
 
 log = logging.getLogger("catdog.registry")
 Loader = Callable[[Path], LoadedModel]
+Stamp = tuple[tuple[str, int, int], ...]
+POLICY_PATTERN = r"latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*"
 
 
-def _files_stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
+def _files_stamp(folder: Path) -> Stamp:
     """Sizes and mtimes of every file in a folder: changes when its content does."""
     return tuple(
         sorted(
@@ -36,67 +61,166 @@ def _files_stamp(folder: Path) -> tuple[tuple[str, int, int], ...]:
     )
 
 
-class ModelRegistry:
-    """Holds the current ``LoadedModel`` and swaps in new versions."""
+def rss_bytes() -> int | None:
+    """This process's resident memory now (Linux ``/proc/self/statm``), None elsewhere."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
-    def __init__(self, base: Path, load: Loader, metrics: Metrics) -> None:
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions stay loaded: ``latest:N``, ``all`` or ``specific:1,3``."""
+
+    kind: Literal["latest", "all", "specific"]
+    count: int = 1  # latest: how many
+    versions: frozenset[int] = frozenset()  # specific: which
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        """Read a policy written as in ``CATDOG_VERSION_POLICY``; ``ValueError`` if malformed."""
+        if not re.fullmatch(POLICY_PATTERN, text):
+            raise ValueError(f"version policy {text!r}: use latest:N, all or specific:1,3")
+        kind, _, arguments = text.partition(":")
+        if kind == "latest":
+            return cls("latest", count=int(arguments))
+        if kind == "specific":
+            return cls("specific", versions=frozenset(int(v) for v in arguments.split(",")))
+        return cls("all")
+
+    def __str__(self) -> str:
+        if self.kind == "latest":
+            return f"latest:{self.count}"
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, sorted(self.versions)))
+        return "all"
+
+    def initial(self, on_disk: Iterable[int]) -> list[int]:
+        """The versions to load at start-up, highest first."""
+        chosen = sorted(self._allowed(on_disk), reverse=True)
+        return chosen[: self.count] if self.kind == "latest" else chosen
+
+    def candidates(self, on_disk: Iterable[int], loaded: Iterable[int]) -> list[int]:
+        """Versions the watcher may load now, highest first (``latest``: only upwards)."""
+        loaded = set(loaded)
+        floor = max(loaded, default=-1) if self.kind == "latest" else -1
+        fresh = (v for v in self._allowed(on_disk) if v > floor and v not in loaded)
+        return sorted(fresh, reverse=True)
+
+    def keep(self, loaded: Iterable[int]) -> set[int]:
+        """Which of the loaded versions stay loaded."""
+        ordered = sorted(loaded, reverse=True)
+        return set(ordered[: self.count] if self.kind == "latest" else ordered)
+
+    def _allowed(self, on_disk: Iterable[int]) -> set[int]:
+        return {v for v in on_disk if self.kind != "specific" or v in self.versions}
+
+
+class ModelRegistry:
+    """Holds the loaded versions of one model and applies the version policy."""
+
+    def __init__(
+        self, base: Path, load: Loader, metrics: Metrics, policy: VersionPolicy | None = None
+    ) -> None:
         self.base = Path(base)
         self._load = load
         self.metrics = metrics
-        self._current: LoadedModel | None = None
-        self._refused: dict[int, tuple[tuple[str, int, int], ...]] = {}
-        self._settle_due = False  # a swap thawed the heap; freeze it again on the next tick
+        self.policy = policy or VersionPolicy("latest")
+        self._loaded: dict[int, LoadedModel] = {}  # replaced whole, never mutated
+        self._memory: dict[int, int | None] = {}  # RSS growth while each version loaded
+        self._refused: dict[int, tuple[Stamp, str]] = {}  # files when refused, and why
+        self._settle_due = False  # a version was dropped; freeze the heap again on the next tick
+
+    # ------------------------------------------------------------ lookups
 
     @property
     def current(self) -> LoadedModel:
-        """The model serving now."""
-        if self._current is None:
+        """The highest loaded version: it answers requests that name no version."""
+        if not self._loaded:
             raise ModelNotReadyError("no model loaded yet")
-        return self._current
+        return self._loaded[max(self._loaded)]
 
     @property
     def ready(self) -> bool:
         """True once a model is loaded and warmed up."""
-        return self._current is not None
+        return bool(self._loaded)
+
+    @property
+    def loaded(self) -> list[LoadedModel]:
+        """Every loaded version, highest first."""
+        return [self._loaded[v] for v in sorted(self._loaded, reverse=True)]
+
+    @property
+    def refused(self) -> dict[int, str]:
+        """Versions refused since start-up (and not loaded since), with the reason."""
+        return {v: reason for v, (_, reason) in sorted(self._refused.items())}
+
+    def get(self, version: str | None = None) -> LoadedModel:
+        """The loaded ``version`` (None: the highest), else ``VersionNotFoundError``."""
+        if version is None:
+            return self.current
+        number = int(version) if version.isdigit() else None
+        model = self._loaded.get(number) if number is not None else None
+        if model is not None:
+            return model
+        loaded = ", ".join(m.version for m in self.loaded) or "none"
+        if number in self._refused:
+            why = f"version {number} was refused: {self._refused[number][1]}"
+        elif number is not None and number in version_dirs(self.base):
+            why = f"version {number} is not loaded (version policy {self.policy})"
+        else:
+            why = f"no version {version!r}"
+        raise VersionNotFoundError(f"{why}; loaded versions: {loaded}")
+
+    def memory_bytes(self, model: LoadedModel) -> int | None:
+        """How much the process's resident memory grew while ``model`` loaded."""
+        return self._memory.get(int(model.version))
+
+    # ------------------------------------------------------------ loading
 
     def load_initial(self) -> None:
-        """Load the highest version; raise ``ModelLoadError`` (naming the path) if it fails."""
+        """Load the policy's versions; ``ModelLoadError`` (naming the path) if any fails."""
         if not self.base.is_dir():
             raise ModelLoadError(
                 f"model folder {self.base.resolve()} does not exist "
                 "(set CATDOG_MODEL_DIR to a folder holding <version>/saved_model.pb)"
             )
-        versions = version_dirs(self.base)
-        if not versions:
+        folders = version_dirs(self.base)
+        if not folders:
             raise ModelLoadError(
                 f"{self.base}: no integer version folders (expected e.g. {self.base}/1/)"
             )
-        self._swap(self._load(versions[max(versions)]))
+        chosen = self.policy.initial(folders)
+        if not chosen:
+            raise ModelLoadError(
+                f"{self.base}: none of the versions of policy {self.policy} exists "
+                f"(found {', '.join(map(str, sorted(folders)))})"
+            )
+        self._install(dict(self._measured_load(folders[v]) for v in chosen))
 
     async def check_for_update(self) -> bool:
-        """Load and swap in a newer version if one appeared; True if swapped."""
-        versions = version_dirs(self.base)
-        current = int(self.current.version) if self._current else -1
-        for number in sorted((v for v in versions if v > current), reverse=True):
-            folder = versions[number]
+        """Load the versions the policy wants that appeared; True if the loaded set changed."""
+        folders = version_dirs(self.base)
+        added: dict[int, LoadedModel] = {}
+        for number in self.policy.candidates(folders, self._loaded):
+            if self.policy.kind == "latest" and len(added) == self.policy.count:
+                break  # anything lower would be dropped at once
+            folder = folders[number]
             stamp = await asyncio.to_thread(_files_stamp, folder)
-            if self._refused.get(number) == stamp:
+            refused = self._refused.get(number)
+            if refused is not None and refused[0] == stamp:
                 continue
             try:
-                model = await asyncio.to_thread(self._load, folder)
+                number, model = await asyncio.to_thread(self._measured_load, folder)
             except ModelLoadError as exc:
-                self._refused[number] = stamp
-                self.metrics.model_loads.labels(result="refused").inc()
-                log.error(
-                    "refused model version %s, still serving %s: %s",
-                    number,
-                    self._current.version if self._current else None,
-                    exc,
-                )
+                self._refuse(number, stamp, exc)
                 continue
-            self._swap(model)
-            return True
-        return False
+            added[number] = model
+        if added:
+            self._install(added)
+        return bool(added)
 
     async def watch(self, interval: float) -> None:
         """Poll for new versions every ``interval`` seconds, forever."""
@@ -110,21 +234,51 @@ class ModelRegistry:
             except Exception:  # the watcher must survive a bad folder
                 log.exception("checking %s for new versions failed", self.base)
 
-    def _swap(self, model: LoadedModel) -> None:
-        previous = self._current.version if self._current else None
-        if previous is not None:
-            # The old version was frozen with the heap; let it be freed once its last
-            # batch is done, and freeze again on the watcher's next tick.
+    def _measured_load(self, folder: Path) -> tuple[int, LoadedModel]:
+        before = rss_bytes()
+        model = self._load(folder)
+        after = rss_bytes()
+        number = int(model.version)
+        self._memory[number] = None if before is None or after is None else max(after - before, 0)
+        return number, model
+
+    def _refuse(self, number: int, stamp: Stamp, exc: ModelLoadError) -> None:
+        self._refused[number] = (stamp, str(exc))
+        self.metrics.model_loads.labels(result="refused").inc()
+        log.error(
+            "refused model version %s, still serving %s: %s",
+            number,
+            ", ".join(m.version for m in self.loaded) or None,
+            exc,
+        )
+
+    def _install(self, added: dict[int, LoadedModel]) -> None:
+        """Add freshly loaded versions, drop those the policy no longer keeps (one assignment)."""
+        merged = {**self._loaded, **added}
+        kept = self.policy.keep(merged)
+        dropped = sorted(set(self._loaded) - kept)
+        self._loaded = {v: merged[v] for v in sorted(kept)}
+        for number in set(self._memory) - kept:
+            del self._memory[number]
+        for number in added:
+            self._refused.pop(number, None)
+            self.metrics.model_loads.labels(result="loaded").inc()
+        if dropped:
+            # The dropped versions were frozen with the heap; let them be freed once their
+            # last batch is done, and freeze again on the watcher's next tick.
             heap.thaw()
             self._settle_due = True
-        self._current = model
-        self.metrics.set_model_version(model.version, model.runtime_name)
-        self.metrics.model_loads.labels(result="loaded").inc()
+        current = self.current
+        self.metrics.set_model_version(current.version, current.runtime_name)
+        self.metrics.set_loaded_versions(
+            {m.version: (m.runtime_name, self._memory.get(int(m.version))) for m in self.loaded}
+        )
         log.info(
-            "serving model %s version %s on %s (was %s) from %s",
-            model.contract.extra.get("name", self.base.name),
-            model.version,
-            model.runtime_name,
-            previous,
-            model.path,
+            "serving model %s versions %s on %s (loaded %s, dropped %s) from %s",
+            current.contract.extra.get("name", self.base.name),
+            [m.version for m in self.loaded],
+            current.runtime_name,
+            sorted(added),
+            dropped,
+            self.base,
         )

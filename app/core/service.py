@@ -2,10 +2,15 @@
 
 A request's whole path, in order (LitServe's setup / decode / predict / encode):
 
-* ``start``      load the newest model version, start the batcher and the version watcher;
-* ``classify``   admit the images (or 503), ``_decode`` each in a thread with the
-                 project's one preprocessing, ``_predict`` them through the dynamic
-                 batcher, ``_encode`` each model output as a ``Classification``;
+* ``start``      load the versions the version policy picks, start the batcher and the
+                 version watcher;
+* ``classify``   pick the version (the highest loaded, or the one asked for), admit the
+                 images (or 503), ``_decode`` each in a thread with the project's one
+                 preprocessing, ``_predict`` them through the dynamic batcher,
+                 ``_encode`` each model output as a ``Classification``;
+* ``classify_tensor``  the same for pixels already preprocessed by the client: pick the
+                 version, ``check_pixels`` against its contract, admit, ``_predict``,
+                 ``_encode``;
 * ``stop``       let the images in flight finish, then stop the batcher.
 
 The routes map ``Classification`` to their response schemas; this module knows
@@ -29,10 +34,12 @@ from app.core import heap
 from app.core.admission import Admission, Ticket, Upload
 from app.core.batcher import Batcher
 from app.core.config import Settings
+from app.core.errors import InvalidInputError
 from app.core.metrics import Metrics
 from app.core.model import ImageResult, LoadedModel, load_version
-from app.core.registry import ModelRegistry
+from app.core.registry import ModelRegistry, VersionPolicy
 from catdog.budget import PixelBudget
+from catdog.contract import ModelContract
 from catdog.preprocessing import ImageError, preprocess
 
 log = logging.getLogger("catdog")
@@ -69,7 +76,9 @@ class InferenceService:
         cores = usable_cpus()
         self._threads = settings.inference_threads or cores
         self.admission = Admission(settings.max_images_in_flight, metrics)
-        self.registry = ModelRegistry(settings.model_dir, self._load, metrics)
+        self.registry = ModelRegistry(
+            settings.model_dir, self._load, metrics, VersionPolicy.parse(settings.version_policy)
+        )
         self.batcher = Batcher(
             settings.max_batch_size,
             settings.batch_timeout_ms,
@@ -127,8 +136,12 @@ class InferenceService:
 
     @property
     def model(self) -> LoadedModel:
-        """The version serving now (``ModelNotReadyError`` before the first load)."""
+        """The highest loaded version (``ModelNotReadyError`` before the first load)."""
         return self.registry.current
+
+    def model_for(self, version: str | None) -> LoadedModel:
+        """A loaded version (None: the highest); ``VersionNotFoundError`` if not loaded."""
+        return self.registry.get(version)
 
     def _load(self, folder: Path) -> LoadedModel:
         return load_version(
@@ -152,10 +165,14 @@ class InferenceService:
     # ------------------------------------------------------------ the request path
 
     async def classify(
-        self, images: list[bytes], names: list[str] | None = None, upload: Upload | None = None
+        self,
+        images: list[bytes],
+        names: list[str] | None = None,
+        upload: Upload | None = None,
+        version: str | None = None,
     ) -> list[Classification]:
         """Classify images in order; ``ImageError`` (naming the file) for bad input."""
-        model = self.model
+        model = self.model_for(version)
         with self.admission.admit(len(images), upload) as ticket:
             arrays = await asyncio.gather(
                 *(self._decode(model, data) for data in images), return_exceptions=True
@@ -164,6 +181,16 @@ class InferenceService:
             results = await asyncio.gather(
                 *(self._predict(ticket, model, a) for a in arrays)  # type: ignore[arg-type]
             )
+        return [self._encode(model, r) for r in results]
+
+    async def classify_tensor(
+        self, pixels: np.ndarray, version: str | None = None, upload: Upload | None = None
+    ) -> list[Classification]:
+        """Classify a float32 batch [N, H, W, 3] already scaled per the version's contract."""
+        model = self.model_for(version)
+        check_pixels(pixels, model.contract)
+        with self.admission.admit(len(pixels), upload) as ticket:
+            results = await asyncio.gather(*(self._predict(ticket, model, p) for p in pixels))
         return [self._encode(model, r) for r in results]
 
     async def _decode(self, model: LoadedModel, data: bytes) -> np.ndarray:
@@ -203,6 +230,24 @@ class InferenceService:
             model_version=model.version,
             ood_score=result.ood_score,
             known=known,
+        )
+
+
+def check_pixels(pixels: np.ndarray, contract: ModelContract) -> None:
+    """``InvalidInputError`` unless ``pixels`` is float32 [N>=1, H, W, 3] of finite values in
+    [0, 1] (the contract's size and ``x/255`` scaling)."""
+    expected = (*contract.image_size, 3)
+    if pixels.dtype != np.float32 or pixels.ndim != 4 or pixels.shape[1:] != expected:
+        shape = ", ".join(map(str, expected))
+        raise InvalidInputError(
+            f"expected float32 pixels [N, {shape}], got {pixels.dtype} {list(pixels.shape)}"
+        )
+    if len(pixels) == 0:
+        raise InvalidInputError("no images: the batch dimension is 0")
+    if not np.isfinite(pixels).all() or pixels.min() < 0.0 or pixels.max() > 1.0:
+        raise InvalidInputError(
+            f"pixel values must be finite and in [0, 1] (scaling {contract.scaling}); got "
+            f"[{np.nanmin(pixels):g}, {np.nanmax(pixels):g}]"
         )
 
 
