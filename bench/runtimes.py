@@ -1,0 +1,340 @@
+"""``python -m bench.runtimes``: the model call on TensorFlow vs LiteRT, nothing else.
+
+Each configuration runs in a fresh subprocess (so memory and load times are
+those of a process that serves only that runtime), round-robin over the
+configurations for ``--rounds`` rounds; the table shows medians. Per
+configuration: import and load time, RSS after import + load and after the
+largest batch, per-image latency at batch 1 and 32, per-image latency over a
+seeded mix of batch sizes 1-32 (what the dynamic batcher hands the model; it
+is where resizing the input per call and padding to fixed buckets differ), and
+the largest |Δp| against the TensorFlow signature on real test photos.
+
+LiteRT is measured with 1 and 2 interpreter threads (``num_threads``) and with
+both batch strategies: ``resize`` (the input resized to each call's batch, the
+default of ``catdog.litert``) and ``buckets`` (one interpreter per bucket
+1/2/4/8/16/32, batches padded up to the next one).
+
+``--pause PATTERN`` stops (SIGSTOP) the processes whose command line has the
+words PATTERN, e.g. ``--pause "training train"`` for a training job, during the
+measurement, and always resumes them (SIGCONT) afterwards, on errors and on
+SIGINT/SIGTERM too.
+
+    .venv/bin/python -m bench.runtimes --model models/catdog/1 --pause "training train"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKETS = (1, 2, 4, 8, 16, 32)
+CONFIGS: list[dict[str, Any]] = [
+    {"runtime": "tensorflow", "threads": 1, "batching": "resize"},
+    {"runtime": "tensorflow", "threads": 2, "batching": "resize"},
+    {"runtime": "litert", "threads": 1, "batching": "resize"},
+    {"runtime": "litert", "threads": 2, "batching": "resize"},
+    {"runtime": "litert", "threads": 1, "batching": "buckets"},
+    {"runtime": "litert", "threads": 2, "batching": "buckets"},
+    # a busy core beside the model, as the service's decode threads make one
+    {"runtime": "litert", "threads": 1, "batching": "resize", "busy_cores": 1},
+    {"runtime": "litert", "threads": 2, "batching": "resize", "busy_cores": 1},
+]
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _median_ms(call: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def worker(config: dict[str, Any], model: str, images_file: str, out_file: str) -> dict:
+    """One configuration, measured in this (fresh) process."""
+    started = time.perf_counter()
+    if config["runtime"] == "tensorflow":
+        import tensorflow  # noqa: F401
+    else:
+        import ai_edge_litert.interpreter  # noqa: F401
+    from catdog.runtimes import LITERT_FILE, load_model
+
+    imported = time.perf_counter()
+    runtime = load_model(model, config["runtime"], config["threads"])
+    if config["batching"] == "buckets":
+        from catdog.litert import LiteRTModel
+
+        bucketed = LiteRTModel.from_file(Path(model) / LITERT_FILE, config["threads"], BUCKETS)
+
+        def infer(x: np.ndarray) -> np.ndarray:
+            return bucketed.infer(x)[runtime._probabilities]
+    else:
+
+        def infer(x: np.ndarray) -> np.ndarray:
+            return runtime.infer(x).probabilities
+
+    loaded = time.perf_counter()
+    rss_loaded = _rss_mb()
+
+    photos = np.load(images_file)  # real test photos, float32 [32, H, W, 3]
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(config.get("busy_cores", 0))
+    ]
+    try:
+        timings = _timings(infer, photos)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    np.save(out_file, infer(photos))
+    return {
+        **config,
+        "import_s": imported - started,
+        "load_s": loaded - imported,
+        "rss_loaded_mb": rss_loaded,
+        "rss_after_mb": _rss_mb(),
+        **timings,
+    }
+
+
+def _timings(infer: Any, photos: np.ndarray) -> dict[str, float]:
+    """Per-image latency at batch 1, at batch 32 and over a mix of batch sizes."""
+    single = photos[:1]
+    for _ in range(3):
+        infer(single)
+    batch1 = _median_ms(lambda: infer(single), 40)
+    infer(photos)
+    cpu_started = time.process_time()
+    batch32 = _median_ms(lambda: infer(photos), 3) / len(photos)
+    batch32_cpu = 1000 * (time.process_time() - cpu_started) / (3 * len(photos))
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, len(photos) + 1, 16)
+    for size in sizes:  # warm-up: every size (and bucket) seen once, as in a running server
+        infer(photos[:size])
+    mixed_started, cpu_started = time.perf_counter(), time.process_time()
+    for size in sizes:
+        infer(photos[:size])
+    images = int(sizes.sum())
+    return {
+        "batch1_ms": batch1,
+        "batch32_ms_per_image": batch32,
+        "batch32_cpu_ms_per_image": batch32_cpu,
+        "mixed_ms_per_image": 1000 * (time.perf_counter() - mixed_started) / images,
+        "mixed_cpu_ms_per_image": 1000 * (time.process_time() - cpu_started) / images,
+        "mixed_images": images,
+    }
+
+
+def _matching(words: str) -> list[int]:
+    """Processes (not this one) whose argv holds ``words`` as consecutive arguments."""
+    wanted = words.split()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(argv[i : i + len(wanted)] == wanted for i in range(len(argv))):
+            found.append(int(proc.name))
+    return found
+
+
+@contextmanager
+def paused(words: str | None) -> Iterator[list[int]]:
+    """SIGSTOP the matching processes for the block; SIGCONT them however it ends."""
+    pids = _matching(words) if words else []
+
+    def resume(*_: Any) -> None:
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        resume()
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        if pids:
+            print(f"paused {pids} ({words!r})", file=sys.stderr)
+            time.sleep(1.0)  # let the cores settle
+        yield pids
+    finally:
+        resume()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pids:
+            print(f"resumed {pids}", file=sys.stderr)
+
+
+def _photos(data: Path, size: tuple[int, int], count: int = 32) -> np.ndarray:
+    from catdog.preprocessing import preprocess
+
+    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    step = max(1, len(files) // count)
+    return np.stack([preprocess(p, size) for p in files[::step][:count]])
+
+
+def run(model: str, data: Path, rounds: int) -> list[dict[str, Any]]:
+    """All configurations, ``rounds`` times each in fresh processes; raw results."""
+    from catdog.contract import ModelContract
+
+    contract = ModelContract.read(model)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp) / "photos.npy"
+        np.save(images, _photos(data, contract.image_size))
+        for round_ in range(rounds):
+            for i, config in enumerate(CONFIGS):
+                out = Path(tmp) / f"p{round_}-{i}.npy"
+                command = [
+                    sys.executable,
+                    "-m",
+                    "bench.runtimes",
+                    "--worker",
+                    json.dumps(config),
+                    "--model",
+                    model,
+                    "--images",
+                    str(images),
+                    "--probabilities",
+                    str(out),
+                ]
+                env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+                done = subprocess.run(
+                    command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+                )
+                if done.returncode:
+                    raise RuntimeError(f"{config} failed:\n{done.stderr[-3000:]}")
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                row["config"], row["round"], row["probabilities"] = i, round_, str(out)
+                results.append(row)
+                print(f"round {round_ + 1}/{rounds} {_label(config)}", file=sys.stderr)
+        reference = np.load(results[0]["probabilities"])  # TensorFlow, 1 thread, round 1
+        for row in results:
+            row["max_abs_diff"] = float(np.max(np.abs(np.load(row["probabilities"]) - reference)))
+            del row["probabilities"]
+    return results
+
+
+def _label(config: dict[str, Any]) -> str:
+    name = "TF SavedModel signature" if config["runtime"] == "tensorflow" else "LiteRT"
+    batching = "" if config["runtime"] == "tensorflow" else f", {config['batching']}"
+    busy = f", {config['busy_cores']} other core busy" if config.get("busy_cores") else ""
+    threads = f"{config['threads']} thread{'s' if config['threads'] > 1 else ''}"
+    return f"{name}, {threads}{batching}{busy}"
+
+
+def markdown(results: list[dict[str, Any]], command: str, paused_pids: list[int]) -> str:
+    """The report: the command, the setting, one row per configuration (medians)."""
+    lines = [
+        "# Model runtimes: TensorFlow SavedModel signature vs LiteRT",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}, {os.cpu_count()} cores, "
+        f"ai-edge-litert {_version('ai-edge-litert')}, tensorflow {_version('tensorflow')}; "
+        f"medians of {max(r['round'] for r in results) + 1} rounds, each configuration in a "
+        "fresh process"
+        + (f"; training job {paused_pids} paused meanwhile." if paused_pids else "."),
+        "Batch 1: median of 40 calls; batch 32: median of 3 calls / 32; mixed: 16 batches "
+        "of seeded random sizes 1-32 after one warm-up pass over them, total time / images. "
+        "CPU: the process's CPU time (all its threads) over the same calls, which other "
+        "processes on the machine inflate less than wall time. "
+        "max |Δp|: 32 real test photos, against TensorFlow with 1 thread.",
+        "",
+        "| runtime | batch 1 | batch 32, per image | batch 32, CPU per image "
+        "| mixed 1-32, per image | mixed, CPU per image | import | load | RSS after import + load | RSS after batch 32 "
+        "| max \\|Δp\\| vs TF |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, config in enumerate(CONFIGS):
+        rows = [r for r in results if r["config"] == i]
+
+        def median(key: str, rows: list[dict[str, Any]] = rows) -> float:
+            return statistics.median(r[key] for r in rows)
+
+        worst = max(r["max_abs_diff"] for r in rows)
+        lines.append(
+            f"| {_label(config)} | {median('batch1_ms'):.2f} ms "
+            f"| {median('batch32_ms_per_image'):.2f} ms "
+            f"| {median('batch32_cpu_ms_per_image'):.2f} ms "
+            f"| {median('mixed_ms_per_image'):.2f} ms "
+            f"| {median('mixed_cpu_ms_per_image'):.2f} ms "
+            f"| {median('import_s'):.2f} s | {median('load_s'):.2f} s "
+            f"| {median('rss_loaded_mb'):.0f} MB | {median('rss_after_mb'):.0f} MB "
+            f"| {'—' if worst == 0 else f'{worst:.1g}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _version(package: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, print the table and write it (and the raw numbers as JSON)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.runtimes", description=__doc__)
+    parser.add_argument("--model", default="models/catdog/1", help="a version with model.tflite")
+    parser.add_argument("--data", default="data/split/test", help="photos for parity and timing")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="bench/results/runtimes.md")
+    parser.add_argument("--pause", metavar="WORDS", help='e.g. "training train"')
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--images", help=argparse.SUPPRESS)
+    parser.add_argument("--probabilities", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        config = json.loads(args.worker)
+        print(json.dumps(worker(config, args.model, args.images, args.probabilities)))
+        return 0
+    command = "python -m bench.runtimes " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    with paused(args.pause) as pids:
+        results = run(args.model, Path(args.data), args.rounds)
+    report = markdown(results, ".venv/bin/" + command, pids)
+    print(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
