@@ -274,8 +274,8 @@ def markdown(results: list[dict[str, Any]], command: str, paused_pids: list[int]
         "max |Δp|: 32 real test photos, against TensorFlow with 1 thread.",
         "",
         "| runtime | batch 1 | batch 32, per image | batch 32, CPU per image "
-        "| mixed 1-32, per image | mixed, CPU per image | import | load | RSS after import + load | RSS after batch 32 "
-        "| max \\|Δp\\| vs TF |",
+        "| mixed 1-32, per image | mixed, CPU per image | import | load "
+        "| RSS after import + load | RSS after batch 32 | max \\|Δp\\| vs TF |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, config in enumerate(CONFIGS):
