@@ -40,6 +40,11 @@ def body_limit(settings: Settings, path: str) -> int | None:
         return settings.max_upload_bytes + MULTIPART_OVERHEAD
     if path == "/predict/batch":
         return settings.max_upload_bytes * settings.max_files_per_request + MULTIPART_OVERHEAD
+    if path.startswith(("/v2/models/", "/v1/models/")) and path.endswith(
+        ("/infer", ":predict", ":classify")
+    ):  # Open Inference Protocol, TF Serving (app/api/protocols): base64 is 4/3 of the bytes
+        files = settings.max_upload_bytes * settings.max_files_per_request
+        return files * 4 // 3 + MULTIPART_OVERHEAD
     return None
 
 

@@ -33,8 +33,39 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
+class VersionStatus(BaseModel):
+    """TF Serving's StatusProto: ``OK``, or why a version is not available."""
+
+    error_code: str = Field("OK", examples=["OK"])
+    error_message: str = ""
+
+
+class ModelVersionStatus(BaseModel):
+    """TF Serving's ModelVersionStatus: AVAILABLE (loaded) or END (refused)."""
+
+    version: str = Field(examples=["1"])
+    state: str = Field(examples=["AVAILABLE"])
+    status: VersionStatus
+
+
+class LoadedVersion(BaseModel):
+    """A loaded version and its memory."""
+
+    version: str = Field(examples=["1"])
+    runtime: str = Field(examples=["litert"])
+    memory_bytes: int | None = Field(
+        None,
+        description="resident memory the process grew by while this version loaded and warmed"
+        " up (approximate; the first version also holds the runtime's one-time cost)",
+    )
+
+
 class ModelInfo(BaseModel):
-    """What the served model is and how well it did on held-out data."""
+    """What the served model is and how well it did on held-out data.
+
+    Also TF Serving's GetModelStatusResponse (``model_version_status``), since both
+    answer ``GET /v1/models/{name}`` (see docs/protocols.md).
+    """
 
     name: str
     version: str
@@ -49,6 +80,14 @@ class ModelInfo(BaseModel):
     created: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict, description="all of metadata.json")
+    memory_bytes: int | None = Field(None, description="this version's, as in loaded_versions")
+    loaded_versions: list[LoadedVersion] = Field(
+        default_factory=list, description="every loaded version (version policy), highest first"
+    )
+    model_version_status: list[ModelVersionStatus] = Field(
+        default_factory=list,
+        description="TF Serving's status: loaded versions AVAILABLE, refused ones END",
+    )
 
 
 class Status(BaseModel):

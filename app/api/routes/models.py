@@ -1,13 +1,20 @@
-"""GET /v1/models/{name}: the served model's version, runtime, contract and metrics."""
+"""GET /v1/models/{name}[/versions/{version}]: a version's runtime, contract, metrics, memory.
+
+The same answer is TF Serving's model status (``model_version_status``): both APIs
+own this path, so one JSON holds both (docs/protocols.md). Errors carry ``detail``
+and TF Serving's ``error`` (``app/api/protocols/errors.py``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from app.api.deps import ServiceDep
-from app.api.schemas import ErrorDetail, ModelInfo
+from app.api.protocols.common import check_model_name
+from app.api.schemas import ErrorDetail, LoadedVersion, ModelInfo, ModelVersionStatus, VersionStatus
+from app.core.service import InferenceService
 
 router = APIRouter(tags=["models"])
 LOCAL_KEYS = {"checkpoint", "data_dir", "run_dir", "cache", "cache_file"}  # paths on a machine
@@ -22,20 +29,52 @@ def public(metadata: Any) -> Any:
     return metadata
 
 
-@router.get(
-    "/v1/models/{name}",
-    response_model=ModelInfo,
-    responses={404: {"model": ErrorDetail}, 503: {"model": ErrorDetail}},
-)
+ERRORS: dict[int | str, dict[str, object]] = {
+    404: {"model": ErrorDetail, "description": "unknown model, or version not loaded"},
+    503: {"model": ErrorDetail, "description": "not ready"},
+}
+
+
+@router.get("/v1/models/{name}", response_model=ModelInfo, responses=ERRORS)
 async def model_info(name: str, service: ServiceDep) -> ModelInfo:
-    """Describe the model served under ``name``."""
-    served = service.settings.model_name
-    if name != served:
-        raise HTTPException(404, f"no model named {name!r}; this service serves {served!r}")
-    model = service.model
+    """Describe the model served under ``name`` (its highest loaded version)."""
+    return describe(service, name, None)
+
+
+@router.get("/v1/models/{name}/versions/{version}", response_model=ModelInfo, responses=ERRORS)
+async def version_info(name: str, version: str, service: ServiceDep) -> ModelInfo:
+    """Describe one loaded version of the model."""
+    return describe(service, name, version)
+
+
+def describe(service: InferenceService, name: str, version: str | None) -> ModelInfo:
+    """A loaded version's info, with every loaded version's memory and TF Serving's status."""
+    check_model_name(service, name)
+    model = service.model_for(version)
+    registry = service.registry
+    loaded = [
+        LoadedVersion(
+            version=m.version, runtime=m.runtime_name, memory_bytes=registry.memory_bytes(m)
+        )
+        for m in registry.loaded
+    ]
+    available = [
+        ModelVersionStatus(version=m.version, state="AVAILABLE", status=VersionStatus())
+        for m in registry.loaded
+        if version is None or m is model
+    ]
+    refused = [
+        ModelVersionStatus(
+            version=str(v),
+            state="END",
+            status=VersionStatus(error_code="UNKNOWN", error_message=why),
+        )
+        for v, why in registry.refused.items()
+        if version is None
+    ]
     meta = public(model.metadata)
     return ModelInfo(
-        name=served,
+        name=name,
         version=model.version,
         input_size=list(model.contract.image_size),
         class_names=list(model.contract.class_names),
@@ -46,4 +85,7 @@ async def model_info(name: str, service: ServiceDep) -> ModelInfo:
         created=meta.get("created"),
         metrics=meta.get("metrics") or {},
         metadata=meta,
+        memory_bytes=registry.memory_bytes(model),
+        loaded_versions=loaded,
+        model_version_status=available + refused,
     )

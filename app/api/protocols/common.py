@@ -1,0 +1,146 @@
+"""What the Open Inference Protocol and TF Serving's REST API share.
+
+* Bodies are read by the routes themselves (``parse_body``), whatever their
+  Content-Type: tritonclient sends none, ``curl -d`` sends a form type, and the
+  binary tensor data extension puts raw bytes after the JSON. A body that does not
+  validate is a 400 naming the first problems. ``request_body`` documents such a
+  body in the OpenAPI page.
+* Images travel as standard (or URL-safe) base64 in JSON (``decode_b64``); they
+  obey the limits of ``/predict/batch``: at most ``max_files_per_request`` per
+  request and ``max_upload_bytes`` each, none empty (``check_images``).
+* Tensors given as JSON numbers become float32 arrays (``as_pixels``); their shape
+  and values are checked against the version's contract by the service.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, TypeVar
+
+import numpy as np
+from fastapi import HTTPException
+from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
+from typing_extensions import TypeAliasType
+
+from app.core.config import Settings
+from app.core.service import InferenceService
+
+#: A JSON tensor: numbers or strings, flat (row-major) or nested.
+TensorData = TypeAliasType("TensorData", "list[float] | list[str] | list[TensorData]")
+JsonTensor = Annotated[
+    TensorData,
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {},
+            "description": "tensor elements: numbers or strings, flat (row-major) or nested",
+        }
+    ),
+]
+M = TypeVar("M", bound=BaseModel)
+
+
+class ErrorBody(BaseModel):
+    """An error answer of both protocols."""
+
+    error: str = Field(examples=["no model named 'dog'; this service serves 'catdog'"])
+
+
+#: The error answers of the protocols' prediction routes, for the OpenAPI page.
+PROTOCOL_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "malformed request, or a tensor off the contract"},
+    404: {"model": ErrorBody, "description": "unknown model, or version not loaded"},
+    413: {"model": ErrorBody, "description": "body, image or image count over the limit"},
+    415: {"model": ErrorBody, "description": "not an image in an accepted format"},
+    422: {"model": ErrorBody, "description": "corrupt image"},
+    503: {"model": ErrorBody, "description": "too busy (see Retry-After) or not ready"},
+}
+
+
+def bad_request(message: str) -> HTTPException:
+    """400: the request is malformed for the protocol."""
+    return HTTPException(400, message)
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """Validate a JSON body as ``model``; 400 naming the first problems."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
+        ]
+        raise bad_request("invalid request: " + "; ".join(problems)) from None
+
+
+def check_model_name(service: InferenceService, name: str) -> None:
+    """404 unless ``name`` is the served model."""
+    served = service.settings.model_name
+    if name != served:
+        raise HTTPException(404, f"no model named {name!r}; this service serves {served!r}")
+
+
+def decode_b64(text: str, what: str) -> bytes:
+    """The bytes of a standard or URL-safe base64 string; 400 naming ``what`` otherwise."""
+    try:
+        if "-" in text or "_" in text:
+            return base64.b64decode(text, altchars=b"-_", validate=True)
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad_request(f"{what} is not valid base64: {exc}") from None
+
+
+def check_count(count: int, settings: Settings) -> None:
+    """400 for no image, 413 for more than ``max_files_per_request``."""
+    if count == 0:
+        raise bad_request("no images in the request")
+    if count > settings.max_files_per_request:
+        limit = settings.max_files_per_request
+        raise HTTPException(413, f"{count} images; at most {limit} per request")
+
+
+def check_images(files: list[bytes], settings: Settings) -> None:
+    """The limits of ``/predict/batch``: count, size of each file, no empty file."""
+    check_count(len(files), settings)
+    for position, data in enumerate(files):
+        if not data:
+            raise bad_request(f"image {position} is empty")
+        if len(data) > settings.max_upload_bytes:
+            raise HTTPException(
+                413,
+                f"image {position} exceeds the upload limit of {settings.max_upload_bytes} bytes",
+            )
+
+
+def as_pixels(data: TensorData, what: str) -> np.ndarray:
+    """A JSON tensor of numbers as a float32 array; 400 if ragged or not numbers."""
+    try:
+        return np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise bad_request(f"{what}: not a rectangular tensor of numbers ({exc})") from None
+
+
+def request_body(model: type[BaseModel], description: str) -> dict[str, object]:
+    """``openapi_extra`` documenting ``model`` as the JSON body of a route that reads its own."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": _inline(schema, definitions)}},
+        }
+    }
+
+
+def _inline(node: object, definitions: dict[str, object]) -> object:
+    """A JSON schema with every local ``$ref`` replaced by its definition (no recursion)."""
+    if isinstance(node, dict):
+        reference = node.get("$ref")
+        if isinstance(reference, str):
+            return _inline(definitions[reference.rsplit("/", 1)[-1]], definitions)
+        return {key: _inline(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(value, definitions) for value in node]
+    return node

@@ -1,0 +1,407 @@
+"""Open Inference Protocol v2 (REST): schemas and codec of ``app/api/routes/v2.py``.
+
+The model ``catdog`` has two inputs, of which a request gives exactly one:
+
+* ``image_bytes``, BYTES, shape ``[N]`` (or ``[N, 1]``): encoded image files (JPEG,
+  PNG, ...), decoded by the service's one preprocessing as for ``/predict``. In JSON
+  each element is the file in base64 (the input parameter ``content_type`` may say
+  ``"base64"``, MLServer's name for this; no other value is accepted). With the
+  binary tensor data extension each element is the file's raw bytes, preceded by its
+  length as 4 bytes little-endian (what tritonclient sends for a BYTES tensor).
+* ``images``, FP32, shape ``[N, H, W, 3]``: pixels already scaled per the contract
+  (``x/255``, in [0, 1]); JSON numbers (flat row-major, or nested), or little-endian
+  float32 with the binary extension. Shape and range are checked (400).
+
+The output ``probabilities`` is FP32 ``[N, C]`` in the contract's class order. It is
+sent as binary tensor data when the output's parameter ``binary_data`` (or, for
+outputs without it, the request's ``binary_data_output``) is true. The
+classification extension (output parameter ``classification: k``) turns it into
+BYTES ``[N, k]`` holding ``"score:index:label"``, highest score first.
+
+Binary tensor data extension: the body is the JSON request followed by the inputs'
+bytes in input order, ``Inference-Header-Content-Length`` gives the JSON's length and
+each binary input says its size in ``parameters.binary_data_size``. A binary answer
+is built the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from fastapi import Request, Response
+from pydantic import BaseModel, Field
+
+from app.api.protocols.common import (
+    JsonTensor,
+    TensorData,
+    as_pixels,
+    bad_request,
+    check_count,
+    check_images,
+    check_model_name,
+    decode_b64,
+    parse_body,
+)
+from app.core.admission import Upload
+from app.core.config import Settings
+from app.core.errors import ModelNotReadyError
+from app.core.service import Classification, InferenceService
+
+IMAGE_BYTES = "image_bytes"
+IMAGES = "images"
+PROBABILITIES = "probabilities"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ["binary_tensor_data", "classification"]
+Parameters = dict[str, bool | int | float | str]
+
+# ---------------------------------------------------------------- schemas
+
+
+class TensorMetadata(BaseModel):
+    """An input or output of a model: name, datatype and shape (-1: any size)."""
+
+    name: str = Field(examples=[IMAGE_BYTES])
+    datatype: str = Field(examples=["BYTES"])
+    shape: list[int] = Field(examples=[[-1]])
+
+
+class ServerMetadata(BaseModel):
+    """GET /v2."""
+
+    name: str = Field(examples=["catdog"])
+    version: str = Field(examples=["0.1.0"])
+    extensions: list[str] = Field(examples=[EXTENSIONS])
+
+
+class ServerLive(BaseModel):
+    """GET /v2/health/live."""
+
+    live: bool
+
+
+class ServerReady(BaseModel):
+    """GET /v2/health/ready."""
+
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    """GET /v2/models/{name}[/versions/{version}]/ready."""
+
+    name: str
+    ready: bool
+
+
+class ModelMetadata(BaseModel):
+    """GET /v2/models/{name}[/versions/{version}]."""
+
+    name: str = Field(examples=["catdog"])
+    versions: list[str] = Field(examples=[["2", "1"]], description="loaded, highest first")
+    platform: str = Field(examples=["litert"], description="the runtime: litert or tensorflow")
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class RequestInput(BaseModel):
+    """One input tensor of an inference request."""
+
+    name: str = Field(examples=[IMAGE_BYTES])
+    shape: list[int] = Field(examples=[[1]])
+    datatype: str = Field(examples=["BYTES"])
+    parameters: Parameters = Field(default_factory=dict, examples=[{"content_type": "base64"}])
+    data: JsonTensor | None = Field(None, examples=[["/9j/4AAQSkZJRgABAQ..."]])
+
+
+class RequestOutput(BaseModel):
+    """An output asked for, with ``binary_data`` and ``classification`` parameters."""
+
+    name: str = Field(examples=[PROBABILITIES])
+    parameters: Parameters = Field(default_factory=dict, examples=[{"classification": 2}])
+
+
+class InferRequest(BaseModel):
+    """POST /v2/models/{name}[/versions/{version}]/infer (the JSON part)."""
+
+    id: str | None = None
+    parameters: Parameters = Field(default_factory=dict, examples=[{"binary_data_output": False}])
+    inputs: Annotated[list[RequestInput], Field(min_length=1)]
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    """One output tensor of an answer: ``data`` in JSON, or ``binary_data_size`` bytes."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: Parameters | None = None
+    data: list[float] | list[str] | None = None
+
+
+class InferResponse(BaseModel):
+    """The answer of an inference request (the JSON part when binary data follows)."""
+
+    model_name: str = Field(examples=["catdog"])
+    model_version: str = Field(examples=["1"])
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+# ---------------------------------------------------------------- codec
+
+
+@dataclass(frozen=True)
+class EncodedImages:
+    """Image files to decode with the service's preprocessing."""
+
+    files: list[bytes]
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """A float32 batch [N, H, W, 3] the client preprocessed."""
+
+    array: np.ndarray
+
+
+@dataclass(frozen=True)
+class OutputChoice:
+    """How to answer: binary or JSON, probabilities or the top ``classes`` (0: off)."""
+
+    binary: bool
+    classes: int
+
+
+def server_metadata(version: str) -> ServerMetadata:
+    """The answer of GET /v2."""
+    return ServerMetadata(name="catdog", version=version, extensions=EXTENSIONS)
+
+
+def model_metadata(service: InferenceService, name: str, version: str | None) -> ModelMetadata:
+    """The answer of GET /v2/models/{name}[/versions/{version}]."""
+    check_model_name(service, name)
+    model = service.model_for(version)
+    height, width = model.contract.image_size
+    return ModelMetadata(
+        name=name,
+        versions=[m.version for m in service.registry.loaded],
+        platform=model.runtime_name,
+        inputs=[
+            TensorMetadata(name=IMAGE_BYTES, datatype="BYTES", shape=[-1]),
+            TensorMetadata(name=IMAGES, datatype="FP32", shape=[-1, height, width, 3]),
+        ],
+        outputs=[
+            TensorMetadata(
+                name=PROBABILITIES, datatype="FP32", shape=[-1, len(model.contract.class_names)]
+            )
+        ],
+    )
+
+
+def model_ready(service: InferenceService, name: str, version: str | None) -> ModelReady:
+    """Ready when the version is loaded and the service accepts work; else 404 or 503."""
+    check_model_name(service, name)
+    service.model_for(version)  # 404 if not loaded, 503 before the first load
+    if not service.ready:
+        raise ModelNotReadyError("the service is not accepting requests")
+    return ModelReady(name=name, ready=True)
+
+
+async def infer(
+    service: InferenceService,
+    name: str,
+    version: str | None,
+    request: Request,
+    upload: Upload | None,
+) -> Response:
+    """One inference request, from the body to the answer (see the module docstring)."""
+    check_model_name(service, name)
+    model = service.model_for(version)  # 404 before reading the body
+    infer_request, binary = read_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    output = output_choice(infer_request, len(model.contract.class_names))
+    given = model_input(infer_request, binary, service.settings)
+    if isinstance(given, EncodedImages):
+        results = await service.classify(given.files, upload=upload, version=version)
+    else:
+        results = await service.classify_tensor(given.array, version, upload)
+    return encode(infer_request, results, name, output)
+
+
+def read_request(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
+    """The JSON request and the binary tensor data after it (empty without the extension)."""
+    if header_length is None:
+        return parse_body(InferRequest, body), b""
+    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+        raise bad_request(
+            f"{HEADER_LENGTH}: {header_length!r} is not a length within the body "
+            f"of {len(body)} bytes"
+        )
+    split = int(header_length)
+    return parse_body(InferRequest, body[:split]), body[split:]
+
+
+def output_choice(request: InferRequest, class_count: int) -> OutputChoice:
+    """What the request asks of the output ``probabilities``."""
+    binary = request.parameters.get("binary_data_output", False)
+    if not isinstance(binary, bool):
+        raise bad_request("parameter binary_data_output must be true or false")
+    outputs = request.outputs or []
+    unknown = [o.name for o in outputs if o.name != PROBABILITIES]
+    if unknown or len(outputs) > 1:
+        raise bad_request(f"outputs {unknown or len(outputs)}: the only output is {PROBABILITIES}")
+    if not outputs:
+        return OutputChoice(binary, 0)
+    parameters = outputs[0].parameters
+    binary = parameters.get("binary_data", binary)
+    classes = parameters.get("classification", 0)
+    if not isinstance(binary, bool):
+        raise bad_request("output parameter binary_data must be true or false")
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
+        raise bad_request("output parameter classification must be a whole number >= 0")
+    return OutputChoice(binary, min(classes, class_count))
+
+
+def model_input(request: InferRequest, binary: bytes, settings: Settings) -> EncodedImages | Pixels:
+    """The request's one input, decoded from JSON or binary tensor data."""
+    if len(request.inputs) != 1:
+        raise bad_request(f"give exactly one input, {IMAGE_BYTES} or {IMAGES}")
+    tensor = request.inputs[0]
+    expected = {IMAGE_BYTES: "BYTES", IMAGES: "FP32"}.get(tensor.name)
+    if expected is None:
+        raise bad_request(f"unknown input {tensor.name!r}; inputs: {IMAGE_BYTES}, {IMAGES}")
+    if tensor.datatype != expected:
+        raise bad_request(f"input {tensor.name} is {expected}, not {tensor.datatype}")
+    if any(size < 0 for size in tensor.shape) or not tensor.shape:
+        raise bad_request(f"input {tensor.name}: shape {tensor.shape} is not a tensor's shape")
+    raw = _binary_part(tensor, binary)
+    if tensor.name == IMAGE_BYTES:
+        return EncodedImages(_image_files(tensor, raw, settings))
+    return Pixels(_pixels(tensor, raw, settings))
+
+
+def encode(
+    request: InferRequest, results: list[Classification], name: str, output: OutputChoice
+) -> Response:
+    """The answer: JSON, or JSON followed by binary tensor data."""
+    classes = list(results[0].probabilities)
+    table = np.array([[r.probabilities[c] for c in classes] for r in results], np.float32)
+    raw = b""
+    if output.classes:
+        strings = [_top_classes(row, classes, output.classes) for row in table]
+        tensor = ResponseOutput(
+            name=PROBABILITIES, datatype="BYTES", shape=[len(results), output.classes]
+        )
+        flat = [s for row in strings for s in row]
+        if output.binary:
+            raw = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in flat)
+        else:
+            tensor.data = flat
+    else:
+        tensor = ResponseOutput(name=PROBABILITIES, datatype="FP32", shape=list(table.shape))
+        if output.binary:
+            raw = table.astype("<f4").tobytes()
+        else:
+            tensor.data = [float(p) for p in table.ravel()]
+    if output.binary:
+        tensor.parameters = {"binary_data_size": len(raw)}
+    answer = InferResponse(
+        model_name=name, model_version=results[0].model_version, id=request.id, outputs=[tensor]
+    )
+    header = answer.model_dump_json(exclude_none=True).encode()
+    if not output.binary:
+        return Response(header, media_type="application/json")
+    return Response(
+        header + raw,
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+def _top_classes(row: np.ndarray, classes: list[str], count: int) -> list[str]:
+    order = sorted(range(len(classes)), key=lambda i: -row[i])[:count]
+    return [f"{float(row[i])}:{i}:{classes[i]}" for i in order]
+
+
+def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
+    """The input's binary tensor data (None: its data is in the JSON)."""
+    size = tensor.parameters.get("binary_data_size")
+    if size is None:
+        if binary:
+            raise bad_request(f"{len(binary)} bytes of binary data but no binary_data_size")
+        if tensor.data is None:
+            raise bad_request(f"input {tensor.name} has neither data nor binary_data_size")
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
+        raise bad_request(
+            f"input {tensor.name}: binary_data_size {size!r} but {len(binary)} bytes follow "
+            "the JSON"
+        )
+    if tensor.data is not None:
+        raise bad_request(f"input {tensor.name} has both data and binary_data_size")
+    return binary
+
+
+def _image_files(tensor: RequestInput, raw: bytes | None, settings: Settings) -> list[bytes]:
+    count = tensor.shape[0]
+    if tensor.shape not in ([count], [count, 1]):
+        raise bad_request(f"input {IMAGE_BYTES}: shape {tensor.shape}, expected [N] or [N, 1]")
+    check_count(count, settings)
+    content_type = tensor.parameters.get("content_type")
+    if content_type not in (None, "base64"):
+        raise bad_request(f"content_type {content_type!r}: image files are sent as base64")
+    if raw is None:
+        elements = _strings(tensor.data)
+        files = [decode_b64(e, f"{IMAGE_BYTES} element {i}") for i, e in enumerate(elements)]
+    else:
+        files = _deserialize_bytes(raw)
+        if content_type == "base64":
+            files = [decode_b64(f.decode("ascii", "replace"), IMAGE_BYTES) for f in files]
+    if len(files) != count:
+        raise bad_request(f"input {IMAGE_BYTES}: shape {tensor.shape} but {len(files)} elements")
+    check_images(files, settings)
+    return files
+
+
+def _strings(data: TensorData | None) -> list[str]:
+    flat: list[str] = []
+    for element in data or []:
+        if isinstance(element, list):
+            flat.extend(_strings(element))
+        elif isinstance(element, str):
+            flat.append(element)
+        else:
+            raise bad_request(f"input {IMAGE_BYTES}: elements must be base64 strings")
+    return flat
+
+
+def _deserialize_bytes(raw: bytes) -> list[bytes]:
+    """BYTES binary tensor data: each element is a 4-byte little-endian length, then bytes."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise bad_request(f"input {IMAGE_BYTES}: binary data ends inside a length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise bad_request(f"input {IMAGE_BYTES}: element of {length} bytes overruns the data")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return elements
+
+
+def _pixels(tensor: RequestInput, raw: bytes | None, settings: Settings) -> np.ndarray:
+    count = math.prod(tensor.shape)
+    check_count(tensor.shape[0], settings)
+    if raw is None:
+        array = as_pixels(tensor.data or [], f"input {IMAGES}")
+    else:
+        if len(raw) != 4 * count:
+            raise bad_request(f"input {IMAGES}: shape {tensor.shape} needs {4 * count} bytes")
+        array = np.frombuffer(raw, dtype="<f4")
+    if array.size != count:
+        raise bad_request(f"input {IMAGES}: shape {tensor.shape} but {array.size} elements")
+    return array.reshape(tensor.shape).astype(np.float32, copy=False)

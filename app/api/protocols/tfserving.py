@@ -1,0 +1,268 @@
+"""TensorFlow Serving's REST API: schemas and codec of ``app/api/routes/tfserving.py``.
+
+The signature ``serving_default`` has two inputs, of which a request gives one:
+
+* ``image_bytes`` (DT_STRING ``[-1]``): encoded image files as ``{"b64": "..."}``,
+  decoded by the service's one preprocessing as for ``/predict``;
+* ``images`` (DT_FLOAT ``[-1, H, W, 3]``): pixels already scaled per the contract
+  (``x/255``, in [0, 1]); shape and range are checked (400).
+
+``:predict`` takes them in the row form (``instances``: a list of ``{"b64": ...}``,
+of ``[H, W, 3]`` tensors, or of objects naming the input) or the columnar form
+(``inputs``: the list or tensor itself, or an object naming the input). It answers
+the one output ``probabilities`` ``[N, C]`` as ``predictions`` (rows) or
+``outputs`` (columnar). ``:classify`` takes ``examples`` each holding one image as
+``{"b64": ...}`` under any feature name (other features are ignored) and answers
+``[[label, score], ...]`` per example, in the contract's class order.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.protocols.common import (
+    JsonTensor,
+    TensorData,
+    as_pixels,
+    bad_request,
+    check_count,
+    check_images,
+    check_model_name,
+    decode_b64,
+    parse_body,
+)
+from app.core.admission import Upload
+from app.core.service import Classification, InferenceService
+
+SIGNATURE = "serving_default"
+IMAGE_BYTES = "image_bytes"
+IMAGES = "images"
+PROBABILITIES = "probabilities"
+
+# ---------------------------------------------------------------- schemas
+
+
+class B64(BaseModel):
+    """Binary data (an image file) in JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+    b64: str = Field(examples=["/9j/4AAQSkZJRgABAQ..."], description="standard base64")
+
+
+Value = B64 | JsonTensor
+Instance = B64 | JsonTensor | dict[str, Value]
+Feature = B64 | float | str | list[float] | list[str]
+
+
+class PredictRequest(BaseModel):
+    """POST /v1/models/{name}[/versions/{version}]:predict."""
+
+    signature_name: str | None = Field(None, examples=[SIGNATURE])
+    instances: list[Instance] | None = Field(None, examples=[[{"b64": "/9j/4AAQSkZJRgABAQ..."}]])
+    inputs: list[B64] | JsonTensor | dict[str, list[B64] | JsonTensor] | None = None
+
+
+class PredictResponse(BaseModel):
+    """``predictions`` for a row request, ``outputs`` for a columnar one: [N, C]."""
+
+    predictions: list[list[float]] | None = Field(None, examples=[[[0.97, 0.03]]])
+    outputs: list[list[float]] | None = None
+
+
+class ClassifyRequest(BaseModel):
+    """POST /v1/models/{name}[/versions/{version}]:classify."""
+
+    signature_name: str | None = None
+    context: dict[str, Feature] | None = None
+    examples: Annotated[list[dict[str, Feature]], Field(min_length=1)] = Field(
+        examples=[[{"image_bytes": {"b64": "/9j/4AAQSkZJRgABAQ..."}}]]
+    )
+
+
+class ClassifyResponse(BaseModel):
+    """Per example, ``[label, score]`` for every class, in the contract's order."""
+
+    result: list[list[tuple[str, float]]] = Field(examples=[[[["cat", 0.97], ["dog", 0.03]]]])
+
+
+class Dim(BaseModel):
+    """One dimension of a tensor shape; ``"-1"``: any size."""
+
+    size: str
+    name: str = ""
+
+
+class TensorShape(BaseModel):
+    """A TensorShapeProto."""
+
+    dim: list[Dim]
+    unknown_rank: bool = False
+
+
+class TensorInfo(BaseModel):
+    """An input or output of a signature."""
+
+    dtype: str
+    tensor_shape: TensorShape
+    name: str
+
+
+class SignatureDef(BaseModel):
+    """A signature: its inputs, outputs and method."""
+
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    method_name: str
+
+
+class SignatureDefMap(BaseModel):
+    """Signatures by name."""
+
+    signature_def: dict[str, SignatureDef]
+
+
+class ModelSpec(BaseModel):
+    """Which model and version answered."""
+
+    name: str
+    signature_name: str = ""
+    version: str
+
+
+class MetadataResponse(BaseModel):
+    """GET /v1/models/{name}[/versions/{version}]/metadata (GetModelMetadataResponse)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+    model_spec: ModelSpec
+    metadata: dict[str, SignatureDefMap]
+
+
+# ---------------------------------------------------------------- codec
+
+
+def metadata(service: InferenceService, name: str, version: str | None) -> MetadataResponse:
+    """The signature ``serving_default`` of a loaded version."""
+    check_model_name(service, name)
+    model = service.model_for(version)
+    height, width = model.contract.image_size
+
+    def tensor(dtype: str, sizes: list[int], tensor_name: str) -> TensorInfo:
+        shape = TensorShape(dim=[Dim(size=str(s)) for s in sizes])
+        return TensorInfo(dtype=dtype, tensor_shape=shape, name=tensor_name)
+
+    signature = SignatureDef(
+        inputs={
+            IMAGE_BYTES: tensor("DT_STRING", [-1], f"{SIGNATURE}_{IMAGE_BYTES}:0"),
+            IMAGES: tensor("DT_FLOAT", [-1, height, width, 3], f"{SIGNATURE}_{IMAGES}:0"),
+        },
+        outputs={
+            PROBABILITIES: tensor(
+                "DT_FLOAT", [-1, len(model.contract.class_names)], "StatefulPartitionedCall:0"
+            )
+        },
+        method_name="tensorflow/serving/predict",
+    )
+    return MetadataResponse(
+        model_spec=ModelSpec(name=name, version=model.version),
+        metadata={"signature_def": SignatureDefMap(signature_def={SIGNATURE: signature})},
+    )
+
+
+async def predict(
+    service: InferenceService, name: str, version: str | None, body: bytes, upload: Upload | None
+) -> PredictResponse:
+    """A ``:predict`` request, from the body to the answer."""
+    check_model_name(service, name)
+    service.model_for(version)  # 404 before parsing the body
+    request = parse_body(PredictRequest, body)
+    _check_signature(request.signature_name)
+    if (request.instances is None) == (request.inputs is None):
+        raise bad_request('give either "instances" (rows) or "inputs" (columnar)')
+    if request.instances is not None:
+        given = _from_rows(request.instances)
+    else:
+        given = _from_columns(request.inputs)
+    results = await _classify(service, given, version, upload)
+    table = [list(r.probabilities.values()) for r in results]
+    if request.instances is not None:
+        return PredictResponse(predictions=table)
+    return PredictResponse(outputs=table)
+
+
+async def classify(
+    service: InferenceService, name: str, version: str | None, body: bytes, upload: Upload | None
+) -> ClassifyResponse:
+    """A ``:classify`` request, from the body to the answer."""
+    check_model_name(service, name)
+    service.model_for(version)
+    request = parse_body(ClassifyRequest, body)
+    _check_signature(request.signature_name)
+    if any(isinstance(v, B64) for v in (request.context or {}).values()):
+        raise bad_request("context holds an image: put one image in each example")
+    images = []
+    for position, example in enumerate(request.examples):
+        found = [v for v in example.values() if isinstance(v, B64)]
+        if len(found) != 1:
+            raise bad_request(f"example {position}: give one image as {{'b64': ...}}")
+        images.append(found[0])
+    results = await _classify(service, images, version, upload)
+    return ClassifyResponse(result=[list(r.probabilities.items()) for r in results])
+
+
+def _check_signature(signature_name: str | None) -> None:
+    if signature_name not in (None, "", SIGNATURE):
+        raise bad_request(f"no signature {signature_name!r}; the only one is {SIGNATURE!r}")
+
+
+def _from_rows(
+    instances: list[B64 | TensorData | dict[str, B64 | TensorData]],
+) -> list[B64] | np.ndarray:
+    """Row form: images, tensors, or objects naming one input (all rows alike)."""
+    if all(isinstance(i, dict) for i in instances):
+        names = {key for i in instances if isinstance(i, dict) for key in i}
+        if len(names) != 1 or not names <= {IMAGE_BYTES, IMAGES}:
+            raise bad_request(
+                f"instances name {sorted(names)}; give one of {IMAGE_BYTES}, {IMAGES}"
+            )
+        [input_name] = names
+        instances = [i[input_name] for i in instances if isinstance(i, dict)]
+    if all(isinstance(i, B64) for i in instances):
+        return [i for i in instances if isinstance(i, B64)]
+    if all(isinstance(i, list) for i in instances):
+        return as_pixels([i for i in instances if isinstance(i, list)], "instances")
+    raise bad_request('instances must all be images {"b64": ...} or all be pixel tensors')
+
+
+def _from_columns(
+    inputs: list[B64] | TensorData | dict[str, list[B64] | TensorData] | None,
+) -> list[B64] | np.ndarray:
+    """Columnar form: the list of images or the tensor, or an object naming one input."""
+    if isinstance(inputs, dict):
+        if len(inputs) != 1 or not set(inputs) <= {IMAGE_BYTES, IMAGES}:
+            raise bad_request(f"inputs name {sorted(inputs)}; give one of {IMAGE_BYTES}, {IMAGES}")
+        [inputs] = inputs.values()
+    images = [i for i in inputs or [] if isinstance(i, B64)]
+    if images and len(images) == len(inputs or []):
+        return images
+    if images:
+        raise bad_request('inputs must all be images {"b64": ...} or be one pixel tensor')
+    return as_pixels(inputs or [], "inputs")
+
+
+async def _classify(
+    service: InferenceService,
+    given: list[B64] | np.ndarray,
+    version: str | None,
+    upload: Upload | None,
+) -> list[Classification]:
+    """Images through ``classify``, pixels through ``classify_tensor`` (same limits)."""
+    settings = service.settings
+    if isinstance(given, np.ndarray):
+        check_count(len(given) if given.ndim else 0, settings)
+        return await service.classify_tensor(given, version, upload)
+    files = [decode_b64(image.b64, f"image {i}") for i, image in enumerate(given)]
+    check_images(files, settings)
+    return await service.classify(files, upload=upload, version=version)

@@ -1,0 +1,105 @@
+"""Open Inference Protocol v2 (REST): health, metadata, readiness and inference.
+
+The conventions (inputs ``image_bytes`` and ``images``, base64 in JSON, the binary
+tensor data and classification extensions) are in ``app/api/protocols/oip.py`` and
+docs/protocols.md; errors are ``{"error": ...}`` (``app/api/protocols/errors.py``).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.api.deps import ServiceDep, UploadDep
+from app.api.protocols import oip
+from app.api.protocols.common import PROTOCOL_ERRORS, request_body
+
+router = APIRouter(tags=["open inference protocol v2"])
+ERRORS = PROTOCOL_ERRORS
+INFER_DOC = """Classify images: a BYTES input `image_bytes` holding encoded image files
+(base64 strings in JSON), or an FP32 input `images` [N, H, W, 3] already scaled to
+[0, 1]. Answers the FP32 output `probabilities` [N, C], or with the output parameter
+`classification: k` BYTES strings `"score:index:label"`.
+
+**Binary tensor data extension** (what tritonclient sends by default; OpenAPI cannot
+describe it): the body is the JSON request followed by the inputs' raw bytes, the
+header `Inference-Header-Content-Length` gives the length of the JSON, and each such
+input has the parameter `binary_data_size`. A BYTES element is its 4-byte
+little-endian length then the file; FP32 is little-endian float32, row-major. With
+`binary_data: true` on the output (or `binary_data_output: true` on the request) the
+answer is built the same way, with `Inference-Header-Content-Length` in its headers."""
+INFER_BODY = request_body(oip.InferRequest, "the JSON request (see the description)")
+
+
+@router.get("/v2", response_model=oip.ServerMetadata)
+async def server_metadata(request: Request) -> oip.ServerMetadata:
+    """Server name, version and protocol extensions."""
+    return oip.server_metadata(request.app.version)
+
+
+@router.get("/v2/health/live", response_model=oip.ServerLive)
+async def server_live() -> oip.ServerLive:
+    """Liveness: 200 while the process answers."""
+    return oip.ServerLive(live=True)
+
+
+@router.get("/v2/health/ready", response_model=oip.ServerReady, responses={503: {}})
+async def server_ready(service: ServiceDep) -> oip.ServerReady | JSONResponse:
+    """Readiness: 200 once a model is loaded and warmed up, 503 before and when stopping."""
+    if not service.ready:
+        return JSONResponse({"ready": False}, status_code=503)
+    return oip.ServerReady(ready=True)
+
+
+@router.get("/v2/models/{name}", response_model=oip.ModelMetadata, responses=ERRORS)
+async def model_metadata(name: str, service: ServiceDep) -> oip.ModelMetadata:
+    """Inputs, outputs, loaded versions and runtime of the model (highest version)."""
+    return oip.model_metadata(service, name, None)
+
+
+@router.get(
+    "/v2/models/{name}/versions/{version}", response_model=oip.ModelMetadata, responses=ERRORS
+)
+async def version_metadata(name: str, version: str, service: ServiceDep) -> oip.ModelMetadata:
+    """Inputs, outputs and runtime of one loaded version."""
+    return oip.model_metadata(service, name, version)
+
+
+@router.get("/v2/models/{name}/ready", response_model=oip.ModelReady, responses=ERRORS)
+async def model_ready(name: str, service: ServiceDep) -> oip.ModelReady:
+    """200 when the model is loaded and the service accepts requests."""
+    return oip.model_ready(service, name, None)
+
+
+@router.get(
+    "/v2/models/{name}/versions/{version}/ready", response_model=oip.ModelReady, responses=ERRORS
+)
+async def version_ready(name: str, version: str, service: ServiceDep) -> oip.ModelReady:
+    """200 when this version is loaded and the service accepts requests."""
+    return oip.model_ready(service, name, version)
+
+
+@router.post(
+    "/v2/models/{name}/infer",
+    response_model=oip.InferResponse,
+    responses=ERRORS,
+    description=INFER_DOC,
+    openapi_extra=INFER_BODY,
+)
+async def infer(name: str, request: Request, service: ServiceDep, upload: UploadDep) -> Response:
+    """Classify images or pixels with the highest loaded version."""
+    return await oip.infer(service, name, None, request, upload)
+
+
+@router.post(
+    "/v2/models/{name}/versions/{version}/infer",
+    response_model=oip.InferResponse,
+    responses=ERRORS,
+    description=INFER_DOC,
+    openapi_extra=INFER_BODY,
+)
+async def infer_version(
+    name: str, version: str, request: Request, service: ServiceDep, upload: UploadDep
+) -> Response:
+    """Classify images or pixels with one loaded version."""
+    return await oip.infer(service, name, version, request, upload)
