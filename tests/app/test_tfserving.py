@@ -1,0 +1,220 @@
+"""TF Serving's REST API with plain httpx against a real uvicorn process.
+
+Every form of ``:predict`` (rows and columns, images as ``{"b64": ...}`` or pixels)
+and ``:classify`` answers ``/predict``'s probabilities for the same image (<= 1e-6);
+``GET /v1/models/{name}`` is both TF Serving's status and this service's model info;
+versions answer by URL, unknown ones 404 in TF Serving's shape.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from bench.harness import Server, value
+from tests import images as test_images
+from tests.app.protocols import (
+    CLASSES,
+    TOLERANCE,
+    images,
+    pixels,
+    predicted,
+    protocol_server,
+    two_versions,
+)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("tfserving")
+    with protocol_server(two_versions(tiny_model_base, folder), folder / "server.log") as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+def b64(data: bytes) -> dict[str, str]:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def test_status_is_model_info_plus_model_version_status(http: httpx.Client) -> None:
+    response = http.get("/v1/models/catdog")
+    assert response.status_code == 200, response.text
+    info = response.json()
+    assert (info["name"], info["version"], info["class_names"]) == ("catdog", "2", ["cat", "dog"])
+    assert [s["version"] for s in info["model_version_status"]] == ["2", "1"]
+    for status in info["model_version_status"]:
+        assert status["state"] == "AVAILABLE"
+        assert status["status"] == {"error_code": "OK", "error_message": ""}
+    loaded = {v["version"]: v for v in info["loaded_versions"]}
+    assert set(loaded) == {"1", "2"}
+    assert (loaded["1"]["runtime"], loaded["2"]["runtime"]) == ("litert", "tensorflow")
+    assert all(v["memory_bytes"] > 0 for v in loaded.values())
+    assert info["memory_bytes"] == loaded["2"]["memory_bytes"]
+
+    one = http.get("/v1/models/catdog/versions/1").json()
+    assert one["version"] == "1" and one["architecture"] == "article-1"
+    assert [s["version"] for s in one["model_version_status"]] == ["1"]
+
+
+def test_memory_per_version_in_metrics(http: httpx.Client) -> None:
+    text = http.get("/metrics").text
+    for version in ("1", "2"):
+        assert value(text, "catdog_model_memory_bytes", version=version) > 0
+    assert value(text, "catdog_model_version", version="2") == 1
+
+
+def test_unknown_model_or_version_is_404_with_error(http: httpx.Client) -> None:
+    for path in (
+        "/v1/models/catdog/versions/3",
+        "/v1/models/catdog/versions/3/metadata",
+        "/v1/models/dog/metadata",
+    ):
+        response = http.get(path)
+        assert response.status_code == 404, (path, response.text)
+        body = response.json()
+        assert body["error"] and body["error"] == body["detail"], body
+    response = http.post("/v1/models/catdog/versions/3:predict", json={"instances": []})
+    assert response.status_code == 404
+    assert "no version '3'; loaded versions: 2, 1" in response.json()["error"]
+
+
+def test_metadata(http: httpx.Client) -> None:
+    metadata = http.get("/v1/models/catdog/metadata").json()
+    assert metadata["model_spec"] == {"name": "catdog", "signature_name": "", "version": "2"}
+    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    shapes = {
+        name: (info["dtype"], [int(d["size"]) for d in info["tensor_shape"]["dim"]])
+        for name, info in {**signature["inputs"], **signature["outputs"]}.items()
+    }
+    assert shapes == {
+        "image_bytes": ("DT_STRING", [-1]),
+        "images": ("DT_FLOAT", [-1, 32, 32, 3]),
+        "probabilities": ("DT_FLOAT", [-1, 2]),
+    }
+    assert http.get("/v1/models/catdog/versions/1/metadata").json()["model_spec"]["version"] == "1"
+
+
+def test_every_predict_form_equals_predict(http: httpx.Client, server: Server) -> None:
+    files = images(3)
+    expected = predicted(server.url, files)
+    tensor = pixels(files).tolist()
+    requests = {
+        "rows of b64": ({"instances": [b64(f) for f in files]}, "predictions"),
+        "rows naming the input": (
+            {"instances": [{"image_bytes": b64(f)} for f in files]},
+            "predictions",
+        ),
+        "rows of pixels": ({"instances": tensor}, "predictions"),
+        "columns of b64": ({"inputs": [b64(f) for f in files]}, "outputs"),
+        "columns naming the input": (
+            {"inputs": {"image_bytes": [b64(f) for f in files]}},
+            "outputs",
+        ),
+        "columns of pixels": (
+            {"inputs": {"images": tensor}, "signature_name": "serving_default"},
+            "outputs",
+        ),
+    }
+    for case, (body, key) in requests.items():
+        response = http.post("/v1/models/catdog:predict", json=body)
+        assert response.status_code == 200, (case, response.text)
+        assert list(response.json()) == [key], case
+        np.testing.assert_allclose(response.json()[key], expected, atol=TOLERANCE, err_msg=case)
+
+
+def test_classify_equals_predict(http: httpx.Client, server: Server) -> None:
+    files = images(2)
+    body = {"examples": [{"image_bytes": b64(f), "caption": "pet"} for f in files]}
+    response = http.post("/v1/models/catdog:classify", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()["result"]
+    for pairs, probabilities in zip(result, predicted(server.url, files)):
+        assert [label for label, _ in pairs] == list(CLASSES)
+        np.testing.assert_allclose([s for _, s in pairs], probabilities, atol=TOLERANCE)
+
+
+def test_explicit_version_equals_the_other_protocol(http: httpx.Client) -> None:
+    files = images(2)
+    rows = {"instances": [b64(f) for f in files]}
+    version_1 = http.post("/v1/models/catdog/versions/1:predict", json=rows).json()["predictions"]
+    latest = http.post("/v1/models/catdog:predict", json=rows).json()["predictions"]
+    assert np.abs(np.array(version_1) - np.array(latest)).max() > 1e-3
+    tensor = {"name": "image_bytes", "shape": [2], "datatype": "BYTES"}
+    tensor["data"] = [b64(f)["b64"] for f in files]
+    oip = http.post("/v2/models/catdog/versions/1/infer", json={"inputs": [tensor]}).json()
+    np.testing.assert_allclose(
+        np.reshape(oip["outputs"][0]["data"], (2, 2)), version_1, atol=TOLERANCE
+    )
+    classified = http.post(
+        "/v1/models/catdog/versions/1:classify",
+        json={"examples": [{"image": b64(f)} for f in files]},
+    ).json()["result"]
+    np.testing.assert_allclose([[s for _, s in r] for r in classified], version_1, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"instances": [{"b64": "!!"}]}, 400, "base64"),
+        ({"instances": [b64(test_images.text_bytes())]}, 415, "not a recognised"),
+        ({"instances": [], "inputs": []}, 400, "either"),
+        ({"instances": [b64(b"x"), [[[0.5, 0.5, 0.5]]]]}, 400, "all be"),
+        ({"instances": [{"pixels": [1.0]}]}, 400, "image_bytes"),
+        ({"inputs": {"images": [[[[2.0] * 3] * 32] * 32]}}, 400, "[0, 1]"),
+        ({"inputs": {"images": [[1.0, 2.0], [3.0]]}}, 400, "rectangular"),
+        ({"instances": [b64(b"\xff\xd8")] * 33}, 413, "at most 32"),
+        ({"signature_name": "other", "instances": [b64(b"x")]}, 400, "signature"),
+        ({"instances": "not a list"}, 400, "invalid request"),
+    ],
+    ids=[
+        "bad-base64",
+        "not-an-image",
+        "both-forms",
+        "mixed-rows",
+        "unknown-input",
+        "out-of-range",
+        "ragged",
+        "too-many",
+        "signature",
+        "malformed",
+    ],
+)
+def test_bad_predict_requests(http: httpx.Client, body: object, status: int, words: str) -> None:
+    response = http.post("/v1/models/catdog:predict", json=body)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"], response.json()
+
+
+def test_curl_form_content_type_is_read_as_json(http: httpx.Client) -> None:
+    """``curl -d`` sends application/x-www-form-urlencoded; TF Serving reads JSON anyway."""
+    body = httpx.Request("POST", "/", json={"instances": [b64(images(1)[0])]}).read()
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    response = http.post("/v1/models/catdog:predict", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+
+
+def test_classify_needs_one_image_per_example(http: httpx.Client) -> None:
+    response = http.post("/v1/models/catdog:classify", json={"examples": [{"caption": "x"}]})
+    assert response.status_code == 400 and "one image" in response.json()["error"]
+
+
+def test_openapi_documents_tf_serving(http: httpx.Client) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    assert "get" in paths["/v1/models/{name}/versions/{version}"]
+    assert "get" in paths["/v1/models/{name}/metadata"]
+    for verb in (":predict", ":classify"):
+        for path in (
+            f"/v1/models/{{name}}{verb}",
+            f"/v1/models/{{name}}/versions/{{version}}{verb}",
+        ):
+            assert "requestBody" in paths[path]["post"], path
