@@ -179,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         metrics = parse_metrics(httpx.get(f"{server.url}/metrics").text)
         runtime = [s.labels["runtime"] for s in metrics if s.name == "catdog_model_version"]
         report["environment"]["runtime"] = runtime[0] if runtime else None
+        info = httpx.get(f"{server.url}/v1/models/catdog").json()
+        report["loaded_versions"] = info.get("loaded_versions")
         model = "catdog"
         for clients in (int(c) for c in args.clients.split(",")):
             for protocol in PROTOCOLS:
@@ -202,6 +204,13 @@ def _mean_batch(metrics: Metrics) -> float | None:
     return round(total / count, 1) if count else None
 
 
+def _memory(versions: list[dict[str, Any]]) -> str:
+    return ", ".join(
+        f"{v['version']} on {v['runtime']}: {(v['memory_bytes'] or 0) / 2**20:.0f} MB"
+        for v in versions
+    )
+
+
 def render(report: dict[str, Any], args: argparse.Namespace) -> str:
     environment = report["environment"]
     lines = [
@@ -217,7 +226,8 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         f" sent in turn, closed loop, {args.warmup:g} s warm-up then {args.duration:g} s"
         f" measured per row, one run; load average at start {environment['loadavg_start']}."
         f" Mean batch over the run: {report.get('batch_size_mean')}; server peak RSS"
-        f" {report.get('peak_rss_mb')} MB.",
+        f" {report.get('peak_rss_mb')} MB; loaded versions and their memory (RSS growth at"
+        f" load): {_memory(report.get('loaded_versions') or [])}.",
         "",
     ]
     columns = [

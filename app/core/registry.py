@@ -161,7 +161,7 @@ class ModelRegistry:
         """The loaded ``version`` (None: the highest), else ``VersionNotFoundError``."""
         if version is None:
             return self.current
-        number = int(version) if version.isdigit() else None
+        number = int(version) if version.isascii() and version.isdigit() else None
         model = self._loaded.get(number) if number is not None else None
         if model is not None:
             return model

@@ -29,6 +29,13 @@ little-endian length then the file; FP32 is little-endian float32, row-major. Wi
 `binary_data: true` on the output (or `binary_data_output: true` on the request) the
 answer is built the same way, with `Inference-Header-Content-Length` in its headers."""
 INFER_BODY = request_body(oip.InferRequest, "the JSON request (see the description)")
+INFER_ERRORS = {
+    **ERRORS,
+    200: {
+        "description": "JSON, or with binary data JSON then bytes (see the description)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+}
 
 
 @router.get("/v2", response_model=oip.ServerMetadata)
@@ -82,7 +89,7 @@ async def version_ready(name: str, version: str, service: ServiceDep) -> oip.Mod
 @router.post(
     "/v2/models/{name}/infer",
     response_model=oip.InferResponse,
-    responses=ERRORS,
+    responses=INFER_ERRORS,
     description=INFER_DOC,
     openapi_extra=INFER_BODY,
 )
@@ -94,7 +101,7 @@ async def infer(name: str, request: Request, service: ServiceDep, upload: Upload
 @router.post(
     "/v2/models/{name}/versions/{version}/infer",
     response_model=oip.InferResponse,
-    responses=ERRORS,
+    responses=INFER_ERRORS,
     description=INFER_DOC,
     openapi_extra=INFER_BODY,
 )
