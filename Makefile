@@ -28,9 +28,8 @@ test: install  ## lint, then run every test
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-serve: install  ## serve the bundled model on :8000
-	CATDOG_MODEL_DIR=$(MODEL_DIR) $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) \
-		--timeout-graceful-shutdown 30
+serve: install  ## serve the bundled model on :8000 (python -m app: the hardened launcher)
+	CATDOG_MODEL_DIR=$(MODEL_DIR) $(BIN)/python -m app --host $(HOST) --port $(PORT)
 
 clean:  ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

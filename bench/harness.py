@@ -48,7 +48,7 @@ STOP_GRACE = 30.0  # seconds between SIGTERM and SIGKILL
 
 def server_command(port: int, *, access_log: bool = False) -> list[str]:
     """The command that starts the service on ``127.0.0.1:port`` (run from the repository root)."""
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "app", "--host", "127.0.0.1"]
     return command + ["--port", str(port)] + ([] if access_log else ["--no-access-log"])
 
 

@@ -1,8 +1,10 @@
 #!/bin/sh
 # One uvicorn process per container: batching happens inside it, and several
-# processes on one GPU would each grab its memory. SIGTERM (docker stop) makes
-# uvicorn stop accepting, finish in-flight requests (up to the grace period),
-# then run the app's shutdown, which drains the batch queue.
+# processes on one GPU would each grab its memory. `python -m app` (app/server.py)
+# runs uvicorn with bounded headers, header/body timeouts and a connection cap
+# (CATDOG_* settings). SIGTERM (docker stop) makes it stop accepting, finish
+# in-flight requests (up to the grace period; then they get a JSON 503), then run
+# the app's shutdown, which drains the batch queue.
 set -e
-exec uvicorn app.main:app --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
+exec python -m app --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
     --timeout-graceful-shutdown "${GRACEFUL_SHUTDOWN_S:-25}" --no-access-log "$@"

@@ -2,13 +2,24 @@
 
 The gate runs before an upload is read: it refuses a body over its limit (from
 Content-Length, or mid-stream while counting), refuses with 503 when no image
-would be admitted (a crowd of retrying clients then costs little: refused uploads
-are never parsed), and opens the request's ``Upload`` so the batcher knows it is
-on its way; the route hands it to ``InferenceService.classify``.
+would be admitted (refused uploads are never parsed, and the 503 is held for
+``busy_hold_s`` so that a client retrying at once cannot spin: a crowd of them
+costs a few refusals a second each instead of thousands), and opens the
+request's ``Upload`` so the batcher knows it is on its way; the route hands it to
+``InferenceService.classify``. Once the body has been read it watches for the
+client to leave (ASGI ``http.disconnect``) and then cancels the request wherever
+it is: a decode not yet started is dropped, a queued image's future is
+cancelled (the batcher skips it), its room is released at once; it counts as 499.
+
+The metrics middleware counts every request by route and status, and answers a
+request the server cut off before its answer started (uvicorn's graceful-shutdown
+timeout cancels it) with a JSON 503 instead of uvicorn's text/plain 500.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from fastapi import HTTPException
@@ -23,8 +34,11 @@ from app.core.config import Settings
 from app.core.errors import QueueFullError
 from app.core.service import InferenceService
 
+log = logging.getLogger("catdog")
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
 ROUTE_KEY = "catdog.route"  # route label for answers sent before routing
+LEFT_KEY = "catdog.client_left"  # scope key: the client left before its answer (499)
+CLIENT_LEFT = 499
 
 
 class BodyTooLarge(HTTPException):
@@ -75,6 +89,7 @@ class PredictionGateMiddleware:
         try:
             service.refuse_if_full()
         except QueueFullError as exc:
+            await asyncio.sleep(service.settings.busy_hold_s)  # a retry at once can't spin
             response = await queue_full(Request(scope), exc)
             await response(scope, receive, send)
             return
@@ -91,11 +106,56 @@ class PredictionGateMiddleware:
 
         with service.uploading() as upload:
             scope[UPLOAD_KEY] = upload
-            await self.app(scope, counting_receive, send)
+            await call_until_client_leaves(self.app, scope, counting_receive, send)
+
+
+async def call_until_client_leaves(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Run ``app``; once it has read the whole body, cancel it if the client disconnects.
+
+    After the body, only a watcher task calls ``receive`` (its next message is
+    ``http.disconnect``: the client left, or the answer was sent); a later call by
+    the app gets that same message.
+    """
+    watcher: asyncio.Task[Message] | None = None
+    answered = False
+
+    async def watch() -> Message:
+        message = await receive()
+        if message["type"] == "http.disconnect" and not answered:
+            scope[LEFT_KEY] = True
+            task.cancel()
+        return message
+
+    async def app_receive() -> Message:
+        nonlocal watcher
+        if watcher is not None:
+            return await asyncio.shield(watcher)
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            watcher = asyncio.ensure_future(watch())
+        return message
+
+    async def app_send(message: Message) -> None:
+        nonlocal answered
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered = True
+        await send(message)
+
+    task = asyncio.ensure_future(app(scope, app_receive, app_send))
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not (scope.get(LEFT_KEY) and task.cancelled()):
+            raise  # this request itself is cancelled (shutdown), not dropped for its client
+    finally:
+        if watcher is not None:
+            watcher.cancel()
 
 
 class MetricsMiddleware:
-    """Count requests by route template and status; time them."""
+    """Count requests by route template and status; time them; answer a cut-off one in JSON."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -105,7 +165,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         metrics = scope["app"].state.service.metrics
-        status = 500
+        status: int | None = None  # of the answer, once it started
         started = time.perf_counter()
 
         async def recording_send(message: Message) -> None:
@@ -116,7 +176,21 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, recording_send)
+        except asyncio.CancelledError:
+            if status is not None:
+                raise
+            # Cut off by the server (uvicorn's graceful-shutdown timeout) before its answer
+            # started: uvicorn would send a text/plain 500. The task ends here either way.
+            log.warning("cut off at shutdown: %s %s", scope["method"], scope["path"])
+            response = JSONResponse(
+                {"detail": "server shutting down: the request was cut off; retry"},
+                status_code=503,
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
+            await response(scope, receive, recording_send)
         finally:
+            if status is None:  # nothing sent: the client had left, or the app failed
+                status = CLIENT_LEFT if scope.get(LEFT_KEY) else 500
             route = getattr(scope.get("route"), "path", None) or scope.get(ROUTE_KEY, "unmatched")
             metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
             metrics.latency.labels(route=route).observe(time.perf_counter() - started)

@@ -1,0 +1,367 @@
+"""The hardened launcher: ``python -m app`` serves ``app.main:app`` with bounds on every client.
+
+uvicorn's own command line bounds nothing that a client sends before the app sees
+a request: with httptools, header bytes are buffered without limit (and their
+cost grows with the square of their size), a client may send its headers or its
+body one byte a minute for ever, and any number of such connections stay open.
+This launcher runs uvicorn (``uvicorn.Server``) with the httptools parser in
+:class:`GuardedProtocol`, which adds, from the settings (``CATDOG_*``):
+
+* **header bounds**: request line plus headers at most ``max_header_bytes``,
+  counted while they arrive (so a huge header is refused after that many bytes,
+  not parsed), and at most ``max_header_count`` headers: 431;
+* **header timeout**: once a request's first byte arrived (or the connection
+  opened), its line and headers must be complete within ``header_timeout_s``:
+  408 and closed (a connection that sent nothing is closed without a word);
+* **body timeout**: while a request body arrives (read by the app, or being
+  discarded after an early answer), a pause of ``body_timeout_s`` with nothing
+  received: 408 and closed. Time when the app is not reading (flow control has
+  paused the socket) is not the client's and does not count;
+* **connection cap**: past ``max_connections`` open connections, a new one
+  closes the longest-waiting connection that is not being answered (idle
+  keep-alive, or still sending headers: the latter gets a 503 first); if every
+  connection is being answered, the newcomer's request gets a 503;
+* **graceful shutdown**: after SIGTERM, requests in flight get
+  ``graceful_shutdown_s`` (``--timeout-graceful-shutdown``); then they are cut
+  off, and a request whose answer had not started gets a JSON 503
+  (``app.api.middleware.MetricsMiddleware``).
+
+Every answer this layer gives itself is JSON ``{"detail": ...}`` with
+``Connection: close``; a request the body timeout cut off is counted as 408 in
+``/metrics`` (the app sees its client leave).
+
+Why httptools and not h11: h11 bounds header bytes by itself, but parses a
+request in ~150 µs of Python against ~4 µs for httptools; under overload every
+refused request is parsed too (``bench/results/overload.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import resource
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app.api.errors import TIMED_OUT_KEY
+from app.core.config import Settings
+
+log = logging.getLogger("catdog.server")
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app cannot start
+SPARE_FILES = 256  # descriptors beyond the connection cap: model files, logs, pipes
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold, from the settings."""
+
+    max_connections: int
+    max_header_bytes: int
+    max_header_count: int
+    header_timeout_s: float
+    body_timeout_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits ``settings`` name."""
+        return cls(
+            settings.max_connections,
+            settings.max_header_bytes,
+            settings.max_header_count,
+            settings.header_timeout_s,
+            settings.body_timeout_s,
+        )
+
+
+class _HeaderLimit(Exception):
+    """Raised inside a parser callback to stop parsing a request over a header bound."""
+
+
+def json_answer(status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    """A whole HTTP/1.1 answer ``{"detail": detail}`` that closes the connection."""
+    body = json.dumps({"detail": detail}).encode()
+    lines = [STATUS_LINE[status]]
+    for name, value in [
+        *headers,
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]:
+        lines += [name, b": ", value, b"\r\n"]
+    return b"".join([*lines, b"\r\n", body])
+
+
+async def too_many_connections(scope: Any, receive: Any, send: Any) -> None:
+    """The ASGI answer to a request on a connection past the cap (every other one busy)."""
+    body = json.dumps({"detail": "too many connections; retry shortly"}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header bounds, timeouts and a connection cap."""
+
+    limits: ClassVar[Limits]  # set on the subclass :func:`protocol_for` makes
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served_app = self.app
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._in_headers = False  # a request's first byte arrived, its headers are not complete
+        self._header_bytes = 0  # bytes received while its headers were incomplete
+        self._header_size = 0  # its URL, header names and values so far
+        self._header_count = 0
+        self._refusal: tuple[int, str] | None = None  # why the parser was stopped
+        self._last_body = 0.0  # loop time of the latest body bytes
+        self._waiting_since = 0.0  # loop time it became idle or started a request
+        self._over_cap = False
+
+    # ------------------------------------------------------------ connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._waiting_since = self.loop.time()
+        self._header_timer = self.loop.call_later(
+            self.limits.header_timeout_s, self._header_timed_out
+        )
+        if len(self.connections) > self.limits.max_connections:
+            self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_headers and not self.transport.is_closing():
+            self._header_bytes += len(data)  # headers still incomplete after this chunk
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._refuse_headers(f"request headers exceed {self.limits.max_header_bytes} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        """The parser stopped: malformed, or over a header bound (JSON, not uvicorn's text)."""
+        status, detail = self._refusal or (400, f"malformed HTTP request: {msg}")
+        self._answer(status, detail)
+
+    # ------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = self._header_size = self._header_count = 0
+        self._waiting_since = self.loop.time()
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(
+                self.limits.header_timeout_s, self._header_timed_out
+            )
+
+    def on_url(self, url: bytes) -> None:
+        self._header_size += len(url)
+        self._check_header_size()
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._header_size += len(name) + len(value) + 4
+        self._check_header_size()
+        if self._header_count > self.limits.max_header_count:
+            self._refusal = (431, f"more than {self.limits.max_header_count} request headers")
+            raise _HeaderLimit
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self._last_body = self.loop.time()
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_check)
+        self.app = too_many_connections if self._over_cap else self._served_app
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._last_body = self.loop.time()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    # ------------------------------------------------------------ bounds and timeouts
+
+    def _check_header_size(self) -> None:
+        if self._header_size > self.limits.max_header_bytes:
+            self._refusal = (431, f"request headers exceed {self.limits.max_header_bytes} bytes")
+            raise _HeaderLimit
+
+    def _refuse_headers(self, detail: str) -> None:
+        self._refusal = (431, detail)
+        self.send_400_response(detail)
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_headers:
+            timeout = self.limits.header_timeout_s
+            self._answer(408, f"request headers not received within {timeout:g} s")
+        elif self.cycle is None or self.cycle.response_complete:
+            self.transport.close()  # opened, nothing sent: closed without a word
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        timeout = self.limits.body_timeout_s
+        now = self.loop.time()
+        if self.flow.read_paused:  # the app is not reading: not the client's pause
+            self._last_body = now
+        remaining = self._last_body + timeout - now
+        if remaining > 0:
+            self._body_timer = self.loop.call_later(remaining, self._body_check)
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_started:
+            self.transport.close()  # answered already (an early 413 or 503): stop discarding
+            return
+        cycle.scope[TIMED_OUT_KEY] = True  # type: ignore[literal-required]
+        cycle.disconnected = True  # the app sees its client leave; its answer is dropped
+        cycle.message_event.set()
+        self._answer(408, f"request body not received in time: nothing for {timeout:g} s")
+
+    def _answer(self, status: int, detail: str) -> None:
+        """Write a JSON answer and close (the client's unsent bytes are not waited for)."""
+        if not self.transport.is_closing():
+            default = self.server_state.default_headers
+            self.transport.write(json_answer(status, detail, default))
+            self.transport.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
+
+    # ------------------------------------------------------------ the connection cap
+
+    def _waiting(self) -> bool:
+        """Open and not being answered: idle between requests, or still sending headers."""
+        idle = self.cycle is None or self.cycle.response_complete
+        return idle and not self.pipeline and not self.transport.is_closing()
+
+    def _make_room(self) -> None:
+        waiting = [
+            c
+            for c in self.connections
+            if c is not self and isinstance(c, GuardedProtocol) and c._waiting()
+        ]
+        if not waiting:
+            self._over_cap = True  # everyone is being answered: this one is refused
+            log.warning("%d connections, all busy: refusing a new one", len(self.connections))
+            return
+        oldest = min(waiting, key=lambda c: c._waiting_since)
+        if oldest._in_headers:
+            oldest._answer(503, "too many connections: this one was waiting the longest")
+        else:
+            oldest.transport.close()
+
+
+def protocol_for(settings: Settings) -> type[GuardedProtocol]:
+    """A :class:`GuardedProtocol` subclass holding the limits ``settings`` name."""
+    return type("CatdogProtocol", (GuardedProtocol,), {"limits": Limits.from_settings(settings)})
+
+
+def raise_file_limit(wanted: int) -> int:
+    """Raise this process's open-file limit towards ``wanted`` (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def build_config(
+    app: FastAPI,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    access_log: bool = True,
+    graceful_shutdown_s: float | None = None,
+    log_level: str | None = None,
+) -> uvicorn.Config:
+    """The uvicorn configuration that serves ``app`` with the guarded protocol."""
+    settings: Settings = app.state.service.settings
+    grace = settings.graceful_shutdown_s if graceful_shutdown_s is None else graceful_shutdown_s
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol_for(settings),
+        ws="none",  # no WebSocket routes: an upgrade is a plain request
+        lifespan="on",
+        access_log=access_log,
+        log_level=log_level,
+        timeout_graceful_shutdown=grace,  # type: ignore[arg-type]
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Where to listen and how to log; every other knob is a ``CATDOG_*`` setting."""
+    p = argparse.ArgumentParser(prog="python -m app", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--timeout-graceful-shutdown",
+        type=float,
+        default=None,
+        help="seconds for requests in flight after SIGTERM (default CATDOG_GRACEFUL_SHUTDOWN_S)",
+    )
+    p.add_argument("--no-access-log", action="store_true", help="no line per request")
+    p.add_argument("--log-level", default=None, help="uvicorn's: debug, info, warning, ...")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; exit 3 if the app cannot start (as uvicorn does)."""
+    args = parse_args(argv)
+    from app.main import app  # the app of ``uvicorn app.main:app``, settings from CATDOG_*
+
+    config = build_config(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=not args.no_access_log,
+        graceful_shutdown_s=args.timeout_graceful_shutdown,
+        log_level=args.log_level,
+    )
+    settings: Settings = app.state.service.settings
+    files = raise_file_limit(settings.max_connections + SPARE_FILES)
+    if files < settings.max_connections + SPARE_FILES:
+        log.warning(
+            "open-file limit %d: fewer than CATDOG_MAX_CONNECTIONS=%d connections fit",
+            files,
+            settings.max_connections,
+        )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)

@@ -1,0 +1,412 @@
+"""Goodput under overload: many keep-alive connections that retry a refusal at once, or later.
+
+``python -m bench.overload`` starts the service (``bench.harness``, the command
+every test and benchmark uses), then for each connection count and each client
+kind runs that many connections, each posting 480x320 photos (multipart
+``/predict``) one after another on one keep-alive connection:
+
+* ``retry``: a 503 is retried at once (what wrk, or a naive client, does);
+* ``honour``: after a 503 the connection sleeps the ``Retry-After`` seconds.
+
+The client is a lean asyncio one (requests pre-encoded, responses parsed from the
+status line and ``Content-Length``), so that thousands of refusals a second do
+not make the load generator the bottleneck. By default it runs on the first core
+and the server on the others (``--no-pin`` shares them).
+
+With ``--slowloris N`` it first measures a probe: ``--probes`` photos posted one
+after another on one connection, alone and then while N other connections send
+their headers one line a second and never finish them (reconnecting whenever the
+server closes one, as an attacker would): p50 / p99 / max of the probe, and how
+many slow connections the server closed.
+
+Per row: successful answers per second (200s completed in the window), p50 / p99
+of the successful requests' latency (one attempt: request written to answer read),
+p99 of the whole journey of a success (from the first attempt of that photo,
+refusals and waits included), refusals (503) per second, other statuses,
+transport errors (resets, closed connections) and the CPU the server and this
+client used, in cores.
+
+Usage::
+
+    .venv/bin/python -m bench.overload --model-dir models/catdog \\
+        --connections 64,256,512 --duration 10 --out bench/results/overload.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.harness import (
+    CACHE,
+    Server,
+    describe_exit,
+    loadavg,
+    new_report,
+    slug,
+    table,
+    uvicorn_server,
+)
+from bench.serve_images import cached_variant, sample_photos
+
+KINDS = ("retry", "honour")
+BOUNDARY = "catdog-overload-boundary"
+CONNECT_TIMEOUT = 30.0
+
+
+def encode_request(photo: bytes, name: str) -> bytes:
+    """One ``POST /predict`` with ``photo`` as multipart field ``file``, ready to write."""
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + photo
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+@dataclass
+class Window:
+    """What the connections saw between ``start`` and ``end`` (perf_counter seconds)."""
+
+    start: float
+    end: float
+    ok_latency: list[float] = field(default_factory=list)
+    journey: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+
+    def inside(self, t: float) -> bool:
+        """Whether an answer at ``t`` counts."""
+        return self.start <= t < self.end
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """Status and (lower-cased) headers of one response; its body is read and dropped."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    if length:
+        await reader.readexactly(length)
+    return status, headers
+
+
+async def connection(
+    port: int, requests: list[bytes], kind: str, window: Window, seed: int
+) -> None:
+    """One client connection until the window ends (reconnecting after errors)."""
+    rng = random.Random(seed)
+    writer: asyncio.StreamWriter | None = None
+    first_try: float | None = None
+    request = rng.choice(requests)
+    while time.perf_counter() < window.end:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), CONNECT_TIMEOUT
+                )
+            sent = time.perf_counter()
+            first_try = first_try or sent
+            writer.write(request)
+            status, headers = await read_response(reader)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as e:
+            done = time.perf_counter()
+            if window.inside(done):
+                window.errors[type(e).__name__] += 1
+            if writer is not None:
+                writer.close()
+                writer = None
+            await asyncio.sleep(0.01)  # a refused connect would otherwise spin
+            continue
+        done = time.perf_counter()
+        if window.inside(done):
+            window.statuses[status] += 1
+            if status == 200:
+                window.ok_latency.append(done - sent)
+                window.journey.append(done - first_try)
+        if status != 503:
+            first_try = None
+            request = rng.choice(requests)
+        elif kind == "honour":
+            await asyncio.sleep(float(headers.get("retry-after", "1")))
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+            writer = None
+    if writer is not None:
+        writer.close()
+
+
+async def slow_client(port: int, index: int, end: float, closed: Counter) -> None:
+    """One slowloris connection: a header line a second, never finished; reconnects."""
+    while time.perf_counter() < end:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            line = 0
+            while time.perf_counter() < end:
+                await asyncio.sleep(1.0)
+                if reader.at_eof():
+                    raise ConnectionResetError("closed by the server")
+                writer.write(f"X-Slow-{index}-{line}: 1\r\n".encode())
+                await writer.drain()
+                line += 1
+        except (OSError, asyncio.IncompleteReadError):
+            closed["closed"] += 1
+            await asyncio.sleep(0.1)
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+async def probe(port: int, requests: list[bytes], count: int) -> dict[str, Any]:
+    """``count`` requests one after another on one connection: latency of the 200s, in ms."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    latencies, statuses = [], Counter()
+    for i in range(count):
+        sent = time.perf_counter()
+        writer.write(requests[i % len(requests)])
+        status, _ = await read_response(reader)
+        statuses[status] += 1
+        if status == 200:
+            latencies.append((time.perf_counter() - sent) * 1000)
+    writer.close()
+    ms = np.array(latencies)
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
+        "max_ms": round(float(ms.max()), 1) if len(ms) else None,
+        "statuses": dict(statuses),
+    }
+
+
+async def run_slowloris(server: Server, requests: list[bytes], args: argparse.Namespace) -> list:
+    """The probe alone, then beside ``--slowloris`` slow connections."""
+    rows = [{"slow": 0, **await probe(server.port, requests, args.probes)}]
+    closed: Counter = Counter()
+    end = time.perf_counter() + 3600
+    slow = [
+        asyncio.create_task(slow_client(server.port, i, end, closed)) for i in range(args.slowloris)
+    ]
+    await asyncio.sleep(args.warmup + 2)  # every slow connection open and dripping
+    rows.append({"slow": args.slowloris, **await probe(server.port, requests, args.probes)})
+    for task in slow:
+        task.cancel()
+    await asyncio.gather(*slow, return_exceptions=True)
+    rows[-1]["closed_by_server"] = closed["closed"]
+    await asyncio.sleep(args.settle)
+    return rows
+
+
+def cpu_cores(server: Server, before: tuple[float, float, float]) -> tuple[float, float]:
+    """Server and client CPU used since ``before`` (wall, server, client seconds), in cores."""
+    wall = time.perf_counter() - before[0]
+    server_s = (server.cpu_seconds() or 0.0) - before[1]
+    client_s = time.process_time() - before[2]
+    return round(server_s / wall, 2), round(client_s / wall, 2)
+
+
+async def run_row(
+    server: Server, requests: list[bytes], connections: int, kind: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One connection count and client kind: warm-up, then the measured window."""
+    now = time.perf_counter()
+    window = Window(now + args.warmup, now + args.warmup + args.duration)
+    tasks = [
+        asyncio.create_task(connection(server.port, requests, kind, window, seed))
+        for seed in range(connections)
+    ]
+    await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
+    before = (time.perf_counter(), server.cpu_seconds() or 0.0, time.process_time())
+    await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
+    server_cores, client_cores = cpu_cores(server, before)
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(args.settle)  # let held and queued requests finish
+    ok = np.array(window.ok_latency) * 1000
+    journey = np.array(window.journey) * 1000
+    pct = lambda a, q: round(float(np.percentile(a, q)), 1) if len(a) else None  # noqa: E731
+    others = {s: n for s, n in window.statuses.items() if s not in (200, 503)}
+    return {
+        "connections": connections,
+        "kind": kind,
+        "ok_per_s": round(window.statuses[200] / args.duration, 1),
+        "p50_ms": pct(ok, 50),
+        "p99_ms": pct(ok, 99),
+        "journey_p99_ms": pct(journey, 99),
+        "refused_per_s": round(window.statuses[503] / args.duration, 1),
+        "other": sum(others.values()),
+        "other_statuses": others,
+        "errors": sum(window.errors.values()),
+        "error_kinds": dict(window.errors),
+        "server_cores": server_cores,
+        "client_cores": client_cores,
+    }
+
+
+def load_requests(args: argparse.Namespace) -> list[bytes]:
+    """``--n-images`` 480x320 photos (cached in ``bench/.cache/images``), as requests."""
+    photos = sample_photos(args.images, args.n_images, args.seed)
+    return [
+        encode_request(cached_variant(p, "480x320", args.seed + i), p.name)
+        for i, p in enumerate(photos)
+    ]
+
+
+def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(client cores, server cores): the first allowed core, and the rest."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if not pin or len(allowed) < 2:
+        return None, None
+    return {allowed[0]}, set(allowed[1:])
+
+
+def render(report: dict[str, Any]) -> str:
+    """The markdown report."""
+    env = report["environment"]
+    columns = [
+        ("connections", "connections"),
+        ("client", "kind"),
+        ("200/s", "ok_per_s"),
+        ("p50 ms", "p50_ms"),
+        ("p99 ms", "p99_ms"),
+        ("journey p99 ms", "journey_p99_ms"),
+        ("503/s", "refused_per_s"),
+        ("other", "other"),
+        ("errors", "errors"),
+        ("server CPU cores", "server_cores"),
+        ("client CPU cores", "client_cores"),
+    ]
+    lines = [
+        "# Goodput under overload",
+        "",
+        "```",
+        report["command"],
+        "```",
+        "",
+        f"{report['started']}; {env['cpus']} CPUs ({env['pinning']}); load average at start "
+        f"{env['loadavg_start']}, at end {env['loadavg_end']}; {report['warmup']} s warm-up, then "
+        f"{report['duration']} s per row; {report['n_requests']} different 480x320 photos "
+        f"({report['mean_kb']} KB mean); server stopped with {report['server_exit']}.",
+        "",
+        "`retry`: a 503 is retried at once; `honour`: the connection sleeps `Retry-After` "
+        "first. p50/p99: one successful attempt; journey: from a photo's first attempt to its "
+        "200. See `bench/overload.py`.",
+        "",
+        *table(report["rows"], columns, text=("kind",)),
+    ]
+    if report.get("slowloris"):
+        probe_columns = [
+            ("slow connections", "slow"),
+            ("probe p50 ms", "p50_ms"),
+            ("probe p99 ms", "p99_ms"),
+            ("probe max ms", "max_ms"),
+            ("probe statuses", "statuses"),
+            ("slow ones closed by the server", "closed_by_server"),
+        ]
+        lines += [
+            "",
+            f"Slowloris: {report['probes']} photos posted one after another, alone and beside "
+            "connections that send a header line a second and never finish (reconnecting when "
+            "closed):",
+            "",
+            *table(report["slowloris"], probe_columns, text=("statuses",)),
+        ]
+    if report.get("note"):
+        lines += ["", report["note"]]
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """Every row against one server."""
+    requests = load_requests(args)
+    report["n_requests"] = len(requests)
+    report["mean_kb"] = round(sum(map(len, requests)) / len(requests) / 1024, 1)
+    client_cpus, server_cpus = split_cpus(not args.no_pin)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
+    env = dict(item.split("=", 1) for item in args.server_env)
+    log = CACHE / "logs" / f"overload-{slug(args.model_dir)}.log"
+    with uvicorn_server(args.model_dir, log, cpus=server_cpus, env=env) as server:
+        if args.slowloris:
+            report["slowloris"] = await run_slowloris(server, requests, args)
+            print(report["slowloris"], flush=True)
+        for connections in args.connections:
+            for kind in args.kinds:
+                row = await run_row(server, requests, connections, kind, args)
+                print(row, flush=True)
+                report["rows"].append(row)
+    report["server_exit"] = describe_exit(server.process.returncode)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__.split("\n")[0])
+    p.add_argument("--model-dir", type=Path, default=Path("models/catdog"))
+    p.add_argument("--connections", default="64,256,512", help="e.g. 64,256,512")
+    p.add_argument("--kinds", default=",".join(KINDS), help="retry,honour")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per row")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before")
+    p.add_argument("--settle", type=float, default=2.0, help="pause between rows, s")
+    p.add_argument("--images", type=Path, default=Path("data/split/test"))
+    p.add_argument("--n-images", type=int, default=50, help="photos (480x320 versions)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-pin", action="store_true", help="client and server share every core")
+    p.add_argument("--server-env", action="append", default=[], help="KEY=VALUE, repeatable")
+    p.add_argument("--slowloris", type=int, default=0, help="slow connections beside a probe")
+    p.add_argument("--probes", type=int, default=40, help="probe requests (with --slowloris)")
+    p.add_argument("--note", default="", help="a line added under the table")
+    p.add_argument("--out", type=Path, default=Path("bench/results/overload.md"))
+    args = p.parse_args(argv)
+    args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
+    args.kinds = [k for k in args.kinds.split(",") if k.strip()]
+    unknown = set(args.kinds) - set(KINDS)
+    if unknown:
+        p.error(f"unknown client kinds {sorted(unknown)}; choose from {KINDS}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the benchmark and write the report."""
+    from bench.harness import write_report
+
+    args = parse_args(argv)
+    pinning = "not pinned" if args.no_pin else "client on the first core, server on the others"
+    report = new_report("bench.overload", sys.argv[1:] if argv is None else argv, pinning=pinning)
+    report.update(
+        rows=[], warmup=args.warmup, duration=args.duration, note=args.note, probes=args.probes
+    )
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(run(args, report))
+    report["environment"]["loadavg_end"] = loadavg()
+    write_report(report, render(report), args.out)
+
+
+if __name__ == "__main__":
+    main()

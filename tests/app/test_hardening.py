@@ -1,0 +1,549 @@
+"""Issue 12: bounded headers, slow clients cut off, shutdown with a stalled upload, odd
+multipart bodies, clients that leave, refusals that cannot spin.
+
+The protocol-level limits (header size and count, header and body timeouts, the
+connection cap, the graceful shutdown) are checked on a real process started the
+way every documented command starts it (``bench.harness.server_command``, the
+image's entrypoint, ``make serve``); the rest in-process. No test asserts a speed:
+bounds on time are generous (``ANSWER``), speed figures live in ``bench/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.core import batcher as batcher_module
+from app.core import service as service_module
+from bench.harness import (
+    ROOT,
+    Server,
+    free_port,
+    server_env,
+    start_uvicorn,
+    stop,
+    uvicorn_server,
+    value,
+    wait_ready,
+)
+from tests.app.helpers import (
+    HTTP_TIMEOUT,
+    good_image,
+    metrics_text,
+    multipart_chunks,
+    serve,
+    settings_for,
+    upload,
+)
+
+ANSWER = 20.0  # seconds: a generous bound for something the server must do "at once"
+HEADER_TIMEOUT = 3.0
+BODY_TIMEOUT = 3.0
+CAP = 12
+BOUNDARY = "catdog-hardening"
+
+
+# ---------------------------------------------------------------- raw HTTP on a real server
+
+
+class Answer:
+    """One HTTP response read off a socket."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def detail(self) -> str:
+        """The JSON ``detail`` (asserting the answer is JSON)."""
+        assert self.headers.get("content-type") == "application/json", (self.headers, self.body)
+        return json.loads(self.body)["detail"]
+
+
+async def read_answer(reader: asyncio.StreamReader, head: bytes | None = None) -> Answer:
+    """Status line, headers (``head`` if already read) and a Content-Length body."""
+    head = head or await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, text = line.partition(":")
+        if name:
+            headers[name.strip().lower()] = text.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return Answer(int(lines[0].split()[1]), headers, body)
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    """Whether the server closed the connection (EOF or reset) within ``ANSWER``."""
+    try:
+        return await asyncio.wait_for(reader.read(65536), ANSWER) == b""
+    except (ConnectionError, TimeoutError):
+        return False
+
+
+def multipart_head(content_length: int, path: str = "/predict") -> bytes:
+    """Request line and headers of a multipart POST."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {content_length}\r\n\r\n"
+    ).encode()
+
+
+@pytest.fixture(scope="module")
+def hardened(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service with short header and body timeouts and a small connection cap."""
+    log = tmp_path_factory.mktemp("hardened") / "server.log"
+    with uvicorn_server(
+        tiny_model_base,
+        log,
+        header_timeout_s=HEADER_TIMEOUT,
+        body_timeout_s=BODY_TIMEOUT,
+        max_connections=CAP,
+    ) as server:
+        yield server
+
+
+async def connect(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to ``server``."""
+    return await asyncio.open_connection("127.0.0.1", server.port)
+
+
+async def assert_serving(server: Server) -> None:
+    """A normal prediction is still answered."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=HTTP_TIMEOUT) as client:
+        response = await client.post("/predict", files=upload(good_image()))
+    assert response.status_code == 200, response.text
+
+
+# ---------------------------------------------------------------- item 3: header size and count
+
+
+async def test_oversized_headers_get_431_before_they_end(hardened: Server) -> None:
+    """Header bytes are bounded while they arrive: the answer comes long before 256 KB."""
+    reader, writer = await connect(hardened)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: ")
+    head = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    sent = 0
+    for _ in range(16):  # 16 x 16 KB: eight times the default bound
+        try:
+            writer.write(b"a" * 16384)
+            await writer.drain()
+        except ConnectionError:
+            break
+        sent += 16384
+        done, _ = await asyncio.wait({head}, timeout=1.0 if sent > 32768 else 0.05)
+        if done:
+            break
+    else:  # a server without a bound: finish the request and see what it says
+        writer.write(b"\r\n\r\n")
+    answer = await asyncio.wait_for(read_answer(reader, await head), ANSWER)
+    assert answer.status == 431, (answer.status, answer.body)
+    assert "header" in answer.detail()
+    assert sent < 256 * 1024
+    writer.close()
+    await assert_serving(hardened)
+
+
+async def test_too_many_headers_get_431(hardened: Server) -> None:
+    reader, writer = await connect(hardened)
+    many = "".join(f"X-Header-{i}: {i}\r\n" for i in range(300))  # ~5 KB: under the byte bound
+    writer.write(f"GET /healthz HTTP/1.1\r\nHost: test\r\n{many}\r\n".encode())
+    answer = await asyncio.wait_for(read_answer(reader), ANSWER)
+    assert answer.status == 431, (answer.status, answer.body)
+    assert "headers" in answer.detail()
+    assert await closed(reader)
+    writer.close()
+
+
+async def test_a_malformed_request_gets_json(hardened: Server) -> None:
+    reader, writer = await connect(hardened)
+    writer.write(b"NOT HTTP AT ALL\x00\r\n\r\n")
+    answer = await asyncio.wait_for(read_answer(reader), ANSWER)
+    assert answer.status == 400
+    assert answer.detail()
+    writer.close()
+
+
+# ---------------------------------------------------------------- item 4: slow clients, the cap
+
+
+async def test_headers_sent_too_slowly_are_cut_off(hardened: Server) -> None:
+    """A slowloris client: one header line every 0.3 s never finishes; 408 and closed."""
+    reader, writer = await connect(hardened)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+
+    async def drip() -> None:
+        with_errors_ignored = (ConnectionError, RuntimeError)
+        for i in range(int(ANSWER / 0.3)):
+            await asyncio.sleep(0.3)
+            try:
+                writer.write(f"X-Drip-{i}: 1\r\n".encode())
+                await writer.drain()
+            except with_errors_ignored:
+                return
+
+    dripping = asyncio.create_task(drip())
+    started = time.monotonic()
+    try:
+        answer = await asyncio.wait_for(read_answer(reader), ANSWER)
+    finally:
+        dripping.cancel()
+    assert answer.status == 408, (answer.status, answer.body)
+    assert "header" in answer.detail()
+    assert time.monotonic() - started >= HEADER_TIMEOUT * 0.9
+    assert await closed(reader)
+    writer.close()
+
+
+async def test_a_connection_that_sends_nothing_is_closed(hardened: Server) -> None:
+    reader, writer = await connect(hardened)
+    assert await closed(reader)
+    writer.close()
+
+
+async def test_a_body_shorter_than_its_content_length_is_cut_off(hardened: Server) -> None:
+    reader, writer = await connect(hardened)
+    writer.write(multipart_head(100_000) + b"--" + BOUNDARY.encode() + b"\r\n" + b"x" * 1000)
+    answer = await asyncio.wait_for(read_answer(reader), ANSWER)
+    assert answer.status == 408, (answer.status, answer.body)
+    assert "body" in answer.detail()
+    assert await closed(reader)
+    writer.close()
+    await assert_serving(hardened)
+    async with httpx.AsyncClient(base_url=hardened.url, timeout=HTTP_TIMEOUT) as client:
+        text = await metrics_text(client)
+    assert value(text, "catdog_requests_total", route="/predict", status="408") >= 1
+    assert value(text, "catdog_images_in_flight") == 0
+
+
+async def test_past_the_connection_cap_the_longest_waiting_is_closed(hardened: Server) -> None:
+    """CAP + 3 connections each start a request: the first three are closed with a 503."""
+    conns = []
+    for _ in range(CAP + 3):
+        reader, writer = await connect(hardened)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")  # headers started, never finished
+        await writer.drain()
+        conns.append((reader, writer))
+        await asyncio.sleep(0.02)  # keep the order of arrival
+    try:
+        for reader, _ in conns[:3]:
+            answer = await asyncio.wait_for(read_answer(reader), ANSWER)
+            assert answer.status == 503, (answer.status, answer.body)
+            assert "connections" in answer.detail()
+        # A normal client still gets through (it evicts the next longest-waiting one).
+        async with httpx.AsyncClient(base_url=hardened.url, timeout=HTTP_TIMEOUT) as client:
+            response = await client.get("/healthz")
+        assert response.status_code == 200, response.text
+    finally:
+        for _, writer in conns:
+            writer.close()
+
+
+# ---------------------------------------------------------------- item 5: shutdown
+
+
+def _python_bin() -> str:
+    return str(Path(sys.executable).parent)
+
+
+def _launch_entrypoint(model: Path, port: int, log: Path, env: dict[str, str]) -> Server:
+    env = {**env, "HOST": "127.0.0.1", "PORT": str(port), "GRACEFUL_SHUTDOWN_S": "2"}
+    env["PATH"] = f"{_python_bin()}:{env.get('PATH', '')}"
+    return _popen(["sh", str(ROOT / "docker" / "entrypoint.sh")], env, port, log)
+
+
+def _launch_make(model: Path, port: int, log: Path, env: dict[str, str]) -> Server:
+    """The command ``make serve`` runs (``make -n``: no install step is executed)."""
+    printed = subprocess.run(
+        ["make", "-s", "-n", "serve", "HOST=127.0.0.1", f"PORT={port}", f"MODEL_DIR={model}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    [line] = [ln for ln in printed.splitlines() if "--port" in ln]
+    words = shlex.split(line.replace("\\\n", " "))
+    while "=" in words[0] and not words[0].startswith("-"):  # leading VAR=value words
+        name, _, val = words.pop(0).partition("=")
+        env[name] = val
+    return _popen(words, env, port, log)
+
+
+def _launch_harness(model: Path, port: int, log: Path, env: dict[str, str]) -> Server:
+    return start_uvicorn(model, log, env=env)
+
+
+def _popen(command: list[str], env: dict[str, str], port: int, log: Path) -> Server:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return Server(process, port, log)
+
+
+LAUNCHERS: dict[str, Callable[[Path, int, Path, dict[str, str]], Server]] = {
+    "bench.harness.server_command": _launch_harness,
+    "docker/entrypoint.sh": _launch_entrypoint,
+    "make serve": _launch_make,
+}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+async def test_shutdown_with_a_stalled_upload_ends_in_its_grace_period(
+    tiny_model_base: Path, tmp_path: Path, launcher: str
+) -> None:
+    """A 2 s grace period; the upload stalls (its body timeout far away); the client gets JSON."""
+    env = server_env(tiny_model_base, body_timeout_s=300, graceful_shutdown_s=2)
+    server = LAUNCHERS[launcher](tiny_model_base, free_port(), tmp_path / "server.log", env)
+    try:
+        wait_ready(server)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(multipart_head(100_000) + b"--" + BOUNDARY.encode() + b"\r\n" + b"x" * 1000)
+        await writer.drain()
+        async with httpx.AsyncClient(base_url=server.url, timeout=HTTP_TIMEOUT) as client:
+            assert (await client.get("/healthz")).status_code == 200
+        await asyncio.sleep(0.5)  # the stalled request is inside the app by now
+        server.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        answer = await asyncio.wait_for(read_answer(reader), ANSWER)
+        code = await asyncio.to_thread(server.process.wait, ANSWER)
+        took = time.monotonic() - started
+        writer.close()
+    finally:
+        stop(server, grace=5)
+    assert answer.status == 503, (answer.status, answer.body, server.log_tail())
+    assert "shutting down" in answer.detail()
+    assert code in (0, -signal.SIGTERM), server.log_tail()
+    assert took < 2 + ANSWER / 2, server.log_tail()
+
+
+# ---------------------------------------------------------------- item 6: multipart, leaving
+
+
+def multipart_body(*parts: tuple[str, str, bytes], closing: bool = True) -> bytes:
+    """A multipart body of (field, filename, data) parts."""
+    out = b""
+    for field, filename, data in parts:
+        out += (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; '
+                f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+            ).encode()
+            + data
+            + b"\r\n"
+        )
+    return out + (f"--{BOUNDARY}--\r\n".encode() if closing else b"")
+
+
+HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+async def test_a_body_without_its_closing_boundary_is_400(client: httpx.AsyncClient) -> None:
+    body = multipart_body(("file", "cat.jpg", good_image()), closing=False)
+    response = await client.post("/predict", content=body, headers=HEADERS)
+    assert response.status_code == 400, response.text
+    assert "closing boundary" in response.json()["detail"]
+
+
+async def test_two_file_fields_in_predict_are_refused(client: httpx.AsyncClient) -> None:
+    body = multipart_body(("file", "a.jpg", good_image(1)), ("file", "b.jpg", good_image(2)))
+    response = await client.post("/predict", content=body, headers=HEADERS)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert "one" in detail and "/predict/batch" in detail
+
+
+async def test_an_oversized_batch_part_is_refused_while_it_streams(tiny_model_base: Path) -> None:
+    """One 40 MB part of /predict/batch (within the body limit): 413 after ~1 MB is read."""
+    limit = 1_000_000
+    total = 40_000_000
+    sent: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in multipart_chunks(BOUNDARY, "files", "huge.jpg", total, chunk=256 * 1024):
+            sent.append(len(piece))
+            yield piece
+
+    settings = settings_for(tiny_model_base, max_upload_bytes=limit)
+    async with serve(settings) as (_, client):
+        response = await client.post("/predict/batch", content=body(), headers=HEADERS)
+        assert response.status_code == 413, response.text
+        assert "huge.jpg" in response.json()["detail"]
+        assert sum(sent) < 2 * limit
+        response = await client.post("/predict", files=upload(good_image()))
+        assert response.status_code == 200, response.text
+
+
+def _scope(path: str = "/predict") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"test"),
+            (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
+        ],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+
+
+class LeavingClient:
+    """Drives the app directly: sends one upload, then disconnects when told to."""
+
+    def __init__(self, app: Any, data: bytes) -> None:
+        self.messages = [{"type": "http.request", "body": multipart_body(("file", "a.jpg", data))}]
+        self.leave = asyncio.Event()
+        self.sent: list[dict[str, Any]] = []
+        self.task = asyncio.create_task(app(_scope(), self.receive, self.send))
+
+    async def receive(self) -> dict[str, Any]:
+        if self.messages:
+            return self.messages.pop(0)
+        await self.leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + ANSWER
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_client_that_left_is_not_decoded(
+    tiny_model_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting for a decoder when its client leaves: room released at once, never decoded."""
+    decoded: list[int] = []
+    real = service_module.preprocess
+
+    def counting(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(len(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(service_module, "preprocess", counting)
+    async with serve(settings_for(tiny_model_base, decode_workers=1)) as (app, client):
+        service = app.state.service
+        blocked = threading.Event()
+        service._decoders.submit(blocked.wait, ANSWER * 2)  # the only decoder is busy
+        try:
+            leaving = LeavingClient(app, good_image())
+            await until(lambda: service.admission.in_flight == 1, "admission")
+            leaving.leave.set()
+            await until(lambda: service.admission.in_flight == 0, "the room to be released")
+        finally:
+            blocked.set()
+        await asyncio.wait_for(leaving.task, ANSWER)
+        assert decoded == []
+        response = await client.post("/predict", files=upload(good_image()))
+        assert response.status_code == 200, response.text
+        assert len(decoded) == 1
+        text = await metrics_text(client)
+        assert value(text, "catdog_requests_total", route="/predict", status="499") == 1
+
+
+async def test_a_client_that_left_is_not_run_through_the_model(
+    tiny_model_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued behind a model call when its client leaves: its future is dropped, not run."""
+    calls: list[int] = []
+    entered = threading.Event()
+    release = threading.Event()
+    real = batcher_module._stack_and_infer
+
+    def blocking(model: Any, images: list[Any]) -> Any:
+        calls.append(len(images))
+        if len(calls) == 1:
+            entered.set()
+            release.wait(ANSWER * 2)
+        return real(model, images)
+
+    monkeypatch.setattr(batcher_module, "_stack_and_infer", blocking)
+    async with serve(settings_for(tiny_model_base, max_batch_size=1)) as (app, client):
+        service = app.state.service
+        try:
+            first = asyncio.create_task(client.post("/predict", files=upload(good_image(1))))
+            await until(entered.is_set, "the first model call")
+            leaving = LeavingClient(app, good_image(2))
+            await until(lambda: service.batcher._queue.qsize() == 1, "the second to be queued")
+            leaving.leave.set()
+            await until(lambda: service.admission.in_flight == 1, "the room to be released")
+        finally:
+            release.set()
+        assert (await asyncio.wait_for(first, ANSWER)).status_code == 200
+        await asyncio.wait_for(leaving.task, ANSWER)
+        response = await client.post("/predict", files=upload(good_image(3)))
+        assert response.status_code == 200, response.text
+        assert calls == [1, 1]  # the first and the third request; never the one that left
+
+
+async def test_the_schema_says_a_file_has_at_least_one_byte(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+
+    def body_schema(path: str) -> dict[str, Any]:
+        schema = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]
+        schema = schema["schema"]
+        if "$ref" in schema:
+            schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        return schema
+
+    assert body_schema("/predict")["properties"]["file"]["minLength"] == 1
+    files = body_schema("/predict/batch")["properties"]["files"]
+    assert files["items"]["minLength"] == 1
+    assert files["minItems"] == 1
+
+
+# ---------------------------------------------------------------- item 7: refusals cannot spin
+
+
+async def test_a_refusal_is_held_so_a_retrying_client_cannot_spin(tiny_model_base: Path) -> None:
+    hold = 0.4
+    settings = settings_for(
+        tiny_model_base, max_images_in_flight=1, max_files_per_request=1, busy_hold_s=hold
+    )
+    async with serve(settings) as (app, client):
+        with app.state.service.admission.admit(1):
+            started = time.monotonic()
+            response = await client.post("/predict", files=upload(good_image()))
+            took = time.monotonic() - started
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "1"
+        assert took >= hold * 0.9  # held (a lower bound: sleeping is never shorter)
+        response = await client.post("/predict", files=upload(good_image()))
+        assert response.status_code == 200, response.text
+
+
+def test_every_documented_start_runs_the_hardened_launcher() -> None:
+    """make serve, the image's entrypoint and the harness all run ``python -m app``."""
+    from bench.harness import server_command
+
+    assert server_command(8000)[1:3] == ["-m", "app"]
+    assert "-m app " in (ROOT / "docker" / "entrypoint.sh").read_text()
+    printed = subprocess.run(
+        ["make", "-s", "-n", "serve"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "-m app " in printed
+    assert os.path.basename(sys.executable)  # the harness runs this interpreter
