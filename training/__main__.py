@@ -83,6 +83,8 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     from training.robustness import TRANSFORMS, format_table, run_suite, save_results
 
     results = {}
+    for path in args.include or []:  # earlier runs' robustness.json, shown first
+        results.update(json.loads(Path(path).read_text()))
     for model in args.model:
         name = Path(model).name
         label = f"v{name}" if name.isdigit() else Path(model).stem
@@ -232,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/robustness", help="folder for robustness.json/.md")
     p.add_argument("--transform", action="append", help="only these (repeatable); default all")
     p.add_argument("--limit", type=int, help="use about this many photos, evenly spread")
+    p.add_argument(
+        "--include", action="append", help="an earlier robustness.json to show alongside"
+    )
     p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser(
