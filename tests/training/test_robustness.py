@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,31 @@ def test_limit_spreads_over_both_classes(tiny_model_base: Path, make_split: Make
     results = run_suite(tiny_model_base / "1", split / "test", ["original"], limit=4)
     assert results["original"]["count"] == 4
     assert all(c["count"] == 2 for c in results["original"]["per_class"].values())
+
+
+def test_cli_writes_the_table_and_includes_earlier_results(
+    tiny_model_base: Path, make_split: MakeSplit, tmp_path: Path
+) -> None:
+    from training.__main__ import main
+
+    split = make_split(per_split=2)
+    first = ["--data", str(split / "test"), "--transform", "original"]
+    assert (
+        main(
+            [
+                "robustness",
+                "--model",
+                str(tiny_model_base / "1"),
+                *first,
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
+    earlier = json.loads((tmp_path / "a" / "robustness.json").read_text())
+    (tmp_path / "old.json").write_text(json.dumps({"old": earlier["v1"]}))
+    args = ["--model", str(tiny_model_base / "1"), *first, "--out", str(tmp_path / "b")]
+    assert main(["robustness", *args, "--include", str(tmp_path / "old.json")]) == 0
+    table = (tmp_path / "b" / "robustness.md").read_text()
+    assert table.splitlines()[0].startswith("| transform | old all | old cat | old dog | v1 all")
