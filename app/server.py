@@ -21,6 +21,12 @@ This launcher runs uvicorn (``uvicorn.Server``) with the httptools parser in
   closes the longest-waiting connection that is not being answered (idle
   keep-alive, or still sending headers: the latter gets a 503 first); if every
   connection is being answered, the newcomer's request gets a 503;
+* **refusal before the app**: a prediction request (a path ``body_limit``
+  knows) arriving while no image would be admitted is answered here, without
+  the ASGI stack: its 503 is held ``busy_hold_s`` (so a client that retries at
+  once cannot spin) and its body is discarded unread. It is counted in
+  ``/metrics`` as the app would count it. The app's own gate refuses the same
+  way for anything that gets past this check (``uvicorn app.main:app``, tests);
 * **graceful shutdown**: after SIGTERM, requests in flight get
   ``graceful_shutdown_s`` (``--timeout-graceful-shutdown``); then they are cut
   off, and a request whose answer had not started gets a JSON 503
@@ -46,13 +52,19 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
+import httptools
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.api.errors import TIMED_OUT_KEY
+from app.api.middleware import body_limit
+from app.api.protocols.errors import error_body, error_shape
 from app.core.config import Settings
+from app.core.errors import QueueFullError
+from app.core.service import InferenceService
 
 log = logging.getLogger("catdog.server")
 STARTUP_FAILURE = 3  # uvicorn's exit code when the app cannot start
@@ -112,10 +124,43 @@ async def too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class HeldRefusal:
+    """The ASGI answer to a prediction request that would not be admitted: a held 503."""
+
+    def __init__(self, service: InferenceService, reason: QueueFullError) -> None:
+        self.service = service
+        self.reason = reason
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        settings = self.service.settings
+        started = self.loop_time()
+        await asyncio.sleep(settings.busy_hold_s)  # the body is discarded by the protocol
+        message = f"server busy: {self.reason}; retry shortly"
+        shape = error_shape(scope["path"])
+        body = json.dumps(error_body(message, shape) if shape else {"detail": message}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(settings.retry_after_s).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        metrics = self.service.metrics
+        metrics.requests.labels(route=scope["path"], method="POST", status="503").inc()
+        metrics.latency.labels(route=scope["path"]).observe(self.loop_time() - started)
+
+    @staticmethod
+    def loop_time() -> float:
+        """The running loop's clock."""
+        return asyncio.get_running_loop().time()
+
+
 class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header bounds, timeouts and a connection cap."""
+    """uvicorn's httptools protocol with header bounds, timeouts, a connection cap and
+    early refusal of prediction requests that would not be admitted."""
 
     limits: ClassVar[Limits]  # set on the subclass :func:`protocol_for` makes
+    service: ClassVar[InferenceService]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -192,8 +237,21 @@ class GuardedProtocol(HttpToolsProtocol):
         self._last_body = self.loop.time()
         if self._body_timer is None:
             self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_check)
-        self.app = too_many_connections if self._over_cap else self._served_app
+        self.app = self._app_for_request()
         super().on_headers_complete()
+
+    def _app_for_request(self) -> Any:
+        """The app, or a cheap refusal: past the connection cap, or a prediction when full."""
+        if self._over_cap:
+            return too_many_connections
+        if self.parser.get_method() == b"POST" and not self.service.has_room():
+            path = httptools.parse_url(self.url).path.decode("latin-1")
+            if body_limit(self.service.settings, unquote(path)) is not None:
+                try:
+                    self.service.refuse_if_full()  # counts the rejection
+                except QueueFullError as exc:
+                    return HeldRefusal(self.service, exc)
+        return self._served_app
 
     def on_body(self, body: bytes) -> None:
         self._last_body = self.loop.time()
@@ -284,9 +342,10 @@ class GuardedProtocol(HttpToolsProtocol):
             oldest.transport.close()
 
 
-def protocol_for(settings: Settings) -> type[GuardedProtocol]:
-    """A :class:`GuardedProtocol` subclass holding the limits ``settings`` name."""
-    return type("CatdogProtocol", (GuardedProtocol,), {"limits": Limits.from_settings(settings)})
+def protocol_for(service: InferenceService) -> type[GuardedProtocol]:
+    """A :class:`GuardedProtocol` subclass for ``service``, with the limits its settings name."""
+    limits = Limits.from_settings(service.settings)
+    return type("CatdogProtocol", (GuardedProtocol,), {"limits": limits, "service": service})
 
 
 def raise_file_limit(wanted: int) -> int:
@@ -315,7 +374,7 @@ def build_config(
         app,
         host=host,
         port=port,
-        http=protocol_for(settings),
+        http=protocol_for(app.state.service),
         ws="none",  # no WebSocket routes: an upgrade is a plain request
         lifespan="on",
         access_log=access_log,
