@@ -106,9 +106,18 @@ def request_bodies(protocol: str, photos: list[bytes], model: str) -> list[Body]
 
 
 async def closed_loop(
+    url: str, bodies: list[Body], start: int, seconds: float, window: Window
+) -> None:
+    """One client on its own connection: send, wait, repeat for ``seconds``; record the
+    answers that end within them (one pool per client: httpx's shared pool slows down
+    with many connections, which would cap the load instead of the server)."""
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        await _send_until(client, bodies, start, time.perf_counter() + seconds, window)
+
+
+async def _send_until(
     client: httpx.AsyncClient, bodies: list[Body], start: int, until: float, window: Window
 ) -> None:
-    """One client: send, wait, repeat until ``until``; record answers ending before it."""
     turn = start
     while time.perf_counter() < until:
         path, content, headers = bodies[turn % len(bodies)]
@@ -132,17 +141,11 @@ async def run_window(
     url: str, protocol: str, bodies: list[Body], clients: int, warmup: float, duration: float
 ) -> Window:
     """A warm-up, then one measured window of ``clients`` closed-loop clients."""
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        for seconds, window in ((warmup, None), (duration, Window(protocol, clients, duration))):
-            record = window or Window(protocol, clients, seconds)
-            until = time.perf_counter() + seconds
-            await asyncio.gather(
-                *(closed_loop(client, bodies, i, until, record) for i in range(clients))
-            )
-            if window is not None:
-                return window
-    raise AssertionError("unreachable")
+    warm = Window(protocol, clients, warmup)
+    await asyncio.gather(*(closed_loop(url, bodies, i, warmup, warm) for i in range(clients)))
+    window = Window(protocol, clients, duration)
+    await asyncio.gather(*(closed_loop(url, bodies, i, duration, window) for i in range(clients)))
+    return window
 
 
 def load_photos(folder: Path, count: int) -> list[bytes]:
