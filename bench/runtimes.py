@@ -132,7 +132,7 @@ def _timings(infer: Any, photos: np.ndarray) -> dict[str, float]:
     batch32 = _median_ms(lambda: infer(photos), 3) / len(photos)
     batch32_cpu = 1000 * (time.process_time() - cpu_started) / (3 * len(photos))
     rng = np.random.default_rng(0)
-    sizes = rng.integers(1, len(photos) + 1, 16)
+    sizes = rng.integers(1, len(photos) + 1, 16)  # the same mix as interleaved()
     for size in sizes:  # warm-up: every size (and bucket) seen once, as in a running server
         infer(photos[:size])
     mixed_started, cpu_started = time.perf_counter(), time.process_time()
@@ -253,6 +253,79 @@ def _label(config: dict[str, Any]) -> str:
     return f"{name}, {threads}{batching}{busy}"
 
 
+INTERLEAVED = [(1, None), (2, None), (1, BUCKETS), (2, BUCKETS)]  # (threads, buckets)
+
+
+def interleaved(model: str, data: Path, blocks: int = 4) -> list[dict[str, Any]]:
+    """LiteRT threads x batching in one process, in alternating blocks of calls.
+
+    Every configuration meets the same background load, so the comparison holds
+    on a busy machine where fresh-process rounds drift. Per block and
+    configuration: 25 calls at batch 1, 2 at batch 32, the 16-batch mix once.
+    """
+    from catdog.contract import ModelContract
+    from catdog.litert import LITERT_FILE, LiteRTModel
+
+    photos = _photos(data, ModelContract.read(model).image_size)
+    content = (Path(model) / LITERT_FILE).read_bytes()
+    models = [LiteRTModel(content, threads, buckets) for threads, buckets in INTERLEAVED]
+    sizes = np.random.default_rng(0).integers(1, len(photos) + 1, 16)
+    times: list[dict[str, list[float]]] = [{"b1": [], "b32": [], "mix": []} for _ in models]
+    for litert in models:  # warm-up: every batch size and bucket once
+        for size in [*sizes, len(photos)]:
+            litert.infer(photos[:size])
+    for _ in range(blocks):
+        for litert, spent in zip(models, times):
+            for _ in range(25):
+                started = time.perf_counter()
+                litert.infer(photos[:1])
+                spent["b1"].append(1000 * (time.perf_counter() - started))
+            for _ in range(2):
+                started = time.perf_counter()
+                litert.infer(photos)
+                spent["b32"].append(1000 * (time.perf_counter() - started) / len(photos))
+            started = time.perf_counter()
+            for size in sizes:
+                litert.infer(photos[:size])
+            spent["mix"].append(1000 * (time.perf_counter() - started) / int(sizes.sum()))
+    return [
+        {
+            "threads": threads,
+            "batching": "buckets" if buckets else "resize",
+            **{f"{k}_min_ms": min(v) for k, v in spent.items()},
+            **{f"{k}_median_ms": statistics.median(v) for k, v in spent.items()},
+            "interpreters": litert.interpreters,
+        }
+        for (threads, buckets), spent, litert in zip(INTERLEAVED, times, models)
+    ]
+
+
+def interleaved_markdown(rows: list[dict[str, Any]]) -> str:
+    """The in-process LiteRT comparison: median (best) per image."""
+    lines = [
+        "",
+        "## LiteRT threads and batch strategy, interleaved in one process",
+        "",
+        "Alternating blocks of calls (4 blocks; per block 25 calls at batch 1, 2 at batch 32, "
+        "the 16-batch mix once), so every configuration meets the same background load. "
+        "Median (best) per image. Buckets: 1/2/4/8/16/32, one interpreter each.",
+        "",
+        "| interpreter threads | batch strategy | batch 1 | batch 32, per image "
+        "| mixed 1-32, per image | interpreters |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['threads']} | {r['batching']} "
+            + "".join(
+                f"| {r[f'{k}_median_ms']:.2f} ms ({r[f'{k}_min_ms']:.2f}) "
+                for k in ("b1", "b32", "mix")
+            )
+            + f"| {r['interpreters']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: list[dict[str, Any]], command: str, paused_pids: list[int]) -> str:
     """The report: the command, the setting, one row per configuration (medians)."""
     lines = [
@@ -326,12 +399,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.runtimes " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     with paused(args.pause) as pids:
         results = run(args.model, Path(args.data), args.rounds)
-    report = markdown(results, ".venv/bin/" + command, pids)
+        rows = interleaved(args.model, Path(args.data))
+    report = markdown(results, ".venv/bin/" + command, pids) + interleaved_markdown(rows)
     print(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    raw = {"fresh_processes": results, "interleaved": rows}
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
