@@ -17,7 +17,7 @@ batch. ``bench/runtimes.py`` measured it against fixed buckets (``buckets``: one
 interpreter per bucket size, batches padded up to the next bucket, larger ones
 split) on the shipped model, 2 cores: equal at batch 1 and 32, but on a mix of
 batch sizes 1-32 resizing took 2.5 ms per image against 3.5 ms (1 thread; the
-padding is wasted compute; a resize costs ~0.1 ms once the interpreter has seen
+padding is wasted compute; resize + allocate take ~0.01 ms once the interpreter has seen
 its largest batch) and half the memory (164 MB vs 312 MB after batch 32).
 """
 
