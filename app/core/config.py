@@ -24,7 +24,7 @@ class Settings(BaseSettings):
 
     model_dir: Path = Field(
         Path("models/catdog"),
-        description="model base folder; its highest integer version is served",
+        description="model base folder of integer versions (version_policy picks the served)",
     )
     model_name: str = Field("catdog", description="name under /v1/models/")
     runtime: Literal["auto", "litert", "tensorflow"] = Field(
