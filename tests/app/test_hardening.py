@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -546,7 +545,6 @@ def test_every_documented_start_runs_the_hardened_launcher() -> None:
         ["make", "-s", "-n", "serve"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert "-m app " in printed
-    assert os.path.basename(sys.executable)  # the harness runs this interpreter
 
 
 class FakeTransport(asyncio.Transport):
