@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,7 @@ class Session:
     state: dict[str, Any]  # {"phase": name, "epoch": epochs of that phase done}
     out: Path  # where this process writes (see ``worker_dir``)
     chief: bool
+    replanned: dict[str, Any] | None = None  # the resumed phase's epoch count changed
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -254,12 +255,14 @@ def build_or_resume(config: TrainConfig) -> Session:
 
     state_file = out / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    replanned = None
     with strategy.scope():
         if state and (out / "last.keras").is_file():
             model = keras.saving.load_model(out / "last.keras")
             print(
                 f"resuming {config.run_dir}: phase {state['phase']}, {state['epoch']} epoch(s) done"
             )
+            replanned = _replanned(out, state, phases)
         else:
             state = {"phase": phases[0].name, "epoch": 0}
             model = make_model(
@@ -288,8 +291,43 @@ def build_or_resume(config: TrainConfig) -> Session:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
+    if replanned:
+        meta["replanned"] = replanned
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return Session(config, strategy, model, train_ds, val_ds, steps, phases, state, out, chief)
+    return Session(
+        config, strategy, model, train_ds, val_ds, steps, phases, state, out, chief, replanned
+    )
+
+
+def _replanned(out: Path, state: dict[str, Any], phases: list[Phase]) -> dict[str, Any] | None:
+    """When a run resumes mid-phase with a new epoch count for that phase, say so.
+
+    The resumed optimizer's schedule still spans the old count; ``run_phases``
+    then recompiles with a fresh schedule over the epochs that remain.
+    """
+    previous = (
+        json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    )
+    if "replanned" in previous and previous["replanned"]["phase"] == state["phase"]:
+        return previous["replanned"]  # already replanned, and this is a later resume
+    before = {p.name: p.epochs for p in plan_phases(_config_from(previous))} if previous else {}
+    now = {p.name: p.epochs for p in phases}
+    name = state["phase"]
+    if name in before and name in now and before[name] != now[name] and state["epoch"] > 0:
+        print(f"phase {name}: {now[name]} epochs (was {before[name]}); new schedule from here")
+        return {
+            "phase": name,
+            "epochs_before": before[name],
+            "epochs_now": now[name],
+            "at_epoch": state["epoch"],
+        }
+    return None
+
+
+def _config_from(saved: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig fields of a saved ``config.json``."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
 
 
 def _datasets(config: TrainConfig, replicas: int) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
@@ -337,6 +375,13 @@ def run_phases(session: Session) -> None:
         initial_epoch = state["epoch"] if index == position else 0
         if phase.name == "fine-tune" and initial_epoch == 0:
             _unfreeze(session, phase)
+        elif (
+            session.replanned
+            and session.replanned["at_epoch"] == initial_epoch
+            and session.replanned["phase"] == phase.name
+        ):
+            # A fresh schedule over the remaining epochs (the optimizer starts anew).
+            _compile_for(session, phase, phase.epochs - initial_epoch)
         callbacks: list[keras.callbacks.Callback] = [EpochTimer(), best]
         if config.early_stopping:
             callbacks.append(
@@ -365,11 +410,17 @@ def _unfreeze(session: Session, phase: Phase) -> None:
     with session.strategy.scope():
         for layer in session.model.layers:
             layer.trainable = True
+    _compile_for(session, phase, phase.epochs)
+
+
+def _compile_for(session: Session, phase: Phase, epochs: int) -> None:
+    """Compile with the phase's learning rate, scheduled over ``epochs`` epochs."""
+    with session.strategy.scope():
         compile_model(
             session.model,
             session.config,
             make_learning_rate(
-                phase.learning_rate, session.config.lr_schedule, session.steps * phase.epochs
+                phase.learning_rate, session.config.lr_schedule, session.steps * epochs
             ),
         )
 

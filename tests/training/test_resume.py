@@ -225,3 +225,40 @@ def test_transfer_run_fine_tunes_the_unfrozen_backbone(
     assert all(layer.trainable for layer in backbone.layers)
     assert len(backbone.trainable_weights) > 0
     assert sum(w.numpy().size for w in model.trainable_weights) > head.count_params()
+
+
+def test_resuming_with_more_epochs_schedules_the_rest_anew(
+    make_split: MakeSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    split = make_split(per_split={"train": 4, "validation": 2, "test": 1})
+    config = TrainConfig(
+        data_dir=str(split),
+        run_dir=str(tmp_path / "run"),
+        architecture="article-1",
+        epochs=1,
+        batch_size=4,
+        image_size=(32, 32),
+        strategy="default",
+        lr_schedule="cosine",
+        seed=0,
+    )
+    run = tmp_path / "run"
+    train(config)
+    config.epochs = 3
+    result = train(config)
+
+    out = capsys.readouterr().out
+    assert "phase train: 3 epochs (was 1); new schedule from here" in out
+    assert re.findall(r"Epoch (\d+)/3\b", out) == ["2", "3"]
+    assert logged_epochs(run) == [1, 2, 3] and result["epochs_run"] == 3
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["epochs"] == 3
+    assert saved["replanned"] == {
+        "phase": "train",
+        "epochs_before": 1,
+        "epochs_now": 3,
+        "at_epoch": 1,
+    }
+    # A fresh optimizer: it counted only the steps since the resume (2 epochs x 2 steps).
+    optimizer = keras.saving.load_model(run / "last.keras").optimizer
+    assert int(optimizer.iterations) == 4
