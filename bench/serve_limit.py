@@ -1,15 +1,16 @@
 """The in-process limit of ``bench.serve``: what the model can do on the server's cores, no HTTP.
 
-In this process it loads the version the service serves, with the runtime and
-model-call threads the service picks (``CATDOG_RUNTIME`` and
-``CATDOG_INFERENCE_THREADS`` from ``--server-env``, else ``auto`` and one thread
-per usable core), and measures
+It loads the version the service serves, with the runtime and model-call
+threads the service picks (``CATDOG_RUNTIME`` and ``CATDOG_INFERENCE_THREADS``
+from ``--server-env`` or ``--runtimes``, else ``auto`` and the default in
+``app/core/config.py``; 0 there means one per usable core), and measures
 images/s of decode + preprocess (a thread pool of ``os.cpu_count()`` threads,
 overlapped with the model) + model, at each of ``--batch-sizes``, and of the
-model alone on one pre-decoded batch. The best end-to-end figure is the limit
-the service's req/s is compared to. With pinning it runs in a subprocess
-(``python -m bench.serve --inproc-only``) pinned to the server's cores, so the
-comparison is like with like.
+model alone on one pre-decoded batch. The best
+end-to-end figure is the limit the service's req/s is compared to. It runs in a
+subprocess (``python -m bench.serve --inproc-only``), one per runtime, so the
+load generator never holds a runtime; with pinning, that subprocess is pinned
+to the server's cores, so the comparison is like with like.
 """
 
 from __future__ import annotations
@@ -29,16 +30,20 @@ from typing import Any
 import numpy as np
 
 from bench.harness import CACHE, ROOT, pin_to, slug
-from bench.serve_images import ImageSet, build_image_set
+from bench.serve_images import ImageSet
+from bench.serve_load import settings_env
 
 Predictor = Callable[[np.ndarray], Any]
 Decoder = Callable[[], list[Future]]
 
 
-def service_runtime(server_env: list[str]) -> tuple[str, int]:
+def service_runtime(args: argparse.Namespace) -> tuple[str, int]:
     """(runtime, threads of one model call) as the service would pick them on these cores."""
-    env = {key: val for key, _, val in (item.partition("=") for item in server_env)}
-    threads = int(env.get("CATDOG_INFERENCE_THREADS", "0")) or len(os.sched_getaffinity(0))
+    from app.core.config import Settings  # the service's defaults live there only
+
+    env = settings_env(args)
+    default = Settings.model_fields["inference_threads"].default
+    threads = int(env.get("CATDOG_INFERENCE_THREADS", default)) or len(os.sched_getaffinity(0))
     return env.get("CATDOG_RUNTIME", "auto"), threads
 
 
@@ -50,7 +55,7 @@ def measure_in_process(
     from catdog.preprocessing import preprocess
     from catdog.runtimes import latest_version, load_model
 
-    runtime, threads = service_runtime(args.server_env)
+    runtime, threads = service_runtime(args)
     loaded = load_model(latest_version(model_dir), runtime, threads)
     predictor, size = loaded.infer, tuple(loaded.contract.image_size)
     workers = os.cpu_count() or 1
@@ -81,11 +86,11 @@ def measure_in_process(
     }
 
 
-def measure_in_process_pinned(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """``measure_in_process`` in a subprocess pinned to the server's cores."""
-    if not args.server_cpus:
-        return measure_in_process(model_dir, build_image_set(args), args)
-    out = CACHE / "logs" / f"{slug(model_dir)}-inproc.json"
+def measure_in_process_pinned(
+    model_dir: Path, runtime: str | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``measure_in_process`` with ``runtime`` in a subprocess, pinned to the server's cores."""
+    out = CACHE / "logs" / f"{slug(model_dir)}-{runtime or 'default'}-inproc.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "bench.serve", "--model-dir", str(model_dir)]
     command += ["--images", str(args.images), "--seed", str(args.seed), "--no-pin"]
@@ -93,7 +98,7 @@ def measure_in_process_pinned(model_dir: Path, args: argparse.Namespace) -> dict
     command += ["--n-huge", str(args.n_huge), "--mix", ",".join(map(str, args.mix))]
     command += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
     command += ["--inproc-duration", str(args.inproc_duration), "--inproc-only", str(out)]
-    command += [f"--server-env={item}" for item in args.server_env]
+    command += [f"--server-env={key}={val}" for key, val in settings_env(args, runtime).items()]
     subprocess.run(command, cwd=ROOT, check=True, preexec_fn=pin_to(args.server_cpus))
     return json.loads(out.read_text())
 

@@ -1,10 +1,12 @@
 """Closed-loop load on a real service: C clients each POST one photo after another to ``/predict``.
 
-:func:`bench_service` starts one server (``bench.harness``) in a batching mode
-and runs every client count against it; :func:`run_load` is one client count: a
-warm-up, then a measured window in which it records every request's latency and
-outcome, the batch sizes the service used (``/metrics``) and the CPU the server
-and this load generator spent. :func:`summarize` turns that into a report row.
+:func:`bench_servers` starts one server (``bench.harness``) per runtime and
+batching mode, notes each one's idle RSS, and runs every client count against
+each in turn;
+:func:`run_load` is one client count: a warm-up, then a measured window in which
+it records every request's latency and outcome, the batch sizes the service used
+(``/metrics``) and the CPU the server, this load generator and the rest of the
+machine spent. :func:`summarize` turns that into a report row.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from bench.harness import (
     Metrics,
     Server,
     describe_exit,
+    proc_status_kb,
     read_metrics,
     slug,
     uvicorn_server,
@@ -36,6 +41,8 @@ from bench.serve_images import ImageSet
 
 # Settings of each batching mode ("on": the service's defaults).
 MODES: dict[str, dict[str, object]] = {"on": {}, "off": {"max_batch_size": 1}}
+# Watches the server over a measured window (start, end in perf_counter time), e.g. a profiler.
+Probe = Callable[[Server, tuple[float, float]], Awaitable[dict[str, Any]]]
 
 
 @dataclass
@@ -55,7 +62,9 @@ class LoadResult:
     batch_count: float = 0.0
     server_cores: float | None = None  # CPU the server used over the window, in cores
     client_cores: float | None = None  # the same for this load generator
+    other_cores: float | None = None  # the rest of the machine (other processes)
     runtime: str | None = None  # what runs the model, as the server's /metrics say
+    probe: dict[str, Any] | None = None  # what a Probe saw over the window
 
     def record(
         self, start: float, end: float, outcome: int | str, window_end: float, group: str = ""
@@ -105,6 +114,12 @@ async def closed_loop_client(
             result.record(start, time.perf_counter(), outcome, window_end, group)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat``: all but idle, iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def batch_counters(metrics: Metrics) -> tuple[float, float]:
     """(catdog_batch_size_sum, catdog_batch_size_count) from the server's ``/metrics``."""
     return value(metrics, "catdog_batch_size_sum"), value(metrics, "catdog_batch_size_count")
@@ -117,9 +132,14 @@ def served_runtime(metrics: Metrics) -> str | None:
 
 
 async def run_load(
-    server: Server, images: ImageSet, clients: int, args: argparse.Namespace
+    server: Server,
+    images: ImageSet,
+    clients: int,
+    args: argparse.Namespace,
+    probe: Probe | None = None,
 ) -> LoadResult:
-    """Warm up, then measure ``clients`` closed-loop clients for ``args.duration`` seconds."""
+    """Warm up, then measure ``clients`` closed-loop clients for ``args.duration`` seconds
+    (``probe``, if given, watching the server over the same window)."""
     result = LoadResult(clients, args.duration)
     # One single-connection client each: a shared pool of 256 connections costs httpx
     # time per request that grows with the pool, and the load generator became the
@@ -146,17 +166,22 @@ async def run_load(
             for i in range(clients)
         ]
         load = asyncio.gather(*tasks)
+        watching = asyncio.ensure_future(probe(server, window)) if probe else None
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
         started = time.perf_counter()
         server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
+        busy = machine_busy_seconds()
         metrics = await read_metrics(side, server.url)
         await load
         after = batch_counters(await read_metrics(side, server.url))
         elapsed = time.perf_counter() - started
-        server_after = server.cpu_seconds()
+        server_after, busy = server.cpu_seconds(), machine_busy_seconds() - busy
+        result.client_cores = (time.process_time() - client_cpu) / elapsed
         if server_cpu is not None and server_after is not None:
             result.server_cores = (server_after - server_cpu) / elapsed
-        result.client_cores = (time.process_time() - client_cpu) / elapsed
+            ours = result.server_cores + result.client_cores
+            result.other_cores = max(0.0, busy / elapsed - ours)
+        result.probe = await watching if watching else None
     before = batch_counters(metrics)
     result.batch_sum, result.batch_count = after[0] - before[0], after[1] - before[1]
     result.runtime = served_runtime(metrics)
@@ -197,38 +222,78 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         else None,
         "server_cores": None if result.server_cores is None else round(result.server_cores, 2),
         "client_cores": None if result.client_cores is None else round(result.client_cores, 2),
+        "other_cores": None if result.other_cores is None else round(result.other_cores, 2),
         "runtime": result.runtime,
-    }
+    } | ({"probe": result.probe} if result.probe else {})
 
 
-def bench_service(
-    model_dir: Path, mode: str, images: ImageSet, args: argparse.Namespace
-) -> list[dict[str, Any]]:
-    """Start one server in batching ``mode`` and run every client count against it."""
-    rows: list[dict[str, Any]] = []
+def settings_env(args: argparse.Namespace, runtime: str | None = None) -> dict[str, str]:
+    """The server's extra environment: ``--server-env``, then ``CATDOG_RUNTIME=runtime``."""
     env = {key: val for key, _, val in (item.partition("=") for item in args.server_env)}
-    with uvicorn_server(
-        model_dir,
-        CACHE / "logs" / f"{slug(model_dir)}-{mode}.log",
-        ready_timeout=args.ready_timeout,
-        env=env,
-        cpus=args.server_cpus,
-        access_log=args.access_log,
-        **MODES[mode],
-    ) as server:
-        print(f"[{model_dir} batching {mode}] ready in {server.ready_s:.2f} s", flush=True)
-        for clients in args.clients:
-            row = summarize(asyncio.run(run_load(server, images, clients, args)))
-            row.update(mode=mode, ready_s=server.ready_s, peak_rss_mb=server.peak_rss_mb)
-            rows.append(row)
-            print(f"  {format_row(row)}", flush=True)
-            if server.process.poll() is not None:
-                raise RuntimeError(f"server died during the run:\n{server.log_tail()}")
-    stopped = describe_exit(server.process.returncode)
-    print(f"[{model_dir} batching {mode}] stopped: {stopped}", flush=True)
-    for row in rows:
-        row["server_exit"] = stopped
+    return env | ({"CATDOG_RUNTIME": runtime} if runtime else {})
+
+
+Config = tuple[str | None, str]  # (runtime, batching mode) of one server
+
+
+def bench_servers(
+    model_dir: Path,
+    configs: Sequence[Config],
+    images: ImageSet,
+    args: argparse.Namespace,
+    probe: Probe | None = None,
+) -> dict[Config, list[dict[str, Any]]]:
+    """One server per (runtime, batching mode), every client count against each; rows by config.
+
+    The servers start one after the other (each timed while the others idle) and
+    stay up; then each client count runs against each server in turn, in the
+    opposite order at the next count, so that the machine's drift over minutes
+    does not favour one configuration.
+    """
+    rows: dict[Config, list[dict[str, Any]]] = {config: [] for config in configs}
+    servers: dict[Config, tuple[Server, float | None]] = {}
+    with contextlib.ExitStack() as stack:
+        for config in configs:
+            runtime, mode = config
+            server = stack.enter_context(
+                uvicorn_server(
+                    model_dir,
+                    CACHE / "logs" / f"{slug(model_dir)}-{runtime or 'default'}-{mode}.log",
+                    ready_timeout=args.ready_timeout,
+                    env=settings_env(args, runtime),
+                    cpus=args.server_cpus,
+                    access_log=args.access_log,
+                    **args.mode_settings[mode],
+                )
+            )
+            idle_kb = proc_status_kb(server.process.pid, "VmRSS")  # right after /readyz said 200
+            servers[config] = server, None if idle_kb is None else round(idle_kb / 1024, 1)
+            print(
+                f"[{label(config)}] ready in {server.ready_s:.2f} s, RSS {servers[config][1]} MB",
+                flush=True,
+            )
+        for level, clients in enumerate(args.clients):
+            for config in list(servers)[:: -1 if level % 2 else 1]:
+                server, idle_rss_mb = servers[config]
+                row = summarize(asyncio.run(run_load(server, images, clients, args, probe)))
+                row.update(mode=config[1], requested_runtime=config[0], idle_rss_mb=idle_rss_mb)
+                row.update(ready_s=server.ready_s, peak_rss_mb=server.peak_rss_mb)
+                rows[config].append(row)
+                print(f"  [{label(config)}] {format_row(row)}", flush=True)
+                if server.process.poll() is not None:
+                    raise RuntimeError(f"server died during the run:\n{server.log_tail()}")
+    for config, (server, _) in servers.items():
+        stopped = describe_exit(server.process.returncode)
+        print(f"[{label(config)}] stopped: {stopped}", flush=True)
+        for row in rows[config]:
+            row["server_exit"] = stopped
     return rows
+
+
+def label(config: Config) -> str:
+    """``"litert, batching on"``: a server's configuration in words."""
+    runtime, mode = config
+    return f"{runtime or 'default runtime'}, batching {mode}"
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -238,7 +303,8 @@ def format_row(row: dict[str, Any]) -> str:
         f"p90={row['p90_ms']} p99={row['p99_ms']} ms  503={row['status_503']} "
         f"other={row['other_status']} socket={row['socket_errors']} timeouts={row['timeouts']}"
         f"  batch={row['mean_batch']}  rss={row['peak_rss_mb']} MB"
-        f"  cpu server={row['server_cores']} client={row['client_cores']} cores"
+        f"  cpu server={row['server_cores']} client={row['client_cores']} "
+        f"other={row['other_cores']} cores"
         "\n      p50/p99 by image: "
         + ", ".join(f"{g} {v['p50_ms']}/{v['p99_ms']} ms" for g, v in row["by_image"].items())
     )

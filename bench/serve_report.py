@@ -1,5 +1,6 @@
-"""The report of ``bench.serve``: per model, the service table, latency by image size, the
-in-process limit, the targets with what was measured, and what p99 could reach at the limit.
+"""The report of ``bench.serve``: the runtimes side by side (``bench.serve_compare``), then per
+model and runtime the service table, latency by image size, the in-process limit, the targets
+with what was measured, and what p99 could reach at the limit.
 
 :func:`finish_model` adds the derived figures (efficiency, targets, p99 reach) to
 one model's result; :func:`render_markdown` renders the whole report. The JSON
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import table
+from bench.serve_compare import best_modes_section, checks_table, comparison_section
 from bench.serve_images import GROUPS
 
 TEXT = {"mode", "target", "goal", "measured", "met"}  # left-aligned columns
@@ -45,6 +47,8 @@ SERVICE_COLUMNS = [
     ("mean batch", "mean_batch"),
     ("server CPU cores", "server_cores"),
     ("client CPU cores", "client_cores"),
+    ("other CPU cores", "other_cores"),
+    ("idle RSS MB", "idle_rss_mb"),
     ("peak RSS MB", "peak_rss_mb"),
     ("ready s", "ready_s"),
     ("efficiency", "efficiency"),
@@ -55,8 +59,9 @@ def model_section(result: dict[str, Any]) -> list[str]:
     """The markdown for one model: service table, then the in-process table."""
     info, inproc = result["model"], result["in_process"]
     served = sorted({r["runtime"] for r in result["service"] if r.get("runtime")})
+    runtime = f" on {result['runtime']}" if result.get("runtime") else ""
     lines = [
-        f"## `{result['model_dir']}`",
+        f"## `{result['model_dir']}`{runtime}",
         "",
         f"Version {info['version']}, {info['architecture']}, input {info['image_size']}, "
         f"{info['parameters']} parameters"
@@ -103,14 +108,7 @@ def model_section(result: dict[str, Any]) -> list[str]:
             ),
             "",
         ]
-    if checks := result.get("targets"):
-        lines += ["Targets (set for `article-3`):", ""]
-        lines += table(
-            [{**c, "met": "yes" if c["met"] else "**no**"} for c in checks],
-            [("target", "target"), ("goal", "goal"), ("measured", "measured"), ("met", "met")],
-            TEXT,
-        )
-        lines.append("")
+    lines += checks_table("Targets (set for `article-3`):", result.get("targets") or [])
     if reach := result.get("p99_reach"):
         lines += [
             f"What p99 batching on could reach at {reach['clients']} clients: the tail above "
@@ -130,6 +128,12 @@ def mismatch(served: list[str], inproc: dict[str, Any]) -> list[str]:
     if not served or limit is None or served == [limit]:
         return []
     return [f"**Not comparable: the service ran {' and '.join(served)}, the limit {limit}.**", ""]
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    """``CATDOG_MAX_BATCH_SIZE=1, ...`` (or ``the service defaults``) for a batching mode."""
+    pairs = [f"`CATDOG_{key.upper()}={value}`" for key, value in settings.items()]
+    return ", ".join(pairs) if pairs else "the service defaults"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -155,7 +159,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         "peak RSS is the server's high-water mark since start; efficiency = req/s / "
         "in-process best images/s. See `bench/serve.py` for details.",
         "",
+        "Batching modes: "
+        + "; ".join(
+            f"`{mode}` = {describe_settings(report['settings']['mode_settings'].get(mode, {}))}"
+            for mode in report["settings"]["modes"]
+        )
+        + ".",
+        "",
     ]
+    for comparison in report.get("comparisons", []):
+        lines += comparison_section(comparison)
+    lines += best_modes_section(report.get("best_modes", []))
     for result in report["models"]:
         lines += model_section(result)
     return "\n".join(lines)

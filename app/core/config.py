@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         0, ge=0, description="threads of one model call; 0: one per usable core"
     )
-    max_batch_size: int = Field(32, ge=1, description="1 turns dynamic batching off")
+    max_batch_size: int = Field(
+        8, ge=1, description="1 turns dynamic batching off; 8: best for LiteRT (bench/README.md)"
+    )
     batch_timeout_ms: float = Field(
         5.0, ge=0, description="wait for a batch to fill while more images are on their way"
     )
