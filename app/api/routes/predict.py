@@ -61,7 +61,11 @@ def contents(parts: list[FilePart], field: str, default_name: str) -> list[bytes
         if not part.data:
             name = part.filename or default_name.format(position)
             raise HTTPException(400, f"{name} is empty")
-    return [bytes(part.data) for part in parts]
+    images = []
+    for part in parts:  # one file in two copies at a time, not the whole batch
+        images.append(bytes(part.data))
+        part.data = bytearray()
+    return images
 
 
 def to_prediction(result: Classification) -> Prediction:
