@@ -257,6 +257,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self._last_body = self.loop.time()
         super().on_body(body)
 
+    def on_response_complete(self) -> None:
+        self._waiting_since = self.loop.time()  # idle from now on, for the connection cap
+        super().on_response_complete()
+
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()

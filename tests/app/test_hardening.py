@@ -274,8 +274,8 @@ def _launch_make(model: Path, port: int, log: Path, env: dict[str, str]) -> Serv
         text=True,
         check=True,
     ).stdout
-    [line] = [ln for ln in printed.splitlines() if "--port" in ln]
-    words = shlex.split(line.replace("\\\n", " "))
+    [line] = [ln for ln in printed.replace("\\\n", " ").splitlines() if "--port" in ln]
+    words = shlex.split(line)
     while "=" in words[0] and not words[0].startswith("-"):  # leading VAR=value words
         name, _, val = words.pop(0).partition("=")
         env[name] = val
