@@ -1,4 +1,4 @@
-"""The ASGI app: ``uvicorn app.main:app`` (settings from ``CATDOG_*`` environment variables)."""
+"""The ASGI app, served by ``python -m app`` (settings from ``CATDOG_*`` environment variables)."""
 
 from __future__ import annotations
 
