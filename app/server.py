@@ -60,7 +60,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.api.errors import TIMED_OUT_KEY
-from app.api.middleware import body_limit
+from app.api.middleware import body_limit, route_label
 from app.api.protocols.errors import error_body, error_shape
 from app.core.config import Settings
 from app.core.errors import QueueFullError
@@ -146,8 +146,9 @@ class HeldRefusal:
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         metrics = self.service.metrics
-        metrics.requests.labels(route=scope["path"], method="POST", status="503").inc()
-        metrics.latency.labels(route=scope["path"]).observe(self.loop_time() - started)
+        route = route_label(scope["path"])
+        metrics.requests.labels(route=route, method="POST", status="503").inc()
+        metrics.latency.labels(route=route).observe(self.loop_time() - started)
 
     @staticmethod
     def loop_time() -> float:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 from fastapi import HTTPException
@@ -62,6 +63,24 @@ def body_limit(settings: Settings, path: str) -> int | None:
     return None
 
 
+_PROTOCOL_ROUTE = re.compile(
+    r"^/(?P<api>v1|v2)/models/[^/]+(?P<version>/versions/[^/:]+)?(?P<verb>/infer|:predict|:classify)$"
+)
+
+
+def route_label(path: str) -> str:
+    """The route template of a prediction path, for metrics labels answered before routing.
+
+    A path's model name and version are the client's to choose; as labels they would
+    make a new time series per spelling, so they are replaced by their placeholders.
+    """
+    match = _PROTOCOL_ROUTE.match(path)
+    if match is None:
+        return path
+    version = "/versions/{version}" if match["version"] else ""
+    return f"/{match['api']}/models/{{name}}{version}{match['verb']}"
+
+
 class PredictionGateMiddleware:
     """Body limit, early 503, and the upload's arrival, for POSTs to prediction paths."""
 
@@ -77,7 +96,7 @@ class PredictionGateMiddleware:
         if limit is None:
             await self.app(scope, receive, send)
             return
-        scope[ROUTE_KEY] = scope["path"]  # limits exist only on exact route paths
+        scope[ROUTE_KEY] = route_label(scope["path"])
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             # No "Connection: close": uvicorn would close the socket with the body unread and

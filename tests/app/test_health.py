@@ -10,6 +10,9 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from app.api.middleware import route_label
+from app.core.config import Settings
+from app.main import create_app
 from tests.app.helpers import (
     STARTUP_TIMEOUT,
     client_for,
@@ -125,3 +128,20 @@ async def test_healthz_answers_json(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "ok", "model_version": None}
+
+
+def test_early_refusals_are_labelled_by_route_template_not_by_path() -> None:
+    # A client picks the model name and version in a protocol URL; labels stay bounded.
+    assert route_label("/v2/models/anything-at-all/infer") == "/v2/models/{name}/infer"
+    assert (
+        route_label("/v2/models/catdog/versions/17/infer")
+        == "/v2/models/{name}/versions/{version}/infer"
+    )
+    assert route_label("/v1/models/x:predict") == "/v1/models/{name}:predict"
+    assert route_label("/v1/models/x/versions/2:classify") == (
+        "/v1/models/{name}/versions/{version}:classify"
+    )
+    assert route_label("/predict/batch") == "/predict/batch"
+    templates = set(create_app(Settings()).openapi()["paths"])
+    for path in ("/v2/models/a/infer", "/v1/models/a/versions/1:predict", "/v1/models/a:classify"):
+        assert route_label(path) in templates  # the same label as a routed request's
