@@ -3,9 +3,9 @@
 Nothing here names a route, a setting or a metric: env names come from
 ``Settings.model_fields`` (with the settings' own env prefix), paths from the
 app's route table (its OpenAPI paths) and from how each path answers before a model is loaded,
-metric names from a fresh ``Metrics().registry``, the port, user and baked-in
-model folder from the Dockerfile, and the knobs of the container entrypoint from
-``docker/entrypoint.sh``.
+metric names from a fresh ``Metrics().registry``, the port, user, each image's
+environment and baked-in model folder from the Dockerfile, and the knobs of the
+container entrypoint from ``docker/entrypoint.sh``.
 """
 
 from __future__ import annotations
@@ -160,16 +160,36 @@ def exposed_ports() -> set[int]:
     }
 
 
-def image_env() -> dict[str, str]:
-    """``ENV`` values set in the Dockerfile (the last one wins)."""
-    env = {}
+def _stage_envs() -> dict[str, dict[str, str]]:
+    """Each named build stage's ``ENV``, including what it inherits from a named stage."""
+    stages: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
     for word, rest in _instructions(DOCKERFILE):
-        if word == "ENV":
+        if word == "FROM":
+            words = rest.split()
+            parent = next((w for w in words if not w.startswith("--")), "")
+            current = dict(stages.get(parent, {}))
+            if len(words) >= 3 and words[-2].upper() == "AS":
+                stages[words[-1]] = current
+        elif word == "ENV":
             for token in shlex.split(rest):
                 if "=" in token:
                     key, value = token.split("=", 1)
-                    env[key] = value
-    return env
+                    current[key] = value
+    return stages
+
+
+def image_env(target: str) -> dict[str, str]:
+    """The environment the Dockerfile gives an image (``--target``): its stage's and
+    every named stage's it builds on."""
+    stages = _stage_envs()
+    assert target in stages, f"no build stage {target!r} in the Dockerfile: {sorted(stages)}"
+    return stages[target]
+
+
+def image_env_names() -> set[str]:
+    """Every variable some stage of the Dockerfile sets."""
+    return {name for env in _stage_envs().values() for name in env}
 
 
 def image_uid() -> int:
@@ -237,13 +257,57 @@ def train_commands() -> set[str]:
     }
 
 
-def graceful_shutdown_knob() -> tuple[str, int]:
-    """The entrypoint's env variable for uvicorn's graceful shutdown, and its default (s)."""
+def graceful_shutdown_field() -> str:
+    """The setting for the seconds requests in flight get after SIGTERM."""
+    every = list(settings_class().model_fields)
+    fields = [f for f in every if "graceful" in f]
+    assert len(fields) == 1, f"no single *graceful* setting in {every}"
+    return fields[0]
+
+
+def entrypoint_grace_flag() -> tuple[str, float] | None:
+    """``(variable, default)`` when the entrypoint passes the launcher's
+    ``--timeout-graceful-shutdown`` from the environment (the flag beats the setting)."""
     match = re.search(
-        r"--timeout-graceful-shutdown\s+\"?\$\{(\w+):-(\d+)\}", ENTRYPOINT.read_text()
+        r"--timeout-graceful-shutdown\s+\"?\$\{(\w+):-([\d.]+)\}", ENTRYPOINT.read_text()
     )
-    assert match, "the entrypoint no longer sets --timeout-graceful-shutdown from the env"
-    return match[1], int(match[2])
+    return (match[1], float(match[2])) if match else None
+
+
+def graceful_shutdown_s(env: dict[str, str]) -> float:
+    """Seconds the image's launcher gives requests in flight after SIGTERM, in a container
+    with ``env`` (its own and the image's): the entrypoint's flag if it passes one, else
+    the setting."""
+    flag = entrypoint_grace_flag()
+    if flag is not None:
+        name, fallback = flag
+        return float(env.get(name, fallback))
+    return float(getattr(settings_from_env(env), graceful_shutdown_field()))
+
+
+def ignored_setting_envs() -> set[str]:
+    """Setting variables a container would set in vain: the entrypoint overrides them."""
+    if entrypoint_grace_flag() is None:
+        return set()
+    names = {field: env for env, field in setting_env_names().items()}
+    return {names[graceful_shutdown_field()]}
+
+
+def shipped_input_shape(target: str) -> tuple[int, int, int]:
+    """``(height, width, 3)`` of the model an image serves by default: the folder the
+    Dockerfile copies to the image's model folder, its highest version."""
+    from catdog.contract import ModelContract
+    from catdog.runtimes import latest_version
+
+    by_field = {field: env for env, field in setting_env_names().items()}
+    model_dir = image_env(target)[by_field["model_dir"]]
+    sources = [
+        rest.split()[0]
+        for word, rest in _instructions(DOCKERFILE)
+        if word == "COPY" and rest.split()[-1].rstrip("/") == model_dir.rstrip("/")
+    ]
+    assert sources, f"the Dockerfile copies no model to {model_dir}"
+    return ModelContract.read(latest_version(ROOT / sources[0])).input_shape
 
 
 def in_flight_cap_field() -> str:

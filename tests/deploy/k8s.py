@@ -6,8 +6,9 @@ Built-in kinds are validated by ``kubernetes-validate`` against the strict JSON
 schemas it ships for each Kubernetes version (no network); custom resources by
 ``tests.deploy.crds``. Pod specs are found wherever a kind keeps them.
 
-``python -m tests.deploy.k8s`` prints, per overlay, each rendered resource and
-its validation result: the report the deployment docs quote.
+``python -m tests.deploy.k8s`` prints, per overlay, each rendered resource, its
+validation result and its containers' requests and limits: the report the
+deployment docs quote.
 """
 
 from __future__ import annotations
@@ -225,7 +226,23 @@ def report() -> str:
                 except Exception as exc:  # shown in the report
                     results.append(f"{version} FAILED: {str(exc).splitlines()[0]}")
             lines.append(f"  {label(doc):45} {'; '.join(results)}")
+            for where, pod in pod_specs(doc):
+                for container in containers(pod, init=False):
+                    lines.append(f"      {where}/{container['name']}: {resources(container)}")
     return "\n".join(lines)
+
+
+def resources(container: Doc) -> str:
+    """A container's requests and limits on one line (``limits = requests`` when equal)."""
+    res = container.get("resources", {})
+
+    def show(values: Doc) -> str:
+        return " ".join(f"{k}={v}" for k, v in values.items())
+
+    requests, limits = res.get("requests", {}), res.get("limits", {})
+    if requests == limits:
+        return f"requests = limits: {show(limits)}"
+    return f"requests: {show(requests)}; limits: {show(limits)}"
 
 
 if __name__ == "__main__":

@@ -12,13 +12,8 @@ import re
 import pytest
 import yaml
 
-from tests.deploy import app_facts, k8s
-from tests.deploy.conftest import serving_container
-
-# Images in flight per core at the knee of the throughput curve: bench/results/serve.md,
-# one server core: 16 clients ~120 req/s at p99 ~200 ms, 64 clients no more req/s and
-# p99 3x. docs/deployment.md derives the HPA target from it.
-IN_FLIGHT_PER_CORE = 16
+from tests.deploy import app_facts, k8s, measured
+from tests.deploy.conftest import flavor, serving_container
 
 
 def _hpa(docs):
@@ -91,12 +86,20 @@ def test_in_flight_target_leaves_headroom_below_the_admission_cap(serving: str) 
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "cpu/kserve"])
-def test_cpu_in_flight_target_is_the_knee_times_the_cores(overlay: str) -> None:
+def test_cpu_in_flight_target_is_the_measured_knee(overlay: str) -> None:
+    """The target is the images in flight (Little's law: req/s x mean latency) at the knee
+    of the benchmark run with the pod's runtime and batching, scaled from the
+    benchmark's cores to the pod's CPU limit."""
     docs = k8s.render(overlay)
     _, main = serving_container(docs)
+    env = {**app_facts.image_env(flavor(overlay)), **k8s.resolved_env(main)}
+    settings = app_facts.settings_from_env(env)
+    run = measured.run_like(settings)
+    assert run, f"no benchmark run of {settings.runtime} with this pod's batching settings"
     cores = k8s.cpu_cores(main["resources"]["limits"]["cpu"])
+    expected = round(run.knee().in_flight * cores / run.cpus)
     target = float(_pods_metric(_hpa(docs))["target"]["averageValue"])
-    assert target == IN_FLIGHT_PER_CORE * cores
+    assert target == expected, f"knee {run.knee()} on {run.cpus} cores"
 
 
 def test_cpu_target_has_requests_to_measure_against(serving: str) -> None:

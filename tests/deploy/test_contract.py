@@ -7,7 +7,7 @@ fails these tests until the manifests follow.
 
 from __future__ import annotations
 
-from tests.deploy import app_facts, k8s
+from tests.deploy import app_facts, crds, k8s
 from tests.deploy.conftest import serving_container
 
 
@@ -22,6 +22,39 @@ def test_every_catdog_env_name_is_a_setting(serving: str) -> None:
     for _, container in _serving_pods(serving):
         unknown = [n for n in k8s.env_of(container) if n.startswith(prefix) and n not in names]
         assert not unknown, f"{container['name']}: not settings of the app: {unknown}"
+
+
+# Variables read by something other than the app, the image or its entrypoint.
+READ_ELSEWHERE = {
+    crds.KSERVE_PROTOCOL_ENV: "KServe: the protocol the predictor speaks",
+    "TMPDIR": "Python's tempfile and the libraries using it",
+}
+
+
+def test_every_env_name_is_read_by_something(serving: str) -> None:
+    """Each variable the serving pods set is a setting, an entrypoint knob, one the
+    Dockerfile sets for a library, or read by a named other party."""
+    known = set(app_facts.setting_env_names()) | set(app_facts.entrypoint_knobs())
+    known |= app_facts.image_env_names() | set(READ_ELSEWHERE)
+    for _, container in _serving_pods(serving):
+        unknown = set(k8s.env_of(container)) - known
+        assert not unknown, f"{container['name']}: nothing reads {sorted(unknown)}"
+
+
+def test_env_sets_no_default(serving: str) -> None:
+    """A setting or entrypoint knob the pod sets differs from its default (the defaults
+    live once, in app/core/config.py and docker/entrypoint.sh)."""
+    _, main = serving_container(k8s.render(serving))
+    names = app_facts.setting_env_names()
+    defaults = app_facts.settings_class()()
+    knobs = app_facts.entrypoint_knobs()
+    for name, value in k8s.resolved_env(main).items():
+        if name in names:
+            field = names[name]
+            parsed = getattr(app_facts.settings_from_env({name: value}), field)
+            assert parsed != getattr(defaults, field), f"{name}={value} is the default"
+        elif name in knobs:
+            assert value != knobs[name], f"{name}={value} is the entrypoint's default"
 
 
 def test_no_service_links_in_the_settings_namespace(serving: str) -> None:

@@ -3,26 +3,62 @@
 Every pod of every overlay and stand-alone manifest runs as the image's non-root
 user with a read-only root filesystem, no privilege escalation and no
 capabilities; whatever must be writable is a volume. Serving pods are
-Guaranteed (requests = limits, whole cores) and their memory covers the
-measured idle footprint plus the decoding bound the settings allow. The
-KServe predictor and the Deployment describe the same pod.
+Guaranteed (requests = limits, whole cores), run the runtime their image serves,
+and their memory limit holds the worst case their own settings admit, computed
+from the measured figures (``tests.deploy.measured``). The KServe predictor and
+the Deployment describe the same pod.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 
-from tests.deploy import app_facts, crds, k8s
+from app.core.registry import VersionPolicy
+from tests.deploy import app_facts, crds, k8s, measured
 from tests.deploy.conftest import ALL_OVERLAYS, flavor, serving_container
 
-# Measured figures the memory limit is derived from (docs/deployment.md says where
-# each comes from). The TensorFlow runtime's idle RSS is the larger; `auto` may use it.
-IDLE_RSS_BYTES = 950e6  # TensorFlow runtime, shipped model, after start (bench.serve)
-DECODE_BYTES_PER_PIXEL = 19  # peak decoding memory per pixel (catdog/budget.py)
-SPOOL_BYTES_PER_UPLOAD = 2**20  # Starlette keeps an upload in memory up to 1 MiB
-HEADROOM = 1.10
+HEADROOM = 1.10  # the limit is at least this much above the worst case
+FLOAT32_BYTES = 4  # one model input value
+
+
+def pod_settings(overlay: str):
+    """The serving container's settings as the app reads them: the image's ENV under the
+    pod's env (thread counts resolved from the CPU limit)."""
+    _, main = serving_container(k8s.render(overlay))
+    env = {**app_facts.image_env(flavor(overlay)), **k8s.resolved_env(main)}
+    return app_facts.settings_from_env(env)
+
+
+def versions_beside(policy_text: str) -> int:
+    """Versions loaded at most beside the one serving: ``latest:N`` keeps N, plus the one
+    loading during a hot swap; ``specific`` loads only those named."""
+    policy = VersionPolicy.parse(policy_text)
+    assert policy.kind != "all", "policy `all` loads every version on the volume: no bound"
+    return policy.count if policy.kind == "latest" else len(policy.versions) - 1
+
+
+def memory_parts(overlay: str) -> dict[str, float]:
+    """The worst case of one serving pod, in bytes per part (docs/deployment.md, "One pod")."""
+    settings = pod_settings(overlay)
+    defaults = app_facts.settings_class()()
+    run = measured.largest_run(settings.runtime, settings.max_batch_size, defaults.max_batch_size)
+    largest = settings.max_pixels
+    # Pixels decoding at once: up to the budget, but no more than one largest image per
+    # thread; an image larger than the whole budget still decodes, alone.
+    pixels = max(largest, min(settings.decode_pixel_budget, settings.decode_workers * largest))
+    in_flight = getattr(settings, app_facts.in_flight_cap_field())
+    return {
+        "process under load": run.peak_rss_bytes,
+        "versions beside it": versions_beside(settings.version_policy) * run.idle_rss_bytes,
+        "decoding": measured.decode_bytes_per_pixel() * pixels,
+        "uploads": measured.upload_bytes_held_per_byte() * in_flight * settings.max_upload_bytes,
+        "one batch": settings.max_batch_size
+        * math.prod(app_facts.shipped_input_shape(flavor(overlay)))
+        * FLOAT32_BYTES,
+    }
 
 
 def all_pods():
@@ -81,37 +117,49 @@ def test_serving_pod_is_guaranteed_with_whole_cores(serving: str) -> None:
     assert k8s.cpu_cores(limits["cpu"]).is_integer(), "thread counts round a fractional limit"
 
 
-def test_memory_limit_covers_idle_footprint_and_decoding_bound(serving: str) -> None:
-    """limit >= idle RSS + bytes/pixel x pixels decoded at once + spooled uploads, +10%."""
+def test_serving_pod_runs_the_runtime_its_image_serves(serving: str) -> None:
+    """The pod names its runtime (its sizing is that runtime's), and the image serves it:
+    LiteRT in the cpu image (no TensorFlow there), TensorFlow in the gpu image."""
     _, main = serving_container(k8s.render(serving))
-    settings = app_facts.settings_from_env(k8s.resolved_env(main))
-    # An image larger than the whole budget still decodes (alone): the bound is the larger.
-    pixels = max(settings.decode_pixel_budget, settings.max_pixels)
-    in_flight = getattr(settings, app_facts.in_flight_cap_field())
-    need = IDLE_RSS_BYTES + DECODE_BYTES_PER_PIXEL * pixels + SPOOL_BYTES_PER_UPLOAD * in_flight
+    own = app_facts.settings_from_env(k8s.resolved_env(main))
+    assert "runtime" in own.model_fields_set, "the pod leaves its runtime to the default"
+    image = app_facts.settings_from_env(app_facts.image_env(flavor(serving)))
+    assert own.runtime == image.runtime
+
+
+def test_memory_limit_holds_the_worst_case_the_settings_admit(serving: str) -> None:
+    """limit >= (peak RSS under load + versions loaded beside it + decoding x pixels at
+    once + uploads held x images in flight + one batch) x HEADROOM."""
+    _, main = serving_container(k8s.render(serving))
+    parts = memory_parts(serving)
+    need = sum(parts.values()) * HEADROOM
     limit = k8s.memory_bytes(main["resources"]["limits"]["memory"])
-    assert limit >= need * HEADROOM, f"{limit / 2**30:.2f} GiB < {need * HEADROOM / 2**30:.2f}"
+    shown = ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in parts.items())
+    assert limit >= need, f"{limit / 2**30:.2f} GiB < {need / 2**30:.2f} GiB: {shown}"
 
 
-def test_spool_volume_holds_every_upload_in_flight(serving: str) -> None:
-    """Uploads past the in-memory part are spooled to TMPDIR: room for all admitted ones."""
-    pod, main = serving_container(k8s.render(serving))
-    settings = app_facts.settings_from_env(k8s.resolved_env(main))
-    in_flight = getattr(settings, app_facts.in_flight_cap_field())
-    mount = k8s.mount_for(main, k8s.env_value(main, "TMPDIR"))
-    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    size = k8s.memory_bytes(volume["emptyDir"]["sizeLimit"])
-    assert size >= in_flight * settings.max_upload_bytes
+def test_memory_limit_is_not_far_above_the_worst_case(serving: str) -> None:
+    """Guaranteed pods reserve their limit: no more than a third above the need."""
+    _, main = serving_container(k8s.render(serving))
+    need = sum(memory_parts(serving).values()) * HEADROOM
+    assert k8s.memory_bytes(main["resources"]["limits"]["memory"]) <= need * 4 / 3
 
 
 def test_termination_grace_covers_the_drain(serving: str) -> None:
-    """preStop sleep + uvicorn's graceful shutdown + a margin for the batch queue."""
+    """preStop sleep + the launcher's grace for requests in flight + a margin for the app's
+    stop; counted from the start of preStop."""
     pod, main = serving_container(k8s.render(serving))
     command = main["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
-    knob, default = app_facts.graceful_shutdown_knob()
-    graceful = int(k8s.env_value(main, knob) or default)
-    assert pod["terminationGracePeriodSeconds"] >= int(command[1]) + graceful + 5
+    env = {**app_facts.image_env(flavor(serving)), **k8s.resolved_env(main)}
+    grace = app_facts.graceful_shutdown_s(env)
+    assert pod["terminationGracePeriodSeconds"] >= int(command[1]) + grace + 5
+
+
+def test_pod_sets_no_variable_the_entrypoint_overrides(serving: str) -> None:
+    """The entrypoint passes the grace period as a flag, which beats the setting."""
+    _, main = serving_container(k8s.render(serving))
+    assert not app_facts.ignored_setting_envs() & set(k8s.env_of(main))
 
 
 def test_gpu_pods_take_one_gpu_each_and_grow_its_memory(overlay: str) -> None:
@@ -131,11 +179,8 @@ def test_gpu_pods_take_one_gpu_each_and_grow_its_memory(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", ["gpu", "gpu/kserve"])
 def test_gpu_service_runs_tensorflow(overlay: str) -> None:
-    """LiteRT runs on the CPU only: a GPU pod must not leave the runtime to ``auto``."""
-    _, main = serving_container(k8s.render(overlay))
-    settings = app_facts.settings_from_env(k8s.resolved_env(main))
-    assert "runtime" in settings.model_fields_set, "the GPU pod does not choose its runtime"
-    assert settings.runtime == "tensorflow"
+    """LiteRT runs on the CPU only."""
+    assert pod_settings(overlay).runtime == "tensorflow"
 
 
 def _comparable(docs: tuple[k8s.Doc, ...]) -> tuple[k8s.Doc, k8s.Doc]:

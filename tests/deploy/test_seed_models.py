@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import app_facts, k8s
-from tests.deploy.conftest import serving_container
+from tests.deploy.conftest import flavor, serving_container
 
 SCRIPT = k8s.K8S / "common" / "seed_models.py"
 
@@ -102,7 +102,8 @@ def test_pods_seed_the_folder_the_server_reads(serving: str) -> None:
     model_env = by_field["model_dir"]
     [init] = [c for c in pod["initContainers"] if any(SCRIPT.name in a for a in c["command"])]
     source, target = init["command"][-2:]
-    assert source == app_facts.image_env()[model_env], "not the image's baked-in model folder"
+    baked = app_facts.image_env(flavor(serving))[model_env]
+    assert source == baked, "not the image's baked-in model folder"
 
     served = k8s.env_value(main, model_env)
     init_mount, main_mount = k8s.mount_for(init, target), k8s.mount_for(main, served)
