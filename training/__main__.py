@@ -270,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fit the 'neither' score (needs --data); the model also returns ood_score",
     )
-    p.add_argument("--ood-limit", type=int, help="fit on at most this many training images")
+    p.add_argument(
+        "--ood-limit", type=int, help="fit on about this many training images, both classes"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("litert", help="add model.tflite to an exported version, checked")

@@ -64,14 +64,19 @@ def make_dataset(
     cache: bool | str = True,
     class_names: tuple[str, ...] = CLASS_NAMES,
     augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    limit: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 images in [0, 1], one-hot float32 labels) from a split folder.
 
     ``cache`` is True (memory), a file path (disk), or False. The training set is
     reshuffled every epoch from the seed; validation and test keep file order.
     ``augment`` (for training) maps each scaled float32 batch to an augmented one.
+    ``limit`` keeps about that many files, evenly spread over every class.
     """
     paths, labels = list_images(folder, class_names)
+    if limit is not None and limit < len(paths):
+        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+        paths, labels = [paths[i] for i in keep], labels[keep]
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     ds = ds.map(
         lambda p, y: (_read(p, image_size), y), num_parallel_calls=AUTOTUNE, deterministic=True

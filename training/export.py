@@ -174,7 +174,7 @@ def export_run(
 
     With ``tta`` the exported model averages the probabilities of each image and
     its mirror image (test-time augmentation; twice the compute per image). With
-    ``ood`` (needs ``data_dir``) an OOD score is fitted on (up to ``ood_limit``)
+    ``ood`` (needs ``data_dir``) an OOD score is fitted on (about ``ood_limit``)
     training images, its threshold set on validation, and exported as ``ood_score``.
     """
     from training.data import make_dataset
@@ -193,9 +193,8 @@ def export_run(
     if ood:
         score, ood_info = fit_ood(
             trained,
-            make_dataset(Path(data_dir) / "train", size, cache=False),
+            make_dataset(Path(data_dir) / "train", size, cache=False, limit=ood_limit),
             make_dataset(Path(data_dir) / "validation", size, cache=False),
-            limit=ood_limit,
         )
     model = serving_model(trained, tta, score)
     config = _read_json(run / "config.json")

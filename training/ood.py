@@ -103,34 +103,29 @@ def make_score_layer(means: np.ndarray, precision: np.ndarray) -> MahalanobisSco
 
 
 def collect_features(
-    extractor: keras.Model, dataset: tf.data.Dataset, limit: int | None = None
+    extractor: keras.Model, dataset: tf.data.Dataset
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features and integer labels of up to ``limit`` images of an (images, one-hot) dataset."""
-    features, labels, seen = [], [], 0
+    """Features and integer labels of every image of an (images, one-hot) dataset."""
+    features, labels = [], []
     for images, onehot in dataset:
         feats, _ = extractor(images, training=False)
         features.append(np.asarray(feats))
         labels.append(np.argmax(onehot.numpy(), axis=1))
-        seen += len(images)
-        if limit is not None and seen >= limit:
-            break
-    features_all, labels_all = np.concatenate(features), np.concatenate(labels)
-    return features_all[:limit], labels_all[:limit]
+    return np.concatenate(features), np.concatenate(labels)
 
 
 def fit_ood(
     model: keras.Model,
     train: tf.data.Dataset,
     validation: tf.data.Dataset,
-    limit: int | None = None,
     pass_rate: float = PASS_RATE,
 ) -> tuple[MahalanobisScore, dict[str, Any]]:
-    """Fit on (up to ``limit``) training images, set the threshold on validation.
+    """Fit on the training images, set the threshold on the validation images.
 
     Returns the score layer and the ``"ood"`` metadata object.
     """
     extractor = features_and_probabilities(model)
-    train_features, train_labels = collect_features(extractor, train, limit)
+    train_features, train_labels = collect_features(extractor, train)
     means, precision = fit_gaussians(train_features, train_labels)
     val_features, _ = collect_features(extractor, validation)
     val_scores = mahalanobis_scores(val_features, means, precision)

@@ -95,3 +95,11 @@ def test_missing_class_folder_or_no_images(tmp_path: Path) -> None:
     (tmp_path / "dog" / "notes.txt").write_text("not an image")
     with pytest.raises(ValueError, match="no images"):
         list_images(tmp_path)
+
+
+def test_limit_keeps_files_of_every_class(make_split: MakeSplit) -> None:
+    split = make_split(per_split=6)
+    ds = make_dataset(split / "train", (16, 16), 64, cache=False, limit=4)
+    _, labels = next(iter(ds))
+    assert len(ds.file_paths) == 4
+    assert labels.numpy().sum(axis=0).tolist() == [2.0, 2.0]
