@@ -156,9 +156,10 @@ class EpochState(keras.callbacks.Callback):
     one line per finished epoch across interruptions.
     """
 
-    def __init__(self, out: Path, phase: str, epoch_offset: int = 0) -> None:
+    def __init__(self, out: Path, phase: str, epoch_offset: int = 0, planned: int = 0) -> None:
         super().__init__()
         self.out, self.phase, self.epoch_offset = out, phase, epoch_offset
+        self.planned = planned  # the epoch count the optimizer's schedule was made for
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # Log first, then the model, then the state: a kill between any two steps
@@ -175,7 +176,8 @@ class EpochState(keras.callbacks.Callback):
         self.model.save(staging)
         staging.replace(self.out / "last.keras")
         state = self.out / "state.tmp.json"
-        state.write_text(json.dumps({"phase": self.phase, "epoch": epoch + 1}) + "\n")
+        record = {"phase": self.phase, "epoch": epoch + 1, "planned_epochs": self.planned}
+        state.write_text(json.dumps(record) + "\n")
         state.replace(self.out / "state.json")
 
 
@@ -302,26 +304,31 @@ def build_or_resume(config: TrainConfig) -> Session:
 def _replanned(out: Path, state: dict[str, Any], phases: list[Phase]) -> dict[str, Any] | None:
     """When a run resumes mid-phase with a new epoch count for that phase, say so.
 
-    The resumed optimizer's schedule still spans the old count; ``run_phases``
-    then recompiles with a fresh schedule over the epochs that remain.
+    The resumed optimizer's schedule spans the count it was compiled for
+    (``planned_epochs`` in ``state.json``; older runs: the last replan or the
+    saved ``config.json``); ``run_phases`` then recompiles with a fresh schedule
+    over the epochs that remain.
     """
-    previous = (
-        json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
-    )
-    if "replanned" in previous and previous["replanned"]["phase"] == state["phase"]:
-        return previous["replanned"]  # already replanned, and this is a later resume
-    before = {p.name: p.epochs for p in plan_phases(_config_from(previous))} if previous else {}
-    now = {p.name: p.epochs for p in phases}
+    path = out / "config.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
     name = state["phase"]
-    if name in before and name in now and before[name] != now[name] and state["epoch"] > 0:
-        print(f"phase {name}: {now[name]} epochs (was {before[name]}); new schedule from here")
+    earlier = previous.get("replanned")
+    earlier = earlier if earlier and earlier["phase"] == name else None
+    planned = state.get("planned_epochs")
+    if planned is None and earlier:
+        planned = earlier["epochs_now"]
+    if planned is None and previous:
+        planned = {p.name: p.epochs for p in plan_phases(_config_from(previous))}.get(name)
+    now = {p.name: p.epochs for p in phases}.get(name)
+    if planned is not None and now is not None and planned != now and state["epoch"] > 0:
+        print(f"phase {name}: {now} epochs (was {planned}); new schedule from here")
         return {
             "phase": name,
-            "epochs_before": before[name],
-            "epochs_now": now[name],
+            "epochs_before": planned,
+            "epochs_now": now,
             "at_epoch": state["epoch"],
         }
-    return None
+    return earlier  # a later resume of a replanned phase keeps its record
 
 
 def _config_from(saved: dict[str, Any]) -> TrainConfig:
@@ -391,7 +398,7 @@ def run_phases(session: Session) -> None:
                     restore_best_weights=True,
                 )
             )
-        callbacks.append(EpochState(out, phase.name, offset))
+        callbacks.append(EpochState(out, phase.name, offset, planned=phase.epochs))
         if initial_epoch < phase.epochs:
             session.model.fit(
                 session.train_ds,

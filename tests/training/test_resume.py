@@ -142,7 +142,8 @@ def test_killed_run_resumes_at_the_next_epoch(make_split: MakeSplit, tmp_path: P
     assert history["phase"] == ["train"] * EPOCHS
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"):
         assert len(history[key]) == EPOCHS, key
-    assert json.loads((run / "state.json").read_text()) == {"phase": "train", "epoch": EPOCHS}
+    state = {"phase": "train", "epoch": EPOCHS, "planned_epochs": EPOCHS}
+    assert json.loads((run / "state.json").read_text()) == state
     result = json.loads((run / "result.json").read_text())
     assert result["epochs_run"] == EPOCHS
     assert (run / "final.keras").is_file()
@@ -173,7 +174,8 @@ def test_finished_run_does_not_train_again(
     assert f"resuming {run}: phase train, 2 epoch(s) done" in out
     assert not re.search(r"Epoch \d+/2\b", out)  # model.fit did not run
     assert logged_epochs(run) == [1, 2]
-    assert json.loads((run / "state.json").read_text()) == {"phase": "train", "epoch": 2}
+    state = {"phase": "train", "epoch": 2, "planned_epochs": 2}
+    assert json.loads((run / "state.json").read_text()) == state
     assert second["epochs_run"] == first["epochs_run"] == 2
     assert second["best_epoch"] == first["best_epoch"]
     assert second["val_accuracy"] == first["val_accuracy"]
@@ -212,7 +214,8 @@ def test_transfer_run_fine_tunes_the_unfrozen_backbone(
         ("head", 1, 1),
         ("fine-tune", 1, 2),
     ]
-    assert json.loads((run / "state.json").read_text()) == {"phase": "fine-tune", "epoch": 1}
+    state = {"phase": "fine-tune", "epoch": 1, "planned_epochs": 1}
+    assert json.loads((run / "state.json").read_text()) == state
 
     # The head phase started with only the classifier trainable (the summary printed
     # before training); the fine-tune phase ended with the whole backbone trainable.
@@ -262,3 +265,11 @@ def test_resuming_with_more_epochs_schedules_the_rest_anew(
     # A fresh optimizer: it counted only the steps since the resume (2 epochs x 2 steps).
     optimizer = keras.saving.load_model(run / "last.keras").optimizer
     assert int(optimizer.iterations) == 4
+    assert json.loads((run / "state.json").read_text())["planned_epochs"] == 3
+
+    # Changing the count again (even if config.json was rewritten in between) replans again.
+    config.epochs = 4
+    train(config)
+    assert "phase train: 4 epochs (was 3); new schedule from here" in capsys.readouterr().out
+    assert logged_epochs(run) == [1, 2, 3, 4]
+    assert int(keras.saving.load_model(run / "last.keras").optimizer.iterations) == 2
