@@ -1,9 +1,12 @@
 """The "neither cat nor dog" signal: a Mahalanobis score on the model's own features.
 
-Fit (at export): the pooled backbone features of training photos give one mean
-per class and a shared covariance. Score (in the exported graph): the smallest
-squared Mahalanobis distance from an image's features to a class mean, divided
-by the feature count, so higher means less like the training photos. The
+Fit (at export): the pooled backbone features of training photos, scaled to
+unit length, give one mean per class and a shared covariance. Score (in the
+exported graph): the smallest squared Mahalanobis distance from an image's
+unit-length features to a class mean, divided by the feature count, so higher
+means less like the training photos. Scaling to unit length matters: images
+that are neither often have weak features (a small norm) that sit close to the
+class means in raw feature space, but point elsewhere. The
 threshold is the score that a chosen share (99 %) of validation photos stay
 under; an image scoring above it is "neither".
 """
@@ -18,6 +21,7 @@ import tensorflow as tf
 
 METHOD = "mahalanobis"
 PASS_RATE = 0.99  # share of validation cat/dog photos that must pass
+EPSILON = 1e-12  # keeps an all-zero feature vector from dividing by zero
 
 
 def feature_layer(model: keras.Model) -> keras.layers.Layer:
@@ -56,11 +60,18 @@ def fit_gaussians(
     return means.astype(np.float32), np.linalg.inv(covariance).astype(np.float32)
 
 
+def unit_length(features: np.ndarray) -> np.ndarray:
+    """Each feature vector divided by its length (zero vectors stay zero)."""
+    features = features.astype(np.float64)
+    return features / (np.linalg.norm(features, axis=1, keepdims=True) + EPSILON)
+
+
 def mahalanobis_scores(
     features: np.ndarray, means: np.ndarray, precision: np.ndarray
 ) -> np.ndarray:
-    """Numpy twin of ``MahalanobisScore``: min over classes of d^T P d, over D."""
-    diff = features[:, None, :].astype(np.float64) - means[None].astype(np.float64)
+    """Numpy twin of ``MahalanobisScore``: min over classes of d^T P d, over D,
+    for the unit-length ``features`` (means and precision fitted on unit-length ones)."""
+    diff = unit_length(features)[:, None, :] - means[None].astype(np.float64)
     distances = np.einsum("ncd,de,nce->nc", diff, precision.astype(np.float64), diff)
     return (distances.min(axis=1) / features.shape[1]).astype(np.float32)
 
@@ -72,7 +83,8 @@ def choose_threshold(scores: np.ndarray, pass_rate: float = PASS_RATE) -> float:
 
 @keras.saving.register_keras_serializable(package="catdog")
 class MahalanobisScore(keras.layers.Layer):
-    """Features [N, D] -> score [N]: min over classes of squared Mahalanobis distance, over D."""
+    """Features [N, D] -> score [N]: scaled to unit length, then the min over classes
+    of the squared Mahalanobis distance, over D."""
 
     def __init__(self, num_classes: int, dims: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -85,6 +97,8 @@ class MahalanobisScore(keras.layers.Layer):
         )
 
     def call(self, features: Any) -> Any:
+        length = keras.ops.sqrt(keras.ops.sum(features * features, axis=1, keepdims=True))
+        features = features / (length + EPSILON)
         diff = keras.ops.expand_dims(features, 1) - keras.ops.expand_dims(self.means, 0)
         projected = keras.ops.einsum("ncd,de->nce", diff, self.precision)
         distances = keras.ops.sum(projected * diff, axis=-1)
@@ -126,7 +140,7 @@ def fit_ood(
     """
     extractor = features_and_probabilities(model)
     train_features, train_labels = collect_features(extractor, train)
-    means, precision = fit_gaussians(train_features, train_labels)
+    means, precision = fit_gaussians(unit_length(train_features), train_labels)
     val_features, _ = collect_features(extractor, validation)
     val_scores = mahalanobis_scores(val_features, means, precision)
     threshold = choose_threshold(val_scores, pass_rate)
@@ -134,8 +148,8 @@ def fit_ood(
         "method": METHOD,
         "output": "ood_score",
         "meaning": "min over classes of the squared Mahalanobis distance of the pooled "
-        "backbone features to the class mean (shared covariance), divided by the "
-        "feature count; higher = less like the training photos",
+        "backbone features, scaled to unit length, to the class mean (shared "
+        "covariance), divided by the feature count; higher = less like the training photos",
         "rule": "ood_score > threshold: neither a cat nor a dog",
         "threshold": threshold,
         "target_pass_rate": pass_rate,

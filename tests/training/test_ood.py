@@ -33,6 +33,7 @@ from training.ood import (
     fit_gaussians,
     mahalanobis_scores,
     make_score_layer,
+    unit_length,
 )
 
 
@@ -45,7 +46,7 @@ def _clusters(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_far_points_score_higher_than_points_near_a_class() -> None:
     features, labels = _clusters()
-    means, precision = fit_gaussians(features, labels)
+    means, precision = fit_gaussians(unit_length(features), labels)
     near = mahalanobis_scores(np.array([[3.0, 0, 0, 0], [-3.0, 0.2, 0, 0]]), means, precision)
     far = mahalanobis_scores(np.array([[0.0, 0, 0, 0], [3.0, 5.0, 0, 0]]), means, precision)
     assert near.max() < 0.5 < 5 < far.min()
@@ -57,9 +58,17 @@ def test_threshold_lets_the_chosen_share_pass() -> None:
     assert 0.99 <= np.mean(scores <= threshold) < 0.995
 
 
+def test_weak_features_pointing_elsewhere_score_high() -> None:
+    features, labels = _clusters()
+    means, precision = fit_gaussians(unit_length(features), labels)
+    # Short vectors near the origin, but not along a class direction: far once scaled.
+    weak = np.array([[0.1, 0.3, 0.0, 0.0], [0.0, 0.0, 0.2, 0.1]])
+    assert mahalanobis_scores(weak, means, precision).min() > 5
+
+
 def test_keras_layer_matches_the_numpy_score() -> None:
     features, labels = _clusters()
-    means, precision = fit_gaussians(features, labels)
+    means, precision = fit_gaussians(unit_length(features), labels)
     layer = make_score_layer(means, precision)
     probe = features[:10].astype(np.float32) * 1.5
     np.testing.assert_allclose(
