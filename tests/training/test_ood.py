@@ -36,6 +36,10 @@ from training.ood import (
     unit_length,
 )
 
+pytestmark = pytest.mark.filterwarnings(  # noise from inside Keras 3.15, not from the project
+    "ignore:__array__ implementation doesn't accept:DeprecationWarning"
+)
+
 
 def _clusters(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
