@@ -142,7 +142,9 @@ def fit_ood(
     train_features, train_labels = collect_features(extractor, train)
     means, precision = fit_gaussians(unit_length(train_features), train_labels)
     val_features, _ = collect_features(extractor, validation)
-    val_scores = mahalanobis_scores(val_features, means, precision)
+    layer = make_score_layer(means, precision)
+    # Scored by the exported layer itself (float32), so the threshold is what serving sees.
+    val_scores = np.asarray(layer(val_features.astype(np.float32)))
     threshold = choose_threshold(val_scores, pass_rate)
     info = {
         "method": METHOD,
@@ -159,4 +161,4 @@ def fit_ood(
         "feature_dims": int(train_features.shape[1]),
         "feature_layer": feature_layer(model).name,
     }
-    return make_score_layer(means, precision), info
+    return layer, info
