@@ -76,6 +76,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(client cores, server cores): the first allowed core, and the rest."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if not pin or len(allowed) < 2:
+        return None, None
+    return {allowed[0]}, set(allowed[1:])
+
+
 def pin_to(cpus: Iterable[int] | None) -> Callable[[], None] | None:
     """A ``preexec_fn`` that pins a child process (all its future threads) to ``cpus``."""
     if not cpus:

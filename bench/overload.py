@@ -56,6 +56,7 @@ from bench.harness import (
     loadavg,
     new_report,
     slug,
+    split_cpus,
     table,
     uvicorn_server,
 )
@@ -274,14 +275,6 @@ def load_requests(args: argparse.Namespace) -> list[bytes]:
         encode_request(cached_variant(p, "480x320", args.seed + i), p.name)
         for i, p in enumerate(photos)
     ]
-
-
-def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
-    """(client cores, server cores): the first allowed core, and the rest."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if not pin or len(allowed) < 2:
-        return None, None
-    return {allowed[0]}, set(allowed[1:])
 
 
 def render(report: dict[str, Any]) -> str:

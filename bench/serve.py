@@ -75,7 +75,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.harness import loadavg, new_report, write_report
+from bench.harness import loadavg, new_report, split_cpus, write_report
 from bench.serve_compare import best_modes, compare_runtimes
 from bench.serve_images import GROUPS, build_image_set
 from bench.serve_limit import combine_in_process, measure_in_process, measure_in_process_pinned
@@ -93,14 +93,6 @@ def int_list(text: str) -> list[int]:
 def float_list(text: str) -> list[float]:
     """``"0.78,0.2,0.02"`` -> ``[0.78, 0.2, 0.02]``."""
     return [float(part) for part in text.split(",") if part.strip()]
-
-
-def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
-    """(client cores, server cores): the first allowed core, and the rest."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if not pin or len(allowed) < 2:
-        return None, None
-    return {allowed[0]}, set(allowed[1:])
 
 
 def parse_args(

@@ -40,10 +40,11 @@ Decoder = Callable[[], list[Future]]
 def service_runtime(args: argparse.Namespace) -> tuple[str, int]:
     """(runtime, threads of one model call) as the service would pick them on these cores."""
     from app.core.config import Settings  # the service's defaults live there only
+    from app.core.service import usable_cpus  # and its rule for "one per usable core"
 
     env = settings_env(args)
     default = Settings.model_fields["inference_threads"].default
-    threads = int(env.get("CATDOG_INFERENCE_THREADS", default)) or len(os.sched_getaffinity(0))
+    threads = int(env.get("CATDOG_INFERENCE_THREADS", default)) or usable_cpus()
     return env.get("CATDOG_RUNTIME", "auto"), threads
 
 

@@ -16,6 +16,7 @@ CLASS_NAMES: tuple[str, ...] = ("cat", "dog")
 IMAGE_SIZE: tuple[int, int] = (224, 224)  # (height, width)
 SCALING = "x/255"  # float32 pixels in [0, 1]
 METADATA_FILE = "metadata.json"
+LITERT_FILE = "model.tflite"  # the LiteRT form of a version, beside its SavedModel
 SIGNATURE = "serving_default"
 
 

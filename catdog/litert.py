@@ -32,8 +32,6 @@ from ai_edge_litert.interpreter import Interpreter
 
 from catdog.contract import SIGNATURE
 
-LITERT_FILE = "model.tflite"
-
 
 class LiteRTModel:
     """A ``.tflite`` model with a float32 [N, H, W, 3] input, run on numpy batches.

@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from catdog.contract import METADATA_FILE, SIGNATURE, ModelContract
+from catdog.contract import LITERT_FILE, METADATA_FILE, SIGNATURE, ModelContract
 from catdog.quiet import drop_expected_gpu_noise
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 RUNTIMES = ("auto", "litert", "tensorflow")
-LITERT_FILE = "model.tflite"  # the same name as catdog.litert.LITERT_FILE (no import here)
 PROBABILITIES = "probabilities"
 OOD_SCORE = "ood_score"
 

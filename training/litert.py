@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from catdog.contract import METADATA_FILE, SIGNATURE, ModelContract
-from catdog.litert import LITERT_FILE, LiteRTModel
+from catdog.contract import LITERT_FILE, METADATA_FILE, SIGNATURE, ModelContract
+from catdog.litert import LiteRTModel
 from catdog.runtimes import OOD_SCORE, load_signature
 
 TOLERANCE = 1e-5

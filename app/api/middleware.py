@@ -49,23 +49,22 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
 
 
+_PROTOCOL_ROUTE = re.compile(
+    r"^/(?P<api>v1|v2)/models/[^/]+(?P<version>/versions/[^/:]+)?(?P<verb>/infer|:predict|:classify)$"
+)
+
+
 def body_limit(settings: Settings, path: str) -> int | None:
     """The largest body accepted on a prediction path (None: not a prediction path)."""
     if path == "/predict":
         return settings.max_upload_bytes + MULTIPART_OVERHEAD
     if path == "/predict/batch":
         return settings.max_upload_bytes * settings.max_files_per_request + MULTIPART_OVERHEAD
-    if path.startswith(("/v2/models/", "/v1/models/")) and path.endswith(
-        ("/infer", ":predict", ":classify")
-    ):  # Open Inference Protocol, TF Serving (app/api/protocols): base64 is 4/3 of the bytes
+    if _PROTOCOL_ROUTE.match(path):
+        # Open Inference Protocol, TF Serving (app/api/protocols): base64 is 4/3 of the bytes
         files = settings.max_upload_bytes * settings.max_files_per_request
         return files * 4 // 3 + MULTIPART_OVERHEAD
     return None
-
-
-_PROTOCOL_ROUTE = re.compile(
-    r"^/(?P<api>v1|v2)/models/[^/]+(?P<version>/versions/[^/:]+)?(?P<verb>/infer|:predict|:classify)$"
-)
 
 
 def route_label(path: str) -> str:

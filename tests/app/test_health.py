@@ -10,7 +10,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.api.middleware import route_label
+from app.api.middleware import body_limit, route_label
 from app.core.config import Settings
 from app.main import create_app
 from tests.app.helpers import (
@@ -142,6 +142,8 @@ def test_early_refusals_are_labelled_by_route_template_not_by_path() -> None:
         "/v1/models/{name}/versions/{version}:classify"
     )
     assert route_label("/predict/batch") == "/predict/batch"
+    # Every path the gate limits gets one of those labels: the two share one matcher.
+    assert body_limit(Settings(), "/v2/models/a/b/c/infer") is None
     templates = set(create_app(Settings()).openapi()["paths"])
     for path in ("/v2/models/a/infer", "/v1/models/a/versions/1:predict", "/v1/models/a:classify"):
         assert route_label(path) in templates  # the same label as a routed request's

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catdog.litert import LITERT_FILE, LiteRTModel
+from catdog.contract import LITERT_FILE
+from catdog.litert import LiteRTModel
 from catdog.runtimes import Inference, load_model, load_saved_model
 from tests.tiny_models import SIZE, export_tiny, images
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catdog.litert import LITERT_FILE
+from catdog.contract import LITERT_FILE
 from catdog.runtimes import load_model
 from tests.images import MakeSplit
 from tests.tiny_models import export_tiny, images
