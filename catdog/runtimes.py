@@ -87,12 +87,22 @@ def _probabilities_output(names: tuple[str, ...], where: Path) -> str:
     raise ValueError(f"{where}: outputs {list(names)}, expected one or {PROBABILITIES!r}")
 
 
+def version_number(name: str) -> int | None:
+    """The number a version folder or URL names: ASCII digits only, else None.
+
+    ``str.isdigit`` also accepts digits ``int`` cannot read (``"²"``), so both
+    checks are needed before ``int``.
+    """
+    return int(name) if name.isascii() and name.isdigit() else None
+
+
 def version_dirs(base: str | Path) -> dict[int, Path]:
     """Integer-named version folders under a model base folder."""
     base = Path(base)
     if not base.is_dir():
         return {}
-    return {int(p.name): p for p in base.iterdir() if p.is_dir() and p.name.isdigit()}
+    numbered = ((version_number(p.name), p) for p in base.iterdir() if p.is_dir())
+    return {number: p for number, p in numbered if number is not None}
 
 
 def latest_version(base: str | Path) -> Path:

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import UPLOAD_KEY
 from app.api.errors import queue_full
+from app.api.protocols.common import header_int
 from app.core.config import Settings
 from app.core.errors import QueueFullError
 from app.core.service import InferenceService
@@ -97,7 +98,8 @@ class PredictionGateMiddleware:
             return
         scope[ROUTE_KEY] = route_label(scope["path"])
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        length = None if declared is None else header_int(declared)
+        if length is not None and length > limit:
             # No "Connection: close": uvicorn would close the socket with the body unread and
             # a client still sending it would get a reset instead of this 413. Kept open, the
             # server discards the rest of the body.

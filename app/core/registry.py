@@ -42,7 +42,7 @@ from app.core import heap
 from app.core.errors import ModelLoadError, ModelNotReadyError, VersionNotFoundError
 from app.core.metrics import Metrics
 from app.core.model import LoadedModel
-from catdog.runtimes import version_dirs
+from catdog.runtimes import version_dirs, version_number
 
 log = logging.getLogger("catdog.registry")
 Loader = Callable[[Path], LoadedModel]
@@ -161,7 +161,7 @@ class ModelRegistry:
         """The loaded ``version`` (None: the highest), else ``VersionNotFoundError``."""
         if version is None:
             return self.current
-        number = int(version) if version.isascii() and version.isdigit() else None
+        number = version_number(version)
         model = self._loaded.get(number) if number is not None else None
         if model is not None:
             return model

@@ -214,6 +214,13 @@ def test_malformed_requests_are_400_in_the_protocols_shape(server: Server) -> No
             headers={"Inference-Header-Content-Length": "999"},
         )
         assert response.status_code == 400 and "Inference-Header" in response.json()["error"]
+        # A digit that str.isdigit() accepts but int() cannot read (was a 500).
+        response = http.post(
+            "/v2/models/catdog/infer",
+            content=b'{"inputs": []}',
+            headers=[(b"Inference-Header-Content-Length", b"\xb2")],
+        )
+        assert response.status_code == 400 and "Inference-Header" in response.json()["error"]
         response = http.post("/v2/models/dog/infer", json={"inputs": [one]})
         assert response.status_code == 404, response.text
         assert response.json() == {"error": "no model named 'dog'; this service serves 'catdog'"}

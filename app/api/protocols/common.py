@@ -58,6 +58,11 @@ PROTOCOL_ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
+def header_int(value: str) -> int | None:
+    """A header's non-negative integer: ASCII digits only, else None (``int("²")`` raises)."""
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 def bad_request(message: str) -> HTTPException:
     """400: the request is malformed for the protocol."""
     return HTTPException(400, message)

@@ -44,6 +44,7 @@ from app.api.protocols.common import (
     check_images,
     check_model_name,
     decode_b64,
+    header_int,
     parse_body,
 )
 from app.core.admission import Upload
@@ -235,12 +236,12 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferRequest, 
     """The JSON request and the binary tensor data after it (empty without the extension)."""
     if header_length is None:
         return parse_body(InferRequest, body), b""
-    if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
+    split = header_int(header_length)
+    if split is None or not 0 < split <= len(body):
         raise bad_request(
             f"{HEADER_LENGTH}: {header_length!r} is not a length within the body "
             f"of {len(body)} bytes"
         )
-    split = int(header_length)
     return parse_body(InferRequest, body[:split]), body[split:]
 
 
