@@ -88,12 +88,12 @@ def _probabilities_output(names: tuple[str, ...], where: Path) -> str:
 
 
 def version_number(name: str) -> int | None:
-    """The number a version folder or URL names: ASCII digits only, else None.
+    """The number a version folder or URL names: up to 18 ASCII digits, else None.
 
-    ``str.isdigit`` also accepts digits ``int`` cannot read (``"²"``), so both
-    checks are needed before ``int``.
+    ``str.isdigit`` also accepts digits ``int`` cannot read (``"²"``), and ``int``
+    refuses more than 4,300 digits, so all three checks come before ``int``.
     """
-    return int(name) if name.isascii() and name.isdigit() else None
+    return int(name) if len(name) <= 18 and name.isascii() and name.isdigit() else None
 
 
 def version_dirs(base: str | Path) -> dict[int, Path]:

@@ -50,8 +50,10 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
 
 
+# The prediction routes of app/api/routes/v2.py and tfserving.py; each {name} and {version}
+# is Starlette's [^/]+ (a ":" included), or a path the router serves would pass ungated.
 _PROTOCOL_ROUTE = re.compile(
-    r"^/(?P<api>v1|v2)/models/[^/]+(?P<version>/versions/[^/:]+)?(?P<verb>/infer|:predict|:classify)$"
+    r"^/(?P<api>v1|v2)/models/[^/]+(?P<version>/versions/[^/]+)?(?P<verb>/infer|:predict|:classify)$"
 )
 
 

@@ -144,6 +144,11 @@ def test_early_refusals_are_labelled_by_route_template_not_by_path() -> None:
     assert route_label("/predict/batch") == "/predict/batch"
     # Every path the gate limits gets one of those labels: the two share one matcher.
     assert body_limit(Settings(), "/v2/models/a/b/c/infer") is None
+    # A ":" in a name or version still reaches the routes, so it is gated too (was ungated).
+    assert body_limit(Settings(), "/v1/models/catdog/versions/2:x:predict") is not None
+    assert route_label("/v1/models/catdog/versions/2:x:predict") == (
+        "/v1/models/{name}/versions/{version}:predict"
+    )
     templates = set(create_app(Settings()).openapi()["paths"])
     for path in ("/v2/models/a/infer", "/v1/models/a/versions/1:predict", "/v1/models/a:classify"):
         assert route_label(path) in templates  # the same label as a routed request's

@@ -221,6 +221,15 @@ def test_malformed_requests_are_400_in_the_protocols_shape(server: Server) -> No
             headers=[(b"Inference-Header-Content-Length", b"\xb2")],
         )
         assert response.status_code == 400 and "Inference-Header" in response.json()["error"]
+        for too_long in (b"9" * 5000, b"9" * 19):  # int() refuses > 4,300 digits (was a 500)
+            response = http.post(
+                "/v2/models/catdog/infer",
+                content=b'{"inputs": []}',
+                headers=[(b"Inference-Header-Content-Length", too_long)],
+            )
+            assert response.status_code == 400, response.text
+        response = http.get("/v2/models/catdog/versions/" + "9" * 5000)
+        assert response.status_code == 404 and set(response.json()) == {"error"}
         response = http.post("/v2/models/dog/infer", json={"inputs": [one]})
         assert response.status_code == 404, response.text
         assert response.json() == {"error": "no model named 'dog'; this service serves 'catdog'"}

@@ -21,7 +21,7 @@ import pytest
 
 from catdog.contract import LITERT_FILE
 from catdog.litert import LiteRTModel
-from catdog.runtimes import Inference, load_model, load_saved_model, version_dirs
+from catdog.runtimes import Inference, load_model, load_saved_model, version_dirs, version_number
 from tests.tiny_models import SIZE, export_tiny, images
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,3 +201,5 @@ def test_only_ascii_digit_folders_are_versions(tmp_path: Path) -> None:
     for name in ("1", "12", "²", "٣", "v3", "007x"):
         (tmp_path / name).mkdir()
     assert sorted(version_dirs(tmp_path)) == [1, 12]  # int("²") raised before
+    assert version_number("9" * 5000) is None  # int() raises past 4,300 digits
+    assert version_number("2") == 2

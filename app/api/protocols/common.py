@@ -59,8 +59,9 @@ PROTOCOL_ERRORS: dict[int | str, dict[str, object]] = {
 
 
 def header_int(value: str) -> int | None:
-    """A header's non-negative integer: ASCII digits only, else None (``int("²")`` raises)."""
-    return int(value) if value.isascii() and value.isdigit() else None
+    """A header's non-negative integer: up to 18 ASCII digits, else None (``int`` raises on
+    ``"²"`` and on more than 4,300 digits)."""
+    return int(value) if len(value) <= 18 and value.isascii() and value.isdigit() else None
 
 
 def bad_request(message: str) -> HTTPException:
