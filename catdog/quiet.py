@@ -12,7 +12,9 @@ does nothing: there, those lines are worth reading.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -61,7 +63,17 @@ def drop_expected_gpu_noise() -> None:
         read_fd, write_fd = os.pipe()
         os.dup2(write_fd, 2)
         os.close(write_fd)
-        threading.Thread(
+        forwarder = threading.Thread(
             target=_forward, args=(read_fd, original), name="stderr-filter", daemon=True
-        ).start()
+        )
+        forwarder.start()
+        atexit.register(_drain, forwarder, original)
         _installed = True
+
+
+def _drain(forwarder: threading.Thread, original: int) -> None:
+    """At exit: put the real stderr back, which closes the pipe, and let the filter pass on
+    what is still in it (a daemon thread would otherwise die with the last lines unsent)."""
+    sys.stderr.flush()
+    os.dup2(original, 2)
+    forwarder.join(timeout=2.0)  # a child process still holding the pipe keeps it open
