@@ -9,8 +9,10 @@ versions answer by URL, unknown ones 404 in TF Serving's shape.
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -172,6 +174,9 @@ def test_explicit_version_equals_the_other_protocol(http: httpx.Client) -> None:
         ({"instances": [{"pixels": [1.0]}]}, 400, "image_bytes"),
         ({"inputs": {"images": [[[[2.0] * 3] * 32] * 32]}}, 400, "[0, 1]"),
         ({"inputs": {"images": [[1.0, 2.0], [3.0]]}}, 400, "rectangular"),
+        ({"inputs": {"images": [[["0.5"] * 3] * 32] * 32}}, 400, "numbers"),
+        ({"inputs": {"images": [[[True] * 3] * 32] * 32}}, 400, "numbers"),
+        ({"instances": [[[[0.5, None, 0.5]] * 32] * 32]}, 400, "numbers"),
         ({"instances": [b64(b"\xff\xd8")] * 33}, 413, "at most 32"),
         ({"signature_name": "other", "instances": [b64(b"x")]}, 400, "signature"),
         ({"instances": "not a list"}, 400, "invalid request"),
@@ -184,6 +189,9 @@ def test_explicit_version_equals_the_other_protocol(http: httpx.Client) -> None:
         "unknown-input",
         "out-of-range",
         "ragged",
+        "strings",
+        "booleans",
+        "null",
         "too-many",
         "signature",
         "malformed",
@@ -193,6 +201,37 @@ def test_bad_predict_requests(http: httpx.Client, body: object, status: int, wor
     response = http.post("/v1/models/catdog:predict", json=body)
     assert response.status_code == status, response.text
     assert words in response.json()["error"], response.json()
+
+
+@pytest.mark.parametrize("verb", [":predict", ":classify"])
+def test_an_unknown_version_is_404_before_the_body_arrives(server: Server, verb: str) -> None:
+    """The version is looked up first: a client is not made to send a body to no model."""
+    url = urlsplit(server.url)
+    head = (
+        f"POST /v1/models/catdog/versions/9{verb} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(head.encode() + b'{"instances": [')  # and the rest never comes
+        answer = sock.recv(65536)  # a server waiting for the body times this out
+    assert answer.startswith(b"HTTP/1.1 404"), answer
+    assert b"version" in answer
+
+
+def test_more_values_than_any_legal_tensor_are_refused_before_parsing(
+    http: httpx.Client,
+) -> None:
+    """32 images of 32x32x3 pixels are 98,304 values; the commas of a body past them
+    (plus room for keys) answer 413 without building a Python float per value."""
+    values = ",".join(["0.5"] * 110_000)
+    body = f'{{"instances": [[{values}]]}}'.encode()
+    response = http.post("/v1/models/catdog:predict", content=body)
+    assert response.status_code == 413, response.text
+    assert "more than 102400 values" in response.json()["error"]
+    oip = {"inputs": [{"name": "images", "shape": [1, 110_000], "datatype": "FP32"}]}
+    oip_body = (str(oip)[:-2].replace("'", '"') + f', "data": [{values}]}}]}}').encode()
+    response = http.post("/v2/models/catdog/infer", content=oip_body)
+    assert response.status_code == 413, response.text
 
 
 def test_curl_form_content_type_is_read_as_json(http: httpx.Client) -> None:

@@ -45,6 +45,7 @@ from app.api.protocols.common import (
     check_model_name,
     decode_b64,
     header_int,
+    most_values,
     parse_body,
 )
 from app.core.admission import Upload
@@ -222,7 +223,11 @@ async def infer(
     """One inference request, from the body to the answer (see the module docstring)."""
     check_model_name(service, name)
     model = service.model_for(version)  # 404 before reading the body
-    infer_request, binary = read_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    infer_request, binary = read_request(
+        await request.body(),
+        request.headers.get(HEADER_LENGTH),
+        most_values(service.settings, model.contract),
+    )
     output = output_choice(infer_request, len(model.contract.class_names))
     given = model_input(infer_request, binary, service.settings)
     if isinstance(given, EncodedImages):
@@ -232,17 +237,20 @@ async def infer(
     return encode(infer_request, results, name, output)
 
 
-def read_request(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
-    """The JSON request and the binary tensor data after it (empty without the extension)."""
+def read_request(body: bytes, header_length: str | None, most: int) -> tuple[InferRequest, bytes]:
+    """The JSON request and the binary tensor data after it (empty without the extension).
+
+    ``most``: the most values the JSON part may hold (``parse_body``).
+    """
     if header_length is None:
-        return parse_body(InferRequest, body), b""
+        return parse_body(InferRequest, body, most), b""
     split = header_int(header_length)
     if split is None or not 0 < split <= len(body):
         raise bad_request(
             f"{HEADER_LENGTH}: {header_length!r} is not a length within the body "
             f"of {len(body)} bytes"
         )
-    return parse_body(InferRequest, body[:split]), body[split:]
+    return parse_body(InferRequest, body[:split], most), body[split:]
 
 
 def output_choice(request: InferRequest, class_count: int) -> OutputChoice:

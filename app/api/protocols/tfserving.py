@@ -18,10 +18,11 @@ the one output ``probabilities`` ``[N, C]`` as ``predictions`` (rows) or
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.protocols.common import (
     JsonTensor,
@@ -32,6 +33,7 @@ from app.api.protocols.common import (
     check_images,
     check_model_name,
     decode_b64,
+    most_values,
     parse_body,
 )
 from app.core.admission import Upload
@@ -62,7 +64,9 @@ class PredictRequest(BaseModel):
 
     signature_name: str | None = Field(None, examples=[SIGNATURE])
     instances: list[Instance] | None = Field(None, examples=[[{"b64": "/9j/4AAQSkZJRgABAQ..."}]])
-    inputs: list[B64] | JsonTensor | dict[str, list[B64] | JsonTensor] | None = None
+    inputs: JsonTensor | dict[str, JsonTensor] | None = Field(
+        None, description='images [{"b64": ...}, ...] or a pixel tensor, or an object naming one'
+    )
 
 
 class PredictResponse(BaseModel):
@@ -172,12 +176,17 @@ def metadata(service: InferenceService, name: str, version: str | None) -> Metad
 
 
 async def predict(
-    service: InferenceService, name: str, version: str | None, body: bytes, upload: Upload | None
+    service: InferenceService,
+    name: str,
+    version: str | None,
+    http: Request,
+    upload: Upload | None,
 ) -> PredictResponse:
     """A ``:predict`` request, from the body to the answer."""
     check_model_name(service, name)
-    service.model_for(version)  # 404 before parsing the body
-    request = parse_body(PredictRequest, body)
+    model = service.model_for(version)  # 404 before reading the body
+    most = most_values(service.settings, model.contract)
+    request = parse_body(PredictRequest, await http.body(), most)
     _check_signature(request.signature_name)
     if (request.instances is None) == (request.inputs is None):
         raise bad_request('give either "instances" (rows) or "inputs" (columnar)')
@@ -193,12 +202,17 @@ async def predict(
 
 
 async def classify(
-    service: InferenceService, name: str, version: str | None, body: bytes, upload: Upload | None
+    service: InferenceService,
+    name: str,
+    version: str | None,
+    http: Request,
+    upload: Upload | None,
 ) -> ClassifyResponse:
     """A ``:classify`` request, from the body to the answer."""
     check_model_name(service, name)
-    service.model_for(version)
-    request = parse_body(ClassifyRequest, body)
+    model = service.model_for(version)  # 404 before reading the body
+    most = most_values(service.settings, model.contract)
+    request = parse_body(ClassifyRequest, await http.body(), most)
     _check_signature(request.signature_name)
     if any(isinstance(v, B64) for v in (request.context or {}).values()):
         raise bad_request("context holds an image: put one image in each example")
@@ -236,20 +250,28 @@ def _from_rows(
     raise bad_request('instances must all be images {"b64": ...} or all be pixel tensors')
 
 
-def _from_columns(
-    inputs: list[B64] | TensorData | dict[str, list[B64] | TensorData] | None,
-) -> list[B64] | np.ndarray:
+def _from_columns(inputs: TensorData | dict[str, TensorData] | None) -> list[B64] | np.ndarray:
     """Columnar form: the list of images or the tensor, or an object naming one input."""
     if isinstance(inputs, dict):
         if len(inputs) != 1 or not set(inputs) <= {IMAGE_BYTES, IMAGES}:
             raise bad_request(f"inputs name {sorted(inputs)}; give one of {IMAGE_BYTES}, {IMAGES}")
         [inputs] = inputs.values()
-    images = [i for i in inputs or [] if isinstance(i, B64)]
-    if images and len(images) == len(inputs or []):
-        return images
-    if images:
+    items = inputs or []
+    objects = [i for i in items if isinstance(i, dict)]
+    if objects and len(objects) == len(items):
+        return [_image(i, position) for position, i in enumerate(objects)]
+    if objects:
         raise bad_request('inputs must all be images {"b64": ...} or be one pixel tensor')
-    return as_pixels(inputs or [], "inputs")
+    return as_pixels(items, "inputs")
+
+
+def _image(item: dict[str, Any], position: int) -> B64:
+    """One ``{"b64": ...}`` of a columnar list (not typed as such: a pixel tensor would
+    make pydantic report one error per number while ruling it out)."""
+    try:
+        return B64.model_validate(item)
+    except ValidationError:
+        raise bad_request(f'inputs {position}: give an image as {{"b64": "..."}}') from None
 
 
 async def _classify(

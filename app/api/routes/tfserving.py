@@ -46,7 +46,7 @@ async def predict(
     name: str, request: Request, service: ServiceDep, upload: UploadDep
 ) -> tfs.PredictResponse:
     """Probabilities [N, C] for images or pixels, with the highest loaded version."""
-    return await tfs.predict(service, name, None, await request.body(), upload)
+    return await tfs.predict(service, name, None, request, upload)
 
 
 @router.post(
@@ -60,7 +60,7 @@ async def predict_version(
     name: str, version: str, request: Request, service: ServiceDep, upload: UploadDep
 ) -> tfs.PredictResponse:
     """Probabilities [N, C] for images or pixels, with one loaded version."""
-    return await tfs.predict(service, name, version, await request.body(), upload)
+    return await tfs.predict(service, name, version, request, upload)
 
 
 @router.post(
@@ -73,7 +73,7 @@ async def classify(
     name: str, request: Request, service: ServiceDep, upload: UploadDep
 ) -> tfs.ClassifyResponse:
     """[[label, score], ...] per image, with the highest loaded version."""
-    return await tfs.classify(service, name, None, await request.body(), upload)
+    return await tfs.classify(service, name, None, request, upload)
 
 
 @router.post(
@@ -86,4 +86,4 @@ async def classify_version(
     name: str, version: str, request: Request, service: ServiceDep, upload: UploadDep
 ) -> tfs.ClassifyResponse:
     """[[label, score], ...] per image, with one loaded version."""
-    return await tfs.classify(service, name, version, await request.body(), upload)
+    return await tfs.classify(service, name, version, request, upload)
