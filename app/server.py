@@ -28,7 +28,7 @@ This launcher runs uvicorn (``uvicorn.Server``) with the httptools parser in
   ``/metrics`` as the app would count it. The app's own gate refuses the same
   way for anything that gets past this check (``uvicorn app.main:app``, tests);
 * **graceful shutdown**: after SIGTERM, requests in flight get
-  ``graceful_shutdown_s`` (``--timeout-graceful-shutdown``); then they are cut
+  ``graceful_shutdown_s`` (the one knob: no flag overrides it); then they are cut
   off, and a request whose answer had not started gets a JSON 503
   (``app.api.middleware.MetricsMiddleware``).
 
@@ -369,12 +369,10 @@ def build_config(
     host: str = "127.0.0.1",
     port: int = 8000,
     access_log: bool = True,
-    graceful_shutdown_s: float | None = None,
     log_level: str | None = None,
 ) -> uvicorn.Config:
     """The uvicorn configuration that serves ``app`` with the guarded protocol."""
     settings: Settings = app.state.service.settings
-    grace = settings.graceful_shutdown_s if graceful_shutdown_s is None else graceful_shutdown_s
     return uvicorn.Config(
         app,
         host=host,
@@ -384,7 +382,7 @@ def build_config(
         lifespan="on",
         access_log=access_log,
         log_level=log_level,
-        timeout_graceful_shutdown=grace,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
     )
 
 
@@ -393,12 +391,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m app", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--timeout-graceful-shutdown",
-        type=float,
-        default=None,
-        help="seconds for requests in flight after SIGTERM (default CATDOG_GRACEFUL_SHUTDOWN_S)",
-    )
     p.add_argument("--no-access-log", action="store_true", help="no line per request")
     p.add_argument("--log-level", default=None, help="uvicorn's: debug, info, warning, ...")
     return p.parse_args(argv)
@@ -414,7 +406,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         access_log=not args.no_access_log,
-        graceful_shutdown_s=args.timeout_graceful_shutdown,
         log_level=args.log_level,
     )
     settings: Settings = app.state.service.settings

@@ -260,7 +260,7 @@ def _python_bin() -> str:
 
 
 def _launch_entrypoint(model: Path, port: int, log: Path, env: dict[str, str]) -> Server:
-    env = {**env, "HOST": "127.0.0.1", "PORT": str(port), "GRACEFUL_SHUTDOWN_S": "2"}
+    env = {**env, "HOST": "127.0.0.1", "PORT": str(port)}
     env["PATH"] = f"{_python_bin()}:{env.get('PATH', '')}"
     return _popen(["sh", str(ROOT / "docker" / "entrypoint.sh")], env, port, log)
 

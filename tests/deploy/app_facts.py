@@ -265,32 +265,15 @@ def graceful_shutdown_field() -> str:
     return fields[0]
 
 
-def entrypoint_grace_flag() -> tuple[str, float] | None:
-    """``(variable, default)`` when the entrypoint passes the launcher's
-    ``--timeout-graceful-shutdown`` from the environment (the flag beats the setting)."""
-    match = re.search(
-        r"--timeout-graceful-shutdown\s+\"?\$\{(\w+):-([\d.]+)\}", ENTRYPOINT.read_text()
-    )
-    return (match[1], float(match[2])) if match else None
-
-
 def graceful_shutdown_s(env: dict[str, str]) -> float:
     """Seconds the image's launcher gives requests in flight after SIGTERM, in a container
-    with ``env`` (its own and the image's): the entrypoint's flag if it passes one, else
-    the setting."""
-    flag = entrypoint_grace_flag()
-    if flag is not None:
-        name, fallback = flag
-        return float(env.get(name, fallback))
+    with ``env`` (its own and the image's): the setting, which no flag overrides."""
     return float(getattr(settings_from_env(env), graceful_shutdown_field()))
 
 
-def ignored_setting_envs() -> set[str]:
-    """Setting variables a container would set in vain: the entrypoint overrides them."""
-    if entrypoint_grace_flag() is None:
-        return set()
-    names = {field: env for env, field in setting_env_names().items()}
-    return {names[graceful_shutdown_field()]}
+def entrypoint_flags() -> set[str]:
+    """The ``--flags`` the container entrypoint passes to the launcher."""
+    return set(re.findall(r"(--[\w-]+)", ENTRYPOINT.read_text()))
 
 
 def shipped_input_shape(target: str) -> tuple[int, int, int]:
