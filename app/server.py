@@ -33,8 +33,9 @@ This launcher runs uvicorn (``uvicorn.Server``) with the httptools parser in
   (``app.api.middleware.MetricsMiddleware``).
 
 Every answer this layer gives itself is JSON ``{"detail": ...}`` with
-``Connection: close``; a request the body timeout cut off is counted as 408 in
-``/metrics`` (the app sees its client leave).
+``Connection: close``, counted by reason in ``catdog_http_refusals_total`` (as are
+connections it closes without an answer); a request the body timeout cut off is
+also counted as 408 for its route (the app sees its client leave).
 
 Why httptools and not h11: h11 bounds header bytes by itself, but parses a
 request in ~150 µs of Python against ~4 µs for httptools; under overload every
@@ -172,7 +173,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_bytes = 0  # bytes received while its headers were incomplete
         self._header_size = 0  # its URL, header names and values so far
         self._header_count = 0
-        self._refusal: tuple[int, str] | None = None  # why the parser was stopped
+        self._refusal: tuple[int, str, str] | None = None  # why the parser stopped: status,
+        # detail, reason (the label of catdog_http_refusals_total)
         self._last_body = 0.0  # loop time of the latest body bytes
         self._waiting_since = 0.0  # loop time it became idle or started a request
         self._over_cap = False
@@ -187,6 +189,8 @@ class GuardedProtocol(HttpToolsProtocol):
         )
         if len(self.connections) > self.limits.max_connections:
             self._make_room()
+        if self._over_cap:  # answered at its first request, or closed if it sends none
+            self._count("connection_cap")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
@@ -197,12 +201,21 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._in_headers and not self.transport.is_closing():
             self._header_bytes += len(data)  # headers still incomplete after this chunk
             if self._header_bytes > self.limits.max_header_bytes:
-                self._refuse_headers(f"request headers exceed {self.limits.max_header_bytes} bytes")
+                self._refusal = (
+                    431,
+                    f"request headers exceed {self.limits.max_header_bytes} bytes",
+                    "header_bytes",
+                )
+                self.send_400_response("")
 
     def send_400_response(self, msg: str) -> None:
         """The parser stopped: malformed, or over a header bound (JSON, not uvicorn's text)."""
-        status, detail = self._refusal or (400, f"malformed HTTP request: {msg}")
-        self._answer(status, detail)
+        status, detail, reason = self._refusal or (
+            400,
+            f"malformed HTTP request: {msg}",
+            "malformed",
+        )
+        self._answer(status, detail, reason)
 
     # ------------------------------------------------------------ parser callbacks
 
@@ -226,7 +239,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_size += len(name) + len(value) + 4
         self._check_header_size()
         if self._header_count > self.limits.max_header_count:
-            self._refusal = (431, f"more than {self.limits.max_header_count} request headers")
+            count = self.limits.max_header_count
+            self._refusal = (431, f"more than {count} request headers", "header_count")
             raise _HeaderLimit
         super().on_header(name, value)
 
@@ -272,12 +286,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _check_header_size(self) -> None:
         if self._header_size > self.limits.max_header_bytes:
-            self._refusal = (431, f"request headers exceed {self.limits.max_header_bytes} bytes")
+            limit = self.limits.max_header_bytes
+            self._refusal = (431, f"request headers exceed {limit} bytes", "header_bytes")
             raise _HeaderLimit
-
-    def _refuse_headers(self, detail: str) -> None:
-        self._refusal = (431, detail)
-        self.send_400_response(detail)
 
     def _header_timed_out(self) -> None:
         self._header_timer = None
@@ -285,8 +296,12 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         if self._in_headers:
             timeout = self.limits.header_timeout_s
-            self._answer(408, f"request headers not received within {timeout:g} s")
+            self._answer(
+                408, f"request headers not received within {timeout:g} s", "header_timeout"
+            )
         elif self.cycle is None or self.cycle.response_complete:
+            if not self._over_cap:  # counted once, as connection_cap
+                self._count("idle")
             self.transport.close()  # opened, nothing sent: closed without a word
 
     def _body_check(self) -> None:
@@ -308,14 +323,19 @@ class GuardedProtocol(HttpToolsProtocol):
         cycle.scope[TIMED_OUT_KEY] = True  # type: ignore[literal-required]
         cycle.disconnected = True  # the app sees its client leave; its answer is dropped
         cycle.message_event.set()
-        self._answer(408, f"request body not received in time: nothing for {timeout:g} s")
+        detail = f"request body not received in time: nothing for {timeout:g} s"
+        self._answer(408, detail, "body_timeout")  # and the app counts a 408 for its route
 
-    def _answer(self, status: int, detail: str) -> None:
+    def _answer(self, status: int, detail: str, reason: str) -> None:
         """Write a JSON answer and close (the client's unsent bytes are not waited for)."""
         if not self.transport.is_closing():
             default = self.server_state.default_headers
             self.transport.write(json_answer(status, detail, default))
             self.transport.close()
+            self._count(reason)
+
+    def _count(self, reason: str) -> None:
+        self.service.metrics.http_refusals.labels(reason=reason).inc()
 
     def _cancel_timers(self) -> None:
         for timer in (self._header_timer, self._body_timer):
@@ -342,8 +362,10 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         oldest = min(waiting, key=lambda c: c._waiting_since)
         if oldest._in_headers:
-            oldest._answer(503, "too many connections: this one was waiting the longest")
+            detail = "too many connections: this one was waiting the longest"
+            oldest._answer(503, detail, "connection_cap")
         else:
+            oldest._count("closed_for_room")
             oldest.transport.close()
 
 

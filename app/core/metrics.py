@@ -48,6 +48,15 @@ class Metrics:
         self.rejected = Counter(
             "catdog_rejected", "requests refused with 503 (queue full)", registry=r
         )
+        self.http_refusals = Counter(
+            "catdog_http_refusals",
+            "answers the launcher's HTTP layer gave itself, and connections it closed, by"
+            " reason: malformed (400), header_timeout and body_timeout (408), header_bytes"
+            " and header_count (431), connection_cap (503), closed_for_room and idle"
+            " (closed without an answer); python -m app only",
+            ["reason"],
+            registry=r,
+        )
         self.predictions = Counter(
             "catdog_predictions",
             "images classified, by label and by whether they look like the training photos"

@@ -121,6 +121,12 @@ async def connect(server: Server) -> tuple[asyncio.StreamReader, asyncio.StreamW
     return await asyncio.open_connection("127.0.0.1", server.port)
 
 
+async def refusals(server: Server, reason: str) -> float:
+    """``catdog_http_refusals_total`` for ``reason``: answers the HTTP layer gave itself."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=HTTP_TIMEOUT) as client:
+        return value(await metrics_text(client), "catdog_http_refusals_total", reason=reason)
+
+
 async def assert_serving(server: Server) -> None:
     """A normal prediction is still answered."""
     async with httpx.AsyncClient(base_url=server.url, timeout=HTTP_TIMEOUT) as client:
@@ -155,6 +161,7 @@ async def test_oversized_headers_get_431_before_they_end(hardened: Server) -> No
     assert sent < 256 * 1024
     writer.close()
     await assert_serving(hardened)
+    assert await refusals(hardened, "header_bytes") >= 1
 
 
 async def test_too_many_headers_get_431(hardened: Server) -> None:
@@ -166,6 +173,7 @@ async def test_too_many_headers_get_431(hardened: Server) -> None:
     assert "headers" in answer.detail()
     assert await closed(reader)
     writer.close()
+    assert await refusals(hardened, "header_count") >= 1
 
 
 async def test_a_malformed_request_gets_json(hardened: Server) -> None:
@@ -175,6 +183,7 @@ async def test_a_malformed_request_gets_json(hardened: Server) -> None:
     assert answer.status == 400
     assert answer.detail()
     writer.close()
+    assert await refusals(hardened, "malformed") >= 1
 
 
 # ---------------------------------------------------------------- item 4: slow clients, the cap
@@ -206,12 +215,14 @@ async def test_headers_sent_too_slowly_are_cut_off(hardened: Server) -> None:
     assert time.monotonic() - started >= HEADER_TIMEOUT * 0.9
     assert await closed(reader)
     writer.close()
+    assert await refusals(hardened, "header_timeout") >= 1
 
 
 async def test_a_connection_that_sends_nothing_is_closed(hardened: Server) -> None:
     reader, writer = await connect(hardened)
     assert await closed(reader)
     writer.close()
+    assert await refusals(hardened, "idle") >= 1
 
 
 async def test_a_body_shorter_than_its_content_length_is_cut_off(hardened: Server) -> None:
@@ -226,6 +237,7 @@ async def test_a_body_shorter_than_its_content_length_is_cut_off(hardened: Serve
     async with httpx.AsyncClient(base_url=hardened.url, timeout=HTTP_TIMEOUT) as client:
         text = await metrics_text(client)
     assert value(text, "catdog_requests_total", route="/predict", status="408") >= 1
+    assert value(text, "catdog_http_refusals_total", reason="body_timeout") >= 1
     assert value(text, "catdog_images_in_flight") == 0
 
 
@@ -247,6 +259,7 @@ async def test_past_the_connection_cap_the_longest_waiting_is_closed(hardened: S
         async with httpx.AsyncClient(base_url=hardened.url, timeout=HTTP_TIMEOUT) as client:
             response = await client.get("/healthz")
         assert response.status_code == 200, response.text
+        assert await refusals(hardened, "connection_cap") >= 3
     finally:
         for _, writer in conns:
             writer.close()
