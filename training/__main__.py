@@ -202,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default=d.backbone)
+    p.add_argument(
+        "--backbone-size",
+        type=int,
+        default=d.backbone_size,
+        help="transfer: resize the input to this side for the backbone, in the model (0: same)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=d.init_from,
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's weights (same layers; e.g. another backbone size)",
+    )
     p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs)
     p.add_argument("--fine-tune-learning-rate", type=float, default=d.fine_tune_learning_rate)
     p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)

@@ -93,20 +93,29 @@ def make_transfer_model(
     weights: str | None = "imagenet",
     seed: int = 42,
     augmentation: bool = True,
+    backbone_size: int = 0,
 ) -> keras.Model:
     """An ImageNet backbone (frozen at first) under augmentation, GAP, dropout and a head.
 
     ``augmentation=False`` leaves the in-model augmentation out, for runs that
     augment in the data pipeline instead (``training.augment``). The pooled
     backbone features are the layer named ``features`` (used by ``training.ood``).
+    ``backbone_size``: the model resizes its input (the contract's size) to this
+    square side before the backbone, inside the graph. Trained with random-resized
+    crops, objects look larger in training than in a whole photo; running the
+    backbone larger makes up for it (with MobileNet alpha 0.25 on this data, 288-320
+    is best: ``docs/training.md``). 0 keeps the input size.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
     build, kwargs, (factor, offset) = BACKBONES[backbone]
-    base = build(include_top=False, weights=weights, input_shape=input_shape, **kwargs)
+    side = (backbone_size,) * 2 if backbone_size else input_shape[:2]
+    base = build(include_top=False, weights=weights, input_shape=(*side, 3), **kwargs)
     base.trainable = False
     inputs = keras.Input(shape=input_shape, name="images")
     x = make_augmentation(seed)(inputs) if augmentation else inputs
+    if tuple(side) != tuple(input_shape[:2]):
+        x = layers.Resizing(*side, interpolation="bilinear", name="backbone_resize")(x)
     x = layers.Rescaling(factor, offset=offset, name="backbone_scaling")(x)
     x = base(x, training=False)  # batch norm stays in inference mode when fine-tuning
     x = layers.GlobalAveragePooling2D(name="features")(x)
@@ -123,10 +132,12 @@ def make_model(
     weights: str | None = "imagenet",
     seed: int = 42,
     augmentation: bool = True,
+    backbone_size: int = 0,
 ) -> keras.Model:
     """Build any architecture by name (see ``ARCHITECTURES``).
 
-    ``augmentation=False``: no in-model augmentation (for ``transfer``).
+    ``augmentation=False``: no in-model augmentation; ``backbone_size``: the side the
+    backbone runs at (both for ``transfer``).
     """
     if architecture in ARTICLE_ARCHITECTURES:
         filters, blocks = {"article-1": (16, 1), "article-2": (32, 1), "article-3": (32, 2)}[
@@ -138,6 +149,12 @@ def make_model(
         return make_scratch_model(input_shape, num_classes, seed=seed)
     if architecture == "transfer":
         return make_transfer_model(
-            input_shape, num_classes, backbone, weights, seed=seed, augmentation=augmentation
+            input_shape,
+            num_classes,
+            backbone,
+            weights,
+            seed=seed,
+            augmentation=augmentation,
+            backbone_size=backbone_size,
         )
     raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")

@@ -48,7 +48,9 @@ class TrainConfig:
     mixed_precision: bool = False
     xla: bool = False
     backbone: str = "mobilenet"
+    backbone_size: int = 0  # transfer: side the input is resized to for the backbone; 0: same
     weights: str | None = "imagenet"
+    init_from: str = ""  # a checkpoint of the same layers whose weights start the run
     fine_tune_epochs: int = 0
     fine_tune_learning_rate: float = 1e-4
     strategy: str = "auto"
@@ -275,7 +277,10 @@ def build_or_resume(config: TrainConfig) -> Session:
                 weights=config.weights,
                 seed=config.seed,
                 augmentation=config.augment == "basic",
+                backbone_size=config.backbone_size,
             )
+            if config.init_from:
+                start_from(model, config.init_from)
             first = phases[0]
             compile_model(
                 model,
@@ -299,6 +304,18 @@ def build_or_resume(config: TrainConfig) -> Session:
     return Session(
         config, strategy, model, train_ds, val_ds, steps, phases, state, out, chief, replanned
     )
+
+
+def start_from(model: keras.Model, checkpoint: str) -> None:
+    """Give ``model`` the weights of ``checkpoint``: the same layers, maybe another input size
+    (a resize has no weights). Raises if the weights do not line up."""
+    weights = keras.saving.load_model(checkpoint).get_weights()
+    ours = model.get_weights()
+    shapes = [w.shape for w in weights], [w.shape for w in ours]
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"{checkpoint}: its weights do not fit this architecture")
+    model.set_weights(weights)
+    print(f"weights from {checkpoint}")
 
 
 def _replanned(out: Path, state: dict[str, Any], phases: list[Phase]) -> dict[str, Any] | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
 from training.models import make_model
+from training.train import start_from
 
 # (layer class, output shape without the batch axis) at 224x224x3, as in the tutorial.
 TUTORIAL_SHAPES = {
@@ -112,3 +114,27 @@ def test_transfer_model_starts_with_a_frozen_backbone() -> None:
 def test_unknown_names_are_rejected(architecture: str, backbone: str) -> None:
     with pytest.raises(ValueError, match="unknown"):
         make_model(architecture, (96, 96, 3), 2, backbone=backbone, weights=None)
+
+
+def test_transfer_backbone_runs_at_its_own_size_and_starts_from_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """``backbone_size`` resizes inside the model, so the input (the contract) stays; the
+    weights are the same list, so a checkpoint at the input size starts it."""
+    small = make_model("transfer", (32, 32, 3), 2, weights=None, augmentation=False)
+    small.save(tmp_path / "small.keras")
+    large = make_model(
+        "transfer", (32, 32, 3), 2, weights=None, augmentation=False, backbone_size=48, seed=1
+    )
+    assert large.input_shape == (None, 32, 32, 3)
+    assert large.get_layer("backbone_resize").output.shape == (None, 48, 48, 3)
+    assert not all(np.array_equal(a, b) for a, b in zip(small.get_weights(), large.get_weights()))
+
+    start_from(large, str(tmp_path / "small.keras"))
+
+    assert all(np.array_equal(a, b) for a, b in zip(small.get_weights(), large.get_weights()))
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    assert np.asarray(large(x)).shape == (2, 2)
+    other = make_model("scratch", (32, 32, 3), 2)
+    with pytest.raises(ValueError, match="do not fit"):
+        start_from(other, str(tmp_path / "small.keras"))

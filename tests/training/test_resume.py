@@ -230,6 +230,40 @@ def test_transfer_run_fine_tunes_the_unfrozen_backbone(
     assert sum(w.numpy().size for w in model.trainable_weights) > head.count_params()
 
 
+def test_a_run_started_from_a_checkpoint_can_skip_the_head_phase(
+    make_split: MakeSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--init-from`` with ``--epochs 0``: only fine-tuning, from the given weights."""
+    split = make_split(per_split={"train": 4, "validation": 2, "test": 1})
+    common = {
+        "data_dir": str(split),
+        "architecture": "transfer",
+        "weights": None,
+        "image_size": (32, 32),
+        "batch_size": 4,
+        "strategy": "default",
+        "seed": 0,
+    }
+    train(TrainConfig(run_dir=str(tmp_path / "first"), epochs=1, **common))
+    config = TrainConfig(
+        run_dir=str(tmp_path / "second"),
+        epochs=0,
+        fine_tune_epochs=1,
+        backbone_size=48,
+        init_from=str(tmp_path / "first" / "final.keras"),
+        **common,
+    )
+
+    result = train(config)
+
+    assert f"weights from {config.init_from}" in capsys.readouterr().out
+    history = json.loads((tmp_path / "second" / "history.json").read_text())
+    assert history["phase"] == ["fine-tune"]
+    assert result["epochs_run"] == 1
+    model = keras.saving.load_model(tmp_path / "second" / "final.keras")
+    assert model.get_layer("backbone_resize").output.shape == (None, 48, 48, 3)
+
+
 def test_resuming_with_more_epochs_schedules_the_rest_anew(
     make_split: MakeSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
