@@ -74,7 +74,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate, format_report
 
-    report = evaluate(args.model, args.data, batch_size=args.batch_size, out_dir=args.out)
+    report = evaluate(
+        args.model,
+        args.data,
+        batch_size=args.batch_size,
+        out_dir=args.out,
+        backbone_size=args.backbone_size,
+        tta=args.tta,
+    )
     print(format_report(report))
     return 0
 
@@ -138,6 +145,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         tta=args.tta,
         ood=args.ood,
         ood_limit=args.ood_limit,
+        backbone_size=args.backbone_size,
     )
     print(f"exported {path}")
     return 0
@@ -234,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a folder with one sub-folder per class")
     p.add_argument("--out", help="folder for evaluation.json and confusion.png")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--backbone-size", type=int, help="checkpoint of a transfer run: run its backbone at N"
+    )
+    p.add_argument("--tta", action="store_true", help="checkpoint: average with the mirror")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -284,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ood-limit", type=int, help="fit on about this many training images, both classes"
+    )
+    p.add_argument(
+        "--backbone-size",
+        type=int,
+        help="transfer: run the backbone at this side, not the trained one (same weights)",
     )
     p.set_defaults(func=cmd_export)
 

@@ -91,25 +91,30 @@ def evaluate(
     data_dir: str | Path,
     batch_size: int = 64,
     out_dir: str | Path | None = None,
+    backbone_size: int | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint or exported model; write evaluation.json and confusion.png.
 
     For an exported model with an OOD score, the report also counts the images
-    flagged as neither cat nor dog (``ood``).
+    flagged as neither cat nor dog (``ood``). A checkpoint can be evaluated with
+    its backbone at another size and with mirror averaging, as it would be exported.
     """
-    outputs, contract = load_outputs(model_path)
+    outputs, contract = load_outputs(model_path, backbone_size, tta)
     dataset = make_dataset(
         data_dir, contract.image_size, batch_size, cache=False, class_names=contract.class_names
     )
     threshold = (contract.extra.get("ood") or {}).get("threshold")
     report = evaluate_outputs(outputs, dataset, contract.class_names, threshold)
     report.update(model=str(model_path), data=str(data_dir))
+    if backbone_size or tta:
+        report.update(backbone_size=backbone_size, tta=tta)
     model_path = Path(model_path)
     out = (
         Path(out_dir)
         if out_dir
         else (
-            model_path.parent / f"evaluation-{Path(data_dir).name}"
+            model_path.parent / f"evaluation-{Path(data_dir).name}{_variant(backbone_size, tta)}"
             if model_path.suffix == ".keras"
             else Path("runs") / "evaluate" / f"{model_path.parent.name}-{model_path.name}"
         )
@@ -139,3 +144,8 @@ def format_report(report: dict[str, Any]) -> str:
         )
     lines += [f"wrote {p}" for p in report.get("outputs", [])]
     return "\n".join(lines)
+
+
+def _variant(backbone_size: int | None, tta: bool) -> str:
+    """The folder suffix of a checkpoint evaluated as a variant: ``-320``, ``-tta``."""
+    return (f"-{backbone_size}" if backbone_size else "") + ("-tta" if tta else "")

@@ -34,6 +34,7 @@ from catdog.runtimes import (
     version_dirs,
 )
 from training.litert import add_litert
+from training.models import copy_weights, make_model
 from training.ood import MahalanobisScore, features_and_probabilities
 
 TOLERANCE = 1e-5  # probabilities; an OOD score is compared relative to its size
@@ -41,20 +42,26 @@ TOLERANCE = 1e-5  # probabilities; an OOD score is compared relative to its size
 Outputs = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def load_outputs(path: str | Path) -> tuple[Outputs, ModelContract]:
+def load_outputs(
+    path: str | Path, backbone_size: int | None = None, tta: bool = False
+) -> tuple[Outputs, ModelContract]:
     """All outputs of a ``.keras`` checkpoint, a version folder or a model base folder.
 
-    A single-output model's output is returned as ``probabilities``.
+    A single-output model's output is returned as ``probabilities``. For a
+    checkpoint, ``backbone_size`` and ``tta`` are as in :func:`export_run`.
     """
     path = Path(path)
     if path.suffix == ".keras":
-        model = keras.saving.load_model(path)
+        model = load_checkpoint(path, backbone_size)
+        model = with_flip_averaging(model) if tta else model
         height, width = model.input_shape[1:3]
 
         def keras_outputs(images: np.ndarray) -> dict[str, np.ndarray]:
             return _named(model(images, training=False))
 
         return keras_outputs, ModelContract(image_size=(height, width))
+    if backbone_size or tta:
+        raise ValueError(f"{path}: backbone size and mirror averaging apply to checkpoints")
     if path.is_dir() and not (path / "saved_model.pb").exists() and version_dirs(path):
         path = latest_version(path)
     call, names, contract = load_signature(path)
@@ -69,6 +76,28 @@ def load_outputs(path: str | Path) -> tuple[Outputs, ModelContract]:
     if PROBABILITIES not in names:
         raise ValueError(f"{path}: outputs {list(names)}, expected {PROBABILITIES!r} among them")
     return call, contract
+
+
+def load_checkpoint(path: str | Path, backbone_size: int | None = None) -> keras.Model:
+    """A ``.keras`` checkpoint; with ``backbone_size``, its weights in the same transfer
+    model with the backbone run at that side (rebuilt from the run's ``config.json``)."""
+    model = keras.saving.load_model(path)
+    if not backbone_size:
+        return model
+    config = _read_json(Path(path).parent / "config.json")
+    if config.get("architecture") != "transfer":
+        raise ValueError(f"{path}: a backbone size needs a transfer run's checkpoint")
+    resized = make_model(
+        "transfer",
+        model.input_shape[1:],
+        len(CLASS_NAMES),
+        backbone=config.get("backbone", "mobilenet"),
+        weights=None,
+        augmentation=config.get("augment", "basic") == "basic",
+        backbone_size=backbone_size,
+    )
+    copy_weights(model, resized, str(path))
+    return resized
 
 
 def load_predictor(path: str | Path) -> tuple[Predictor, ModelContract]:
@@ -169,11 +198,15 @@ def export_run(
     tta: bool = False,
     ood: bool = False,
     ood_limit: int | None = None,
+    backbone_size: int | None = None,
 ) -> Path:
     """Export a training run's best checkpoint with its settings and metrics as metadata.
 
-    With ``tta`` the exported model averages the probabilities of each image and
-    its mirror image (test-time augmentation; twice the compute per image). With
+    With ``backbone_size`` the backbone runs at that side instead of the one it was
+    trained at (the same weights; the input stays the contract's size): choose it on
+    validation (``evaluate --backbone-size``). With ``tta`` the exported model
+    averages the probabilities of each image and its mirror image (test-time
+    augmentation; twice the compute per image). With
     ``ood`` (needs ``data_dir``) an OOD score is fitted on (about ``ood_limit``)
     training images, its threshold set on validation, and exported as ``ood_score``.
     """
@@ -187,7 +220,7 @@ def export_run(
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to export")
     if ood and data_dir is None:
         raise ValueError("fitting the OOD score needs --data (training and validation images)")
-    trained = keras.saving.load_model(checkpoint)
+    trained = load_checkpoint(checkpoint, backbone_size)
     size = trained.input_shape[1:3]
     score, ood_info = None, None
     if ood:
@@ -205,6 +238,7 @@ def export_run(
         "dataset_fingerprint": config.get("dataset_fingerprint"),
         "epoch_seconds": result.get("mean_epoch_seconds"),
         "test_time_augmentation": "mean of image and horizontal mirror" if tta else None,
+        "backbone_size": backbone_size or config.get("backbone_size") or None,
         "checkpoint": str(checkpoint),
         "metrics": {},
     }

@@ -158,3 +158,12 @@ def make_model(
             backbone_size=backbone_size,
         )
     raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
+
+
+def copy_weights(source: keras.Model, target: keras.Model, what: str = "the source") -> None:
+    """Give ``target`` the weights of ``source``: the same layers, maybe another input or
+    backbone size (a resize has no weights). ValueError if the weights do not line up."""
+    weights = source.get_weights()
+    if [w.shape for w in weights] != [w.shape for w in target.get_weights()]:
+        raise ValueError(f"{what}: its weights do not fit this architecture")
+    target.set_weights(weights)

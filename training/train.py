@@ -21,7 +21,7 @@ import tensorflow as tf
 from catdog.contract import CLASS_NAMES, IMAGE_SIZE
 from training.augment import RobustAugment
 from training.data import load_splits
-from training.models import make_model
+from training.models import copy_weights, make_model
 from training.prepare import read_fingerprint
 from training.visualize import save_history_plot
 
@@ -307,14 +307,8 @@ def build_or_resume(config: TrainConfig) -> Session:
 
 
 def start_from(model: keras.Model, checkpoint: str) -> None:
-    """Give ``model`` the weights of ``checkpoint``: the same layers, maybe another input size
-    (a resize has no weights). Raises if the weights do not line up."""
-    weights = keras.saving.load_model(checkpoint).get_weights()
-    ours = model.get_weights()
-    shapes = [w.shape for w in weights], [w.shape for w in ours]
-    if shapes[0] != shapes[1]:
-        raise ValueError(f"{checkpoint}: its weights do not fit this architecture")
-    model.set_weights(weights)
+    """Give ``model`` the weights of ``checkpoint`` (the same layers; ValueError if not)."""
+    copy_weights(keras.saving.load_model(checkpoint), model, checkpoint)
     print(f"weights from {checkpoint}")
 
 
