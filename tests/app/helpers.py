@@ -168,3 +168,15 @@ def multipart_chunks(
     for start in range(0, size, chunk):
         yield b"\xab" * min(chunk, size - start)
     yield f"\r\n--{boundary}--\r\n".encode()
+
+
+BOUNDARY = "catdog-hardening"  # of the raw multipart requests tests write by hand
+
+
+def multipart_head(content_length: int, path: str = "/predict") -> bytes:
+    """Request line and headers of a multipart POST."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {content_length}\r\n\r\n"
+    ).encode()

@@ -1,10 +1,10 @@
-"""Issue 12: bounded headers, slow clients cut off, shutdown with a stalled upload, odd
-multipart bodies, clients that leave, refusals that cannot spin.
+"""Issue 12 on a real process: bounded headers, slow clients cut off, the connection cap,
+shutdown with a stalled upload (multipart, leaving clients, held refusals: test_leaving.py).
 
 The protocol-level limits (header size and count, header and body timeouts, the
 connection cap, the graceful shutdown) are checked on a real process started the
 way every documented command starts it (``bench.harness.server_command``, the
-image's entrypoint, ``make serve``); the rest in-process. No test asserts a speed:
+image's entrypoint, ``make serve``). No test asserts a speed:
 bounds on time are generous (``ANSWER``), speed figures live in ``bench/``.
 """
 
@@ -16,17 +16,13 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from app.core import batcher as batcher_module
-from app.core import service as service_module
 from bench.harness import (
     ROOT,
     Server,
@@ -39,12 +35,11 @@ from bench.harness import (
     wait_ready,
 )
 from tests.app.helpers import (
+    BOUNDARY,
     HTTP_TIMEOUT,
     good_image,
     metrics_text,
-    multipart_chunks,
-    serve,
-    settings_for,
+    multipart_head,
     upload,
 )
 
@@ -52,7 +47,6 @@ ANSWER = 20.0  # seconds: a generous bound for something the server must do "at 
 HEADER_TIMEOUT = 3.0
 BODY_TIMEOUT = 3.0
 CAP = 12
-BOUNDARY = "catdog-hardening"
 
 
 # ---------------------------------------------------------------- raw HTTP on a real server
@@ -91,15 +85,6 @@ async def closed(reader: asyncio.StreamReader) -> bool:
         return await asyncio.wait_for(reader.read(65536), ANSWER) == b""
     except (ConnectionError, TimeoutError):
         return False
-
-
-def multipart_head(content_length: int, path: str = "/predict") -> bytes:
-    """Request line and headers of a multipart POST."""
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: test\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {content_length}\r\n\r\n"
-    ).encode()
 
 
 @pytest.fixture(scope="module")
@@ -339,293 +324,3 @@ async def test_shutdown_with_a_stalled_upload_ends_in_its_grace_period(
     assert "shutting down" in answer.detail()
     assert code in (0, -signal.SIGTERM), server.log_tail()
     assert took < 2 + ANSWER / 2, server.log_tail()
-
-
-# ---------------------------------------------------------------- item 6: multipart, leaving
-
-
-def multipart_body(*parts: tuple[str, str, bytes], closing: bool = True) -> bytes:
-    """A multipart body of (field, filename, data) parts."""
-    out = b""
-    for field, filename, data in parts:
-        out += (
-            (
-                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; '
-                f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
-            ).encode()
-            + data
-            + b"\r\n"
-        )
-    return out + (f"--{BOUNDARY}--\r\n".encode() if closing else b"")
-
-
-HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-
-
-async def test_a_body_without_its_closing_boundary_is_400(client: httpx.AsyncClient) -> None:
-    body = multipart_body(("file", "cat.jpg", good_image()), closing=False)
-    response = await client.post("/predict", content=body, headers=HEADERS)
-    assert response.status_code == 400, response.text
-    assert "closing boundary" in response.json()["detail"]
-
-
-async def test_two_file_fields_in_predict_are_refused(client: httpx.AsyncClient) -> None:
-    body = multipart_body(("file", "a.jpg", good_image(1)), ("file", "b.jpg", good_image(2)))
-    response = await client.post("/predict", content=body, headers=HEADERS)
-    assert response.status_code == 400, response.text
-    detail = response.json()["detail"]
-    assert "one" in detail and "/predict/batch" in detail
-
-
-async def test_an_oversized_batch_part_is_refused_while_it_streams(tiny_model_base: Path) -> None:
-    """One 40 MB part of /predict/batch (within the body limit): 413 after ~1 MB is read."""
-    limit = 1_000_000
-    total = 40_000_000
-    sent: list[int] = []
-
-    async def body() -> AsyncIterator[bytes]:
-        for piece in multipart_chunks(BOUNDARY, "files", "huge.jpg", total, chunk=256 * 1024):
-            sent.append(len(piece))
-            yield piece
-
-    settings = settings_for(tiny_model_base, max_upload_bytes=limit)
-    async with serve(settings) as (_, client):
-        response = await client.post("/predict/batch", content=body(), headers=HEADERS)
-        assert response.status_code == 413, response.text
-        assert "huge.jpg" in response.json()["detail"]
-        assert sum(sent) < 2 * limit
-        response = await client.post("/predict", files=upload(good_image()))
-        assert response.status_code == 200, response.text
-
-
-def _scope(path: str = "/predict") -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"test"),
-            (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
-        ],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 80),
-        "state": {},
-    }
-
-
-class LeavingClient:
-    """Drives the app directly: sends one upload, then disconnects when told to."""
-
-    def __init__(self, app: Any, data: bytes) -> None:
-        self.messages = [{"type": "http.request", "body": multipart_body(("file", "a.jpg", data))}]
-        self.leave = asyncio.Event()
-        self.sent: list[dict[str, Any]] = []
-        self.task = asyncio.create_task(app(_scope(), self.receive, self.send))
-
-    async def receive(self) -> dict[str, Any]:
-        if self.messages:
-            return self.messages.pop(0)
-        await self.leave.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + ANSWER
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
-async def test_a_client_that_left_is_not_decoded(
-    tiny_model_base: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Waiting for a decoder when its client leaves: room released at once, never decoded."""
-    decoded: list[int] = []
-    real = service_module.preprocess
-
-    def counting(data: bytes, *args: Any, **kwargs: Any) -> Any:
-        decoded.append(len(data))
-        return real(data, *args, **kwargs)
-
-    monkeypatch.setattr(service_module, "preprocess", counting)
-    async with serve(settings_for(tiny_model_base, decode_workers=1)) as (app, client):
-        service = app.state.service
-        blocked = threading.Event()
-        service._decoders.submit(blocked.wait, ANSWER * 2)  # the only decoder is busy
-        try:
-            leaving = LeavingClient(app, good_image())
-            await until(lambda: service.admission.in_flight == 1, "admission")
-            leaving.leave.set()
-            await until(lambda: service.admission.in_flight == 0, "the room to be released")
-        finally:
-            blocked.set()
-        await asyncio.wait_for(leaving.task, ANSWER)
-        assert decoded == []
-        response = await client.post("/predict", files=upload(good_image()))
-        assert response.status_code == 200, response.text
-        assert len(decoded) == 1
-        text = await metrics_text(client)
-        assert value(text, "catdog_requests_total", route="/predict", status="499") == 1
-
-
-async def test_a_client_that_left_is_not_run_through_the_model(
-    tiny_model_base: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Queued behind a model call when its client leaves: its future is dropped, not run."""
-    calls: list[int] = []
-    entered = threading.Event()
-    release = threading.Event()
-    real = batcher_module._stack_and_infer
-
-    def blocking(model: Any, images: list[Any]) -> Any:
-        calls.append(len(images))
-        if len(calls) == 1:
-            entered.set()
-            release.wait(ANSWER * 2)
-        return real(model, images)
-
-    monkeypatch.setattr(batcher_module, "_stack_and_infer", blocking)
-    async with serve(settings_for(tiny_model_base, max_batch_size=1)) as (app, client):
-        service = app.state.service
-        try:
-            first = asyncio.create_task(client.post("/predict", files=upload(good_image(1))))
-            await until(entered.is_set, "the first model call")
-            leaving = LeavingClient(app, good_image(2))
-            await until(lambda: service.batcher._queue.qsize() == 1, "the second to be queued")
-            leaving.leave.set()
-            await until(lambda: service.admission.in_flight == 1, "the room to be released")
-        finally:
-            release.set()
-        assert (await asyncio.wait_for(first, ANSWER)).status_code == 200
-        await asyncio.wait_for(leaving.task, ANSWER)
-        response = await client.post("/predict", files=upload(good_image(3)))
-        assert response.status_code == 200, response.text
-        assert calls == [1, 1]  # the first and the third request; never the one that left
-
-
-async def test_the_schema_says_a_file_has_at_least_one_byte(client: httpx.AsyncClient) -> None:
-    spec = (await client.get("/openapi.json")).json()
-
-    def body_schema(path: str) -> dict[str, Any]:
-        schema = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]
-        schema = schema["schema"]
-        if "$ref" in schema:
-            schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
-        return schema
-
-    assert body_schema("/predict")["properties"]["file"]["minLength"] == 1
-    files = body_schema("/predict/batch")["properties"]["files"]
-    assert files["items"]["minLength"] == 1
-    assert files["minItems"] == 1
-
-
-# ---------------------------------------------------------------- item 7: refusals cannot spin
-
-
-async def test_a_refusal_is_held_so_a_retrying_client_cannot_spin(tiny_model_base: Path) -> None:
-    hold = 0.4
-    settings = settings_for(
-        tiny_model_base, max_images_in_flight=1, max_files_per_request=1, busy_hold_s=hold
-    )
-    async with serve(settings) as (app, client):
-        with app.state.service.admission.admit(1):
-            started = time.monotonic()
-            response = await client.post("/predict", files=upload(good_image()))
-            took = time.monotonic() - started
-        assert response.status_code == 503, response.text
-        assert response.headers["retry-after"] == "1"
-        assert took >= hold * 0.9  # held (a lower bound: sleeping is never shorter)
-        response = await client.post("/predict", files=upload(good_image()))
-        assert response.status_code == 200, response.text
-
-
-def test_every_documented_start_runs_the_hardened_launcher() -> None:
-    """make serve, the image's entrypoint and the harness all run ``python -m app``."""
-    from bench.harness import server_command
-
-    assert server_command(8000)[1:3] == ["-m", "app"]
-    assert "-m app " in (ROOT / "docker" / "entrypoint.sh").read_text()
-    printed = subprocess.run(
-        ["make", "-s", "-n", "serve"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    assert "-m app " in printed
-
-
-class FakeTransport(asyncio.Transport):
-    """Collects what the protocol writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(
-            name, default
-        )
-
-
-async def test_a_full_queue_is_refused_before_the_app(tiny_model_base: Path) -> None:
-    """The launcher's protocol answers a prediction that would not be admitted itself."""
-    from uvicorn.server import ServerState
-
-    from app.server import build_config
-
-    settings = settings_for(
-        tiny_model_base, max_images_in_flight=1, max_files_per_request=1, busy_hold_s=0.2
-    )
-    async with serve(settings) as (app, client):
-        config = build_config(app)
-        config.load()
-        reached: list[str] = []
-
-        async def recording_app(scope: Any, receive: Any, send: Any) -> None:
-            reached.append(scope["path"])
-            await config.loaded_app(scope, receive, send)
-
-        config.loaded_app = recording_app
-        protocol = config.http_protocol_class(
-            config=config, server_state=ServerState(), app_state={}
-        )
-        transport = FakeTransport()
-        protocol.connection_made(transport)
-        body = multipart_body(("file", "a.jpg", good_image()))
-        with app.state.service.admission.admit(1):
-            started = time.monotonic()
-            protocol.data_received(multipart_head(len(body)) + body)
-            await until(lambda: b"\r\n\r\n" in transport.written, "the answer")
-            took = time.monotonic() - started
-        head, _, answer = bytes(transport.written).partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503"), head
-        assert b"retry-after: 1" in head.lower()
-        assert "busy" in json.loads(answer)["detail"]
-        assert took >= 0.2 * 0.9
-        assert reached == []  # never reached the ASGI app
-        text = await metrics_text(client)
-        assert value(text, "catdog_requests_total", route="/predict", status="503") == 1
-        assert value(text, "catdog_rejected_total") == 1
-        protocol.connection_lost(None)
