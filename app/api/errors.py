@@ -3,7 +3,7 @@
 A client that left before its answer (``ClientDisconnect`` while its body was
 read) gets nothing: the answer is a bodiless 499 that the server drops and the
 metrics count, or 408 when the server's body timeout cut it off
-(``TIMED_OUT_KEY`` in its scope, set by ``app.server``).
+(``TIMED_OUT_KEY`` in its scope, set by ``app.protocol``).
 """
 
 from __future__ import annotations
