@@ -8,7 +8,7 @@ documentation that reports it, so a new measurement changes what the tests expec
   ``bench.serve`` command recorded in it;
 * decoding memory per pixel: docs/service.md, from ``python -m bench.decode_memory``;
 * memory held per byte of uploads in flight, per route:
-  ``tests/deploy/results/upload-memory.json``, from ``python -m tests.deploy.upload_memory``.
+  ``bench/results/upload-memory.json``, from ``python -m bench.upload_memory``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.deploy.k8s import ROOT
 
 SERVE_RESULTS = ROOT / "bench" / "results" / "runtimes-serve.json"
 SERVICE_DOC = ROOT / "docs" / "service.md"
-UPLOAD_RESULTS = ROOT / "tests" / "deploy" / "results" / "upload-memory.json"
+UPLOAD_RESULTS = ROOT / "bench" / "results" / "upload-memory.json"
 MB = 1e6  # the results files count memory in MB of 10^6 bytes
 
 # The knee of the throughput curve: the first client count that reaches this share of
@@ -141,7 +141,7 @@ def decode_bytes_per_pixel() -> float:
 
 @functools.cache
 def upload_results() -> dict[str, Any]:
-    """``tests/deploy/results/upload-memory.json``."""
+    """``bench/results/upload-memory.json``."""
     return json.loads(UPLOAD_RESULTS.read_text())
 
 

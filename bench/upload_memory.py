@@ -24,7 +24,7 @@ the uploads'. Every request must answer 200, else the run fails. Reported: the
 server's resident memory right after ``/readyz`` (``VmRSS``), its high-water mark
 (``VmHWM``) after the rounds, and the rise per byte of the files held at once.
 
-    .venv/bin/python -m tests.deploy.upload_memory --out tests/deploy/results/upload-memory.json
+    .venv/bin/python -m bench.upload_memory --out bench/results/upload-memory.json
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.deploy.k8s import ROOT
+from bench.harness import ROOT
 
 PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json")
 RESULTS = Path(__file__).with_name("results") / "upload-memory.json"
@@ -218,7 +218,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Measure every protocol x files-per-request asked for; print (and save) the table."""
     settings = defaults()
-    p = argparse.ArgumentParser(prog="python -m tests.deploy.upload_memory", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench.upload_memory", description=__doc__)
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated")
     p.add_argument(
         "--per-request",
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     print(where)
     print(table(rows))
     if args.out:
-        command = "python -m tests.deploy.upload_memory " + shlex.join(argv or sys.argv[1:])
+        command = "python -m bench.upload_memory " + shlex.join(argv or sys.argv[1:])
         results = {
             "command": command.strip(),
             "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
