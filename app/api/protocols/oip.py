@@ -43,10 +43,12 @@ from app.api.protocols.common import (
     check_count,
     check_images,
     check_model_name,
+    decode_all,
     decode_b64,
     header_int,
     most_values,
     parse_body,
+    read_body,
 )
 from app.core.admission import Upload
 from app.core.config import Settings
@@ -224,12 +226,13 @@ async def infer(
     check_model_name(service, name)
     model = service.model_for(version)  # 404 before reading the body
     infer_request, binary = read_request(
-        await request.body(),
+        await read_body(request),
         request.headers.get(HEADER_LENGTH),
         most_values(service.settings, model.contract),
     )
     output = output_choice(infer_request, len(model.contract.class_names))
     given = model_input(infer_request, binary, service.settings)
+    del binary  # the body goes with it, unless pixels are a view of it
     if isinstance(given, EncodedImages):
         results = await service.classify(given.files, upload=upload, version=version)
     else:
@@ -237,20 +240,23 @@ async def infer(
     return encode(infer_request, results, name, output)
 
 
-def read_request(body: bytes, header_length: str | None, most: int) -> tuple[InferRequest, bytes]:
-    """The JSON request and the binary tensor data after it (empty without the extension).
+def read_request(
+    body: bytearray, header_length: str | None, most: int
+) -> tuple[InferRequest, memoryview]:
+    """The JSON request and the binary tensor data after it (empty without the extension),
+    a view into ``body``, not a copy.
 
     ``most``: the most values the JSON part may hold (``parse_body``).
     """
     if header_length is None:
-        return parse_body(InferRequest, body, most), b""
+        return parse_body(InferRequest, body, most), memoryview(b"")
     split = header_int(header_length)
     if split is None or not 0 < split <= len(body):
         raise bad_request(
             f"{HEADER_LENGTH}: {header_length!r} is not a length within the body "
             f"of {len(body)} bytes"
         )
-    return parse_body(InferRequest, body[:split], most), body[split:]
+    return parse_body(InferRequest, body[:split], most), memoryview(body)[split:]
 
 
 def output_choice(request: InferRequest, class_count: int) -> OutputChoice:
@@ -274,7 +280,9 @@ def output_choice(request: InferRequest, class_count: int) -> OutputChoice:
     return OutputChoice(binary, min(classes, class_count))
 
 
-def model_input(request: InferRequest, binary: bytes, settings: Settings) -> EncodedImages | Pixels:
+def model_input(
+    request: InferRequest, binary: memoryview, settings: Settings
+) -> EncodedImages | Pixels:
     """The request's one input, decoded from JSON or binary tensor data."""
     if len(request.inputs) != 1:
         raise bad_request(f"give exactly one input, {IMAGE_BYTES} or {IMAGES}")
@@ -335,7 +343,7 @@ def _top_classes(row: np.ndarray, classes: list[str], count: int) -> list[str]:
     return [f"{float(row[i])}:{i}:{classes[i]}" for i in order]
 
 
-def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
+def _binary_part(tensor: RequestInput, binary: memoryview) -> memoryview | None:
     """The input's binary tensor data (None: its data is in the JSON)."""
     size = tensor.parameters.get("binary_data_size")
     if size is None:
@@ -354,7 +362,7 @@ def _binary_part(tensor: RequestInput, binary: bytes) -> bytes | None:
     return binary
 
 
-def _image_files(tensor: RequestInput, raw: bytes | None, settings: Settings) -> list[bytes]:
+def _image_files(tensor: RequestInput, raw: memoryview | None, settings: Settings) -> list[bytes]:
     count = tensor.shape[0]
     if tensor.shape not in ([count], [count, 1]):
         raise bad_request(f"input {IMAGE_BYTES}: shape {tensor.shape}, expected [N] or [N, 1]")
@@ -364,7 +372,8 @@ def _image_files(tensor: RequestInput, raw: bytes | None, settings: Settings) ->
         raise bad_request(f"content_type {content_type!r}: image files are sent as base64")
     if raw is None:
         elements = _strings(tensor.data)
-        files = [decode_b64(e, f"{IMAGE_BYTES} element {i}") for i, e in enumerate(elements)]
+        tensor.data = None  # the texts are only held by ``elements``, freed as decoded
+        files = decode_all(elements, f"{IMAGE_BYTES} element")
     else:
         files = _deserialize_bytes(raw)
         if content_type == "base64":
@@ -387,7 +396,7 @@ def _strings(data: TensorData | None) -> list[str]:
     return flat
 
 
-def _deserialize_bytes(raw: bytes) -> list[bytes]:
+def _deserialize_bytes(raw: memoryview) -> list[bytes]:
     """BYTES binary tensor data: each element is a 4-byte little-endian length, then bytes."""
     elements, offset = [], 0
     while offset < len(raw):
@@ -397,12 +406,12 @@ def _deserialize_bytes(raw: bytes) -> list[bytes]:
         offset += 4
         if offset + length > len(raw):
             raise bad_request(f"input {IMAGE_BYTES}: element of {length} bytes overruns the data")
-        elements.append(raw[offset : offset + length])
+        elements.append(bytes(raw[offset : offset + length]))
         offset += length
     return elements
 
 
-def _pixels(tensor: RequestInput, raw: bytes | None, settings: Settings) -> np.ndarray:
+def _pixels(tensor: RequestInput, raw: memoryview | None, settings: Settings) -> np.ndarray:
     count = math.prod(tensor.shape)
     check_count(tensor.shape[0], settings)
     if raw is None:

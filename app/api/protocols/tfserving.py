@@ -32,9 +32,10 @@ from app.api.protocols.common import (
     check_count,
     check_images,
     check_model_name,
-    decode_b64,
+    decode_all,
     most_values,
     parse_body,
+    read_body,
 )
 from app.core.admission import Upload
 from app.core.service import Classification, InferenceService
@@ -186,7 +187,7 @@ async def predict(
     check_model_name(service, name)
     model = service.model_for(version)  # 404 before reading the body
     most = most_values(service.settings, model.contract)
-    request = parse_body(PredictRequest, await http.body(), most)
+    request = parse_body(PredictRequest, await read_body(http), most)
     _check_signature(request.signature_name)
     if (request.instances is None) == (request.inputs is None):
         raise bad_request('give either "instances" (rows) or "inputs" (columnar)')
@@ -212,7 +213,7 @@ async def classify(
     check_model_name(service, name)
     model = service.model_for(version)  # 404 before reading the body
     most = most_values(service.settings, model.contract)
-    request = parse_body(ClassifyRequest, await http.body(), most)
+    request = parse_body(ClassifyRequest, await read_body(http), most)
     _check_signature(request.signature_name)
     if any(isinstance(v, B64) for v in (request.context or {}).values()):
         raise bad_request("context holds an image: put one image in each example")
@@ -285,6 +286,9 @@ async def _classify(
     if isinstance(given, np.ndarray):
         check_count(len(given) if given.ndim else 0, settings)
         return await service.classify_tensor(given, version, upload)
-    files = [decode_b64(image.b64, f"image {i}") for i, image in enumerate(given)]
+    texts = [image.b64 for image in given]
+    for image in given:
+        image.b64 = ""  # the texts are only held by ``texts``, freed as they are decoded
+    files = decode_all(texts, "image")
     check_images(files, settings)
     return await service.classify(files, upload=upload, version=version)
