@@ -9,9 +9,9 @@
   obey the limits of ``/predict/batch``: at most ``max_files_per_request`` per
   request and ``max_upload_bytes`` each, none empty (``check_images``).
 * Memory: a body is read into one buffer (``read_body``) and dropped once parsed;
-  each base64 text is dropped once decoded (``decode_all``). A JSON request then
-  peaks near twice its body (body and texts while parsing), where keeping every
-  copy held ~6 bytes per byte (``bench/results/upload-memory.json``).
+  each base64 text is dropped once decoded (``decode_all``): a JSON request peaks
+  while its body and its texts are both held, at most 2.7 bytes per byte of its
+  files (``bench/results/upload-memory.json``).
 * Tensors given as JSON numbers become float32 arrays (``as_pixels``); their shape
   and values are checked against the version's contract by the service. Parsing
   JSON numbers costs Python objects (~2 s of CPU and ~300 MB for the largest legal
