@@ -21,9 +21,13 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def list_images(
-    folder: str | Path, class_names: tuple[str, ...] = CLASS_NAMES
+    folder: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, limit: int | None = None
 ) -> tuple[list[str], np.ndarray]:
-    """Image paths under ``folder/<class>/`` in sorted order, with integer labels."""
+    """Image paths under ``folder/<class>/`` in sorted order, with integer labels.
+
+    ``limit`` keeps about that many, evenly spread over the sorted list (so over
+    every class), for quick runs.
+    """
     folder = Path(folder)
     missing = [n for n in class_names if not (folder / n).is_dir()]
     if missing:
@@ -36,6 +40,9 @@ def list_images(
                 labels.append(index)
     if not paths:
         raise ValueError(f"{folder}: no images in {list(class_names)}")
+    if limit is not None and limit < len(paths):
+        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     return paths, np.asarray(labels, dtype=np.int32)
 
 
@@ -73,10 +80,7 @@ def make_dataset(
     ``augment`` (for training) maps each scaled float32 batch to an augmented one.
     ``limit`` keeps about that many files, evenly spread over every class.
     """
-    paths, labels = list_images(folder, class_names)
-    if limit is not None and limit < len(paths):
-        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
-        paths, labels = [paths[i] for i in keep], labels[keep]
+    paths, labels = list_images(folder, class_names, limit)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     ds = ds.map(
         lambda p, y: (_read(p, image_size), y), num_parallel_calls=AUTOTUNE, deterministic=True

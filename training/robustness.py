@@ -143,13 +143,10 @@ def run_suite(
 ) -> dict[str, dict[str, Any]]:
     """Every transform's report for one model over a class-folder split (e.g. the test split).
 
-    ``limit`` keeps every n-th photo so that about that many are used (quick runs).
+    ``limit`` keeps about that many photos, evenly spread (``list_images``).
     """
     outputs, contract = load_outputs(model_path)
-    paths, labels = list_images(data_dir, contract.class_names)
-    if limit is not None and limit < len(paths):
-        keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
-        paths, labels = [paths[i] for i in keep], labels[keep]
+    paths, labels = list_images(data_dir, contract.class_names, limit)
     unknown = [t for t in transforms if t not in TRANSFORMS]
     if unknown:
         raise ValueError(f"unknown transform(s) {unknown}; choose from {list(TRANSFORMS)}")
