@@ -18,7 +18,7 @@ the one output ``probabilities`` ``[N, C]`` as ``predictions`` (rows) or
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import Request
@@ -91,6 +91,9 @@ class ClassifyResponse(BaseModel):
     """Per example, ``[label, score]`` for every class, in the contract's order."""
 
     result: list[list[tuple[str, float]]] = Field(examples=[[[["cat", 0.97], ["dog", 0.03]]]])
+
+
+R = TypeVar("R", PredictRequest, ClassifyRequest)
 
 
 class Dim(BaseModel):
@@ -184,11 +187,7 @@ async def predict(
     upload: Upload | None,
 ) -> PredictResponse:
     """A ``:predict`` request, from the body to the answer."""
-    check_model_name(service, name)
-    model = service.model_for(version)  # 404 before reading the body
-    most = most_values(service.settings, model.contract)
-    request = parse_body(PredictRequest, await read_body(http), most)
-    _check_signature(request.signature_name)
+    request = await _read(PredictRequest, service, name, version, http)
     if (request.instances is None) == (request.inputs is None):
         raise bad_request('give either "instances" (rows) or "inputs" (columnar)')
     if request.instances is not None:
@@ -210,11 +209,7 @@ async def classify(
     upload: Upload | None,
 ) -> ClassifyResponse:
     """A ``:classify`` request, from the body to the answer."""
-    check_model_name(service, name)
-    model = service.model_for(version)  # 404 before reading the body
-    most = most_values(service.settings, model.contract)
-    request = parse_body(ClassifyRequest, await read_body(http), most)
-    _check_signature(request.signature_name)
+    request = await _read(ClassifyRequest, service, name, version, http)
     if any(isinstance(v, B64) for v in (request.context or {}).values()):
         raise bad_request("context holds an image: put one image in each example")
     images = []
@@ -227,9 +222,18 @@ async def classify(
     return ClassifyResponse(result=[list(r.probabilities.items()) for r in results])
 
 
-def _check_signature(signature_name: str | None) -> None:
-    if signature_name not in (None, "", SIGNATURE):
-        raise bad_request(f"no signature {signature_name!r}; the only one is {SIGNATURE!r}")
+async def _read(
+    schema: type[R], service: InferenceService, name: str, version: str | None, http: Request
+) -> R:
+    """The body as ``schema``: model and version are checked first (a 404 before any of
+    the body is read), then the JSON (``parse_body``), then the signature it names."""
+    check_model_name(service, name)
+    model = service.model_for(version)
+    most = most_values(service.settings, model.contract)
+    request = parse_body(schema, await read_body(http), most)
+    if request.signature_name not in (None, "", SIGNATURE):
+        raise bad_request(f"no signature {request.signature_name!r}; the only one is {SIGNATURE!r}")
+    return request
 
 
 def _from_rows(
