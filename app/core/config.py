@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         0, ge=0, description="image decoding threads; 0: one per usable core"
     )
+    json_parse_processes: int = Field(
+        1, ge=0, description="processes that parse large JSON number tensors; 0: parse on the event loop"
+    )
+    json_offload_values: int = Field(
+        100_000, ge=0, description="JSON values from which a body is parsed in those processes"
+    )
     poll_interval_s: float = Field(5.0, ge=0, description="new-version check; 0 turns it off")
     version_policy: str = Field(
         "latest:1",

@@ -57,6 +57,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.json_offloaded = Counter(
+            "catdog_json_offloaded",
+            "request bodies of at least CATDOG_JSON_OFFLOAD_VALUES JSON values, parsed in a"
+            " worker process",
+            registry=r,
+        )
         self.predictions = Counter(
             "catdog_predictions",
             "images classified, by label and by whether they look like the training photos"

@@ -37,6 +37,7 @@ from app.core.config import Settings
 from app.core.errors import InvalidInputError
 from app.core.metrics import Metrics
 from app.core.model import ImageResult, LoadedModel, load_version
+from app.core.offload import Offload
 from app.core.registry import ModelRegistry, VersionPolicy
 from catdog.budget import PixelBudget
 from catdog.contract import ModelContract
@@ -67,7 +68,8 @@ class Classification:
 
 
 class InferenceService:
-    """Owns the model registry, decoders, pixel budget, admission and batcher."""
+    """Owns the model registry, decoders, pixel budget, admission, batcher and the
+    processes that parse large JSON tensors (``offload``)."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -90,6 +92,7 @@ class InferenceService:
         self._decoders = ThreadPoolExecutor(
             settings.decode_workers or cores, thread_name_prefix="decode"
         )
+        self.offload = Offload(settings.json_parse_processes)
         self._watcher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -127,6 +130,7 @@ class InferenceService:
             await asyncio.sleep(0.01)
         await self.batcher.stop()
         self._decoders.shutdown(wait=False, cancel_futures=True)
+        self.offload.close()
         heap.thaw()
 
     @property

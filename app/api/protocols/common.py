@@ -16,13 +16,17 @@
   and values are checked against the version's contract by the service. Parsing
   JSON numbers costs Python objects (~2 s of CPU and ~300 MB for the largest legal
   request, holding the GIL), so a body is refused before parsing when its commas
-  show more values than ``max_files_per_request`` images hold (``parse_body``).
+  show more values than ``max_files_per_request`` images hold, and a body of at
+  least ``json_offload_values`` values is parsed in a worker process, which sends
+  back its tensors as arrays (``parse_json``, ``app.core.offload``): the event loop
+  keeps serving meanwhile.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -30,6 +34,7 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
 
 from app.core.config import Settings
+from app.core.offload import OffloadBrokenError
 from app.core.service import InferenceService
 from catdog.contract import ModelContract
 
@@ -97,18 +102,52 @@ def most_values(settings: Settings, contract: ModelContract) -> int:
     return settings.max_files_per_request * height * width * 3 + JSON_SLACK
 
 
-def parse_body(model: type[M], body: bytes | bytearray, most: int) -> M:
+async def parse_json(
+    service: InferenceService,
+    model: type[M],
+    body: bytes | bytearray,
+    most: int,
+    pack: Callable[[M], None],
+) -> M:
+    """``parse_body``, in a worker process when the body holds ``json_offload_values``
+    values or more; there ``pack`` turns its number tensors into arrays (``pack_numbers``),
+    so that no Python object per number comes back. 503 if the worker dies."""
+    values = body.count(b",")
+    offload = service.offload
+    if not offload.enabled or values < service.settings.json_offload_values:
+        return parse_body(model, body, most, values)
+    check_values(values, most)
+    try:
+        answer = await offload.run(parse_packed, model, body, most, pack)
+    except OffloadBrokenError as exc:
+        retry = str(service.settings.retry_after_s)
+        raise HTTPException(503, f"{exc}; retry", headers={"Retry-After": retry}) from None
+    service.metrics.json_offloaded.inc()
+    if isinstance(answer, tuple):
+        raise HTTPException(*answer)
+    return answer
+
+
+def parse_packed(
+    model: type[M], body: bytes | bytearray, most: int, pack: Callable[[M], None]
+) -> M | tuple[int, str]:
+    """In a worker process: ``parse_body`` then ``pack``; an HTTP error as (status, detail)."""
+    try:
+        request = parse_body(model, body, most)
+        pack(request)
+    except HTTPException as exc:
+        return exc.status_code, str(exc.detail)
+    return request
+
+
+def parse_body(model: type[M], body: bytes | bytearray, most: int, values: int | None = None) -> M:
     """Validate a JSON body as ``model``; 400 naming the first problems.
 
     413 first, without parsing, when the body holds more than ``most`` values: each
     value after the first of an array or object follows a comma (base64 has none).
+    ``values``: the commas, when the caller has counted them.
     """
-    if body.count(b",") >= most:
-        raise HTTPException(
-            413,
-            f"the JSON holds more than {most} values, more than "
-            "max_files_per_request images of pixels",
-        )
+    check_values(body.count(b",") if values is None else values, most)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
@@ -116,6 +155,16 @@ def parse_body(model: type[M], body: bytes | bytearray, most: int) -> M:
             f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
         ]
         raise bad_request("invalid request: " + "; ".join(problems)) from None
+
+
+def check_values(commas: int, most: int) -> None:
+    """413 when a JSON body's commas show more than ``most`` values."""
+    if commas >= most:
+        raise HTTPException(
+            413,
+            f"the JSON holds more than {most} values, more than "
+            "max_files_per_request images of pixels",
+        )
 
 
 def check_model_name(service: InferenceService, name: str) -> None:
@@ -167,8 +216,27 @@ def check_images(files: list[bytes], settings: Settings) -> None:
             )
 
 
-def as_pixels(data: TensorData, what: str) -> np.ndarray:
-    """A JSON tensor of numbers as a float32 array; 400 if ragged or not all numbers."""
+def is_numbers(data: object) -> bool:
+    """A nested list whose first element, all the way down, is a number: a pixel tensor
+    (``as_pixels`` checks the rest)."""
+    while isinstance(data, list) and data:
+        data = data[0]
+    return isinstance(data, (int, float)) and not isinstance(data, bool)
+
+
+def pack_numbers(data: object, what: str) -> object:
+    """``data`` as a float32 array if it is a number tensor (``as_pixels``), else as is."""
+    return as_pixels(data, what) if is_numbers(data) else data  # type: ignore[arg-type]
+
+
+def as_pixels(data: TensorData | np.ndarray, what: str) -> np.ndarray:
+    """A JSON tensor of numbers as a float32 array; 400 if ragged or not all numbers
+    (``true`` among numbers too: numpy would take it for 1.0)."""
+    if not isinstance(data, np.ndarray):
+        found = _element_types(data, set())
+        if not found <= NUMBER_TYPES:
+            names = sorted(t.__name__ for t in found - NUMBER_TYPES)
+            raise bad_request(f"{what}: not a rectangular tensor of numbers (found {names})")
     try:
         array = np.asarray(data)
     except (TypeError, ValueError) as exc:
@@ -176,6 +244,23 @@ def as_pixels(data: TensorData, what: str) -> np.ndarray:
     if array.size and array.dtype.kind not in "iuf":  # strings, true/false, null, objects
         raise bad_request(f"{what}: not a rectangular tensor of numbers (found {array.dtype})")
     return array.astype(np.float32)
+
+
+NUMBER_TYPES = {int, float, np.ndarray}  # arrays: tensors packed by the parsing worker
+
+
+def _element_types(data: list[Any], found: set[type]) -> set[type]:
+    """The types of the elements of a nested list, below its lists (one pass, C loops
+    over the innermost lists)."""
+    if data and type(data[0]) is list:
+        for child in data:
+            if type(child) is list:
+                _element_types(child, found)
+            else:
+                found.add(type(child))
+    else:
+        found.update(map(type, data))
+    return found
 
 
 def request_body(model: type[BaseModel], description: str) -> dict[str, object]:

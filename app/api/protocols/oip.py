@@ -47,7 +47,8 @@ from app.api.protocols.common import (
     decode_b64,
     header_int,
     most_values,
-    parse_body,
+    pack_numbers,
+    parse_json,
     read_body,
 )
 from app.core.admission import Upload
@@ -225,7 +226,8 @@ async def infer(
     """One inference request, from the body to the answer (see the module docstring)."""
     check_model_name(service, name)
     model = service.model_for(version)  # 404 before reading the body
-    infer_request, binary = read_request(
+    infer_request, binary = await read_request(
+        service,
         await read_body(request),
         request.headers.get(HEADER_LENGTH),
         most_values(service.settings, model.contract),
@@ -240,23 +242,30 @@ async def infer(
     return encode(infer_request, results, name, output)
 
 
-def read_request(
-    body: bytearray, header_length: str | None, most: int
+async def read_request(
+    service: InferenceService, body: bytearray, header_length: str | None, most: int
 ) -> tuple[InferRequest, memoryview]:
     """The JSON request and the binary tensor data after it (empty without the extension),
     a view into ``body``, not a copy.
 
-    ``most``: the most values the JSON part may hold (``parse_body``).
+    ``most``: the most values the JSON part may hold (``parse_json``).
     """
     if header_length is None:
-        return parse_body(InferRequest, body, most), memoryview(b"")
+        return await parse_json(service, InferRequest, body, most, _pack), memoryview(b"")
     split = header_int(header_length)
     if split is None or not 0 < split <= len(body):
         raise bad_request(
             f"{HEADER_LENGTH}: {header_length!r} is not a length within the body "
             f"of {len(body)} bytes"
         )
-    return parse_body(InferRequest, body[:split], most), memoryview(body)[split:]
+    infer_request = await parse_json(service, InferRequest, body[:split], most, _pack)
+    return infer_request, memoryview(body)[split:]
+
+
+def _pack(request: InferRequest) -> None:
+    """In the parsing worker (``parse_json``): each input's numbers as an array."""
+    for tensor in request.inputs:
+        tensor.data = pack_numbers(tensor.data, f"input {tensor.name}")  # type: ignore[assignment]
 
 
 def output_choice(request: InferRequest, class_count: int) -> OutputChoice:
@@ -384,7 +393,9 @@ def _image_files(tensor: RequestInput, raw: memoryview | None, settings: Setting
     return files
 
 
-def _strings(data: TensorData | None) -> list[str]:
+def _strings(data: TensorData | np.ndarray | None) -> list[str]:
+    if isinstance(data, np.ndarray):  # numbers, packed by the parsing worker
+        raise bad_request(f"input {IMAGE_BYTES}: elements must be base64 strings")
     flat: list[str] = []
     for element in data or []:
         if isinstance(element, list):
@@ -415,7 +426,7 @@ def _pixels(tensor: RequestInput, raw: memoryview | None, settings: Settings) ->
     count = math.prod(tensor.shape)
     check_count(tensor.shape[0], settings)
     if raw is None:
-        array = as_pixels(tensor.data or [], f"input {IMAGES}")
+        array = as_pixels([] if tensor.data is None else tensor.data, f"input {IMAGES}")
     else:
         if len(raw) != 4 * count:
             raise bad_request(f"input {IMAGES}: shape {tensor.shape} needs {4 * count} bytes")

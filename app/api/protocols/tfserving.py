@@ -33,8 +33,10 @@ from app.api.protocols.common import (
     check_images,
     check_model_name,
     decode_all,
+    is_numbers,
     most_values,
-    parse_body,
+    pack_numbers,
+    parse_json,
     read_body,
 )
 from app.core.admission import Upload
@@ -230,16 +232,47 @@ async def _read(
     check_model_name(service, name)
     model = service.model_for(version)
     most = most_values(service.settings, model.contract)
-    request = parse_body(schema, await read_body(http), most)
+    request = await parse_json(service, schema, await read_body(http), most, _pack)
     if request.signature_name not in (None, "", SIGNATURE):
         raise bad_request(f"no signature {request.signature_name!r}; the only one is {SIGNATURE!r}")
     return request
 
 
+def _pack(request: BaseModel) -> None:
+    """In the parsing worker (``parse_json``): each number tensor as an array, all rows
+    as one when every row is numbers."""
+    if isinstance(request, ClassifyRequest):
+        for features in [request.context or {}, *request.examples]:
+            for key, value in features.items():
+                features[key] = pack_numbers(value, f"feature {key}")  # type: ignore[assignment]
+        return
+    if not isinstance(request, PredictRequest):
+        return
+    rows = request.instances
+    if rows is not None and is_numbers(rows):
+        request.instances = as_pixels(rows, "instances")  # type: ignore[assignment]
+        rows = []
+    for position, row in enumerate(rows or []):
+        if isinstance(row, dict):
+            for key, value in row.items():
+                row[key] = pack_numbers(value, "instances")  # type: ignore[assignment]
+        elif isinstance(row, list):
+            rows[position] = pack_numbers(row, "instances")  # type: ignore[index]
+    inputs = request.inputs
+    if isinstance(inputs, dict):
+        for key, value in inputs.items():
+            inputs[key] = pack_numbers(value, "inputs")  # type: ignore[assignment]
+    elif inputs is not None:
+        request.inputs = pack_numbers(inputs, "inputs")  # type: ignore[assignment]
+
+
 def _from_rows(
-    instances: list[B64 | TensorData | dict[str, B64 | TensorData]],
+    instances: list[B64 | TensorData | dict[str, B64 | TensorData]] | np.ndarray,
 ) -> list[B64] | np.ndarray:
-    """Row form: images, tensors, or objects naming one input (all rows alike)."""
+    """Row form: images, tensors, or objects naming one input (all rows alike); an array
+    when the parsing worker packed them."""
+    if isinstance(instances, np.ndarray):
+        return instances
     if all(isinstance(i, dict) for i in instances):
         names = {key for i in instances if isinstance(i, dict) for key in i}
         if len(names) != 1 or not names <= {IMAGE_BYTES, IMAGES}:
@@ -250,17 +283,21 @@ def _from_rows(
         instances = [i[input_name] for i in instances if isinstance(i, dict)]
     if all(isinstance(i, B64) for i in instances):
         return [i for i in instances if isinstance(i, B64)]
-    if all(isinstance(i, list) for i in instances):
-        return as_pixels([i for i in instances if isinstance(i, list)], "instances")
+    if all(isinstance(i, (list, np.ndarray)) for i in instances):
+        return as_pixels([i for i in instances if isinstance(i, (list, np.ndarray))], "instances")
     raise bad_request('instances must all be images {"b64": ...} or all be pixel tensors')
 
 
-def _from_columns(inputs: TensorData | dict[str, TensorData] | None) -> list[B64] | np.ndarray:
+def _from_columns(
+    inputs: TensorData | dict[str, TensorData | np.ndarray] | np.ndarray | None,
+) -> list[B64] | np.ndarray:
     """Columnar form: the list of images or the tensor, or an object naming one input."""
     if isinstance(inputs, dict):
         if len(inputs) != 1 or not set(inputs) <= {IMAGE_BYTES, IMAGES}:
             raise bad_request(f"inputs name {sorted(inputs)}; give one of {IMAGE_BYTES}, {IMAGES}")
         [inputs] = inputs.values()
+    if isinstance(inputs, np.ndarray):
+        return inputs
     items = inputs or []
     objects = [i for i in items if isinstance(i, dict)]
     if objects and len(objects) == len(items):

@@ -1,0 +1,146 @@
+"""What a large JSON-number tensor costs the other requests, with and without the
+parsing process (``CATDOG_JSON_PARSE_PROCESSES``, ``app/core/offload.py``).
+
+For each setting a fresh ``python -m app`` serves the shipped model (LiteRT, every
+other setting at its default), one server at a time; then:
+
+* ``one image``: TF Serving ``:predict`` with one image of pixels as JSON numbers
+  (150,528 values, over the offload threshold), one request at a time: its latency;
+* ``N images``: one client sends ``:predict`` with N images of JSON numbers while
+  another asks ``GET /healthz`` every 10 ms: the big request's latency, and how long
+  ``/healthz`` waited at worst and at the 99th percentile while the big one ran.
+
+Each big request is sent ``--rounds`` times and its stalls are pooled.
+
+    .venv/bin/python -m bench.json_offload --out bench/results/json-offload.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.harness import ROOT, new_report, table, uvicorn_server, write_report
+
+MODEL_DIR = ROOT / "models" / "catdog"
+PREDICT = "/v1/models/catdog:predict"
+PROCESSES = (0, 1)  # parsing on the event loop, in one worker process
+RESULTS = Path(__file__).with_name("results") / "json-offload.md"
+
+
+def number_body(images: int, size: int = 224) -> bytes:
+    """A ``:predict`` body of ``images`` random pixel images as JSON numbers."""
+    pixels = np.random.default_rng(images).random((images, size, size, 3)).round(4)
+    return json.dumps({"instances": pixels.tolist()}).encode()
+
+
+async def one_image(client: httpx.AsyncClient, body: bytes, count: int) -> list[float]:
+    """Latencies (ms) of ``count`` one-image requests, one at a time."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        response = await client.post(PREDICT, content=body)
+        response.raise_for_status()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+async def stalled(client: httpx.AsyncClient, body: bytes) -> tuple[float, list[float]]:
+    """The big request's latency (ms) and every ``/healthz`` latency (ms) while it ran."""
+    done = asyncio.Event()
+    waits: list[float] = []
+
+    async def poll() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            response = await client.get("/healthz")
+            response.raise_for_status()
+            waits.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.01)
+
+    poller = asyncio.create_task(poll())
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    response = await client.post(PREDICT, content=body)
+    response.raise_for_status()
+    latency = (time.perf_counter() - started) * 1000
+    done.set()
+    await poller
+    return latency, waits
+
+
+async def measure(url: str, sizes: list[int], rounds: int) -> list[dict[str, object]]:
+    """The rows of one server: the one-image latency, then each big request's stall."""
+    rows: list[dict[str, object]] = []
+    limits = httpx.Limits(max_connections=4)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        single = await one_image(client, number_body(1), 2)  # warm the parser
+        single = await one_image(client, number_body(1), 20)
+        rows.append({"case": "one image", "latency_ms": round(float(np.median(single)), 1)})
+        for images in sizes:
+            body = number_body(images)
+            latencies, waits = [], []
+            for _ in range(rounds):
+                latency, polled = await stalled(client, body)
+                latencies.append(latency)
+                waits += polled
+            rows.append(
+                {
+                    "case": f"{images} images ({len(body) / 1e6:.0f} MB)",
+                    "latency_ms": round(float(np.median(latencies)), 1),
+                    "healthz_max_ms": round(max(waits), 1),
+                    "healthz_p99_ms": round(float(np.percentile(waits, 99)), 1),
+                    "healthz_answers": len(waits),
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run both settings one after the other and write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="8,32", help="images in the big requests")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    report = new_report("bench.json_offload", sys.argv[1:] if argv is None else argv)
+    rows = []
+    for processes in PROCESSES:
+        log = ROOT / "runs" / "bench" / f"json-offload-{processes}.log"
+        with uvicorn_server(
+            MODEL_DIR, log, runtime="litert", json_parse_processes=processes
+        ) as server:
+            for row in asyncio.run(measure(server.url, sizes, args.rounds)):
+                rows.append({"processes": processes, **row})
+        print(f"processes={processes} done", flush=True)
+    report["rows"] = rows
+    columns = [
+        ("parse processes", "processes"),
+        ("request", "case"),
+        ("its latency (ms, median)", "latency_ms"),
+        ("/healthz worst (ms)", "healthz_max_ms"),
+        ("/healthz p99 (ms)", "healthz_p99_ms"),
+        ("/healthz answers", "healthz_answers"),
+    ]
+    markdown = "\n".join(
+        [
+            "# JSON-number tensors: parsed on the event loop or in a process",
+            "",
+            f"`{report['command']}` ({report['started']}, load {report['environment']})",
+            "",
+            *table(rows, columns, text=["case"]),
+        ]
+    )
+    write_report(report, markdown, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Large JSON number tensors are parsed in a worker process (``app.core.offload``).
+
+Against a real uvicorn process whose offload threshold is below one 32x32 image, every
+pixel form of TF Serving's ``:predict`` and the Open Inference Protocol answers what
+``/predict`` answers, the bad ones get the 400 they get when parsed in place, and
+``/metrics`` counts them. In-process: the event loop serves while a parse runs, and a
+worker that dies costs its request a 503, not the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from app.api.protocols.common import parse_json
+from app.api.protocols.tfserving import PredictRequest
+from bench.harness import Server, value
+from tests.app.helpers import serve, settings_for
+from tests.app.protocols import TOLERANCE, images, pixels, predicted, protocol_server
+
+ONE_IMAGE = 32 * 32 * 3  # values of one image of the tiny model
+PREDICT = "/v1/models/catdog:predict"
+INFER = "/v2/models/catdog/infer"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("offload")
+    with protocol_server(
+        tiny_model_base, folder / "server.log", json_offload_values=ONE_IMAGE - 1
+    ) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+def offloaded(http: httpx.Client) -> float:
+    return value(http.get("/metrics").text, "catdog_json_offloaded_total")
+
+
+def test_every_pixel_form_parsed_in_the_worker_answers_as_predict(
+    http: httpx.Client, server: Server
+) -> None:
+    files = images(3)
+    expected = predicted(server.url, files)
+    tensor = pixels(files).tolist()
+    before = offloaded(http)
+    answers = {
+        "rows": http.post(PREDICT, json={"instances": tensor}),
+        "rows naming the input": http.post(
+            PREDICT, json={"instances": [{"images": row} for row in tensor]}
+        ),
+        "columns": http.post(PREDICT, json={"inputs": tensor}),
+        "columns naming the input": http.post(PREDICT, json={"inputs": {"images": tensor}}),
+    }
+    for form, response in answers.items():
+        assert response.status_code == 200, (form, response.text)
+        table = response.json().get("predictions") or response.json()["outputs"]
+        np.testing.assert_allclose(table, expected, atol=TOLERANCE, err_msg=form)
+    oip = {"name": "images", "shape": [3, 32, 32, 3], "datatype": "FP32", "data": tensor}
+    response = http.post(INFER, json={"inputs": [oip]})
+    assert response.status_code == 200, response.text
+    [output] = response.json()["outputs"]
+    np.testing.assert_allclose(np.reshape(output["data"], (3, 2)), expected, atol=TOLERANCE)
+    assert offloaded(http) == before + 5
+
+
+def test_a_small_body_is_parsed_in_place(http: httpx.Client) -> None:
+    before = offloaded(http)
+    response = http.post(PREDICT, json={"instances": [[[[0.5] * 3] * 32] * 16]})
+    assert response.status_code == 400, response.text  # half an image: the shape is wrong
+    assert offloaded(http) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "route", "says"),
+    [
+        ({"instances": [[[[0.5] * 3] * 32] * 32, [[[0.5] * 3] * 32] * 31]}, PREDICT, "rectangular"),
+        ({"inputs": [[[[0.5] * 3] * 32] * 31 + [[[0.5, "x", 0.5]] * 32]]}, PREDICT, "rectangular"),
+        ({"inputs": [[[[0.5] * 3] * 32] * 31 + [[[0.5, True, 0.5]] * 32]]}, PREDICT, "bool"),
+        (
+            {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                         "data": [0.5] * ONE_IMAGE}]},
+            INFER,
+            "base64 strings",
+        ),
+        (
+            {"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "FP32",
+                         "data": [[0.5] * 3] * 1023 + [[0.5, 0.5]]}]},
+            INFER,
+            "rectangular",
+        ),
+    ],
+    ids=["ragged rows", "a string", "booleans", "numbers as images", "ragged OIP data"],
+)  # fmt: skip
+def test_a_bad_tensor_parsed_in_the_worker_is_a_400(
+    http: httpx.Client, body: dict[str, object], route: str, says: str
+) -> None:
+    response = http.post(route, json=body)
+    assert response.status_code == 400, response.text
+    assert says in response.json()["error"]
+    assert http.get("/healthz").status_code == 200
+
+
+def test_the_413_for_too_many_values_comes_before_the_worker(http: httpx.Client) -> None:
+    before = offloaded(http)
+    values = ",".join(["0.5"] * (32 * ONE_IMAGE + 4096 + 1))  # one comma past the bound
+    response = http.post(PREDICT, content=f'{{"instances": [[{values}]]}}'.encode())
+    assert response.status_code == 413, response.text
+    assert offloaded(http) == before
+
+
+# ---------------------------------------------------------------- in-process
+
+
+def slow_pack(request: PredictRequest) -> None:
+    """A pack that takes its time, in the worker process."""
+    time.sleep(3)
+
+
+async def test_the_event_loop_serves_while_a_worker_parses(tiny_model_base: Path) -> None:
+    settings = settings_for(tiny_model_base, runtime="litert", json_offload_values=1)
+    async with serve(settings) as (app, client):
+        service = app.state.service
+        body = b'{"instances": [[0.5, 0.5]]}'
+        parsing = asyncio.create_task(parse_json(service, PredictRequest, body, 10**6, slow_pack))
+        await asyncio.sleep(0.1)
+        response = await client.get("/healthz")
+        assert response.status_code == 200
+        assert not parsing.done()
+        request = await parsing
+        assert request.instances is not None
+        assert len(service.offload.processes()) == 1
+
+
+async def test_a_worker_killed_costs_its_request_a_503_not_the_service(
+    tiny_model_base: Path,
+) -> None:
+    settings = settings_for(tiny_model_base, runtime="litert", json_offload_values=1)
+    tensor = pixels(images(1)).tolist()
+    async with serve(settings) as (app, client):
+        response = await client.post(PREDICT, json={"instances": tensor})
+        assert response.status_code == 200, response.text
+        [worker] = app.state.service.offload.processes()
+        os.kill(worker, signal.SIGKILL)
+        response = await client.post(PREDICT, json={"instances": tensor})
+        assert response.status_code == 503, response.text
+        assert "worker process died" in response.json()["error"]
+        assert response.headers["retry-after"] == "1"
+        response = await client.post(PREDICT, json={"instances": tensor})
+        assert response.status_code == 200, response.text
+        assert app.state.service.offload.processes() not in ([], [worker])
+
+
+async def test_no_workers_parses_in_place(tiny_model_base: Path) -> None:
+    settings = settings_for(tiny_model_base, runtime="litert", json_parse_processes=0)
+    tensor = pixels(images(1)).tolist()
+    async with serve(settings) as (app, client):
+        response = await client.post(PREDICT, json={"instances": tensor * 32})
+        assert response.status_code == 200, response.text
+        assert app.state.service.offload.processes() == []
