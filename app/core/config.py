@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         0, ge=0, description="image decoding threads; 0: one per usable core"
     )
     json_parse_processes: int = Field(
-        1, ge=0, description="processes that parse large JSON number tensors; 0: parse on the event loop"
+        1, ge=0, description="processes parsing big JSON number tensors; 0: on the event loop"
     )
     json_offload_values: int = Field(
         100_000, ge=0, description="JSON values from which a body is parsed in those processes"
