@@ -1,16 +1,22 @@
-"""What a large JSON-number tensor costs the other requests, with and without the
-parsing process (``CATDOG_JSON_PARSE_PROCESSES``, ``app/core/offload.py``).
+"""What a large JSON-number tensor costs the other requests, parsed on the event loop
+or in the parsing process (``CATDOG_JSON_PARSE_PROCESSES``, ``app/core/offload.py``).
 
-For each setting a fresh ``python -m app`` serves the shipped model (LiteRT, every
-other setting at its default), one server at a time; then:
+Three servers, one at a time, each a fresh ``python -m app`` serving the shipped model
+(LiteRT): parsing on the event loop (no process), the defaults (a process for bodies
+of ``CATDOG_JSON_OFFLOAD_VALUES`` values or more: two images and up), and a process
+for every body (to show what the threshold saves one image). Then:
 
 * ``one image``: TF Serving ``:predict`` with one image of pixels as JSON numbers
-  (150,528 values, over the offload threshold), one request at a time: its latency;
+  (150,528 values), one request at a time: its latency;
 * ``N images``: one client sends ``:predict`` with N images of JSON numbers while
   another asks ``GET /healthz`` every 10 ms: the big request's latency, and how long
   ``/healthz`` waited at worst and at the 99th percentile while the big one ran.
 
-Each big request is sent ``--rounds`` times and its stalls are pooled.
+Each big request is sent ``--rounds`` times and its stalls are pooled. Pixels are
+float32 values as ``tolist()`` writes them (~20 characters each: 32 images are a
+~100 MB body). Memory: the server's resident set right after ``/readyz`` and its
+high-water mark after the rounds, and the parsing process's high-water mark; the
+pods' memory limits count the last two (``tests/deploy``).
 
     .venv/bin/python -m bench.json_offload --out bench/results/json-offload.md
 """
@@ -27,17 +33,29 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.harness import ROOT, new_report, table, uvicorn_server, write_report
+from bench.harness import (
+    ROOT,
+    new_report,
+    proc_status_kb,
+    table,
+    uvicorn_server,
+    write_report,
+)
 
 MODEL_DIR = ROOT / "models" / "catdog"
 PREDICT = "/v1/models/catdog:predict"
-PROCESSES = (0, 1)  # parsing on the event loop, in one worker process
+# Each server: its name in the report, and its settings beside the defaults.
+SERVERS = {
+    "event loop": {"json_parse_processes": 0},
+    "process (defaults)": {},
+    "process, every body": {"json_offload_values": 1},
+}
 RESULTS = Path(__file__).with_name("results") / "json-offload.md"
 
 
 def number_body(images: int, size: int = 224) -> bytes:
     """A ``:predict`` body of ``images`` random pixel images as JSON numbers."""
-    pixels = np.random.default_rng(images).random((images, size, size, 3)).round(4)
+    pixels = np.random.default_rng(images).random((images, size, size, 3), dtype=np.float32)
     return json.dumps({"instances": pixels.tolist()}).encode()
 
 
@@ -103,6 +121,25 @@ async def measure(url: str, sizes: list[int], rounds: int) -> list[dict[str, obj
     return rows
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the parsing process, multiprocessing's
+    resource tracker)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in text:
+            found.append(int(status.parent.name))
+    return found
+
+
+def mb(kb: int | None) -> float | None:
+    """Kilobytes (of 1024 bytes) in MB of 10^6 bytes, as the other results files count."""
+    return None if kb is None else round(kb * 1024 / 1e6, 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run both settings one after the other and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -113,17 +150,34 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     report = new_report("bench.json_offload", sys.argv[1:] if argv is None else argv)
     rows = []
-    for processes in PROCESSES:
-        log = ROOT / "runs" / "bench" / f"json-offload-{processes}.log"
-        with uvicorn_server(
-            MODEL_DIR, log, runtime="litert", json_parse_processes=processes
-        ) as server:
-            for row in asyncio.run(measure(server.url, sizes, args.rounds)):
-                rows.append({"processes": processes, **row})
-        print(f"processes={processes} done", flush=True)
+    memory: dict[str, dict[str, float | None]] = {}
+    for name, settings in SERVERS.items():
+        log = ROOT / "runs" / "bench" / f"json-offload-{name.split()[0]}.log"
+        with uvicorn_server(MODEL_DIR, log, runtime="litert", **settings) as server:
+            pid = server.process.pid
+            idle = proc_status_kb(pid, "VmRSS")
+            measured = asyncio.run(measure(server.url, sizes, args.rounds))
+            workers = [proc_status_kb(child, "VmHWM") or 0 for child in children(pid)]
+            memory[name] = {
+                "server_idle_mb": mb(idle),
+                "server_peak_mb": mb(proc_status_kb(pid, "VmHWM")),
+                "parser_peak_mb": mb(max(workers)) if workers else None,
+            }
+            for row in measured:
+                rows.append({"server": name, **row})
+        print(f"{name}: done", flush=True)
+    report["sizes"] = sizes
     report["rows"] = rows
+    report["memory"] = memory
+    memory_rows = [{"server": k, **v} for k, v in memory.items()]
+    memory_columns = [
+        ("JSON parsed on", "server"),
+        ("server after /readyz (MB)", "server_idle_mb"),
+        ("server peak (MB)", "server_peak_mb"),
+        ("parsing process peak (MB)", "parser_peak_mb"),
+    ]
     columns = [
-        ("parse processes", "processes"),
+        ("JSON parsed on", "server"),
         ("request", "case"),
         ("its latency (ms, median)", "latency_ms"),
         ("/healthz worst (ms)", "healthz_max_ms"),
@@ -136,7 +190,11 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"`{report['command']}` ({report['started']}, load {report['environment']})",
             "",
-            *table(rows, columns, text=["case"]),
+            *table(rows, columns, text=["server", "case"]),
+            "",
+            "Memory (resident set, `VmRSS` / `VmHWM`):",
+            "",
+            *table(memory_rows, memory_columns, text=["server"]),
         ]
     )
     write_report(report, markdown, args.out)

@@ -60,11 +60,14 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         0, ge=0, description="image decoding threads; 0: one per usable core"
     )
+    max_json_images: int = Field(
+        0, ge=0, description="images of pixels a request may send as JSON numbers; 0: as files"
+    )
     json_parse_processes: int = Field(
         1, ge=0, description="processes parsing big JSON number tensors; 0: on the event loop"
     )
     json_offload_values: int = Field(
-        100_000, ge=0, description="JSON values from which a body is parsed in those processes"
+        300_000, ge=0, description="JSON values from which a body is parsed in those processes"
     )
     poll_interval_s: float = Field(5.0, ge=0, description="new-version check; 0 turns it off")
     version_policy: str = Field(
@@ -105,6 +108,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_files_per_request ({self.max_files_per_request}) exceeds "
                 f"max_images_in_flight ({self.max_images_in_flight}): such a request never fits"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _json_images_fit(self) -> Settings:
+        if self.max_json_images > self.max_files_per_request:
+            raise ValueError(
+                f"max_json_images ({self.max_json_images}) exceeds max_files_per_request "
+                f"({self.max_files_per_request}): no request may hold that many images"
             )
         return self
 

@@ -10,6 +10,7 @@ worker that dies costs its request a 503, not the service.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import time
@@ -171,3 +172,24 @@ async def test_no_workers_parses_in_place(tiny_model_base: Path) -> None:
         response = await client.post(PREDICT, json={"instances": tensor * 32})
         assert response.status_code == 200, response.text
         assert app.state.service.offload.processes() == []
+
+
+async def test_json_images_cap_pixels_sent_as_numbers_not_images(tiny_model_base: Path) -> None:
+    """One image of 32x32 pixels is 3,072 values; a body may hold 4,096 more (keys and
+    such), so three images are past a cap of one."""
+    settings = settings_for(tiny_model_base, runtime="litert", max_json_images=1)
+    files = images(3)
+    async with serve(settings) as (_, client):
+        response = await client.post(PREDICT, json={"instances": pixels(files).tolist()})
+        assert response.status_code == 413, response.text
+        assert "binary tensor data" in response.json()["error"]
+        response = await client.post(PREDICT, json={"instances": pixels(files[:1]).tolist()})
+        assert response.status_code == 200, response.text
+        rows = [{"b64": base64.b64encode(data).decode()} for data in files]
+        response = await client.post(PREDICT, json={"instances": rows})
+        assert response.status_code == 200, response.text
+
+
+def test_json_images_cannot_exceed_the_files_of_a_request(tiny_model_base: Path) -> None:
+    with pytest.raises(ValueError, match="max_json_images"):
+        settings_for(tiny_model_base, max_files_per_request=4, max_json_images=5)

@@ -8,7 +8,9 @@ documentation that reports it, so a new measurement changes what the tests expec
   ``bench.serve`` command recorded in it;
 * decoding memory per pixel: docs/service.md, from ``python -m bench.decode_memory``;
 * memory held per byte of uploads in flight, per route:
-  ``bench/results/upload-memory.json``, from ``python -m bench.upload_memory``.
+  ``bench/results/upload-memory.json``, from ``python -m bench.upload_memory``;
+* memory of parsing the largest JSON-number requests in a worker process:
+  ``bench/results/json-offload.json``, from ``python -m bench.json_offload``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tests.deploy.k8s import ROOT
 SERVE_RESULTS = ROOT / "bench" / "results" / "runtimes-serve.json"
 SERVICE_DOC = ROOT / "docs" / "service.md"
 UPLOAD_RESULTS = ROOT / "bench" / "results" / "upload-memory.json"
+JSON_RESULTS = ROOT / "bench" / "results" / "json-offload.json"
 MB = 1e6  # the results files count memory in MB of 10^6 bytes
 
 # The knee of the throughput curve: the first client count that reaches this share of
@@ -148,3 +151,15 @@ def upload_results() -> dict[str, Any]:
 def upload_bytes_held_per_byte() -> float:
     """Memory per byte of files in flight, on the route that holds the most."""
     return max(r["rise_per_byte"] for r in upload_results()["rows"])
+
+
+def json_parsing_bytes(processes: int, images: int) -> float:
+    """Parsing a JSON-number request of ``images`` images with ``processes`` worker
+    processes (0: on the event loop): each process's peak plus how far the server rose
+    meanwhile (the body, and the copy it sends to a process), scaled from the measured
+    requests by their images (the memory is per number)."""
+    results = json.loads(JSON_RESULTS.read_text())
+    run = results["memory"]["process (defaults)" if processes else "event loop"]
+    measured_images = max(results["sizes"])
+    rise = run["server_peak_mb"] - run["server_idle_mb"]
+    return (processes * (run["parser_peak_mb"] or 0) + rise) * MB * images / measured_images

@@ -55,6 +55,10 @@ def memory_parts(overlay: str) -> dict[str, float]:
         "versions beside it": versions_beside(settings.version_policy) * run.idle_rss_bytes,
         "decoding": measured.decode_bytes_per_pixel() * pixels,
         "uploads": measured.upload_bytes_held_per_byte() * in_flight * settings.max_upload_bytes,
+        "JSON parsing": measured.json_parsing_bytes(
+            settings.json_parse_processes,
+            settings.max_json_images or settings.max_files_per_request,
+        ),
         "one batch": settings.max_batch_size
         * math.prod(app_facts.shipped_input_shape(flavor(overlay)))
         * FLOAT32_BYTES,
@@ -129,7 +133,7 @@ def test_serving_pod_runs_the_runtime_its_image_serves(serving: str) -> None:
 
 def test_memory_limit_holds_the_worst_case_the_settings_admit(serving: str) -> None:
     """limit >= (peak RSS under load + versions loaded beside it + decoding x pixels at
-    once + uploads held x images in flight + one batch) x HEADROOM."""
+    once + uploads held x images in flight + JSON parsing + one batch) x HEADROOM."""
     _, main = serving_container(k8s.render(serving))
     parts = memory_parts(serving)
     need = sum(parts.values()) * HEADROOM

@@ -16,7 +16,7 @@
   and values are checked against the version's contract by the service. Parsing
   JSON numbers costs Python objects (~2 s of CPU and ~300 MB for the largest legal
   request, holding the GIL), so a body is refused before parsing when its commas
-  show more values than ``max_files_per_request`` images hold, and a body of at
+  show more values than ``max_json_images`` images hold, and a body of at
   least ``json_offload_values`` values is parsed in a worker process, which sends
   back its tensors as arrays (``parse_json``, ``app.core.offload``): the event loop
   keeps serving meanwhile.
@@ -97,9 +97,15 @@ def bad_request(message: str) -> HTTPException:
 
 
 def most_values(settings: Settings, contract: ModelContract) -> int:
-    """The most JSON values a legal body holds: ``max_files_per_request`` images of pixels."""
+    """The most JSON values a legal body holds: ``max_json_images`` images of pixels (by
+    default ``max_files_per_request``)."""
     height, width = contract.image_size
-    return settings.max_files_per_request * height * width * 3 + JSON_SLACK
+    return json_images(settings) * height * width * 3 + JSON_SLACK
+
+
+def json_images(settings: Settings) -> int:
+    """Images of pixels a request may send as JSON numbers."""
+    return settings.max_json_images or settings.max_files_per_request
 
 
 async def parse_json(
@@ -162,8 +168,8 @@ def check_values(commas: int, most: int) -> None:
     if commas >= most:
         raise HTTPException(
             413,
-            f"the JSON holds more than {most} values, more than "
-            "max_files_per_request images of pixels",
+            f"the JSON holds more than {most} values, more than the images of pixels a "
+            "request may send as JSON numbers; send images, or pixels as binary tensor data",
         )
 
 
