@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show_batch)
 
     from training.models import ARCHITECTURES, BACKBONES
-    from training.train import AUGMENTATIONS, SCHEDULES, STRATEGIES, TrainConfig
+    from training.train import AUGMENTATIONS, BATCH_NORM, SCHEDULES, STRATEGIES, TrainConfig
 
     # Defaults come from TrainConfig, so they are written once.
     d = TrainConfig(data_dir="", run_dir="")
@@ -215,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.backbone_size,
         help="transfer: resize the input to this side for the backbone, in the model (0: same)",
+    )
+    p.add_argument(
+        "--batch-norm",
+        choices=BATCH_NORM,
+        default=d.batch_norm,
+        help="fine-tuning: adapt trains batch norm with the rest, so its statistics follow "
+        "these photos; frozen keeps ImageNet's",
     )
     p.add_argument(
         "--init-from",

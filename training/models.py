@@ -117,7 +117,9 @@ def make_transfer_model(
     if tuple(side) != tuple(input_shape[:2]):
         x = layers.Resizing(*side, interpolation="bilinear", name="backbone_resize")(x)
     x = layers.Rescaling(factor, offset=offset, name="backbone_scaling")(x)
-    x = base(x, training=False)  # batch norm stays in inference mode when fine-tuning
+    # fit's training flag reaches the backbone (a training=False here would be passed
+    # over): batch norm is kept in inference mode, if wanted, by training.train
+    x = base(x)
     x = layers.GlobalAveragePooling2D(name="features")(x)
     x = layers.Dropout(0.2, seed=seed)(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)

@@ -27,6 +27,7 @@ from training.visualize import save_history_plot
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 SCHEDULES = ("constant", "cosine", "warmup-cosine", "step")
+BATCH_NORM = ("adapt", "frozen")  # while fine-tuning: trained with the rest, or ImageNet's
 AUGMENTATIONS = ("basic", "robust")  # in-model flips/rotation/zoom, or training.augment
 
 
@@ -49,6 +50,7 @@ class TrainConfig:
     xla: bool = False
     backbone: str = "mobilenet"
     backbone_size: int = 0  # transfer: side the input is resized to for the backbone; 0: same
+    batch_norm: str = "adapt"  # fine-tuning: "frozen" keeps ImageNet's batch norm (_unfreeze)
     weights: str | None = "imagenet"
     init_from: str = ""  # a checkpoint of the same layers whose weights start the run
     fine_tune_epochs: int = 0
@@ -424,11 +426,26 @@ def run_phases(session: Session) -> None:
 
 
 def _unfreeze(session: Session, phase: Phase) -> None:
-    """Make every layer trainable and recompile at the phase's (lower) learning rate."""
+    """Unfreeze the model (``unfreeze``) and recompile at the phase's (lower) learning rate."""
     with session.strategy.scope():
-        for layer in session.model.layers:
-            layer.trainable = True
+        unfreeze(session.model, session.config.batch_norm)
     _compile_for(session, phase, phase.epochs)
+
+
+def unfreeze(model: keras.Model, batch_norm: str = "adapt") -> None:
+    """Make every layer trainable; with ``batch_norm="frozen"`` every batch norm, nested
+    ones too, stays non-trainable, which in Keras 3 also runs it in inference mode
+    (ImageNet's statistics). A ``training=False`` in the graph would not do it: the
+    functional model passes fit's ``training=True`` over it.
+    """
+    if batch_norm not in BATCH_NORM:
+        raise ValueError(f"unknown batch norm {batch_norm!r}; choose from {BATCH_NORM}")
+    for layer in model.layers:
+        layer.trainable = True
+    if batch_norm == "frozen":
+        for layer in model._flatten_layers():  # noqa: SLF001  # the backbone's too
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
 
 
 def _compile_for(session: Session, phase: Phase, epochs: int) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from training.models import make_model
-from training.train import start_from
+from training.train import start_from, unfreeze
 
 # (layer class, output shape without the batch axis) at 224x224x3, as in the tutorial.
 TUTORIAL_SHAPES = {
@@ -138,3 +138,25 @@ def test_transfer_backbone_runs_at_its_own_size_and_starts_from_a_checkpoint(
     other = make_model("scratch", (32, 32, 3), 2)
     with pytest.raises(ValueError, match="do not fit"):
         start_from(other, str(tmp_path / "small.keras"))
+
+
+@pytest.mark.parametrize(("batch_norm", "moves"), [("adapt", True), ("frozen", False)])
+def test_fine_tuning_updates_batch_norm_statistics_unless_frozen(
+    batch_norm: str, moves: bool
+) -> None:
+    """Unfrozen and trained, the backbone's batch norm follows the photos, or keeps its
+    statistics and scale when frozen; the convolutions are trainable either way."""
+    model = make_model("transfer", (32, 32, 3), 2, weights=None, augmentation=False)
+    unfreeze(model, batch_norm)
+    layers = list(model._flatten_layers())
+    norm = next(layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization))
+    convs = [layer for layer in layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(conv.trainable for conv in convs)
+    before = [w.numpy().copy() for w in (norm.moving_mean, norm.gamma)]
+    x = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    model.fit(x, np.eye(2)[[0, 1] * 4], epochs=1, verbose=0)
+    after = [w.numpy() for w in (norm.moving_mean, norm.gamma)]
+    assert [not np.array_equal(a, b) for a, b in zip(before, after)] == [moves, moves]
+    with pytest.raises(ValueError, match="unknown batch norm"):
+        unfreeze(model, "sometimes")
