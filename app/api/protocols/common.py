@@ -14,12 +14,12 @@
   files (``bench/results/upload-memory.json``).
 * Tensors given as JSON numbers become float32 arrays (``as_pixels``); their shape
   and values are checked against the version's contract by the service. Parsing
-  JSON numbers costs Python objects (~2 s of CPU and ~300 MB for the largest legal
-  request, holding the GIL), so a body is refused before parsing when its commas
-  show more values than ``max_json_images`` images hold, and a body of at
-  least ``json_offload_values`` values is parsed in a worker process, which sends
-  back its tensors as arrays (``parse_json``, ``app.core.offload``): the event loop
-  keeps serving meanwhile.
+  JSON numbers costs a Python object per number, seconds of CPU holding the GIL and
+  several times the body in memory (``bench/results/json-offload.md``). So a body
+  is refused before parsing when its commas show more values than
+  ``max_json_images`` images hold, and a body of at least ``json_offload_values``
+  values is parsed in a worker process, which sends back its tensors as arrays
+  (``parse_json``, ``app.core.offload``): the event loop keeps serving meanwhile.
 """
 
 from __future__ import annotations
