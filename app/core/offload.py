@@ -1,8 +1,9 @@
 """CPU-bound work the event loop must not wait on, run in worker processes.
 
-Parsing JSON numbers builds a Python object per number while holding the GIL: a
-thread would stall the event loop just as much (``/healthz`` waits ~1 s behind one
-8-image tensor). ``Offload`` runs such a function in ``workers`` spawned processes
+Parsing JSON numbers builds a Python object per number while holding the GIL for the
+whole parse, so a thread would stall the event loop just as much as parsing on it
+(``bench/results/json-offload.md`` measures the stall). ``Offload`` runs such a
+function in ``workers`` spawned processes
 (``spawn``: the service has TensorFlow and LiteRT threads, which ``fork`` would copy
 half-way). The processes start on first use, so a service that never gets such a
 request never pays for them. At most ``workers`` calls are in the processes at once;
