@@ -111,6 +111,11 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def json_images(self) -> int:
+        """Images of pixels a request may send as JSON numbers."""
+        return self.max_json_images or self.max_files_per_request
+
     @model_validator(mode="after")
     def _json_images_fit(self) -> Settings:
         if self.max_json_images > self.max_files_per_request:

@@ -56,8 +56,7 @@ def memory_parts(overlay: str) -> dict[str, float]:
         "decoding": measured.decode_bytes_per_pixel() * pixels,
         "uploads": measured.upload_bytes_held_per_byte() * in_flight * settings.max_upload_bytes,
         "JSON parsing": measured.json_parsing_bytes(
-            settings.json_parse_processes,
-            settings.max_json_images or settings.max_files_per_request,
+            settings.json_parse_processes, settings.json_images
         ),
         "one batch": settings.max_batch_size
         * math.prod(app_facts.shipped_input_shape(flavor(overlay)))

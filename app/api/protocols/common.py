@@ -100,12 +100,7 @@ def most_values(settings: Settings, contract: ModelContract) -> int:
     """The most JSON values a legal body holds: ``max_json_images`` images of pixels (by
     default ``max_files_per_request``)."""
     height, width = contract.image_size
-    return json_images(settings) * height * width * 3 + JSON_SLACK
-
-
-def json_images(settings: Settings) -> int:
-    """Images of pixels a request may send as JSON numbers."""
-    return settings.max_json_images or settings.max_files_per_request
+    return settings.json_images * height * width * 3 + JSON_SLACK
 
 
 async def parse_json(
@@ -124,7 +119,7 @@ async def parse_json(
         return parse_body(model, body, most, values)
     check_values(values, most)
     try:
-        answer = await offload.run(parse_packed, model, body, most, pack)
+        answer = await offload.run(parse_packed, model, body, most, values, pack)
     except OffloadBrokenError as exc:
         retry = str(service.settings.retry_after_s)
         raise HTTPException(503, f"{exc}; retry", headers={"Retry-After": retry}) from None
@@ -135,11 +130,11 @@ async def parse_json(
 
 
 def parse_packed(
-    model: type[M], body: bytes | bytearray, most: int, pack: Callable[[M], None]
+    model: type[M], body: bytes | bytearray, most: int, values: int, pack: Callable[[M], None]
 ) -> M | tuple[int, str]:
     """In a worker process: ``parse_body`` then ``pack``; an HTTP error as (status, detail)."""
     try:
-        request = parse_body(model, body, most)
+        request = parse_body(model, body, most, values)
         pack(request)
     except HTTPException as exc:
         return exc.status_code, str(exc.detail)
@@ -233,6 +228,13 @@ def is_numbers(data: object) -> bool:
 def pack_numbers(data: object, what: str) -> object:
     """``data`` as a float32 array if it is a number tensor (``as_pixels``), else as is."""
     return as_pixels(data, what) if is_numbers(data) else data  # type: ignore[arg-type]
+
+
+def pack_values(mapping: dict[str, Any], what: str) -> None:
+    """``pack_numbers`` on each value of ``mapping``, in place; ``what`` names them in
+    errors, with ``{key}`` standing for each one's key."""
+    for key, value in mapping.items():
+        mapping[key] = pack_numbers(value, what.format(key=key))
 
 
 def as_pixels(data: TensorData | np.ndarray, what: str) -> np.ndarray:

@@ -36,6 +36,7 @@ from app.api.protocols.common import (
     is_numbers,
     most_values,
     pack_numbers,
+    pack_values,
     parse_json,
     read_body,
 )
@@ -243,25 +244,22 @@ def _pack(request: BaseModel) -> None:
     as one when every row is numbers."""
     if isinstance(request, ClassifyRequest):
         for features in [request.context or {}, *request.examples]:
-            for key, value in features.items():
-                features[key] = pack_numbers(value, f"feature {key}")  # type: ignore[assignment]
+            pack_values(features, "feature {key}")
         return
     if not isinstance(request, PredictRequest):
         return
     rows = request.instances
     if rows is not None and is_numbers(rows):
         request.instances = as_pixels(rows, "instances")  # type: ignore[assignment]
-        rows = []
-    for position, row in enumerate(rows or []):
-        if isinstance(row, dict):
-            for key, value in row.items():
-                row[key] = pack_numbers(value, "instances")  # type: ignore[assignment]
-        elif isinstance(row, list):
-            rows[position] = pack_numbers(row, "instances")  # type: ignore[index]
+    elif rows is not None:
+        for position, row in enumerate(rows):
+            if isinstance(row, dict):
+                pack_values(row, "instances")
+            elif isinstance(row, list):
+                rows[position] = pack_numbers(row, "instances")  # type: ignore[index]
     inputs = request.inputs
     if isinstance(inputs, dict):
-        for key, value in inputs.items():
-            inputs[key] = pack_numbers(value, "inputs")  # type: ignore[assignment]
+        pack_values(inputs, "inputs")
     elif inputs is not None:
         request.inputs = pack_numbers(inputs, "inputs")  # type: ignore[assignment]
 
