@@ -109,6 +109,15 @@ def proc_status_kb(pid: int, key: str) -> int | None:
     return None
 
 
+def memory_mb(pid: int) -> dict[str, float]:
+    """``VmRSS`` and ``VmHWM`` of a running process in MB of 10^6 bytes, as the results
+    files that size the pods count (``tests/deploy/measured.py``)."""
+    values = {key: proc_status_kb(pid, key) for key in ("VmRSS", "VmHWM")}
+    if None in values.values():
+        raise ProcessLookupError(f"process {pid} is gone")
+    return {key: kb * 1024 / 1e6 for key, kb in values.items() if kb is not None}
+
+
 class ServerError(RuntimeError):
     """The service exited or did not become ready; the message ends with its log."""
 

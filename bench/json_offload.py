@@ -35,8 +35,8 @@ import numpy as np
 
 from bench.harness import (
     ROOT,
+    memory_mb,
     new_report,
-    proc_status_kb,
     table,
     uvicorn_server,
     write_report,
@@ -99,8 +99,9 @@ async def measure(url: str, sizes: list[int], rounds: int) -> list[dict[str, obj
     rows: list[dict[str, object]] = []
     limits = httpx.Limits(max_connections=4)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        single = await one_image(client, number_body(1), 2)  # warm the parser
-        single = await one_image(client, number_body(1), 20)
+        one = number_body(1)
+        await one_image(client, one, 2)  # warm-up
+        single = await one_image(client, one, 20)
         rows.append({"case": "one image", "latency_ms": round(float(np.median(single)), 1)})
         for images in sizes:
             body = number_body(images)
@@ -135,13 +136,8 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def mb(kb: int | None) -> float | None:
-    """Kilobytes (of 1024 bytes) in MB of 10^6 bytes, as the other results files count."""
-    return None if kb is None else round(kb * 1024 / 1e6, 1)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Run both settings one after the other and write the report."""
+    """Run each server of ``SERVERS`` in turn and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="8,32", help="images in the big requests")
     parser.add_argument("--rounds", type=int, default=3)
@@ -155,13 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         log = ROOT / "runs" / "bench" / f"json-offload-{name.split()[0]}.log"
         with uvicorn_server(MODEL_DIR, log, runtime="litert", **settings) as server:
             pid = server.process.pid
-            idle = proc_status_kb(pid, "VmRSS")
+            idle = memory_mb(pid)["VmRSS"]
             measured = asyncio.run(measure(server.url, sizes, args.rounds))
-            workers = [proc_status_kb(child, "VmHWM") or 0 for child in children(pid)]
+            workers = [memory_mb(child)["VmHWM"] for child in children(pid)]
             memory[name] = {
-                "server_idle_mb": mb(idle),
-                "server_peak_mb": mb(proc_status_kb(pid, "VmHWM")),
-                "parser_peak_mb": mb(max(workers)) if workers else None,
+                "server_idle_mb": round(idle, 1),
+                "server_peak_mb": round(memory_mb(pid)["VmHWM"], 1),
+                "parser_peak_mb": round(max(workers), 1) if workers else None,
             }
             for row in measured:
                 rows.append({"server": name, **row})

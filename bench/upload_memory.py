@@ -46,7 +46,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import ROOT
+from bench.harness import ROOT, memory_mb
 
 PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json")
 RESULTS = Path(__file__).with_name("results") / "upload-memory.json"
@@ -116,16 +116,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def memory_mb(pid: int) -> dict[str, float]:
-    """``VmRSS`` and ``VmHWM`` of a process, in MB (10^6 bytes)."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024 / 1e6
-    return values
 
 
 def start_server(port: int, model_dir: Path) -> subprocess.Popen:
