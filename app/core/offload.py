@@ -6,9 +6,12 @@ whole parse, so a thread would stall the event loop just as much as parsing on i
 function in ``workers`` spawned processes
 (``spawn``: the service has TensorFlow and LiteRT threads, which ``fork`` would copy
 half-way). The processes start on first use, so a service that never gets such a
-request never pays for them. At most ``workers`` calls are in the processes at once;
-the rest wait here, holding only what they already hold. A worker that dies (killed
-for memory) fails its call with ``OffloadBrokenError``; the next call gets new ones.
+request never pays for them. At most ``workers`` calls are in the processes at once,
+counted until each call ends in its process, even when its caller has gone (a client
+that left); the rest wait here, holding only what they already hold. A worker that
+dies (killed for memory) fails its call with ``OffloadBrokenError``; the next call
+gets new ones. ``close`` kills the workers: uvicorn ends on SIGTERM without running
+``atexit``, and a worker left waiting would outlive the service.
 """
 
 from __future__ import annotations
@@ -46,21 +49,37 @@ class Offload:
         return [p.pid for p in (pool._processes or {}).values()] if pool else []  # noqa: SLF001
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` in a worker process; ``OffloadBrokenError`` if it dies."""
-        async with self._slots:
+        """``function(*args)`` in a worker process; ``OffloadBrokenError`` if it dies.
+
+        A caller cancelled meanwhile returns at once, but its slot is only freed when
+        the call ends in its process (``shield``)."""
+        await self._slots.acquire()
+        try:
             pool = self._pool_now()
-            try:
-                return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
-            except BrokenProcessPool:
-                if self._pool is pool:
-                    self._pool = None
-                    pool.shutdown(wait=False, cancel_futures=True)
-                raise OffloadBrokenError("a worker process died during the call") from None
+            call = asyncio.get_running_loop().run_in_executor(pool, function, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        call.add_done_callback(self._ended)
+        try:
+            return await asyncio.shield(call)
+        except BrokenProcessPool:
+            if self._pool is pool:
+                self._pool = None
+                _stop(pool)
+            raise OffloadBrokenError("a worker process died during the call") from None
+
+    def _ended(self, call: asyncio.Future[Any]) -> None:
+        """A call ended in its process: free its slot (and take its error, which a caller
+        that left would never read)."""
+        self._slots.release()
+        if not call.cancelled():
+            call.exception()
 
     def close(self) -> None:
-        """Stop the workers without waiting for calls in progress."""
+        """Kill the workers, calls in progress included."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            _stop(self._pool)
             self._pool = None
 
     def _pool_now(self) -> ProcessPoolExecutor:
@@ -68,3 +87,12 @@ class Offload:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
         return self._pool
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Kill a pool's processes and let it go: a worker told to stop politely would finish
+    its call first, and one blocked writing its answer to a parent that is gone never
+    finishes."""
+    for process in list((pool._processes or {}).values()):  # noqa: SLF001
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import time
@@ -23,7 +24,8 @@ import pytest
 
 from app.api.protocols.common import parse_json
 from app.api.protocols.tfserving import PredictRequest
-from bench.harness import Server, value
+from app.core.offload import Offload
+from bench.harness import Server, start_uvicorn, stop, value, wait_ready
 from tests.app.helpers import serve, settings_for
 from tests.app.protocols import TOLERANCE, images, pixels, predicted, protocol_server
 
@@ -115,6 +117,24 @@ def test_a_bad_tensor_parsed_in_the_worker_is_a_400(
     assert http.get("/healthz").status_code == 200
 
 
+@pytest.mark.parametrize("route", [PREDICT, INFER])
+def test_nested_empty_arrays_are_a_413_before_parsing(http: httpx.Client, route: str) -> None:
+    """Arrays nested 100 deep: 60,000 of them for 600 commas, more than any legal tensor
+    of 32 tiny images holds (33,825); each would be a Python object."""
+    before = offloaded(http)
+    nested = ",".join(["[" * 100 + "]" * 100] * 600)
+    body = (
+        f'{{"instances": [{nested}]}}'
+        if route == PREDICT
+        else f'{{"inputs": [{{"name": "images", "shape": [1], "datatype": "FP32", '
+        f'"data": [{nested}]}}]}}'
+    )
+    response = http.post(route, content=body.encode())
+    assert response.status_code == 413, response.text
+    assert "arrays and objects" in response.json()["error"]
+    assert offloaded(http) == before
+
+
 def test_the_413_for_too_many_values_comes_before_the_worker(http: httpx.Client) -> None:
     before = offloaded(http)
     values = ",".join(["0.5"] * (32 * ONE_IMAGE + 4096 + 1))  # one comma past the bound
@@ -129,6 +149,44 @@ def test_the_413_for_too_many_values_comes_before_the_worker(http: httpx.Client)
 def slow_pack(request: PredictRequest) -> None:
     """A pack that takes its time, in the worker process."""
     time.sleep(3)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            if f"\nPPid:\t{pid}\n" in status.read_text():
+                found.append(int(status.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def test_a_call_whose_caller_left_keeps_its_slot_until_it_ends() -> None:
+    offload = Offload(1)
+    try:
+        call = asyncio.create_task(offload.run(time.sleep, 1.5))
+        await asyncio.sleep(0.5)
+        call.cancel()
+        await asyncio.sleep(0.1)
+        assert call.cancelled()
+        assert offload._slots.locked()  # noqa: SLF001  # the process still runs it
+        for _ in range(100):
+            if not offload._slots.locked():  # noqa: SLF001
+                break
+            await asyncio.sleep(0.1)
+        assert not offload._slots.locked()  # noqa: SLF001
+        assert await offload.run(abs, -2) == 2
+    finally:
+        offload.close()
 
 
 async def test_the_event_loop_serves_while_a_worker_parses(tiny_model_base: Path) -> None:
@@ -163,6 +221,26 @@ async def test_a_worker_killed_costs_its_request_a_503_not_the_service(
         response = await client.post(PREDICT, json={"instances": tensor})
         assert response.status_code == 200, response.text
         assert app.state.service.offload.processes() not in ([], [worker])
+
+
+def test_sigterm_leaves_no_worker_behind(tiny_model_base: Path, tmp_path: Path) -> None:
+    """uvicorn ends on SIGTERM without running atexit: workers only told to stop stayed,
+    re-parented to init, with multiprocessing's resource tracker."""
+    server = start_uvicorn(tiny_model_base, tmp_path / "server.log", json_offload_values=1)
+    try:
+        wait_ready(server)
+        body = {"instances": pixels(images(1)).tolist()}
+        response = httpx.post(f"{server.url}{PREDICT}", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        children = children_of(server.process.pid)
+        assert children, "the parsing process did not start"
+    finally:
+        assert stop(server) == -signal.SIGTERM
+    for _ in range(50):
+        if not any(alive(pid) for pid in children):
+            break
+        time.sleep(0.1)
+    assert [pid for pid in children if alive(pid)] == []
 
 
 async def test_no_workers_parses_in_place(tiny_model_base: Path) -> None:

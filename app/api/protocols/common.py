@@ -17,8 +17,9 @@
   JSON numbers costs a Python object per number, seconds of CPU holding the GIL and
   several times the body in memory (``bench/results/json-offload.md``). So a body
   is refused before parsing when its commas show more values than
-  ``max_json_images`` images hold, and a body of at least ``json_offload_values``
-  values is parsed in a worker process, which sends back its tensors as arrays
+  ``max_json_images`` images hold, or its brackets more arrays (``check_values``),
+  and a body of at least ``json_offload_values`` values and arrays is parsed in a
+  worker process, which sends back its tensors as arrays
   (``parse_json``, ``app.core.offload``): the event loop keeps serving meanwhile.
 """
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import numpy as np
 from fastapi import HTTPException, Request
@@ -113,13 +114,13 @@ async def parse_json(
     """``parse_body``, in a worker process when the body holds ``json_offload_values``
     values or more; there ``pack`` turns its number tensors into arrays (``pack_numbers``),
     so that no Python object per number comes back. 503 if the worker dies."""
-    values = body.count(b",")
+    counts = JsonCounts.of(body)
     offload = service.offload
-    if not offload.enabled or values < service.settings.json_offload_values:
-        return parse_body(model, body, most, values)
-    check_values(values, most)
+    if not offload.enabled or sum(counts) < service.settings.json_offload_values:
+        return parse_body(model, body, most, counts)
+    check_values(counts, most)
     try:
-        answer = await offload.run(parse_packed, model, body, most, values, pack)
+        answer = await offload.run(parse_packed, model, body, most, counts, pack)
     except OffloadBrokenError as exc:
         retry = str(service.settings.retry_after_s)
         raise HTTPException(503, f"{exc}; retry", headers={"Retry-After": retry}) from None
@@ -130,25 +131,30 @@ async def parse_json(
 
 
 def parse_packed(
-    model: type[M], body: bytes | bytearray, most: int, values: int, pack: Callable[[M], None]
+    model: type[M],
+    body: bytes | bytearray,
+    most: int,
+    counts: JsonCounts,
+    pack: Callable[[M], None],
 ) -> M | tuple[int, str]:
     """In a worker process: ``parse_body`` then ``pack``; an HTTP error as (status, detail)."""
     try:
-        request = parse_body(model, body, most, values)
+        request = parse_body(model, body, most, counts)
         pack(request)
     except HTTPException as exc:
         return exc.status_code, str(exc.detail)
     return request
 
 
-def parse_body(model: type[M], body: bytes | bytearray, most: int, values: int | None = None) -> M:
+def parse_body(
+    model: type[M], body: bytes | bytearray, most: int, counts: JsonCounts | None = None
+) -> M:
     """Validate a JSON body as ``model``; 400 naming the first problems.
 
-    413 first, without parsing, when the body holds more than ``most`` values: each
-    value after the first of an array or object follows a comma (base64 has none).
-    ``values``: the commas, when the caller has counted them.
+    413 first, without parsing, when the body holds more than ``most`` values
+    (``check_values``). ``counts``: the body's, when the caller has counted them.
     """
-    check_values(body.count(b",") if values is None else values, most)
+    check_values(counts or JsonCounts.of(body), most)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
@@ -158,13 +164,32 @@ def parse_body(model: type[M], body: bytes | bytearray, most: int, values: int |
         raise bad_request("invalid request: " + "; ".join(problems)) from None
 
 
-def check_values(commas: int, most: int) -> None:
-    """413 when a JSON body's commas show more than ``most`` values."""
-    if commas >= most:
+class JsonCounts(NamedTuple):
+    """What a JSON body holds, counted on its bytes before parsing."""
+
+    commas: int  # each value after the first of an array or object follows one
+    containers: int  # arrays and objects: "[" and "{" (base64 has neither)
+
+    @classmethod
+    def of(cls, body: bytes | bytearray) -> JsonCounts:
+        """The counts of ``body``."""
+        return cls(body.count(b","), body.count(b"[") + body.count(b"{"))
+
+
+def check_values(counts: JsonCounts, most: int) -> None:
+    """413 when a JSON body's commas show more than ``most`` values, or it holds more
+    than ``most // 2`` arrays and objects: a tensor of pixels has one array per pixel (3
+    values) and a few per row, while empty arrays nested ~200 deep cost a Python object
+    each for no comma at all."""
+    advice = (
+        "the images of pixels a request may send as JSON numbers; send images, or pixels "
+        "as binary tensor data"
+    )
+    if counts.commas >= most:
+        raise HTTPException(413, f"the JSON holds more than {most} values, more than {advice}")
+    if counts.containers >= most // 2:
         raise HTTPException(
-            413,
-            f"the JSON holds more than {most} values, more than the images of pixels a "
-            "request may send as JSON numbers; send images, or pixels as binary tensor data",
+            413, f"the JSON holds more than {most // 2} arrays and objects, more than {advice}"
         )
 
 

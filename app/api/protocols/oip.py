@@ -133,7 +133,7 @@ class InferRequest(BaseModel):
 
     id: str | None = None
     parameters: Parameters = Field(default_factory=dict, examples=[{"binary_data_output": False}])
-    inputs: Annotated[list[RequestInput], Field(min_length=1)]
+    inputs: Annotated[list[RequestInput], Field(min_length=1, fail_fast=True)]
     outputs: list[RequestOutput] | None = None
 
 

@@ -67,7 +67,9 @@ class PredictRequest(BaseModel):
     """POST /v1/models/{name}[/versions/{version}]:predict."""
 
     signature_name: str | None = Field(None, examples=[SIGNATURE])
-    instances: list[Instance] | None = Field(None, examples=[[{"b64": "/9j/4AAQSkZJRgABAQ..."}]])
+    instances: list[Instance] | None = Field(
+        None, examples=[[{"b64": "/9j/4AAQSkZJRgABAQ..."}]], fail_fast=True
+    )
     inputs: JsonTensor | dict[str, JsonTensor] | None = Field(
         None, description='images [{"b64": ...}, ...] or a pixel tensor, or an object naming one'
     )
@@ -85,7 +87,7 @@ class ClassifyRequest(BaseModel):
 
     signature_name: str | None = None
     context: dict[str, Feature] | None = None
-    examples: Annotated[list[dict[str, Feature]], Field(min_length=1)] = Field(
+    examples: Annotated[list[dict[str, Feature]], Field(min_length=1, fail_fast=True)] = Field(
         examples=[[{"image_bytes": {"b64": "/9j/4AAQSkZJRgABAQ..."}}]]
     )
 
