@@ -9,9 +9,11 @@ half-way). The processes start on first use, so a service that never gets such a
 request never pays for them. At most ``workers`` calls are in the processes at once,
 counted until each call ends in its process, even when its caller has gone (a client
 that left); the rest wait here, holding only what they already hold. A worker that
-dies (killed for memory) fails its call with ``OffloadBrokenError``; the next call
-gets new ones. ``close`` kills the workers: uvicorn ends on SIGTERM without running
-``atexit``, and a worker left waiting would outlive the service.
+dies during a call (killed for memory, perhaps by that call) fails the call with
+``OffloadBrokenError``; one found dead before a call starts (killed while idle) is
+replaced first, so that call never sees it. ``close`` kills the workers: uvicorn ends
+on SIGTERM without running ``atexit``, and a worker left waiting would outlive the
+service.
 """
 
 from __future__ import annotations
@@ -83,10 +85,21 @@ class Offload:
             self._pool = None
 
     def _pool_now(self) -> ProcessPoolExecutor:
+        """The pool to submit to: a new one when there is none, or when a worker of the
+        last one has died (its pool is broken, or soon will be, for every call)."""
+        pool = self._pool
+        if pool is not None and (pool._broken or not _all_alive(pool)):  # noqa: SLF001
+            self._pool = None
+            _stop(pool)
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
         return self._pool
+
+
+def _all_alive(pool: ProcessPoolExecutor) -> bool:
+    """Whether every process the pool started still runs (reaps any that ended)."""
+    return all(process.is_alive() for process in (pool._processes or {}).values())  # noqa: SLF001
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
