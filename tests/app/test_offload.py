@@ -144,6 +144,39 @@ def test_the_413_for_too_many_values_comes_before_the_worker(http: httpx.Client)
     assert offloaded(http) == before
 
 
+#: Bodies of 20,000 values that are not numbers of a pixel tensor: each would come back
+#: from the worker as a Python object; no legal request holds more than 4,096 + 4 per image.
+LEFTOVERS = [
+    pytest.param({"inputs": [None] * 20_000}, PREDICT, id="nulls"),
+    pytest.param({"instances": [[]] * 20_000}, PREDICT, id="empty lists"),
+    pytest.param({"inputs": {"images": ["x"] * 20_000}}, PREDICT, id="strings"),
+    pytest.param({"instances": [{"b64": ""}] * 20_000}, PREDICT, id="empty images"),
+    pytest.param(
+        {"inputs": [{"name": "image_bytes", "shape": [20_000], "datatype": "BYTES",
+                     "data": [""] * 20_000}]},
+        INFER,
+        id="OIP strings",
+    ),
+    pytest.param(
+        {"inputs": [{"name": "images", "shape": [1] * 20_000, "datatype": "FP32", "data": []}]},
+        INFER,
+        id="OIP shape",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "route"), LEFTOVERS)
+def test_many_values_besides_number_tensors_are_a_413_from_the_worker(
+    http: httpx.Client, body: dict[str, object], route: str
+) -> None:
+    before = offloaded(http)
+    response = http.post(route, json=body)
+    assert response.status_code == 413, response.text
+    assert "besides its tensors of numbers" in response.json()["error"]
+    assert offloaded(http) == before + 1
+    assert http.get("/healthz").status_code == 200
+
+
 # ---------------------------------------------------------------- in-process
 
 
@@ -267,6 +300,18 @@ def test_sigterm_leaves_no_worker_behind(tiny_model_base: Path, tmp_path: Path) 
             break
         time.sleep(0.1)
     assert [pid for pid in children if alive(pid)] == []
+
+
+@pytest.mark.parametrize(("body", "route"), LEFTOVERS)
+async def test_many_values_besides_number_tensors_are_a_413_in_place_too(
+    tiny_model_base: Path, body: dict[str, object], route: str
+) -> None:
+    settings = settings_for(tiny_model_base, runtime="litert")
+    async with serve(settings) as (app, client):
+        response = await client.post(route, json=body)
+        assert response.status_code == 413, response.text
+        assert "besides its tensors of numbers" in response.json()["error"]
+        assert app.state.service.offload.processes() == []
 
 
 async def test_no_workers_parses_in_place(tiny_model_base: Path) -> None:

@@ -21,6 +21,10 @@
   and a body of at least ``json_offload_values`` values and arrays is parsed in a
   worker process, which sends back its tensors as arrays
   (``parse_json``, ``app.core.offload``): the event loop keeps serving meanwhile.
+  What is left besides those arrays (names, shapes, images' base64 texts) is small
+  in a legal request; more than ``most_leftovers`` such values is a 413
+  (``check_leftovers``), decided where the body was parsed, so that no worker sends
+  back millions of nulls or empty lists for the server to unpickle.
 """
 
 from __future__ import annotations
@@ -111,16 +115,21 @@ async def parse_json(
     most: int,
     pack: Callable[[M], None],
 ) -> M:
-    """``parse_body``, in a worker process when the body holds ``json_offload_values``
-    values or more; there ``pack`` turns its number tensors into arrays (``pack_numbers``),
-    so that no Python object per number comes back. 503 if the worker dies."""
+    """``parse_body`` then ``pack``, which turns its number tensors into arrays
+    (``pack_numbers``), then ``check_leftovers``. In a worker process when the body holds
+    ``json_offload_values`` values or more, so that no Python object per number comes
+    back; in place otherwise, with the same answers. 503 if the worker dies."""
     counts = JsonCounts.of(body)
     offload = service.offload
+    leftovers = most_leftovers(service.settings)
     if not offload.enabled or sum(counts) < service.settings.json_offload_values:
-        return parse_body(model, body, most, counts)
+        request = parse_body(model, body, most, counts)
+        pack(request)
+        check_leftovers(request, leftovers)
+        return request
     check_values(counts, most)
     try:
-        answer = await offload.run(parse_packed, model, body, most, counts, pack)
+        answer = await offload.run(parse_packed, model, body, most, counts, pack, leftovers)
     except OffloadBrokenError as exc:
         retry = str(service.settings.retry_after_s)
         raise HTTPException(503, f"{exc}; retry", headers={"Retry-After": retry}) from None
@@ -136,11 +145,14 @@ def parse_packed(
     most: int,
     counts: JsonCounts,
     pack: Callable[[M], None],
+    leftovers: int,
 ) -> M | tuple[int, str]:
-    """In a worker process: ``parse_body`` then ``pack``; an HTTP error as (status, detail)."""
+    """In a worker process: ``parse_body``, ``pack``, ``check_leftovers``; an HTTP error
+    as (status, detail)."""
     try:
         request = parse_body(model, body, most, counts)
         pack(request)
+        check_leftovers(request, leftovers)
     except HTTPException as exc:
         return exc.status_code, str(exc.detail)
     return request
@@ -191,6 +203,38 @@ def check_values(counts: JsonCounts, most: int) -> None:
         raise HTTPException(
             413, f"the JSON holds more than {most // 2} arrays and objects, more than {advice}"
         )
+
+
+def most_leftovers(settings: Settings) -> int:
+    """The most values a legal request holds besides its number tensors: a few per image
+    sent as base64 (the text, its key, its object) and the keys, names and shapes
+    around them."""
+    return JSON_SLACK + 4 * settings.max_files_per_request
+
+
+def check_leftovers(request: BaseModel, most: int) -> None:
+    """413 when ``request``, its number tensors packed into arrays, still holds more than
+    ``most`` values (nulls, strings, empty lists, keys...): no legal request does, and
+    each costs a Python object wherever the request goes. Stops counting at ``most``."""
+    pending: list[object] = [request]
+    seen = 0
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseModel):
+            item = {**item.__dict__, **(item.model_extra or {})}
+        if not isinstance(item, (dict, list)):
+            continue
+        seen += len(item) * (2 if isinstance(item, dict) else 1)  # keys count
+        if seen > most:
+            raise HTTPException(
+                413,
+                f"the JSON holds more than {most} values besides its tensors of numbers; "
+                "images travel as base64 texts, pixels as numbers",
+            )
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        else:
+            pending.extend(item)
 
 
 def check_model_name(service: InferenceService, name: str) -> None:
