@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     json_offload_values: int = Field(
         300_000, ge=0, description="JSON values from which a body is parsed in those processes"
     )
+    json_fast_tensors: bool = Field(
+        True,
+        description="read big JSON number tensors straight into arrays (simdjson); "
+        "false: a Python object per number (pydantic)",
+    )
     poll_interval_s: float = Field(5.0, ge=0, description="new-version check; 0 turns it off")
     version_policy: str = Field(
         "latest:1",

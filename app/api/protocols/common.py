@@ -32,12 +32,14 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Annotated, Any, NamedTuple, TypeVar
 
 import numpy as np
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
 
+from app.api.protocols import numbers
 from app.core.config import Settings
 from app.core.offload import OffloadBrokenError
 from app.core.service import InferenceService
@@ -119,17 +121,15 @@ async def parse_json(
     (``pack_numbers``), then ``check_leftovers``. In a worker process when the body holds
     ``json_offload_values`` values or more, so that no Python object per number comes
     back; in place otherwise, with the same answers. 503 if the worker dies."""
+    settings = service.settings
     counts = JsonCounts.of(body)
     offload = service.offload
-    leftovers = most_leftovers(service.settings)
-    if not offload.enabled or sum(counts) < service.settings.json_offload_values:
-        request = parse_body(model, body, most, counts)
-        pack(request)
-        check_leftovers(request, leftovers)
-        return request
+    reading = Reading(most, counts, pack, most_leftovers(settings), settings.json_fast_tensors)
+    if not offload.enabled or sum(counts) < settings.json_offload_values:
+        return read_json(model, body, reading)
     check_values(counts, most)
     try:
-        answer = await offload.run(parse_packed, model, body, most, counts, pack, leftovers)
+        answer = await offload.run(parse_packed, model, body, reading)
     except OffloadBrokenError as exc:
         retry = str(service.settings.retry_after_s)
         raise HTTPException(503, f"{exc}; retry", headers={"Retry-After": retry}) from None
@@ -139,23 +139,57 @@ async def parse_json(
     return answer
 
 
-def parse_packed(
-    model: type[M],
-    body: bytes | bytearray,
-    most: int,
-    counts: JsonCounts,
-    pack: Callable[[M], None],
-    leftovers: int,
-) -> M | tuple[int, str]:
-    """In a worker process: ``parse_body``, ``pack``, ``check_leftovers``; an HTTP error
-    as (status, detail)."""
+class Reading(NamedTuple):
+    """How ``read_json`` reads a body: its limits, counts and ``pack``."""
+
+    most: int  # values (``check_values``)
+    counts: JsonCounts  # the body's
+    pack: Callable[[Any], None]  # the protocol's: its number tensors as arrays
+    leftovers: int  # values besides them (``check_leftovers``)
+    fast: bool  # take large number tensors straight into arrays (``numbers.extract``)
+
+
+def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M | tuple[int, str]:
+    """``read_json`` in a worker process; an HTTP error as (status, detail)."""
     try:
-        request = parse_body(model, body, most, counts)
-        pack(request)
-        check_leftovers(request, leftovers)
+        return read_json(model, body, reading)
     except HTTPException as exc:
         return exc.status_code, str(exc.detail)
+
+
+def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
+    """``parse_body``, ``pack`` and ``check_leftovers``, with the large tensors of numbers
+    read straight into arrays (``app.api.protocols.numbers``) when the body has any. If
+    the body without them does not validate, or its tensors do not all land where a
+    tensor is read, it is parsed again as it came, so that its answer is the same."""
+    check_values(reading.counts, reading.most)
+    found = numbers.extract(body) if reading.fast else None
+    if found is not None:
+        request = _read_marked(model, *found, reading.pack)
+        del found
+        if request is not None:
+            check_leftovers(request, reading.leftovers)
+            return request
+    request = parse_body(model, body, reading.most, reading.counts)
+    reading.pack(request)
+    check_leftovers(request, reading.leftovers)
     return request
+
+
+def _read_marked(
+    model: type[M], text: bytes, markers: numbers.Markers, pack: Callable[[M], None]
+) -> M | None:
+    """``text`` validated as ``model`` and packed, each marker replaced by its array;
+    None if it does not validate or a marker is left."""
+    token = MARKERS.set(markers)
+    try:
+        request = model.model_validate_json(text)
+        pack(request)
+    except (ValidationError, HTTPException):
+        return None
+    finally:
+        MARKERS.reset(token)
+    return request if markers.all_taken else None
 
 
 def parse_body(
@@ -295,8 +329,22 @@ def is_numbers(data: object) -> bool:
 
 
 def pack_numbers(data: object, what: str) -> object:
-    """``data`` as a float32 array if it is a number tensor (``as_pixels``), else as is."""
+    """``data`` as a float32 array if it is a number tensor (``as_pixels``) or the marker
+    of one taken out of the body (``take``), else as is."""
+    data = take(data)
+    if isinstance(data, np.ndarray):
+        return data
     return as_pixels(data, what) if is_numbers(data) else data  # type: ignore[arg-type]
+
+
+#: The tensors taken out of the body being read (``read_json``), for ``take``.
+MARKERS: ContextVar[numbers.Markers | None] = ContextVar("markers", default=None)
+
+
+def take(data: object) -> object:
+    """The array a marker in ``data``'s place stands for, else ``data``."""
+    markers = MARKERS.get()
+    return data if markers is None else markers.take(data)
 
 
 def pack_values(mapping: dict[str, Any], what: str) -> None:

@@ -39,6 +39,7 @@ from app.api.protocols.common import (
     pack_values,
     parse_json,
     read_body,
+    take,
 )
 from app.core.admission import Upload
 from app.core.service import Classification, InferenceService
@@ -250,8 +251,10 @@ def _pack(request: BaseModel) -> None:
         return
     if not isinstance(request, PredictRequest):
         return
-    rows = request.instances
-    if rows is not None and is_numbers(rows):
+    rows = take(request.instances)
+    if isinstance(rows, np.ndarray):
+        request.instances = rows  # type: ignore[assignment]
+    elif rows is not None and is_numbers(rows):
         request.instances = as_pixels(rows, "instances")  # type: ignore[assignment]
     elif rows is not None:
         for position, row in enumerate(rows):
