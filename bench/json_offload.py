@@ -1,10 +1,13 @@
 """What a large JSON-number tensor costs the other requests, parsed on the event loop
-or in the parsing process (``CATDOG_JSON_PARSE_PROCESSES``, ``app/core/offload.py``).
+or in the parsing process (``CATDOG_JSON_PARSE_PROCESSES``, ``app/core/offload.py``),
+read straight into arrays (``CATDOG_JSON_FAST_TENSORS``, ``app/api/protocols/numbers.py``)
+or as a Python object per number (pydantic).
 
-Three servers, one at a time, each a fresh ``python -m app`` serving the shipped model
-(LiteRT): parsing on the event loop (no process), the defaults (a process for bodies
-of ``CATDOG_JSON_OFFLOAD_VALUES`` values or more: two images and up), and a process
-for every body (to show what the threshold saves one image). Then:
+Five servers, one at a time, each a fresh ``python -m app`` serving the shipped model
+(LiteRT): parsing on the event loop (no process) with pydantic and with the fast path,
+in the process with pydantic, the defaults (the fast path, in a process for bodies of
+``CATDOG_JSON_OFFLOAD_VALUES`` values or more: two images and up), and a process for
+every body (to show what the threshold saves one image). Then:
 
 * ``one image``: TF Serving ``:predict`` with one image of pixels as JSON numbers
   (150,528 values), one request at a time: its latency;
@@ -16,7 +19,8 @@ Each big request is sent ``--rounds`` times and its stalls are pooled. Pixels ar
 float32 values as ``tolist()`` writes them (~20 characters each: 32 images are a
 ~100 MB body). Memory: the server's resident set right after ``/readyz`` and its
 high-water mark after the rounds, and the parsing process's high-water mark; the
-pods' memory limits count the last two (``tests/deploy``).
+pods' memory limits count the last two, at their worst: a body the fast path does not
+take is parsed by pydantic (``tests/deploy``).
 
     .venv/bin/python -m bench.json_offload --out bench/results/json-offload.md
 """
@@ -46,7 +50,9 @@ MODEL_DIR = ROOT / "models" / "catdog"
 PREDICT = "/v1/models/catdog:predict"
 # Each server: its name in the report, and its settings beside the defaults.
 SERVERS = {
+    "event loop, pydantic": {"json_parse_processes": 0, "json_fast_tensors": False},
     "event loop": {"json_parse_processes": 0},
+    "process, pydantic": {"json_fast_tensors": False},
     "process (defaults)": {},
     "process, every body": {"json_offload_values": 1},
 }
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     markdown = "\n".join(
         [
-            "# JSON-number tensors: parsed on the event loop or in a process",
+            "# JSON-number tensors: on the event loop or in a process, fast or by pydantic",
             "",
             f"`{report['command']}` ({report['started']}, load {report['environment']})",
             "",

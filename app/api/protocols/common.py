@@ -13,10 +13,11 @@
   while its body and its texts are both held, at most 2.7 bytes per byte of its
   files (``bench/results/upload-memory.json``).
 * Tensors given as JSON numbers become float32 arrays (``as_pixels``); their shape
-  and values are checked against the version's contract by the service. Parsing
-  JSON numbers costs a Python object per number, seconds of CPU holding the GIL and
-  several times the body in memory (``bench/results/json-offload.md``). So a body
-  is refused before parsing when its commas show more values than
+  and values are checked against the version's contract by the service. Large
+  ones are read straight into arrays (``app.api.protocols.numbers``, ``read_json``);
+  any other body costs pydantic a Python object per number, seconds of CPU holding
+  the GIL and several times the body in memory (``bench/results/json-offload.md``).
+  So a body is refused before parsing when its commas show more values than
   ``max_json_images`` images hold, or its brackets more arrays (``check_values``),
   and a body of at least ``json_offload_values`` values and arrays is parsed in a
   worker process, which sends back its tensors as arrays

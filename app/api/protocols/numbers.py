@@ -34,6 +34,7 @@ MOST_STRINGS = 4096  # bodies with more strings than this are left to pydantic
 
 _WHITESPACE = b" \t\r\n"
 _TENSOR_BYTES = b"0123456789+-.eE,[]" + _WHITESPACE  # all a tensor of numbers is made of
+_FIRST_OF_NUMBER = b"-0123456789"
 _OPEN, _COMMA, _CLOSE = 1, 2, 3
 #: ``bytes.translate`` table: "[" "," "]" to their token, every other byte to 0.
 _TOKENS = bytes({ord("["): _OPEN, ord(","): _COMMA, ord("]"): _CLOSE}.get(c, 0) for c in range(256))
@@ -130,7 +131,7 @@ def _candidates(body: bytes | bytearray) -> list[int]:
 
 def _value_start(body: bytes | bytearray, after: int) -> int | None:
     """The position of ``[`` if the string ending before ``after`` is a key whose value
-    is an array."""
+    is an array that starts with a number (not images as base64, say)."""
     length = len(body)
     while after < length and body[after] in _WHITESPACE:
         after += 1
@@ -139,7 +140,12 @@ def _value_start(body: bytes | bytearray, after: int) -> int | None:
     after += 1
     while after < length and body[after] in _WHITESPACE:
         after += 1
-    return after if after < length and body[after] == ord("[") else None
+    start = after
+    while after < length and body[after] in _WHITESPACE + b"[":
+        after += 1
+    if after == length or body[start] != ord("[") or body[after] not in _FIRST_OF_NUMBER:
+        return None
+    return start
 
 
 def _shape(kinds: np.ndarray, first: int) -> tuple[tuple[int, ...] | None, int]:
