@@ -130,6 +130,31 @@ def test_extract_takes_exactly_the_rectangular_ones_of_random_tensors() -> None:
     assert min(seen.values()) > 500  # both kinds were tried often
 
 
+def test_flat_data_of_a_million_numbers_is_taken() -> None:
+    """OIP clients send ``data`` flat: one array of every number."""
+    values = np.random.default_rng(5).random(1_000_000, dtype=np.float32)
+    [array] = taken(body_of(json.dumps(values.tolist()), "data"))
+    np.testing.assert_array_equal(array, values)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        body_of("[" * 9 + "1" + "]" * 9),  # more dimensions than numbers.MOST_RANK
+        b'{"note": "' + b"\\" * 80 + b'", "instances": [1, 2]}',  # 80 backslashes
+    ],
+    ids=["9 dimensions", "a long run of backslashes"],
+)
+def test_bodies_past_the_fast_paths_bounds_are_left_to_pydantic(body: bytes) -> None:
+    assert taken(body) == []
+
+
+def test_whitespace_around_the_key_and_brackets_is_read_past() -> None:
+    body = b'{"instances"  \n\t:\r\n  [ \n [ 1 , 2 ] ]}'
+    [array] = taken(body)
+    np.testing.assert_array_equal(array, [[1, 2]])
+
+
 def test_only_the_value_of_a_key_is_taken_never_text_in_a_string() -> None:
     body = (
         b'{"note": "\\"instances\\": [1, 2] and [,]", '

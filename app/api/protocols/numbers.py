@@ -22,6 +22,7 @@ they always did.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -29,12 +30,17 @@ import numpy as np
 import simdjson
 
 KEYS = frozenset({b"instances", b"inputs", b"images", b"data"})
+LONGEST_KEY = max(map(len, KEYS)) + 1  # from its opening quote to its closing one
 MIN_BYTES = 4096  # smaller tensors are cheap enough as Python objects
 MOST_STRINGS = 4096  # bodies with more strings than this are left to pydantic
+MOST_ESCAPES = 64  # a quote after more backslashes than this: left to pydantic
+MOST_RANK = 8  # tensors of more dimensions are left to pydantic (pixels have 4)
 
 _WHITESPACE = b" \t\r\n"
 _TENSOR_BYTES = b"0123456789+-.eE,[]" + _WHITESPACE  # all a tensor of numbers is made of
-_FIRST_OF_NUMBER = b"-0123456789"
+#: After a key's closing quote: the colon, and an array whose first element, down its
+#: brackets, starts with a number. Group 1 is the array's "[".
+_ARRAY_OF_NUMBERS = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*(\[)[ \t\r\n\[]*[-0-9]")
 _OPEN, _COMMA, _CLOSE = 1, 2, 3
 #: ``bytes.translate`` table: "[" "," "]" to their token, every other byte to 0.
 _TOKENS = bytes({ord("["): _OPEN, ord(","): _COMMA, ord("]"): _CLOSE}.get(c, 0) for c in range(256))
@@ -83,10 +89,18 @@ def extract(body: bytes | bytearray) -> tuple[bytes, Markers] | None:
     markers = Markers()
     pieces: list[bytes] = []
     done = 0
+    budget = len(kinds)  # tensors do not overlap: together they hold at most every token
+    scans = _Scans(len(kinds))
     for start in starts:
         first = int(np.searchsorted(where, start))
-        shape, length = _shape(kinds, first)
-        if shape is None or not np.array_equal(kinds[first : first + length], _tokens(shape)):
+        try:
+            shape, length = _shape(kinds, first, scans)
+        except _TooLong:
+            break
+        if shape is None or start < done or length > budget:
+            continue
+        budget -= length
+        if not np.array_equal(kinds[first : first + length], _tokens(shape)):
             continue
         end = int(where[first + length - 1])
         if end - start + 1 < MIN_BYTES or body[start : end + 1].translate(None, _TENSOR_BYTES):
@@ -106,7 +120,8 @@ def extract(body: bytes | bytearray) -> tuple[bytes, Markers] | None:
 
 def _candidates(body: bytes | bytearray) -> list[int]:
     """Positions of the ``[`` that starts the value of a key in ``KEYS``, in order; none
-    when the body holds more than ``MOST_STRINGS`` strings."""
+    when the body holds more than ``MOST_STRINGS`` strings, or a quote after a run of
+    backslashes longer than any a key or number tensor needs."""
     if body.count(b'"') > 2 * MOST_STRINGS:
         return []
     found = []
@@ -114,73 +129,81 @@ def _candidates(body: bytes | bytearray) -> list[int]:
     position = body.find(b'"')
     while position >= 0:
         escapes = 0
-        while body[position - escapes - 1] == ord("\\"):
-            escapes += 1  # (the body starts with "{" or "[", never with a backslash)
+        while position - escapes > 0 and body[position - escapes - 1] == ord("\\"):
+            escapes += 1
+            if escapes > MOST_ESCAPES:
+                return []
         if escapes % 2 == 0:  # not an escaped quote inside a string
             if opened is None:
                 opened = position
             else:
-                if bytes(body[opened + 1 : position]) in KEYS:
-                    start = _value_start(body, position + 1)
-                    if start is not None:
-                        found.append(start)
+                if position - opened <= LONGEST_KEY and bytes(body[opened + 1 : position]) in KEYS:
+                    value = _ARRAY_OF_NUMBERS.match(body, position + 1)
+                    if value is not None:
+                        found.append(value.start(1))
                 opened = None
         position = body.find(b'"', position + 1)
     return found
 
 
-def _value_start(body: bytes | bytearray, after: int) -> int | None:
-    """The position of ``[`` if the string ending before ``after`` is a key whose value
-    is an array that starts with a number (not images as base64, say)."""
-    length = len(body)
-    while after < length and body[after] in _WHITESPACE:
-        after += 1
-    if after == length or body[after] != ord(":"):
-        return None
-    after += 1
-    while after < length and body[after] in _WHITESPACE:
-        after += 1
-    start = after
-    while after < length and body[after] in _WHITESPACE + b"[":
-        after += 1
-    if after == length or body[start] != ord("[") or body[after] not in _FIRST_OF_NUMBER:
-        return None
-    return start
-
-
-def _shape(kinds: np.ndarray, first: int) -> tuple[tuple[int, ...] | None, int]:
+def _shape(kinds: np.ndarray, first: int, scans: _Scans) -> tuple[tuple[int, ...] | None, int]:
     """The shape of the tensor whose ``[`` is token ``first``, read down its first
     elements, and how many tokens it spans if it is rectangular: (None, 0) if even its
-    first elements do not make a shape.
+    first elements do not make a shape, or it has more than ``MOST_RANK`` dimensions.
 
     ``rank`` leading brackets, then the innermost array's commas; going up, each array
     holds blocks of the size below separated by commas until a closing bracket.
     """
-    rank = 0
-    while first + rank < len(kinds) and kinds[first + rank] == _OPEN:
-        rank += 1
-    sizes: list[int] = []
-    index = first + rank  # the first token inside the first innermost array
-    commas = 0
-    while index < len(kinds) and kinds[index] == _COMMA:
-        commas, index = commas + 1, index + 1
-    if rank == 0 or index == len(kinds) or kinds[index] != _CLOSE:
+    head = kinds[first : first + MOST_RANK + 1]
+    rank = int(np.argmax(head != _OPEN)) if (head != _OPEN).any() else 0
+    if rank == 0:
         return None, 0
-    sizes.append(commas + 1)
-    block = commas + 2  # "[", the commas, "]"
-    for level in range(rank - 1, 0, -1):  # the first array at this depth starts at token level-1
-        index, count = first + level, 0
-        while True:
-            index += block
-            count += 1
-            if index >= len(kinds) or kinds[index] == _OPEN:
-                return None, 0
-            if kinds[index] == _CLOSE:
-                break
-            index += 1  # a comma, then the next block
+    sizes = [_run(kinds, first + rank, 1, scans)]  # the innermost array: its commas, then "]"
+    if sizes[0] == 0:
+        return None, 0
+    block = sizes[0] + 1  # its tokens: "[", the commas, "]"
+    for level in range(rank - 1, 0, -1):  # the first array at this depth: token level - 1
+        count = _run(kinds, first + level + block, block + 1, scans)
+        if count == 0:
+            return None, 0
         sizes.append(count)
         block = count * (block + 1) + 1
     return tuple(reversed(sizes)), block
+
+
+class _Scans:
+    """Tokens the shape reading may still look at, over all of a body's candidates:
+    twice the body's, so that candidates laid out to make each other's reading run
+    long cost no more than reading the body twice."""
+
+    def __init__(self, tokens: int) -> None:
+        self.left = 2 * tokens
+
+    def spend(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise _TooLong
+
+
+class _TooLong(Exception):
+    """The body's candidates looked at more tokens than ``_Scans`` allows."""
+
+
+def _run(kinds: np.ndarray, start: int, step: int, scans: _Scans) -> int:
+    """How many elements an array holds whose separators are tokens ``start``,
+    ``start + step``... : 1 + the commas before the first ``]``; 0 if something else
+    comes first, or nothing. Looks at windows growing fourfold, so the work is about
+    the number of commas, not what lies beyond them."""
+    seen, window = 0, 64
+    while True:
+        separators = kinds[start + seen * step : start + (seen + window) * step : step]
+        scans.spend(len(separators))
+        ends = np.flatnonzero(separators != _COMMA)
+        if len(ends):
+            return seen + int(ends[0]) + 1 if separators[ends[0]] == _CLOSE else 0
+        if len(separators) < window:
+            return 0  # the body ended
+        seen, window = seen + window, window * 4
 
 
 def _tokens(shape: tuple[int, ...]) -> np.ndarray:
