@@ -105,7 +105,7 @@ def extract(body: bytes | bytearray) -> tuple[bytes, Markers] | None:
         end = int(where[first + length - 1])
         if end - start + 1 < MIN_BYTES or body[start : end + 1].translate(None, _TENSOR_BYTES):
             continue  # small, or holds something besides numbers (a string, true, null...)
-        array = _read(bytes(body[start : end + 1]), shape)
+        array = _read(memoryview(body)[start : end + 1], shape)
         if array is None:
             continue
         marker = f"catdog-tensor:{nonce}:{len(markers.arrays)}"
@@ -216,7 +216,7 @@ def _tokens(shape: tuple[int, ...]) -> np.ndarray:
     return block
 
 
-def _read(text: bytes, shape: tuple[int, ...]) -> np.ndarray | None:
+def _read(text: memoryview, shape: tuple[int, ...]) -> np.ndarray | None:
     """The tensor ``text`` as float32 of ``shape``, or None if simdjson finds it is not
     JSON numbers, or it holds fewer numbers than ``shape`` (an empty array inside)."""
     try:
