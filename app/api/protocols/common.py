@@ -164,7 +164,7 @@ def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
     the body without them does not validate, or its tensors do not all land where a
     tensor is read, it is parsed again as it came, so that its answer is the same."""
     check_values(reading.counts, reading.most)
-    found = numbers.extract(body) if reading.fast else None
+    found = numbers.extract(body, reading.counts.commas) if reading.fast else None
     if found is not None:
         request = _read_marked(model, *found, reading.pack)
         del found

@@ -32,8 +32,10 @@ import simdjson
 KEYS = frozenset({b"instances", b"inputs", b"images", b"data"})
 LONGEST_KEY = max(map(len, KEYS)) + 1  # from its opening quote to its closing one
 MIN_BYTES = 4096  # smaller tensors are cheap enough as Python objects
-MOST_STRINGS = 4096  # bodies with more strings than this are left to pydantic
-MOST_ESCAPES = 64  # a quote after more backslashes than this: left to pydantic
+MOST_STRINGS = 256  # bodies with more strings than this are left to pydantic
+MOST_ESCAPES = 8  # a quote after more backslashes than this: left to pydantic
+MOST_BYTES_PER_VALUE = 64  # a tensor of numbers, even indented, has fewer per comma
+MOST_NUMBER_BYTES = 1000  # between two brackets or commas; pixels need ~20
 MOST_RANK = 8  # tensors of more dimensions are left to pydantic (pixels have 4)
 
 _WHITESPACE = b" \t\r\n"
@@ -75,11 +77,15 @@ class Markers:
         return self.taken == len(self.arrays)
 
 
-def extract(body: bytes | bytearray) -> tuple[bytes, Markers] | None:
+def extract(body: bytes | bytearray, commas: int) -> tuple[bytes, Markers] | None:
     """``body`` with its large number tensors replaced by markers, and their arrays; None
-    when there are none to take."""
+    when there are none to take, or the body is not mostly numbers: more than
+    ``MOST_BYTES_PER_VALUE`` bytes per value (``commas`` + 1: its commas, counted by the
+    caller), or more ``]`` than ``[`` (they would be in strings)."""
+    if len(body) > MOST_BYTES_PER_VALUE * (commas + 1):
+        return None
     starts = _candidates(body)
-    if not starts:
+    if not starts or body.count(b"]") > body.count(b"["):
         return None
     codes = np.frombuffer(body.translate(_TOKENS), np.uint8)
     where = np.flatnonzero(codes)
@@ -105,6 +111,8 @@ def extract(body: bytes | bytearray) -> tuple[bytes, Markers] | None:
         end = int(where[first + length - 1])
         if end - start + 1 < MIN_BYTES or body[start : end + 1].translate(None, _TENSOR_BYTES):
             continue  # small, or holds something besides numbers (a string, true, null...)
+        if np.diff(where[first : first + length]).max() > MOST_NUMBER_BYTES:
+            continue  # a number longer than pydantic reads (it refuses 4,301 digits)
         array = _read(memoryview(body)[start : end + 1], shape)
         if array is None:
             continue
@@ -226,4 +234,6 @@ def _read(text: memoryview, shape: tuple[int, ...]) -> np.ndarray | None:
         return None
     if values.size != np.prod(shape, dtype=np.int64):
         return None
+    if values.size and np.abs(values).max() >= 2.0**53:
+        return None  # an integer there may not be exact in float64: numpy reads it as int64
     return values.astype(np.float32).reshape(shape)
