@@ -8,16 +8,19 @@ and hands back the body with a small marker in its place, which pydantic validat
 before; ``Markers.take`` puts the arrays back where the markers land.
 
 It is only a faster way to the same answer. A tensor is taken only when
+* the body is mostly numbers (``extract``: bytes per value, brackets, strings);
 * it is the value of one of ``KEYS``, an array of at least ``MIN_BYTES`` bytes holding
   nothing but numbers, commas, brackets and whitespace;
-* simdjson parses it (JSON's number grammar: no ``01``, ``1.``, ``NaN``, ``1e400``) and
-  every leaf is a number;
-* it is rectangular (``_shape``): every array at a depth has as many elements, and
-  numbers sit only at the deepest.
+* it is rectangular (``_shape``, at most ``MOST_RANK`` dimensions): every array at a
+  depth has as many elements, and numbers sit only at the deepest;
+* simdjson parses it (JSON's number grammar: no ``01``, ``1.``, ``NaN``, ``1e400``),
+  every leaf is a number, none longer than ``MOST_NUMBER_BYTES`` (pydantic refuses
+  4,301 digits) and none past 2**53 (numpy rounds such an integer once, to float32).
 
 Anything else stays in the body for pydantic, and a request whose markers do not all
 land where a tensor is read is parsed again from its original bytes, so errors read as
-they always did.
+they always did. The work is bounded for any body: in dimensions, strings, escapes, and
+the tokens the shape reading may look at (``_Scans``).
 """
 
 from __future__ import annotations
