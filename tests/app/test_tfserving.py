@@ -181,6 +181,10 @@ def test_explicit_version_equals_the_other_protocol(http: httpx.Client) -> None:
         ({"instances": [b64(b"\xff\xd8")] * 33}, 413, "at most 32"),
         ({"signature_name": "other", "instances": [b64(b"x")]}, 400, "signature"),
         ({"instances": "not a list"}, 400, "invalid request"),
+        ({"instances": [{"image_bytes": [[[0.5] * 3] * 32] * 32}]}, 400, "takes images"),
+        ({"inputs": {"image_bytes": [[[[0.5] * 3] * 32] * 32]}}, 400, "takes images"),
+        ({"instances": [{"images": b64(b"x")}]}, 400, "takes pixels"),
+        ({"inputs": {"images": [b64(b"x")]}}, 400, "takes pixels"),
     ],
     ids=[
         "bad-base64",
@@ -197,6 +201,10 @@ def test_explicit_version_equals_the_other_protocol(http: httpx.Client) -> None:
         "too-many",
         "signature",
         "malformed",
+        "pixels-as-image-bytes-rows",
+        "pixels-as-image-bytes-columns",
+        "images-as-pixels-rows",
+        "images-as-pixels-columns",
     ],
 )
 def test_bad_predict_requests(http: httpx.Client, body: object, status: int, words: str) -> None:

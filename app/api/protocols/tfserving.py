@@ -284,6 +284,7 @@ def _from_rows(
             )
         [input_name] = names
         instances = [i[input_name] for i in instances if isinstance(i, dict)]
+        return _as_named(input_name, _from_rows(instances))
     if all(isinstance(i, B64) for i in instances):
         return [i for i in instances if isinstance(i, B64)]
     if all(isinstance(i, (list, np.ndarray)) for i in instances):
@@ -298,7 +299,8 @@ def _from_columns(
     if isinstance(inputs, dict):
         if len(inputs) != 1 or not set(inputs) <= {IMAGE_BYTES, IMAGES}:
             raise bad_request(f"inputs name {sorted(inputs)}; give one of {IMAGE_BYTES}, {IMAGES}")
-        [inputs] = inputs.values()
+        [(input_name, tensor)] = inputs.items()
+        return _as_named(input_name, _from_columns(tensor))
     if isinstance(inputs, np.ndarray):
         return inputs
     items = inputs or []
@@ -308,6 +310,20 @@ def _from_columns(
     if objects:
         raise bad_request('inputs must all be images {"b64": ...} or be one pixel tensor')
     return as_pixels(items, "inputs")
+
+
+def _as_named(input_name: str, given: list[B64] | np.ndarray) -> list[B64] | np.ndarray:
+    """``given`` if it is what the input it was sent as takes (the signature's types:
+    ``image_bytes`` DT_STRING, ``images`` DT_FLOAT); 400 otherwise."""
+    if input_name == IMAGE_BYTES and isinstance(given, np.ndarray):
+        raise bad_request(
+            f'input {IMAGE_BYTES} takes images as {{"b64": ...}}; send pixels as {IMAGES}'
+        )
+    if input_name == IMAGES and not isinstance(given, np.ndarray):
+        raise bad_request(
+            f'input {IMAGES} takes pixels; send images {{"b64": ...}} as {IMAGE_BYTES}'
+        )
+    return given
 
 
 def _image(item: dict[str, Any], position: int) -> B64:
