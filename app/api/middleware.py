@@ -108,8 +108,9 @@ class PredictionGateMiddleware:
             response = JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413)
             await response(scope, receive, send)
             return
+        client = scope["client"][0] if scope.get("client") else None
         try:
-            service.refuse_if_full()
+            service.refuse_if_full(client=client)
         except QueueFullError as exc:
             await asyncio.sleep(service.settings.busy_hold_s)  # a retry at once can't spin
             response = await queue_full(Request(scope), exc)
@@ -126,7 +127,7 @@ class PredictionGateMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
-        with service.uploading() as upload:
+        with service.uploading(client) as upload:
             scope[UPLOAD_KEY] = upload
             await call_until_client_leaves(self.app, scope, counting_receive, send)
 

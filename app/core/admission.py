@@ -5,6 +5,12 @@ answered (decoding, queued, or in the model). Past ``limit`` images, a request i
 refused with ``QueueFullError`` (503): admitting more would only make every
 request slower.
 
+With ``per_client`` set, one client (its address, as the ASGI scope names it) may
+hold at most that many of them: past it, its requests are refused the same way
+(``QueueFullError``, counted apart), while other clients are still admitted. A
+client that opens many connections then cannot fill the queue that everyone else
+waits in.
+
 The batcher asks how many images are *on their way*, to decide whether waiting
 for a fuller batch is worth it. Two kinds count:
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -33,6 +40,7 @@ UPLOAD_WINDOW_S = 1.0  # an upload still arriving after this long is not waited 
 class Upload:
     """A prediction request whose body is still being received."""
 
+    client: str | None = None  # its address, for ``per_client``
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -52,27 +60,37 @@ class Ticket:
 class Admission:
     """Counts images in flight against ``limit``, and uploads on their way."""
 
-    def __init__(self, limit: int, metrics: Metrics) -> None:
+    def __init__(self, limit: int, metrics: Metrics, per_client: int = 0) -> None:
         self.limit = limit
+        self.per_client = per_client
         self.metrics = metrics
         self.in_flight = 0
         self.decoding = 0
+        self.by_client: Counter[str] = Counter()
         self._uploads: set[Upload] = set()
 
     def has_room(self, images: int = 1) -> bool:
         """Whether ``images`` more would be admitted now."""
         return self.in_flight + images <= self.limit
 
-    def refuse_if_full(self, images: int = 1) -> None:
-        """Raise ``QueueFullError`` (and count a rejection) unless ``images`` more fit."""
+    def refuse_if_full(self, images: int = 1, client: str | None = None) -> None:
+        """Raise ``QueueFullError`` (and count a rejection) unless ``images`` more fit, in
+        all and for ``client``."""
         if not self.has_room(images):
             self.metrics.rejected.inc()
             raise QueueFullError(f"{self.in_flight} images in flight (limit {self.limit})")
+        held = self.by_client[client] if client is not None else 0
+        if self.per_client and held + images > self.per_client:
+            self.metrics.client_capped.inc()
+            raise QueueFullError(
+                f"this client has {held} images in flight, and {images} more would pass its "
+                f"limit of {self.per_client}"
+            )
 
     @contextlib.contextmanager
-    def uploading(self) -> Iterator[Upload]:
+    def uploading(self, client: str | None = None) -> Iterator[Upload]:
         """Count a prediction upload as on its way until it is admitted or ends."""
-        upload = Upload()
+        upload = Upload(client)
         self._uploads.add(upload)
         try:
             yield upload
@@ -82,18 +100,25 @@ class Admission:
     @contextlib.contextmanager
     def admit(self, images: int, upload: Upload | None = None) -> Iterator[Ticket]:
         """Reserve room for ``images`` for the duration of a request, or raise (503)."""
+        client = None if upload is None else upload.client
         if upload is not None:
             self._uploads.discard(upload)  # from now on its images count as decoding
-        self.refuse_if_full(images)
+        self.refuse_if_full(images, client)
         ticket = Ticket(self, images)
         self.in_flight += images
         self.decoding += images
+        if client is not None:
+            self.by_client[client] += images
         self.metrics.in_flight.set(self.in_flight)
         try:
             yield ticket
         finally:
             self.in_flight -= images
             self.decoding -= ticket.decoding
+            if client is not None:
+                self.by_client[client] -= images
+                if not self.by_client[client]:
+                    del self.by_client[client]
             self.metrics.in_flight.set(self.in_flight)
 
     def on_the_way(self) -> int:

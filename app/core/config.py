@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     max_images_in_flight: int = Field(
         64, ge=1, description="images admitted at once (decoding, queued or in the model); 503"
     )
+    max_images_per_client: int = Field(
+        0, ge=0, description="images one client (its address) may have in flight; 0: no cap"
+    )
     max_files_per_request: int = Field(
         32, ge=1, description="files in one /predict/batch; at most max_images_in_flight"
     )
@@ -113,6 +116,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_files_per_request ({self.max_files_per_request}) exceeds "
                 f"max_images_in_flight ({self.max_images_in_flight}): such a request never fits"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _files_fit_a_client(self) -> Settings:
+        if 0 < self.max_images_per_client < self.max_files_per_request:
+            raise ValueError(
+                f"max_images_per_client ({self.max_images_per_client}) is below "
+                f"max_files_per_request ({self.max_files_per_request}): a full request "
+                "would never fit"
             )
         return self
 

@@ -48,6 +48,12 @@ class Metrics:
         self.rejected = Counter(
             "catdog_rejected", "requests refused with 503 (queue full)", registry=r
         )
+        self.client_capped = Counter(
+            "catdog_client_capped",
+            "requests refused with 503 because their client had CATDOG_MAX_IMAGES_PER_CLIENT"
+            " images in flight",
+            registry=r,
+        )
         self.http_refusals = Counter(
             "catdog_http_refusals",
             "answers the launcher's HTTP layer gave itself, and connections it closed, by"

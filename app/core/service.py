@@ -77,7 +77,9 @@ class InferenceService:
         self.accepting = False
         cores = usable_cpus()
         self._threads = settings.inference_threads or cores
-        self.admission = Admission(settings.max_images_in_flight, metrics)
+        self.admission = Admission(
+            settings.max_images_in_flight, metrics, settings.max_images_per_client
+        )
         self.registry = ModelRegistry(
             settings.model_dir, self._load, metrics, VersionPolicy.parse(settings.version_policy)
         )
@@ -158,13 +160,13 @@ class InferenceService:
         """Whether ``images`` more would be admitted now."""
         return self.admission.has_room(images)
 
-    def refuse_if_full(self, images: int = 1) -> None:
-        """``QueueFullError`` (503) unless ``images`` more fit now."""
-        self.admission.refuse_if_full(images)
+    def refuse_if_full(self, images: int = 1, client: str | None = None) -> None:
+        """``QueueFullError`` (503) unless ``images`` more fit now, in all and for ``client``."""
+        self.admission.refuse_if_full(images, client)
 
-    def uploading(self) -> contextlib.AbstractContextManager[Upload]:
-        """Count a prediction upload as on its way (the batcher may wait for it)."""
-        return self.admission.uploading()
+    def uploading(self, client: str | None = None) -> contextlib.AbstractContextManager[Upload]:
+        """Count a prediction upload from ``client`` as on its way (the batcher may wait)."""
+        return self.admission.uploading(client)
 
     # ------------------------------------------------------------ the request path
 

@@ -1,0 +1,159 @@
+"""A client with many connections beside a client with one: the one's latency, with and
+without a share per client (``CATDOG_MAX_IMAGES_PER_CLIENT``).
+
+Each server is a fresh ``python -m app`` with the shipped model (LiteRT) and the
+default settings but that one. Two clients post photos (multipart ``/predict``) in
+a closed loop, from two loopback addresses, so the service tells them apart:
+
+* ``greedy``: ``--greedy`` connections from 127.0.0.1; after a 503 a connection
+  waits the ``Retry-After`` seconds, as a well-behaved client does;
+* ``polite``: one connection from 127.0.0.2.
+
+After a warm-up, one measured window. Reported per server and client: answers per
+second, latency p50 and p99 of the answers, and 503s per second. The load generator
+shares the 2 cores with the server: compare rows with each other.
+
+    python -m bench.fairness --greedy 48 --limits 0,8,16 --duration 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.harness import CACHE, ROOT, new_report, table, uvicorn_server, write_report
+from bench.protocols import Body, Window, load_photos, request_bodies
+
+CLIENTS = {"greedy": "127.0.0.1", "polite": "127.0.0.2"}
+
+
+async def connection(
+    url: str, address: str, bodies: list[Body], start: int, until: float, window: Window
+) -> None:
+    """One connection from ``address``: post, wait for the answer, repeat; after a 503
+    wait its ``Retry-After``."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    async with httpx.AsyncClient(base_url=url, transport=transport, timeout=120) as client:
+        turn = start
+        while time.perf_counter() < until:
+            path, content, headers = bodies[turn % len(bodies)]
+            turn += 1
+            sent = time.perf_counter()
+            response = await client.post(path, content=content, headers=headers)
+            done = time.perf_counter()
+            if done > until:
+                break
+            if response.status_code == 200:
+                window.latencies.append(done - sent)
+                continue
+            window.statuses[str(response.status_code)] += 1
+            if response.status_code == 503:
+                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+
+
+async def measure(
+    url: str, bodies: list[Body], greedy: int, warmup: float, duration: float
+) -> dict[str, Window]:
+    """A warm-up, then one window in which both clients run."""
+    for seconds in (warmup, duration):
+        until = time.perf_counter() + seconds
+        windows = {
+            name: Window(name, 1 if name == "polite" else greedy, seconds) for name in CLIENTS
+        }
+        await asyncio.gather(
+            *(
+                connection(url, CLIENTS[name], bodies, i, until, windows[name])
+                for name in CLIENTS
+                for i in range(windows[name].clients)
+            )
+        )
+    return windows
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.fairness", description=__doc__)
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "catdog")
+    parser.add_argument("--images", type=Path, default=ROOT / "data" / "raw" / "train")
+    parser.add_argument("--n-images", type=int, default=32)
+    parser.add_argument("--greedy", type=int, default=48, help="the greedy client's connections")
+    parser.add_argument("--limits", default="0,8,16", help="CATDOG_MAX_IMAGES_PER_CLIENT values")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fairness.md")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Each limit in turn on a fresh server; write the report."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    bodies = request_bodies("predict", load_photos(args.images, args.n_images), "")
+    report = new_report("bench.fairness", argv, greedy_connections=args.greedy)
+    rows: list[dict[str, object]] = []
+    for limit in (int(v) for v in args.limits.split(",")):
+        log = CACHE / "fairness" / f"limit-{limit}.log"
+        settings = {"max_files_per_request": min(limit, 32)} if limit else {}
+        with uvicorn_server(
+            args.model_dir, log, runtime="litert", max_images_per_client=limit, **settings
+        ) as server:
+            windows = asyncio.run(
+                measure(server.url, bodies, args.greedy, args.warmup, args.duration)
+            )
+        size = float(np.mean([len(content) for _, content, _ in bodies]))
+        for window in windows.values():
+            row = window.row(size)
+            refused = window.statuses.get("503", 0)
+            rows.append(
+                {
+                    "limit": limit or "none",
+                    **row,
+                    "refused_per_s": round(refused / window.duration, 1),
+                }
+            )
+            print(rows[-1], flush=True)
+    report["rows"] = rows
+    write_report(report, render(report), args.out)
+
+
+def render(report: dict[str, object]) -> str:
+    """The markdown report."""
+    environment = report["environment"]
+    assert isinstance(environment, dict)
+    columns = [
+        ("images per client", "limit"),
+        ("client", "protocol"),
+        ("connections", "clients"),
+        ("answers/s", "rps"),
+        ("p50 ms", "p50"),
+        ("p99 ms", "p99"),
+        ("503/s", "refused_per_s"),
+    ]
+    rows = report["rows"]
+    assert isinstance(rows, list)
+    return "\n".join(
+        [
+            "# Fairness: a client with many connections beside a client with one",
+            "",
+            "```bash",
+            str(report["command"]),
+            "```",
+            "",
+            f"{report['started']}, {environment['cpus']} cores (server and load generator"
+            " share them), LiteRT, closed loop, a 503 waited out for its Retry-After; one"
+            f" run; load average at start {environment['loadavg_start']}.",
+            "",
+            *table(rows, columns, text=("limit", "protocol")),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
