@@ -19,6 +19,7 @@ timeout cancels it) with a JSON 503 instead of uvicorn's text/plain 500.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import time
@@ -108,7 +109,7 @@ class PredictionGateMiddleware:
             response = JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413)
             await response(scope, receive, send)
             return
-        client = scope["client"][0] if scope.get("client") else None
+        client = client_key(scope["client"][0]) if scope.get("client") else None
         try:
             service.refuse_if_full(client=client)
         except QueueFullError as exc:
@@ -130,6 +131,18 @@ class PredictionGateMiddleware:
         with service.uploading(client) as upload:
             scope[UPLOAD_KEY] = upload
             await call_until_client_leaves(self.app, scope, counting_receive, send)
+
+
+def client_key(host: str) -> str:
+    """The address a client is counted under (``CATDOG_MAX_IMAGES_PER_CLIENT``): one
+    spelling per address, an IPv4 address mapped into IPv6 as IPv4; anything else as
+    given."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 async def call_until_client_leaves(

@@ -1,19 +1,18 @@
 """CPU-bound work the event loop must not wait on, run in worker processes.
 
-Parsing JSON numbers builds a Python object per number while holding the GIL for the
-whole parse, so a thread would stall the event loop just as much as parsing on it
-(``bench/results/json-offload.md`` measures the stall). ``Offload`` runs such a
-function in ``workers`` spawned processes
-(``spawn``: the service has TensorFlow and LiteRT threads, which ``fork`` would copy
-half-way). The processes start on first use, so a service that never gets such a
-request never pays for them. At most ``workers`` calls are in the processes at once,
-counted until each call ends in its process, even when its caller has gone (a client
-that left); the rest wait here, holding only what they already hold. A worker that
-dies during a call (killed for memory, perhaps by that call) fails the call with
-``OffloadBrokenError``; one found dead before a call starts (killed while idle) is
-replaced first, so that call never sees it. ``close`` kills the workers: uvicorn ends
-on SIGTERM without running ``atexit``, and a worker left waiting would outlive the
-service.
+Reading a large body of JSON numbers holds the GIL for most of the parse, so a thread
+would stall the event loop nearly as much as parsing on it
+(``bench/results/json-offload.md`` measures the stall). ``Offload`` runs such a function
+in ``workers`` spawned processes (``spawn``: the service has TensorFlow and LiteRT
+threads, which ``fork`` would copy half-way). The processes start on first use, so a
+service that never gets such a request never pays for them. At most ``workers`` calls
+are in the processes at once, counted until each call ends in its process, even when its
+caller has gone (a client that left); the rest wait here, holding only what they already
+hold. A worker that dies during a call (killed for memory, perhaps by that call), or in
+the moment before the pool notices, fails the call with ``OffloadBrokenError``; one
+found dead before a call is handed over (killed while idle) is replaced first, so that
+call never sees it. ``close`` kills the workers: uvicorn ends on SIGTERM without running
+``atexit``, and a worker left waiting would outlive the service.
 """
 
 from __future__ import annotations
@@ -57,8 +56,7 @@ class Offload:
         the call ends in its process (``shield``)."""
         await self._slots.acquire()
         try:
-            pool = self._pool_now()
-            call = asyncio.get_running_loop().run_in_executor(pool, function, *args)
+            pool, call = self._submit(function, args)
         except BaseException:
             self._slots.release()
             raise
@@ -83,6 +81,25 @@ class Offload:
         if self._pool is not None:
             _stop(self._pool)
             self._pool = None
+
+    def _submit(
+        self, function: Callable[..., T], args: tuple[Any, ...]
+    ) -> tuple[ProcessPoolExecutor, asyncio.Future[T]]:
+        """The call handed to a pool whose workers run. A pool that turns out broken as
+        the call is handed over (its worker died a moment ago, not yet seen by
+        ``_pool_now``) is replaced and the call handed to the new one."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(2):
+            pool = self._pool_now()
+            try:
+                return pool, loop.run_in_executor(pool, function, *args)
+            except BrokenProcessPool:
+                if self._pool is pool:
+                    self._pool = None
+                    _stop(pool)
+                if attempt:
+                    raise OffloadBrokenError("no worker process would start") from None
+        raise AssertionError("unreachable")
 
     def _pool_now(self) -> ProcessPoolExecutor:
         """The pool to submit to: a new one when there is none, or when a worker of the

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from app.api.middleware import client_key
 from app.core.admission import Admission, Upload
 from app.core.errors import QueueFullError
 from app.core.metrics import Metrics
@@ -89,3 +90,15 @@ async def test_a_client_at_its_limit_waits_while_others_are_served(
 def test_a_limit_below_a_full_request_is_refused(tiny_model_base: Path) -> None:
     with pytest.raises(ValidationError, match="a full request would never fit"):
         settings_for(tiny_model_base, max_files_per_request=8, max_images_per_client=4)
+
+
+@pytest.mark.parametrize(
+    ("spellings", "key"),
+    [
+        (["2001:db8::7", "2001:DB8::7", "2001:db8:0:0::7", "[2001:db8::7]"], "2001:db8::7"),
+        (["10.0.0.1", "::ffff:10.0.0.1"], "10.0.0.1"),
+        (["a-unix-socket"], "a-unix-socket"),
+    ],
+)
+def test_each_address_is_counted_under_one_key(spellings: list[str], key: str) -> None:
+    assert {client_key(s) for s in spellings} == {key}

@@ -223,6 +223,38 @@ async def test_a_call_whose_caller_left_keeps_its_slot_until_it_ends() -> None:
         offload.close()
 
 
+async def test_a_pool_found_broken_as_a_call_is_handed_over_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a probe: a worker killed a moment before a call, its pool not yet seen as
+    broken by ``_pool_now`` but broken by the time of ``submit``, made that call a 500."""
+    offload = Offload(1)
+    try:
+        assert await offload.run(abs, -1) == 1
+        [worker] = offload.processes()
+        broken = offload._pool  # noqa: SLF001
+        os.kill(worker, signal.SIGKILL)
+        for _ in range(100):
+            if broken._broken:  # noqa: SLF001  # its manager thread has noticed
+                break
+            await asyncio.sleep(0.05)
+        real = Offload._pool_now  # noqa: SLF001
+        handed = []
+
+        def racing(self: Offload) -> object:
+            """The first time, the pool as ``_pool_now`` saw it a moment before."""
+            if not handed:
+                handed.append(broken)
+                return broken
+            return real(self)
+
+        monkeypatch.setattr(Offload, "_pool_now", racing)
+        assert await offload.run(abs, -2) == 2
+        assert offload.processes() not in ([], [worker])
+    finally:
+        offload.close()
+
+
 async def test_the_event_loop_serves_while_a_worker_parses(tiny_model_base: Path) -> None:
     settings = settings_for(tiny_model_base, runtime="litert", json_offload_values=1)
     async with serve(settings) as (app, client):

@@ -136,7 +136,11 @@ def test_every_predict_form_equals_predict(http: httpx.Client, server: Server) -
 
 def test_classify_equals_predict(http: httpx.Client, server: Server) -> None:
     files = images(2)
-    body = {"examples": [{"image_bytes": b64(f), "caption": "pet"} for f in files]}
+    features = {"caption": "pet", "score": 0.5, "count": 3, "weights": [0.5, 1.5]}
+    body = {
+        "context": {"w": 1.0},
+        "examples": [{"image_bytes": b64(f), **features} for f in files],
+    }
     response = http.post("/v1/models/catdog:classify", json=body)
     assert response.status_code == 200, response.text
     result = response.json()["result"]

@@ -331,11 +331,12 @@ def is_numbers(data: object) -> bool:
 
 def pack_numbers(data: object, what: str) -> object:
     """``data`` as a float32 array if it is a number tensor (``as_pixels``) or the marker
-    of one taken out of the body (``take``), else as is."""
+    of one taken out of the body (``take``), else as is (a single number included: a
+    ``:classify`` feature may be one)."""
     data = take(data)
     if isinstance(data, np.ndarray):
         return data
-    return as_pixels(data, what) if is_numbers(data) else data  # type: ignore[arg-type]
+    return as_pixels(data, what) if isinstance(data, list) and is_numbers(data) else data
 
 
 #: The tensors taken out of the body being read (``read_json``), for ``take``.
