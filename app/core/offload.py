@@ -64,9 +64,7 @@ class Offload:
         try:
             return await asyncio.shield(call)
         except BrokenProcessPool:
-            if self._pool is pool:
-                self._pool = None
-                _stop(pool)
+            self._discard(pool)
             raise OffloadBrokenError("a worker process died during the call") from None
 
     def _ended(self, call: asyncio.Future[Any]) -> None:
@@ -79,8 +77,14 @@ class Offload:
     def close(self) -> None:
         """Kill the workers, calls in progress included."""
         if self._pool is not None:
-            _stop(self._pool)
+            self._discard(self._pool)
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        """Kill ``pool``'s workers, and forget it if it is still the current one (a call
+        that failed late may name a pool already replaced)."""
+        if self._pool is pool:
             self._pool = None
+            _stop(pool)
 
     def _submit(
         self, function: Callable[..., T], args: tuple[Any, ...]
@@ -89,25 +93,20 @@ class Offload:
         the call is handed over (its worker died a moment ago, not yet seen by
         ``_pool_now``) is replaced and the call handed to the new one."""
         loop = asyncio.get_running_loop()
-        for attempt in range(2):
+        for _ in range(2):
             pool = self._pool_now()
             try:
                 return pool, loop.run_in_executor(pool, function, *args)
             except BrokenProcessPool:
-                if self._pool is pool:
-                    self._pool = None
-                    _stop(pool)
-                if attempt:
-                    raise OffloadBrokenError("no worker process would start") from None
-        raise AssertionError("unreachable")
+                self._discard(pool)
+        raise OffloadBrokenError("no worker process would start")
 
     def _pool_now(self) -> ProcessPoolExecutor:
         """The pool to submit to: a new one when there is none, or when a worker of the
         last one has died (its pool is broken, or soon will be, for every call)."""
         pool = self._pool
         if pool is not None and (pool._broken or not _all_alive(pool)):  # noqa: SLF001
-            self._pool = None
-            _stop(pool)
+            self._discard(pool)
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)

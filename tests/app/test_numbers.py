@@ -201,7 +201,7 @@ def test_a_body_of_images_is_not_looked_through(body: bytes) -> None:
 def read(model: type[BaseModel], body: bytes, fast: bool) -> object:
     """What ``read_json`` gives: the request as plain values, or (status, detail)."""
     pack = tfserving._pack if model is tfserving.PredictRequest else oip._pack  # noqa: SLF001
-    reading = Reading(10**7, JsonCounts.of(body), pack, 4096, fast)
+    reading = Reading(JsonCounts.of(body), pack, 4096, fast)
     try:
         return plain(read_json(model, body, reading))
     except HTTPException as exc:

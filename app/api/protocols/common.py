@@ -1,6 +1,6 @@
 """What the Open Inference Protocol and TF Serving's REST API share.
 
-* Bodies are read by the routes themselves (``parse_body``), whatever their
+* Bodies are read by the routes themselves (``parse_json``), whatever their
   Content-Type: tritonclient sends none, ``curl -d`` sends a form type, and the
   binary tensor data extension puts raw bytes after the JSON. A body that does not
   validate is a 400 naming the first problems. ``request_body`` documents such a
@@ -118,17 +118,17 @@ async def parse_json(
     most: int,
     pack: Callable[[M], None],
 ) -> M:
-    """``parse_body`` then ``pack``, which turns its number tensors into arrays
-    (``pack_numbers``), then ``check_leftovers``. In a worker process when the body holds
+    """``read_json``: 413 first, without parsing, when the body holds more than ``most``
+    values (``check_values``). In a worker process when the body holds
     ``json_offload_values`` values or more, so that no Python object per number comes
     back; in place otherwise, with the same answers. 503 if the worker dies."""
     settings = service.settings
     counts = JsonCounts.of(body)
+    check_values(counts, most)
     offload = service.offload
-    reading = Reading(most, counts, pack, most_leftovers(settings), settings.json_fast_tensors)
+    reading = Reading(counts, pack, most_leftovers(settings), settings.json_fast_tensors)
     if not offload.enabled or sum(counts) < settings.json_offload_values:
         return read_json(model, body, reading)
-    check_values(counts, most)
     try:
         answer = await offload.run(parse_packed, model, body, reading)
     except OffloadBrokenError as exc:
@@ -141,9 +141,8 @@ async def parse_json(
 
 
 class Reading(NamedTuple):
-    """How ``read_json`` reads a body: its limits, counts and ``pack``."""
+    """How ``read_json`` reads a body: its counts, ``pack`` and limit."""
 
-    most: int  # values (``check_values``)
     counts: JsonCounts  # the body's
     pack: Callable[[Any], None]  # the protocol's: its number tensors as arrays
     leftovers: int  # values besides them (``check_leftovers``)
@@ -162,8 +161,8 @@ def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
     """``parse_body``, ``pack`` and ``check_leftovers``, with the large tensors of numbers
     read straight into arrays (``app.api.protocols.numbers``) when the body has any. If
     the body without them does not validate, or its tensors do not all land where a
-    tensor is read, it is parsed again as it came, so that its answer is the same."""
-    check_values(reading.counts, reading.most)
+    tensor is read, it is parsed again as it came, so that its answer is the same. The
+    caller has checked the body's counts (``check_values``)."""
     found = numbers.extract(body, reading.counts.commas) if reading.fast else None
     if found is not None:
         request = _read_marked(model, *found, reading.pack)
@@ -171,7 +170,7 @@ def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
         if request is not None:
             check_leftovers(request, reading.leftovers)
             return request
-    request = parse_body(model, body, reading.most, reading.counts)
+    request = parse_body(model, body)
     reading.pack(request)
     check_leftovers(request, reading.leftovers)
     return request
@@ -193,15 +192,8 @@ def _read_marked(
     return request if markers.all_taken else None
 
 
-def parse_body(
-    model: type[M], body: bytes | bytearray, most: int, counts: JsonCounts | None = None
-) -> M:
-    """Validate a JSON body as ``model``; 400 naming the first problems.
-
-    413 first, without parsing, when the body holds more than ``most`` values
-    (``check_values``). ``counts``: the body's, when the caller has counted them.
-    """
-    check_values(counts or JsonCounts.of(body), most)
+def parse_body(model: type[M], body: bytes | bytearray) -> M:
+    """Validate a JSON body as ``model``; 400 naming the first problems."""
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:

@@ -33,13 +33,11 @@ from app.api.protocols.common import (
     check_images,
     check_model_name,
     decode_all,
-    is_numbers,
     most_values,
     pack_numbers,
     pack_values,
     parse_json,
     read_body,
-    take,
 )
 from app.core.admission import Upload
 from app.core.service import Classification, InferenceService
@@ -232,7 +230,7 @@ async def _read(
     schema: type[R], service: InferenceService, name: str, version: str | None, http: Request
 ) -> R:
     """The body as ``schema``: model and version are checked first (a 404 before any of
-    the body is read), then the JSON (``parse_body``), then the signature it names."""
+    the body is read), then the JSON (``parse_json``), then the signature it names."""
     check_model_name(service, name)
     model = service.model_for(version)
     most = most_values(service.settings, model.contract)
@@ -251,11 +249,10 @@ def _pack(request: BaseModel) -> None:
         return
     if not isinstance(request, PredictRequest):
         return
-    rows = take(request.instances)
-    if isinstance(rows, np.ndarray):
-        request.instances = rows  # type: ignore[assignment]
-    elif rows is not None and is_numbers(rows):
-        request.instances = as_pixels(rows, "instances")  # type: ignore[assignment]
+    rows = request.instances
+    packed = None if rows is None else pack_numbers(rows, "instances")
+    if isinstance(packed, np.ndarray):
+        request.instances = packed  # type: ignore[assignment]
     elif rows is not None:
         for position, row in enumerate(rows):
             if isinstance(row, dict):
