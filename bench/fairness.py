@@ -23,13 +23,18 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import httpx
-import numpy as np
 
-from bench.harness import CACHE, ROOT, new_report, table, uvicorn_server, write_report
-from bench.protocols import Body, Window, load_photos, request_bodies
+from bench.harness import CACHE, markdown, new_report, table, uvicorn_server, write_report
+from bench.protocols import (
+    Body,
+    Window,
+    load_parser,
+    load_photos,
+    mean_size,
+    request_bodies,
+)
 
 CLIENTS = {"greedy": "127.0.0.1", "polite": "127.0.0.2"}
 
@@ -79,15 +84,9 @@ async def measure(
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.fairness", description=__doc__)
-    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "catdog")
-    parser.add_argument("--images", type=Path, default=ROOT / "data" / "raw" / "train")
-    parser.add_argument("--n-images", type=int, default=32)
+    parser = load_parser("bench.fairness", __doc__, "fairness.md", warmup=3.0, duration=15.0)
     parser.add_argument("--greedy", type=int, default=48, help="the greedy client's connections")
     parser.add_argument("--limits", default="0,8,16", help="CATDOG_MAX_IMAGES_PER_CLIENT values")
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fairness.md")
     return parser.parse_args(argv)
 
 
@@ -107,9 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             windows = asyncio.run(
                 measure(server.url, bodies, args.greedy, args.warmup, args.duration)
             )
-        size = float(np.mean([len(content) for _, content, _ in bodies]))
         for window in windows.values():
-            row = window.row(size)
+            row = window.row(mean_size(bodies))
             refused = window.statuses.get("503", 0)
             rows.append(
                 {
@@ -138,21 +136,13 @@ def render(report: dict[str, object]) -> str:
     ]
     rows = report["rows"]
     assert isinstance(rows, list)
-    return "\n".join(
-        [
-            "# Fairness: a client with many connections beside a client with one",
-            "",
-            "```bash",
-            str(report["command"]),
-            "```",
-            "",
-            f"{report['started']}, {environment['cpus']} cores (server and load generator"
-            " share them), LiteRT, closed loop, a 503 waited out for its Retry-After; one"
-            f" run; load average at start {environment['loadavg_start']}.",
-            "",
-            *table(rows, columns, text=("limit", "protocol")),
-        ]
+    about = (
+        f"{report['started']}, {environment['cpus']} cores (server and load generator"
+        " share them), LiteRT, closed loop, a 503 waited out for its Retry-After; one"
+        f" run; load average at start {environment['loadavg_start']}."
     )
+    title = "Fairness: a client with many connections beside a client with one"
+    return markdown(title, report, about, table(rows, columns, text=("limit", "protocol")))
 
 
 if __name__ == "__main__":

@@ -355,6 +355,13 @@ def table(
     return lines
 
 
+def markdown(title: str, report: Mapping[str, Any], about: str, body: Sequence[str]) -> str:
+    """A report's markdown: ``title``, the command that made it, ``about`` (how it ran),
+    then ``body`` (tables and their notes)."""
+    head = [f"# {title}", "", "```bash", str(report["command"]), "```", "", about, ""]
+    return "\n".join([*head, *body])
+
+
 def write_report(report: Mapping[str, Any], markdown: str, out: Path) -> None:
     """The markdown at ``out``, the raw numbers as JSON beside it; both named on stdout."""
     out.parent.mkdir(parents=True, exist_ok=True)

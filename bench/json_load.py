@@ -22,12 +22,16 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-
-from bench.harness import CACHE, ROOT, new_report, table, uvicorn_server, write_report
-from bench.protocols import Body, load_photos, request_bodies, run_window
+from bench.harness import CACHE, markdown, new_report, table, uvicorn_server, write_report
+from bench.protocols import (
+    Body,
+    load_parser,
+    load_photos,
+    mean_size,
+    request_bodies,
+    run_window,
+)
 from catdog.preprocessing import preprocess
 
 PREDICT = "/v1/models/catdog:predict"
@@ -46,14 +50,8 @@ def number_bodies(photos: list[bytes]) -> list[Body]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.json_load", description=__doc__)
-    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "catdog")
-    parser.add_argument("--images", type=Path, default=ROOT / "data" / "raw" / "train")
-    parser.add_argument("--n-images", type=int, default=16)
+    parser = load_parser("bench.json_load", __doc__, "json-load.md", n_images=16)
     parser.add_argument("--clients", default="1,8,32", help="client counts, comma-separated")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each window")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of each window")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "json-load.md")
     return parser.parse_args(argv)
 
 
@@ -73,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     window = asyncio.run(
                         run_window(server.url, form, prepared, clients, args.warmup, args.duration)
                     )
-                    size = float(np.mean([len(content) for _, content, _ in prepared]))
-                    rows.append({"server": name, **window.row(size)})
+                    rows.append({"server": name, **window.row(mean_size(prepared))})
                     print(rows[-1], flush=True)
     report["rows"] = rows
     write_report(report, render(report, args), args.out)
@@ -97,22 +94,16 @@ def render(report: dict[str, object], args: argparse.Namespace) -> str:
     ]
     rows = report["rows"]
     assert isinstance(rows, list)
-    return "\n".join(
-        [
-            "# Pixels as JSON numbers under load: the fast path and pydantic",
-            "",
-            "```bash",
-            str(report["command"]),
-            "```",
-            "",
-            f"{report['started']}, {environment['cpus']} cores (server and load generator"
-            f" share them), LiteRT, model {args.model_dir.name}, {environment['photos']}"
-            f" photos from {args.images.name} sent in turn, closed loop, {args.warmup:g} s"
-            f" warm-up then {args.duration:g} s measured per row, one run; load average at"
-            f" start {environment['loadavg_start']}.",
-            "",
-            *table(rows, columns, text=("server", "protocol", "other")),
-        ]
+    about = (
+        f"{report['started']}, {environment['cpus']} cores (server and load generator"
+        f" share them), LiteRT, model {args.model_dir.name}, {environment['photos']}"
+        f" photos from {args.images.name} sent in turn, closed loop, {args.warmup:g} s"
+        f" warm-up then {args.duration:g} s measured per row, one run; load average at"
+        f" start {environment['loadavg_start']}."
+    )
+    title = "Pixels as JSON numbers under load: the fast path and pydantic"
+    return markdown(
+        title, report, about, table(rows, columns, text=("server", "protocol", "other"))
     )
 
 

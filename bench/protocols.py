@@ -42,6 +42,7 @@ from bench.harness import (
     CACHE,
     ROOT,
     Metrics,
+    markdown,
     new_report,
     parse_metrics,
     samples,
@@ -148,6 +149,11 @@ async def run_window(
     return window
 
 
+def mean_size(bodies: list[Body]) -> float:
+    """The mean size of the prepared request bodies, in bytes."""
+    return float(np.mean([len(content) for _, content, _ in bodies]))
+
+
 def load_photos(folder: Path, count: int) -> list[bytes]:
     """``count`` photos, half of each class, in a fixed order."""
     cats = sorted(folder.glob("cat.*.jpg"))[: count // 2]
@@ -158,16 +164,31 @@ def load_photos(folder: Path, count: int) -> list[bytes]:
     return photos
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.protocols", description=__doc__)
+def load_parser(
+    module: str,
+    doc: str | None,
+    out: str,
+    *,
+    n_images: int = 32,
+    warmup: float = 2.0,
+    duration: float = 10.0,
+) -> argparse.ArgumentParser:
+    """The arguments of a closed-loop load benchmark of photos: the model, the photos,
+    the warm-up and window, where the report goes (``bench/results/<out>``)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "catdog")
     parser.add_argument("--images", type=Path, default=ROOT / "data" / "raw" / "train")
-    parser.add_argument("--n-images", type=int, default=32)
+    parser.add_argument("--n-images", type=int, default=n_images)
+    parser.add_argument("--warmup", type=float, default=warmup, help="seconds before each window")
+    parser.add_argument("--duration", type=float, default=duration, help="seconds of each window")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / out)
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = load_parser("bench.protocols", __doc__, "protocols.md")
     parser.add_argument("--clients", default="16,64", help="client counts, comma-separated")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each window")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of each window")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "protocols.md")
     return parser.parse_args(argv)
 
 
@@ -191,8 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 window = asyncio.run(
                     run_window(server.url, protocol, bodies, clients, args.warmup, args.duration)
                 )
-                size = float(np.mean([len(content) for _, content, _ in bodies]))
-                rows.append(window.row(size))
+                rows.append(window.row(mean_size(bodies)))
                 print(rows[-1], flush=True)
         metrics = parse_metrics(httpx.get(f"{server.url}/metrics").text)
         report["batch_size_mean"] = _mean_batch(metrics)
@@ -216,13 +236,7 @@ def _memory(versions: list[dict[str, Any]]) -> str:
 
 def render(report: dict[str, Any], args: argparse.Namespace) -> str:
     environment = report["environment"]
-    lines = [
-        "# Protocols side by side: OIP binary, OIP JSON/base64, multipart /predict",
-        "",
-        "```bash",
-        report["command"],
-        "```",
-        "",
+    about = (
         f"{report['started']}, {environment['cpus']} cores (server and load generator share"
         f" them), runtime {environment.get('runtime')}, model {args.model_dir.name},"
         f" {environment['photos']} photos from {args.images.name}"
@@ -230,9 +244,8 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         f" measured per row, one run; load average at start {environment['loadavg_start']}."
         f" Mean batch over the run: {report.get('batch_size_mean')}; server peak RSS"
         f" {report.get('peak_rss_mb')} MB; loaded versions and their memory (RSS growth at"
-        f" load): {_memory(report.get('loaded_versions') or [])}.",
-        "",
-    ]
+        f" load): {_memory(report.get('loaded_versions') or [])}."
+    )
     columns = [
         ("protocol", "protocol"),
         ("clients", "clients"),
@@ -243,7 +256,9 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         ("other statuses", "other"),
         ("request body kB", "body_kb"),
     ]
-    return "\n".join(lines + table(report["rows"], columns, text=("protocol", "other")))
+    title = "Protocols side by side: OIP binary, OIP JSON/base64, multipart /predict"
+    rows = table(report["rows"], columns, text=("protocol", "other"))
+    return markdown(title, report, about, rows)
 
 
 if __name__ == "__main__":
