@@ -9,12 +9,19 @@ metrics count, or 408 when the server's body timeout cut it off
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from app.core.errors import ModelNotReadyError, QueueFullError
+from app.core.config import Settings
+from app.core.errors import (
+    InvalidInputError,
+    ModelNotReadyError,
+    QueueFullError,
+    VersionNotFoundError,
+)
 from catdog.preprocessing import (
     CorruptImageError,
     ImageError,
@@ -32,28 +39,40 @@ IMAGE_ERROR_STATUS = {
 }
 
 
-async def image_error(request: Request, exc: Exception) -> JSONResponse:
-    """A file that is not a usable image."""
-    assert isinstance(exc, ImageError)
-    status = next((s for cls, s in IMAGE_ERROR_STATUS.items() if isinstance(exc, cls)), 422)
-    return JSONResponse({"detail": exc.reason}, status_code=status)
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """What a client is told about an error: the HTTP status, ``detail`` and headers."""
+
+    status: int
+    detail: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-async def queue_full(request: Request, exc: Exception) -> JSONResponse:
-    """Too much work in flight: shed load and tell the client when to retry."""
-    settings = request.app.state.service.settings
-    return JSONResponse(
-        {"detail": f"server busy: {exc}; retry shortly"},
-        status_code=503,
-        headers={"Retry-After": str(settings.retry_after_s)},
-    )
+def answer_for(exc: Exception, settings: Settings) -> ErrorAnswer | None:
+    """The answer to an error of the input or of the service's state, whatever the API
+    (REST here, gRPC in ``app.api.grpc``); None for a fault of the service (500)."""
+    if isinstance(exc, HTTPException):
+        return ErrorAnswer(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    if isinstance(exc, ImageError):
+        status = next((s for cls, s in IMAGE_ERROR_STATUS.items() if isinstance(exc, cls)), 422)
+        return ErrorAnswer(status, exc.reason)
+    if isinstance(exc, QueueFullError):  # shed load, and say when to retry
+        retry = {"Retry-After": str(settings.retry_after_s)}
+        return ErrorAnswer(503, f"server busy: {exc}; retry shortly", retry)
+    if isinstance(exc, ModelNotReadyError):  # starting up or shutting down
+        return ErrorAnswer(503, f"model not ready: {exc}", {"Retry-After": "1"})
+    if isinstance(exc, VersionNotFoundError):
+        return ErrorAnswer(404, str(exc))
+    if isinstance(exc, InvalidInputError):
+        return ErrorAnswer(400, str(exc))
+    return None
 
 
-async def not_ready(request: Request, exc: Exception) -> JSONResponse:
-    """No model loaded (starting up or shutting down)."""
-    return JSONResponse(
-        {"detail": f"model not ready: {exc}"}, status_code=503, headers={"Retry-After": "1"}
-    )
+async def known_error(request: Request, exc: Exception) -> JSONResponse:
+    """A file that is not a usable image, too much work in flight, no model loaded."""
+    answer = answer_for(exc, request.app.state.service.settings)
+    assert answer is not None
+    return JSONResponse({"detail": answer.detail}, answer.status, answer.headers)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -71,6 +90,5 @@ def register_error_handlers(app: FastAPI) -> None:
     """Install the handlers above."""
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(ClientDisconnect, client_gone)
-    app.add_exception_handler(ImageError, image_error)
-    app.add_exception_handler(QueueFullError, queue_full)
-    app.add_exception_handler(ModelNotReadyError, not_ready)
+    for error in (ImageError, QueueFullError, ModelNotReadyError):
+        app.add_exception_handler(error, known_error)

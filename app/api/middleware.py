@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import UPLOAD_KEY
-from app.api.errors import queue_full
+from app.api.errors import known_error
 from app.api.protocols.common import header_int
 from app.core.config import Settings
 from app.core.errors import QueueFullError
@@ -114,7 +114,7 @@ class PredictionGateMiddleware:
             service.refuse_if_full(client=client)
         except QueueFullError as exc:
             await asyncio.sleep(service.settings.busy_hold_s)  # a retry at once can't spin
-            response = await queue_full(Request(scope), exc)
+            response = await known_error(Request(scope), exc)
             await response(scope, receive, send)
             return
         received = 0

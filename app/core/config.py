@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         description="read big JSON number tensors straight into arrays (simdjson); "
         "false: a Python object per number (pydantic)",
     )
+    grpc_address: str = Field(
+        "",
+        pattern=r"^$|^.+:[0-9]+$",
+        description="host:port of the Open Inference Protocol's gRPC API, beside REST "
+        "(the images: 0.0.0.0:8081; port 0: any free one); empty: off",
+    )
     poll_interval_s: float = Field(5.0, ge=0, description="new-version check; 0 turns it off")
     version_policy: str = Field(
         "latest:1",

@@ -1,4 +1,5 @@
-"""Startup and shutdown: start the app's ``InferenceService`` before serving, drain it after."""
+"""Startup and shutdown: start the app's ``InferenceService`` (and its gRPC API, when
+``CATDOG_GRPC_ADDRESS`` is set) before serving, drain them after."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from app.api.grpc_server import GrpcServer
 from app.core.errors import ModelLoadError
 from app.core.service import InferenceService
 
@@ -23,7 +25,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         raise RuntimeError(f"catdog cannot start: {exc}") from exc
+    grpc_server = None
     try:
+        if service.settings.grpc_address:
+            grpc_server = GrpcServer(service, app.version)
+            await grpc_server.start(service.settings.grpc_address)
+            app.state.grpc_port = grpc_server.port
         yield
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop(service.settings.graceful_shutdown_s)
         await service.stop()

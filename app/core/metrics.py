@@ -20,6 +20,13 @@ class Metrics:
             ["route", "method", "status"],
             registry=r,
         )
+        self.grpc_requests = Counter(
+            "catdog_grpc_requests",
+            "gRPC calls (CATDOG_GRPC_ADDRESS) by method and status code; their latency is"
+            " catdog_request_duration_seconds with the method's path as route",
+            ["method", "code"],
+            registry=r,
+        )
         self.latency = Histogram(
             "catdog_request_duration_seconds",
             "HTTP request latency",

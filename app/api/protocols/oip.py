@@ -293,6 +293,12 @@ def model_input(
     request: InferRequest, binary: memoryview, settings: Settings
 ) -> EncodedImages | Pixels:
     """The request's one input, decoded from JSON or binary tensor data."""
+    tensor = only_input(request)
+    return decode_input(tensor, _binary_part(tensor, binary), settings)
+
+
+def only_input(request: InferRequest) -> RequestInput:
+    """The request's one input, if its name, datatype and shape are the model's."""
     if len(request.inputs) != 1:
         raise bad_request(f"give exactly one input, {IMAGE_BYTES} or {IMAGES}")
     tensor = request.inputs[0]
@@ -303,9 +309,19 @@ def model_input(
         raise bad_request(f"input {tensor.name} is {expected}, not {tensor.datatype}")
     if any(size < 0 for size in tensor.shape) or not tensor.shape:
         raise bad_request(f"input {tensor.name}: shape {tensor.shape} is not a tensor's shape")
-    raw = _binary_part(tensor, binary)
+    return tensor
+
+
+def decode_input(
+    tensor: RequestInput,
+    raw: memoryview | None,
+    settings: Settings,
+    files: list[bytes] | None = None,
+) -> EncodedImages | Pixels:
+    """An input checked by ``only_input``, from its raw bytes (``raw``), its image files
+    as they are (``files``, gRPC's ``bytes_contents``) or its JSON ``data``."""
     if tensor.name == IMAGE_BYTES:
-        return EncodedImages(_image_files(tensor, raw, settings))
+        return EncodedImages(_image_files(tensor, raw, settings, files))
     return Pixels(_pixels(tensor, raw, settings))
 
 
@@ -314,10 +330,10 @@ def encode(
 ) -> Response:
     """The answer: JSON, or JSON followed by binary tensor data."""
     classes = list(results[0].probabilities)
-    table = np.array([[r.probabilities[c] for c in classes] for r in results], np.float32)
+    table = probability_table(results)
     raw = b""
     if output.classes:
-        strings = [_top_classes(row, classes, output.classes) for row in table]
+        strings = [top_classes(row, classes, output.classes) for row in table]
         tensor = ResponseOutput(
             name=PROBABILITIES, datatype="BYTES", shape=[len(results), output.classes]
         )
@@ -347,7 +363,14 @@ def encode(
     )
 
 
-def _top_classes(row: np.ndarray, classes: list[str], count: int) -> list[str]:
+def probability_table(results: list[Classification]) -> np.ndarray:
+    """The output ``probabilities``: float32 [N, C], classes in the contract's order."""
+    classes = list(results[0].probabilities)
+    return np.array([[r.probabilities[c] for c in classes] for r in results], np.float32)
+
+
+def top_classes(row: np.ndarray, classes: list[str], count: int) -> list[str]:
+    """The classification extension: ``"score:index:label"`` of the ``count`` highest."""
     order = sorted(range(len(classes)), key=lambda i: -row[i])[:count]
     return [f"{float(row[i])}:{i}:{classes[i]}" for i in order]
 
@@ -371,7 +394,9 @@ def _binary_part(tensor: RequestInput, binary: memoryview) -> memoryview | None:
     return binary
 
 
-def _image_files(tensor: RequestInput, raw: memoryview | None, settings: Settings) -> list[bytes]:
+def _image_files(
+    tensor: RequestInput, raw: memoryview | None, settings: Settings, given: list[bytes] | None
+) -> list[bytes]:
     count = tensor.shape[0]
     if tensor.shape not in ([count], [count, 1]):
         raise bad_request(f"input {IMAGE_BYTES}: shape {tensor.shape}, expected [N] or [N, 1]")
@@ -379,12 +404,12 @@ def _image_files(tensor: RequestInput, raw: memoryview | None, settings: Setting
     content_type = tensor.parameters.get("content_type")
     if content_type not in (None, "base64"):
         raise bad_request(f"content_type {content_type!r}: image files are sent as base64")
-    if raw is None:
+    if raw is None and given is None:
         elements = _strings(tensor.data)
         tensor.data = None  # the texts are only held by ``elements``, freed as decoded
         files = decode_all(elements, f"{IMAGE_BYTES} element")
     else:
-        files = _deserialize_bytes(raw)
+        files = _deserialize_bytes(raw) if given is None else given
         if content_type == "base64":
             files = [decode_b64(f.decode("ascii", "replace"), IMAGE_BYTES) for f in files]
     if len(files) != count:

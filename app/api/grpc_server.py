@@ -1,0 +1,343 @@
+"""The Open Inference Protocol over gRPC, served beside REST by the same process.
+
+With ``CATDOG_GRPC_ADDRESS`` set (``0.0.0.0:8081`` in the images), the lifespan starts
+a ``grpc.aio`` server on uvicorn's event loop. It answers the six calls of
+``inference.GRPCInferenceService`` (``app/api/protocols/inference.proto``, what
+KServe, Triton and ``tritonclient.grpc`` speak) and gRPC's health check
+(``health.proto``), on the same ``InferenceService`` as REST: the same admission
+(the client's share too, by its address), decoders, batcher, limits and metrics.
+
+``ModelInfer`` reads like the REST route, in three steps (``InferenceServicer``):
+
+* ``decode_request``: the message's one input, checked as REST checks it
+  (``oip.only_input``, ``oip.decode_input``): ``image_bytes`` (BYTES, each element an
+  image file, in ``bytes_contents`` or ``raw_input_contents``) or ``images`` (FP32
+  [N, H, W, 3] in ``fp32_contents`` or raw little-endian float32);
+* ``predict``: ``InferenceService.classify`` or ``classify_tensor``;
+* ``encode_response``: FP32 ``probabilities`` [N, C], or with the output parameter
+  ``classification: k`` BYTES ``"score:index:label"``; as ``raw_output_contents`` when
+  the request sent raw inputs, else in ``contents``.
+
+An error is the REST answer's message with a gRPC status code (``GRPC_CODES``: 400,
+413, 415, 422 are INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE), and in the
+trailing metadata ``catdog-http-status`` (the REST status, which tells 413 from 415)
+and, for 503, ``retry-after``. A client that cancels, or whose deadline passes, is
+dropped wherever its call is, as a REST client that leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import unquote
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError, Message
+
+from app.api.errors import answer_for
+from app.api.middleware import MULTIPART_OVERHEAD, client_key
+from app.api.protocols import oip, proto
+from app.api.protocols.common import bad_request, check_model_name
+from app.core.admission import Upload
+from app.core.service import Classification, InferenceService
+
+log = logging.getLogger("catdog.grpc")
+HERE = Path(__file__).parent / "protocols"
+INFERENCE = proto.load(HERE / "inference.proto")
+HEALTH = proto.load(HERE / "health.proto")
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+M = INFERENCE.messages
+GRPC_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.INVALID_ARGUMENT,  # too large whatever the load: retrying won't help
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+Handler = Callable[[Message, grpc.aio.ServicerContext], Awaitable[Message]]
+
+
+class InferenceServicer:
+    """The calls of ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health``."""
+
+    def __init__(self, service: InferenceService, version: str) -> None:
+        self.service = service
+        self.version = version
+
+    # ------------------------------------------------------------ health and metadata
+
+    async def ServerLive(self, request: Message, context: object) -> Message:  # noqa: N802
+        """Live while the process answers."""
+        return M["ServerLiveResponse"](live=True)
+
+    async def ServerReady(self, request: Message, context: object) -> Message:  # noqa: N802
+        """Ready once a model is loaded and warmed up, until shutdown starts."""
+        return M["ServerReadyResponse"](ready=self.service.ready)
+
+    async def ModelReady(self, request: Message, context: object) -> Message:  # noqa: N802
+        """Whether this version (empty: the highest) is loaded and the service accepts work;
+        NOT_FOUND for another model's name."""
+        check_model_name(self.service, request.name)
+        try:
+            oip.model_ready(self.service, request.name, request.version or None)
+        except Exception as exc:
+            answer = answer_for(exc, self.service.settings)
+            if answer is None or answer.status not in (404, 503):
+                raise
+            return M["ModelReadyResponse"](ready=False)
+        return M["ModelReadyResponse"](ready=True)
+
+    async def ServerMetadata(self, request: Message, context: object) -> Message:  # noqa: N802
+        """Name, version and extensions (binary tensor data is REST's; gRPC has raw bytes)."""
+        return M["ServerMetadataResponse"](
+            name="catdog", version=self.version, extensions=["classification"]
+        )
+
+    async def ModelMetadata(self, request: Message, context: object) -> Message:  # noqa: N802
+        """Inputs, outputs, loaded versions and runtime, as ``GET /v2/models/{name}``."""
+        answer = oip.model_metadata(self.service, request.name, request.version or None)
+        tensor = M["ModelMetadataResponse.TensorMetadata"]
+        return M["ModelMetadataResponse"](
+            name=answer.name,
+            versions=answer.versions,
+            platform=answer.platform,
+            inputs=[tensor(**t.model_dump()) for t in answer.inputs],
+            outputs=[tensor(**t.model_dump()) for t in answer.outputs],
+        )
+
+    async def Check(self, request: Message, context: object) -> Message:  # noqa: N802
+        """gRPC health: SERVING when ready, for the server ("") and the inference API."""
+        response = HEALTH.messages["HealthCheckResponse"]
+        if request.service not in ("", INFERENCE_SERVICE):
+            raise GrpcError(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return response(status="SERVING" if self.service.ready else "NOT_SERVING")
+
+    # ------------------------------------------------------------ inference
+
+    async def ModelInfer(  # noqa: N802
+        self, request: Message, context: grpc.aio.ServicerContext
+    ) -> Message:
+        """Classify image files or pixels: decode the request, predict, encode the answer."""
+        check_model_name(self.service, request.model_name)
+        version = request.model_version or None
+        model = self.service.model_for(version)  # NOT_FOUND before any decoding
+        infer_request, given = self.decode_request(request)
+        output = oip.output_choice(infer_request, len(model.contract.class_names))
+        results = await self.predict(given, version, Upload(peer_key(context.peer())))
+        return self.encode_response(request, results, output)
+
+    def decode_request(
+        self, request: Message
+    ) -> tuple[oip.InferRequest, oip.EncodedImages | oip.Pixels]:
+        """The request as REST's ``InferRequest`` (without its data), and its one input."""
+        if len(request.inputs) != 1:
+            raise bad_request(f"give exactly one input, {oip.IMAGE_BYTES} or {oip.IMAGES}")
+        inputs = [
+            oip.RequestInput(
+                name=t.name,
+                shape=list(t.shape),
+                datatype=t.datatype,
+                parameters=parameters(t.parameters),
+            )
+            for t in request.inputs
+        ]
+        outputs = [
+            oip.RequestOutput(name=o.name, parameters=parameters(o.parameters))
+            for o in request.outputs
+        ]
+        infer_request = oip.InferRequest(
+            id=request.id or None,
+            parameters=parameters(request.parameters),
+            inputs=inputs,
+            outputs=outputs or None,
+        )
+        tensor = oip.only_input(infer_request)
+        message = request.inputs[0]
+        settings = self.service.settings
+        raws = request.raw_input_contents
+        if raws:
+            if len(raws) != 1:
+                raise bad_request(f"{len(raws)} raw_input_contents for 1 input")
+            if message.HasField("contents"):
+                raise bad_request(f"input {tensor.name} has both contents and raw_input_contents")
+            return infer_request, oip.decode_input(tensor, memoryview(raws[0]), settings)
+        contents = message.contents
+        used = [f.name for f, _ in contents.ListFields()]
+        wanted = "bytes_contents" if tensor.name == oip.IMAGE_BYTES else "fp32_contents"
+        if used and used != [wanted]:
+            raise bad_request(
+                f"input {tensor.name} is {tensor.datatype}: its elements go in {wanted} "
+                f"or raw_input_contents, not {', '.join(used)}"
+            )
+        if tensor.name == oip.IMAGE_BYTES:
+            files = list(contents.bytes_contents)
+            return infer_request, oip.decode_input(tensor, None, settings, files)
+        tensor.data = np.array(contents.fp32_contents, np.float32)  # type: ignore[assignment]
+        return infer_request, oip.decode_input(tensor, None, settings)
+
+    async def predict(
+        self, given: oip.EncodedImages | oip.Pixels, version: str | None, upload: Upload
+    ) -> list[Classification]:
+        """The service's answer for each image, in order."""
+        if isinstance(given, oip.EncodedImages):
+            return await self.service.classify(given.files, upload=upload, version=version)
+        return await self.service.classify_tensor(given.array, version, upload)
+
+    def encode_response(
+        self, request: Message, results: list[Classification], output: oip.OutputChoice
+    ) -> Message:
+        """``probabilities``, raw when the request was raw, else in ``contents``."""
+        raw = bool(request.raw_input_contents)
+        response = M["ModelInferResponse"](
+            model_name=request.model_name, model_version=results[0].model_version, id=request.id
+        )
+        tensor = response.outputs.add(name=oip.PROBABILITIES)
+        table = oip.probability_table(results)
+        if output.classes:
+            classes = list(results[0].probabilities)
+            strings = [
+                s.encode() for row in table for s in oip.top_classes(row, classes, output.classes)
+            ]
+            tensor.datatype, tensor.shape[:] = "BYTES", [len(results), output.classes]
+            if raw:
+                response.raw_output_contents.append(
+                    b"".join(len(s).to_bytes(4, "little") + s for s in strings)
+                )
+            else:
+                tensor.contents.bytes_contents.extend(strings)
+        else:
+            tensor.datatype, tensor.shape[:] = "FP32", list(table.shape)
+            if raw:
+                response.raw_output_contents.append(table.astype("<f4").tobytes())
+            else:
+                tensor.contents.fp32_contents.extend(table.ravel().tolist())
+        return response
+
+
+class GrpcError(Exception):
+    """A call's answer is this status code and message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parameters(given: object) -> oip.Parameters:
+    """A ``map<string, InferParameter>`` as REST's parameters (bool, int, float, str)."""
+    found: oip.Parameters = {}
+    for key, value in given.items():  # type: ignore[attr-defined]
+        choice = value.WhichOneof("parameter_choice")
+        if choice is not None:
+            found[key] = getattr(value, choice)
+    return found
+
+
+def peer_key(peer: str) -> str | None:
+    """The client's address from gRPC's peer (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``, in
+    newer gRPC with the brackets percent-encoded), as REST counts it (``client_key``)."""
+    kind, _, rest = unquote(peer).partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return client_key(rest.rpartition(":")[0])
+    return rest or None
+
+
+class GrpcServer:
+    """A ``grpc.aio`` server on the running event loop, serving ``InferenceServicer``."""
+
+    def __init__(self, service: InferenceService, version: str) -> None:
+        self.service = service
+        self.servicer = InferenceServicer(service, version)
+        self.port: int | None = None
+        settings = service.settings
+        largest = settings.max_upload_bytes * settings.max_files_per_request + MULTIPART_OVERHEAD
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", largest),
+                ("grpc.max_send_message_length", largest),
+                ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
+            ],
+            maximum_concurrent_rpcs=settings.max_connections,
+        )
+        for name, methods in ((INFERENCE_SERVICE, INFERENCE), (HEALTH_SERVICE, HEALTH)):
+            self._server.add_generic_rpc_handlers(
+                [grpc.method_handlers_generic_handler(name, self._handlers(methods.services[name]))]
+            )
+
+    def _handlers(self, methods: dict[str, proto.Method]) -> dict[str, grpc.RpcMethodHandler]:
+        return {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._answering(method, getattr(self.servicer, name)),
+                response_serializer=method.response.SerializeToString,
+            )
+            for name, method in methods.items()
+        }
+
+    def _answering(
+        self, method: proto.Method, call: Handler
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
+        """``call`` on the message parsed from the request's bytes (INVALID_ARGUMENT if it
+        is not one), its errors answered as the module docstring says, and counted."""
+        metrics = self.service.metrics
+        settings = self.service.settings
+        path = method.path
+
+        async def answer(body: bytes, context: grpc.aio.ServicerContext) -> Message:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                try:
+                    request = method.request.FromString(body)
+                except DecodeError as exc:
+                    raise GrpcError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"not a {method.request.DESCRIPTOR.full_name}: {exc}",
+                    ) from None
+                del body
+                return await call(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except GrpcError as exc:
+                code, message, trailers = exc.code, str(exc), ()
+            except Exception as exc:
+                found = answer_for(exc, settings)
+                if found is None:
+                    log.exception("%s failed", path)
+                    code, message = (
+                        grpc.StatusCode.INTERNAL,
+                        f"internal error ({type(exc).__name__})",
+                    )
+                    trailers = (("catdog-http-status", "500"),)
+                else:
+                    code, message = (
+                        GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN),
+                        found.detail,
+                    )
+                    retry = found.headers.get("Retry-After")
+                    trailers = (("catdog-http-status", str(found.status)),) + (
+                        (("retry-after", retry),) if retry is not None else ()
+                    )
+            finally:
+                metrics.grpc_requests.labels(method=path, code=code.name).inc()
+                metrics.latency.labels(route=path).observe(time.perf_counter() - started)
+            await context.abort(code, message, trailers)
+
+        return answer
+
+    async def start(self, address: str) -> None:
+        """Listen on ``address`` (``host:port``; port 0: a free one, then in ``port``)."""
+        self.port = self._server.add_insecure_port(address)
+        await self._server.start()
+        log.info(
+            "gRPC (Open Inference Protocol) on %s", address.rpartition(":")[0] + f":{self.port}"
+        )
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls, give those in flight ``grace`` seconds, then cancel them."""
+        await self._server.stop(grace)
