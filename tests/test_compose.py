@@ -189,7 +189,7 @@ def test_api_is_the_default_cpu_service(services: dict[str, dict[str, Any]]) -> 
     api = services["api"]
     assert "profiles" not in api  # `docker compose up` starts it
     assert api["build"]["target"] == "cpu"
-    assert 8000 in container_ports(api)
+    assert {8000, 8081} <= set(container_ports(api))  # REST and gRPC
     assert any(re.fullmatch(r"(\$\{\w+:-8000\}|8000):8000", str(p)) for p in api["ports"])
 
     check = api["healthcheck"]
@@ -210,7 +210,7 @@ def test_api_gpu_reserves_an_nvidia_gpu(services: dict[str, dict[str, Any]]) -> 
     assert environment(gpu)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"  # a string, as compose wants
     assert volumes(gpu)["/models"][1] == "ro"
     assert gpu["healthcheck"] == services["api"]["healthcheck"]
-    assert set(container_ports(gpu)) == {8000}
+    assert set(container_ports(gpu)) == {8000, 8081}
     assert gpu["ports"] != services["api"]["ports"]  # both can run side by side
 
 
@@ -257,13 +257,14 @@ def test_replicas_overlay_puts_a_load_balancer_in_front() -> None:
     assert isinstance(ports, Reset) and ports.value == []  # replicas publish no port
 
     lb = overlay["lb"]
-    assert 8000 in container_ports(lb)
+    assert {8000, 8081} <= set(container_ports(lb))
     assert lb["depends_on"]["api"]["condition"] == "service_healthy"
     source, mode = next(iter(volumes(lb).values()))
     assert mode == "ro"
     nginx = (ROOT / source).read_text()
     assert re.search(r"server\s+api:8000\b", nginx)
     assert "listen 8000" in nginx
+    assert re.search(r"server\s+api:8081\b", nginx) and "grpc_pass" in nginx
 
 
 def test_compose_loader_is_still_safe() -> None:

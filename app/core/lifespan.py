@@ -14,6 +14,7 @@ from app.core.errors import ModelLoadError
 from app.core.service import InferenceService
 
 log = logging.getLogger("catdog")
+GRPC_GRACE_S = 5.0  # for gRPC calls in flight at shutdown, within the pod's grace period
 
 
 @contextlib.asynccontextmanager
@@ -33,6 +34,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.grpc_port = grpc_server.port
         yield
     finally:
-        if grpc_server is not None:
-            await grpc_server.stop(service.settings.graceful_shutdown_s)
+        if grpc_server is not None:  # uvicorn has drained HTTP by now; gRPC calls are short
+            await grpc_server.stop(min(GRPC_GRACE_S, service.settings.graceful_shutdown_s))
         await service.stop()

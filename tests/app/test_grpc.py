@@ -1,0 +1,478 @@
+"""The Open Inference Protocol over gRPC (``app/api/grpc_server.py``).
+
+Against a real uvicorn process serving gRPC beside REST, driven by tritonclient.grpc:
+health, metadata, readiness, and every answer compared with ``/predict`` for the same
+image (<= 1e-6). In-process (the gRPC server runs on the test's event loop, so the
+admission can be filled and a call held), with this service's own messages: contents
+against raw bytes, malformed messages, overload, the client's share, a cancelled call,
+metrics, and a port already taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+import tritonclient.grpc as triton
+from asgi_lifespan import LifespanManager
+from google.protobuf.message import Message
+from tritonclient.utils import InferenceServerException
+
+from app.api.grpc_server import HEALTH, INFERENCE, peer_key
+from app.core.admission import Upload
+from bench.harness import Server, free_port
+from tests import images as test_images
+from tests.app.helpers import Served, make_app, metrics_text, serve, settings_for
+from tests.app.protocols import (
+    CLASSES,
+    TOLERANCE,
+    images,
+    pixels,
+    predicted,
+    protocol_server,
+    two_versions,
+)
+
+M = INFERENCE.messages
+CALLS = INFERENCE.services["inference.GRPCInferenceService"]
+
+# ---------------------------------------------------------------- a real process
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("grpc")
+    port = free_port()
+    base = two_versions(tiny_model_base, folder)
+    with protocol_server(base, folder / "server.log", grpc_address=f"127.0.0.1:{port}") as s:
+        s.grpc_port = port  # type: ignore[attr-defined]
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[triton.InferenceServerClient]:
+    with triton.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as c:  # type: ignore[attr-defined]
+        yield c
+
+
+def bytes_input(files: list[bytes]) -> triton.InferInput:
+    """Encoded images; tritonclient.grpc sends them as raw_input_contents."""
+    tensor = triton.InferInput("image_bytes", [len(files)], "BYTES")
+    return tensor.set_data_from_numpy(np.array(files, dtype=np.object_))
+
+
+def fp32_input(array: np.ndarray) -> triton.InferInput:
+    return triton.InferInput("images", list(array.shape), "FP32").set_data_from_numpy(array)
+
+
+def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    metadata = client.get_server_metadata()
+    assert metadata.name == "catdog" and list(metadata.extensions) == ["classification"]
+    model = client.get_model_metadata("catdog")
+    assert list(model.versions) == ["2", "1"]
+    assert model.platform == "tensorflow"
+    inputs = {i.name: (i.datatype, list(i.shape)) for i in model.inputs}
+    assert inputs == {"image_bytes": ("BYTES", [-1]), "images": ("FP32", [-1, 32, 32, 3])}
+    assert [(o.name, o.datatype, list(o.shape)) for o in model.outputs] == [
+        ("probabilities", "FP32", [-1, 2])
+    ]
+    assert client.is_model_ready("catdog") and client.is_model_ready("catdog", "1")
+    assert not client.is_model_ready("catdog", "3")
+    with pytest.raises(InferenceServerException) as error:
+        client.is_model_ready("dog")
+    assert error.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException) as error:
+        client.get_model_metadata("catdog", "7")
+    assert error.value.status() == "StatusCode.NOT_FOUND"
+    assert "no version '7'" in error.value.message()
+
+
+def test_infer_bytes_equals_predict(client: triton.InferenceServerClient, server: Server) -> None:
+    files = images(3)
+    result = client.infer("catdog", [bytes_input(files)])
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.dtype == np.float32 and probabilities.shape == (3, 2)
+    np.testing.assert_allclose(probabilities, predicted(server.url, files), atol=TOLERANCE)
+    assert result.get_response().model_version == "2"
+
+
+def test_infer_fp32_equals_predict(client: triton.InferenceServerClient, server: Server) -> None:
+    files = images(2)
+    result = client.infer("catdog", [fp32_input(pixels(files))], request_id="r-7")
+    np.testing.assert_allclose(
+        result.as_numpy("probabilities"), predicted(server.url, files), atol=TOLERANCE
+    )
+    assert result.get_response().id == "r-7"
+
+
+def test_explicit_version(client: triton.InferenceServerClient) -> None:
+    files = images(2)
+    answers = {}
+    for version in ("1", "2"):
+        result = client.infer("catdog", [bytes_input(files)], model_version=version)
+        assert result.get_response().model_version == version
+        answers[version] = result.as_numpy("probabilities")
+    assert np.abs(answers["1"] - answers["2"]).max() > 1e-3  # two different models answered
+    with pytest.raises(InferenceServerException) as error:
+        client.infer("catdog", [bytes_input(files)], model_version="3")
+    assert error.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_classification_extension(client: triton.InferenceServerClient, server: Server) -> None:
+    files = images(2)
+    requested = triton.InferRequestedOutput("probabilities", class_count=2)
+    rows = client.infer("catdog", [bytes_input(files)], outputs=[requested]).as_numpy(
+        "probabilities"
+    )
+    assert rows.shape == (2, 2)
+    for row, expected in zip(rows, predicted(server.url, files)):
+        parsed = [s.decode().split(":") for s in row]
+        scores = [float(score) for score, _, _ in parsed]
+        assert scores == sorted(scores, reverse=True)
+        for score, index, label in parsed:
+            assert CLASSES[int(index)] == label
+            assert abs(float(score) - expected[int(index)]) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("tensor", "words"),
+    [
+        (lambda: bytes_input([test_images.text_bytes()]), "not a recognised"),
+        (lambda: fp32_input(np.full((1, 32, 32, 3), 2.0, np.float32)), "[0, 1]"),
+        (lambda: fp32_input(np.zeros((1, 16, 16, 3), np.float32)), "32, 32, 3"),
+        (lambda: fp32_input(np.zeros((40, 32, 32, 3), np.float32)), "at most 32"),
+        (lambda: triton.InferInput("logits", [1], "FP32"), "unknown input"),
+    ],
+    ids=["not-an-image", "out-of-range", "wrong-shape", "too-many", "unknown-input"],
+)
+def test_bad_input_is_invalid_argument(
+    client: triton.InferenceServerClient, tensor: object, words: str
+) -> None:
+    with pytest.raises(InferenceServerException) as error:
+        client.infer("catdog", [tensor()])  # type: ignore[operator]
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT", error.value
+    assert words in error.value.message()
+    assert client.infer("catdog", [bytes_input(images(1))]).as_numpy("probabilities").shape == (
+        1,
+        2,
+    )
+
+
+async def test_grpc_health_check(server: Server) -> None:
+    async with channel_to(server.grpc_port) as channel:  # type: ignore[attr-defined]
+        for name in ("", "inference.GRPCInferenceService"):
+            answer = await health(channel, name)
+            assert answer.status == HEALTH.messages["HealthCheckResponse"].SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await health(channel, "nope")
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ---------------------------------------------------------------- in-process
+
+
+@pytest_asyncio.fixture
+async def served(tiny_model_base: Path) -> AsyncIterator[Served]:
+    """A fresh app with gRPC on a free port (``app.state.grpc_port``)."""
+    settings = settings_for(
+        tiny_model_base,
+        grpc_address="127.0.0.1:0",
+        max_images_in_flight=4,
+        max_files_per_request=2,
+        max_upload_bytes=50_000,
+        retry_after_s=7,
+    )
+    async with serve(settings) as started:
+        yield started
+
+
+class channel_to:  # noqa: N801 (used as a context manager, like grpc's own)
+    """A channel to the gRPC port on this machine."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        )
+
+    async def __aenter__(self) -> grpc.aio.Channel:
+        return self.channel
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+
+
+async def call(
+    channel: grpc.aio.Channel, name: str, request: Message | bytes, timeout: float = 60
+) -> Message:
+    """One unary call of ``GRPCInferenceService`` (``request`` as a message or raw bytes)."""
+    method = CALLS[name]
+    stub = channel.unary_unary(
+        method.path,
+        request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
+        response_deserializer=method.response.FromString,
+    )
+    return await stub(request, timeout=timeout)
+
+
+async def health(channel: grpc.aio.Channel, service: str) -> Message:
+    method = HEALTH.services["grpc.health.v1.Health"]["Check"]
+    stub = channel.unary_unary(
+        method.path,
+        request_serializer=method.request.SerializeToString,
+        response_deserializer=method.response.FromString,
+    )
+    return await stub(method.request(service=service), timeout=60)
+
+
+def infer_request(name: str, shape: list[int], **fields: object) -> Message:
+    """A ``ModelInferRequest`` for model catdog with one input."""
+    request = M["ModelInferRequest"](model_name="catdog", **fields)  # type: ignore[arg-type]
+    request.inputs.add(
+        name=name, datatype="BYTES" if name == "image_bytes" else "FP32", shape=shape
+    )
+    return request
+
+
+def framed(files: list[bytes]) -> bytes:
+    """BYTES as raw tensor data: each element's length (4 bytes, little-endian), then it."""
+    return b"".join(len(f).to_bytes(4, "little") + f for f in files)
+
+
+def trailers(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    return {k: v for k, v in error.trailing_metadata() or ()}
+
+
+async def test_contents_and_raw_bytes_answer_alike(served: Served) -> None:
+    files = images(2)
+    async with channel_to(served.app.state.grpc_port) as channel:
+        request = infer_request("image_bytes", [2])
+        request.inputs[0].contents.bytes_contents.extend(files)
+        in_contents = await call(channel, "ModelInfer", request)
+        request = infer_request("image_bytes", [2], raw_input_contents=[framed(files)])
+        in_raw = await call(channel, "ModelInfer", request)
+        request = infer_request("images", [2, 32, 32, 3])
+        request.inputs[0].contents.fp32_contents.extend(pixels(files).ravel().tolist())
+        from_pixels = await call(channel, "ModelInfer", request)
+    assert not in_contents.raw_output_contents  # answered as asked: in contents
+    table = np.array(in_contents.outputs[0].contents.fp32_contents).reshape(2, 2)
+    assert list(in_contents.outputs[0].shape) == [2, 2]
+    assert not in_raw.outputs[0].HasField("contents")
+    raw_table = np.frombuffer(in_raw.raw_output_contents[0], "<f4").reshape(2, 2)
+    np.testing.assert_allclose(table, raw_table, atol=TOLERANCE)
+    pixel_table = np.array(from_pixels.outputs[0].contents.fp32_contents).reshape(2, 2)
+    np.testing.assert_allclose(pixel_table, raw_table, atol=TOLERANCE)
+    rest = await served.client.post(
+        "/predict/batch",
+        files=[("files", (f"{i}.jpg", f, "image/jpeg")) for i, f in enumerate(files)],
+    )
+    assert rest.status_code == 200, rest.text
+    expected = [[p["probabilities"][c] for c in CLASSES] for p in rest.json()["predictions"]]
+    np.testing.assert_allclose(raw_table, expected, atol=TOLERANCE)
+
+
+def _malformed() -> dict[str, tuple[Message | bytes, str, str]]:
+    """case: (request, HTTP status in the trailers, words of the message)."""
+    jpeg = images(1)
+    two_inputs = infer_request("image_bytes", [1], raw_input_contents=[framed(jpeg)] * 2)
+    two_inputs.inputs.add(name="images", datatype="FP32", shape=[1, 32, 32, 3])
+    both = infer_request("image_bytes", [1], raw_input_contents=[framed(jpeg)])
+    both.inputs[0].contents.bytes_contents.extend(jpeg)
+    wrong_field = infer_request("images", [1, 32, 32, 3])
+    wrong_field.inputs[0].contents.int_contents.extend([0] * 3072)
+    unknown_output = infer_request("image_bytes", [1], raw_input_contents=[framed(jpeg)])
+    unknown_output.outputs.add(name="logits")
+    bad_classification = infer_request("image_bytes", [1], raw_input_contents=[framed(jpeg)])
+    bad_classification.outputs.add(name="probabilities").parameters[
+        "classification"
+    ].string_param = "two"
+    return {
+        "not a message": (b"\xff\xff\xff", "", "not a inference.ModelInferRequest"),
+        "no inputs": (M["ModelInferRequest"](model_name="catdog"), "400", "exactly one input"),
+        "two inputs": (two_inputs, "400", "exactly one input"),
+        "two raw for one": (
+            infer_request("image_bytes", [1], raw_input_contents=[framed(jpeg)] * 2),
+            "400",
+            "2 raw_input_contents",
+        ),
+        "contents and raw": (both, "400", "both contents and raw"),
+        "wrong contents field": (wrong_field, "400", "fp32_contents"),
+        "raw overruns": (
+            infer_request("image_bytes", [1], raw_input_contents=[b"\x10\0\0\0abc"]),
+            "400",
+            "overruns",
+        ),
+        "shape says more": (
+            infer_request("image_bytes", [2], raw_input_contents=[framed(jpeg)]),
+            "400",
+            "but 1 elements",
+        ),
+        "pixels short": (
+            infer_request("images", [1, 32, 32, 3], raw_input_contents=[b"\0" * 12]),
+            "400",
+            "needs 12288 bytes",
+        ),
+        "not an image": (
+            infer_request("image_bytes", [1], raw_input_contents=[framed([b"hello"])]),
+            "415",
+            "not a recognised image",
+        ),
+        "corrupt image": (
+            infer_request("image_bytes", [1], raw_input_contents=[framed([jpeg[0][:200]])]),
+            "422",
+            "",
+        ),
+        "empty image": (
+            infer_request("image_bytes", [1], raw_input_contents=[framed([b""])]),
+            "400",
+            "is empty",
+        ),
+        "too many": (
+            infer_request("image_bytes", [3], raw_input_contents=[framed(jpeg * 3)]),
+            "413",
+            "at most 2",
+        ),
+        "image too large": (
+            infer_request("image_bytes", [1], raw_input_contents=[framed([b"\xff" * 60_000])]),
+            "413",
+            "upload limit",
+        ),
+        "unknown output": (unknown_output, "400", "the only output is probabilities"),
+        "bad classification": (bad_classification, "400", "classification"),
+    }
+
+
+async def test_malformed_calls_are_invalid_argument_and_the_service_goes_on(
+    served: Served,
+) -> None:
+    async with channel_to(served.app.state.grpc_port) as channel:
+        for case, (request, status, words) in _malformed().items():
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await call(channel, "ModelInfer", request)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, error.value)
+            assert words in (error.value.details() or ""), (case, error.value.details())
+            if status:
+                assert trailers(error.value)["catdog-http-status"] == status, case
+        wrong_model = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
+        wrong_model.model_name = "dog"
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(channel, "ModelInfer", wrong_model)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        assert trailers(error.value)["catdog-http-status"] == "404"
+        # Over the message limit (2 files of 50 kB, plus 64 kB): refused by gRPC itself.
+        huge = infer_request("image_bytes", [1], raw_input_contents=[b"\0" * 400_000])
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(channel, "ModelInfer", huge)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        good = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
+        answer = await call(channel, "ModelInfer", good)
+        assert list(answer.outputs[0].shape) == [1, 2]
+    assert served.app.state.service.admission.in_flight == 0
+    text = await metrics_text(served.client)
+    path = "/inference.GRPCInferenceService/ModelInfer"
+    assert f'catdog_grpc_requests_total{{code="INVALID_ARGUMENT",method="{path}"}} 16.0' in text
+    assert f'catdog_grpc_requests_total{{code="OK",method="{path}"}} 1.0' in text
+    assert f'catdog_request_duration_seconds_count{{route="{path}"}}' in text
+
+
+async def test_overload_is_unavailable_with_retry_after(served: Served) -> None:
+    service = served.app.state.service
+    request = infer_request("image_bytes", [2], raw_input_contents=[framed(images(2))])
+    async with channel_to(served.app.state.grpc_port) as channel:
+        with service.admission.admit(3), pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(channel, "ModelInfer", request)  # room for one image, the call has two
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "busy" in (error.value.details() or "")
+        assert trailers(error.value) == {"catdog-http-status": "503", "retry-after": "7"}
+        assert len((await call(channel, "ModelInfer", request)).raw_output_contents) == 1
+
+
+async def test_a_clients_share_counts_its_grpc_calls(tiny_model_base: Path) -> None:
+    settings = settings_for(
+        tiny_model_base,
+        grpc_address="127.0.0.1:0",
+        max_images_per_client=2,
+        max_files_per_request=2,
+    )
+    request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
+    async with serve(settings) as (app, _), channel_to(app.state.grpc_port) as channel:
+        with app.state.service.admission.admit(2, Upload("127.0.0.1")):
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await call(channel, "ModelInfer", request)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "this client" in (error.value.details() or "")
+        with app.state.service.admission.admit(2, Upload("10.0.0.9")):  # someone else's
+            assert len((await call(channel, "ModelInfer", request)).raw_output_contents) == 1
+
+
+async def test_not_ready(served: Served) -> None:
+    service = served.app.state.service
+    service.accepting = False  # as while stopping
+    try:
+        async with channel_to(served.app.state.grpc_port) as channel:
+            assert (await call(channel, "ServerLive", M["ServerLiveRequest"]())).live
+            assert not (await call(channel, "ServerReady", M["ServerReadyRequest"]())).ready
+            ready = await call(channel, "ModelReady", M["ModelReadyRequest"](name="catdog"))
+            assert not ready.ready
+            answer = await health(channel, "")
+            assert answer.status == HEALTH.messages["HealthCheckResponse"].NOT_SERVING
+    finally:
+        service.accepting = True
+
+
+async def test_a_cancelled_call_releases_its_room(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose deadline passes while its image waits in the batcher's queue."""
+    service = served.app.state.service
+    held = asyncio.Event()
+    submit = service.batcher.submit
+
+    async def stalled(*args: object) -> object:
+        held.set()
+        await asyncio.sleep(3600)
+        return await submit(*args)
+
+    monkeypatch.setattr(service.batcher, "submit", stalled)
+    request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
+    async with channel_to(served.app.state.grpc_port) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(channel, "ModelInfer", request, timeout=1.0)
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert held.is_set()
+        for _ in range(100):
+            if service.admission.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert service.admission.in_flight == 0
+        monkeypatch.setattr(service.batcher, "submit", submit)
+        assert len((await call(channel, "ModelInfer", request)).raw_output_contents) == 1
+
+
+async def test_a_taken_port_stops_startup(served: Served, tiny_model_base: Path) -> None:
+    taken = served.app.state.grpc_port
+    app = make_app(settings_for(tiny_model_base, grpc_address=f"127.0.0.1:{taken}"))
+    with pytest.raises(Exception, match="Failed to bind|address|port"):
+        async with LifespanManager(app, startup_timeout=180):
+            pass
+
+
+@pytest.mark.parametrize(
+    ("peer", "key"),
+    [
+        ("ipv4:127.0.0.1:50512", "127.0.0.1"),
+        ("ipv6:[::1]:50512", "::1"),
+        ("ipv6:%5B2001:DB8::7%5D:443", "2001:db8::7"),
+        ("ipv6:[::ffff:10.1.2.3]:9", "10.1.2.3"),
+        ("unix:/run/catdog.sock", "/run/catdog.sock"),
+        ("", None),
+    ],
+)
+def test_peer_key(peer: str, key: str | None) -> None:
+    assert peer_key(peer) == key
