@@ -21,8 +21,10 @@ KServe, Triton and ``tritonclient.grpc`` speak) and gRPC's health check
 An error is the REST answer's message with a gRPC status code (``GRPC_CODES``: 400,
 413, 415, 422 are INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE), and in the
 trailing metadata ``catdog-http-status`` (the REST status, which tells 413 from 415)
-and, for 503, ``retry-after``. A client that cancels, or whose deadline passes, is
-dropped wherever its call is, as a REST client that leaves.
+and, for 503, ``retry-after``; a full queue's UNAVAILABLE is held ``busy_hold_s``, as
+REST's gate holds its 503, so that a client retrying at once cannot spin. A client that
+cancels, or whose deadline passes, is dropped wherever its call is, as a REST client
+that leaves.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from app.api.middleware import MULTIPART_OVERHEAD, client_key
 from app.api.protocols import oip, proto
 from app.api.protocols.common import bad_request, check_model_name
 from app.core.admission import Upload
+from app.core.config import Settings
+from app.core.errors import QueueFullError
 from app.core.service import Classification, InferenceService
 
 log = logging.getLogger("catdog.grpc")
@@ -60,6 +64,8 @@ GRPC_CODES = {
     422: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+HTTP_STATUS = "catdog-http-status"  # trailing metadata: the status REST would answer
+Trailers = tuple[tuple[str, str], ...]
 Handler = Callable[[Message, grpc.aio.ServicerContext], Awaitable[Message]]
 
 
@@ -228,6 +234,26 @@ class GrpcError(Exception):
         self.code = code
 
 
+def status_of(
+    exc: Exception, settings: Settings, path: str
+) -> tuple[grpc.StatusCode, str, Trailers]:
+    """A call's error as its gRPC status code, message and trailing metadata."""
+    if isinstance(exc, GrpcError):
+        return exc.code, str(exc), ()
+    found = answer_for(exc, settings)
+    if found is None:
+        log.exception("%s failed", path)
+        return (
+            grpc.StatusCode.INTERNAL,
+            f"internal error ({type(exc).__name__})",
+            ((HTTP_STATUS, "500"),),
+        )
+    trailers: Trailers = ((HTTP_STATUS, str(found.status)),)
+    if "Retry-After" in found.headers:
+        trailers += (("retry-after", found.headers["Retry-After"]),)
+    return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), found.detail, trailers
+
+
 def parameters(given: object) -> oip.Parameters:
     """A ``map<string, InferParameter>`` as REST's parameters (bool, int, float, str)."""
     found: oip.Parameters = {}
@@ -303,26 +329,10 @@ class GrpcServer:
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
-            except GrpcError as exc:
-                code, message, trailers = exc.code, str(exc), ()
             except Exception as exc:
-                found = answer_for(exc, settings)
-                if found is None:
-                    log.exception("%s failed", path)
-                    code, message = (
-                        grpc.StatusCode.INTERNAL,
-                        f"internal error ({type(exc).__name__})",
-                    )
-                    trailers = (("catdog-http-status", "500"),)
-                else:
-                    code, message = (
-                        GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN),
-                        found.detail,
-                    )
-                    retry = found.headers.get("Retry-After")
-                    trailers = (("catdog-http-status", str(found.status)),) + (
-                        (("retry-after", retry),) if retry is not None else ()
-                    )
+                code, message, trailers = status_of(exc, settings, path)
+                if isinstance(exc, QueueFullError):  # as REST's gate: a retry at once can't spin
+                    await asyncio.sleep(settings.busy_hold_s)
             finally:
                 metrics.grpc_requests.labels(method=path, code=code.name).inc()
                 metrics.latency.labels(route=path).observe(time.perf_counter() - started)

@@ -476,3 +476,22 @@ async def test_a_taken_port_stops_startup(served: Served, tiny_model_base: Path)
 )
 def test_peer_key(peer: str, key: str | None) -> None:
     assert peer_key(peer) == key
+
+
+async def test_a_fault_of_the_service_is_internal_and_logged(
+    served: Served, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = served.app.state.service
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service, "classify", broken)
+    request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
+    async with channel_to(served.app.state.grpc_port) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(channel, "ModelInfer", request)
+    assert error.value.code() == grpc.StatusCode.INTERNAL
+    assert error.value.details() == "internal error (RuntimeError)"  # no internals leak
+    assert trailers(error.value)["catdog-http-status"] == "500"
+    assert "ModelInfer failed" in caplog.text and "a bug" in caplog.text
