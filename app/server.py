@@ -14,15 +14,19 @@ and the bench harness all start it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import resource
+import socket
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
 from app.core.config import Settings
+from app.core.lifespan import shutdown_started
 from app.protocol import protocol_for
 
 log = logging.getLogger("catdog.server")
@@ -63,6 +67,23 @@ def build_config(
     )
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, which also tells the app the moment it is asked to stop
+    (``app.core.lifespan.shutdown_started``: not ready, gRPC refusing new calls), not
+    only after HTTP has drained (the lifespan's end)."""
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        first = not self.should_exit
+        super().handle_exit(sig, frame)
+        app = self.config.app
+        if first and isinstance(app, FastAPI) and hasattr(app.state, "grpc"):
+            self._loop.call_soon_threadsafe(shutdown_started, app)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Where to listen and how to log; every other knob is a ``CATDOG_*`` setting."""
     p = argparse.ArgumentParser(prog="python -m app", description=__doc__.split("\n")[0])
@@ -86,14 +107,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=args.log_level,
     )
     settings: Settings = app.state.service.settings
-    files = raise_file_limit(settings.max_connections + SPARE_FILES)
-    if files < settings.max_connections + SPARE_FILES:
+    servers = 2 if settings.grpc_address else 1  # REST's and gRPC's connections
+    wanted = servers * settings.max_connections + SPARE_FILES
+    files = raise_file_limit(wanted)
+    if files < wanted:
         log.warning(
             "open-file limit %d: fewer than CATDOG_MAX_CONNECTIONS=%d connections fit",
             files,
             settings.max_connections,
         )
-    server = uvicorn.Server(config)
+    server = Server(config)
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)

@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import grpc
@@ -66,7 +67,31 @@ GRPC_CODES = {
 }
 HTTP_STATUS = "catdog-http-status"  # trailing metadata: the status REST would answer
 Trailers = tuple[tuple[str, str], ...]
-Handler = Callable[[Message, grpc.aio.ServicerContext], Awaitable[Message]]
+RAW_INPUT_CONTENTS = 7  # the field of ModelInferRequest that carries raw tensor data
+MOST_MESSAGE_CHARACTERS = 512  # of an error: echoed input must not pass gRPC's header limit
+IDLE_CONNECTION_S = 30.0  # a connection with no call this long is closed (clients reconnect)
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
+
+
+class InferCall(NamedTuple):
+    """A ``ModelInferRequest`` parsed without its ``raw_input_contents``, which are
+    ``raws``: views into the received bytes (``read_infer_call``)."""
+
+    message: Message
+    raws: list[memoryview]
+
+
+def read_infer_call(body: bytes) -> InferCall:
+    """``body`` as a ``ModelInferRequest``, its raw tensor data left where it arrived
+    (parsing it would copy it twice: into the message, then out of it)."""
+    split = proto.split_field(body, RAW_INPUT_CONTENTS)
+    if split is None:  # thousands of top-level fields: protobuf reads them faster
+        message = M["ModelInferRequest"].FromString(body)
+        raws = [memoryview(b) for b in message.raw_input_contents]
+        message.ClearField("raw_input_contents")
+        return InferCall(message, raws)
+    rest, raws = split
+    return InferCall(M["ModelInferRequest"].FromString(rest), raws)
 
 
 class InferenceServicer:
@@ -121,27 +146,29 @@ class InferenceServicer:
         """gRPC health: SERVING when ready, for the server ("") and the inference API."""
         response = HEALTH.messages["HealthCheckResponse"]
         if request.service not in ("", INFERENCE_SERVICE):
-            raise GrpcError(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            raise GrpcError(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}", 404)
         return response(status="SERVING" if self.service.ready else "NOT_SERVING")
 
     # ------------------------------------------------------------ inference
 
     async def ModelInfer(  # noqa: N802
-        self, request: Message, context: grpc.aio.ServicerContext
+        self, call: InferCall, context: grpc.aio.ServicerContext
     ) -> Message:
         """Classify image files or pixels: decode the request, predict, encode the answer."""
+        request = call.message
         check_model_name(self.service, request.model_name)
         version = request.model_version or None
         model = self.service.model_for(version)  # NOT_FOUND before any decoding
-        infer_request, given = self.decode_request(request)
+        infer_request, given = self.decode_request(call)
         output = oip.output_choice(infer_request, len(model.contract.class_names))
         results = await self.predict(given, version, Upload(peer_key(context.peer())))
-        return self.encode_response(request, results, output)
+        return self.encode_response(call, results, output)
 
     def decode_request(
-        self, request: Message
+        self, call: InferCall
     ) -> tuple[oip.InferRequest, oip.EncodedImages | oip.Pixels]:
         """The request as REST's ``InferRequest`` (without its data), and its one input."""
+        request, raws = call
         if len(request.inputs) != 1:
             raise bad_request(f"give exactly one input, {oip.IMAGE_BYTES} or {oip.IMAGES}")
         inputs = [
@@ -166,13 +193,12 @@ class InferenceServicer:
         tensor = oip.only_input(infer_request)
         message = request.inputs[0]
         settings = self.service.settings
-        raws = request.raw_input_contents
         if raws:
             if len(raws) != 1:
                 raise bad_request(f"{len(raws)} raw_input_contents for 1 input")
             if message.HasField("contents"):
                 raise bad_request(f"input {tensor.name} has both contents and raw_input_contents")
-            return infer_request, oip.decode_input(tensor, memoryview(raws[0]), settings)
+            return infer_request, oip.decode_input(tensor, raws[0], settings)
         contents = message.contents
         used = [f.name for f, _ in contents.ListFields()]
         wanted = "bytes_contents" if tensor.name == oip.IMAGE_BYTES else "fp32_contents"
@@ -196,10 +222,10 @@ class InferenceServicer:
         return await self.service.classify_tensor(given.array, version, upload)
 
     def encode_response(
-        self, request: Message, results: list[Classification], output: oip.OutputChoice
+        self, call: InferCall, results: list[Classification], output: oip.OutputChoice
     ) -> Message:
         """``probabilities``, raw when the request was raw, else in ``contents``."""
-        raw = bool(request.raw_input_contents)
+        request, raw = call.message, bool(call.raws)
         response = M["ModelInferResponse"](
             model_name=request.model_name, model_version=results[0].model_version, id=request.id
         )
@@ -227,19 +253,21 @@ class InferenceServicer:
 
 
 class GrpcError(Exception):
-    """A call's answer is this status code and message."""
+    """A call's answer is this status code and message (``status``: REST's for it)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, status: int) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
 
 
 def status_of(
     exc: Exception, settings: Settings, path: str
 ) -> tuple[grpc.StatusCode, str, Trailers]:
-    """A call's error as its gRPC status code, message and trailing metadata."""
+    """A call's error as its gRPC status code, message (at most
+    ``MOST_MESSAGE_CHARACTERS``: it may echo the client's input) and trailing metadata."""
     if isinstance(exc, GrpcError):
-        return exc.code, str(exc), ()
+        return exc.code, _short(str(exc)), ((HTTP_STATUS, str(exc.status)),)
     found = answer_for(exc, settings)
     if found is None:
         log.exception("%s failed", path)
@@ -251,7 +279,13 @@ def status_of(
     trailers: Trailers = ((HTTP_STATUS, str(found.status)),)
     if "Retry-After" in found.headers:
         trailers += (("retry-after", found.headers["Retry-After"]),)
-    return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), found.detail, trailers
+    return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), _short(found.detail), trailers
+
+
+def _short(message: str) -> str:
+    if len(message) <= MOST_MESSAGE_CHARACTERS:
+        return message
+    return message[: MOST_MESSAGE_CHARACTERS - 1] + "…"
 
 
 def parameters(given: object) -> oip.Parameters:
@@ -274,18 +308,30 @@ def peer_key(peer: str) -> str | None:
 
 
 class GrpcServer:
-    """A ``grpc.aio`` server on the running event loop, serving ``InferenceServicer``."""
+    """A ``grpc.aio`` server on the running event loop, serving ``InferenceServicer``.
+
+    Bounded as the HTTP launcher bounds REST: at most ``max_connections`` connections
+    (more are closed at once) and as many calls at a time, a connection closed after
+    ``IDLE_CONNECTION_S`` without a call or ``header_timeout_s`` without finishing its
+    HTTP/2 handshake, messages up to the batch limit. ``ModelInfer`` is refused
+    (UNAVAILABLE) before its message is read when not even one image would be
+    admitted, as REST's gate refuses a body, so that a full server receives no more.
+    """
 
     def __init__(self, service: InferenceService, version: str) -> None:
         self.service = service
         self.servicer = InferenceServicer(service, version)
         self.port: int | None = None
+        self._stopping: asyncio.Future[None] | None = None
         settings = service.settings
         largest = settings.max_upload_bytes * settings.max_files_per_request + MULTIPART_OVERHEAD
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", largest),
                 ("grpc.max_send_message_length", largest),
+                ("grpc.max_allowed_incoming_connections", settings.max_connections),
+                ("grpc.max_connection_idle_ms", int(IDLE_CONNECTION_S * 1000)),
+                ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
                 ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
             ],
             maximum_concurrent_rpcs=settings.max_connections,
@@ -296,33 +342,51 @@ class GrpcServer:
             )
 
     def _handlers(self, methods: dict[str, proto.Method]) -> dict[str, grpc.RpcMethodHandler]:
-        return {
-            name: grpc.unary_unary_rpc_method_handler(
-                self._answering(method, getattr(self.servicer, name)),
-                response_serializer=method.response.SerializeToString,
-            )
-            for name, method in methods.items()
-        }
+        handlers = {}
+        for name, method in methods.items():
+            call = getattr(self.servicer, name)
+            if name == "ModelInfer":  # read by the call itself, once the gate lets it in
+                handlers[name] = grpc.stream_unary_rpc_method_handler(
+                    self._answering(method, call, read_infer_call, gated=True),
+                    response_serializer=method.response.SerializeToString,
+                )
+            else:
+                handlers[name] = grpc.unary_unary_rpc_method_handler(
+                    self._answering(method, call, method.request.FromString),
+                    response_serializer=method.response.SerializeToString,
+                )
+        return handlers
 
     def _answering(
-        self, method: proto.Method, call: Handler
-    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
-        """``call`` on the message parsed from the request's bytes (INVALID_ARGUMENT if it
-        is not one), its errors answered as the module docstring says, and counted."""
+        self,
+        method: proto.Method,
+        call: Handler,
+        parse: Callable[[bytes], object],
+        gated: bool = False,
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]:
+        """``call`` on the request read from its bytes by ``parse`` (INVALID_ARGUMENT if it is
+        not one), its errors answered as the module docstring says, and counted. ``gated``:
+        the call is refused before its message is read when no image would be admitted."""
         metrics = self.service.metrics
         settings = self.service.settings
         path = method.path
+        name = method.request.DESCRIPTOR.full_name
 
-        async def answer(body: bytes, context: grpc.aio.ServicerContext) -> Message:
+        async def answer(body: Any, context: grpc.aio.ServicerContext) -> Message:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if gated:  # ``body`` is the stream of request messages: read the one
+                    self.service.refuse_if_full(client=peer_key(context.peer()))
+                    body = await context.read()
+                    if body is grpc.aio.EOF:
+                        message = "no request message (or one over the size limit)"
+                        raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, message, 400)
                 try:
-                    request = method.request.FromString(body)
+                    request = parse(body)
                 except DecodeError as exc:
                     raise GrpcError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"not a {method.request.DESCRIPTOR.full_name}: {exc}",
+                        grpc.StatusCode.INVALID_ARGUMENT, f"not a {name}: {exc}", 400
                     ) from None
                 del body
                 return await call(request, context)
@@ -348,6 +412,14 @@ class GrpcServer:
             "gRPC (Open Inference Protocol) on %s", address.rpartition(":")[0] + f":{self.port}"
         )
 
+    def begin_stop(self, grace: float) -> None:
+        """Refuse new calls from now on; those in flight get ``grace`` seconds, then are
+        cancelled. Once: a later call changes nothing."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._server.stop(grace))
+
     async def stop(self, grace: float) -> None:
-        """Refuse new calls, give those in flight ``grace`` seconds, then cancel them."""
-        await self._server.stop(grace)
+        """``begin_stop``, and wait until the server has stopped."""
+        self.begin_stop(grace)
+        assert self._stopping is not None
+        await self._stopping

@@ -1,5 +1,12 @@
 """Startup and shutdown: start the app's ``InferenceService`` (and its gRPC API, when
-``CATDOG_GRPC_ADDRESS`` is set) before serving, drain them after."""
+``CATDOG_GRPC_ADDRESS`` is set) before serving, drain them after.
+
+Shutdown has two moments. ``shutdown_started`` runs as soon as the server is told to
+stop (``python -m app`` calls it on SIGTERM, before uvicorn drains HTTP): readiness
+turns false (``/readyz`` 503, gRPC health NOT_SERVING) and the gRPC server refuses
+new calls while those in flight finish, alongside the HTTP drain. The lifespan's end
+then waits for both and drains the service.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,6 @@ from app.core.errors import ModelLoadError
 from app.core.service import InferenceService
 
 log = logging.getLogger("catdog")
-GRPC_GRACE_S = 5.0  # for gRPC calls in flight at shutdown, within the pod's grace period
 
 
 @contextlib.asynccontextmanager
@@ -26,14 +32,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
         raise RuntimeError(f"catdog cannot start: {exc}") from exc
-    grpc_server = None
+    app.state.grpc = None
     try:
         if service.settings.grpc_address:
-            grpc_server = GrpcServer(service, app.version)
-            await grpc_server.start(service.settings.grpc_address)
-            app.state.grpc_port = grpc_server.port
+            app.state.grpc = GrpcServer(service, app.version)
+            await app.state.grpc.start(service.settings.grpc_address)
+            app.state.grpc_port = app.state.grpc.port
         yield
     finally:
-        if grpc_server is not None:  # uvicorn has drained HTTP by now; gRPC calls are short
-            await grpc_server.stop(min(GRPC_GRACE_S, service.settings.graceful_shutdown_s))
+        shutdown_started(app)
+        if app.state.grpc is not None:
+            await app.state.grpc.stop(service.settings.graceful_shutdown_s)
         await service.stop()
+
+
+def shutdown_started(app: FastAPI) -> None:
+    """Stop reporting ready and stop taking gRPC calls (once; on the event loop)."""
+    service: InferenceService = app.state.service
+    service.accepting = False
+    grpc_server: GrpcServer | None = getattr(app.state, "grpc", None)
+    if grpc_server is not None:
+        grpc_server.begin_stop(service.settings.graceful_shutdown_s)

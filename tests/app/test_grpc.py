@@ -11,6 +11,7 @@ metrics, and a port already taken.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,9 +26,18 @@ from tritonclient.utils import InferenceServerException
 
 from app.api.grpc_server import HEALTH, INFERENCE, peer_key
 from app.core.admission import Upload
-from bench.harness import Server, free_port
+from app.core.lifespan import shutdown_started
+from bench.harness import Server, free_port, start_uvicorn, stop, wait_ready
 from tests import images as test_images
-from tests.app.helpers import Served, make_app, metrics_text, serve, settings_for
+from tests.app.helpers import (
+    BOUNDARY,
+    Served,
+    make_app,
+    metrics_text,
+    multipart_head,
+    serve,
+    settings_for,
+)
 from tests.app.protocols import (
     CLASSES,
     TOLERANCE,
@@ -173,6 +183,7 @@ async def test_grpc_health_check(server: Server) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await health(channel, "nope")
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        assert trailers(error.value)["catdog-http-status"] == "404"
 
 
 # ---------------------------------------------------------------- in-process
@@ -293,7 +304,15 @@ def _malformed() -> dict[str, tuple[Message | bytes, str, str]]:
         "classification"
     ].string_param = "two"
     return {
-        "not a message": (b"\xff\xff\xff", "", "not a inference.ModelInferRequest"),
+        "not a message": (b"\xff\xff\xff", "400", "not a inference.ModelInferRequest"),
+        "rank 68": (infer_request("images", [1, 32, 32, 3] + [1] * 64), "400", "at most 8"),
+        "long datatype": (
+            M["ModelInferRequest"](
+                model_name="catdog", inputs=[{"name": "images", "datatype": "x" * 20_000}]
+            ),
+            "400",
+            "is FP32, not xxx",
+        ),
         "no inputs": (M["ModelInferRequest"](model_name="catdog"), "400", "exactly one input"),
         "two inputs": (two_inputs, "400", "exactly one input"),
         "two raw for one": (
@@ -357,8 +376,8 @@ async def test_malformed_calls_are_invalid_argument_and_the_service_goes_on(
                 await call(channel, "ModelInfer", request)
             assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, error.value)
             assert words in (error.value.details() or ""), (case, error.value.details())
-            if status:
-                assert trailers(error.value)["catdog-http-status"] == status, case
+            assert len(error.value.details() or "") <= 512, case  # echoed input is cut short
+            assert trailers(error.value)["catdog-http-status"] == status, case
         wrong_model = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
         wrong_model.model_name = "dog"
         with pytest.raises(grpc.aio.AioRpcError) as error:
@@ -376,17 +395,21 @@ async def test_malformed_calls_are_invalid_argument_and_the_service_goes_on(
     assert served.app.state.service.admission.in_flight == 0
     text = await metrics_text(served.client)
     path = "/inference.GRPCInferenceService/ModelInfer"
-    assert f'catdog_grpc_requests_total{{code="INVALID_ARGUMENT",method="{path}"}} 16.0' in text
+    # 18 malformed, and the message over the limit: gRPC dropped it, so the call read none
+    assert f'catdog_grpc_requests_total{{code="INVALID_ARGUMENT",method="{path}"}} 19.0' in text
     assert f'catdog_grpc_requests_total{{code="OK",method="{path}"}} 1.0' in text
     assert f'catdog_request_duration_seconds_count{{route="{path}"}}' in text
 
 
-async def test_overload_is_unavailable_with_retry_after(served: Served) -> None:
+@pytest.mark.parametrize("taken", [4, 3], ids=["before-reading", "at-admission"])
+async def test_overload_is_unavailable_with_retry_after(served: Served, taken: int) -> None:
+    """No room for one image: refused before the message is read; room for one, but the
+    call has two: refused when admitted. Both as REST's 503."""
     service = served.app.state.service
     request = infer_request("image_bytes", [2], raw_input_contents=[framed(images(2))])
     async with channel_to(served.app.state.grpc_port) as channel:
-        with service.admission.admit(3), pytest.raises(grpc.aio.AioRpcError) as error:
-            await call(channel, "ModelInfer", request)  # room for one image, the call has two
+        with service.admission.admit(taken), pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(channel, "ModelInfer", request)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "busy" in (error.value.details() or "")
         assert trailers(error.value) == {"catdog-http-status": "503", "retry-after": "7"}
@@ -495,3 +518,91 @@ async def test_a_fault_of_the_service_is_internal_and_logged(
     assert error.value.details() == "internal error (RuntimeError)"  # no internals leak
     assert trailers(error.value)["catdog-http-status"] == "500"
     assert "ModelInfer failed" in caplog.text and "a bug" in caplog.text
+
+
+async def test_shutdown_refuses_new_calls_and_finishes_those_in_flight(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What SIGTERM starts (``shutdown_started``): not ready, new calls refused, the call in
+    flight answered."""
+    app, service = served.app, served.app.state.service
+    release = asyncio.Event()
+    submit = service.batcher.submit
+
+    async def held(*args: object) -> object:
+        await release.wait()
+        return await submit(*args)
+
+    monkeypatch.setattr(service.batcher, "submit", held)
+    request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
+    async with channel_to(app.state.grpc_port) as channel:
+        in_flight = asyncio.create_task(call(channel, "ModelInfer", request))
+        while service.admission.in_flight == 0:
+            await asyncio.sleep(0.01)
+        shutdown_started(app)
+        assert (await served.client.get("/readyz")).status_code == 503
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(channel, "ServerLive", M["ServerLiveRequest"]())
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        release.set()
+        answer = await in_flight
+    assert list(answer.outputs[0].shape) == [1, 2]
+
+
+async def test_connections_past_the_cap_are_closed(tiny_model_base: Path) -> None:
+    """Idle HTTP/2 connections that never start a call: past ``max_connections`` each is
+    closed at once, so they cannot take every file the process may open."""
+    settings = settings_for(tiny_model_base, grpc_address="127.0.0.1:0", max_connections=3)
+    empty_settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an HTTP/2 SETTINGS frame
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + empty_settings
+    async with serve(settings) as (app, _):
+        streams = []
+        for _ in range(8):
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.state.grpc_port)
+            writer.write(preface)
+            streams.append((reader, writer))
+        await asyncio.sleep(1.0)
+        closed = 0
+        for reader, writer in streams:
+            try:
+                while await asyncio.wait_for(reader.read(65536), 0.5):
+                    pass
+                closed += 1  # the server closed it (end of stream)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass  # still open
+            except ConnectionError:
+                closed += 1
+            writer.close()
+        assert closed >= 5
+
+
+async def test_sigterm_stops_grpc_while_http_drains(tiny_model_base: Path, tmp_path: Path) -> None:
+    """On a real process: SIGTERM during a stalled REST upload. gRPC refuses at once
+    (the load balancer moves on) while uvicorn drains HTTP; then the process exits."""
+    grpc_port = free_port()
+    server = start_uvicorn(
+        tiny_model_base,
+        tmp_path / "server.log",
+        grpc_address=f"127.0.0.1:{grpc_port}",
+        body_timeout_s=300,
+        graceful_shutdown_s=5,
+    )
+    try:
+        wait_ready(server)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(multipart_head(100_000) + b"--" + BOUNDARY.encode() + b"\r\n" + b"x" * 1000)
+        await writer.drain()
+        async with channel_to(grpc_port) as channel:
+            assert (await call(channel, "ServerReady", M["ServerReadyRequest"]())).ready
+            await asyncio.sleep(0.5)  # the stalled upload is inside the app by now
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1.0)
+            assert server.process.poll() is None, server.log_tail()  # still draining HTTP
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await call(channel, "ServerReady", M["ServerReadyRequest"](), timeout=10)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        code = await asyncio.to_thread(server.process.wait, 60)
+        writer.close()
+    finally:
+        stop(server, grace=5)
+    assert code in (0, -signal.SIGTERM), server.log_tail()

@@ -61,6 +61,7 @@ IMAGES = "images"
 PROBABILITIES = "probabilities"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "classification"]
+MOST_RANK = 8  # dimensions of an input's shape: images have 4
 Parameters = dict[str, bool | int | float | str]
 
 # ---------------------------------------------------------------- schemas
@@ -307,6 +308,10 @@ def only_input(request: InferRequest) -> RequestInput:
         raise bad_request(f"unknown input {tensor.name!r}; inputs: {IMAGE_BYTES}, {IMAGES}")
     if tensor.datatype != expected:
         raise bad_request(f"input {tensor.name} is {expected}, not {tensor.datatype}")
+    if len(tensor.shape) > MOST_RANK:  # numpy refuses more than 64 (was a 500)
+        raise bad_request(
+            f"input {tensor.name}: {len(tensor.shape)} dimensions; inputs have at most {MOST_RANK}"
+        )
     if any(size < 0 for size in tensor.shape) or not tensor.shape:
         raise bad_request(f"input {tensor.name}: shape {tensor.shape} is not a tensor's shape")
     return tensor

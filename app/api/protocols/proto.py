@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 _F = descriptor_pb2.FieldDescriptorProto
 SCALARS = {
@@ -293,3 +293,58 @@ class _Reader:
             setattr(reference.target, reference.attribute, f".{full}")
             if reference.attribute == "type_name":
                 reference.target.type = known[full]  # type: ignore[attr-defined]
+
+
+def split_field(
+    body: bytes, number: int, most_fields: int = 4096
+) -> tuple[bytes, list[memoryview]] | None:
+    """``body`` (a serialized message) without its top-level length-delimited field
+    ``number``, and that field's values as views into ``body``: a large ``bytes`` field
+    is neither copied into the parsed message nor again into a ``bytes`` object when
+    read (each would cost its size). None when the message has more than
+    ``most_fields`` top-level fields (the caller parses it whole); ``DecodeError`` when
+    its top level is not wire format."""
+    view = memoryview(body)
+    kept: list[memoryview] = []
+    values: list[memoryview] = []
+    start = position = fields = 0
+    while position < len(body):
+        fields += 1
+        if fields > most_fields:
+            return None
+        field_start = position
+        key, position = _varint(body, position)
+        wire = key & 7
+        if wire == 0:
+            _, end = _varint(body, position)
+        elif wire == 1:
+            end = position + 8
+        elif wire == 5:
+            end = position + 4
+        elif wire == 2:
+            length, position = _varint(body, position)
+            end = position + length
+        else:
+            raise DecodeError(f"wire type {wire} at byte {field_start}")
+        if end > len(body):
+            raise DecodeError(f"a field at byte {field_start} runs past the message's end")
+        if key >> 3 == number and wire == 2:
+            kept.append(view[start:field_start])
+            values.append(view[position:end])
+            start = end
+        position = end
+    kept.append(view[start:])
+    return b"".join(kept), values
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    """The base-128 varint at ``position`` and the position after it."""
+    value = shift = 0
+    while position < len(data) and shift < 64:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+    raise DecodeError(f"a varint at byte {position} does not end")
