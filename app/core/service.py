@@ -250,10 +250,16 @@ def check_pixels(pixels: np.ndarray, contract: ModelContract) -> None:
         )
     if len(pixels) == 0:
         raise InvalidInputError("no images: the batch dimension is 0")
-    if not np.isfinite(pixels).all() or pixels.min() < 0.0 or pixels.max() > 1.0:
+    finite = np.isfinite(pixels)
+    if not finite.all():
+        raise InvalidInputError(
+            f"pixel values must be finite and in [0, 1] (scaling {contract.scaling}); "
+            f"{pixels.size - np.count_nonzero(finite)} are NaN or infinite"
+        )
+    if pixels.min() < 0.0 or pixels.max() > 1.0:
         raise InvalidInputError(
             f"pixel values must be finite and in [0, 1] (scaling {contract.scaling}); got "
-            f"[{np.nanmin(pixels):g}, {np.nanmax(pixels):g}]"
+            f"[{pixels.min():g}, {pixels.max():g}]"
         )
 
 

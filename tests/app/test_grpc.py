@@ -303,7 +303,14 @@ def _malformed() -> dict[str, tuple[Message | bytes, str, str]]:
     bad_classification.outputs.add(name="probabilities").parameters[
         "classification"
     ].string_param = "two"
+    nan = np.full(3072, 0.5, "<f4")
+    nan[7] = np.nan
     return {
+        "a NaN pixel": (
+            infer_request("images", [1, 32, 32, 3], raw_input_contents=[nan.tobytes()]),
+            "400",
+            "1 are NaN or infinite",
+        ),
         "not a message": (b"\xff\xff\xff", "400", "not a inference.ModelInferRequest"),
         "rank 68": (infer_request("images", [1, 32, 32, 3] + [1] * 64), "400", "at most 8"),
         "long datatype": (
@@ -395,8 +402,8 @@ async def test_malformed_calls_are_invalid_argument_and_the_service_goes_on(
     assert served.app.state.service.admission.in_flight == 0
     text = await metrics_text(served.client)
     path = "/inference.GRPCInferenceService/ModelInfer"
-    # 18 malformed, and the message over the limit: gRPC dropped it, so the call read none
-    assert f'catdog_grpc_requests_total{{code="INVALID_ARGUMENT",method="{path}"}} 19.0' in text
+    # 19 malformed, and the message over the limit: gRPC dropped it, so the call read none
+    assert f'catdog_grpc_requests_total{{code="INVALID_ARGUMENT",method="{path}"}} 20.0' in text
     assert f'catdog_grpc_requests_total{{code="OK",method="{path}"}} 1.0' in text
     assert f'catdog_request_duration_seconds_count{{route="{path}"}}' in text
 
