@@ -342,19 +342,17 @@ class GrpcServer:
             )
 
     def _handlers(self, methods: dict[str, proto.Method]) -> dict[str, grpc.RpcMethodHandler]:
+        """Each call reads its one request message itself (a unary call on the wire), so that
+        the read is bounded in time and ModelInfer's gate comes before it. (grpcio's own
+        unary handler never answers a call that ends without a message.)"""
         handlers = {}
         for name, method in methods.items():
-            call = getattr(self.servicer, name)
-            if name == "ModelInfer":  # read by the call itself, once the gate lets it in
-                handlers[name] = grpc.stream_unary_rpc_method_handler(
-                    self._answering(method, call, read_infer_call, gated=True),
-                    response_serializer=method.response.SerializeToString,
-                )
-            else:
-                handlers[name] = grpc.unary_unary_rpc_method_handler(
-                    self._answering(method, call, method.request.FromString),
-                    response_serializer=method.response.SerializeToString,
-                )
+            infer = name == "ModelInfer"
+            parse = read_infer_call if infer else method.request.FromString
+            handlers[name] = grpc.stream_unary_rpc_method_handler(
+                self._answering(method, getattr(self.servicer, name), parse, gated=infer),
+                response_serializer=method.response.SerializeToString,
+            )
         return handlers
 
     def _answering(
@@ -372,16 +370,16 @@ class GrpcServer:
         path = method.path
         name = method.request.DESCRIPTOR.full_name
 
-        async def answer(body: Any, context: grpc.aio.ServicerContext) -> Message:
+        async def answer(requests: object, context: grpc.aio.ServicerContext) -> Message:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                if gated:  # ``body`` is the stream of request messages: read the one
+                if gated:
                     self.service.refuse_if_full(client=peer_key(context.peer()))
-                    body = await context.read()
-                    if body is grpc.aio.EOF:
-                        message = "no request message (or one over the size limit)"
-                        raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, message, 400)
+                body = await self._read(context)
+                if body is None:  # the client cancelled, or its deadline passed
+                    code = grpc.StatusCode.CANCELLED
+                    raise asyncio.CancelledError
                 try:
                     request = parse(body)
                 except DecodeError as exc:
@@ -403,6 +401,21 @@ class GrpcServer:
             await context.abort(code, message, trailers)
 
         return answer
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> bytes | None:
+        """The call's request message (None if the call was cancelled meanwhile); the
+        whole message within ``body_timeout_s``, since gRPC shows no progress of one."""
+        limit = self.service.settings.body_timeout_s
+        try:
+            body = await asyncio.wait_for(context.read(), limit)
+        except (asyncio.TimeoutError, TimeoutError):
+            message = f"the request message did not arrive within {limit:g} s"
+            raise GrpcError(grpc.StatusCode.DEADLINE_EXCEEDED, message, 408) from None
+        if body is grpc.aio.EOF:
+            if context.cancelled():
+                return None
+            raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, "no request message", 400)
+        return body
 
     async def start(self, address: str) -> None:
         """Listen on ``address`` (``host:port``; port 0: a free one, then in ``port``)."""

@@ -613,3 +613,35 @@ async def test_sigterm_stops_grpc_while_http_drains(tiny_model_base: Path, tmp_p
     finally:
         stop(server, grace=5)
     assert code in (0, -signal.SIGTERM), server.log_tail()
+
+
+async def test_a_call_whose_message_never_comes_is_answered(tiny_model_base: Path) -> None:
+    """A stream opened on ModelInfer that sends nothing is ended after the body timeout
+    (such streams could otherwise hold every call slot); a call that ends without a
+    message is answered at once, whatever the method."""
+    settings = settings_for(tiny_model_base, grpc_address="127.0.0.1:0", body_timeout_s=1)
+    async with serve(settings) as (app, client), channel_to(app.state.grpc_port) as channel:
+
+        async def nothing() -> AsyncIterator[bytes]:
+            await asyncio.sleep(3600)
+            yield b""
+
+        async def none_at_all() -> AsyncIterator[bytes]:
+            return
+            yield b""
+
+        infer = channel.stream_unary(CALLS["ModelInfer"].path)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await infer(nothing(), timeout=30)
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "did not arrive within 1 s" in (error.value.details() or "")
+        assert trailers(error.value)["catdog-http-status"] == "408"
+        for name in ("ModelInfer", "ServerLive", "ModelMetadata"):
+            empty = channel.stream_unary(CALLS[name].path)
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await empty(none_at_all(), timeout=30)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            assert error.value.details() == "no request message", name
+        text = await metrics_text(client)
+        path = CALLS["ModelInfer"].path
+        assert f'catdog_grpc_requests_total{{code="DEADLINE_EXCEEDED",method="{path}"}}' in text

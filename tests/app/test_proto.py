@@ -4,15 +4,20 @@ The schema read from ``inference.proto`` must be the protocol's: every message t
 tritonclient's generated code (Triton's ``grpc_service.proto``) also has is compared
 field by field (number, type, label, message type, oneof, nested and map entries),
 and messages cross between the two on the wire. The reader's errors name the line.
+``split_field``, which lifts raw tensor data out of a message without copying it, must
+read what protobuf reads: the same errors, the same fields.
 """
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
-from app.api.grpc_server import HEALTH, INFERENCE
+from app.api.grpc_server import HEALTH, INFERENCE, read_infer_call
 from app.api.protocols import proto
 
 
@@ -127,3 +132,96 @@ def test_errors_name_the_line(text: str, words: str) -> None:
         proto.parse(text, "t.proto")
     assert words in str(error.value)
     assert str(error.value).startswith("t.proto:")
+
+
+# ---------------------------------------------------------------- the wire scanner
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([low])
+        out += bytes([low | 0x80])
+
+
+def _outcome(body: bytes) -> tuple[str, object]:
+    """protobuf's reading of a ModelInferRequest: ("error", None) or ("ok", its fields)."""
+    message_class = INFERENCE.messages["ModelInferRequest"]
+    try:
+        message = message_class.FromString(body)
+    except DecodeError:
+        return "error", None
+    raws = list(message.raw_input_contents)
+    message.ClearField("raw_input_contents")
+    return "ok", (message, raws)
+
+
+def _scanned(body: bytes) -> tuple[str, object]:
+    """The same through ``read_infer_call`` (the scanner, or its fallback)."""
+    try:
+        call = read_infer_call(body)
+    except DecodeError:
+        return "error", None
+    return "ok", (call.message, [bytes(r) for r in call.raws])
+
+
+def _request() -> bytes:
+    request = INFERENCE.messages["ModelInferRequest"](model_name="catdog", id="7")
+    request.inputs.add(name="image_bytes", datatype="BYTES", shape=[2])
+    request.raw_input_contents.extend([b"\x03\x00\x00\x00abc", b"\x01\x00\x00\x00z"])
+    request.outputs.add(name="probabilities")
+    return request.SerializeToString()
+
+
+BASE = INFERENCE.messages["ModelInferRequest"](model_name="catdog").SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(_request(), id="valid"),
+        pytest.param(BASE + b"\x3a\x03abc", id="field-7"),
+        pytest.param(BASE + b"\x3a\x00", id="field-7-empty"),
+        pytest.param(BASE + b"\x3a\x03abc" * 5000, id="field-7-5000-times"),
+        pytest.param(BASE + b"\xba\x80\x80\x80\x80\x00" + _varint(3) + b"abc", id="tag-6-bytes"),
+        pytest.param(BASE + b"\x3a\x83\x80\x80\x80\x80\x00abc", id="length-6-bytes"),
+        pytest.param(BASE + b"\x3a\x83\x80\x80\x80\x00abc", id="length-5-bytes"),
+        pytest.param(BASE + b"\x3a" + _varint(2**31) + b"abc", id="length-2-31"),
+        pytest.param(BASE + b"\x3a\x09abc", id="length-past-the-end"),
+        pytest.param(BASE + b"\x3a\xff\xff", id="length-unfinished"),
+        pytest.param(BASE + b"\x38\x05", id="field-7-as-varint"),
+        pytest.param(BASE + b"\x3d\x00\x00\x00\x00", id="field-7-as-fixed32"),
+        pytest.param(BASE + b"\x43\x44", id="group"),
+        pytest.param(BASE + b"\x02\x00", id="field-0"),
+        pytest.param(BASE + b"\x48" + b"\xff" * 9 + b"\x01", id="varint-10-bytes"),
+        pytest.param(BASE + b"\x48" + b"\xff" * 10 + b"\x01", id="varint-11-bytes"),
+        pytest.param(BASE + b"\x0f", id="wire-type-7"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\x48\x01" * 5000 + b"\x3a\x02ab", id="fallback-past-4096-fields"),
+    ],
+)
+def test_the_scanner_reads_what_protobuf_reads(body: bytes) -> None:
+    assert _scanned(body) == _outcome(body)
+
+
+def test_the_scanner_equals_protobuf_on_mutated_requests() -> None:
+    """Random byte flips, insertions and cuts of a valid request: same error or same
+    fields and raw contents as protobuf."""
+    rng = random.Random(17)
+    valid = _request()
+    for _ in range(3000):
+        body = bytearray(valid)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(body))
+            kind = rng.random()
+            if kind < 0.5:
+                body[at] = rng.randrange(256)
+            elif kind < 0.8:
+                body[at:at] = bytes([rng.randrange(256)])
+            else:
+                del body[at:]
+                if not body:
+                    break
+        assert _scanned(bytes(body)) == _outcome(bytes(body)), bytes(body).hex()

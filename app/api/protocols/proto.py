@@ -302,8 +302,9 @@ def split_field(
     ``number``, and that field's values as views into ``body``: a large ``bytes`` field
     is neither copied into the parsed message nor again into a ``bytes`` object when
     read (each would cost its size). None when the message has more than
-    ``most_fields`` top-level fields (the caller parses it whole); ``DecodeError`` when
-    its top level is not wire format."""
+    ``most_fields`` top-level fields, or a group (the caller parses it whole, as
+    protobuf does); ``DecodeError`` when its top level is not wire format, read as
+    strictly as protobuf reads it (a key or length in at most 5 bytes)."""
     view = memoryview(body)
     kept: list[memoryview] = []
     values: list[memoryview] = []
@@ -313,8 +314,10 @@ def split_field(
         if fields > most_fields:
             return None
         field_start = position
-        key, position = _varint(body, position)
+        key, position = _varint(body, position, 5)
         wire = key & 7
+        if key >= 1 << 32 or key >> 3 == 0:
+            raise DecodeError(f"field number {key >> 3} at byte {field_start}")
         if wire == 0:
             _, end = _varint(body, position)
         elif wire == 1:
@@ -322,8 +325,12 @@ def split_field(
         elif wire == 5:
             end = position + 4
         elif wire == 2:
-            length, position = _varint(body, position)
+            length, position = _varint(body, position, 5)
+            if length >= 1 << 31:
+                raise DecodeError(f"a length of {length} at byte {field_start}")
             end = position + length
+        elif wire in (3, 4):  # a group (proto2, long deprecated): protobuf's to read
+            return None
         else:
             raise DecodeError(f"wire type {wire} at byte {field_start}")
         if end > len(body):
@@ -337,10 +344,11 @@ def split_field(
     return b"".join(kept), values
 
 
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    """The base-128 varint at ``position`` and the position after it."""
+def _varint(data: bytes, position: int, most_bytes: int = 10) -> tuple[int, int]:
+    """The base-128 varint at ``position`` (at most ``most_bytes`` long) and the position
+    after it."""
     value = shift = 0
-    while position < len(data) and shift < 64:
+    while position < len(data) and shift < 7 * most_bytes:
         byte = data[position]
         position += 1
         value |= (byte & 0x7F) << shift
