@@ -377,9 +377,6 @@ class GrpcServer:
                 if gated:
                     self.service.refuse_if_full(client=peer_key(context.peer()))
                 body = await self._read(context)
-                if body is None:  # the client cancelled, or its deadline passed
-                    code = grpc.StatusCode.CANCELLED
-                    raise asyncio.CancelledError
                 try:
                     request = parse(body)
                 except DecodeError as exc:
@@ -402,18 +399,16 @@ class GrpcServer:
 
         return answer
 
-    async def _read(self, context: grpc.aio.ServicerContext) -> bytes | None:
-        """The call's request message (None if the call was cancelled meanwhile); the
-        whole message within ``body_timeout_s``, since gRPC shows no progress of one."""
+    async def _read(self, context: grpc.aio.ServicerContext) -> bytes:
+        """The call's request message, whole within ``body_timeout_s`` (gRPC shows no
+        progress inside a message)."""
         limit = self.service.settings.body_timeout_s
         try:
             body = await asyncio.wait_for(context.read(), limit)
         except (asyncio.TimeoutError, TimeoutError):
             message = f"the request message did not arrive within {limit:g} s"
             raise GrpcError(grpc.StatusCode.DEADLINE_EXCEEDED, message, 408) from None
-        if body is grpc.aio.EOF:
-            if context.cancelled():
-                return None
+        if body is grpc.aio.EOF:  # also how a call cancelled before its message reads here
             raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, "no request message", 400)
         return body
 

@@ -105,7 +105,10 @@ class Settings(BaseSettings):
         10.0, gt=0, description="for a request's line and headers, from its first byte; then 408"
     )
     body_timeout_s: float = Field(
-        15.0, gt=0, description="longest pause while a request body arrives; then 408 and closed"
+        15.0,
+        gt=0,
+        description="longest pause while a request body arrives, then 408 and closed; "
+        "gRPC: the whole message (no progress shows inside one), then DEADLINE_EXCEEDED",
     )
     graceful_shutdown_s: float = Field(
         25.0, ge=0, description="after SIGTERM, for requests in flight; then cut off with a 503"
