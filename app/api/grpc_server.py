@@ -18,8 +18,13 @@ KServe, Triton and ``tritonclient.grpc`` speak) and gRPC's health check
   ``classification: k`` BYTES ``"score:index:label"``; as ``raw_output_contents`` when
   the request sent raw inputs, else in ``contents``.
 
+Each call reads its one request message itself, within ``body_timeout_s``
+(``GrpcServer._read``), after ModelInfer's admission gate; ``GrpcServer`` says how
+connections and calls are bounded.
+
 An error is the REST answer's message with a gRPC status code (``GRPC_CODES``: 400,
-413, 415, 422 are INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE), and in the
+413, 415, 422 are INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE; a message late
+past the body timeout is DEADLINE_EXCEEDED, 408), cut to 512 characters, and in the
 trailing metadata ``catdog-http-status`` (the REST status, which tells 413 from 415)
 and, for 503, ``retry-after``; a full queue's UNAVAILABLE is held ``busy_hold_s``, as
 REST's gate holds its 503, so that a client retrying at once cannot spin. A client that
