@@ -318,9 +318,9 @@ class GrpcServer:
     Bounded as the HTTP launcher bounds REST: at most ``max_connections`` connections
     (more are closed at once) and as many calls at a time, a connection closed after
     ``IDLE_CONNECTION_S`` without a call or ``header_timeout_s`` without finishing its
-    HTTP/2 handshake, messages up to the batch limit. ``ModelInfer`` is refused
-    (UNAVAILABLE) before its message is read when not even one image would be
-    admitted, as REST's gate refuses a body, so that a full server receives no more.
+    HTTP/2 handshake, messages up to the batch limit and not compressed. ``ModelInfer``
+    is refused (UNAVAILABLE) before its message is read when not even one image would
+    be admitted, as REST's gate refuses a body, so that a full server receives no more.
     """
 
     def __init__(self, service: InferenceService, version: str) -> None:
@@ -337,6 +337,9 @@ class GrpcServer:
                 ("grpc.max_allowed_incoming_connections", settings.max_connections),
                 ("grpc.max_connection_idle_ms", int(IDLE_CONNECTION_S * 1000)),
                 ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
+                # Uncompressed messages only (UNIMPLEMENTED otherwise): a few hundred kB of
+                # gzip inflates to the whole message limit, and images are compressed already.
+                ("grpc.compression_enabled_algorithms_bitset", 1),
                 ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
             ],
             maximum_concurrent_rpcs=settings.max_connections,

@@ -645,3 +645,20 @@ async def test_a_call_whose_message_never_comes_is_answered(tiny_model_base: Pat
         text = await metrics_text(client)
         path = CALLS["ModelInfer"].path
         assert f'catdog_grpc_requests_total{{code="DEADLINE_EXCEEDED",method="{path}"}}' in text
+
+
+async def test_compressed_messages_are_refused(served: Served) -> None:
+    """A few hundred kB of gzip could inflate to the whole message limit before any check."""
+    request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
+    async with channel_to(served.app.state.grpc_port) as channel:
+        stub = channel.unary_unary(
+            CALLS["ModelInfer"].path,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=M["ModelInferResponse"].FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub(request, compression=grpc.Compression.Gzip, timeout=60)
+        assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "gzip" in (error.value.details() or "")
+        answer = await stub(request, timeout=60)  # uncompressed, on the same channel
+        assert list(answer.outputs[0].shape) == [1, 2]
