@@ -35,9 +35,11 @@ that leaves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote
@@ -74,6 +76,7 @@ HTTP_STATUS = "catdog-http-status"  # trailing metadata: the status REST would a
 Trailers = tuple[tuple[str, str], ...]
 RAW_INPUT_CONTENTS = 7  # the field of ModelInferRequest that carries raw tensor data
 MOST_MESSAGE_CHARACTERS = 512  # of an error: echoed input must not pass gRPC's header limit
+WAITING_SHARE = 8  # a client may have 1/8 of the call slots waiting for their message
 IDLE_CONNECTION_S = 30.0  # a connection with no call this long is closed (clients reconnect)
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
 
@@ -272,7 +275,10 @@ def status_of(
     """A call's error as its gRPC status code, message (at most
     ``MOST_MESSAGE_CHARACTERS``: it may echo the client's input) and trailing metadata."""
     if isinstance(exc, GrpcError):
-        return exc.code, _short(str(exc)), ((HTTP_STATUS, str(exc.status)),)
+        trailers: Trailers = ((HTTP_STATUS, str(exc.status)),)
+        if exc.status == 503:
+            trailers += (("retry-after", str(settings.retry_after_s)),)
+        return exc.code, _short(str(exc)), trailers
     found = answer_for(exc, settings)
     if found is None:
         log.exception("%s failed", path)
@@ -281,7 +287,7 @@ def status_of(
             f"internal error ({type(exc).__name__})",
             ((HTTP_STATUS, "500"),),
         )
-    trailers: Trailers = ((HTTP_STATUS, str(found.status)),)
+    trailers = ((HTTP_STATUS, str(found.status)),)
     if "Retry-After" in found.headers:
         trailers += (("retry-after", found.headers["Retry-After"]),)
     return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), _short(found.detail), trailers
@@ -318,9 +324,11 @@ class GrpcServer:
     Bounded as the HTTP launcher bounds REST: at most ``max_connections`` connections
     (more are closed at once) and as many calls at a time, a connection closed after
     ``IDLE_CONNECTION_S`` without a call or ``header_timeout_s`` without finishing its
-    HTTP/2 handshake, messages up to the batch limit and not compressed. ``ModelInfer``
-    is refused (UNAVAILABLE) before its message is read when not even one image would
-    be admitted, as REST's gate refuses a body, so that a full server receives no more.
+    HTTP/2 handshake, messages up to the batch limit and not compressed, and at most an
+    eighth of the call slots (at least 16) waiting for one client's messages.
+    ``ModelInfer`` is refused (UNAVAILABLE) before its message is read when not even one
+    image would be admitted, as REST's gate refuses a body, so that a full server
+    receives no more.
     """
 
     def __init__(self, service: InferenceService, version: str) -> None:
@@ -329,6 +337,8 @@ class GrpcServer:
         self.port: int | None = None
         self._stopping: asyncio.Future[None] | None = None
         settings = service.settings
+        self._waiting_by_client: Counter[str | None] = Counter()
+        self._most_waiting = max(16, settings.max_connections // WAITING_SHARE)
         largest = settings.max_upload_bytes * settings.max_files_per_request + MULTIPART_OVERHEAD
         self._server = grpc.aio.server(
             options=[
@@ -382,9 +392,11 @@ class GrpcServer:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                client = peer_key(context.peer())
                 if gated:
-                    self.service.refuse_if_full(client=peer_key(context.peer()))
-                body = await self._read(context)
+                    self.service.refuse_if_full(client=client)
+                with self._waiting(client):
+                    body = await self._read(context)
                 try:
                     request = parse(body)
                 except DecodeError as exc:
@@ -406,6 +418,26 @@ class GrpcServer:
             await context.abort(code, message, trailers)
 
         return answer
+
+    @contextlib.contextmanager
+    def _waiting(self, client: str | None) -> Iterator[None]:
+        """Count a call of ``client`` as waiting for its message; UNAVAILABLE past
+        ``_most_waiting``, so that one client cannot hold every call slot with calls
+        that send nothing (each would hold one until the body timeout)."""
+        waiting = self._waiting_by_client
+        if waiting[client] >= self._most_waiting:
+            message = (
+                f"this client has {waiting[client]} calls waiting for their message "
+                f"(at most {self._most_waiting}); retry shortly"
+            )
+            raise GrpcError(grpc.StatusCode.UNAVAILABLE, message, 503)
+        waiting[client] += 1
+        try:
+            yield
+        finally:
+            waiting[client] -= 1
+            if not waiting[client]:
+                del waiting[client]
 
     async def _read(self, context: grpc.aio.ServicerContext) -> bytes:
         """The call's request message, whole within ``body_timeout_s`` (gRPC shows no

@@ -662,3 +662,28 @@ async def test_compressed_messages_are_refused(served: Served) -> None:
         assert "gzip" in (error.value.details() or "")
         answer = await stub(request, timeout=60)  # uncompressed, on the same channel
         assert list(answer.outputs[0].shape) == [1, 2]
+
+
+async def test_one_client_cannot_hold_every_call_slot(tiny_model_base: Path) -> None:
+    """Calls that never send their message: one client may hold an eighth of the slots
+    (max_connections 200: 25); the next is refused at once; once they end, it is served."""
+    settings = settings_for(tiny_model_base, grpc_address="127.0.0.1:0", max_connections=200)
+    request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
+    async with serve(settings) as (app, _), channel_to(app.state.grpc_port) as channel:
+
+        async def nothing() -> AsyncIterator[bytes]:
+            await asyncio.sleep(3600)
+            yield b""
+
+        infer = channel.stream_unary(CALLS["ModelInfer"].path)
+        stalled = [infer(nothing(), timeout=60) for _ in range(25)]
+        await asyncio.sleep(1.0)  # all 25 are inside the server, waiting
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await infer(nothing(), timeout=30)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "25 calls waiting for their message" in (error.value.details() or "")
+        assert trailers(error.value)["retry-after"] == "1"
+        for call_ in stalled:
+            call_.cancel()
+        await asyncio.sleep(0.5)
+        assert len((await call(channel, "ModelInfer", request)).raw_output_contents) == 1
