@@ -39,7 +39,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote
@@ -58,9 +58,9 @@ from app.core.errors import QueueFullError
 from app.core.service import Classification, InferenceService
 
 log = logging.getLogger("catdog.grpc")
-HERE = Path(__file__).parent / "protocols"
-INFERENCE = proto.load(HERE / "inference.proto")
-HEALTH = proto.load(HERE / "health.proto")
+SCHEMAS = Path(__file__).parent / "protocols"
+INFERENCE = proto.load(SCHEMAS / "inference.proto")
+HEALTH = proto.load(SCHEMAS / "health.proto")
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 M = INFERENCE.messages
@@ -74,26 +74,30 @@ GRPC_CODES = {
 }
 HTTP_STATUS = "catdog-http-status"  # trailing metadata: the status REST would answer
 Trailers = tuple[tuple[str, str], ...]
-RAW_INPUT_CONTENTS = 7  # the field of ModelInferRequest that carries raw tensor data
+#: The field of ModelInferRequest that carries raw tensor data (7).
+RAW_INPUT_CONTENTS = M["ModelInferRequest"].DESCRIPTOR.fields_by_name["raw_input_contents"].number
 MOST_MESSAGE_CHARACTERS = 512  # of an error: echoed input must not pass gRPC's header limit
 WAITING_SHARE = 8  # a client may have 1/8 of the call slots waiting for their message
+CONNECTION_AGE_S = 300.0  # a connection is asked to close (GOAWAY) at this age
 IDLE_CONNECTION_S = 30.0  # a connection with no call this long is closed (clients reconnect)
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
 
 
 class InferCall(NamedTuple):
     """A ``ModelInferRequest`` parsed without its ``raw_input_contents``, which are
-    ``raws``: views into the received bytes (``read_infer_call``)."""
+    ``raws``: views into the received bytes (``read_infer_call``); ``upload``: the call
+    counted as on its way since before its message was read (the batcher waits for it)."""
 
     message: Message
     raws: list[memoryview]
+    upload: Upload | None = None
 
 
 def read_infer_call(body: bytes) -> InferCall:
     """``body`` as a ``ModelInferRequest``, its raw tensor data left where it arrived
     (parsing it would copy it twice: into the message, then out of it)."""
     split = proto.split_field(body, RAW_INPUT_CONTENTS)
-    if split is None:  # thousands of top-level fields: protobuf reads them faster
+    if split is None:  # thousands of top-level fields, or a group: protobuf's to read
         message = M["ModelInferRequest"].FromString(body)
         raws = [memoryview(b) for b in message.raw_input_contents]
         message.ClearField("raw_input_contents")
@@ -169,14 +173,15 @@ class InferenceServicer:
         model = self.service.model_for(version)  # NOT_FOUND before any decoding
         infer_request, given = self.decode_request(call)
         output = oip.output_choice(infer_request, len(model.contract.class_names))
-        results = await self.predict(given, version, Upload(peer_key(context.peer())))
+        upload = call.upload or Upload(peer_key(context.peer()))
+        results = await self.predict(given, version, upload)
         return self.encode_response(call, results, output)
 
     def decode_request(
         self, call: InferCall
     ) -> tuple[oip.InferRequest, oip.EncodedImages | oip.Pixels]:
         """The request as REST's ``InferRequest`` (without its data), and its one input."""
-        request, raws = call
+        request, raws = call.message, call.raws
         if len(request.inputs) != 1:
             raise bad_request(f"give exactly one input, {oip.IMAGE_BYTES} or {oip.IMAGES}")
         inputs = [
@@ -299,10 +304,10 @@ def _short(message: str) -> str:
     return message[: MOST_MESSAGE_CHARACTERS - 1] + "…"
 
 
-def parameters(given: object) -> oip.Parameters:
+def parameters(given: Mapping[str, Message]) -> oip.Parameters:
     """A ``map<string, InferParameter>`` as REST's parameters (bool, int, float, str)."""
     found: oip.Parameters = {}
-    for key, value in given.items():  # type: ignore[attr-defined]
+    for key, value in given.items():
         choice = value.WhichOneof("parameter_choice")
         if choice is not None:
             found[key] = getattr(value, choice)
@@ -346,6 +351,10 @@ class GrpcServer:
                 ("grpc.max_send_message_length", largest),
                 ("grpc.max_allowed_incoming_connections", settings.max_connections),
                 ("grpc.max_connection_idle_ms", int(IDLE_CONNECTION_S * 1000)),
+                # Clients reconnect now and then, so that new pods get their share (a
+                # Kubernetes Service balances connections, not calls).
+                ("grpc.max_connection_age_ms", int(CONNECTION_AGE_S * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(settings.graceful_shutdown_s * 1000)),
                 ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_s * 1000)),
                 # Uncompressed messages only (UNIMPLEMENTED otherwise): a few hundred kB of
                 # gzip inflates to the whole message limit, and images are compressed already.
@@ -379,7 +388,7 @@ class GrpcServer:
         call: Handler,
         parse: Callable[[bytes], object],
         gated: bool = False,
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]:
+    ) -> Handler:
         """``call`` on the request read from its bytes by ``parse`` (INVALID_ARGUMENT if it is
         not one), its errors answered as the module docstring says, and counted. ``gated``:
         the call is refused before its message is read when no image would be admitted."""
@@ -395,16 +404,22 @@ class GrpcServer:
                 client = peer_key(context.peer())
                 if gated:
                     self.service.refuse_if_full(client=client)
-                with self._waiting(client):
-                    body = await self._read(context)
-                try:
-                    request = parse(body)
-                except DecodeError as exc:
-                    raise GrpcError(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"not a {name}: {exc}", 400
-                    ) from None
-                del body
-                return await call(request, context)
+                with contextlib.ExitStack() as stack:
+                    # ModelInfer counts as on its way from now on, as REST's gate counts an
+                    # upload from its first byte: the batcher may wait for its images.
+                    upload = stack.enter_context(self.service.uploading(client)) if gated else None
+                    with self._waiting(client):
+                        body = await self._read(context)
+                    try:
+                        request = parse(body)
+                    except DecodeError as exc:
+                        raise GrpcError(
+                            grpc.StatusCode.INVALID_ARGUMENT, f"not a {name}: {exc}", 400
+                        ) from None
+                    del body
+                    if upload is not None:
+                        request = request._replace(upload=upload)
+                    return await call(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise

@@ -340,6 +340,8 @@ def split_field(
             values.append(view[position:end])
             start = end
         position = end
+    if not values:
+        return body, values  # nothing lifted: the body as it is, not a copy
     kept.append(view[start:])
     return b"".join(kept), values
 
