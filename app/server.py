@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     files = raise_file_limit(wanted)
     if files < wanted:
         log.warning(
-            "open-file limit %d: fewer than CATDOG_MAX_CONNECTIONS=%d connections fit",
+            "open-file limit %d: fewer than CATDOG_MAX_CONNECTIONS=%d connections per server fit",
             files,
             settings.max_connections,
         )

@@ -50,7 +50,7 @@ class ErrorAnswer:
 
 def answer_for(exc: Exception, settings: Settings) -> ErrorAnswer | None:
     """The answer to an error of the input or of the service's state, whatever the API
-    (REST here, gRPC in ``app.api.grpc``); None for a fault of the service (500)."""
+    (REST here, gRPC in ``app.api.grpc_server``); None for a fault of the service (500)."""
     if isinstance(exc, HTTPException):
         return ErrorAnswer(exc.status_code, str(exc.detail), dict(exc.headers or {}))
     if isinstance(exc, ImageError):

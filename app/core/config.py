@@ -92,17 +92,26 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 503")
     busy_hold_s: float = Field(
-        0.5, ge=0, description="a 503 for a full queue waits this long: retries at once can't spin"
+        0.5,
+        ge=0,
+        description="a 503 (gRPC: UNAVAILABLE) for a full queue waits this long: retries at "
+        "once can't spin",
     )
     max_connections: int = Field(
-        1000, ge=1, description="open connections; past it the longest idle one is closed, else 503"
+        1000,
+        ge=1,
+        description="open connections; past it the longest idle one is closed, else 503; "
+        "gRPC: as many connections (more are closed) and calls at once",
     )
     max_header_bytes: int = Field(
         32 * 1024, ge=1024, description="request line and headers of one request; 431 beyond"
     )
     max_header_count: int = Field(100, ge=1, description="headers of one request; 431 beyond")
     header_timeout_s: float = Field(
-        10.0, gt=0, description="for a request's line and headers, from its first byte; then 408"
+        10.0,
+        gt=0,
+        description="for a request's line and headers, from its first byte, then 408; "
+        "gRPC: for a connection's HTTP/2 handshake",
     )
     body_timeout_s: float = Field(
         15.0,
@@ -111,7 +120,10 @@ class Settings(BaseSettings):
         "gRPC: the whole message (no progress shows inside one), then DEADLINE_EXCEEDED",
     )
     graceful_shutdown_s: float = Field(
-        25.0, ge=0, description="after SIGTERM, for requests in flight; then cut off with a 503"
+        25.0,
+        ge=0,
+        description="after SIGTERM, for requests and gRPC calls in flight; then cut off with a "
+        "503 (gRPC: cancelled)",
     )
 
     @field_validator("image_formats", mode="before")

@@ -29,7 +29,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "catdog_request_duration_seconds",
-            "HTTP request latency",
+            "request latency: HTTP routes, and gRPC methods by their path",
             ["route"],
             buckets=LATENCY_BUCKETS,
             registry=r,
