@@ -68,7 +68,14 @@ from bench.harness import (
     value,
     write_report,
 )
-from bench.protocols import Body, Window, load_parser, mean_size, request_bodies
+from bench.protocols import (
+    Body,
+    Window,
+    load_parser,
+    mean_size,
+    request_bodies,
+    send_until,
+)
 from bench.serve_load import batch_counters, machine_busy_seconds, served_runtime
 from catdog.preprocessing import preprocess
 
@@ -260,23 +267,16 @@ def make_form(
 
 
 async def _send_until(send: Send, start: int, until: float, window: Window) -> None:
-    """One client: send, wait, repeat; record the answers that end before ``until``."""
-    turn = start
-    while time.perf_counter() < until:
-        sent = time.perf_counter()
+    """One client of ``send`` in ``protocols.send_until``'s closed loop."""
+
+    async def attempt(turn: int) -> str | None:
         try:
             await send(turn)
-            status = "ok"
         except Exception as exc:  # every failure is counted, none stops the load
-            status = failure(exc)
-        turn += 1
-        done = time.perf_counter()
-        if done > until:
-            break
-        if status == "ok":
-            window.latencies.append(done - sent)
-        else:
-            window.statuses[status] += 1
+            return failure(exc)
+        return None
+
+    await send_until(attempt, start, until, window)
 
 
 def cpu_now(server: Server) -> tuple[float, float, float, float]:

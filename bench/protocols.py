@@ -30,7 +30,7 @@ import struct
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,26 +113,33 @@ async def closed_loop(
     answers that end within them (one pool per client: httpx's shared pool slows down
     with many connections, which would cap the load instead of the server)."""
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        await _send_until(client, bodies, start, time.perf_counter() + seconds, window)
+
+        async def attempt(turn: int) -> str | None:
+            path, content, headers = bodies[turn % len(bodies)]
+            try:
+                response = await client.post(path, content=content, headers=headers)
+            except httpx.HTTPError as exc:
+                return type(exc).__name__
+            return None if response.status_code == 200 else str(response.status_code)
+
+        await send_until(attempt, start, time.perf_counter() + seconds, window)
 
 
-async def _send_until(
-    client: httpx.AsyncClient, bodies: list[Body], start: int, until: float, window: Window
+async def send_until(
+    attempt: Callable[[int], Awaitable[str | None]], start: int, until: float, window: Window
 ) -> None:
+    """One client: ``attempt`` request ``turn``, ``turn + 1``, ... until ``until``; record
+    the answers that end before it (``attempt`` gives None for an answer, else the
+    status it failed with)."""
     turn = start
     while time.perf_counter() < until:
-        path, content, headers = bodies[turn % len(bodies)]
-        turn += 1
         sent = time.perf_counter()
-        try:
-            response = await client.post(path, content=content, headers=headers)
-            status = str(response.status_code)
-        except httpx.HTTPError as exc:
-            status = type(exc).__name__
+        status = await attempt(turn)
+        turn += 1
         done = time.perf_counter()
         if done > until:
             break
-        if status == "200":
+        if status is None:
             window.latencies.append(done - sent)
         else:
             window.statuses[status] += 1
