@@ -176,36 +176,36 @@ def multipart(groups: list[list[int]], photos: list[bytes]) -> list[Body]:
 
 def grpc_opener(address: str, requests: list[list[Any]]) -> Opener:
     """gRPC ``ModelInfer`` clients (``tritonclient.grpc.aio``), one channel each."""
-
-    @contextlib.asynccontextmanager
-    async def opened() -> AsyncIterator[Send]:
-        client = grpcaio.InferenceServerClient(address, channel_args=GRPC_CHANNEL)
-        outputs = [grpcclient.InferRequestedOutput(PROBABILITIES)]
-
-        async def send(turn: int) -> np.ndarray:
-            inputs = requests[turn % len(requests)]
-            result = await client.infer(MODEL, inputs, outputs=outputs, client_timeout=TIMEOUT)
-            return result.as_numpy(PROBABILITIES)
-
-        try:
-            yield send
-        finally:
-            await client.close()
-
-    return opened
+    return _triton_opener(
+        lambda: grpcaio.InferenceServerClient(address, channel_args=GRPC_CHANNEL),
+        [grpcclient.InferRequestedOutput(PROBABILITIES)],
+        requests,
+        client_timeout=TIMEOUT,
+    )
 
 
 def oip_opener(url: str, requests: list[list[Any]]) -> Opener:
     """REST OIP clients (``tritonclient.http.aio``), binary tensor data both ways."""
+    return _triton_opener(
+        lambda: httpaio.InferenceServerClient(url.removeprefix("http://"), conn_timeout=TIMEOUT),
+        [httpclient.InferRequestedOutput(PROBABILITIES, binary_data=True)],
+        requests,
+    )
+
+
+def _triton_opener(
+    connect: Callable[[], Any], outputs: list[Any], requests: list[list[Any]], **infer: Any
+) -> Opener:
+    """Clients of a tritonclient ``aio`` API, each made by ``connect``: it sends the
+    prepared ``requests`` in turn, asking for ``outputs``."""
 
     @contextlib.asynccontextmanager
     async def opened() -> AsyncIterator[Send]:
-        client = httpaio.InferenceServerClient(url.removeprefix("http://"), conn_timeout=TIMEOUT)
-        outputs = [httpclient.InferRequestedOutput(PROBABILITIES, binary_data=True)]
+        client = connect()
 
         async def send(turn: int) -> np.ndarray:
             inputs = requests[turn % len(requests)]
-            result = await client.infer(MODEL, inputs, outputs=outputs)
+            result = await client.infer(MODEL, inputs, outputs=outputs, **infer)
             return result.as_numpy(PROBABILITIES)
 
         try:
