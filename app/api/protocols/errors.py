@@ -11,8 +11,9 @@ and the headers and reshapes the body:
   "detail": ...}``; TF Serving clients read ``error``, this service's read ``detail``.
 
 It also answers the request-path errors that no handler of the app knows:
-``VersionNotFoundError`` 404, ``InvalidInputError`` 400, and any other exception
-500 (logged with its traceback), in the same shapes.
+``VersionNotFoundError`` 404, ``InvalidInputError`` 400 (by ``app.api.errors.answer_for``,
+as gRPC answers them), and any other exception 500 (logged with its traceback), in the
+same shapes.
 """
 
 from __future__ import annotations
@@ -24,14 +25,10 @@ from typing import Literal
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import InvalidInputError, VersionNotFoundError
+from app.api.errors import ErrorAnswer, answer_for
 
 log = logging.getLogger("catdog.protocols")
 Shape = Literal["oip", "tfserving"]
-EXCEPTION_STATUS: dict[type[Exception], int] = {
-    VersionNotFoundError: 404,
-    InvalidInputError: 400,
-}
 
 
 def error_shape(path: str) -> Shape | None:
@@ -119,10 +116,10 @@ class ProtocolErrorMiddleware:
         except Exception as exc:
             if started:
                 raise
-            status = next((s for t, s in EXCEPTION_STATUS.items() if isinstance(exc, t)), 500)
-            message = str(exc)
-            if status == 500:
+            answer = answer_for(exc, scope["app"].state.service.settings)
+            if answer is None:
                 log.exception("%s %s failed", scope["method"], scope["path"])
-                message = f"internal error ({type(exc).__name__})"
-            response = JSONResponse(error_body(message, shape), status_code=status)
+                answer = ErrorAnswer(500, f"internal error ({type(exc).__name__})")
+            body = error_body(answer.detail, shape)
+            response = JSONResponse(body, status_code=answer.status, headers=answer.headers)
             await response(scope, receive, send)
