@@ -173,8 +173,7 @@ class InferenceServicer:
         model = self.service.model_for(version)  # NOT_FOUND before any decoding
         infer_request, given = self.decode_request(call)
         output = oip.output_choice(infer_request, len(model.contract.class_names))
-        upload = call.upload or Upload(peer_key(context.peer()))
-        results = await self.predict(given, version, upload)
+        results = await self.predict(given, version, call.upload)
         return self.encode_response(call, results, output)
 
     def decode_request(
@@ -227,7 +226,7 @@ class InferenceServicer:
         return infer_request, oip.decode_input(tensor, None, settings)
 
     async def predict(
-        self, given: oip.EncodedImages | oip.Pixels, version: str | None, upload: Upload
+        self, given: oip.EncodedImages | oip.Pixels, version: str | None, upload: Upload | None
     ) -> list[Classification]:
         """The service's answer for each image, in order."""
         if isinstance(given, oip.EncodedImages):

@@ -37,7 +37,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if service.settings.grpc_address:
             app.state.grpc = GrpcServer(service, app.version)
             await app.state.grpc.start(service.settings.grpc_address)
-            app.state.grpc_port = app.state.grpc.port
         yield
     finally:
         shutdown_started(app)

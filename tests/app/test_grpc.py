@@ -192,7 +192,7 @@ async def test_grpc_health_check(server: Server) -> None:
 
 @pytest_asyncio.fixture
 async def served(tiny_model_base: Path) -> AsyncIterator[Served]:
-    """A fresh app with gRPC on a free port (``app.state.grpc_port``)."""
+    """A fresh app with gRPC on a free port (``app.state.grpc.port``)."""
     settings = settings_for(
         tiny_model_base,
         grpc_address="127.0.0.1:0",
@@ -271,7 +271,7 @@ def trailers(error: grpc.aio.AioRpcError) -> dict[str, str]:
 
 async def test_contents_and_raw_bytes_answer_alike(served: Served) -> None:
     files = images(2)
-    async with channel_to(served.app.state.grpc_port) as channel:
+    async with channel_to(served.app.state.grpc.port) as channel:
         request = infer_request("image_bytes", [2])
         request.inputs[0].contents.bytes_contents.extend(files)
         in_contents = await call(channel, "ModelInfer", request)
@@ -386,7 +386,7 @@ def _malformed() -> dict[str, tuple[Message | bytes, str, str]]:
 async def test_malformed_calls_are_invalid_argument_and_the_service_goes_on(
     served: Served,
 ) -> None:
-    async with channel_to(served.app.state.grpc_port) as channel:
+    async with channel_to(served.app.state.grpc.port) as channel:
         for case, (request, status, words) in _malformed().items():
             with pytest.raises(grpc.aio.AioRpcError) as error:
                 await call(channel, "ModelInfer", request)
@@ -421,7 +421,7 @@ async def test_overload_is_unavailable_with_retry_after(served: Served) -> None:
     """Room for one image, but the call has two: refused when admitted, as REST's 503."""
     service = served.app.state.service
     request = infer_request("image_bytes", [2], raw_input_contents=[framed(images(2))])
-    async with channel_to(served.app.state.grpc_port) as channel:
+    async with channel_to(served.app.state.grpc.port) as channel:
         with service.admission.admit(3), pytest.raises(grpc.aio.AioRpcError) as error:
             await call(channel, "ModelInfer", request)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -438,7 +438,7 @@ async def test_a_full_server_refuses_before_reading_the_message(served: Served) 
         await asyncio.sleep(3600)
         yield b""
 
-    async with channel_to(served.app.state.grpc_port) as channel:
+    async with channel_to(served.app.state.grpc.port) as channel:
         infer = channel.stream_unary(CALLS["ModelInfer"].path)
         full = served.app.state.service.admission.admit(4)
         with full, pytest.raises(grpc.aio.AioRpcError) as error:
@@ -455,7 +455,7 @@ async def test_a_clients_share_counts_its_grpc_calls(tiny_model_base: Path) -> N
         max_files_per_request=2,
     )
     request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
-    async with serve(settings) as (app, _), channel_to(app.state.grpc_port) as channel:
+    async with serve(settings) as (app, _), channel_to(app.state.grpc.port) as channel:
         with app.state.service.admission.admit(2, Upload("127.0.0.1")):
             with pytest.raises(grpc.aio.AioRpcError) as error:
                 await call(channel, "ModelInfer", request)
@@ -469,7 +469,7 @@ async def test_not_ready(served: Served) -> None:
     service = served.app.state.service
     service.accepting = False  # as while stopping
     try:
-        async with channel_to(served.app.state.grpc_port) as channel:
+        async with channel_to(served.app.state.grpc.port) as channel:
             assert (await call(channel, "ServerLive", M["ServerLiveRequest"]())).live
             assert not (await call(channel, "ServerReady", M["ServerReadyRequest"]())).ready
             ready = await call(channel, "ModelReady", M["ModelReadyRequest"](name="catdog"))
@@ -495,7 +495,7 @@ async def test_a_cancelled_call_releases_its_room(
 
     monkeypatch.setattr(service.batcher, "submit", stalled)
     request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
-    async with channel_to(served.app.state.grpc_port) as channel:
+    async with channel_to(served.app.state.grpc.port) as channel:
         pending = asyncio.create_task(call(channel, "ModelInfer", request))
         await asyncio.wait_for(held.wait(), 60)  # the image is in the batcher's queue
         pending.cancel()
@@ -507,7 +507,7 @@ async def test_a_cancelled_call_releases_its_room(
 
 
 async def test_a_taken_port_stops_startup(served: Served, tiny_model_base: Path) -> None:
-    taken = served.app.state.grpc_port
+    taken = served.app.state.grpc.port
     app = make_app(settings_for(tiny_model_base, grpc_address=f"127.0.0.1:{taken}"))
     with pytest.raises(RuntimeError, match="Failed to bind"):
         async with LifespanManager(app, startup_timeout=180):
@@ -539,7 +539,7 @@ async def test_a_fault_of_the_service_is_internal_and_logged(
 
     monkeypatch.setattr(service, "classify", broken)
     request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
-    async with channel_to(served.app.state.grpc_port) as channel:
+    async with channel_to(served.app.state.grpc.port) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await call(channel, "ModelInfer", request)
     assert error.value.code() == grpc.StatusCode.INTERNAL
@@ -563,7 +563,7 @@ async def test_shutdown_refuses_new_calls_and_finishes_those_in_flight(
 
     monkeypatch.setattr(service.batcher, "submit", held)
     request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
-    async with channel_to(app.state.grpc_port) as channel:
+    async with channel_to(app.state.grpc.port) as channel:
         in_flight = asyncio.create_task(call(channel, "ModelInfer", request))
         await until(lambda: service.admission.in_flight > 0, "the call to be admitted")
         shutdown_started(app)
@@ -587,7 +587,7 @@ async def test_connections_past_the_cap_are_closed(tiny_model_base: Path) -> Non
     async with serve(settings) as (app, _):
         streams = []
         for _ in range(8):
-            reader, writer = await asyncio.open_connection("127.0.0.1", app.state.grpc_port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.state.grpc.port)
             writer.write(preface)
             streams.append((reader, writer))
 
@@ -645,7 +645,7 @@ async def test_a_call_whose_message_never_comes_is_answered(tiny_model_base: Pat
     (such streams could otherwise hold every call slot); a call that ends without a
     message is answered at once, whatever the method."""
     settings = settings_for(tiny_model_base, grpc_address="127.0.0.1:0", body_timeout_s=1)
-    async with serve(settings) as (app, client), channel_to(app.state.grpc_port) as channel:
+    async with serve(settings) as (app, client), channel_to(app.state.grpc.port) as channel:
 
         async def nothing() -> AsyncIterator[bytes]:
             await asyncio.sleep(3600)
@@ -675,7 +675,7 @@ async def test_a_call_whose_message_never_comes_is_answered(tiny_model_base: Pat
 async def test_compressed_messages_are_refused(served: Served) -> None:
     """A few hundred kB of gzip could inflate to the whole message limit before any check."""
     request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
-    async with channel_to(served.app.state.grpc_port) as channel:
+    async with channel_to(served.app.state.grpc.port) as channel:
         stub = channel.unary_unary(
             CALLS["ModelInfer"].path,
             request_serializer=lambda m: m.SerializeToString(),
@@ -694,7 +694,7 @@ async def test_one_client_cannot_hold_every_call_slot(tiny_model_base: Path) -> 
     (max_connections 200: 25); the next is refused at once; once they end, it is served."""
     settings = settings_for(tiny_model_base, grpc_address="127.0.0.1:0", max_connections=200)
     request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
-    async with serve(settings) as (app, _), channel_to(app.state.grpc_port) as channel:
+    async with serve(settings) as (app, _), channel_to(app.state.grpc.port) as channel:
 
         async def nothing() -> AsyncIterator[bytes]:
             await asyncio.sleep(3600)
