@@ -68,6 +68,11 @@ def answer_for(exc: Exception, settings: Settings) -> ErrorAnswer | None:
     return None
 
 
+def fault_answer(exc: Exception) -> ErrorAnswer:
+    """The 500 for a fault of the service: its type only, nothing of its internals."""
+    return ErrorAnswer(500, f"internal error ({type(exc).__name__})")
+
+
 async def known_error(request: Request, exc: Exception) -> JSONResponse:
     """A file that is not a usable image, too much work in flight, no model loaded."""
     answer = answer_for(exc, request.app.state.service.settings)
@@ -78,7 +83,7 @@ async def known_error(request: Request, exc: Exception) -> JSONResponse:
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     """A fault of the service (not of the input): JSON as well; uvicorn logs the traceback."""
     log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-    return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+    return JSONResponse({"detail": fault_answer(exc).detail}, status_code=500)
 
 
 async def client_gone(request: Request, exc: Exception) -> Response:

@@ -23,7 +23,8 @@ Each call reads its one request message itself, within ``body_timeout_s``
 connections and calls are bounded.
 
 An error is the REST answer's message with a gRPC status code (``GRPC_CODES``: 400,
-413, 415, 422 are INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE; a message late
+413, 415, 422 are INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE, a fault 500
+INTERNAL; a message late
 past the body timeout is DEADLINE_EXCEEDED, 408), cut to 512 characters, and in the
 trailing metadata ``catdog-http-status`` (the REST status, which tells 413 from 415)
 and, for 503, ``retry-after``; a full queue's UNAVAILABLE is held ``busy_hold_s``, as
@@ -48,7 +49,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
-from app.api.errors import answer_for
+from app.api.errors import answer_for, fault_answer
 from app.api.middleware import MULTIPART_OVERHEAD, client_key
 from app.api.protocols import oip, proto
 from app.api.protocols.common import bad_request, check_model_name
@@ -71,6 +72,7 @@ GRPC_CODES = {
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.UNAVAILABLE,
+    500: grpc.StatusCode.INTERNAL,
 }
 HTTP_STATUS = "catdog-http-status"  # trailing metadata: the status REST would answer
 Trailers = tuple[tuple[str, str], ...]
@@ -286,11 +288,7 @@ def status_of(
     found = answer_for(exc, settings)
     if found is None:
         log.exception("%s failed", path)
-        return (
-            grpc.StatusCode.INTERNAL,
-            f"internal error ({type(exc).__name__})",
-            ((HTTP_STATUS, "500"),),
-        )
+        found = fault_answer(exc)
     trailers = ((HTTP_STATUS, str(found.status)),)
     if "Retry-After" in found.headers:
         trailers += (("retry-after", found.headers["Retry-After"]),)

@@ -25,7 +25,7 @@ from typing import Literal
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import ErrorAnswer, answer_for
+from app.api.errors import answer_for, fault_answer
 
 log = logging.getLogger("catdog.protocols")
 Shape = Literal["oip", "tfserving"]
@@ -119,7 +119,7 @@ class ProtocolErrorMiddleware:
             answer = answer_for(exc, scope["app"].state.service.settings)
             if answer is None:
                 log.exception("%s %s failed", scope["method"], scope["path"])
-                answer = ErrorAnswer(500, f"internal error ({type(exc).__name__})")
+                answer = fault_answer(exc)
             body = error_body(answer.detail, shape)
             response = JSONResponse(body, status_code=answer.status, headers=answer.headers)
             await response(scope, receive, send)
