@@ -206,6 +206,21 @@ def entrypoint_knobs() -> dict[str, str]:
     return dict(re.findall(r"\$\{(\w+):-([^}]*)\}", ENTRYPOINT.read_text()))
 
 
+def rest_port() -> int:
+    """The port the entrypoint serves REST on (its one numeric knob the image exposes)."""
+    [port] = [int(v) for v in entrypoint_knobs().values() if v.isdigit()]
+    assert port in exposed_ports(), port
+    return port
+
+
+def grpc_port() -> int:
+    """The port of the images' gRPC address (``CATDOG_GRPC_ADDRESS``), which they expose."""
+    [name] = [e for e, f in setting_env_names().items() if f == "grpc_address"]
+    port = int(image_env("cpu")[name].rpartition(":")[2])
+    assert port in exposed_ports(), port
+    return port
+
+
 # ---------------------------------------------------------------- training
 
 

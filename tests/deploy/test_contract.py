@@ -102,20 +102,16 @@ def test_model_dir_is_on_the_read_only_model_volume(serving: str) -> None:
 
 
 def test_container_ports_are_the_ones_the_image_serves(serving: str) -> None:
-    """REST on the entrypoint's port, gRPC (where the pod names it) on the port of the
-    image's gRPC address; both exposed by the image, and not moved by the pod's env."""
+    """REST first, on the entrypoint's port; ``grpc`` on the port of the image's gRPC
+    address; both exposed by the image, and not moved by the pod's env."""
     exposed = app_facts.exposed_ports()
     _, main = serving_container(k8s.render(serving))
     ports = [p["containerPort"] for p in main["ports"]]
     assert set(ports) <= exposed and len(set(ports)) == len(ports)
-    rest = [int(v) for v in app_facts.entrypoint_knobs().values() if v.isdigit()]
-    assert [p for p in rest if p in exposed] == [ports[0]], "REST first, from the entrypoint"
-    [grpc_env] = [e for e, f in app_facts.setting_env_names().items() if f == "grpc_address"]
-    grpc_port = int(app_facts.image_env("cpu")[grpc_env].rpartition(":")[2])
-    assert grpc_port in exposed
+    assert ports[0] == app_facts.rest_port(), "REST first, from the entrypoint"
     named = {p.get("name"): p["containerPort"] for p in main["ports"]}
-    if "grpc" in named:
-        assert named["grpc"] == grpc_port
+    assert named.get("grpc") == app_facts.grpc_port(), named
+    [grpc_env] = [e for e, f in app_facts.setting_env_names().items() if f == "grpc_address"]
     assert grpc_env not in k8s.env_of(main)
     for knob, value in app_facts.entrypoint_knobs().items():
         if knob in k8s.env_of(main):

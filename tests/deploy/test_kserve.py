@@ -36,11 +36,18 @@ def test_predictor_runs_in_raw_deployment_mode(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", KSERVE)
-def test_custom_predictor_has_one_port_and_declares_v2(overlay: str) -> None:
-    predictor = _isvc(overlay)["spec"]["predictor"]
-    [container] = predictor["containers"]
+def test_custom_predictor_publishes_rest_first_then_grpc_and_declares_v2(overlay: str) -> None:
+    """KServe's Service sends its port 80 (and its ingress) to the first container port,
+    so that must be REST; in RawDeployment mode a further port is published under its own
+    number, as h2c when its name contains "grpc"."""
+    isvc = _isvc(overlay)
+    [container] = isvc["spec"]["predictor"]["containers"]
     assert container["name"] == crds.KSERVE_CONTAINER
-    assert len(container["ports"]) == 1, "KServe routes to a single container port"
+    rest, grpc = container["ports"]
+    assert rest["containerPort"] == app_facts.rest_port()
+    assert "grpc" in grpc["name"] and grpc["containerPort"] == app_facts.grpc_port()
+    mode = isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+    assert mode in ("RawDeployment", "Standard"), "Knative mode allows one port only"
     assert k8s.env_value(container, crds.KSERVE_PROTOCOL_ENV) == "v2"
 
 
