@@ -13,7 +13,9 @@ route copies. This measures that factor per route and per files in a request:
   (``files`` parts);
 * ``oip-binary``: ``POST /v2/models/<name>/infer``, BYTES input as binary tensor data;
 * ``oip-json``: the same with the files in base64 inside the JSON;
-* ``tfs-json``: ``POST /v1/models/<name>:predict`` with ``{"b64": ...}`` instances.
+* ``tfs-json``: ``POST /v1/models/<name>:predict`` with ``{"b64": ...}`` instances;
+* ``grpc``: ``ModelInfer`` of the Open Inference Protocol over gRPC, the files as raw
+  tensor data (as ``tritonclient.grpc`` sends them), one channel per request.
 
 Each row gets a fresh ``python -m app`` (LiteRT, the shipped model, every other
 setting at its default). Clients send together as many requests as it takes to fill
@@ -44,11 +46,12 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 
 from bench.harness import ROOT, memory_mb
 
-PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json")
+PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json", "grpc")
 RESULTS = Path(__file__).with_name("results") / "upload-memory.json"
 Request = tuple[str, dict[str, str], bytes]  # path, headers, body
 
@@ -70,7 +73,8 @@ def padded_photo(size: int) -> bytes:
 
 
 def request_for(protocol: str, name: str, file: bytes, count: int) -> Request:
-    """One request carrying ``count`` copies of ``file`` the way ``protocol`` sends them."""
+    """One request carrying ``count`` copies of ``file`` the way ``protocol`` sends them
+    (for ``grpc``: the method's path, no headers, the serialized message)."""
     if protocol == "multipart":
         boundary = "catdog-upload-memory"
         path, field = ("/predict", "file") if count == 1 else ("/predict/batch", "files")
@@ -81,6 +85,15 @@ def request_for(protocol: str, name: str, file: bytes, count: int) -> Request:
         body = b"".join(part + file + b"\r\n" for _ in range(count))
         body += f"--{boundary}--\r\n".encode()
         return path, {"content-type": f"multipart/form-data; boundary={boundary}"}, body
+    elements = (struct.pack("<I", len(file)) + file) * count
+    if protocol == "grpc":
+        from app.api.grpc_server import INFERENCE
+
+        message = INFERENCE.messages["ModelInferRequest"](model_name=name)
+        message.inputs.add(name="image_bytes", datatype="BYTES", shape=[count])
+        message.raw_input_contents.append(elements)
+        method = INFERENCE.services["inference.GRPCInferenceService"]["ModelInfer"]
+        return method.path, {}, message.SerializeToString()
     text = base64.b64encode(file).decode()
     if protocol == "tfs-json":
         body = json.dumps({"instances": [{"b64": text}] * count}).encode()
@@ -91,7 +104,6 @@ def request_for(protocol: str, name: str, file: bytes, count: int) -> Request:
         tensor["data"] = [text] * count
         body = json.dumps({"inputs": [tensor]}).encode()
         return infer, {"content-type": "application/json"}, body
-    elements = (struct.pack("<I", len(file)) + file) * count
     tensor["parameters"] = {"binary_data_size": len(elements)}
     header = json.dumps({"inputs": [tensor]}).encode()
     headers = {
@@ -118,13 +130,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, model_dir: Path) -> subprocess.Popen:
-    """``python -m app`` on LiteRT, ready (``/readyz`` 200) when this returns."""
+def start_server(port: int, model_dir: Path, grpc_port: int) -> subprocess.Popen:
+    """``python -m app`` on LiteRT, gRPC on ``grpc_port``, ready (``/readyz`` 200) when
+    this returns."""
     env = {
         **os.environ,
         "CATDOG_RUNTIME": "litert",
         "CATDOG_MODEL_DIR": str(model_dir),
         "CATDOG_POLL_INTERVAL_S": "0",
+        "CATDOG_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
     }
     command = [sys.executable, "-m", "app", "--port", str(port), "--no-access-log"]
     server = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
@@ -142,7 +156,37 @@ def start_server(port: int, model_dir: Path) -> subprocess.Popen:
     raise SystemExit("the server was not ready within 60 s")
 
 
-async def fill(port: int, request: Request, at_once: int, rounds: int) -> list[dict[int, int]]:
+async def fill_grpc(
+    port: int, request: Request, at_once: int, rounds: int
+) -> list[dict[int | str, int]]:
+    """As ``fill``, over gRPC, one channel per request; OK counted as 200."""
+    path, _, body = request
+    unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=unlimited) for _ in range(at_once)
+    ]
+
+    async def one(channel: grpc.aio.Channel) -> int | str:
+        stub = channel.unary_unary(path)  # bytes in, bytes out
+        try:
+            await stub(body, timeout=300)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+        return 200
+
+    counts = []
+    try:
+        for _ in range(rounds):
+            codes = await asyncio.gather(*(one(c) for c in channels))
+            counts.append({c: codes.count(c) for c in set(codes)})
+    finally:
+        await asyncio.gather(*(c.close() for c in channels))
+    return counts
+
+
+async def fill(
+    port: int, request: Request, at_once: int, rounds: int
+) -> list[dict[int | str, int]]:
     """``rounds`` times, ``at_once`` requests sent together; statuses counted per round."""
     path, headers, body = request
     limits = httpx.Limits(max_connections=at_once + 4)
@@ -161,13 +205,16 @@ async def fill(port: int, request: Request, at_once: int, rounds: int) -> list[d
 def measure(protocol: str, per_request: int, args: argparse.Namespace) -> dict:
     """One fresh server, filled ``args.rounds`` times through ``protocol``."""
     at_once = args.images // per_request
-    port = free_port()
-    server = start_server(port, args.model_dir)
+    port, grpc_port = free_port(), free_port()
+    server = start_server(port, args.model_dir, grpc_port)
     try:
         idle = memory_mb(server.pid)["VmRSS"]
         file = padded_photo(args.bytes)
         request = request_for(protocol, defaults().model_name, file, per_request)
-        counts = asyncio.run(fill(port, request, at_once, args.rounds))
+        if protocol == "grpc":
+            counts = asyncio.run(fill_grpc(grpc_port, request, at_once, args.rounds))
+        else:
+            counts = asyncio.run(fill(port, request, at_once, args.rounds))
         peak = memory_mb(server.pid)["VmHWM"]
     finally:
         server.send_signal(signal.SIGTERM)

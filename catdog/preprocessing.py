@@ -56,7 +56,8 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from catdog.contract import IMAGE_SIZE
 
-ImageSource = bytes | str | Path
+# bytes-like: a file's bytes, or a view of them inside a request body.
+ImageSource = bytes | memoryview | str | Path
 # Called with the pixel count about to be decoded; decoding runs inside what it returns.
 DecodeGate = Callable[[int], AbstractContextManager[object]]
 
@@ -144,6 +145,8 @@ def open_image(
     """
     allowed = image_formats(formats)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(source, memoryview):  # a file inside a request: its own copy while it decodes
+        source = source.tobytes()
     with _reading("unreadable image header"), _binary(source) as file:
         head = file.read(_HEAD)
         if not head:

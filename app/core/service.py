@@ -172,12 +172,13 @@ class InferenceService:
 
     async def classify(
         self,
-        images: list[bytes],
+        images: list[bytes] | list[memoryview],
         names: list[str] | None = None,
         upload: Upload | None = None,
         version: str | None = None,
     ) -> list[Classification]:
-        """Classify images in order; ``ImageError`` (naming the file) for bad input."""
+        """Classify image files in order (bytes, or views of them inside a request body);
+        ``ImageError`` (naming the file) for bad input."""
         model = self.model_for(version)
         with self.admission.admit(len(images), upload) as ticket:
             arrays = await asyncio.gather(
@@ -199,7 +200,7 @@ class InferenceService:
             results = await asyncio.gather(*(self._predict(ticket, model, p) for p in pixels))
         return [self._encode(model, r) for r in results]
 
-    async def _decode(self, model: LoadedModel, data: bytes) -> np.ndarray:
+    async def _decode(self, model: LoadedModel, data: bytes | memoryview) -> np.ndarray:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._decoders,

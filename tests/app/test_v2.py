@@ -19,6 +19,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from app.api.protocols import oip
 from bench.harness import Server
 from tests import images as test_images
 from tests.app.helpers import good_image, serve, settings_for
@@ -285,3 +286,15 @@ def test_openapi_documents_the_protocol(server: Server) -> None:
         schema = infer["requestBody"]["content"]["application/json"]["schema"]
         assert "inputs" in schema["properties"] and "$ref" not in str(schema)
         assert {"200", "400", "404", "413", "415", "503"} <= set(infer["responses"])
+
+
+def test_binary_image_files_are_read_where_they_lie_in_the_body(tmp_path: Path) -> None:
+    """Files in binary tensor data are decoded from the request body itself: copying a
+    large batch out of it would hold the batch twice."""
+    files = [good_image(), test_images.png_rgba_bytes(alpha=255)]
+    body = b"".join(len(f).to_bytes(4, "little") + f for f in files)
+    tensor = oip.RequestInput(name="image_bytes", datatype="BYTES", shape=[2])
+    given = oip.decode_input(tensor, memoryview(body), settings_for(tmp_path))
+    assert isinstance(given, oip.EncodedImages)
+    assert [bytes(f) for f in given.files] == files
+    assert all(isinstance(f, memoryview) and f.obj is body for f in given.files)

@@ -74,6 +74,14 @@ def test_path_and_bytes_give_the_same_pixels(tmp_path: Path) -> None:
     np.testing.assert_array_equal(preprocess(str(path), SIZE), preprocess(data, SIZE))
 
 
+def test_a_view_into_a_larger_buffer_gives_the_same_pixels() -> None:
+    """A file inside a request body, passed as a view of just its bytes."""
+    data = images.jpeg_bytes(image=images.noisy((50, 30), noise=80))
+    body = b"head" + data + b"tail"
+    view = memoryview(body)[4 : 4 + len(data)]
+    np.testing.assert_array_equal(preprocess(view, SIZE), preprocess(data, SIZE))
+
+
 def test_resize_is_height_then_width() -> None:
     pixels = load_image(images.jpeg_bytes(image=images.halves((64, 32))), (10, 30))
     assert pixels.shape == (10, 30, 3)
@@ -173,6 +181,13 @@ def test_bad_files_raise_the_right_error(name: str, tmp_path: Path) -> None:
     path = images.write(tmp_path / "bad.jpg", make())
     with pytest.raises(error):
         preprocess(path, SIZE)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_a_bad_view_raises_as_its_bytes_do(name: str) -> None:
+    make, error = BAD_INPUTS[name]
+    with pytest.raises(error):
+        preprocess(memoryview(b"x" + make())[1:], SIZE)
 
 
 def test_too_many_pixels_is_refused_from_the_header() -> None:

@@ -164,7 +164,7 @@ class InferResponse(BaseModel):
 class EncodedImages:
     """Image files to decode with the service's preprocessing."""
 
-    files: list[bytes]
+    files: list[bytes] | list[memoryview]
 
 
 @dataclass(frozen=True)
@@ -401,7 +401,7 @@ def _binary_part(tensor: RequestInput, binary: memoryview) -> memoryview | None:
 
 def _image_files(
     tensor: RequestInput, raw: memoryview | None, settings: Settings, given: list[bytes] | None
-) -> list[bytes]:
+) -> list[bytes] | list[memoryview]:
     count = tensor.shape[0]
     if tensor.shape not in ([count], [count, 1]):
         raise bad_request(f"input {IMAGE_BYTES}: shape {tensor.shape}, expected [N] or [N, 1]")
@@ -416,7 +416,7 @@ def _image_files(
     else:
         files = _deserialize_bytes(raw) if given is None else given
         if content_type == "base64":
-            files = [decode_b64(f.decode("ascii", "replace"), IMAGE_BYTES) for f in files]
+            files = [decode_b64(str(f, "ascii", "replace"), IMAGE_BYTES) for f in files]
     if len(files) != count:
         raise bad_request(f"input {IMAGE_BYTES}: shape {tensor.shape} but {len(files)} elements")
     check_images(files, settings)
@@ -437,8 +437,9 @@ def _strings(data: TensorData | np.ndarray | None) -> list[str]:
     return flat
 
 
-def _deserialize_bytes(raw: memoryview) -> list[bytes]:
-    """BYTES binary tensor data: each element is a 4-byte little-endian length, then bytes."""
+def _deserialize_bytes(raw: memoryview) -> list[memoryview]:
+    """BYTES binary tensor data: each element is a 4-byte little-endian length, then bytes.
+    The elements are views into ``raw``: a batch of files is not copied whole again."""
     elements, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -447,7 +448,7 @@ def _deserialize_bytes(raw: memoryview) -> list[bytes]:
         offset += 4
         if offset + length > len(raw):
             raise bad_request(f"input {IMAGE_BYTES}: element of {length} bytes overruns the data")
-        elements.append(bytes(raw[offset : offset + length]))
+        elements.append(raw[offset : offset + length])
         offset += length
     return elements
 
