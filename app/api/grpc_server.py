@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -50,6 +51,13 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from app.api.errors import answer_for, fault_answer
+from app.api.grpc_tfserving import (
+    MODEL_SERVICE,
+    PREDICTION_SERVICE,
+    TFSERVING,
+    TfServingServicer,
+)
+from app.api.grpc_tfserving import Call as TfServingCall
 from app.api.middleware import MULTIPART_OVERHEAD, client_key
 from app.api.protocols import oip, proto
 from app.api.protocols.common import bad_request, check_model_name
@@ -64,6 +72,8 @@ INFERENCE = proto.load(SCHEMAS / "inference.proto")
 HEALTH = proto.load(SCHEMAS / "health.proto")
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
+#: Calls that carry images: refused before their message is read when none would be admitted.
+GATED = ("ModelInfer", "Predict", "Classify")
 M = INFERENCE.messages
 GRPC_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -106,6 +116,10 @@ def read_infer_call(body: bytes) -> InferCall:
         return InferCall(message, raws)
     rest, raws = split
     return InferCall(M["ModelInferRequest"].FromString(rest), raws)
+
+
+def _tfserving_call(request: type[Message], body: bytes) -> TfServingCall:
+    return TfServingCall(request.FromString(body))
 
 
 class InferenceServicer:
@@ -157,9 +171,9 @@ class InferenceServicer:
         )
 
     async def Check(self, request: Message, context: object) -> Message:  # noqa: N802
-        """gRPC health: SERVING when ready, for the server ("") and the inference API."""
+        """gRPC health: SERVING when ready, for the server ("") and each inference API."""
         response = HEALTH.messages["HealthCheckResponse"]
-        if request.service not in ("", INFERENCE_SERVICE):
+        if request.service not in ("", INFERENCE_SERVICE, PREDICTION_SERVICE, MODEL_SERVICE):
             raise GrpcError(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}", 404)
         return response(status="SERVING" if self.service.ready else "NOT_SERVING")
 
@@ -336,6 +350,7 @@ class GrpcServer:
     def __init__(self, service: InferenceService, version: str) -> None:
         self.service = service
         self.servicer = InferenceServicer(service, version)
+        self.tfserving = TfServingServicer(service)
         self.port: int | None = None
         self._stopping: asyncio.Future[None] | None = None
         settings = service.settings
@@ -360,21 +375,33 @@ class GrpcServer:
             ],
             maximum_concurrent_rpcs=settings.max_connections,
         )
-        for name, methods in ((INFERENCE_SERVICE, INFERENCE), (HEALTH_SERVICE, HEALTH)):
+        services = (
+            (INFERENCE_SERVICE, INFERENCE, self.servicer),
+            (HEALTH_SERVICE, HEALTH, self.servicer),
+            (PREDICTION_SERVICE, TFSERVING, self.tfserving),
+            (MODEL_SERVICE, TFSERVING, self.tfserving),
+        )
+        for name, schema, servicer in services:
+            handlers = self._handlers(schema.services[name], servicer)
             self._server.add_generic_rpc_handlers(
-                [grpc.method_handlers_generic_handler(name, self._handlers(methods.services[name]))]
+                [grpc.method_handlers_generic_handler(name, handlers)]
             )
 
-    def _handlers(self, methods: dict[str, proto.Method]) -> dict[str, grpc.RpcMethodHandler]:
+    def _handlers(
+        self, methods: dict[str, proto.Method], servicer: object
+    ) -> dict[str, grpc.RpcMethodHandler]:
         """Each call reads its one request message itself (a unary call on the wire), so that
-        the read is bounded in time and ModelInfer's gate comes before it. (grpcio's own
-        unary handler never answers a call that ends without a message.)"""
+        the read is bounded in time and the gate of a call with images comes before it.
+        (grpcio's own unary handler never answers a call that ends without a message.)"""
         handlers = {}
         for name, method in methods.items():
-            infer = name == "ModelInfer"
-            parse = read_infer_call if infer else method.request.FromString
+            parse: Callable[[bytes], object] = method.request.FromString
+            if name == "ModelInfer":
+                parse = read_infer_call
+            elif name in GATED:
+                parse = functools.partial(_tfserving_call, method.request)
             handlers[name] = grpc.stream_unary_rpc_method_handler(
-                self._answering(method, getattr(self.servicer, name), parse, gated=infer),
+                self._answering(method, getattr(servicer, name), parse, gated=name in GATED),
                 response_serializer=method.response.SerializeToString,
             )
         return handlers

@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 from tritonclient.utils import InferenceServerException
 
 from app.api.grpc_server import HEALTH, INFERENCE, peer_key
+from app.api.grpc_tfserving import TFSERVING
 from app.core.admission import Upload
 from app.core.lifespan import shutdown_started
 from bench.harness import Server, free_port, start_uvicorn, stop, wait_ready
@@ -430,16 +431,24 @@ async def test_overload_is_unavailable_with_retry_after(served: Served) -> None:
         assert len((await call(channel, "ModelInfer", request)).raw_output_contents) == 1
 
 
-async def test_a_full_server_refuses_before_reading_the_message(served: Served) -> None:
-    """No room for one image: refused at once, though the message never comes (read
-    first, the call would wait for it until the body timeout)."""
+@pytest.mark.parametrize(
+    "path",
+    [
+        CALLS["ModelInfer"].path,
+        TFSERVING.services["tensorflow.serving.PredictionService"]["Predict"].path,
+        TFSERVING.services["tensorflow.serving.PredictionService"]["Classify"].path,
+    ],
+)
+async def test_a_full_server_refuses_before_reading_the_message(served: Served, path: str) -> None:
+    """No room for one image: a call that carries images is refused at once, though its
+    message never comes (read first, it would wait for it until the body timeout)."""
 
     async def nothing() -> AsyncIterator[bytes]:
         await asyncio.sleep(3600)
         yield b""
 
     async with channel_to(served.app.state.grpc.port) as channel:
-        infer = channel.stream_unary(CALLS["ModelInfer"].path)
+        infer = channel.stream_unary(path)
         full = served.app.state.service.admission.admit(4)
         with full, pytest.raises(grpc.aio.AioRpcError) as error:
             await infer(nothing(), timeout=60)

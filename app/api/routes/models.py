@@ -58,20 +58,6 @@ def describe(service: InferenceService, name: str, version: str | None) -> Model
         )
         for m in registry.loaded
     ]
-    available = [
-        ModelVersionStatus(version=m.version, state="AVAILABLE", status=VersionStatus())
-        for m in registry.loaded
-        if version is None or m is model
-    ]
-    refused = [
-        ModelVersionStatus(
-            version=str(v),
-            state="END",
-            status=VersionStatus(error_code="UNKNOWN", error_message=why),
-        )
-        for v, why in registry.refused.items()
-        if version is None
-    ]
     meta = public(model.metadata)
     return ModelInfo(
         name=name,
@@ -87,5 +73,30 @@ def describe(service: InferenceService, name: str, version: str | None) -> Model
         metadata=meta,
         memory_bytes=registry.memory_bytes(model),
         loaded_versions=loaded,
-        model_version_status=available + refused,
+        model_version_status=version_statuses(service, name, version),
     )
+
+
+def version_statuses(
+    service: InferenceService, name: str, version: str | None
+) -> list[ModelVersionStatus]:
+    """TF Serving's status: the loaded versions AVAILABLE, the refused ones END with their
+    reason; with ``version``, that one only (404 if it is not loaded)."""
+    check_model_name(service, name)
+    model = service.model_for(version)
+    registry = service.registry
+    available = [
+        ModelVersionStatus(version=m.version, state="AVAILABLE", status=VersionStatus())
+        for m in registry.loaded
+        if version is None or m is model
+    ]
+    refused = [
+        ModelVersionStatus(
+            version=str(v),
+            state="END",
+            status=VersionStatus(error_code="UNKNOWN", error_message=why),
+        )
+        for v, why in registry.refused.items()
+        if version is None
+    ]
+    return available + refused

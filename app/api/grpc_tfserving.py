@@ -1,0 +1,255 @@
+"""TensorFlow Serving's gRPC API, served by ``GrpcServer`` beside the Open Inference Protocol.
+
+What ``tensorflow_serving.apis`` clients call (``PredictionServiceStub``,
+``ModelServiceStub``), with the conventions of this service's TF Serving REST API
+(``app/api/protocols/tfserving.py``): one signature, ``serving_default``, whose inputs
+are ``image_bytes`` (DT_STRING ``[N]``, each element an image file) and ``images``
+(DT_FLOAT ``[N, H, W, 3]``, pixels scaled per the contract, in ``tensor_content`` or
+``float_val``); a request gives one. The schema is ``protocols/tfserving.proto``.
+
+* ``Predict``: the output ``probabilities`` (DT_FLOAT ``[N, C]``, in ``tensor_content``,
+  which ``tf.make_ndarray`` reads);
+* ``Classify``: one image per ``tf.Example``, its ``image_bytes`` feature (or its only
+  bytes feature); per example the classes with their scores, in the contract's order;
+* ``GetModelMetadata``: the signature, packed as a ``SignatureDefMap`` under
+  ``signature_def`` (the one metadata field TF Serving knows);
+* ``GetModelStatus``: every loaded version AVAILABLE, every refused one END with its reason.
+
+``model_spec`` names the model and optionally a version (``version``; a
+``version_label`` is NOT_FOUND: this service has no labels). Errors are REST's, mapped
+to gRPC codes as for the Open Inference Protocol (``grpc_server.status_of``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from fastapi import HTTPException
+from google.protobuf.message import Message
+
+from app.api.protocols import proto
+from app.api.protocols import tfserving as tfs
+from app.api.protocols.common import bad_request, check_count, check_images, check_model_name
+from app.api.routes.models import version_statuses
+from app.core.admission import Upload
+from app.core.config import Settings
+from app.core.service import Classification, InferenceService
+
+TFSERVING = proto.load(Path(__file__).parent / "protocols" / "tfserving.proto")
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+T = TFSERVING.messages
+DATA_TYPES = T["TensorProto"].DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_name
+DT_FLOAT, DT_STRING = DATA_TYPES["DT_FLOAT"].number, DATA_TYPES["DT_STRING"].number
+MOST_RANK = 8  # dimensions of an input's shape, as the Open Inference Protocol allows
+ERROR_CODES = {"OK": 0, "UNKNOWN": 2}  # tensorflow.error.Code, as the REST status names them
+
+
+class Call(NamedTuple):
+    """A request message, and (``Predict``, ``Classify``) the upload its gate opened."""
+
+    message: Message
+    upload: Upload | None = None
+
+
+class TfServingServicer:
+    """The calls of ``tensorflow.serving.PredictionService`` and ``ModelService``."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    # ------------------------------------------------------------ PredictionService
+
+    async def Predict(self, call: Call, context: object) -> Message:  # noqa: N802
+        """Probabilities [N, C] for images or pixels."""
+        request = call.message
+        version = self._version(request.model_spec)
+        if set(request.output_filter) - {tfs.PROBABILITIES}:
+            raise bad_request(
+                f"output_filter {list(request.output_filter)}: "
+                f"the one output is {tfs.PROBABILITIES!r}"
+            )
+        inputs = dict(request.inputs)
+        if len(inputs) != 1 or not set(inputs) <= {tfs.IMAGE_BYTES, tfs.IMAGES}:
+            raise bad_request(
+                f"inputs {sorted(inputs)}; give one of {tfs.IMAGE_BYTES}, {tfs.IMAGES}"
+            )
+        [(name, tensor)] = inputs.items()
+        if name == tfs.IMAGE_BYTES:
+            results = await self._files(_strings(tensor, name), version, call.upload)
+        else:
+            pixels = _floats(tensor, name, self.service.settings)
+            results = await self.service.classify_tensor(pixels, version, call.upload)
+        table = np.array([list(r.probabilities.values()) for r in results], dtype="<f4")
+        output = T["TensorProto"](dtype=DT_FLOAT, tensor_content=table.tobytes())
+        output.tensor_shape.dim.add(size=table.shape[0])
+        output.tensor_shape.dim.add(size=table.shape[1])
+        return T["PredictResponse"](
+            model_spec=self._spec(request.model_spec, results[0].model_version),
+            outputs={tfs.PROBABILITIES: output},
+        )
+
+    async def Classify(self, call: Call, context: object) -> Message:  # noqa: N802
+        """Per example, every class with its score, in the contract's order."""
+        request = call.message
+        version = self._version(request.model_spec)
+        kind = request.input.WhichOneof("kind")
+        if kind is None:
+            raise bad_request("input holds no examples")
+        examples = getattr(request.input, kind).examples
+        files = [_image_of(example, position) for position, example in enumerate(examples)]
+        results = await self._files(files, version, call.upload)
+        classifications = [
+            T["Classifications"](
+                classes=[T["Class"](label=k, score=p) for k, p in r.probabilities.items()]
+            )
+            for r in results
+        ]
+        return T["ClassificationResponse"](
+            model_spec=self._spec(request.model_spec, results[0].model_version),
+            result=T["ClassificationResult"](classifications=classifications),
+        )
+
+    async def GetModelMetadata(self, request: Message, context: object) -> Message:  # noqa: N802
+        """The signature ``serving_default``, as ``GET /v1/models/{name}/metadata``."""
+        version = self._version(request.model_spec)
+        fields = set(request.metadata_field)
+        if fields != {"signature_def"}:
+            raise bad_request(
+                f"metadata_field {sorted(fields)}: the one field served is 'signature_def'"
+            )
+        answer = tfs.metadata(self.service, request.model_spec.name, version)
+        signatures = T["SignatureDefMap"]()
+        for name, signature in answer.metadata["signature_def"].signature_def.items():
+            entry = signatures.signature_def[name]
+            entry.method_name = signature.method_name
+            for side, tensors in (("inputs", signature.inputs), ("outputs", signature.outputs)):
+                for key, info in tensors.items():
+                    target = getattr(entry, side)[key]
+                    target.name, target.dtype = info.name, info.dtype  # type: ignore[assignment]
+                    for dim in info.tensor_shape.dim:
+                        target.tensor_shape.dim.add(size=int(dim.size))
+        packed = T["Any"](
+            type_url=f"type.googleapis.com/{signatures.DESCRIPTOR.full_name}",
+            value=signatures.SerializeToString(),
+        )
+        return T["GetModelMetadataResponse"](
+            model_spec=self._spec(request.model_spec, answer.model_spec.version),
+            metadata={"signature_def": packed},
+        )
+
+    # ------------------------------------------------------------ ModelService
+
+    async def GetModelStatus(self, request: Message, context: object) -> Message:  # noqa: N802
+        """Loaded versions AVAILABLE, refused ones END (all of them unless one is named)."""
+        version = self._version(request.model_spec)
+        status = T["ModelVersionStatus"]
+        return T["GetModelStatusResponse"](
+            model_version_status=[
+                status(
+                    version=int(s.version),
+                    state=s.state,  # type: ignore[arg-type]
+                    status=T["StatusProto"](
+                        error_code=ERROR_CODES[s.status.error_code],
+                        error_message=s.status.error_message,
+                    ),
+                )
+                for s in version_statuses(self.service, request.model_spec.name, version)
+            ]
+        )
+
+    # ------------------------------------------------------------ shared
+
+    def _version(self, spec: Message) -> str | None:
+        """The version ``spec`` names (None: the highest), after its model name and
+        signature are checked (404, 400)."""
+        check_model_name(self.service, spec.name)
+        if spec.signature_name not in ("", tfs.SIGNATURE):
+            raise bad_request(
+                f"no signature {spec.signature_name!r}; the only one is {tfs.SIGNATURE!r}"
+            )
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            raise HTTPException(
+                404, f"no version labelled {spec.version_label!r}: versions have no labels here"
+            )
+        return str(spec.version.value) if choice == "version" else None
+
+    def _spec(self, asked: Message, version: str) -> Message:
+        """The ``model_spec`` of an answer: the model, the version that answered, the
+        signature."""
+        spec = T["ModelSpec"](name=asked.name, signature_name=tfs.SIGNATURE)
+        spec.version.value = int(version)
+        return spec
+
+    async def _files(
+        self, files: list[bytes], version: str | None, upload: Upload | None
+    ) -> list[Classification]:
+        settings = self.service.settings
+        check_count(len(files), settings)
+        check_images(files, settings)
+        return await self.service.classify(files, upload=upload, version=version)
+
+
+def _shape(tensor: Message, name: str) -> list[int]:
+    if tensor.tensor_shape.unknown_rank:
+        raise bad_request(f"input {name}: give its shape (unknown_rank is set)")
+    sizes = [d.size for d in tensor.tensor_shape.dim]
+    if len(sizes) > MOST_RANK or any(s < 0 for s in sizes):
+        raise bad_request(f"input {name}: shape {sizes} is not a tensor's shape")
+    return sizes
+
+
+def _strings(tensor: Message, name: str) -> list[bytes]:
+    """``image_bytes``: DT_STRING, shape [N] (or [N, 1]), one file per element."""
+    if tensor.dtype != DT_STRING:
+        raise bad_request(f"input {name} is DT_STRING (image files); send pixels as {tfs.IMAGES}")
+    sizes = _shape(tensor, name)
+    files = list(tensor.string_val)
+    if sizes and (sizes not in ([sizes[0]], [sizes[0], 1]) or sizes[0] != len(files)):
+        raise bad_request(f"input {name}: shape {sizes} but {len(files)} elements")
+    return files
+
+
+def _floats(tensor: Message, name: str, settings: Settings) -> np.ndarray:
+    """``images``: DT_FLOAT [N, H, W, 3], from ``tensor_content`` or ``float_val``."""
+    if tensor.dtype != DT_FLOAT:
+        raise bad_request(
+            f"input {name} is DT_FLOAT (pixels); send image files as {tfs.IMAGE_BYTES}"
+        )
+    sizes = _shape(tensor, name)
+    if not sizes:
+        raise bad_request(f"input {name}: give its shape [N, H, W, 3]")
+    check_count(sizes[0], settings)
+    count = math.prod(sizes)
+    if tensor.tensor_content:
+        if tensor.float_val:
+            raise bad_request(f"input {name}: both tensor_content and float_val")
+        if len(tensor.tensor_content) != 4 * count:
+            raise bad_request(f"input {name}: shape {sizes} needs {4 * count} bytes")
+        array = np.frombuffer(tensor.tensor_content, dtype="<f4")
+    else:
+        if len(tensor.float_val) != count:
+            raise bad_request(f"input {name}: shape {sizes} but {len(tensor.float_val)} values")
+        array = np.array(tensor.float_val, dtype=np.float32)
+    return array.reshape(sizes).astype(np.float32, copy=False)
+
+
+def _image_of(example: Message, position: int) -> bytes:
+    """An example's image: its ``image_bytes`` feature, else its only bytes feature."""
+    features = example.features.feature
+    if tfs.IMAGE_BYTES in features:
+        found = [features[tfs.IMAGE_BYTES]]
+    else:
+        found = [f for f in features.values() if f.WhichOneof("kind") == "bytes_list"]
+    if len(found) != 1 or found[0].WhichOneof("kind") != "bytes_list":
+        raise bad_request(
+            f"example {position}: give one image, as the bytes feature {tfs.IMAGE_BYTES!r}"
+        )
+    values = found[0].bytes_list.value
+    if len(values) != 1:
+        raise bad_request(f"example {position}: {len(values)} values in its image feature, not 1")
+    return values[0]
