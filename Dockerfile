@@ -37,7 +37,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     CATDOG_GRPC_ADDRESS=0.0.0.0:8081 \
     CATDOG_MODEL_DIR=/models/catdog \
     TF_CPP_MIN_LOG_LEVEL=2
-# REST on 8000; the Open Inference Protocol's gRPC API on 8081 (KServe's gRPC port)
+# REST on 8000; gRPC (Open Inference Protocol, TF Serving) on 8081 (KServe's gRPC port)
 EXPOSE 8000 8081
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "/srv/catdog/docker/healthcheck.py"]

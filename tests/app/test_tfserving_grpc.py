@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from app.api.grpc_server import HEALTH
@@ -406,3 +407,12 @@ def test_grpc_health_knows_both_tf_serving_services(channel: grpc.Channel) -> No
     for name in ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
         answer = check(method.request(service=name), timeout=60)
         assert answer.status == method.response.SERVING
+
+
+def test_calls_not_served_are_unimplemented(stub: object) -> None:
+    """Regress: the model is a classifier."""
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Regress(  # type: ignore[attr-defined]
+            regression_pb2.RegressionRequest(model_spec={"name": "catdog"}), timeout=60
+        )
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@
   request and ``max_upload_bytes`` each, none empty (``check_images``).
 * Memory: a body is read into one buffer (``read_body``) and dropped once parsed;
   each base64 text is dropped once decoded (``decode_all``): a JSON request peaks
-  while its body and its texts are both held, at most 2.7 bytes per byte of its
+  while its body and its texts are both held, at most 2.8 bytes per byte of its
   files (``bench/results/upload-memory.json``).
 * Tensors given as JSON numbers become float32 arrays (``as_pixels``); their shape
   and values are checked against the version's contract by the service. Large
