@@ -1,4 +1,5 @@
-"""The Open Inference Protocol over gRPC beside REST: the same photos, one server process.
+"""The gRPC APIs (Open Inference Protocol, TF Serving) beside REST: the same photos, one
+server process.
 
 One real service (``bench.harness``) serves ``--model-dir`` with its default settings
 and ``CATDOG_GRPC_ADDRESS`` on a free port, so gRPC and REST share the process, the
@@ -9,7 +10,9 @@ list in the same order for every protocol. Three parts:
 1. **Closed-loop load**, one photo per request, for each of ``--clients``: a warm-up,
    then a measured window of C clients, each on its own connection, sending one photo
    after another and waiting for the answer: ``grpc`` (``ModelInfer``, ``image_bytes``
-   as ``raw_input_contents``, ``tritonclient.grpc.aio``), ``rest-oip`` (``POST
+   as ``raw_input_contents``, ``tritonclient.grpc.aio``), ``tfs-grpc`` (TF Serving's
+   ``Predict``, ``image_bytes`` as DT_STRING ``string_val``, ``grpc.aio`` with the
+   request serialized once, as ``tf.make_tensor_proto`` builds it), ``rest-oip`` (``POST
    /v2/models/catdog/infer``, ``image_bytes`` as binary tensor data,
    ``tritonclient.http.aio``) and ``predict`` (``POST /predict``, multipart, httpx).
    Per row: answers/s, p50 and p99, other statuses, the mean batch the server ran and
@@ -19,7 +22,8 @@ list in the same order for every protocol. Three parts:
 2. **Batches**, one request at a time: ``--batch-requests`` requests of 8 and 32 photos
    (after two unmeasured), median and p90: ``image_bytes`` over gRPC and REST OIP,
    ``/predict/batch``, and the same photos as pixels (``images``, FP32 [N, 224, 224, 3]
-   scaled to [0, 1] by ``catdog.preprocessing``), raw over gRPC, binary over REST. The
+   scaled to [0, 1] by ``catdog.preprocessing``), raw over gRPC (``tensor_content`` for
+   TF Serving), binary over REST. The
    forms take turns, request by request, so that the machine's drift hits all alike.
 3. **Agreement**: every photo once per protocol, one per request, and every answer of
    part 2, against gRPC ``image_bytes`` one per request: max absolute difference of the
@@ -45,6 +49,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -53,6 +58,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
+from app.api.grpc_tfserving import DT_FLOAT, DT_STRING, PREDICTION_SERVICE, TFSERVING
 from bench.harness import (
     CACHE,
     ROOT,
@@ -83,7 +89,7 @@ MODEL = "catdog"
 PROBABILITIES = "probabilities"
 FIXTURES = ROOT / "tests" / "fixtures" / "photos"
 SPLIT_TEST = ROOT / "data" / "split" / "test"
-PROTOCOLS = ("grpc", "rest-oip", "predict")
+PROTOCOLS = ("grpc", "tfs-grpc", "rest-oip", "predict")
 BUSY = 0.25  # other processes' cores from which a row is said to be disturbed
 TIMEOUT = 120.0  # seconds; a request of 32 photos as pixels is 19 MB
 # one TCP connection per gRPC client, as each HTTP client has its own: gRPC shares a
@@ -159,6 +165,25 @@ def tensor_bytes(kind: str, groups: list[list[int]], data: Data) -> float:
     return float(len(groups[0]) * data[1][0].nbytes)
 
 
+def tfs_request(kind: str, group: list[int], data: Data) -> bytes:
+    """A TF Serving ``PredictRequest`` for the photos of ``group``, serialized."""
+    photos, pixels = data
+    request = TFSERVING.messages["PredictRequest"]()
+    request.model_spec.name = MODEL
+    tensor = request.inputs[kind]
+    if kind == "image_bytes":
+        tensor.dtype = DT_STRING
+        tensor.string_val.extend(photos[i] for i in group)
+        sizes = [len(group)]
+    else:
+        tensor.dtype = DT_FLOAT
+        tensor.tensor_content = pixels[group].astype("<f4").tobytes()
+        sizes = list(pixels[group].shape)
+    for size in sizes:
+        tensor.tensor_shape.dim.add(size=size)
+    return request.SerializeToString()
+
+
 def multipart(groups: list[list[int]], photos: list[bytes]) -> list[Body]:
     """``/predict`` bodies (one photo: ``bench.protocols``) or ``/predict/batch`` bodies."""
     if all(len(g) == 1 for g in groups):
@@ -182,6 +207,30 @@ def grpc_opener(address: str, requests: list[list[Any]]) -> Opener:
         requests,
         client_timeout=TIMEOUT,
     )
+
+
+def tfs_opener(address: str, requests: list[bytes]) -> Opener:
+    """TF Serving ``Predict`` clients (``grpc.aio``), one channel each."""
+    path = TFSERVING.services[PREDICTION_SERVICE]["Predict"].path
+    answer_type = TFSERVING.messages["PredictResponse"]
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[Send]:
+        channel = grpc.aio.insecure_channel(address, options=GRPC_CHANNEL)
+        predict = channel.unary_unary(path, response_deserializer=answer_type.FromString)
+
+        async def send(turn: int) -> np.ndarray:
+            answer = await predict(requests[turn % len(requests)], timeout=TIMEOUT)
+            output = answer.outputs[PROBABILITIES]
+            shape = [d.size for d in output.tensor_shape.dim]
+            return np.frombuffer(output.tensor_content, "<f4").reshape(shape)
+
+        try:
+            yield send
+        finally:
+            await channel.close()
+
+    return opened
 
 
 def oip_opener(url: str, requests: list[list[Any]]) -> Opener:
@@ -240,6 +289,8 @@ def failure(exc: Exception) -> str:
     """What went wrong, as a status: gRPC code, HTTP status or the exception's type."""
     if isinstance(exc, InferenceServerException) and exc.status():
         return str(exc.status()).removeprefix("StatusCode.")
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code().name
     if isinstance(exc, httpx.HTTPStatusError):
         return str(exc.response.status_code)
     return type(exc).__name__
@@ -254,6 +305,10 @@ def make_form(
         return Form(
             protocol, "files", groups, predict_opener(server.url, bodies), mean_size(bodies)
         )
+    if protocol == "tfs-grpc":
+        requests = [tfs_request(kind, g, data) for g in groups]
+        payload = float(np.mean([len(r) for r in requests]))  # the whole message
+        return Form(protocol, kind, groups, tfs_opener(address, requests), payload)
     module = grpcclient if protocol == "grpc" else httpclient
     requests = [[tensor(module, kind, g, data)] for g in groups]
     if protocol == "grpc":
@@ -433,7 +488,7 @@ async def measure(
     ]
     batches: list[dict[str, Any]] = []
     used: dict[int, dict[str, float]] = {}  # cores over each batch size's rows
-    kinds = [(p, "image_bytes") for p in PROTOCOLS] + [(p, "images") for p in PROTOCOLS[:2]]
+    kinds = [(p, "image_bytes") for p in PROTOCOLS] + [(p, "images") for p in PROTOCOLS[:3]]
     for size in (int(s) for s in args.batch_sizes.split(",")):
         groups = groups_of(size, args.batch_requests + 2, len(photos))
         sized = [make_form(p, kind, groups, server, address, data) for p, kind in kinds]
@@ -558,6 +613,7 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "`grpc`: ModelInfer, `image_bytes` raw (tritonclient.grpc.aio); `rest-oip`: POST"
         " /v2/models/catdog/infer, `image_bytes` as binary tensor data (tritonclient.http.aio);"
+        " `tfs-grpc`: TF Serving's Predict, `image_bytes` as DT_STRING (grpc.aio);"
         " `predict`: POST /predict, multipart (httpx). CPU per image is the server's CPU over"
         " the window ÷ images it classified; cores are CPU seconds ÷ wall time (`other` well"
         " above 0: something else ran).",
@@ -569,7 +625,8 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "The rows of one size take turns, request by request (the order reversed every other"
         " turn). Payload: the tensor data (BYTES elements with their 4-byte lengths, or FP32"
-        " pixels); for `/predict/batch` the multipart body. Cores used meanwhile (server,"
+        " pixels); for TF Serving the whole message; for `/predict/batch` the multipart body."
+        " Cores used meanwhile (server,"
         " load generator, other): "
         + "; ".join(
             f"{size} images: {c['server_cores']}, {c['client_cores']}, {c['other_cores']}"
@@ -586,7 +643,7 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         *table(agree, agree_columns, text=("form",)),
     ]
-    return markdown("Open Inference Protocol over gRPC beside REST", report, about, body)
+    return markdown("gRPC (Open Inference Protocol, TF Serving) beside REST", report, about, body)
 
 
 if __name__ == "__main__":
