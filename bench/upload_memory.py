@@ -15,7 +15,9 @@ route copies. This measures that factor per route and per files in a request:
 * ``oip-json``: the same with the files in base64 inside the JSON;
 * ``tfs-json``: ``POST /v1/models/<name>:predict`` with ``{"b64": ...}`` instances;
 * ``grpc``: ``ModelInfer`` of the Open Inference Protocol over gRPC, the files as raw
-  tensor data (as ``tritonclient.grpc`` sends them), one channel per request.
+  tensor data (as ``tritonclient.grpc`` sends them), one channel per request;
+* ``tfs-grpc``: TF Serving's ``Predict`` over gRPC, the files as a DT_STRING tensor's
+  ``string_val`` (as ``tf.make_tensor_proto`` makes it), one channel per request.
 
 Each row gets a fresh ``python -m app`` (LiteRT, the shipped model, every other
 setting at its default). Clients send together as many requests as it takes to fill
@@ -51,7 +53,7 @@ import httpx
 
 from bench.harness import ROOT, memory_mb
 
-PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json", "grpc")
+PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json", "grpc", "tfs-grpc")
 RESULTS = Path(__file__).with_name("results") / "upload-memory.json"
 Request = tuple[str, dict[str, str], bytes]  # path, headers, body
 
@@ -85,6 +87,17 @@ def request_for(protocol: str, name: str, file: bytes, count: int) -> Request:
         body = b"".join(part + file + b"\r\n" for _ in range(count))
         body += f"--{boundary}--\r\n".encode()
         return path, {"content-type": f"multipart/form-data; boundary={boundary}"}, body
+    if protocol == "tfs-grpc":
+        from app.api.grpc_tfserving import DT_STRING, PREDICTION_SERVICE, TFSERVING
+
+        request = TFSERVING.messages["PredictRequest"]()
+        request.model_spec.name = name
+        tensor = request.inputs["image_bytes"]
+        tensor.dtype = DT_STRING
+        tensor.tensor_shape.dim.add(size=count)
+        tensor.string_val.extend([file] * count)
+        method = TFSERVING.services[PREDICTION_SERVICE]["Predict"]
+        return method.path, {}, request.SerializeToString()
     elements = (struct.pack("<I", len(file)) + file) * count
     if protocol == "grpc":
         from app.api.grpc_server import INFERENCE
@@ -211,7 +224,7 @@ def measure(protocol: str, per_request: int, args: argparse.Namespace) -> dict:
         idle = memory_mb(server.pid)["VmRSS"]
         file = padded_photo(args.bytes)
         request = request_for(protocol, defaults().model_name, file, per_request)
-        if protocol == "grpc":
+        if protocol in ("grpc", "tfs-grpc"):
             counts = asyncio.run(fill_grpc(grpc_port, request, at_once, args.rounds))
         else:
             counts = asyncio.run(fill(port, request, at_once, args.rounds))
