@@ -79,7 +79,8 @@ class TfServingServicer:
             )
         [(name, tensor)] = inputs.items()
         if name == tfs.IMAGE_BYTES:
-            results = await self._files(_strings(tensor, name), version, call.upload)
+            files = _strings(tensor, name, self.service.settings)
+            results = await self._files(files, version, call.upload)
         else:
             pixels = _floats(tensor, name, self.service.settings)
             results = await self.service.classify_tensor(pixels, version, call.upload)
@@ -99,7 +100,19 @@ class TfServingServicer:
         kind = request.input.WhichOneof("kind")
         if kind is None:
             raise bad_request("input holds no examples")
-        examples = getattr(request.input, kind).examples
+        given = getattr(request.input, kind)
+        if kind == "example_list_with_context" and _images_in(given.context):
+            names = sorted(
+                k
+                for k, f in given.context.features.feature.items()
+                if f.WhichOneof("kind") == "bytes_list"
+            )
+            raise bad_request(
+                f"context holds bytes features ({', '.join(names)}), which would join every "
+                "example's image: put one image in each example"
+            )
+        examples = given.examples
+        check_count(len(examples), self.service.settings)
         files = [_image_of(example, position) for position, example in enumerate(examples)]
         results = await self._files(files, version, call.upload)
         classifications = [
@@ -194,7 +207,14 @@ class TfServingServicer:
         return await self.service.classify(files, upload=upload, version=version)
 
 
-def _shape(tensor: Message, name: str) -> list[int]:
+def _shape(tensor: Message, name: str, values: tuple[str, ...]) -> list[int]:
+    """The tensor's sizes, once it is known to hold its values in ``values`` only."""
+    used = {f.name for f, _ in tensor.ListFields()} - {"dtype", "tensor_shape", "version_number"}
+    if used - set(values):
+        raise bad_request(
+            f"input {name}: values in {', '.join(sorted(used - set(values)))}; "
+            f"its values go in {' or '.join(values)}"
+        )
     if tensor.tensor_shape.unknown_rank:
         raise bad_request(f"input {name}: give its shape (unknown_rank is set)")
     sizes = [d.size for d in tensor.tensor_shape.dim]
@@ -203,34 +223,40 @@ def _shape(tensor: Message, name: str) -> list[int]:
     return sizes
 
 
-def _strings(tensor: Message, name: str) -> list[bytes]:
-    """``image_bytes``: DT_STRING, shape [N] (or [N, 1]), one file per element."""
+def _strings(tensor: Message, name: str, settings: Settings) -> list[bytes]:
+    """``image_bytes``: DT_STRING, shape [N], [N, 1] or [] (one file), a file per element."""
     if tensor.dtype != DT_STRING:
         raise bad_request(f"input {name} is DT_STRING (image files); send pixels as {tfs.IMAGES}")
-    sizes = _shape(tensor, name)
-    files = list(tensor.string_val)
-    if sizes and (sizes not in ([sizes[0]], [sizes[0], 1]) or sizes[0] != len(files)):
-        raise bad_request(f"input {name}: shape {sizes} but {len(files)} elements")
-    return files
+    sizes = _shape(tensor, name, ("string_val",))
+    count = len(tensor.string_val)  # before any element becomes a Python object
+    if sizes not in ([], [count], [count, 1]) or (not sizes and count != 1):
+        raise bad_request(f"input {name}: shape {sizes} but {count} elements")
+    check_count(count, settings)
+    return list(tensor.string_val)
 
 
 def _floats(tensor: Message, name: str, settings: Settings) -> np.ndarray:
-    """``images``: DT_FLOAT [N, H, W, 3], from ``tensor_content`` or ``float_val``."""
+    """``images``: DT_FLOAT [N, H, W, 3], from ``tensor_content``, or ``float_val`` (one
+    value: every pixel, as TensorFlow reads it)."""
     if tensor.dtype != DT_FLOAT:
         raise bad_request(
             f"input {name} is DT_FLOAT (pixels); send image files as {tfs.IMAGE_BYTES}"
         )
-    sizes = _shape(tensor, name)
-    if not sizes:
-        raise bad_request(f"input {name}: give its shape [N, H, W, 3]")
+    sizes = _shape(tensor, name, ("tensor_content", "float_val"))
+    if len(sizes) != 4:
+        raise bad_request(f"input {name}: shape {sizes}; give [N, H, W, 3]")
     check_count(sizes[0], settings)
     count = math.prod(sizes)
+    if count == 0:  # numpy refuses such a shape when its other sizes are huge
+        raise bad_request(f"input {name}: shape {sizes} holds no pixels")
     if tensor.tensor_content:
         if tensor.float_val:
             raise bad_request(f"input {name}: both tensor_content and float_val")
         if len(tensor.tensor_content) != 4 * count:
             raise bad_request(f"input {name}: shape {sizes} needs {4 * count} bytes")
         array = np.frombuffer(tensor.tensor_content, dtype="<f4")
+    elif len(tensor.float_val) == 1 and count <= _most_pixels(settings):
+        array = np.full(count, tensor.float_val[0], dtype=np.float32)
     else:
         if len(tensor.float_val) != count:
             raise bad_request(f"input {name}: shape {sizes} but {len(tensor.float_val)} values")
@@ -238,13 +264,24 @@ def _floats(tensor: Message, name: str, settings: Settings) -> np.ndarray:
     return array.reshape(sizes).astype(np.float32, copy=False)
 
 
-def _image_of(example: Message, position: int) -> bytes:
-    """An example's image: its ``image_bytes`` feature, else its only bytes feature."""
+def _most_pixels(settings: Settings) -> int:
+    """Values one value may stand for: a full request of images of any accepted size
+    is far less than the pixels of a request's upload limit, so this bounds the array
+    a single ``float_val`` makes (the contract's shape is checked afterwards)."""
+    return settings.max_files_per_request * settings.max_upload_bytes
+
+
+def _images_in(example: Message) -> list[Message]:
+    """An example's image features: ``image_bytes``, else every bytes feature."""
     features = example.features.feature
     if tfs.IMAGE_BYTES in features:
-        found = [features[tfs.IMAGE_BYTES]]
-    else:
-        found = [f for f in features.values() if f.WhichOneof("kind") == "bytes_list"]
+        return [features[tfs.IMAGE_BYTES]]
+    return [f for f in features.values() if f.WhichOneof("kind") == "bytes_list"]
+
+
+def _image_of(example: Message, position: int) -> bytes:
+    """An example's image: its ``image_bytes`` feature, else its only bytes feature."""
+    found = _images_in(example)
     if len(found) != 1 or found[0].WhichOneof("kind") != "bytes_list":
         raise bad_request(
             f"example {position}: give one image, as the bytes feature {tfs.IMAGE_BYTES!r}"

@@ -727,3 +727,18 @@ async def test_one_client_cannot_hold_every_call_slot(tiny_model_base: Path) -> 
             call_.cancel()
         await until(lambda: not waiting, "the cancelled calls to end")
         assert len((await call(channel, "ModelInfer", request)).raw_output_contents) == 1
+
+
+async def test_a_message_of_many_tiny_fields_is_refused_before_it_is_parsed(
+    served: Served,
+) -> None:
+    """70,000 empty files in bytes_contents: 140 kB that protobuf would make ~5 MB of
+    objects of (a message at the size limit, hundreds of times that)."""
+    request = infer_request("image_bytes", [70_000])
+    request.inputs[0].contents.bytes_contents.extend([b""] * 70_000)
+    async with channel_to(served.app.state.grpc.port) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call(channel, "ModelInfer", request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "the message holds more than 65536 fields"
+    assert trailers(error.value)["catdog-http-status"] == "413"

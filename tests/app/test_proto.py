@@ -225,3 +225,26 @@ def test_the_scanner_equals_protobuf_on_mutated_requests() -> None:
                 if not body:
                     break
         assert _scanned(bytes(body)) == _outcome(bytes(body)), bytes(body).hex()
+
+
+def test_fields_are_counted_through_sub_messages_and_maps() -> None:
+    """``check_fields`` counts what protobuf would make objects of, at every depth."""
+    request = INFERENCE.messages["ModelInferRequest"](model_name="catdog")  # 1 field
+    tensor = request.inputs.add(name="image_bytes", datatype="BYTES")  # 1, and 2 in it
+    tensor.shape.append(2)  # 1 (packed)
+    tensor.parameters["content_type"].string_param = "x"  # entry 1: key 1, value 1: 1
+    tensor.contents.bytes_contents.extend([b"a", b"b"])  # 1, and 2 in it
+    body = request.SerializeToString()
+    descriptor = request.DESCRIPTOR
+    proto.check_fields(body, descriptor, 12)
+    with pytest.raises(proto.TooManyFieldsError, match="more than 11 fields"):
+        proto.check_fields(body, descriptor, 11)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\x0a\xff\xff\xff\xff\x0f", b"\x2a\x05\x0a\x03ab", b"\x0b\x0c", b"\x80", b""],
+    ids=["length-past-the-end", "sub-message-cut", "group", "unfinished-key", "empty"],
+)
+def test_counting_leaves_malformed_messages_to_protobuf(body: bytes) -> None:
+    proto.check_fields(body, INFERENCE.messages["ModelInferRequest"].DESCRIPTOR, 10)

@@ -198,6 +198,22 @@ def test_predict_pixels_equals_predict(stub: object, server: Server) -> None:
         np.testing.assert_allclose(answer, expected, atol=TOLERANCE)
 
 
+def test_tensorflows_other_forms_of_a_tensor(stub: object, server: Server) -> None:
+    """A scalar string (one file), and one float_val standing for every pixel, as
+    TensorFlow reads them."""
+    [file] = images(1)
+    scalar = predict_pb2.PredictRequest(model_spec={"name": "catdog"})
+    scalar.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(file))
+    answer = probabilities(stub.Predict(scalar, timeout=60))  # type: ignore[attr-defined]
+    np.testing.assert_allclose(answer, predicted(server.url, [file]), atol=TOLERANCE)
+    grey = predict_pb2.PredictRequest(model_spec={"name": "catdog"})
+    grey.inputs["images"].CopyFrom(tf.make_tensor_proto(0.5, shape=[2, 32, 32, 3]))
+    full = predict_request("images", np.full((2, 32, 32, 3), 0.5, np.float32))
+    one = probabilities(stub.Predict(grey, timeout=60))  # type: ignore[attr-defined]
+    np.testing.assert_allclose(one, probabilities(stub.Predict(full)), atol=TOLERANCE)  # type: ignore[attr-defined]
+    assert len(grey.inputs["images"].float_val) == 1
+
+
 def test_explicit_version(stub: object) -> None:
     files = images(2)
     answers = {}
@@ -278,6 +294,12 @@ def _filtered() -> Message:
     return request
 
 
+def _scalar_of(files: list[bytes]) -> Message:
+    request = predict_request("image_bytes", files)
+    del request.inputs["image_bytes"].tensor_shape.dim[:]
+    return request
+
+
 def _classify(features: dict[str, list[bytes]]) -> Message:
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "catdog"
@@ -287,7 +309,74 @@ def _classify(features: dict[str, list[bytes]]) -> Message:
     return request
 
 
+def _pixels_request(shape: list[int], **values: object) -> Message:
+    request = predict_pb2.PredictRequest(model_spec={"name": "catdog"})
+    tensor = request.inputs["images"]
+    tensor.dtype = tf.float32.as_datatype_enum
+    tensor.tensor_shape.dim.extend([tensor.tensor_shape.Dim(size=s) for s in shape])
+    for field, value in values.items():
+        getattr(tensor, field).extend(value)  # type: ignore[arg-type]
+    return request
+
+
+def _tiny_strings() -> Message:
+    """70,000 empty files: 140 kB that protobuf would make ~5 MB of objects of."""
+    request = predict_pb2.PredictRequest(model_spec={"name": "catdog"})
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([b""] * 70_000))
+    return request
+
+
+def _context_image() -> Message:
+    request = classification_pb2.ClassificationRequest(model_spec={"name": "catdog"})
+    given = request.input.example_list_with_context
+    given.examples.add().features.feature["image_bytes"].bytes_list.value.extend(images(1))
+    given.context.features.feature["photo"].bytes_list.value.extend(images(1))
+    return request
+
+
 BAD: dict[str, tuple[str, Callable[[], Message], grpc.StatusCode, str, str]] = {
+    "many tiny fields": (
+        "Predict",
+        _tiny_strings,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "413",
+        "more than 65536 fields",
+    ),
+    "no pixels in a huge shape": (
+        "Predict",
+        lambda: _pixels_request([1, 0, 2**62, 2**62]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "400",
+        "holds no pixels",
+    ),
+    "one image's shape": (
+        "Predict",
+        lambda: _pixels_request([32, 32, 3], float_val=[0.5]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "400",
+        "give [N, H, W, 3]",
+    ),
+    "values of another dtype": (
+        "Predict",
+        lambda: _pixels_request([1, 32, 32, 3], double_val=[0.5] * 3072),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "400",
+        "values in double_val",
+    ),
+    "a scalar of three files": (
+        "Predict",
+        lambda: _scalar_of(images(3)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "400",
+        "shape [] but 3 elements",
+    ),
+    "an image in the context": (
+        "Classify",
+        _context_image,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "400",
+        "context holds bytes features (photo)",
+    ),
     "another model": (
         "Predict",
         lambda: predict_request("image_bytes", images(1)).__class__(model_spec={"name": "dog"}),

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from fastapi import HTTPException
 from tritonclient.utils import InferenceServerException
 
 from app.api.protocols import oip
@@ -298,3 +299,12 @@ def test_binary_image_files_are_read_where_they_lie_in_the_body(tmp_path: Path) 
     assert isinstance(given, oip.EncodedImages)
     assert [bytes(f) for f in given.files] == files
     assert all(isinstance(f, memoryview) and f.obj is body for f in given.files)
+
+
+def test_a_shape_without_pixels_is_a_bad_request(tmp_path: Path) -> None:
+    """Zero pixels in all, with sizes numpy cannot make an array of: 400, not a fault."""
+    tensor = oip.RequestInput(name="images", datatype="FP32", shape=[1, 0, 2**62, 2**62])
+    for raw in (None, memoryview(b"")):
+        with pytest.raises(HTTPException) as error:
+            oip.decode_input(tensor, raw, settings_for(tmp_path))
+        assert error.value.status_code == 400 and "holds no pixels" in error.value.detail

@@ -456,6 +456,8 @@ def _deserialize_bytes(raw: memoryview) -> list[memoryview]:
 def _pixels(tensor: RequestInput, raw: memoryview | None, settings: Settings) -> np.ndarray:
     count = math.prod(tensor.shape)
     check_count(tensor.shape[0], settings)
+    if count == 0:  # numpy refuses such a shape when its other sizes are huge
+        raise bad_request(f"input {IMAGES}: shape {tensor.shape} holds no pixels")
     if raw is None:
         array = as_pixels([] if tensor.data is None else tensor.data, f"input {IMAGES}")
     else:
