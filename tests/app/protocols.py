@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.harness import Server, uvicorn_server
+from bench.harness import Server, free_port, uvicorn_server
 from catdog.preprocessing import preprocess
 from tests.app.helpers import good_image
 from tests.tiny_models import export_tiny
@@ -40,6 +40,16 @@ def protocol_server(base: Path, log: Path, **settings: object) -> Iterator[Serve
     options: dict[str, object] = {"version_policy": "latest:2", "poll_interval_s": 0}
     with uvicorn_server(base, log, **{**options, **settings}) as server:
         yield server
+
+
+@contextlib.contextmanager
+def grpc_protocol_server(tiny_model_base: Path, folder: Path) -> Iterator[Server]:
+    """``protocol_server`` on two versions in ``folder``, gRPC on ``server.grpc_port``."""
+    port = free_port()
+    base = two_versions(tiny_model_base, folder)
+    with protocol_server(base, folder / "server.log", grpc_address=f"127.0.0.1:{port}") as s:
+        s.grpc_port = port  # type: ignore[attr-defined]
+        yield s
 
 
 def images(count: int = 3) -> list[bytes]:

@@ -43,11 +43,10 @@ from tests.app.helpers import (
 from tests.app.protocols import (
     CLASSES,
     TOLERANCE,
+    grpc_protocol_server,
     images,
     pixels,
     predicted,
-    protocol_server,
-    two_versions,
 )
 
 M = INFERENCE.messages
@@ -58,12 +57,8 @@ CALLS = INFERENCE.services["inference.GRPCInferenceService"]
 
 @pytest.fixture(scope="module")
 def server(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("grpc")
-    port = free_port()
-    base = two_versions(tiny_model_base, folder)
-    with protocol_server(base, folder / "server.log", grpc_address=f"127.0.0.1:{port}") as s:
-        s.grpc_port = port  # type: ignore[attr-defined]
-        yield s
+    with grpc_protocol_server(tiny_model_base, tmp_path_factory.mktemp("grpc")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -34,16 +34,15 @@ from tensorflow_serving.apis import (
 
 from app.api.grpc_server import HEALTH
 from app.api.grpc_tfserving import TFSERVING
-from bench.harness import Server, free_port
+from bench.harness import Server
 from tests import images as test_images
 from tests.app.protocols import (
     CLASSES,
     TOLERANCE,
+    grpc_protocol_server,
     images,
     pixels,
     predicted,
-    protocol_server,
-    two_versions,
 )
 
 # Where TF Serving's messages live when not in tensorflow.serving (ours are all there).
@@ -136,12 +135,8 @@ def test_messages_cross_the_wire_both_ways() -> None:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("tfs-grpc")
-    port = free_port()
-    base = two_versions(tiny_model_base, folder)
-    with protocol_server(base, folder / "server.log", grpc_address=f"127.0.0.1:{port}") as s:
-        s.grpc_port = port  # type: ignore[attr-defined]
-        yield s
+    with grpc_protocol_server(tiny_model_base, tmp_path_factory.mktemp("tfs-grpc")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
