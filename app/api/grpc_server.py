@@ -423,7 +423,6 @@ class GrpcServer:
         metrics = self.service.metrics
         settings = self.service.settings
         path = method.path
-        name = method.request.DESCRIPTOR.full_name
 
         async def answer(requests: object, context: grpc.aio.ServicerContext) -> Message:
             started = time.perf_counter()
@@ -437,18 +436,7 @@ class GrpcServer:
                     # upload from its first byte: the batcher may wait for its images.
                     upload = stack.enter_context(self.service.uploading(client)) if gated else None
                     with self._waiting(client):
-                        body = await self._read(context)
-                    try:
-                        proto.check_fields(body, method.request.DESCRIPTOR, MOST_FIELDS)
-                    except proto.TooManyFieldsError as exc:
-                        raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), 413) from None
-                    try:
-                        request = parse(body)
-                    except DecodeError as exc:
-                        raise GrpcError(
-                            grpc.StatusCode.INVALID_ARGUMENT, f"not a {name}: {exc}", 400
-                        ) from None
-                    del body
+                        request = await self._receive(context, method, parse)
                     if upload is not None:
                         request = request._replace(upload=upload)
                     return await call(request, context)
@@ -462,6 +450,9 @@ class GrpcServer:
             finally:
                 metrics.grpc_requests.labels(method=path, code=code.name).inc()
                 metrics.latency.labels(route=path).observe(time.perf_counter() - started)
+            # The abort's traceback holds this frame, and grpc.aio keeps the last aborted
+            # call's: the refused request must not stay in memory with it.
+            request = None
             await context.abort(code, message, trailers)
 
         return answer
@@ -485,6 +476,25 @@ class GrpcServer:
             waiting[client] -= 1
             if not waiting[client]:
                 del waiting[client]
+
+    async def _receive(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: proto.Method,
+        parse: Callable[[bytes], object],
+    ) -> object:
+        """The call's request: its message read (``_read``), its elements counted on the
+        wire (``proto.check_fields``: 413 past ``MOST_FIELDS``), then parsed (400 if
+        it is not the method's message)."""
+        body = await self._read(context)
+        try:
+            proto.check_fields(body, method.request.DESCRIPTOR, MOST_FIELDS)
+            return parse(body)
+        except proto.TooManyFieldsError as exc:
+            raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), 413) from None
+        except DecodeError as exc:
+            name = method.request.DESCRIPTOR.full_name
+            raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, f"not a {name}: {exc}", 400) from None
 
     async def _read(self, context: grpc.aio.ServicerContext) -> bytes:
         """The call's request message, whole within ``body_timeout_s`` (gRPC shows no

@@ -82,7 +82,8 @@ class TfServingServicer:
             files = _strings(tensor, name, self.service.settings)
             results = await self._files(files, version, call.upload)
         else:
-            pixels = _floats(tensor, name, self.service.settings)
+            size = self.service.model_for(version).contract.image_size
+            pixels = _floats(tensor, name, self.service.settings, size)
             results = await self.service.classify_tensor(pixels, version, call.upload)
         table = np.array([list(r.probabilities.values()) for r in results], dtype="<f4")
         output = T["TensorProto"](dtype=DT_FLOAT, tensor_content=table.tobytes())
@@ -235,40 +236,32 @@ def _strings(tensor: Message, name: str, settings: Settings) -> list[bytes]:
     return list(tensor.string_val)
 
 
-def _floats(tensor: Message, name: str, settings: Settings) -> np.ndarray:
-    """``images``: DT_FLOAT [N, H, W, 3], from ``tensor_content``, or ``float_val`` (one
-    value: every pixel, as TensorFlow reads it)."""
+def _floats(tensor: Message, name: str, settings: Settings, size: tuple[int, int]) -> np.ndarray:
+    """``images``: DT_FLOAT [N, H, W, 3] with the version's (H, W) = ``size``, from
+    ``tensor_content``, or ``float_val`` (one value: every pixel, as TensorFlow reads it)."""
     if tensor.dtype != DT_FLOAT:
         raise bad_request(
             f"input {name} is DT_FLOAT (pixels); send image files as {tfs.IMAGE_BYTES}"
         )
     sizes = _shape(tensor, name, ("tensor_content", "float_val"))
-    if len(sizes) != 4:
-        raise bad_request(f"input {name}: shape {sizes}; give [N, H, W, 3]")
+    height, width = size
+    if len(sizes) != 4 or sizes[1:] != [height, width, 3]:
+        raise bad_request(f"input {name}: shape {sizes}; expected [N, {height}, {width}, 3]")
     check_count(sizes[0], settings)
     count = math.prod(sizes)
-    if count == 0:  # numpy refuses such a shape when its other sizes are huge
-        raise bad_request(f"input {name}: shape {sizes} holds no pixels")
     if tensor.tensor_content:
         if tensor.float_val:
             raise bad_request(f"input {name}: both tensor_content and float_val")
         if len(tensor.tensor_content) != 4 * count:
             raise bad_request(f"input {name}: shape {sizes} needs {4 * count} bytes")
         array = np.frombuffer(tensor.tensor_content, dtype="<f4")
-    elif len(tensor.float_val) == 1 and count <= _most_pixels(settings):
+    elif len(tensor.float_val) == 1:  # at most a full request's pixels: the shape is checked
         array = np.full(count, tensor.float_val[0], dtype=np.float32)
     else:
         if len(tensor.float_val) != count:
             raise bad_request(f"input {name}: shape {sizes} but {len(tensor.float_val)} values")
         array = np.array(tensor.float_val, dtype=np.float32)
     return array.reshape(sizes).astype(np.float32, copy=False)
-
-
-def _most_pixels(settings: Settings) -> int:
-    """Values one value may stand for: a full request of images of any accepted size
-    is far less than the pixels of a request's upload limit, so this bounds the array
-    a single ``float_val`` makes (the contract's shape is checked afterwards)."""
-    return settings.max_files_per_request * settings.max_upload_bytes
 
 
 def _images_in(example: Message) -> list[Message]:

@@ -265,9 +265,15 @@ def check_pixels(pixels: np.ndarray, contract: ModelContract) -> None:
 
 
 def _raise_first_error(results: list[object], names: list[str] | None) -> None:
-    """Re-raise the first decoding failure; in a batch, name the file it came from."""
+    """Raise the first decoding failure; in a batch, name the file it came from.
+
+    An image error is raised anew, without its traceback: raised as it is, it would hold
+    the frames of its decoding (each with the file) and, through ``results``, itself: a
+    cycle that keeps every file of a refused request until a full garbage collection."""
     for position, result in enumerate(results):
+        if isinstance(result, ImageError):
+            named = names is not None and len(results) > 1
+            reason = f"file {position} ({names[position]}): " if named else ""  # type: ignore[index]
+            raise type(result)(reason + result.reason)
         if isinstance(result, BaseException):
-            if isinstance(result, ImageError) and names is not None and len(results) > 1:
-                raise type(result)(f"file {position} ({names[position]}): {result.reason}")
             raise result

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
+import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from asgi_lifespan import LifespanManager
 from google.protobuf.message import Message
 from tritonclient.utils import InferenceServerException
 
-from app.api.grpc_server import HEALTH, INFERENCE, peer_key
+from app.api.grpc_server import HEALTH, INFERENCE, InferCall, peer_key
 from app.api.grpc_tfserving import TFSERVING
 from app.core.admission import Upload
 from app.core.lifespan import shutdown_started
@@ -737,3 +739,33 @@ async def test_a_message_of_many_tiny_fields_is_refused_before_it_is_parsed(
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.details() == "the message holds more than 65536 fields"
     assert trailers(error.value)["catdog-http-status"] == "413"
+
+
+async def test_a_refused_request_is_not_kept_after_its_answer(served: Served) -> None:
+    """Neither the decoding's error (raised anew, without the frames that hold each
+    file) nor grpc.aio's record of the last aborted call keeps the refused files: with
+    the cycle collector off, nothing may still refer to them once the call is answered."""
+    marker = b"NOT-AN-IMAGE-" + bytes(range(16))
+    files = [marker + bytes(20_000), marker + bytes(30_000)]
+    request = infer_request("image_bytes", [2], raw_input_contents=[framed(files)])
+
+    def holders() -> list[str]:
+        found = []
+        for frame in (o for o in gc.get_objects() if isinstance(o, types.FrameType)):
+            for name, value in frame.f_locals.items():
+                held = value.raws if isinstance(value, InferCall) else [value]
+                if any(isinstance(v, bytes | memoryview) and marker in bytes(v) for v in held):
+                    found.append(f"{frame.f_code.co_name}: {name}")
+        return found
+
+    gc.collect()
+    gc.disable()
+    try:
+        async with channel_to(served.app.state.grpc.port) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await call(channel, "ModelInfer", request)
+            assert trailers(error.value)["catdog-http-status"] == "415"
+            del error
+            assert holders() == []
+    finally:
+        gc.enable()

@@ -231,20 +231,37 @@ def test_fields_are_counted_through_sub_messages_and_maps() -> None:
     """``check_fields`` counts what protobuf would make objects of, at every depth."""
     request = INFERENCE.messages["ModelInferRequest"](model_name="catdog")  # 1 field
     tensor = request.inputs.add(name="image_bytes", datatype="BYTES")  # 1, and 2 in it
-    tensor.shape.append(2)  # 1 (packed)
+    tensor.shape.append(2)  # 1, and 1 for the byte of its packed varint
     tensor.parameters["content_type"].string_param = "x"  # entry 1: key 1, value 1: 1
     tensor.contents.bytes_contents.extend([b"a", b"b"])  # 1, and 2 in it
     body = request.SerializeToString()
     descriptor = request.DESCRIPTOR
-    proto.check_fields(body, descriptor, 12)
-    with pytest.raises(proto.TooManyFieldsError, match="more than 11 fields"):
-        proto.check_fields(body, descriptor, 11)
+    proto.check_fields(body, descriptor, 13)
+    with pytest.raises(proto.TooManyFieldsError, match="more than 12 fields"):
+        proto.check_fields(body, descriptor, 12)
+
+
+def test_each_byte_of_packed_varints_counts() -> None:
+    """Protobuf stores each one-byte varint of a packed run in 8 bytes; packed floats
+    (pixels) cost what they weigh and count once."""
+    request = INFERENCE.messages["ModelInferRequest"](model_name="catdog")
+    tensor = request.inputs.add(name="images", datatype="FP32")
+    tensor.contents.fp32_contents.extend([0.5] * 1000)
+    descriptor = request.DESCRIPTOR
+    proto.check_fields(request.SerializeToString(), descriptor, 10)
+    tensor.contents.int64_contents.extend([1] * 1000)
+    with pytest.raises(proto.TooManyFieldsError):
+        proto.check_fields(request.SerializeToString(), descriptor, 1000)
 
 
 @pytest.mark.parametrize(
     "body",
-    [b"\x0a\xff\xff\xff\xff\x0f", b"\x2a\x05\x0a\x03ab", b"\x0b\x0c", b"\x80", b""],
-    ids=["length-past-the-end", "sub-message-cut", "group", "unfinished-key", "empty"],
+    [b"\x0a\xff\xff\xff\xff\x0f", b"\x2a\x05\x0a\x03ab", b"\x0b\x0c", b"\x80"],
+    ids=["length-past-the-end", "sub-message-cut", "group", "unfinished-key"],
 )
-def test_counting_leaves_malformed_messages_to_protobuf(body: bytes) -> None:
-    proto.check_fields(body, INFERENCE.messages["ModelInferRequest"].DESCRIPTOR, 10)
+def test_what_the_count_cannot_read_is_refused(body: bytes) -> None:
+    """Nothing goes uncounted: a group (these schemas have none) or a cut field is a
+    DecodeError, as protobuf's own parse would be for the cut ones."""
+    with pytest.raises(DecodeError):
+        proto.check_fields(body, INFERENCE.messages["ModelInferRequest"].DESCRIPTOR, 10)
+    proto.check_fields(b"", INFERENCE.messages["ModelInferRequest"].DESCRIPTOR, 10)

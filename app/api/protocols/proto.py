@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.descriptor import Descriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -351,38 +351,55 @@ class TooManyFieldsError(ValueError):
     """A message holds more fields, its sub-messages' included, than a caller allows."""
 
 
+_FD = FieldDescriptor
+# Packed repeated fields whose elements are varints: each byte may be one element,
+# which protobuf stores in 4 or 8 bytes.
+_VARINTS = {
+    _FD.TYPE_INT32,
+    _FD.TYPE_INT64,
+    _FD.TYPE_UINT32,
+    _FD.TYPE_UINT64,
+    _FD.TYPE_SINT32,
+    _FD.TYPE_SINT64,
+    _FD.TYPE_BOOL,
+    _FD.TYPE_ENUM,
+}
+
+
 def check_fields(body: bytes, descriptor: Descriptor, most: int) -> None:
     """``TooManyFieldsError`` when ``body``, read as ``descriptor``, holds more than
-    ``most`` fields in all, counting those of its sub-messages (map entries included):
-    protobuf makes tens of bytes of each, so a message of two-byte fields would cost
-    twenty-odd times its size to parse. The work stops at ``most`` fields. Whether the
-    bytes are wire format at all is protobuf's to judge: the count stops at the first
-    thing it cannot read (or a group), and lets the message through."""
+    ``most`` elements in all: fields, those of its sub-messages (map entries included)
+    and each byte of a packed run of varints. Protobuf makes 4 to tens of bytes of each,
+    so a message of tiny elements would cost twenty-odd times its size to parse. The
+    count stops at ``most``. ``DecodeError`` for what is not proto3 wire format as the
+    schema has it (a group, a field past its message's end): nothing goes uncounted."""
     stack: list[tuple[int, int, Descriptor | None]] = [(0, len(body), descriptor)]
     fields = 0
     while stack:
         position, end, message = stack.pop()
         while position < end:
             fields += 1
+            start = position
+            key, position = _varint(body, position, 5)
+            wire = key & 7
+            if wire == 0:
+                _, position = _varint(body, position)
+            elif wire in (1, 5):
+                position += 8 if wire == 1 else 4
+            elif wire == 2:
+                length, position = _varint(body, position, 5)
+                field = None if message is None else message.fields_by_number.get(key >> 3)
+                if field is not None and field.message_type is not None:
+                    stack.append((position, position + length, field.message_type))
+                elif field is not None and field.is_repeated and field.type in _VARINTS:
+                    fields += length
+                position += length
+            else:
+                raise DecodeError(f"wire type {wire} (a group?) at byte {start}")
+            if position > end:
+                raise DecodeError(f"a field at byte {start} runs past its message's end")
             if fields > most:
                 raise TooManyFieldsError(f"the message holds more than {most} fields")
-            try:
-                key, position = _varint(body, position, 5)
-                wire = key & 7
-                if wire == 0:
-                    _, position = _varint(body, position)
-                elif wire in (1, 5):
-                    position += 8 if wire == 1 else 4
-                elif wire == 2:
-                    length, position = _varint(body, position, 5)
-                    field = None if message is None else message.fields_by_number.get(key >> 3)
-                    if field is not None and field.message_type is not None:
-                        stack.append((position, min(position + length, end), field.message_type))
-                    position += length
-                else:
-                    return
-            except DecodeError:
-                return
 
 
 def _varint(data: bytes, position: int, most_bytes: int = 10) -> tuple[int, int]:
