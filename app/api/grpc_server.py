@@ -3,9 +3,10 @@
 With ``CATDOG_GRPC_ADDRESS`` set (``0.0.0.0:8081`` in the images), the lifespan starts
 a ``grpc.aio`` server on uvicorn's event loop. It answers the six calls of
 ``inference.GRPCInferenceService`` (``app/api/protocols/inference.proto``, what
-KServe, Triton and ``tritonclient.grpc`` speak) and gRPC's health check
-(``health.proto``), on the same ``InferenceService`` as REST: the same admission
-(the client's share too, by its address), decoders, batcher, limits and metrics.
+KServe, Triton and ``tritonclient.grpc`` speak), TF Serving's gRPC calls
+(``app/api/grpc_tfserving.py``) and gRPC's health check (``health.proto``), on the
+same ``InferenceService`` as REST: the same admission (the client's share too, by its
+address), decoders, batcher, limits and metrics.
 
 ``ModelInfer`` reads like the REST route, in three steps (``InferenceServicer``):
 
@@ -19,8 +20,9 @@ KServe, Triton and ``tritonclient.grpc`` speak) and gRPC's health check
   the request sent raw inputs, else in ``contents``.
 
 Each call reads its one request message itself, within ``body_timeout_s``
-(``GrpcServer._read``), after ModelInfer's admission gate; ``GrpcServer`` says how
-connections and calls are bounded.
+(``GrpcServer._read``), after the admission gate of a call with images, and counts its
+elements on the wire before protobuf parses it (``MOST_FIELDS``); ``GrpcServer`` says
+how connections and calls are bounded.
 
 An error is the REST answer's message with a gRPC status code (``GRPC_CODES``: 400,
 413, 415, 422 are INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE, a fault 500
