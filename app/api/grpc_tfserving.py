@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 from app.api.protocols import proto
 from app.api.protocols import tfserving as tfs
 from app.api.protocols.common import bad_request, check_count, check_images, check_model_name
+from app.api.protocols.oip import MOST_RANK
 from app.api.routes.models import version_statuses
 from app.core.admission import Upload
 from app.core.config import Settings
@@ -44,7 +45,6 @@ MODEL_SERVICE = "tensorflow.serving.ModelService"
 T = TFSERVING.messages
 DATA_TYPES = T["TensorProto"].DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_name
 DT_FLOAT, DT_STRING = DATA_TYPES["DT_FLOAT"].number, DATA_TYPES["DT_STRING"].number
-MOST_RANK = 8  # dimensions of an input's shape, as the Open Inference Protocol allows
 ERROR_CODES = {"OK": 0, "UNKNOWN": 2}  # tensorflow.error.Code, as the REST status names them
 
 
@@ -102,15 +102,11 @@ class TfServingServicer:
         if kind is None:
             raise bad_request("input holds no examples")
         given = getattr(request.input, kind)
-        if kind == "example_list_with_context" and _images_in(given.context):
-            names = sorted(
-                k
-                for k, f in given.context.features.feature.items()
-                if f.WhichOneof("kind") == "bytes_list"
-            )
+        context = _images_in(given.context) if kind == "example_list_with_context" else {}
+        if context:
             raise bad_request(
-                f"context holds bytes features ({', '.join(names)}), which would join every "
-                "example's image: put one image in each example"
+                f"context holds bytes features ({', '.join(sorted(context))}), which would "
+                "join every example's image: put one image in each example"
             )
         examples = given.examples
         check_count(len(examples), self.service.settings)
@@ -264,17 +260,17 @@ def _floats(tensor: Message, name: str, settings: Settings, size: tuple[int, int
     return array.reshape(sizes).astype(np.float32, copy=False)
 
 
-def _images_in(example: Message) -> list[Message]:
-    """An example's image features: ``image_bytes``, else every bytes feature."""
+def _images_in(example: Message) -> dict[str, Message]:
+    """An example's image features by name: ``image_bytes``, else every bytes feature."""
     features = example.features.feature
     if tfs.IMAGE_BYTES in features:
-        return [features[tfs.IMAGE_BYTES]]
-    return [f for f in features.values() if f.WhichOneof("kind") == "bytes_list"]
+        return {tfs.IMAGE_BYTES: features[tfs.IMAGE_BYTES]}
+    return {k: f for k, f in features.items() if f.WhichOneof("kind") == "bytes_list"}
 
 
 def _image_of(example: Message, position: int) -> bytes:
     """An example's image: its ``image_bytes`` feature, else its only bytes feature."""
-    found = _images_in(example)
+    found = list(_images_in(example).values())
     if len(found) != 1 or found[0].WhichOneof("kind") != "bytes_list":
         raise bad_request(
             f"example {position}: give one image, as the bytes feature {tfs.IMAGE_BYTES!r}"

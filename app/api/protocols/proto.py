@@ -315,28 +315,12 @@ def split_field(
         if fields > most_fields:
             return None
         field_start = position
-        key, position = _varint(body, position, 5)
-        wire = key & 7
-        if key >= 1 << 32 or key >> 3 == 0:
-            raise DecodeError(f"field number {key >> 3} at byte {field_start}")
-        if wire == 0:
-            _, end = _varint(body, position)
-        elif wire == 1:
-            end = position + 8
-        elif wire == 5:
-            end = position + 4
-        elif wire == 2:
-            length, position = _varint(body, position, 5)
-            if length >= 1 << 31:
-                raise DecodeError(f"a length of {length} at byte {field_start}")
-            end = position + length
-        elif wire in (3, 4):  # a group (proto2, long deprecated): protobuf's to read
+        found, wire, position, end = _field(body, position)
+        if end < 0:  # a group (proto2, long deprecated): protobuf's to read
             return None
-        else:
-            raise DecodeError(f"wire type {wire} at byte {field_start}")
         if end > len(body):
             raise DecodeError(f"a field at byte {field_start} runs past the message's end")
-        if key >> 3 == number and wire == 2:
+        if found == number and wire == 2:
             kept.append(view[start:field_start])
             values.append(view[position:end])
             start = end
@@ -380,26 +364,44 @@ def check_fields(body: bytes, descriptor: Descriptor, most: int) -> None:
         while position < end:
             fields += 1
             start = position
-            key, position = _varint(body, position, 5)
-            wire = key & 7
-            if wire == 0:
-                _, position = _varint(body, position)
-            elif wire in (1, 5):
-                position += 8 if wire == 1 else 4
-            elif wire == 2:
-                length, position = _varint(body, position, 5)
-                field = None if message is None else message.fields_by_number.get(key >> 3)
-                if field is not None and field.message_type is not None:
-                    stack.append((position, position + length, field.message_type))
-                elif field is not None and field.is_repeated and field.type in _VARINTS:
-                    fields += length
-                position += length
-            else:
+            number, wire, value, position = _field(body, position)
+            if position < 0:
                 raise DecodeError(f"wire type {wire} (a group?) at byte {start}")
             if position > end:
                 raise DecodeError(f"a field at byte {start} runs past its message's end")
+            field = None if message is None else message.fields_by_number.get(number)
+            if wire == 2 and field is not None:
+                if field.message_type is not None:
+                    stack.append((value, position, field.message_type))
+                elif field.is_repeated and field.type in _VARINTS:
+                    fields += position - value
             if fields > most:
                 raise TooManyFieldsError(f"the message holds more than {most} fields")
+
+
+def _field(body: bytes, position: int) -> tuple[int, int, int, int]:
+    """The field at ``position``: its number, wire type, and where its value starts and
+    ends (the end may lie past the message: the caller knows its bounds; -1 for a
+    group, whose end only its contents tell). ``DecodeError`` for what protobuf refuses:
+    a key or length over 5 bytes, field number 0, a wire type that does not exist."""
+    key, value = _varint(body, position, 5)
+    number, wire = key >> 3, key & 7
+    if key >= 1 << 32 or number == 0:
+        raise DecodeError(f"field number {number} at byte {position}")
+    if wire == 0:
+        _, end = _varint(body, value)
+    elif wire in (1, 5):
+        end = value + (8 if wire == 1 else 4)
+    elif wire == 2:
+        length, value = _varint(body, value, 5)
+        if length >= 1 << 31:
+            raise DecodeError(f"a length of {length} at byte {position}")
+        end = value + length
+    elif wire in (3, 4):
+        end = -1
+    else:
+        raise DecodeError(f"wire type {wire} at byte {position}")
+    return number, wire, value, end
 
 
 def _varint(data: bytes, position: int, most_bytes: int = 10) -> tuple[int, int]:
