@@ -158,6 +158,14 @@ def cmd_litert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from training.teacher import run_teacher
+
+    report = run_teacher(args.data, args.out, args.weights, l2=args.l2, limit=args.limit)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m training`` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
@@ -242,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="basic: flips/rotation/zoom in the model; robust: crops, letterbox, "
         "lighting, blur, JPEG in the data pipeline",
     )
+    p.add_argument(
+        "--soft-labels",
+        default=d.soft_labels,
+        help="a teacher's soft-labels.npz (python -m training teacher): distil it",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=d.distill_weight,
+        help="the teacher's share of each training target (with --soft-labels)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy overall and per class, confusion matrix")
@@ -316,6 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="split folder (its test/ is used) or a folder of photos")
     p.add_argument("--limit", type=int, help="check on at most this many photos")
     p.set_defaults(func=cmd_litert)
+
+    p = sub.add_parser(
+        "teacher",
+        help="fit EfficientNet-Lite0 + a linear head; write the training split's soft labels",
+    )
+    p.add_argument("--data", required=True, help="a prepared split folder")
+    p.add_argument("--out", default="runs/teacher-lite0", help="for teacher.json, soft-labels.npz")
+    p.add_argument("--weights", help="a Lite0 PyTorch checkpoint (default: the [teacher] extra's)")
+    p.add_argument("--l2", type=float, help="the head's L2 penalty (default: chosen on validation)")
+    p.add_argument("--limit", type=int, help="use about this many photos per split")
+    p.set_defaults(func=cmd_teacher)
     return parser
 
 

@@ -2,7 +2,8 @@
 
 Files are read by ``catdog.preprocessing.load_image`` (the same function the
 service calls), cached as resized uint8, shuffled with a seed, batched, scaled
-``/ 255`` to float32 and prefetched. Labels are one-hot in class order.
+``/ 255`` to float32 and prefetched. Labels are one-hot in class order, or
+mixed with a teacher's probabilities (soft labels) for distillation.
 """
 
 from __future__ import annotations
@@ -46,6 +47,27 @@ def list_images(
     return paths, np.asarray(labels, dtype=np.int32)
 
 
+def relative(paths: list[str], folder: str | Path) -> list[str]:
+    """``<class>/<file>`` for each path under ``folder``: how soft labels name photos."""
+    root = Path(folder).resolve()
+    return [Path(p).resolve().relative_to(root).as_posix() for p in paths]
+
+
+def read_soft_labels(file: str | Path, paths: list[str], folder: str | Path) -> np.ndarray:
+    """The teacher's probabilities for ``paths`` (files under ``folder``), in that order.
+
+    ValueError naming a photo the file has no label for (another split, say).
+    """
+    saved = np.load(file)
+    table = dict(zip(saved["paths"].tolist(), saved["probabilities"]))
+    rows = []
+    for name in relative(paths, folder):
+        if name not in table:
+            raise ValueError(f"{file}: no soft label for {name}")
+        rows.append(table[name])
+    return np.asarray(rows, dtype=np.float32)
+
+
 def _read(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     """Graph wrapper around the project's preprocessing (uint8, before scaling)."""
 
@@ -72,16 +94,25 @@ def make_dataset(
     class_names: tuple[str, ...] = CLASS_NAMES,
     augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
     limit: int | None = None,
+    soft_labels: str | Path | None = None,
+    distill_weight: float = 0.5,
 ) -> tf.data.Dataset:
-    """Batches of (float32 images in [0, 1], one-hot float32 labels) from a split folder.
+    """Batches of (float32 images in [0, 1], float32 targets) from a split folder.
 
-    ``cache`` is True (memory), a file path (disk), or False. The training set is
-    reshuffled every epoch from the seed; validation and test keep file order.
-    ``augment`` (for training) maps each scaled float32 batch to an augmented one.
-    ``limit`` keeps about that many files, evenly spread over every class.
+    Targets are one-hot labels; with ``soft_labels`` (a teacher's ``soft-labels.npz``,
+    ``training.teacher``) they are ``distill_weight`` × the teacher's probabilities
+    + the rest × one-hot. ``cache`` is True (memory), a file path (disk), or False.
+    The training set is reshuffled every epoch from the seed; validation and test
+    keep file order. ``augment`` (for training) maps each scaled float32 batch to
+    an augmented one. ``limit`` keeps about that many files, evenly spread over
+    every class.
     """
     paths, labels = list_images(folder, class_names, limit)
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    targets = np.eye(len(class_names), dtype=np.float32)[labels]
+    if soft_labels:
+        teacher = read_soft_labels(soft_labels, paths, folder)
+        targets = distill_weight * teacher + (1.0 - distill_weight) * targets
+    ds = tf.data.Dataset.from_tensor_slices((paths, targets))
     ds = ds.map(
         lambda p, y: (_read(p, image_size), y), num_parallel_calls=AUTOTUNE, deterministic=True
     )
@@ -90,9 +121,7 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    ds = ds.map(
-        lambda x, y: (scale_batch(x), tf.one_hot(y, len(class_names))), num_parallel_calls=AUTOTUNE
-    )
+    ds = ds.map(lambda x, y: (scale_batch(x), y), num_parallel_calls=AUTOTUNE)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE)
     ds = ds.prefetch(AUTOTUNE)
@@ -108,8 +137,11 @@ def load_splits(
     seed: int = 42,
     cache: bool | str = True,
     augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    soft_labels: str | Path | None = None,
+    distill_weight: float = 0.5,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Training (shuffled, maybe augmented) and validation datasets of a prepared folder."""
+    """Training (shuffled, maybe augmented, maybe with a teacher's soft labels) and
+    validation datasets of a prepared folder."""
     data_dir = Path(data_dir)
     train = make_dataset(
         data_dir / "train",
@@ -119,6 +151,8 @@ def load_splits(
         seed=seed,
         cache=cache,
         augment=augment,
+        soft_labels=soft_labels,
+        distill_weight=distill_weight,
     )
     val = make_dataset(data_dir / "validation", image_size, batch_size, cache=cache)
     return train, val

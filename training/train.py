@@ -59,6 +59,8 @@ class TrainConfig:
     cache: bool | str = True
     steps_per_epoch: int | None = None
     augment: str = "basic"
+    soft_labels: str = ""  # a teacher's soft-labels.npz (training.teacher): distillation
+    distill_weight: float = 0.5  # the teacher's share of each training target
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -359,6 +361,8 @@ def _datasets(config: TrainConfig, replicas: int) -> tuple[tf.data.Dataset, tf.d
         config.seed,
         config.cache,
         augment=RobustAugment() if config.augment == "robust" else None,
+        soft_labels=config.soft_labels or None,
+        distill_weight=config.distill_weight,
     )
     steps = config.steps_per_epoch or int(train_ds.cardinality())
     if config.steps_per_epoch:

