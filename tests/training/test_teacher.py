@@ -12,6 +12,7 @@ import types
 from collections import OrderedDict
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -217,15 +218,20 @@ def test_loading_a_checkpoint_of_another_network_fails(tmp_path: Path) -> None:
         load_lite0_weights(model, state)
 
 
-def test_head_separates_separable_features() -> None:
+def test_head_separates_separable_features_and_becomes_a_dense_layer() -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 100)
-    features = rng.normal(0, 1, (200, 16)) + labels[:, None] * 1.5
-    head = fit_head(features, labels, steps=300)
+    features = rng.normal(3, 1, (200, 16)) + labels[:, None] * 1.5
+    head = fit_head(features, labels)
     probabilities = head(features)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-9)
     assert (probabilities.argmax(1) == labels).mean() > 0.95
     assert head(features[:1]).shape == (1, 2)
+
+    dense = keras.layers.Dense(2, activation="softmax")
+    dense.build((None, 16))
+    dense.set_weights(head.dense_weights())
+    np.testing.assert_allclose(dense(features.astype(np.float32)), probabilities, atol=1e-5)
 
 
 def test_soft_labels_mix_into_training_targets(make_split: MakeSplit, tmp_path: Path) -> None:
@@ -264,6 +270,12 @@ def test_teacher_command_writes_metrics_and_soft_labels(
     assert [report[s]["count"] for s in splits] == [8, 4, 4]
     assert all(0.0 <= report[s]["accuracy"] <= 1.0 for s in splits)
     assert report["l2"] in L2_GRID and len(report["validation_by_l2"]) == len(L2_GRID)
+    teacher = keras.saving.load_model(out / "teacher.keras")
+    assert teacher.output_shape == (None, 2)
+    assert (
+        main(["evaluate", "--model", str(out / "teacher.keras"), "--data", str(split / "test")])
+        == 0
+    )
     assert sorted(p.name for p in out.glob("features-*.npz")) == [
         "features-test.npz",
         "features-train.npz",
