@@ -151,34 +151,43 @@ def make_efficientnet_lite0(input_shape: tuple[int, int, int] = (*IMAGE_SIZE, 3)
     return keras.Model(inputs, x, name="efficientnet_lite0")
 
 
+def lite0_names() -> list[tuple[str, str]]:
+    """(our layer, its PyTorch name) for every convolution and batch norm of Lite0, in
+    EfficientNet-PyTorch's naming; a batch norm's layer name ends in ``_bn``."""
+    names = [("stem", "_conv_stem"), ("stem_bn", "_bn0")]
+    block = 0
+    for repeats, _kernel, _stride, expansion, _channels in LITE0_STAGES:
+        for _ in range(repeats):
+            ours, theirs = f"block{block}", f"_blocks.{block}"
+            if expansion != 1:
+                names += [
+                    (f"{ours}_expand", f"{theirs}._expand_conv"),
+                    (f"{ours}_expand_bn", f"{theirs}._bn0"),
+                ]
+            names += [
+                (f"{ours}_dw", f"{theirs}._depthwise_conv"),
+                (f"{ours}_dw_bn", f"{theirs}._bn1"),
+                (f"{ours}_project", f"{theirs}._project_conv"),
+                (f"{ours}_project_bn", f"{theirs}._bn2"),
+            ]
+            block += 1
+    return [*names, ("head", "_conv_head"), ("head_bn", "_bn1")]
+
+
+BATCH_NORM_PARTS = ("weight", "bias", "running_mean", "running_var")  # Keras's order
+
+
 def load_lite0_weights(model: keras.Model, state: dict[str, np.ndarray]) -> None:
     """Copy a PyTorch EfficientNet-Lite0 state dict (EfficientNet-PyTorch's names) into
     ``make_efficientnet_lite0``'s layers. KeyError or ValueError if it does not fit."""
-
-    def conv(layer: str, key: str) -> None:
-        # PyTorch (out, in, h, w) -> Keras (h, w, in, out); depthwise (c, 1, h, w) -> (h, w, c, 1)
-        order = (2, 3, 0, 1) if layer.endswith("_dw") else (2, 3, 1, 0)
-        kernel = state[key].transpose(order)
-        model.get_layer(layer).set_weights([kernel])
-
-    def norm(layer: str, key: str) -> None:
-        parts = ("weight", "bias", "running_mean", "running_var")
-        model.get_layer(f"{layer}_bn").set_weights([state[f"{key}.{p}"] for p in parts])
-
-    conv("stem", "_conv_stem.weight")
-    norm("stem", "_bn0")
-    blocks = sum(stage[0] for stage in LITE0_STAGES)
-    for block in range(blocks):
-        ours, theirs = f"block{block}", f"_blocks.{block}"
-        if f"{theirs}._expand_conv.weight" in state:
-            conv(f"{ours}_expand", f"{theirs}._expand_conv.weight")
-            norm(f"{ours}_expand", f"{theirs}._bn0")
-        conv(f"{ours}_dw", f"{theirs}._depthwise_conv.weight")
-        norm(f"{ours}_dw", f"{theirs}._bn1")
-        conv(f"{ours}_project", f"{theirs}._project_conv.weight")
-        norm(f"{ours}_project", f"{theirs}._bn2")
-    conv("head", "_conv_head.weight")
-    norm("head", "_bn1")
+    for layer, key in lite0_names():
+        if layer.endswith("_bn"):
+            weights = [state[f"{key}.{part}"] for part in BATCH_NORM_PARTS]
+        else:
+            # (out, in, h, w) -> Keras (h, w, in, out); depthwise (c, 1, h, w) -> (h, w, c, 1)
+            order = (2, 3, 0, 1) if layer.endswith("_dw") else (2, 3, 1, 0)
+            weights = [state[f"{key}.weight"].transpose(order)]
+        model.get_layer(layer).set_weights(weights)
 
 
 def lite0_weights_file() -> Path:

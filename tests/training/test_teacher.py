@@ -20,11 +20,13 @@ from tests.images import MakeSplit
 from training.__main__ import main
 from training.data import make_dataset, read_soft_labels
 from training.teacher import (
+    BATCH_NORM_PARTS,
     L2_GRID,
     LITE0_FEATURES,
     TORCH_MAGIC,
     TORCH_PROTOCOL,
     fit_head,
+    lite0_names,
     load_lite0_weights,
     make_efficientnet_lite0,
     out_of_fold,
@@ -35,10 +37,10 @@ from training.teacher import (
 def _rebuild_tensor_v2() -> None: ...  # stand-ins pickled under torch's names
 
 
-def FloatStorage() -> None: ...  # noqa: N802
+def FloatStorage() -> None: ...
 
 
-def LongStorage() -> None: ...  # noqa: N802
+def LongStorage() -> None: ...
 
 
 TORCH_NAMES = {
@@ -143,38 +145,22 @@ def test_refuses_other_files_and_never_runs_their_code(tmp_path: Path) -> None:
         read_torch_checkpoint(cut)
 
 
-def torch_state_of(model) -> dict[str, np.ndarray]:  # noqa: ANN001
+def torch_state_of(model: keras.Model) -> dict[str, np.ndarray]:
     """The model's weights under EfficientNet-PyTorch's names and layouts (the inverse
     of ``load_lite0_weights``)."""
     state: dict[str, np.ndarray] = {}
-
-    def conv(layer: str, key: str) -> None:
-        (kernel,) = model.get_layer(layer).get_weights()
-        order = (2, 3, 0, 1) if layer.endswith("_dw") else (3, 2, 0, 1)
-        state[key] = kernel.transpose(order)
-
-    def norm(layer: str, key: str) -> None:
-        values = model.get_layer(f"{layer}_bn").get_weights()
-        for part, value in zip(("weight", "bias", "running_mean", "running_var"), values):
-            state[f"{key}.{part}"] = value
-        state[f"{key}.num_batches_tracked"] = np.array(0, np.int64)
-
-    conv("stem", "_conv_stem.weight")
-    norm("stem", "_bn0")
-    for block in range(16):
-        if block:  # the first block has no expansion
-            conv(f"block{block}_expand", f"_blocks.{block}._expand_conv.weight")
-            norm(f"block{block}_expand", f"_blocks.{block}._bn0")
-        conv(f"block{block}_dw", f"_blocks.{block}._depthwise_conv.weight")
-        norm(f"block{block}_dw", f"_blocks.{block}._bn1")
-        conv(f"block{block}_project", f"_blocks.{block}._project_conv.weight")
-        norm(f"block{block}_project", f"_blocks.{block}._bn2")
-    conv("head", "_conv_head.weight")
-    norm("head", "_bn1")
+    for layer, key in lite0_names():
+        weights = model.get_layer(layer).get_weights()
+        if layer.endswith("_bn"):
+            state.update({f"{key}.{p}": w for p, w in zip(BATCH_NORM_PARTS, weights)})
+            state[f"{key}.num_batches_tracked"] = np.array(0, np.int64)
+        else:
+            order = (2, 3, 0, 1) if layer.endswith("_dw") else (3, 2, 0, 1)
+            state[f"{key}.weight"] = weights[0].transpose(order)
     return state
 
 
-def randomised(model, seed: int = 0) -> dict[str, np.ndarray]:  # noqa: ANN001
+def randomised(model: keras.Model, seed: int = 0) -> dict[str, np.ndarray]:
     """Random weights in the model's shapes, as a PyTorch state (batch norm variances > 0)."""
     rng = np.random.default_rng(seed)
     state = torch_state_of(model)
