@@ -341,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit EfficientNet-Lite0 + a linear head; write the training split's soft labels",
     )
     p.add_argument("--data", required=True, help="a prepared split folder")
-    p.add_argument("--out", default="runs/teacher-lite0", help="for teacher.json, soft-labels.npz")
+    p.add_argument(
+        "--out", default="runs/teacher-lite0", help="for teacher.json/.keras, soft-labels.npz"
+    )
     p.add_argument("--weights", help="a Lite0 PyTorch checkpoint (default: the [teacher] extra's)")
     p.add_argument("--l2", type=float, help="the head's L2 penalty (default: chosen on validation)")
     p.add_argument("--limit", type=int, help="use about this many photos per split")
