@@ -1,8 +1,8 @@
 """A stronger teacher for the small served model, and the soft labels it gives.
 
 The teacher is EfficientNet-Lite0 with its ImageNet weights (75 % top-1, about
-ten times MobileNet alpha 0.25's compute and 14 MB of weights: too large to ship
-under the 10 MB budget) and a logistic-regression head fitted on its pooled
+five times the served model's multiply-adds and 13.6 MB of float32 weights: too
+large to ship under the 10 MB budget) and a logistic-regression head fitted on its pooled
 features of the training split. Its probabilities for each training photo
 (averaged with the mirror, and from a head fitted without that photo) are
 written to ``soft-labels.npz``; ``train --soft-labels`` mixes them into the
@@ -28,6 +28,8 @@ from keras import layers
 
 from catdog.contract import CLASS_NAMES, IMAGE_SIZE
 from training.data import make_dataset, relative
+from training.evaluate import classification_report
+from training.export import with_flip_averaging
 
 # PyTorch's legacy checkpoint format (torch.save before 1.6, or with
 # _use_new_zipfile_serialization=False): these pickles, then the raw storages.
@@ -62,8 +64,8 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     """
 
     class Storage:
-        def __init__(self, kind: str, count: int) -> None:
-            self.kind, self.count, self.data = kind, count, np.empty(0)
+        def __init__(self, kind: str) -> None:
+            self.kind, self.data = kind, np.empty(0)
 
     storages: dict[str, Storage] = {}
     tensors: list[tuple[Storage, int, tuple[int, ...], tuple[int, ...]]] = []
@@ -83,8 +85,8 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: unexpected object {module}.{name} in the checkpoint")
 
         def persistent_load(self, pid: Any) -> Storage:
-            _, kind, key, _location, count, _view = pid
-            return storages.setdefault(key, Storage(kind, count))
+            _, kind, key, _location, _count, _view = pid
+            return storages.setdefault(key, Storage(kind))
 
     with open(path, "rb") as f:
         if pickle.load(f) != TORCH_MAGIC or pickle.load(f) != TORCH_PROTOCOL:
@@ -206,13 +208,16 @@ def extract_features(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Paths, labels and features of a class folder, each image averaged with its mirror."""
     ds = make_dataset(folder, batch_size=batch_size, cache=False, limit=limit)
+    averaged = with_flip_averaging(model)
     features, labels = [], []
     for images, targets in ds:
-        both = model.predict_on_batch(np.concatenate([images, images[:, :, ::-1]]))
-        n = len(images)
-        features.append((both[:n] + both[n:]) / 2)
+        features.append(averaged.predict_on_batch(images))
         labels.append(np.argmax(targets, axis=1))
     return ds.file_paths, np.concatenate(features), np.concatenate(labels)
+
+
+def _sigmoid(logit: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(logit, -50, 50)))
 
 
 @dataclass
@@ -224,8 +229,7 @@ class Head:
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities (cat, dog) for each row of features."""
-        logit = np.clip(features.astype(np.float64) @ self.weights + self.bias, -50, 50)
-        dog = 1 / (1 + np.exp(-logit))
+        dog = _sigmoid(features.astype(np.float64) @ self.weights + self.bias)
         return np.stack([1 - dog, dog], axis=1)
 
     def dense_weights(self) -> list[np.ndarray]:
@@ -256,7 +260,7 @@ def fit_head(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2, steps: 
     w = np.zeros(z.shape[1])
     current = loss(w)
     for _ in range(steps):
-        p = 1 / (1 + np.exp(-np.clip(z @ w, -50, 50)))
+        p = _sigmoid(z @ w)
         gradient = z.T @ (p - y) / len(z) + penalty * w
         hessian = (z.T * (p * (1 - p))) @ z / len(z) + np.diag(penalty)
         step = np.linalg.solve(hessian, gradient)
@@ -273,20 +277,8 @@ def fit_head(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2, steps: 
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Overall and per-class accuracy, as in ``evaluate.json``."""
-    predicted = probabilities.argmax(1)
-    per_class = {
-        name: {
-            "accuracy": float((predicted[labels == i] == i).mean()),
-            "count": int((labels == i).sum()),
-        }
-        for i, name in enumerate(CLASS_NAMES)
-    }
-    return {
-        "accuracy": float((predicted == labels).mean()),
-        "count": len(labels),
-        "per_class": per_class,
-    }
+    """``evaluate.classification_report`` of the most probable class."""
+    return classification_report(labels, probabilities.argmax(1))
 
 
 def make_teacher_model(backbone: keras.Model, head: Head) -> keras.Model:
@@ -354,18 +346,17 @@ def run_teacher(
     }
     paths, features, labels = splits["train"]
     _, val_features, val_labels = splits["validation"]
-    grid = {
-        value: accuracy(fit_head(features, labels, l2=value)(val_features), val_labels)["accuracy"]
-        for value in ((l2,) if l2 is not None else L2_GRID)
-    }
+    penalties = (l2,) if l2 is not None else L2_GRID
+    heads = {value: fit_head(features, labels, l2=value) for value in penalties}
+    grid = {value: accuracy(h(val_features), val_labels)["accuracy"] for value, h in heads.items()}
     chosen = max(grid, key=lambda value: (grid[value], value))  # a tie: the stronger penalty
+    head = heads[chosen]
     probabilities = out_of_fold(features, labels, chosen)
     np.savez(
         out / "soft-labels.npz",
         paths=np.asarray(relative(paths, data_dir / "train")),
         probabilities=probabilities.astype(np.float32),
     )
-    head = fit_head(features, labels, l2=chosen)
     model = make_teacher_model(backbone, head)
     model.save(out / "teacher.keras")
     report: dict[str, Any] = {
