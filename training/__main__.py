@@ -161,7 +161,9 @@ def cmd_litert(args: argparse.Namespace) -> int:
 def cmd_teacher(args: argparse.Namespace) -> int:
     from training.teacher import run_teacher
 
-    report = run_teacher(args.data, args.out, args.weights, l2=args.l2, limit=args.limit)
+    report = run_teacher(
+        args.data, args.out, args.weights, l2=args.l2, limit=args.limit, int8=args.int8
+    )
     print(json.dumps(report, indent=2))
     return 0
 
@@ -347,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="a Lite0 PyTorch checkpoint (default: the [teacher] extra's)")
     p.add_argument("--l2", type=float, help="the head's L2 penalty (default: chosen on validation)")
     p.add_argument("--limit", type=int, help="use about this many photos per split")
+    p.add_argument(
+        "--int8", action="store_true", help="int8 convolution weights (a quarter of the size)"
+    )
     p.set_defaults(func=cmd_teacher)
     return parser
 

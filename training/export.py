@@ -36,6 +36,7 @@ from catdog.runtimes import (
 from training.litert import add_litert
 from training.models import copy_weights, make_model
 from training.ood import MahalanobisScore, features_and_probabilities
+from training.quantize import Int8Conv  # noqa: F401  (checkpoints may hold Int8Conv layers)
 
 TOLERANCE = 1e-5  # probabilities; an OOD score is compared relative to its size
 # Every output of a model by name: "probabilities", and "ood_score" when fitted.
@@ -153,8 +154,9 @@ def export_model(
         spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
         # Not model.export(): it traces model(x) with ``training`` unset, and Keras
         # augmentation layers then default to training mode, i.e. stay active in serving.
+        # No archive.track(model): the endpoint tracks the variables it uses, and
+        # track() would store each a second time (as the Keras variable too).
         archive = keras.export.ExportArchive()
-        archive.track(model)
         archive.add_endpoint("serve", lambda images: model(images, training=False), [spec])
         # (a dict-output model gives a signature with one named output per key)
         archive.write_out(str(staging), verbose=False)

@@ -1,8 +1,9 @@
 """Convert an exported version's SavedModel to LiteRT (``model.tflite``), checked.
 
 ``add_litert`` converts with TensorFlow's ``tf.lite.TFLiteConverter.from_saved_model``
-(float32, no quantisation), runs the SavedModel signature and the LiteRT model on
-the same images (a few random ones plus the real ones given) and writes
+(float32, no quantisation) and rewrites the result exactly
+(``training.flatbuffer.shrink``). It runs the SavedModel signature and the
+LiteRT model on the same images (a few random ones plus the real ones given) and writes
 ``model.tflite`` only when every probability, and every ``ood_score`` if the
 model has one, agrees within ``TOLERANCE``. The file appears atomically (written
 beside it, then renamed), and ``metadata.json`` records both runtimes with the
@@ -30,6 +31,7 @@ import numpy as np
 from catdog.contract import LITERT_FILE, METADATA_FILE, SIGNATURE, ModelContract
 from catdog.litert import LiteRTModel
 from catdog.runtimes import OOD_SCORE, load_signature
+from training.flatbuffer import shrink
 
 TOLERANCE = 1e-5
 RANDOM_IMAGES = 4
@@ -38,7 +40,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def convert(version_dir: str | Path) -> bytes:
-    """The version's SavedModel serving signature as a float32 LiteRT flatbuffer."""
+    """The version's SavedModel serving signature as a LiteRT flatbuffer: float32
+    arithmetic, constants folded and exact int8 kernels stored as int8
+    (``training.flatbuffer.shrink``)."""
     import tensorflow as tf
 
     version_dir = Path(version_dir)
@@ -46,9 +50,10 @@ def convert(version_dir: str | Path) -> bytes:
         converter = tf.lite.TFLiteConverter.from_saved_model(
             str(version_dir), signature_keys=[SIGNATURE]
         )
-        return bytes(converter.convert())
+        content = bytes(converter.convert())
     except Exception as exc:  # the converter raises many types
         raise ValueError(f"{version_dir}: LiteRT conversion failed: {exc}") from exc
+    return shrink(content)
 
 
 def add_litert(
@@ -105,7 +110,10 @@ def add_litert(
         "file": LITERT_FILE,
         "bytes": len(content),
         "sha256": hashlib.sha256(content).hexdigest(),
-        "converter": "tf.lite.TFLiteConverter.from_saved_model (float32, no quantisation)",
+        "converter": (
+            "tf.lite.TFLiteConverter.from_saved_model (float32, no quantisation), "
+            "then training.flatbuffer.shrink (constants folded, exact int8 kernels as int8)"
+        ),
         "tensorflow": tf.__version__,
         "ai_edge_litert": importlib.metadata.version("ai-edge-litert"),
         "outputs": sorted(names),

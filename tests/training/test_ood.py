@@ -50,9 +50,9 @@ def _clusters(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_far_points_score_higher_than_points_near_a_class() -> None:
     features, labels = _clusters()
-    means, precision = fit_gaussians(unit_length(features), labels)
-    near = mahalanobis_scores(np.array([[3.0, 0, 0, 0], [-3.0, 0.2, 0, 0]]), means, precision)
-    far = mahalanobis_scores(np.array([[0.0, 0, 0, 0], [3.0, 5.0, 0, 0]]), means, precision)
+    fit = fit_gaussians(unit_length(features), labels)
+    near = mahalanobis_scores(np.array([[3.0, 0, 0, 0], [-3.0, 0.2, 0, 0]]), fit)
+    far = mahalanobis_scores(np.array([[0.0, 0, 0, 0], [3.0, 5.0, 0, 0]]), fit)
     assert near.max() < 0.5 < 5 < far.min()
 
 
@@ -64,20 +64,47 @@ def test_threshold_lets_the_chosen_share_pass() -> None:
 
 def test_weak_features_pointing_elsewhere_score_high() -> None:
     features, labels = _clusters()
-    means, precision = fit_gaussians(unit_length(features), labels)
+    fit = fit_gaussians(unit_length(features), labels)
     # Short vectors near the origin, but not along a class direction: far once scaled.
     weak = np.array([[0.1, 0.3, 0.0, 0.0], [0.0, 0.0, 0.2, 0.1]])
-    assert mahalanobis_scores(weak, means, precision).min() > 5
+    assert mahalanobis_scores(weak, fit).min() > 5
 
 
-def test_keras_layer_matches_the_numpy_score() -> None:
+def test_full_rank_fit_is_the_inverse_covariance() -> None:
     features, labels = _clusters()
-    means, precision = fit_gaussians(unit_length(features), labels)
-    layer = make_score_layer(means, precision)
-    probe = features[:10].astype(np.float32) * 1.5
+    fit = fit_gaussians(features, labels, ridge=0.0)
+    centred = features - fit.means[labels]
+    covariance = centred.T @ centred / len(features)
+    assert fit.basis.shape == (4, 4) and fit.residual == 0
+    np.testing.assert_allclose(fit.precision(), np.linalg.inv(covariance), rtol=1e-4)
+
+
+def test_low_rank_fit_keeps_the_largest_directions_and_spreads_the_rest() -> None:
+    rng = np.random.default_rng(2)
+    spreads = np.array([5.0, 3.0, 1.0, 1.0, 1.0, 1.0])  # two strong directions, an even rest
+    features = rng.normal(0, 1, (20000, 6)) * spreads
+    labels = np.repeat([0, 1], 10000)
+    low = fit_gaussians(features, labels, ridge=0.0, rank=2)
+    full = fit_gaussians(features, labels, ridge=0.0, rank=6)
+    assert low.basis.shape == (6, 2)
+    np.testing.assert_allclose(np.abs(low.basis[:2]), np.eye(2), atol=0.02)
+    assert low.residual == pytest.approx(1.0, rel=0.02)
+    # the rest really was even here, so the low-rank precision is the full one
+    np.testing.assert_allclose(low.precision(), full.precision(), atol=0.03)
+    probe = features[:50]
     np.testing.assert_allclose(
-        np.asarray(layer(probe)), mahalanobis_scores(probe, means, precision), rtol=1e-4
+        mahalanobis_scores(probe, low), mahalanobis_scores(probe, full), rtol=0.05
     )
+
+
+@pytest.mark.parametrize("rank", [4, 2])
+def test_keras_layer_matches_the_numpy_score(rank: int) -> None:
+    features, labels = _clusters()
+    fit = fit_gaussians(unit_length(features), labels, rank=rank)
+    layer = make_score_layer(fit)
+    assert layer.rank == rank
+    probe = features[:10].astype(np.float32) * 1.5
+    np.testing.assert_allclose(np.asarray(layer(probe)), mahalanobis_scores(probe, fit), rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
