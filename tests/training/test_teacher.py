@@ -16,9 +16,13 @@ import keras
 import numpy as np
 import pytest
 
+from catdog.contract import LITERT_FILE
 from tests.images import MakeSplit
 from training.__main__ import main
 from training.data import make_dataset, read_soft_labels
+from training.flatbuffer import operator_counts
+from training.ood import MAX_RANK
+from training.quantize import Int8Conv
 from training.teacher import (
     BATCH_NORM_PARTS,
     L2_GRID,
@@ -161,13 +165,21 @@ def torch_state_of(model: keras.Model) -> dict[str, np.ndarray]:
 
 
 def randomised(model: keras.Model, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random weights in the model's shapes, as a PyTorch state (batch norm variances > 0)."""
+    """Random weights in the model's shapes, as a PyTorch state (batch norm variances > 0;
+    kernels scaled by their fan-in and batch norm scales near 1, so the features still
+    depend on the image after 16 blocks)."""
     rng = np.random.default_rng(seed)
     state = torch_state_of(model)
     for key, value in state.items():
         if value.dtype == np.float32:
             noise = rng.normal(0, 0.2, value.shape).astype(np.float32)
-            state[key] = np.abs(noise) + 0.5 if key.endswith("running_var") else noise
+            if value.ndim == 4:  # a kernel (out, in, h, w)
+                noise *= np.float32(5 / np.sqrt(np.prod(value.shape[1:])))
+            elif key.endswith("running_var"):
+                noise = np.abs(noise) + 0.5
+            elif key.endswith(".weight"):  # a batch norm's scale
+                noise += 1
+            state[key] = noise
     return state
 
 
@@ -308,3 +320,36 @@ def test_out_of_fold_probabilities_come_from_heads_that_did_not_see_the_photo() 
     held_out = out_of_fold(features, labels, l2=1e-4)
     assert held_out.shape == (60, 2)
     assert (held_out.argmax(1) == labels).mean() < 0.8
+
+
+def test_int8_teacher_exports_as_a_version_a_quarter_of_the_size(
+    make_split: MakeSplit, tmp_path: Path
+) -> None:
+    """``teacher --int8`` then ``export --ood``: the path of the shipped version 4."""
+    split = make_split(per_split={"train": 6, "validation": 4, "test": 2}, size=(48, 40))
+    weights = write_legacy_checkpoint(
+        tmp_path / "lite0.pth", randomised(make_efficientnet_lite0((64, 64, 3)))
+    )
+    run = tmp_path / "run"
+    teacher = ["teacher", "--data", str(split), "--out", str(run), "--weights", str(weights)]
+    assert main([*teacher, "--int8"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"] == "efficientnet_lite0_int8" and config["int8_weights"] is True
+    checkpoint = keras.saving.load_model(run / "teacher.keras")
+    assert sum(isinstance(layer, Int8Conv) for layer in checkpoint.layers) == 49
+
+    models = tmp_path / "models"
+    export = ["export", "--run", str(run), "--checkpoint", str(run / "teacher.keras")]
+    assert main([*export, "--out", str(models), "--data", str(split), "--ood"]) == 0
+    version = models / "1"
+    metadata = json.loads((version / "metadata.json").read_text())
+    assert metadata["training"]["int8_weights"] is True
+    assert metadata["ood"]["feature_dims"] == LITE0_FEATURES
+    assert metadata["ood"]["covariance"].startswith(f"top {MAX_RANK} directions")
+    assert metadata["runtimes"]["litert"]["max_abs_diff"] <= 1e-5
+    tflite = (version / LITERT_FILE).read_bytes()
+    assert operator_counts(tflite)["DEQUANTIZE"] == 49
+    # float32 would be 13.6 MB in each file (and 6.6 MB more for a full-rank OOD fit)
+    float_bytes = 4 * make_efficientnet_lite0().count_params()
+    variables = sum(p.stat().st_size for p in (version / "variables").iterdir())
+    assert variables < 0.35 * float_bytes and len(tflite) < 0.35 * float_bytes

@@ -1,0 +1,123 @@
+"""``python -m bench.litert_files``: what ``training.flatbuffer.shrink`` does to a LiteRT file.
+
+For each exported version given, the SavedModel is converted three ways: the
+converter's own output, that output with its constants folded (float32
+kernels), and with ``shrink`` (folded, exact int8 kernels behind DEQUANTIZE,
+what ``model.tflite`` holds). Each is run by LiteRT (XNNPACK, one thread) on the
+same random images, interleaved over ``--rounds`` rounds; the table shows file
+size, median milliseconds per image at batch 1 and 8, and the largest
+difference of every output against the converter's file.
+
+    .venv/bin/python -m bench.litert_files --version models/catdog/3 --version models/catdog/4
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+from bench.harness import new_report, table, write_report
+from catdog.contract import ModelContract
+from catdog.litert import LiteRTModel
+from training.flatbuffer import fold_constants, operator_counts, shrink
+
+FORMS = ("converter", "folded", "shrink")
+
+
+def _folded(content: bytes) -> bytes:
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    fold_constants(model)
+    builder = flatbuffers.Builder(len(content))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _converted(version: Path) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(version), ["serving_default"])
+    return bytes(converter.convert())
+
+
+def measure(version: Path, rounds: int, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per form of the version's LiteRT file."""
+    raw = _converted(version)
+    contents = {"converter": raw, "folded": _folded(raw), "shrink": shrink(raw)}
+    models = {form: LiteRTModel(content, threads=1) for form, content in contents.items()}
+    contract = ModelContract.read(version)
+    images = np.random.default_rng(seed).random((8, *contract.input_shape), dtype=np.float32)
+    reference = models["converter"].infer(images)
+    times: dict[str, dict[int, list[float]]] = {form: {1: [], 8: []} for form in FORMS}
+    for model in models.values():  # warm-up: interpreters created, weights prepared
+        model.infer(images[:1]), model.infer(images)
+    for _ in range(rounds):
+        for form, model in models.items():
+            for batch in (1, 8):
+                started = time.perf_counter()
+                model.infer(images[:batch])
+                times[form][batch].append((time.perf_counter() - started) * 1000 / batch)
+    rows = []
+    for form, model in models.items():
+        outputs = model.infer(images)
+        diff = max(float(np.max(np.abs(outputs[k] - reference[k]))) for k in reference)
+        counts = operator_counts(contents[form])
+        rows.append(
+            {
+                "version": str(version),
+                "form": form,
+                "bytes": len(contents[form]),
+                "ms_batch_1": round(statistics.median(times[form][1]), 2),
+                "ms_batch_8": round(statistics.median(times[form][8]), 2),
+                "max_abs_diff": diff,
+                "dequantize": counts.get("DEQUANTIZE", 0),
+                "per_call_kernel_ops": sum(counts.get(op, 0) for op in ("CAST", "MUL")),
+            }
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.litert_files", description=__doc__)
+    parser.add_argument("--version", action="append", required=True, help="a version folder")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--out", default="bench/results/litert-files.md")
+    args = parser.parse_args(argv)
+    report = new_report("bench.litert_files", sys.argv[1:] if argv is None else argv)
+    report["rows"] = [row for v in args.version for row in measure(Path(v), args.rounds)]
+    columns = [
+        ("version", "version"),
+        ("file", "form"),
+        ("bytes", "bytes"),
+        ("ms/image, batch 1", "ms_batch_1"),
+        ("ms/image, batch 8", "ms_batch_8"),
+        ("max abs diff vs converter", "max_abs_diff"),
+        ("DEQUANTIZE ops", "dequantize"),
+        ("CAST + MUL ops", "per_call_kernel_ops"),
+    ]
+    lines = [
+        "# LiteRT files: the converter's, folded, shrunk",
+        "",
+        "```",
+        report["command"],
+        "```",
+        "",
+        f"{report['started']}; {report['environment']['cpus']} CPUs, one LiteRT thread, "
+        f"medians of {args.rounds} rounds, 8 random images.",
+        "",
+        *table(report["rows"], columns, text=("version", "form")),
+    ]
+    write_report(report, "\n".join(lines), Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
