@@ -38,7 +38,7 @@ from training.models import copy_weights, make_model
 from training.ood import MahalanobisScore, features_and_probabilities
 from training.quantize import Int8Conv  # noqa: F401  (checkpoints may hold Int8Conv layers)
 
-TOLERANCE = 1e-5  # probabilities; an OOD score is compared relative to its size
+TOLERANCE = 1e-5  # probabilities; each OOD score is compared relative to its size
 # Every output of a model by name: "probabilities", and "ood_score" when fitted.
 Outputs = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -185,10 +185,12 @@ def _check_reload(model: keras.Model, folder: Path, images: np.ndarray | None) -
     if set(got) != set(expected):
         raise ValueError(f"exported outputs {sorted(got)}, the Keras model has {sorted(expected)}")
     for name, want in expected.items():
-        scale = 1.0 if name == PROBABILITIES else max(1.0, float(np.max(np.abs(want))))
-        diff = float(np.max(np.abs(want - got[name])))
-        if diff > TOLERANCE * scale:
-            raise ValueError(f"exported {name} disagrees with the Keras model: max |diff| = {diff}")
+        size = 1.0 if name == PROBABILITIES else np.maximum(1.0, np.abs(want))
+        diff = np.abs(want - got[name])
+        if not np.max(diff / size) <= TOLERANCE:  # also refuses NaN
+            raise ValueError(
+                f"exported {name} disagrees with the Keras model: max |diff| = {np.max(diff)}"
+            )
 
 
 def export_run(

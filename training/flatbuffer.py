@@ -41,6 +41,7 @@ FOLDED: dict[int, Callable[[list[np.ndarray], type], np.ndarray]] = {
 # the kernel is an operator's second input; its output channels lie on this axis
 KERNEL_AXIS = {Op.CONV_2D: 0, Op.DEPTHWISE_CONV_2D: 3, Op.FULLY_CONNECTED: 0}
 INT8_MAX = 127
+DEQUANTIZE_PER_CHANNEL_VERSION = 5
 
 
 def shrink(content: bytes) -> bytes:
@@ -95,16 +96,20 @@ def fold_constants(model: schema.ModelT) -> int:
         while changed:
             changed, kept = False, []
             for op in graph.operators:
-                out = graph.tensors[op.outputs[0]]
                 fold = FOLDED.get(_code(model, op))
-                args = [_constant(model, graph.tensors[i]) for i in op.inputs if i >= 0]
+                if fold is None or len(op.outputs) != 1:  # (some operators have no output)
+                    kept.append(op)
+                    continue
+                out = graph.tensors[op.outputs[0]]
+                tensors = [graph.tensors[i] for i in op.inputs if i >= 0]
+                args = [_constant(model, t) for t in tensors]
                 activation = getattr(op.builtinOptions, "fusedActivationFunction", 0)
                 if (
-                    fold is None
-                    or len(op.outputs) != 1
-                    or out.type not in NUMPY_TYPES
+                    out.type not in NUMPY_TYPES
                     or activation
                     or any(arg is None for arg in args)
+                    # quantised or variable tensors are not plain numbers to fold
+                    or any(_quantized(t) or t.isVariable for t in [*tensors, out])
                 ):
                     kept.append(op)
                     continue
@@ -114,6 +119,11 @@ def fold_constants(model: schema.ModelT) -> int:
             graph.operators = kept
     _drop_unused(model)
     return folded
+
+
+def _quantized(tensor: schema.TensorT) -> bool:
+    scale = None if tensor.quantization is None else tensor.quantization.scale
+    return scale is not None and len(scale) > 0
 
 
 def exact_int8(kernel: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -132,7 +142,11 @@ def exact_int8(kernel: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] |
         up, down = np.nextafter(guess, np.float32(np.inf)), np.nextafter(guess, np.float32(0))
         for scale in (guess, up, down):
             q = np.round(row.astype(np.float64) / np.float64(scale))
-            if np.max(np.abs(q)) <= INT8_MAX and np.array_equal(q.astype(np.float32) * scale, row):
+            restored = q.astype(np.float32) * scale
+            # compared bit for bit (a -0.0 weight would come back as +0.0)
+            if np.max(np.abs(q)) <= INT8_MAX and np.array_equal(
+                restored.view(np.uint32), row.view(np.uint32)
+            ):
                 qs[c], scales[c] = q, scale
                 break
         else:
@@ -180,6 +194,9 @@ def store_int8(model: schema.ModelT) -> int:
         stored += len(added)
     if not stored:
         del model.operatorCodes[codes:]  # the DEQUANTIZE code, if _opcode added it
+    else:  # TFLite's operator version of a per-channel int8 DEQUANTIZE
+        code = model.operatorCodes[dequantize]
+        code.version = max(code.version, DEQUANTIZE_PER_CHANNEL_VERSION)
     _drop_unused(model)
     return stored
 
@@ -202,13 +219,14 @@ def _opcode(model: schema.ModelT, builtin: int) -> int:
 
 def _drop_unused(model: schema.ModelT) -> None:
     """Remove tensors no operator, graph input/output or signature uses, and empty the
-    buffers no tensor uses (their indices stay, so other references hold)."""
+    buffers neither a tensor nor the metadata uses (their indices stay)."""
     for index, graph in enumerate(model.subgraphs):
         signatures = [s for s in model.signatureDefs or [] if s.subgraphIndex == index]
         maps = [m for s in signatures for m in [*(s.inputs or []), *(s.outputs or [])]]
         used = set(graph.inputs) | set(graph.outputs) | {m.tensorIndex for m in maps}
         for op in graph.operators:
-            used |= {i for i in op.inputs if i >= 0} | set(op.outputs)
+            used |= {i for i in [*op.inputs, *(op.intermediates or [])] if i >= 0}
+            used |= set(op.outputs)
         new = {old: position for position, old in enumerate(sorted(used))}
         graph.tensors = [graph.tensors[i] for i in sorted(used)]
         graph.inputs = [new[i] for i in graph.inputs]
@@ -216,9 +234,14 @@ def _drop_unused(model: schema.ModelT) -> None:
         for op in graph.operators:
             op.inputs = [new[i] if i >= 0 else -1 for i in op.inputs]
             op.outputs = [new[i] for i in op.outputs]
+            if op.intermediates is not None and len(op.intermediates):
+                op.intermediates = [new[i] if i >= 0 else -1 for i in op.intermediates]
         for m in maps:
             m.tensorIndex = new[m.tensorIndex]
     referenced = {t.buffer for graph in model.subgraphs for t in graph.tensors}
+    # metadata (the minimum runtime version, conversion details) lives in buffers too
+    referenced |= {m.buffer for m in model.metadata or []}
+    referenced |= set(model.metadataBuffer if model.metadataBuffer is not None else [])
     for index, buffer in enumerate(model.buffers):
         if index and index not in referenced:
             buffer.data = None

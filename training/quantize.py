@@ -81,10 +81,12 @@ def fold_batch_norm(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Kernel and bias of one convolution equal to a bias-free ``conv`` then ``batch_norm``
     (inference mode: its moving statistics)."""
+    depthwise = isinstance(conv, layers.DepthwiseConv2D)
+    if conv.use_bias or (depthwise and conv.depth_multiplier != 1):
+        raise ValueError(f"{conv.name}: only bias-free convolutions (depth multiplier 1) fold")
     gamma, beta, mean, variance = batch_norm.get_weights()
     factor = gamma / np.sqrt(variance + batch_norm.epsilon)
     kernel = conv.get_weights()[0]
-    depthwise = isinstance(conv, layers.DepthwiseConv2D)
     kernel = kernel * (factor[None, None, :, None] if depthwise else factor)
     return kernel.astype(np.float32), (beta - mean * factor).astype(np.float32)
 

@@ -4,7 +4,9 @@
   ``shrink`` folds them and stores the kernels as int8 behind DEQUANTIZE, and
   the outputs do not change by a single bit against the folded float32 file.
 * A kernel that is not exactly int8 times a per-channel scale stays float32.
-* A float model gains nothing and loses nothing.
+* A float model gains nothing and loses nothing, its metadata (the minimum
+  runtime version) included; a stateful graph (operators without outputs)
+  goes through.
 * Exported through ``export_model``, an int8 network's files are about a
   quarter of a float one's, and each weight is stored once.
 """
@@ -137,3 +139,45 @@ def test_an_exported_int8_network_is_a_quarter_of_the_float_one(tmp_path: Path) 
     assert parameters * 4 < sizes[False][0] < parameters * 4 * 1.2  # each weight stored once
     assert sizes[True][0] < 0.4 * sizes[False][0]
     assert sizes[True][1] < 0.4 * sizes[False][1]
+
+
+def _metadata(content: bytes) -> dict[str, bytes]:
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    return {
+        _text(m.name): bytes(np.asarray(model.buffers[m.buffer].data, np.uint8))
+        for m in model.metadata or []
+    }
+
+
+def _text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def test_the_files_metadata_survives(tmp_path: Path) -> None:
+    raw = _converted(_model(int8=True), tmp_path / "m")
+    before = _metadata(raw)
+    assert before["min_runtime_version"].strip(b"\0")  # the converter writes one
+    assert _metadata(shrink(raw)) == before
+
+
+def test_a_stateful_graph_with_operators_without_outputs_goes_through(tmp_path: Path) -> None:
+    class Counter(tf.Module):
+        def __init__(self) -> None:
+            self.total = tf.Variable(tf.zeros([4]))
+
+        @tf.function(input_signature=[tf.TensorSpec([4], tf.float32)])
+        def __call__(self, x: tf.Tensor) -> tf.Tensor:
+            self.total.assign_add(x)
+            return self.total * 2.0
+
+    counter = Counter()
+    tf.saved_model.save(counter, str(tmp_path / "counter"), signatures=counter.__call__)
+    raw = bytes(tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "counter")).convert())
+    assert "ASSIGN_VARIABLE" in operator_counts(raw)  # an operator with no output
+    small = shrink(raw)
+    assert operator_counts(small) == operator_counts(raw)
+    runner = Interpreter(model_content=small).get_signature_runner()
+    first = next(iter(runner(x=np.ones(4, np.float32)).values()))
+    second = next(iter(runner(x=np.ones(4, np.float32)).values()))
+    np.testing.assert_array_equal(first, 2.0)
+    np.testing.assert_array_equal(second, 4.0)

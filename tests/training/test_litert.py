@@ -108,3 +108,22 @@ def test_cli_adds_model_tflite_to_an_exported_version_without_touching_it(
 
 def test_cli_reports_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
     assert main(["litert", str(tmp_path)]) == 2
+
+
+def test_a_nan_from_litert_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime that answers NaN for one image (injected: a real one does not) must
+    fail the check, not slip through it."""
+    from catdog.litert import LiteRTModel
+
+    folder = export_tiny(tmp_path / "catdog" / "1", ood=True)
+    infer = LiteRTModel.infer
+
+    def one_nan(self: LiteRTModel, batch: np.ndarray) -> dict[str, np.ndarray]:
+        out = {name: np.array(value, np.float32) for name, value in infer(self, batch).items()}
+        out["ood_score"][0] = np.nan
+        return out
+
+    monkeypatch.setattr(LiteRTModel, "infer", one_nan)
+    with pytest.raises(ValueError, match="disagrees"):
+        add_litert(folder, images(3))
+    assert not (folder / LITERT_FILE).exists()

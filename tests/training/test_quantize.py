@@ -138,3 +138,16 @@ def test_copy_quantized_fills_an_int8_network_from_a_float_one() -> None:
     got = np.asarray(target(images))
     # int8 weights: close to the float network, not equal to it
     assert 0 < np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        layers.Conv2D(4, 3, padding="same", use_bias=True),
+        layers.DepthwiseConv2D(3, padding="same", use_bias=False, depth_multiplier=2),
+    ],
+)
+def test_only_bias_free_single_multiplier_convolutions_fold(conv: layers.Layer) -> None:
+    conv.build((None, 8, 8, 3))
+    with pytest.raises(ValueError, match="only bias-free"):
+        fold_batch_norm(conv, _batch_norm(4 if isinstance(conv, layers.Conv2D) else 6, seed=6))
