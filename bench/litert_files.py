@@ -21,24 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import flatbuffers
 import numpy as np
-from ai_edge_litert import schema_py_generated as schema
 
 from bench.harness import new_report, table, write_report
 from catdog.contract import ModelContract
 from catdog.litert import LiteRTModel
-from training.flatbuffer import fold_constants, operator_counts, shrink
+from training.flatbuffer import operator_counts, shrink
 
 FORMS = ("converter", "folded", "shrink")
-
-
-def _folded(content: bytes) -> bytes:
-    model = schema.ModelT.InitFromPackedBuf(content, 0)
-    fold_constants(model)
-    builder = flatbuffers.Builder(len(content))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def _converted(version: Path) -> bytes:
@@ -51,7 +41,7 @@ def _converted(version: Path) -> bytes:
 def measure(version: Path, rounds: int, seed: int = 0) -> list[dict[str, Any]]:
     """One row per form of the version's LiteRT file."""
     raw = _converted(version)
-    contents = {"converter": raw, "folded": _folded(raw), "shrink": shrink(raw)}
+    contents = {"converter": raw, "folded": shrink(raw, int8=False), "shrink": shrink(raw)}
     models = {form: LiteRTModel(content, threads=1) for form, content in contents.items()}
     contract = ModelContract.read(version)
     images = np.random.default_rng(seed).random((8, *contract.input_shape), dtype=np.float32)

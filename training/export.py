@@ -33,12 +33,11 @@ from catdog.runtimes import (
     load_signature,
     version_dirs,
 )
-from training.litert import add_litert
+from training.litert import TOLERANCE, add_litert, parity
 from training.models import copy_weights, make_model
 from training.ood import MahalanobisScore, features_and_probabilities
 from training.quantize import Int8Conv  # noqa: F401  (checkpoints may hold Int8Conv layers)
 
-TOLERANCE = 1e-5  # probabilities; each OOD score is compared relative to its size
 # Every output of a model by name: "probabilities", and "ood_score" when fitted.
 Outputs = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -185,12 +184,9 @@ def _check_reload(model: keras.Model, folder: Path, images: np.ndarray | None) -
     if set(got) != set(expected):
         raise ValueError(f"exported outputs {sorted(got)}, the Keras model has {sorted(expected)}")
     for name, want in expected.items():
-        size = 1.0 if name == PROBABILITIES else np.maximum(1.0, np.abs(want))
-        diff = np.abs(want - got[name])
-        if not np.max(diff / size) <= TOLERANCE:  # also refuses NaN
-            raise ValueError(
-                f"exported {name} disagrees with the Keras model: max |diff| = {np.max(diff)}"
-            )
+        diff, relative = parity(name, want, got[name])
+        if not relative <= TOLERANCE:  # also refuses NaN
+            raise ValueError(f"exported {name} disagrees with the Keras model: max |diff| = {diff}")
 
 
 def export_run(

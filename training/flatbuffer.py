@@ -44,11 +44,13 @@ INT8_MAX = 127
 DEQUANTIZE_PER_CHANNEL_VERSION = 5
 
 
-def shrink(content: bytes) -> bytes:
-    """``content`` with constants folded and exact int8 kernels stored as int8."""
+def shrink(content: bytes, int8: bool = True) -> bytes:
+    """``content`` with constants folded and (unless ``int8`` is False) exact int8
+    kernels stored as int8."""
     model = schema.ModelT.InitFromPackedBuf(content, 0)
     fold_constants(model)
-    store_int8(model)
+    if int8:
+        store_int8(model)
     builder = flatbuffers.Builder(len(content) // 2)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

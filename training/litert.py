@@ -41,6 +41,16 @@ CHUNK = 32  # images per model call during the check
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
+def parity(name: str, want: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """The largest |difference| between two runtimes' outputs called ``name``, and the
+    largest relative to each value's size above 1 for an ``ood_score`` (for other
+    outputs, the same). A NaN anywhere comes out as NaN, which no tolerance passes."""
+    want = np.asarray(want, np.float64)
+    diff = np.abs(want - got)
+    size = np.maximum(1.0, np.abs(want)) if name == OOD_SCORE else 1.0
+    return float(np.max(diff)), float(np.max(diff / size))
+
+
 def convert(version_dir: str | Path) -> bytes:
     """The version's SavedModel serving signature as a LiteRT flatbuffer: float32
     arithmetic, constants folded and exact int8 kernels stored as int8
@@ -98,12 +108,10 @@ def add_litert(
         expected = saved_model(batch)
         got = litert.infer(batch)
         for name in names:
-            want = np.asarray(expected[name], np.float64)
-            diff = np.abs(want - got[name])
-            size = np.maximum(1.0, np.abs(want)) if name == OOD_SCORE else 1.0
-            # np.max, not max(): a NaN anywhere must survive to the check below
-            diffs[name] = float(np.max([diffs[name], np.max(diff)]))
-            scaled[name] = float(np.max([scaled[name], np.max(diff / size)]))
+            diff, relative = parity(name, expected[name], got[name])
+            # np.max, not max(): a NaN must survive to the check below
+            diffs[name] = float(np.max([diffs[name], diff]))
+            scaled[name] = float(np.max([scaled[name], relative]))
         real += len(batch) if is_real else 0
     if not all(scaled[n] <= tolerance for n in names):  # also refuses NaN
         raise ValueError(
