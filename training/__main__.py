@@ -11,6 +11,8 @@ from pathlib import Path
 from catdog.contract import IMAGE_SIZE
 from catdog.quiet import drop_expected_gpu_noise
 
+PHOTOS_HELP = "labelled photos: cat/ and dog/ folders (a split), Cat/ and Dog/, or cat.N.jpg files"
+
 
 def _size(text: str) -> tuple[int, int]:
     """``224`` or ``224x160`` (height x width)."""
@@ -99,6 +101,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
             model, args.data, args.transform or tuple(TRANSFORMS), args.limit
         )
     print(format_table(results))
+    for label, suite in results.items():
+        skipped = next(iter(suite.values())).get("skipped") or []
+        if skipped:
+            print(f"{label}: left out {len(skipped)} files that do not decode (robustness.json)")
     for path in save_results(results, args.out):
         print(f"wrote {path}")
     return 0
@@ -273,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy overall and per class, confusion matrix")
     p.add_argument("--model", required=True, help="a .keras checkpoint or an exported version")
-    p.add_argument("--data", required=True, help="a folder with one sub-folder per class")
+    p.add_argument("--data", required=True, help=PHOTOS_HELP)
     p.add_argument("--out", help="folder for evaluation.json and confusion.png")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
@@ -288,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", required=True, action="append", help="a checkpoint or version (repeatable)"
     )
-    p.add_argument("--data", required=True, help="a folder with one sub-folder per class")
+    p.add_argument("--data", required=True, help=PHOTOS_HELP)
     p.add_argument("--out", default="runs/robustness", help="folder for robustness.json/.md")
     p.add_argument("--transform", action="append", help="only these (repeatable); default all")
     p.add_argument("--limit", type=int, help="use about this many photos, evenly spread")
@@ -301,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         "neither", help="share of not-cat-not-dog images the OOD score catches, and of photos"
     )
     p.add_argument("--model", required=True, help="a version exported with --ood")
-    p.add_argument("--data", required=True, help="cat/dog photos (class folders), e.g. test")
+    p.add_argument("--data", required=True, help=PHOTOS_HELP)
     p.add_argument("--extra", action="append", help="a folder of neither images (repeatable)")
     p.add_argument("--count", type=int, default=100, help="synthetic images per kind")
     p.add_argument("--seed", type=int, default=0)

@@ -4,18 +4,25 @@ Files are read by ``catdog.preprocessing.load_image`` (the same function the
 service calls), cached as resized uint8, shuffled with a seed, batched, scaled
 ``/ 255`` to float32 and prefetched. Labels are one-hot in class order, or
 mixed with a teacher's probabilities (soft labels) for distillation.
+
+Evaluating also takes photos as people keep them: either raw Kaggle layout
+(``cat.N.jpg`` files, or ``Cat/`` and ``Dog/`` folders), with the files that do
+not decode left out and listed (``readable``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from catdog.contract import CLASS_NAMES, IMAGE_SIZE
-from catdog.preprocessing import load_image
+from catdog.preprocessing import ImageError, load_image
+from training.prepare import find_candidates
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 AUTOTUNE = tf.data.AUTOTUNE
@@ -26,25 +33,52 @@ def list_images(
 ) -> tuple[list[str], np.ndarray]:
     """Image paths under ``folder/<class>/`` in sorted order, with integer labels.
 
-    ``limit`` keeps about that many, evenly spread over the sorted list (so over
-    every class), for quick runs.
+    A folder without those class folders is read as raw Kaggle photos
+    (``training.prepare.find_candidates``: ``cat.N.jpg`` files, or ``Cat/`` and
+    ``Dog/`` folders at any depth). ``limit`` keeps about that many, evenly spread
+    over the sorted list (so over every class), for quick runs.
     """
     folder = Path(folder)
-    missing = [n for n in class_names if not (folder / n).is_dir()]
-    if missing:
-        raise ValueError(f"{folder}: missing class folder(s) {missing}")
     paths, labels = [], []
-    for index, name in enumerate(class_names):
-        for path in sorted((folder / name).iterdir()):
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(str(path))
-                labels.append(index)
+    if all((folder / n).is_dir() for n in class_names):
+        for index, name in enumerate(class_names):
+            for path in sorted((folder / name).iterdir()):
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    paths.append(str(path))
+                    labels.append(index)
+    else:
+        for found in find_candidates(folder, class_names):
+            if found.path.suffix.lower() in IMAGE_EXTENSIONS:
+                paths.append(str(found.path))
+                labels.append(class_names.index(found.label))
     if not paths:
         raise ValueError(f"{folder}: no images in {list(class_names)}")
     if limit is not None and limit < len(paths):
         keep = np.linspace(0, len(paths) - 1, limit).round().astype(int)
         paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
     return paths, np.asarray(labels, dtype=np.int32)
+
+
+def readable(
+    paths: list[str], labels: np.ndarray, image_size: tuple[int, int] = IMAGE_SIZE
+) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """The paths (and their labels) that decode with the service's preprocessing, and
+    ``(path, reason)`` for each that does not, as the service would refuse it."""
+
+    def problem(path: str) -> str | None:
+        try:
+            load_image(path, image_size)
+        except ImageError as exc:
+            return exc.reason
+        except OSError as exc:
+            return f"cannot read the file: {exc.strerror or exc}"
+        return None
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        problems = list(pool.map(problem, paths))
+    keep = [i for i, reason in enumerate(problems) if reason is None]
+    skipped = [(path, reason) for path, reason in zip(paths, problems) if reason is not None]
+    return [paths[i] for i in keep], labels[keep], skipped
 
 
 def relative(paths: list[str], folder: str | Path) -> list[str]:
@@ -96,6 +130,7 @@ def make_dataset(
     limit: int | None = None,
     soft_labels: str | Path | None = None,
     distill_weight: float = 0.5,
+    skip_unreadable: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (float32 images in [0, 1], float32 targets) from a split folder.
 
@@ -105,9 +140,15 @@ def make_dataset(
     The training set is reshuffled every epoch from the seed; validation and test
     keep file order. ``augment`` (for training) maps each scaled float32 batch to
     an augmented one. ``limit`` keeps about that many files, evenly spread over
-    every class.
+    every class. ``skip_unreadable`` leaves out the files that do not decode, listed
+    as ``(path, reason)`` in the dataset's ``skipped`` (else one stops the run).
     """
     paths, labels = list_images(folder, class_names, limit)
+    skipped: list[tuple[str, str]] = []
+    if skip_unreadable:
+        paths, labels, skipped = readable(paths, labels, image_size)
+        if not paths:
+            raise ValueError(f"{folder}: none of its {len(skipped)} images decodes")
     targets = np.eye(len(class_names), dtype=np.float32)[labels]
     if soft_labels:
         teacher = read_soft_labels(soft_labels, paths, folder)
@@ -126,6 +167,7 @@ def make_dataset(
         ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE)
     ds = ds.prefetch(AUTOTUNE)
     ds.file_paths = paths  # like keras.utils.image_dataset_from_directory
+    ds.skipped = skipped
     ds.class_names = list(class_names)
     return ds
 

@@ -1,4 +1,8 @@
-"""Evaluate a model on a folder of class sub-folders: overall and per-class accuracy.
+"""Evaluate a model on a folder of labelled photos: overall and per-class accuracy.
+
+The folder is a split's (``cat/``, ``dog/``) or raw photos in either Kaggle
+layout (``training.data.list_images``); files that do not decode are left out
+and listed in the report.
 
 The tutorial reported cats and dogs separately; per-class accuracy here is the
 share of each true class predicted correctly (its recall). The confusion
@@ -19,6 +23,8 @@ from catdog.contract import CLASS_NAMES
 from training.data import make_dataset
 from training.export import Outputs, Predictor, load_outputs
 from training.visualize import save_confusion_plot
+
+SHOW_SKIPPED = 10  # unreadable files named in the printed report
 
 
 def classification_report(
@@ -102,11 +108,17 @@ def evaluate(
     """
     outputs, contract = load_outputs(model_path, backbone_size, tta)
     dataset = make_dataset(
-        data_dir, contract.image_size, batch_size, cache=False, class_names=contract.class_names
+        data_dir,
+        contract.image_size,
+        batch_size,
+        cache=False,
+        class_names=contract.class_names,
+        skip_unreadable=True,
     )
     threshold = (contract.extra.get("ood") or {}).get("threshold")
     report = evaluate_outputs(outputs, dataset, contract.class_names, threshold)
     report.update(model=str(model_path), data=str(data_dir))
+    report["skipped"] = [{"path": path, "reason": reason} for path, reason in dataset.skipped]
     if backbone_size or tta:
         report.update(backbone_size=backbone_size, tta=tta)
     model_path = Path(model_path)
@@ -142,6 +154,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"flagged as neither: {ood['flagged']}/{report['count']} "
             f"({ood['flagged_share']:.2%}) above threshold {ood['threshold']:.4g}"
         )
+    skipped = report.get("skipped") or []
+    if skipped:
+        lines.append(f"left out {len(skipped)} files that do not decode:")
+        lines += [f"  {s['path']}: {s['reason']}" for s in skipped[:SHOW_SKIPPED]]
+        if len(skipped) > SHOW_SKIPPED:
+            lines.append(f"  and {len(skipped) - SHOW_SKIPPED} more (evaluation.json lists all)")
     lines += [f"wrote {p}" for p in report.get("outputs", [])]
     return "\n".join(lines)
 

@@ -22,7 +22,7 @@ from PIL import Image, ImageEnhance
 
 from catdog.contract import ModelContract
 from catdog.preprocessing import preprocess
-from training.data import list_images
+from training.data import list_images, readable
 from training.evaluate import classification_report, ood_summary
 from training.export import Outputs, load_outputs
 
@@ -141,19 +141,24 @@ def run_suite(
     limit: int | None = None,
     batch_size: int = 64,
 ) -> dict[str, dict[str, Any]]:
-    """Every transform's report for one model over a class-folder split (e.g. the test split).
-
-    ``limit`` keeps about that many photos, evenly spread (``list_images``).
+    """Every transform's report for one model over labelled photos (e.g. the test split;
+    any layout ``list_images`` reads). ``limit`` keeps about that many photos, evenly
+    spread. Files that do not decode are left out; each report lists them (``skipped``).
     """
-    outputs, contract = load_outputs(model_path)
-    paths, labels = list_images(data_dir, contract.class_names, limit)
     unknown = [t for t in transforms if t not in TRANSFORMS]
     if unknown:
         raise ValueError(f"unknown transform(s) {unknown}; choose from {list(TRANSFORMS)}")
-    return {
-        name: run_transform(outputs, contract, paths, labels, name, batch_size)
-        for name in transforms
-    }
+    outputs, contract = load_outputs(model_path)
+    paths, labels = list_images(data_dir, contract.class_names, limit)
+    paths, labels, skipped = readable(paths, labels, contract.image_size)
+    if not paths:
+        raise ValueError(f"{data_dir}: none of its {len(skipped)} images decodes")
+    left_out = [{"path": path, "reason": reason} for path, reason in skipped]
+    suite = {}
+    for name in transforms:
+        suite[name] = run_transform(outputs, contract, paths, labels, name, batch_size)
+        suite[name]["skipped"] = left_out
+    return suite
 
 
 def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
