@@ -235,6 +235,7 @@ def check(
             "flagged_share": caught / len(scores) if len(scores) else None,
             "median_score": float(np.median(scores)) if len(scores) else None,
             "called": {n: int(np.sum(labels == i)) for i, n in enumerate(contract.class_names)},
+            "unreadable": len(images) - int(len(scores)),  # left out: they do not decode
         }
 
     paths, _ = list_images(photos_dir, contract.class_names)
@@ -272,6 +273,9 @@ def format_report(report: dict[str, Any]) -> str:
             + ("" if called is None else " / ".join(str(v) for v in called.values()))
             + " |"
         )
+    left_out = [f"{name}: {stats['unreadable']}" for name, stats in rows if stats.get("unreadable")]
+    if left_out:
+        lines += ["", "left out, as they do not decode: " + ", ".join(left_out)]
     return "\n".join(lines)
 
 

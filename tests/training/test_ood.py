@@ -167,6 +167,19 @@ def test_neither_check_counts_each_category(ood_version: Path, split: Path) -> N
     assert report["neither_total"]["count"] == 11
     table = format_report(report)
     assert "| textures | 3 |" in table and "cat/dog photos" in table
+    assert "left out" not in table
+
+
+def test_neither_check_counts_what_it_left_out(ood_version: Path, tmp_path: Path) -> None:
+    """Raw cat.N.jpg photos, one of them empty, and a neither image that is not one."""
+    images.write_raw_flat(tmp_path / "photos", 2)
+    images.write(tmp_path / "photos" / "dog.9.jpg", b"")
+    categories = {"drawings": synthetic(2, seed=1)["drawings"] + [images.text_bytes()]}
+    report = check(ood_version, tmp_path / "photos", categories)
+    assert report["photos"]["count"] == 4 and report["photos"]["unreadable"] == 1
+    assert report["neither"]["drawings"]["count"] == 2
+    assert report["neither"]["drawings"]["unreadable"] == 1
+    assert "left out, as they do not decode: drawings: 1, cat/dog photos" in format_report(report)
 
 
 def test_neither_check_needs_an_ood_model(tiny_model_base: Path, split: Path) -> None:
