@@ -24,33 +24,30 @@ from catdog.contract import CLASS_NAMES, IMAGE_SIZE
 from catdog.preprocessing import ImageError, load_image
 from training.prepare import find_candidates
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp"}
 AUTOTUNE = tf.data.AUTOTUNE
 
 
 def list_images(
-    folder: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, limit: int | None = None
+    folder: str | Path,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+    limit: int | None = None,
+    every_file: bool = False,
 ) -> tuple[list[str], np.ndarray]:
     """Image paths under ``folder/<class>/`` in sorted order, with integer labels.
 
-    A folder without those class folders is read as raw Kaggle photos
-    (``training.prepare.find_candidates``: ``cat.N.jpg`` files, or ``Cat/`` and
-    ``Dog/`` folders at any depth). ``limit`` keeps about that many, evenly spread
-    over the sorted list (so over every class), for quick runs.
+    The folder is a split's or raw Kaggle photos (``training.prepare.find_candidates``):
+    class folders ``cat/`` and ``dog/`` (any case; files at any depth inside them), or
+    ``cat.N.jpg`` files. Files are images by their extension (``IMAGE_EXTENSIONS``),
+    or with ``every_file`` all are listed, for ``readable`` to say which are not.
+    ``limit`` keeps about that many, evenly spread over the sorted list (so over
+    every class), for quick runs.
     """
-    folder = Path(folder)
     paths, labels = [], []
-    if all((folder / n).is_dir() for n in class_names):
-        for index, name in enumerate(class_names):
-            for path in sorted((folder / name).iterdir()):
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    paths.append(str(path))
-                    labels.append(index)
-    else:
-        for found in find_candidates(folder, class_names):
-            if found.path.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(str(found.path))
-                labels.append(class_names.index(found.label))
+    for found in find_candidates(Path(folder), class_names):
+        if every_file or found.path.suffix.lower() in IMAGE_EXTENSIONS:
+            paths.append(str(found.path))
+            labels.append(class_names.index(found.label))
     if not paths:
         raise ValueError(f"{folder}: no images in {list(class_names)}")
     if limit is not None and limit < len(paths):
@@ -67,11 +64,13 @@ def readable(
 
     def problem(path: str) -> str | None:
         try:
+            path.encode()
+        except UnicodeEncodeError:  # tf.data takes UTF-8 paths only
+            return "the file name is not UTF-8"
+        try:
             load_image(path, image_size)
         except ImageError as exc:
             return exc.reason
-        except OSError as exc:
-            return f"cannot read the file: {exc.strerror or exc}"
         return None
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
@@ -140,10 +139,11 @@ def make_dataset(
     The training set is reshuffled every epoch from the seed; validation and test
     keep file order. ``augment`` (for training) maps each scaled float32 batch to
     an augmented one. ``limit`` keeps about that many files, evenly spread over
-    every class. ``skip_unreadable`` leaves out the files that do not decode, listed
-    as ``(path, reason)`` in the dataset's ``skipped`` (else one stops the run).
+    every class. ``skip_unreadable`` takes every file of the class folders and leaves
+    out those that do not decode, listed as ``(path, reason)`` in the dataset's
+    ``skipped`` (else one stops the run).
     """
-    paths, labels = list_images(folder, class_names, limit)
+    paths, labels = list_images(folder, class_names, limit, every_file=skip_unreadable)
     skipped: list[tuple[str, str]] = []
     if skip_unreadable:
         paths, labels, skipped = readable(paths, labels, image_size)

@@ -211,6 +211,14 @@ def _scores(
         yield np.reshape(out["ood_score"], (-1,)), np.argmax(out["probabilities"], axis=1)
 
 
+def _contents(path: str | Path) -> bytes:
+    """The file's bytes; none if it cannot be read (then it counts as unreadable)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""
+
+
 def check(
     model_path: str | Path,
     photos_dir: str | Path,
@@ -238,14 +246,14 @@ def check(
             "unreadable": len(images) - int(len(scores)),  # left out: they do not decode
         }
 
-    paths, _ = list_images(photos_dir, contract.class_names)
+    paths, _ = list_images(photos_dir, contract.class_names, every_file=True)
     if photo_limit is not None:
         paths = paths[:: max(1, len(paths) // photo_limit)]
     report: dict[str, Any] = {
         "model": str(model_path),
         "threshold": threshold,
         "neither": {name: summary(images) for name, images in categories.items()},
-        "photos": summary([Path(p).read_bytes() for p in paths]),
+        "photos": summary([_contents(p) for p in paths]),
     }
     total = sum(c["count"] for c in report["neither"].values())
     caught = sum(c["flagged"] for c in report["neither"].values())
@@ -273,7 +281,11 @@ def format_report(report: dict[str, Any]) -> str:
             + ("" if called is None else " / ".join(str(v) for v in called.values()))
             + " |"
         )
-    left_out = [f"{name}: {stats['unreadable']}" for name, stats in rows if stats.get("unreadable")]
+    left_out = [
+        f"{name.split(' (')[0]}: {stats['unreadable']}"
+        for name, stats in rows
+        if stats.get("unreadable")
+    ]
     if left_out:
         lines += ["", "left out, as they do not decode: " + ", ".join(left_out)]
     return "\n".join(lines)

@@ -47,31 +47,49 @@ class Checked:
 
 
 def find_candidates(source: Path, class_names: tuple[str, ...] = CLASS_NAMES) -> list[Candidate]:
-    """List the labelled files of a raw folder in either Kaggle layout."""
+    """List the labelled files of a raw folder in either Kaggle layout.
+
+    Class folders (``cat/`` or ``Cat/``, files at any depth inside) win over flat
+    ``cat.N.jpg`` names. Hidden files and folders (``.thumbnails``, macOS ``._x.jpg``)
+    and those of photo tools (Synology ``@eaDir``, ``__MACOSX``) are not photos.
+    """
     if not source.is_dir():
         raise ValueError(f"{source}: not a folder")
-    folders = {p.name.lower(): p for p in source.iterdir() if p.is_dir()}
-    if all(name in folders for name in class_names):
-        found = [
+    folders: dict[str, list[Path]] = defaultdict(list)
+    for path in source.iterdir():
+        if path.is_dir() and path.name.lower() in class_names:
+            folders[path.name.lower()].append(path)
+    twice = [sorted(p.name for p in found) for found in folders.values() if len(found) > 1]
+    if twice:
+        raise ValueError(f"{source}: one class in two folders {twice[0]}; keep one")
+    if folders:
+        missing = [name for name in class_names if name not in folders]
+        if missing:
+            raise ValueError(f"{source}: missing class folder(s) {missing}")
+        return [
             Candidate(path, name)
             for name in class_names
-            for path in sorted(folders[name].rglob("*"))
-            if path.is_file()
+            for path in sorted(folders[name][0].rglob("*"))
+            if path.is_file() and not _tool_file(path.relative_to(folders[name][0]))
         ]
-    else:
-        found = []
-        for path in sorted(source.iterdir()):
-            match = _FLAT_NAME.match(path.name)
-            if path.is_file() and match and match["label"].lower() in class_names:
-                found.append(Candidate(path, match["label"].lower()))
+    found = []
+    for path in sorted(source.iterdir()):
+        match = _FLAT_NAME.match(path.name)
+        if path.is_file() and match and match["label"].lower() in class_names:
+            found.append(Candidate(path, match["label"].lower()))
     if not found:
         hint = [p.name for p in source.iterdir() if p.is_dir()][:5]
         raise ValueError(
             f"{source}: found neither {'.N.jpg / '.join(class_names)}.N.jpg files nor "
             f"class folders {'/'.join(n.capitalize() for n in class_names)}; "
-            f"point --source at the folder holding them (subfolders here: {hint})"
+            f"give the folder holding them (subfolders here: {hint})"
         )
     return found
+
+
+def _tool_file(relative: Path) -> bool:
+    """Hidden, or kept by a photo tool rather than a photo (see ``find_candidates``)."""
+    return any(part[:1] in {".", "@"} or part == "__MACOSX" for part in relative.parts)
 
 
 def check_file(candidate: Candidate) -> Checked:

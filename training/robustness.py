@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from catdog.contract import ModelContract
-from catdog.preprocessing import preprocess
+from catdog.preprocessing import preprocess, to_rgb
 from training.data import list_images, readable
 from training.evaluate import classification_report, ood_summary
 from training.export import Outputs, load_outputs
@@ -91,10 +91,10 @@ def transformed_bytes(path: str | Path, name: str) -> bytes:
     data = Path(path).read_bytes()
     if transform is None:
         return data
-    with Image.open(io.BytesIO(data)) as image:
-        out = transform(image.convert("RGB"))
     buffer = io.BytesIO()
-    out.save(buffer, "JPEG", quality=quality)
+    with Image.open(io.BytesIO(data)) as image:
+        out = transform(to_rgb(image))  # upright, alpha on white: as the service sees it
+        out.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -149,7 +149,7 @@ def run_suite(
     if unknown:
         raise ValueError(f"unknown transform(s) {unknown}; choose from {list(TRANSFORMS)}")
     outputs, contract = load_outputs(model_path)
-    paths, labels = list_images(data_dir, contract.class_names, limit)
+    paths, labels = list_images(data_dir, contract.class_names, limit, every_file=True)
     paths, labels, skipped = readable(paths, labels, contract.image_size)
     if not paths:
         raise ValueError(f"{data_dir}: none of its {len(skipped)} images decodes")

@@ -89,7 +89,7 @@ def test_shuffle_is_seeded(split: Path) -> None:
 
 def test_missing_class_folder_or_no_images(tmp_path: Path) -> None:
     (tmp_path / "cat").mkdir()
-    with pytest.raises(ValueError, match="dog"):
+    with pytest.raises(ValueError, match=r"missing class folder\(s\) \['dog'\]"):
         list_images(tmp_path)
     (tmp_path / "dog").mkdir()
     (tmp_path / "dog" / "notes.txt").write_text("not an image")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from catdog.preprocessing import preprocess
 from tests import images
 from tests.images import MakeSplit
 from training.__main__ import main
+from training.data import list_images
 from training.evaluate import classification_report, evaluate, format_report
 from training.export import load_predictor
 
@@ -105,23 +107,31 @@ def test_cli_evaluate_prints_the_report(
 
 
 def _raw_photos(root: Path, layout: str) -> tuple[Path, list[Path]]:
-    """Three cats and three dogs in a raw Kaggle layout, plus two files that do not
-    decode and a Windows thumbnail cache. Returns the folder and the broken files."""
+    """Three cats and three dogs in a raw Kaggle layout, plus files that do not decode
+    and files photo tools leave behind. Returns the folder and the undecodable files."""
     if layout == "flat":
         images.write_raw_flat(root, 3, size=(40, 30), seed=3)
         broken = [
             images.write(root / "cat.90.jpg", images.truncated_jpeg_bytes()),
             images.write(root / "dog.91.jpg", b""),
         ]
-        images.write(root / "Thumbs.db", b"\x00" * 64)
+        images.write(root / "Thumbs.db", b"\x00" * 64)  # no class in its name: not a photo
+        images.write(root / "._cat.1.jpg", b"\x00" * 64)  # macOS metadata
         return root, broken
     folder = root / "PetImages"
     images.write_raw_class_folders(folder, 3, size=(40, 30), seed=3)
+    # a photo in a sub-folder counts; a thumbnail beside it does not
+    nested = folder / "Cat" / "2019" / "0.jpg"
+    nested.parent.mkdir()
+    (folder / "Cat" / "0.jpg").rename(nested)
+    for tool in (".thumbnails/0.jpg", "@eaDir/0.jpg/SYNOPHOTO_THUMB_M.jpg", "._1.jpg"):
+        images.write(folder / "Dog" / tool, images.pet_jpeg_bytes("cat"))
+    images.write(folder / "__MACOSX" / "Cat" / "._0.jpg", b"\x00" * 64)
     broken = [
         images.write(folder / "Cat" / "90.jpg", images.truncated_jpeg_bytes()),
         images.write(folder / "Dog" / "91.jpg", images.text_bytes()),
+        images.write(folder / "Dog" / "Thumbs.db", b"\x00" * 64),
     ]
-    images.write(folder / "Dog" / "Thumbs.db", b"\x00" * 64)
     return folder, broken
 
 
@@ -141,8 +151,34 @@ def test_evaluate_reads_raw_photos_and_lists_the_files_it_left_out(
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert saved["skipped"] == report["skipped"]
     text = format_report(report)
-    assert "left out 2 files that do not decode:" in text
+    assert f"left out {len(broken)} files that do not decode:" in text
     assert f"  {broken[0]}: {report['skipped'][0]['reason']}" in text
+
+
+def test_a_split_folder_is_read_at_any_depth_and_a_name_that_is_not_utf8_is_left_out(
+    tiny_model_base: Path, make_split: MakeSplit, tmp_path: Path
+) -> None:
+    folder = make_split(per_split={"test": 2}) / "test"
+    (folder / "cat" / "2019").mkdir()
+    first = sorted((folder / "cat").glob("*.jpg"))[0]
+    first.rename(folder / "cat" / "2019" / first.name)
+    odd = os.fsdecode(bytes(folder / "dog") + b"/caf\xe9.jpg")
+    Path(odd).write_bytes(images.pet_jpeg_bytes("dog"))
+
+    report = evaluate(tiny_model_base / "1", folder, out_dir=tmp_path / "eval")
+
+    assert [c["count"] for c in report["per_class"].values()] == [2, 2]
+    assert report["skipped"] == [{"path": odd, "reason": "the file name is not UTF-8"}]
+
+
+def test_one_class_in_two_folders_or_a_class_folder_missing_is_refused(tmp_path: Path) -> None:
+    images.write(tmp_path / "a" / "cat" / "1.jpg", images.pet_jpeg_bytes("cat"))
+    with pytest.raises(ValueError, match=r"missing class folder\(s\) \['dog'\]"):
+        list_images(tmp_path / "a")
+    images.write(tmp_path / "a" / "Dog" / "1.jpg", images.pet_jpeg_bytes("dog"))
+    images.write(tmp_path / "a" / "Cat" / "2.jpg", images.pet_jpeg_bytes("cat"))
+    with pytest.raises(ValueError, match="one class in two folders"):
+        list_images(tmp_path / "a")
 
 
 def test_evaluate_refuses_a_folder_with_no_labelled_photos(

@@ -266,3 +266,15 @@ def test_non_empty_dest_needs_force(tmp_path: Path) -> None:
     manifest = prepare(source, dest, force=True)
     assert not (dest / "stale.txt").exists()
     assert manifest["total"] == 20
+
+
+def test_files_photo_tools_keep_are_not_photos(tmp_path: Path) -> None:
+    source = tmp_path / "PetImages"
+    images.write_raw_class_folders(source, 10)
+    for tool in (".thumbnails/0.jpg", "@eaDir/0.jpg/SYNOPHOTO_THUMB_XL.jpg", "._0.jpg"):
+        images.write(source / "Cat" / tool, images.pet_jpeg_bytes("dog", seed=99))
+
+    manifest = prepare(source, tmp_path / "split")
+
+    copied = [p for p in (tmp_path / "split").rglob("*.jpg")]
+    assert len(copied) == 20 and not manifest["skipped"]

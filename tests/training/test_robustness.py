@@ -60,6 +60,21 @@ def test_original_is_the_file_and_low_quality_jpeg_is_smaller(tmp_path: Path) ->
         assert out.size == (480, 320) and out.format == "JPEG"
 
 
+def test_transforms_see_a_phone_photo_upright_and_transparency_on_white(tmp_path: Path) -> None:
+    photo = images.halves((120, 80))  # left red, right blue: a turn would move the colours
+    phone = images.write(tmp_path / "phone.jpg", images.exif_rotated_jpeg_bytes(photo, 6))
+    flat = images.write(tmp_path / "flat.png", images.encode(photo, "PNG"))
+    with Image.open(io.BytesIO(transformed_bytes(phone, "darker x0.6"))) as out:
+        turned = np.asarray(out.convert("RGB"), dtype=float)
+    with Image.open(io.BytesIO(transformed_bytes(flat, "darker x0.6"))) as out:
+        plain = np.asarray(out.convert("RGB"), dtype=float)
+    assert turned.shape == plain.shape == (80, 120, 3)
+    assert np.abs(turned - plain).mean() < 3  # JPEG noise only
+    clear = images.write(tmp_path / "clear.png", images.png_rgba_bytes((40, 40), alpha=0))
+    with Image.open(io.BytesIO(transformed_bytes(clear, "crop 4:3"))) as out:
+        assert np.asarray(out.convert("RGB")).min() > 240  # white, as the service shows it
+
+
 def test_suite_reports_every_transform(tiny_model_base: Path, make_split: MakeSplit) -> None:
     split = make_split(per_split=3, size=(48, 40))
     results = run_suite(tiny_model_base / "1", split / "test")
