@@ -1,4 +1,8 @@
-"""Predict one image or every image of a folder, printing label and probabilities."""
+"""Predict one image or every image of a folder, printing label and probabilities.
+
+A model exported with a "neither" score also gets the score and its verdict:
+``known`` at or under the model's threshold, ``neither`` above it.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ import numpy as np
 
 from catdog.preprocessing import ImageError, preprocess
 from training.data import IMAGE_EXTENSIONS
-from training.export import load_predictor
+from training.export import load_outputs
 
 BATCH = 64
 
 
 def predict_paths(model_path: str | Path, path: str | Path) -> Iterator[str]:
-    """Yield one line per file: ``file  label  cat=p  dog=p`` (or the reason it failed)."""
+    """Yield one line per file: ``file  label  cat=p  dog=p`` (then ``ood=s known`` or
+    ``ood=s neither`` for a model with a "neither" score), or the reason it failed."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -23,7 +28,8 @@ def predict_paths(model_path: str | Path, path: str | Path) -> Iterator[str]:
         files = [path]
     else:
         raise FileNotFoundError(f"{path}: no such file or folder")
-    predict, contract = load_predictor(model_path)
+    outputs, contract = load_outputs(model_path)
+    threshold = (contract.extra.get("ood") or {}).get("threshold")
     for start in range(0, len(files), BATCH):
         batch, names = [], []
         for file in files[start : start + BATCH]:
@@ -34,8 +40,12 @@ def predict_paths(model_path: str | Path, path: str | Path) -> Iterator[str]:
                 yield f"{file}  error: {exc.reason}"
         if not batch:
             continue
-        probabilities = predict(np.stack(batch))
-        for file, probs in zip(names, probabilities):
+        out = outputs(np.stack(batch))
+        ood = np.reshape(out["ood_score"], (-1,)) if "ood_score" in out else [None] * len(names)
+        for file, probs, score in zip(names, out["probabilities"], ood):
             label = contract.class_names[int(np.argmax(probs))]
             scores = "  ".join(f"{n}={p:.4f}" for n, p in zip(contract.class_names, probs))
-            yield f"{file}  {label}  {scores}"
+            line = f"{file}  {label}  {scores}"
+            if score is not None and threshold is not None:
+                line += f"  ood={score:.3f} {'neither' if score > threshold else 'known'}"
+            yield line

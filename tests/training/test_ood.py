@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import keras
@@ -199,3 +200,20 @@ def test_export_without_ood_keeps_one_output(run: Path, make_split: MakeSplit) -
 def test_ood_needs_data(run: Path) -> None:
     with pytest.raises(ValueError, match="needs --data"):
         export_run(run, run.parent / "none", version=1, ood=True)
+
+
+def test_predict_prints_the_score_and_its_verdict(
+    ood_version: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.__main__ import main
+
+    threshold = json.loads((ood_version / "metadata.json").read_text())["ood"]["threshold"]
+    images.write(tmp_path / "photos" / "cat.jpg", images.pet_jpeg_bytes("cat", (32, 32)))
+    images.write(tmp_path / "photos" / "drawing.png", synthetic(1, seed=2)["drawings"][0])
+    assert main(["predict", "--model", str(ood_version), str(tmp_path / "photos")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        match = re.search(r"  (cat|dog)  cat=[0-9.]+  dog=[0-9.]+  ood=([0-9.]+) (\w+)$", line)
+        assert match, line
+        assert match[3] == ("neither" if float(match[2]) > threshold else "known"), line
