@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,18 +39,21 @@ from catdog.litert import LiteRTModel
 from catdog.preprocessing import preprocess
 from training.data import list_images
 
+if TYPE_CHECKING:
+    import keras
+
 FORMS = ("float32", "dynamic range", "full integer")
 
 
-def float_copy(model: Any) -> Any:
+def float_copy(model: keras.Model) -> keras.Model:
     """``model`` with each ``Int8Conv`` replaced by a float convolution with its kernel
     ``float32(q) × scale`` and its bias: the same function, in layers the converter
-    can quantise."""
+    can quantise. Weights are copied layer by layer, matched by name."""
     import keras
 
     from training.quantize import Int8Conv
 
-    def clone(layer: Any) -> Any:
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if not isinstance(layer, Int8Conv):
             return layer.__class__.from_config(layer.get_config())
         common = {"strides": layer.strides, "padding": "same", "name": layer.name}
@@ -59,7 +62,10 @@ def float_copy(model: Any) -> Any:
         return keras.layers.Conv2D(layer.filters, layer.kernel_size, **common)
 
     copy = keras.models.clone_model(model, clone_function=clone)
-    for old, new in zip(model.layers, copy.layers):
+    for old in model.layers:
+        if isinstance(old, keras.Model) and any(isinstance(x, Int8Conv) for x in old.layers):
+            raise ValueError(f"{old.name}: Int8Conv layers inside a nested model")
+        new = copy.get_layer(old.name)
         if isinstance(old, Int8Conv):
             new.set_weights([np.asarray(old.kernel()), np.asarray(old.bias)])
         else:
@@ -143,6 +149,7 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Measure, print the table, write the markdown and JSON reports."""
     parser = argparse.ArgumentParser(prog="python -m bench.litert_quant", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="a .keras checkpoint")
     parser.add_argument("--data", required=True, help="a prepared split folder")

@@ -80,6 +80,11 @@ def readable(
     return [paths[i] for i in keep], labels[keep], skipped
 
 
+def printable(path: str | Path) -> str:
+    """A file name as any terminal can print it: bytes that are not UTF-8 as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def relative(paths: list[str], folder: str | Path) -> list[str]:
     """``<class>/<file>`` for each path under ``folder``: how soft labels name photos."""
     root = Path(folder).resolve()

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from catdog.contract import CLASS_NAMES
-from training.data import make_dataset
+from training.data import make_dataset, printable
 from training.export import Outputs, Predictor, load_outputs
 from training.visualize import save_confusion_plot
 
@@ -157,16 +157,11 @@ def format_report(report: dict[str, Any]) -> str:
     skipped = report.get("skipped") or []
     if skipped:
         lines.append(f"left out {len(skipped)} files that do not decode:")
-        lines += [f"  {_printable(s['path'])}: {s['reason']}" for s in skipped[:SHOW_SKIPPED]]
+        lines += [f"  {printable(s['path'])}: {s['reason']}" for s in skipped[:SHOW_SKIPPED]]
         if len(skipped) > SHOW_SKIPPED:
             lines.append(f"  and {len(skipped) - SHOW_SKIPPED} more (evaluation.json lists all)")
     lines += [f"wrote {p}" for p in report.get("outputs", [])]
     return "\n".join(lines)
-
-
-def _printable(path: str) -> str:
-    """A file name as any terminal can print it (bytes that are not UTF-8 as escapes)."""
-    return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _variant(backbone_size: int | None, tta: bool) -> str:

@@ -115,6 +115,8 @@ def _named(result: Any) -> dict[str, np.ndarray]:
     """A Keras model's result as outputs by name (a bare tensor is the probabilities)."""
     if isinstance(result, dict):
         return {name: np.asarray(value) for name, value in result.items()}
+    if isinstance(result, (list, tuple)):
+        raise ValueError("a model with several outputs must name them (return a dict)")
     return {PROBABILITIES: np.asarray(result)}
 
 

@@ -1,7 +1,7 @@
 """Predict one image or every image of a folder, printing label and probabilities.
 
-A model exported with a "neither" score also gets the score and its verdict:
-``known`` at or under the model's threshold, ``neither`` above it.
+A model with a "neither" score also gets the score, and with the threshold an
+exported version carries, its verdict: ``known`` at or under it, else ``neither``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from catdog.preprocessing import ImageError, preprocess
-from training.data import IMAGE_EXTENSIONS
+from training.data import IMAGE_EXTENSIONS, printable
 from training.export import load_outputs
 
 BATCH = 64
@@ -37,7 +37,7 @@ def predict_paths(model_path: str | Path, path: str | Path) -> Iterator[str]:
                 batch.append(preprocess(file, contract.image_size))
                 names.append(file)
             except ImageError as exc:
-                yield f"{file}  error: {exc.reason}"
+                yield f"{printable(file)}  error: {exc.reason}"
         if not batch:
             continue
         out = outputs(np.stack(batch))
@@ -45,7 +45,9 @@ def predict_paths(model_path: str | Path, path: str | Path) -> Iterator[str]:
         for file, probs, score in zip(names, out["probabilities"], ood):
             label = contract.class_names[int(np.argmax(probs))]
             scores = "  ".join(f"{n}={p:.4f}" for n, p in zip(contract.class_names, probs))
-            line = f"{file}  {label}  {scores}"
-            if score is not None and threshold is not None:
-                line += f"  ood={score:.3f} {'neither' if score > threshold else 'known'}"
+            line = f"{printable(file)}  {label}  {scores}"
+            if score is not None:
+                line += f"  ood={score:.3f}"
+                if threshold is not None:
+                    line += " known" if score <= threshold else " neither"
             yield line

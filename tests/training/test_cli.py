@@ -96,6 +96,18 @@ def test_predict_a_single_file_and_a_missing_path(
     assert "no such file" in capsys.readouterr().err
 
 
+def test_predict_prints_a_name_that_is_not_utf8(
+    tiny_model_base: Path, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, data in ((b"caf\xe9.jpg", images.pet_jpeg_bytes("cat")), (b"\xff.jpg", b"")):
+        Path(os.fsdecode(bytes(folder) + b"/" + name)).write_bytes(data)
+    assert main(["predict", "--model", str(tiny_model_base), str(folder)]) == 0
+    text = capsysbinary.readouterr().out.decode("utf-8")  # strict: every line is UTF-8
+    assert "caf\\xe9.jpg  cat  cat=" in text and "\\xff.jpg  error: empty file" in text
+
+
 def test_show_batch_writes_a_grid(
     make_split: MakeSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

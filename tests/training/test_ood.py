@@ -216,4 +216,5 @@ def test_predict_prints_the_score_and_its_verdict(
     for line in lines:
         match = re.search(r"  (cat|dog)  cat=[0-9.]+  dog=[0-9.]+  ood=([0-9.]+) (\w+)$", line)
         assert match, line
-        assert match[3] == ("neither" if float(match[2]) > threshold else "known"), line
+        if abs(float(match[2]) - threshold) > 1e-3:  # the printed score is rounded
+            assert match[3] == ("neither" if float(match[2]) > threshold else "known"), line
