@@ -17,7 +17,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,27 @@ def _converted(version: Path) -> bytes:
     return bytes(converter.convert())
 
 
+def median_ms(
+    models: Mapping[str, LiteRTModel], images: np.ndarray, rounds: int
+) -> dict[str, dict[int, float]]:
+    """Median milliseconds per image of each model at batch 1 and 8 (the first images),
+    over ``rounds`` rounds that take the models in turn, after a warm-up call of each
+    (interpreters created, weights prepared)."""
+    times: dict[str, dict[int, list[float]]] = {name: {1: [], 8: []} for name in models}
+    for model in models.values():
+        model.infer(images[:1]), model.infer(images[:8])
+    for _ in range(rounds):
+        for name, model in models.items():
+            for batch in (1, 8):
+                started = time.perf_counter()
+                model.infer(images[:batch])
+                times[name][batch].append((time.perf_counter() - started) * 1000 / batch)
+    return {
+        name: {batch: round(statistics.median(ms), 2) for batch, ms in by_batch.items()}
+        for name, by_batch in times.items()
+    }
+
+
 def measure(version: Path, rounds: int, seed: int = 0) -> list[dict[str, Any]]:
     """One row per form of the version's LiteRT file."""
     raw = _converted(version)
@@ -46,15 +67,7 @@ def measure(version: Path, rounds: int, seed: int = 0) -> list[dict[str, Any]]:
     contract = ModelContract.read(version)
     images = np.random.default_rng(seed).random((8, *contract.input_shape), dtype=np.float32)
     reference = models["converter"].infer(images)
-    times: dict[str, dict[int, list[float]]] = {form: {1: [], 8: []} for form in FORMS}
-    for model in models.values():  # warm-up: interpreters created, weights prepared
-        model.infer(images[:1]), model.infer(images)
-    for _ in range(rounds):
-        for form, model in models.items():
-            for batch in (1, 8):
-                started = time.perf_counter()
-                model.infer(images[:batch])
-                times[form][batch].append((time.perf_counter() - started) * 1000 / batch)
+    times = median_ms(models, images, rounds)
     rows = []
     for form, model in models.items():
         outputs = model.infer(images)
@@ -65,8 +78,8 @@ def measure(version: Path, rounds: int, seed: int = 0) -> list[dict[str, Any]]:
                 "version": str(version),
                 "form": form,
                 "bytes": len(contents[form]),
-                "ms_batch_1": round(statistics.median(times[form][1]), 2),
-                "ms_batch_8": round(statistics.median(times[form][8]), 2),
+                "ms_batch_1": times[form][1],
+                "ms_batch_8": times[form][8],
                 "max_abs_diff": diff,
                 "dequantize": counts.get("DEQUANTIZE", 0),
                 "per_call_kernel_ops": sum(counts.get(op, 0) for op in ("CAST", "MUL")),

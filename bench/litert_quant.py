@@ -24,9 +24,7 @@ difference and how many labels change.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bench.harness import markdown, new_report, table, write_report
+from bench.litert_files import median_ms
 from catdog.contract import CLASS_NAMES
 from catdog.litert import LiteRTModel
 from catdog.preprocessing import preprocess
@@ -116,15 +115,7 @@ def measure(
     images, labels = _photos(data / "test", limit, size)
     contents = {form: _convert(model, form, calib) for form in FORMS}
     models = {form: LiteRTModel(content, threads=1) for form, content in contents.items()}
-    times: dict[str, dict[int, list[float]]] = {form: {1: [], 8: []} for form in FORMS}
-    for runtime in models.values():  # warm-up
-        runtime.infer(images[:1]), runtime.infer(images[:8])
-    for _ in range(rounds):
-        for form, runtime in models.items():
-            for batch in (1, 8):
-                started = time.perf_counter()
-                runtime.infer(images[:batch])
-                times[form][batch].append((time.perf_counter() - started) * 1000 / batch)
+    times = median_ms(models, images, rounds)
     probabilities = {form: _probabilities(runtime, images) for form, runtime in models.items()}
     reference = probabilities["float32"]
     rows = []
@@ -134,8 +125,8 @@ def measure(
             "checkpoint": str(checkpoint),
             "form": form,
             "bytes": len(contents[form]),
-            "ms_batch_1": round(statistics.median(times[form][1]), 2),
-            "ms_batch_8": round(statistics.median(times[form][8]), 2),
+            "ms_batch_1": times[form][1],
+            "ms_batch_8": times[form][8],
             "photos": len(labels),
             "accuracy": round(float(np.mean(predicted == labels)) * 100, 2),
         }
