@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import new_report, table, write_report
+from bench.harness import markdown, new_report, table, write_report
 from catdog.contract import ModelContract
 from catdog.litert import LiteRTModel
 from training.flatbuffer import operator_counts, shrink
@@ -89,6 +89,7 @@ def measure(version: Path, rounds: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Measure, print the table, write the markdown and JSON reports."""
     parser = argparse.ArgumentParser(prog="python -m bench.litert_files", description=__doc__)
     parser.add_argument("--version", action="append", required=True, help="a version folder")
     parser.add_argument("--rounds", type=int, default=20)
@@ -106,19 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("DEQUANTIZE ops", "dequantize"),
         ("CAST + MUL ops", "per_call_kernel_ops"),
     ]
-    lines = [
-        "# LiteRT files: the converter's, folded, shrunk",
-        "",
-        "```",
-        report["command"],
-        "```",
-        "",
+    about = (
         f"{report['started']}; {report['environment']['cpus']} CPUs, one LiteRT thread, "
-        f"medians of {args.rounds} rounds, 8 random images.",
-        "",
-        *table(report["rows"], columns, text=("version", "form")),
-    ]
-    write_report(report, "\n".join(lines), Path(args.out))
+        f"medians of {args.rounds} rounds, 8 random images."
+    )
+    body = table(report["rows"], columns, text=("version", "form"))
+    text = markdown("LiteRT files: the converter's, folded, shrunk", report, about, body)
+    write_report(report, text, Path(args.out))
     return 0
 
 

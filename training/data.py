@@ -7,7 +7,7 @@ mixed with a teacher's probabilities (soft labels) for distillation.
 
 Evaluating also takes photos as people keep them: either raw Kaggle layout
 (``cat.N.jpg`` files, or ``Cat/`` and ``Dog/`` folders), with the files that do
-not decode left out and listed (``readable``).
+not decode left out and listed (``readable_images``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def list_images(
     The folder is a split's or raw Kaggle photos (``training.prepare.find_candidates``):
     class folders ``cat/`` and ``dog/`` (any case; files at any depth inside them), or
     ``cat.N.jpg`` files. Files are images by their extension (``IMAGE_EXTENSIONS``),
-    or with ``every_file`` all are listed, for ``readable`` to say which are not.
+    or with ``every_file`` all are listed, for ``readable_images`` to say which are not.
     ``limit`` keeps about that many, evenly spread over the sorted list (so over
     every class), for quick runs.
     """
@@ -56,11 +56,15 @@ def list_images(
     return paths, np.asarray(labels, dtype=np.int32)
 
 
-def readable(
-    paths: list[str], labels: np.ndarray, image_size: tuple[int, int] = IMAGE_SIZE
-) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
-    """The paths (and their labels) that decode with the service's preprocessing, and
-    ``(path, reason)`` for each that does not, as the service would refuse it."""
+def readable_images(
+    folder: str | Path,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+    limit: int | None = None,
+    image_size: tuple[int, int] = IMAGE_SIZE,
+) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
+    """``list_images`` over every file of the folder, keeping those that decode with the
+    service's preprocessing; each other file as ``{"path", "reason"}``, the reason the
+    service would give. ValueError when none decodes."""
 
     def problem(path: str) -> str | None:
         try:
@@ -73,10 +77,17 @@ def readable(
             return exc.reason
         return None
 
+    paths, labels = list_images(folder, class_names, limit, every_file=True)
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         problems = list(pool.map(problem, paths))
     keep = [i for i, reason in enumerate(problems) if reason is None]
-    skipped = [(path, reason) for path, reason in zip(paths, problems) if reason is not None]
+    if not keep:
+        raise ValueError(f"{folder}: none of its {len(paths)} images decodes")
+    skipped = [
+        {"path": path, "reason": reason}
+        for path, reason in zip(paths, problems)
+        if reason is not None
+    ]
     return [paths[i] for i in keep], labels[keep], skipped
 
 
@@ -145,15 +156,14 @@ def make_dataset(
     keep file order. ``augment`` (for training) maps each scaled float32 batch to
     an augmented one. ``limit`` keeps about that many files, evenly spread over
     every class. ``skip_unreadable`` takes every file of the class folders and leaves
-    out those that do not decode, listed as ``(path, reason)`` in the dataset's
-    ``skipped`` (else one stops the run).
+    out those that do not decode, listed in the dataset's ``skipped``
+    (``readable_images``; else one stops the run).
     """
-    paths, labels = list_images(folder, class_names, limit, every_file=skip_unreadable)
-    skipped: list[tuple[str, str]] = []
+    skipped: list[dict[str, str]] = []
     if skip_unreadable:
-        paths, labels, skipped = readable(paths, labels, image_size)
-        if not paths:
-            raise ValueError(f"{folder}: none of its {len(skipped)} images decodes")
+        paths, labels, skipped = readable_images(folder, class_names, limit, image_size)
+    else:
+        paths, labels = list_images(folder, class_names, limit)
     targets = np.eye(len(class_names), dtype=np.float32)[labels]
     if soft_labels:
         teacher = read_soft_labels(soft_labels, paths, folder)

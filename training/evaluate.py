@@ -118,7 +118,7 @@ def evaluate(
     threshold = (contract.extra.get("ood") or {}).get("threshold")
     report = evaluate_outputs(outputs, dataset, contract.class_names, threshold)
     report.update(model=str(model_path), data=str(data_dir))
-    report["skipped"] = [{"path": path, "reason": reason} for path, reason in dataset.skipped]
+    report["skipped"] = dataset.skipped
     if backbone_size or tta:
         report.update(backbone_size=backbone_size, tta=tta)
     model_path = Path(model_path)

@@ -38,7 +38,6 @@ from training.flatbuffer import shrink
 TOLERANCE = 1e-5
 RANDOM_IMAGES = 4
 CHUNK = 32  # images per model call during the check
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def parity(name: str, want: np.ndarray, got: np.ndarray) -> tuple[float, float]:
@@ -195,9 +194,10 @@ def folder_images(
     that cannot be decoded are skipped.
     """
     from catdog.preprocessing import ImageError, preprocess
+    from training.data import IMAGE_EXTENSIONS
 
     files = sorted(
-        p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )[:limit]
 
     def batches() -> Iterator[np.ndarray]:

@@ -22,7 +22,7 @@ from PIL import Image, ImageEnhance
 
 from catdog.contract import ModelContract
 from catdog.preprocessing import preprocess, to_rgb
-from training.data import list_images, readable
+from training.data import readable_images
 from training.evaluate import classification_report, ood_summary
 from training.export import Outputs, load_outputs
 
@@ -149,15 +149,13 @@ def run_suite(
     if unknown:
         raise ValueError(f"unknown transform(s) {unknown}; choose from {list(TRANSFORMS)}")
     outputs, contract = load_outputs(model_path)
-    paths, labels = list_images(data_dir, contract.class_names, limit, every_file=True)
-    paths, labels, skipped = readable(paths, labels, contract.image_size)
-    if not paths:
-        raise ValueError(f"{data_dir}: none of its {len(skipped)} images decodes")
-    left_out = [{"path": path, "reason": reason} for path, reason in skipped]
+    paths, labels, skipped = readable_images(
+        data_dir, contract.class_names, limit, contract.image_size
+    )
     suite = {}
     for name in transforms:
         suite[name] = run_transform(outputs, contract, paths, labels, name, batch_size)
-        suite[name]["skipped"] = left_out
+        suite[name]["skipped"] = skipped
     return suite
 
 
