@@ -140,6 +140,25 @@ def load_model(version_dir: str | Path, runtime: str = "auto", threads: int = 1)
     return _load_litert(version_dir, threads)
 
 
+def gpu_problem(runtime: str) -> str | None:
+    """Why a model run by ``runtime`` would not use a GPU here; None when one is visible.
+
+    LiteRT runs on the CPU only. For TensorFlow, the GPUs it lists: none when the
+    driver, the CUDA libraries or the device are missing from the container.
+    """
+    if runtime != "tensorflow":
+        return f"the {runtime} runtime runs on the CPU only"
+    drop_expected_gpu_noise()
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        return (
+            "TensorFlow sees no GPU (no device, driver or CUDA libraries in the container: "
+            "check the pod's nvidia.com/gpu limit and runtimeClassName)"
+        )
+    return None
+
+
 def _load_litert(version_dir: Path, threads: int) -> LoadedRuntime:
     from catdog.litert import LiteRTModel  # imports ai_edge_litert (no TensorFlow)
 

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "litert", "tensorflow"] = Field(
         "auto", description="auto: LiteRT when the version has model.tflite, else TensorFlow"
     )
+    require_gpu: bool = Field(
+        False,
+        description="refuse to start unless the served version runs on a visible GPU "
+        "(GPU pods: never go ready on the CPU)",
+    )
     inference_threads: int = Field(
         0, ge=0, description="threads of one model call; 0: one per usable core"
     )

@@ -34,7 +34,7 @@ from app.core import heap
 from app.core.admission import Admission, Ticket, Upload
 from app.core.batcher import Batcher
 from app.core.config import Settings
-from app.core.errors import InvalidInputError
+from app.core.errors import InvalidInputError, ModelLoadError
 from app.core.metrics import Metrics
 from app.core.model import ImageResult, LoadedModel, load_version
 from app.core.offload import Offload
@@ -42,6 +42,7 @@ from app.core.registry import ModelRegistry, VersionPolicy
 from catdog.budget import PixelBudget
 from catdog.contract import ModelContract
 from catdog.preprocessing import ImageError, preprocess
+from catdog.runtimes import gpu_problem
 
 log = logging.getLogger("catdog")
 DRAIN_TIMEOUT_S = 30.0  # at shutdown, how long images in flight may take to finish
@@ -102,6 +103,11 @@ class InferenceService:
     async def start(self) -> None:
         """Load the newest version (``ModelLoadError`` if it can't be served), then serve."""
         await asyncio.to_thread(self.registry.load_initial)
+        if self.settings.require_gpu:
+            runtime = self.registry.current.runtime_name
+            problem = await asyncio.to_thread(gpu_problem, runtime)
+            if problem:
+                raise ModelLoadError(f"CATDOG_REQUIRE_GPU is set but {problem}")
         self.batcher.start()
         heap.settle()  # full collections would otherwise stall serving for ~200 ms
         if self.settings.poll_interval_s > 0:
