@@ -22,6 +22,9 @@ from tests.deploy.conftest import ALL_OVERLAYS, flavor, serving_container
 
 HEADROOM = 1.10  # the limit is at least this much above the worst case
 FLOAT32_BYTES = 4  # one model input value
+# TensorFlow on a GPU: the CUDA context and the CUDA libraries (cuDNN, cuBLAS) it maps
+# into host memory. An allowance, not measured here (no GPU): docs/deployment.md.
+CUDA_HOST_BYTES = 1.5 * 2**30
 
 
 def pod_settings(overlay: str):
@@ -61,6 +64,7 @@ def memory_parts(overlay: str) -> dict[str, float]:
         "one batch": settings.max_batch_size
         * math.prod(app_facts.shipped_input_shape(flavor(overlay)))
         * FLOAT32_BYTES,
+        "CUDA in host memory": CUDA_HOST_BYTES if flavor(overlay) == "gpu" else 0,
     }
 
 

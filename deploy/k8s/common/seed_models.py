@@ -44,13 +44,29 @@ def seed(source: Path, target: Path) -> list[str]:
     return copied
 
 
+def unwritable(target: Path, exc: PermissionError) -> str:
+    """What to do when this user may not write the volume (its root owned by root)."""
+    return (
+        f"cannot seed {target}: {exc.strerror} ({exc.filename}), running as uid "
+        f"{os.getuid()}. Many ReadWriteMany volumes (NFS, Filestore, Azure Files) "
+        "ignore the pod's fsGroup, so their root stays root's. Give the volume to this "
+        "uid on the storage side (docs/deployment.md, 'Models outside the image'): an "
+        "EFS access point or NFS export owned by it, mount options uid=/gid= on Azure "
+        "Files, or chown its root once from a pod that may run as root."
+    )
+
+
 def main(argv: list[str]) -> int:
     """Seed, log what happened, exit 1 if the target still has no version at all."""
     if len(argv) != 2:
         print("usage: seed_models.py SOURCE TARGET", file=sys.stderr)
         return 2
     source, target = Path(argv[0]), Path(argv[1])
-    copied = seed(source, target)
+    try:
+        copied = seed(source, target)
+    except PermissionError as exc:
+        print(unwritable(target, exc), file=sys.stderr)
+        return 1
     present = versions(target)
     if copied:
         print(f"seeded {target} with version(s) {', '.join(copied)} from {source}")
