@@ -89,6 +89,11 @@ class Metrics:
             ["version", "runtime"],
             registry=r,
         )
+        self.ready = Gauge(
+            "catdog_ready",
+            "1 while this replica answers /readyz with 200 (a model serving, not stopping)",
+            registry=r,
+        )
         self.model_loads = Counter(
             "catdog_model_loads", "model version loads by result", ["result"], registry=r
         )

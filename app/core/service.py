@@ -97,6 +97,7 @@ class InferenceService:
         )
         self.offload = Offload(settings.json_parse_processes)
         self._watcher: asyncio.Task[None] | None = None
+        metrics.ready.set_function(lambda: float(self.ready))  # read at each scrape
 
     # ------------------------------------------------------------ lifecycle
 

@@ -264,11 +264,58 @@ POD_MONITOR = _resource(
     "Prometheus Operator PodMonitor monitoring.coreos.com/v1",
 )
 
+_RULE = {
+    "oneOf": [
+        _object(
+            {
+                "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+                "expr": {"type": ["string", "integer"]},
+                "for": DURATION,
+                "keep_firing_for": DURATION,
+                "labels": STRING_MAP,
+                "annotations": STRING_MAP,
+            },
+            ("alert", "expr"),
+        ),
+        _object(
+            {
+                "record": {"type": "string", "pattern": "^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
+                "expr": {"type": ["string", "integer"]},
+                "labels": STRING_MAP,
+            },
+            ("record", "expr"),
+        ),
+    ]
+}
+PROMETHEUS_RULE = _resource(
+    "monitoring.coreos.com/v1",
+    "PrometheusRule",
+    _object(
+        {
+            "groups": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "name": {"type": "string", "minLength": 1},
+                        "interval": DURATION,
+                        "limit": COUNT,
+                        "partial_response_strategy": {"type": "string"},
+                        "rules": {"type": "array", "items": _RULE},
+                    },
+                    ("name", "rules"),
+                ),
+            }
+        }
+    ),
+    "Prometheus Operator PrometheusRule monitoring.coreos.com/v1",
+)
+
 SCHEMAS: dict[str, Doc] = {
     "InferenceService": INFERENCE_SERVICE,
     "TFJob": TFJOB,
     "ServiceMonitor": SERVICE_MONITOR,
     "PodMonitor": POD_MONITOR,
+    "PrometheusRule": PROMETHEUS_RULE,
 }
 
 # ---------------------------------------------------------------- validation

@@ -27,6 +27,7 @@ SERVING_KINDS = {
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
     "ServiceMonitor",
+    "PrometheusRule",
 }
 KSERVE_KINDS = {
     "ServiceAccount",
@@ -36,6 +37,7 @@ KSERVE_KINDS = {
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
     "PodMonitor",
+    "PrometheusRule",
 }
 TRAINING_KINDS = {"PersistentVolumeClaim", "TFJob"}
 
@@ -210,6 +212,16 @@ BROKEN = {
         "ServiceMonitor",
         "cpu",
         lambda d: d["spec"].pop("endpoints"),
+    ),
+    "PrometheusRule alert without expr": (
+        "PrometheusRule",
+        "cpu",
+        lambda d: d["spec"]["groups"][0]["rules"][0].pop("expr"),
+    ),
+    "PrometheusRule for": (
+        "PrometheusRule",
+        "cpu/kserve",
+        lambda d: d["spec"]["groups"][0]["rules"][0].update({"for": "2 minutes"}),
     ),
     "PodMonitor selector": (
         "PodMonitor",
