@@ -29,6 +29,18 @@ The decisions:
   Pillow's own decompression-bomb limit is switched off process-wide
   (``Image.MAX_IMAGE_PIXELS = None``) because every image goes through this check,
   so a refusal always names the caller's limit, which may be above Pillow's.
+* The pixels a file claims are bounded by the bytes it has: above
+  ``FREE_PIXELS``, at most ``max_pixels_per_byte`` (default
+  ``DEFAULT_MAX_PIXELS_PER_BYTE``) pixels per byte of file, checked from the header
+  before anything is decoded. Decoding costs time per pixel claimed, not per byte
+  sent, so without it a 300-byte file claiming 49 megapixels took a second of CPU.
+  Photos have 3-13 pixels per byte, PNG screenshots about 25; the default refuses
+  only near-empty pictures (a blank 4000x3000 GIF has 1,237, a blank 1-bit PNG
+  2,600-3,800) and files whose data stops short of the size they claim
+  (``python -m bench decode_ratio`` measures the table in docs/service.md).
+* A PNG must hold data for every row it claims: its compressed stream is counted
+  (inflated and discarded) before Pillow decodes it, since Pillow fills missing rows
+  with zeros without a word. Other formats raise when their data runs out.
 * EXIF orientation is applied (phone photos are turned upright).
 * Every mode becomes 8-bit RGB: grayscale and palette are expanded, CMYK is
   converted, 16-bit samples are scaled down (not clipped), transparency is
@@ -46,6 +58,7 @@ import functools
 import io
 import re
 import struct
+import zlib
 from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -68,6 +81,10 @@ ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 READABLE_FORMATS: tuple[str, ...] = ACCEPTED_FORMATS
 #: The pixel limit when the caller gives none: Pillow's default (~0.36 GB as RGBA).
 DEFAULT_MAX_PIXELS = 89_478_485
+#: Pixels per byte of file allowed above ``FREE_PIXELS`` (see the module docstring).
+DEFAULT_MAX_PIXELS_PER_BYTE = 1024
+#: Pixels any file may claim whatever its size: a megapixel decodes in ~20 ms.
+FREE_PIXELS = 1_000_000
 # open_image checks every size itself, with the caller's limit; Pillow's own check
 # (and its warning) would quote Pillow's limit instead, and refuse above it.
 Image.MAX_IMAGE_PIXELS = None
@@ -135,13 +152,16 @@ def open_image(
     source: ImageSource,
     max_pixels: int | None = None,
     formats: Collection[str] | str = ACCEPTED_FORMATS,
+    max_pixels_per_byte: int | None = DEFAULT_MAX_PIXELS_PER_BYTE,
 ) -> Image.Image:
     """Open an image lazily, checking its format and pixel count before any pixel is read.
 
     ``formats`` is the allow-list (see ``image_formats``); anything else raises
     ``NotAnImageError`` naming the accepted formats, before any Pillow plugin opens it.
     More than ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``) raises
-    ``ImageTooLargeError``. A path source's file is closed when the image is.
+    ``ImageTooLargeError``; more than ``max_pixels_per_byte`` pixels per byte of file
+    above ``FREE_PIXELS`` (``None``: no bound) raises ``CorruptImageError``. A path
+    source's file is closed when the image is.
     """
     allowed = image_formats(formats)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
@@ -155,8 +175,10 @@ def open_image(
         if fmt is None:
             raise _refusal(head, allowed)
         declared = _declared_size(fmt, head, file)
+        file_bytes = file.seek(0, io.SEEK_END)
     if declared is not None:
         _check_size(declared, limit)  # before Pillow's plugin allocates anything
+        _check_density(declared, file_bytes, max_pixels_per_byte)
     fp: io.BytesIO | str | Path = io.BytesIO(source) if isinstance(source, bytes) else source
     with _reading("unreadable image header"):
         try:
@@ -170,6 +192,7 @@ def open_image(
         if width < 1 or height < 1:
             raise CorruptImageError(f"image has no pixels ({width}x{height})")
         _check_size((width, height), limit)
+        _check_density((width, height), file_bytes, max_pixels_per_byte)
     except ImageError:
         image.close()  # a path source has an open file; do not leak it
         raise
@@ -181,6 +204,64 @@ def _check_size(size: tuple[int, int], limit: int) -> None:
     if width * height > limit:
         raise ImageTooLargeError(
             f"{width}x{height} = {width * height} pixels exceeds the limit of {limit}"
+        )
+
+
+def _check_density(size: tuple[int, int], file_bytes: int, per_byte: int | None) -> None:
+    """Refuse a file claiming more than ``per_byte`` pixels per byte above ``FREE_PIXELS``."""
+    width, height = size
+    if per_byte is None or width * height <= max(FREE_PIXELS, per_byte * file_bytes):
+        return
+    raise CorruptImageError(
+        f"{width}x{height} pixels claimed by a file of {file_bytes} bytes: more than "
+        f"{per_byte} pixels per byte; the file is truncated or crafted"
+    )
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+# Adam7 passes: (x start, y start, x step, y step).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2))
+_ADAM7 += ((0, 1, 1, 2),)
+
+
+def _png_row_bytes(data: bytes) -> int:
+    """The bytes a PNG's image data inflates to: a filter byte and the samples, per row."""
+    width, height, depth, colour, interlace = struct.unpack_from(">IIBBxxB", data, 16)
+    bits = depth * _PNG_CHANNELS.get(colour, 1)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if columns > 0 and rows > 0:
+            total += rows * (1 + -(-columns * bits // 8))
+    return total
+
+
+def _check_png_rows(image: Image.Image, data: bytes) -> None:
+    """Refuse a PNG whose compressed image data ends before its last row.
+
+    Pillow decodes such a file without complaint, leaving the missing rows black, so
+    the stream is inflated here (and thrown away, a megabyte at a time) and its
+    length compared with the rows the header claims. An APNG's first frame is its
+    IDAT chunks, as for any PNG.
+    """
+    want = _png_row_bytes(data)
+    inflate = zlib.decompressobj()
+    got, at = 0, 8
+    while at + 8 <= len(data) and got < want:
+        length, kind = struct.unpack_from(">I4s", data, at)
+        if kind == b"IDAT":
+            pending = data[at + 8 : at + 8 + length]
+            while pending and got < want:
+                got += len(inflate.decompress(pending, 1 << 20))
+                pending = inflate.unconsumed_tail
+        elif kind == b"IEND":
+            break
+        at += 12 + length
+    if got < want:
+        raise CorruptImageError(
+            f"a truncated PNG file: its data fills {got * 100 // want}% of the "
+            f"{image.width}x{image.height} pixels it claims"
         )
 
 
@@ -356,16 +437,24 @@ def load_image(
     max_pixels: int | None = None,
     gate: DecodeGate = _no_gate,
     formats: Collection[str] | str = ACCEPTED_FORMATS,
+    max_pixels_per_byte: int | None = DEFAULT_MAX_PIXELS_PER_BYTE,
 ) -> np.ndarray:
     """Decode, turn upright, convert to RGB and resize: uint8 array (height, width, 3).
 
-    ``max_pixels`` and ``formats`` are checked first, as in ``open_image``.
+    ``max_pixels``, ``formats`` and ``max_pixels_per_byte`` are checked first, as in
+    ``open_image``; a PNG whose data stops short of its rows raises ``CorruptImageError``.
     ``gate(pixels)`` wraps the decoding once the size to decode is known (after any
     reduced-scale JPEG decoding is chosen); the service uses it to bound memory.
     """
     height, width = image_size
-    image = open_image(source, max_pixels=max_pixels, formats=formats)
+    if isinstance(source, memoryview):
+        source = source.tobytes()  # read twice below: one copy, not two
+    image = open_image(source, max_pixels, formats, max_pixels_per_byte)
     with _reading("cannot decode image"), image:
+        if image.format == "PNG":
+            _check_png_rows(
+                image, source if isinstance(source, bytes) else Path(source).read_bytes()
+            )
         if image.format in _JPEG_FAMILY:
             # Reduced-scale decoding keeps both sides >= the target (even if rotated).
             side = max(height, width)
@@ -396,10 +485,11 @@ def preprocess(
     max_pixels: int | None = None,
     gate: DecodeGate = _no_gate,
     formats: Collection[str] | str = ACCEPTED_FORMATS,
+    max_pixels_per_byte: int | None = DEFAULT_MAX_PIXELS_PER_BYTE,
 ) -> np.ndarray:
     """Image bytes or path -> float32 array (height, width, 3) in [0, 1], ready for the model.
 
     Arguments as ``load_image``; the service passes its settings as ``max_pixels``,
-    ``gate`` and ``formats``.
+    ``gate``, ``formats`` and ``max_pixels_per_byte``.
     """
-    return scale(load_image(source, image_size, max_pixels=max_pixels, gate=gate, formats=formats))
+    return scale(load_image(source, image_size, max_pixels, gate, formats, max_pixels_per_byte))

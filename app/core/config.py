@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from catdog.preprocessing import ACCEPTED_FORMATS, image_formats
+from catdog.preprocessing import ACCEPTED_FORMATS, DEFAULT_MAX_PIXELS_PER_BYTE, image_formats
 
 
 class Settings(BaseSettings):
@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="per uploaded file")
     max_pixels: int = Field(50_000_000, ge=1, description="width x height, checked before decoding")
+    max_pixels_per_byte: int = Field(
+        DEFAULT_MAX_PIXELS_PER_BYTE,
+        ge=1,
+        description="pixels an image may claim per byte of file above 1 MP; more: 422 undecoded",
+    )
     image_formats: tuple[str, ...] = Field(
         ACCEPTED_FORMATS,
         description='Pillow format names decoded, as JSON (["JPEG","PNG"]); others: 415 unread',

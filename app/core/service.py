@@ -218,6 +218,7 @@ class InferenceService:
                 max_pixels=self.settings.max_pixels,
                 gate=self.pixel_budget.hold,
                 formats=self.settings.image_formats,
+                max_pixels_per_byte=self.settings.max_pixels_per_byte,
             ),
         )
 

@@ -244,3 +244,29 @@ def mpo_declaring(size: tuple[int, int]) -> bytes:
     patched = jpeg_declaring(size, data)
     assert Image.open(io.BytesIO(data)).format == "MPO"
     return patched
+
+
+def white_png(width: int, height: int, interlace: int = 0, missing: int = 0) -> bytes:
+    """A white 8-bit grey PNG, interlaced (Adam7) or not, its stream ``missing`` bytes short.
+
+    The rows of each Adam7 pass are listed pixel by pixel here (``range`` over the
+    pass's columns), not with the arithmetic the reader under test uses.
+    """
+    passes = [(0, 0, 1, 1)]
+    if interlace:
+        passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4)]
+        passes += [(0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    raw = bytearray()
+    for x0, y0, dx, dy in passes:
+        columns = len(range(x0, width, dx))
+        if columns:
+            for _ in range(y0, height, dy):
+                raw += b"\x00" + b"\xff" * columns
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, interlace)
+    stream = zlib.compress(bytes(raw[: len(raw) - missing]))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", stream)
+        + png_chunk(b"IEND", b"")
+    )

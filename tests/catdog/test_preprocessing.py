@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from PIL import Image
 
 from catdog.preprocessing import (
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_PIXELS_PER_BYTE,
+    FREE_PIXELS,
     CorruptImageError,
     ImageError,
     ImageTooLargeError,
@@ -258,3 +261,87 @@ def test_refused_file_is_closed_at_once(tmp_path: Path) -> None:
     # The traceback still holds the frames: the file must have been closed explicitly.
     assert info.value.reason
     assert open_files_named(path) == 0
+
+
+# ---------------------------------------------------------------- cost bounded by bytes sent
+
+
+def jpeg_claiming(size: tuple[int, int]) -> bytes:
+    """A real 200x200 JPEG whose frame header was patched to claim ``size``."""
+    data = bytearray(images.jpeg_bytes((200, 200)))
+    at = data.index(b"\xff\xc0") + 5  # SOF0: length (2), precision (1), height, width
+    data[at : at + 4] = struct.pack(">HH", size[1], size[0])
+    return bytes(data)
+
+
+def test_a_small_file_claiming_many_pixels_is_refused_before_decoding() -> None:
+    calls: list[int] = []
+
+    def gate(pixels: int) -> contextlib.AbstractContextManager[object]:
+        calls.append(pixels)
+        return contextlib.nullcontext()
+
+    for data in (crafted.png_header_only(7000, 7000), jpeg_claiming((7000, 7000))):
+        with pytest.raises(CorruptImageError, match="more than 1024 pixels per byte"):
+            load_image(data, SIZE, max_pixels=50_000_000, gate=gate)
+    assert calls == []  # nothing was decoded
+
+
+def test_the_pixels_per_byte_bound_is_exact() -> None:
+    data = crafted.png_header_only(2000, 2000)
+    per_byte = -(-2000 * 2000 // len(data))  # the smallest bound that lets it open
+    with Image.open(io.BytesIO(data)):
+        pass
+    with pytest.raises(CorruptImageError, match=f"more than {per_byte - 1} pixels per byte"):
+        load_image(data, SIZE, max_pixels_per_byte=per_byte - 1)
+    with pytest.raises(CorruptImageError, match="truncated PNG"):  # opened, then found short
+        load_image(data, SIZE, max_pixels_per_byte=per_byte)
+
+
+def test_any_file_may_claim_a_megapixel() -> None:
+    side = int(FREE_PIXELS**0.5)
+    assert load_image(crafted.white_png(side, side), SIZE).min() == 255
+
+
+def test_the_default_bound_passes_photos_screenshots_and_blank_pages() -> None:
+    assert DEFAULT_MAX_PIXELS_PER_BYTE == 1024
+    blank = Image.new("RGB", (1920, 1080), "white")
+    for data in (
+        images.encode(blank, "PNG"),
+        images.encode(blank, "GIF"),
+        images.encode(blank, "JPEG"),
+        images.jpeg_bytes((3000, 2000)),
+    ):
+        assert load_image(data, SIZE).shape == (*SIZE, 3)
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (33, 17), (1000, 3)])
+def test_a_png_with_every_row_decodes(size: tuple[int, int], interlace: int) -> None:
+    data = crafted.white_png(*size, interlace=interlace)
+    assert load_image(data, SIZE).min() == 255
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+def test_a_png_whose_stream_ends_early_is_refused(interlace: int) -> None:
+    rows = 2000 * 2001  # each row: a filter byte and 2000 samples
+    data = crafted.white_png(2000, 2000, interlace=interlace, missing=rows // 2)
+    if not interlace:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # Pillow fills the missing rows with black without a word
+    with pytest.raises(CorruptImageError, match="a truncated PNG file: its data fills (49|50)%"):
+        load_image(data, SIZE, max_pixels_per_byte=None)
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+@pytest.mark.parametrize("missing", [1, 500])
+def test_a_png_a_few_bytes_short_is_refused(interlace: int, missing: int) -> None:
+    with pytest.raises(CorruptImageError, match="truncated"):
+        load_image(crafted.white_png(40, 30, interlace=interlace, missing=missing), SIZE)
+
+
+def test_a_truncated_png_is_refused_from_a_path_too(tmp_path: Path) -> None:
+    path = tmp_path / "short.png"
+    path.write_bytes(crafted.white_png(40, 30, missing=40))
+    with pytest.raises(CorruptImageError, match="truncated PNG"):
+        load_image(path, SIZE)
