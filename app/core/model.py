@@ -1,8 +1,9 @@
 """One served model version: its runtime, contract and warm-up.
 
 ``load_version`` loads a version folder with the chosen runtime (``CATDOG_RUNTIME``)
-and runs it once per batch size it will see first, so the first request is not
-the slow one. A folder that cannot be served raises ``ModelLoadError`` naming it.
+and runs it once per batch size the batcher can send it (1 to ``CATDOG_MAX_BATCH_SIZE``)
+before the version is reported ready or swapped in, so no request is the first of its
+size. A folder that cannot be served raises ``ModelLoadError`` naming it.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def load_version(path: Path, runtime: str, threads: int, warm_up_batch: int = 1)
     """Load and warm up one version folder, or raise ``ModelLoadError`` naming it."""
     try:
         model = LoadedModel(path.name, path, load_model(path, runtime, threads))
-        model.warm_up(tuple(sorted({1, warm_up_batch})))
+        model.warm_up(tuple(range(1, warm_up_batch + 1)))
     except ModelLoadError:
         raise
     except Exception as exc:  # anything wrong with the folder refuses the version

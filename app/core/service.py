@@ -92,9 +92,8 @@ class InferenceService:
             self.admission.on_the_way,
         )
         self.pixel_budget = PixelBudget(settings.decode_pixel_budget)
-        self._decoders = ThreadPoolExecutor(
-            settings.decode_workers or cores, thread_name_prefix="decode"
-        )
+        self._decode_workers = settings.decode_workers or cores
+        self._decoders = ThreadPoolExecutor(self._decode_workers, thread_name_prefix="decode")
         self.offload = Offload(settings.json_parse_processes)
         self._watcher: asyncio.Task[None] | None = None
         metrics.ready.set_function(lambda: float(self.ready))  # read at each scrape
@@ -109,6 +108,7 @@ class InferenceService:
             problem = await asyncio.to_thread(gpu_problem, runtime)
             if problem:
                 raise ModelLoadError(f"CATDOG_REQUIRE_GPU is set but {problem}")
+        await self._warm_decoders()
         self.batcher.start()
         heap.settle()  # full collections would otherwise stall serving for ~200 ms
         if self.settings.poll_interval_s > 0:
@@ -124,6 +124,15 @@ class InferenceService:
             self._threads,
             self.settings.max_batch_size,
             self.settings.max_images_in_flight,
+        )
+
+    async def _warm_decoders(self) -> None:
+        """Decode a small image of each accepted format on every decoding thread, so the
+        first requests neither start those threads nor load the image plugins."""
+        model = self.registry.current
+        samples = warm_up_images(self.settings.image_formats)
+        await asyncio.gather(
+            *(self._decode(model, data) for data in samples for _ in range(self._decode_workers))
         )
 
     async def stop(self) -> None:
@@ -246,6 +255,23 @@ class InferenceService:
             ood_score=result.ood_score,
             known=known,
         )
+
+
+def warm_up_images(formats: tuple[str, ...]) -> list[bytes]:
+    """A small grey image in each of ``formats`` that Pillow can write."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    samples = []
+    for name in formats:
+        out = BytesIO()
+        try:
+            Image.new("RGB", (32, 32), (128, 128, 128)).save(out, name)
+        except (KeyError, OSError, ValueError):  # a format Pillow reads but cannot write
+            continue
+        samples.append(out.getvalue())
+    return samples
 
 
 def check_pixels(pixels: np.ndarray, contract: ModelContract) -> None:
