@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TESTED := $(VENV)/.installed-batch
 HOST   ?= 0.0.0.0
 PORT   ?= 8000
 MODEL_DIR ?= models/catdog
@@ -20,7 +21,12 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)  ## create .venv with pinned dependencies
 
-test: install  ## lint, then run every test
+# The tests also need the batch job's extra (Ray); serving never installs it.
+$(TESTED): $(STAMP)
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,batch]'
+	touch $(TESTED)
+
+test: $(TESTED)  ## lint, then run every test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

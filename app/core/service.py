@@ -236,25 +236,32 @@ class InferenceService:
         return await self.batcher.submit(model, image)
 
     def _encode(self, model: LoadedModel, result: ImageResult) -> Classification:
-        probabilities = result.probabilities / result.probabilities.sum()
-        probabilities[-1] = 1.0 - probabilities[:-1].sum()  # exactly 1 in total
-        index = int(np.argmax(probabilities))
-        names = model.contract.class_names
-        known = None
-        threshold = model.ood_threshold
-        if result.ood_score is not None and threshold is not None:
-            known = result.ood_score <= threshold
-        self.metrics.predictions.labels(
-            label=names[index], known="unknown" if known is None else str(known).lower()
-        ).inc()
-        return Classification(
-            label=names[index],
-            class_index=index,
-            probabilities={n: float(p) for n, p in zip(names, probabilities)},
-            model_version=model.version,
-            ood_score=result.ood_score,
-            known=known,
-        )
+        answer = classification(model, result)
+        known = "unknown" if answer.known is None else str(answer.known).lower()
+        self.metrics.predictions.labels(label=answer.label, known=known).inc()
+        return answer
+
+
+def classification(model: LoadedModel, result: ImageResult) -> Classification:
+    """The answer for one model output: probabilities summing to exactly 1, the label,
+    and ``known`` from the version's out-of-distribution threshold (the batch job
+    calls this too, so its rows equal ``/predict``'s answers)."""
+    probabilities = result.probabilities / result.probabilities.sum()
+    probabilities[-1] = 1.0 - probabilities[:-1].sum()  # exactly 1 in total
+    index = int(np.argmax(probabilities))
+    names = model.contract.class_names
+    known = None
+    threshold = model.ood_threshold
+    if result.ood_score is not None and threshold is not None:
+        known = result.ood_score <= threshold
+    return Classification(
+        label=names[index],
+        class_index=index,
+        probabilities={n: float(p) for n, p in zip(names, probabilities)},
+        model_version=model.version,
+        ood_score=result.ood_score,
+        known=known,
+    )
 
 
 def warm_up_images(formats: tuple[str, ...]) -> list[bytes]:

@@ -1,0 +1,93 @@
+"""``python -m batch`` with Ray embedded: one real job on a folder of good and bad files.
+
+The job runs once for the module (Ray starts inside the test process and stops at
+the end of the job) on the tiny model; its rows are compared with what the real
+service answers for the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from batch.__main__ import main
+from batch.job import JobOptions, run
+from tests.batch.photos import BAD, GOOD, service_answers, write_folder
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="module")
+def job(folder: Path, tiny_model_base: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The summary and rows of one embedded job (batches of 2: several per actor)."""
+    out = folder.parent / "rows.parquet"
+    options = JobOptions(str(folder), str(out), model=tiny_model_base, batch_size=2, progress=False)
+    summary = run(options, log=lambda message: None)
+    return summary, pq.read_table(out).to_pylist()
+
+
+def test_one_row_per_file_with_errors_where_they_belong(
+    job: tuple[dict[str, Any], list[dict[str, Any]]], folder: Path
+) -> None:
+    summary, rows = job
+    by_path = {row["path"]: row for row in rows}
+    assert len(rows) == len(by_path) == len(GOOD) + len(BAD)
+    assert set(by_path) == {str((folder / name).resolve()) for name in {**GOOD, **BAD}}
+    for name in GOOD:
+        row = by_path[str((folder / name).resolve())]
+        assert row["error"] is None and row["label"] in ("cat", "dog"), row
+        assert row["cat"] + row["dog"] == pytest.approx(1.0, abs=1e-12)
+    for name in BAD:
+        row = by_path[str((folder / name).resolve())]
+        assert row["error"] and row["label"] is None and row["cat"] is None, row
+    reasons = {name: by_path[str((folder / name).resolve())]["error"] for name in BAD}
+    assert reasons["empty.png"] == "empty file"
+    assert reasons["sub/notes.jpg"].startswith("not a recognised image format")
+    assert "truncated" in reasons["truncated.jpg"]
+    assert reasons["sub/huge.jpg"].endswith("exceeds the upload limit of 10485760 bytes")
+    assert all(row["model_version"] == "1" for row in rows)
+    assert summary["files"] == len(rows) and summary["errors"] == len(BAD)
+    assert sum(summary["labels"].values()) == len(GOOD)
+    assert summary["concurrency"] >= 1 and summary["ray"] == "embedded"
+
+
+def test_rows_equal_the_services_answers(
+    job: tuple[dict[str, Any], list[dict[str, Any]]], folder: Path, tiny_model_base: Path
+) -> None:
+    _, rows = job
+    answers = service_answers(tiny_model_base, folder)
+    assert set(answers) == {row["path"] for row in rows}
+    for row in rows:
+        answer = answers[row["path"]]
+        if row["error"] is not None:
+            assert "probabilities" not in answer
+            if row["path"].endswith("empty.png"):  # /predict names the upload instead
+                assert answer["detail"] == "image.jpg is empty"
+            elif row["path"].endswith("huge.jpg"):  # /predict: 413 before reading it
+                assert "10485760" in answer["detail"] and "10485760" in row["error"]
+            else:
+                assert row["error"] == answer["detail"], row["path"]
+            continue
+        assert row["label"] == answer["label"], row["path"]
+        assert row["model_version"] == answer["model_version"]
+        assert row["known"] == answer.get("known") and row["ood_score"] == answer.get("ood_score")
+        for name, probability in answer["probabilities"].items():
+            assert row[name] == pytest.approx(probability, abs=TOLERANCE), (row["path"], name)
+
+
+def test_usage_errors_exit_2_before_ray_starts(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(folder), "--output", str(tmp_path / "rows.txt")]) == 2
+    assert "must end in .parquet, .csv, .jsonl" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing"), "--output", str(tmp_path / "r.csv")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
