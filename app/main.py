@@ -8,7 +8,6 @@ from fastapi import FastAPI
 
 from app.api.errors import register_error_handlers
 from app.api.middleware import MetricsMiddleware, PredictionGateMiddleware
-from app.api.protocols.errors import ProtocolErrorMiddleware
 from app.api.routes import health, metrics, models, page, predict, tfserving, v2
 from app.core.config import Settings, get_settings
 from app.core.lifespan import lifespan
@@ -33,7 +32,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = InferenceService(settings or get_settings(), Metrics())
     app.add_middleware(PredictionGateMiddleware)
-    app.add_middleware(ProtocolErrorMiddleware)  # {"error": ...} on /v2, /v1/models
     app.add_middleware(MetricsMiddleware)
     register_error_handlers(app)
     for module in (predict, health, models, metrics, page, v2, tfserving):

@@ -1,9 +1,9 @@
 """The hardened launcher: ``python -m app`` serves ``app.main:app`` with bounds on every client.
 
 uvicorn's own command line bounds nothing a client sends before the app sees a
-request; this launcher runs ``uvicorn.Server`` with :class:`app.protocol.GuardedProtocol`
-(header bounds, header and body timeouts, a connection cap, early refusal of
-predictions that would not be admitted; see ``app/protocol.py``), raises the
+request; this launcher runs ``uvicorn.Server`` with uvicorn's httptools protocol inside
+:class:`app.connections.BoundedConnection` (header bounds, header and body timeouts, a
+connection cap, chunk storms; see ``app/connections.py``), raises the
 open-file limit to fit ``CATDOG_MAX_CONNECTIONS``, and gives requests in flight
 ``CATDOG_GRACEFUL_SHUTDOWN_S`` after SIGTERM (the one knob: no flag overrides it);
 then they are cut off, and a request whose answer had not started gets a JSON 503
@@ -25,12 +25,13 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from app.connections import bounded_protocol
 from app.core.config import Settings
 from app.core.lifespan import shutdown_started
-from app.protocol import protocol_for
 
 log = logging.getLogger("catdog.server")
 STARTUP_FAILURE = 3  # uvicorn's exit code when the app cannot start
+KEEP_ALIVE_S = 5  # uvicorn's timeout_keep_alive: an idle connection closes after this
 SPARE_FILES = 256  # descriptors beyond the connection cap: model files, logs, pipes
 
 
@@ -54,11 +55,18 @@ def build_config(
 ) -> uvicorn.Config:
     """The uvicorn configuration that serves ``app`` with the guarded protocol."""
     settings: Settings = app.state.service.settings
+    refusals = app.state.service.metrics.http_refusals
+
+    def count(reason: str) -> None:
+        refusals.labels(reason=reason).inc()
+
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=protocol_for(app.state.service),
+        http=bounded_protocol(settings, count, settings.http_parser),
+        timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         ws="none",  # no WebSocket routes: an upgrade is a plain request
         lifespan="on",
         access_log=access_log,

@@ -1,22 +1,40 @@
-"""Map service and input errors to clean JSON answers ``{"detail": ...}``.
+"""Every error answer of the REST API, from exception handlers, in each protocol's shape.
 
-A client that left before its answer (``ClientDisconnect`` while its body was
-read) gets nothing: the answer is a bodiless 499 that the server drops and the
-metrics count, or 408 when the server's body timeout cut it off
-(``TIMED_OUT_KEY`` in its scope, set by ``app.protocol``).
+The status and headers come from the error (``answer_for``: the same mapping gRPC uses,
+``app.api.grpc_server.status_of``); the body's shape from the path's protocol
+(``error_shape``):
+
+* ``/predict`` and the service's own routes: ``{"detail": ...}``;
+* ``/v2`` and below (Open Inference Protocol): ``{"error": "..."}``;
+* ``/v1/models/`` and below (TF Serving's REST API, which shares ``GET
+  /v1/models/{name}`` with this service's model info): ``{"error": "...", "detail":
+  ...}``; TF Serving clients read ``error``, this service's read ``detail``.
+
+Any text that may echo the client's input is cut to ``MOST_ECHO`` characters (a 100 MB
+field must not come back in a 100 MB answer), on REST as on gRPC. A request validation
+error lists its problems without the input pydantic would quote.
+
+A client that left before its answer (``ClientDisconnect`` while its body was read) gets
+nothing: the answer is a bodiless 499 that the server drops and the metrics count, or 408
+when the server's body timeout cut it off (``TIMED_OUT_KEY`` in its scope, set by
+``app.connections``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from app.core.config import Settings
 from app.core.errors import (
+    TIMED_OUT_KEY,
     InvalidInputError,
     ModelNotReadyError,
     QueueFullError,
@@ -30,13 +48,14 @@ from catdog.preprocessing import (
 )
 
 log = logging.getLogger("catdog.errors")
-TIMED_OUT_KEY = "catdog.timed_out"  # scope key: the server cut this request's body off (408)
 CLIENT_GONE = 499  # nginx's "client closed request": never sent, only counted
+MOST_ECHO = 512  # characters of an error message: it may quote the client's input
 IMAGE_ERROR_STATUS = {
     NotAnImageError: 415,  # Unsupported Media Type
     CorruptImageError: 422,  # Unprocessable Content
     ImageTooLargeError: 413,  # Content Too Large
 }
+Shape = Literal["oip", "tfserving"]
 
 
 @dataclass(frozen=True)
@@ -48,23 +67,28 @@ class ErrorAnswer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def cut(message: str) -> str:
+    """``message``, at most ``MOST_ECHO`` characters (the last one an ellipsis if cut)."""
+    return message if len(message) <= MOST_ECHO else message[: MOST_ECHO - 1] + "…"
+
+
 def answer_for(exc: Exception, settings: Settings) -> ErrorAnswer | None:
     """The answer to an error of the input or of the service's state, whatever the API
     (REST here, gRPC in ``app.api.grpc_server``); None for a fault of the service (500)."""
-    if isinstance(exc, HTTPException):
-        return ErrorAnswer(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    if isinstance(exc, StarletteHTTPException):
+        return ErrorAnswer(exc.status_code, cut(str(exc.detail)), dict(exc.headers or {}))
     if isinstance(exc, ImageError):
         status = next((s for cls, s in IMAGE_ERROR_STATUS.items() if isinstance(exc, cls)), 422)
-        return ErrorAnswer(status, exc.reason)
+        return ErrorAnswer(status, cut(exc.reason))
     if isinstance(exc, QueueFullError):  # shed load, and say when to retry
         retry = {"Retry-After": str(settings.retry_after_s)}
         return ErrorAnswer(503, f"server busy: {exc}; retry shortly", retry)
     if isinstance(exc, ModelNotReadyError):  # starting up or shutting down
         return ErrorAnswer(503, f"model not ready: {exc}", {"Retry-After": "1"})
     if isinstance(exc, VersionNotFoundError):
-        return ErrorAnswer(404, str(exc))
+        return ErrorAnswer(404, cut(str(exc)))
     if isinstance(exc, InvalidInputError):
-        return ErrorAnswer(400, str(exc))
+        return ErrorAnswer(400, cut(str(exc)))
     return None
 
 
@@ -73,17 +97,52 @@ def fault_answer(exc: Exception) -> ErrorAnswer:
     return ErrorAnswer(500, f"internal error ({type(exc).__name__})")
 
 
-async def known_error(request: Request, exc: Exception) -> JSONResponse:
-    """A file that is not a usable image, too much work in flight, no model loaded."""
+def error_shape(path: str) -> Shape | None:
+    """Which protocol's error shape answers ``path`` (None: ``{"detail": ...}``)."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return "oip"
+    if path.startswith("/v1/models/"):
+        return "tfserving"
+    return None
+
+
+def respond(request: Request, answer: ErrorAnswer, detail: object = None) -> JSONResponse:
+    """``answer`` in the shape of the request's protocol (``detail``: TF Serving's and
+    the service's ``detail``, when it is more than the message)."""
+    shape = error_shape(request.url.path)
+    if shape is None:
+        body: dict[str, object] = {"detail": answer.detail if detail is None else detail}
+    elif shape == "oip":
+        body = {"error": answer.detail}
+    else:
+        body = {"error": answer.detail, "detail": answer.detail if detail is None else detail}
+    return JSONResponse(body, answer.status, answer.headers)
+
+
+async def known_error(request: Request, exc: Exception) -> Response:
+    """An error of the input or of the service's state (``answer_for``)."""
     answer = answer_for(exc, request.app.state.service.settings)
-    assert answer is not None
-    return JSONResponse({"detail": answer.detail}, answer.status, answer.headers)
+    if answer is None:
+        return await internal_error(request, exc)
+    return respond(request, answer)
 
 
-async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+async def invalid_request(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 for a request its schema refuses: each problem's place and message,
+    not the input pydantic quotes."""
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"loc": list(e.get("loc", ())), "msg": cut(str(e.get("msg", ""))), "type": e.get("type")}
+        for e in exc.errors()[:8]
+    ]
+    text = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
+    return respond(request, ErrorAnswer(422, cut(text)), problems)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
     """A fault of the service (not of the input): JSON as well; uvicorn logs the traceback."""
     log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-    return JSONResponse({"detail": fault_answer(exc).detail}, status_code=500)
+    return respond(request, fault_answer(exc))
 
 
 async def client_gone(request: Request, exc: Exception) -> Response:
@@ -95,5 +154,7 @@ def register_error_handlers(app: FastAPI) -> None:
     """Install the handlers above."""
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(ClientDisconnect, client_gone)
-    for error in (ImageError, QueueFullError, ModelNotReadyError):
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    known = (StarletteHTTPException, HTTPException, ImageError, QueueFullError)
+    for error in (*known, ModelNotReadyError, VersionNotFoundError, InvalidInputError):
         app.add_exception_handler(error, known_error)

@@ -4,7 +4,8 @@ With ``CATDOG_GRPC_ADDRESS`` set (``0.0.0.0:8081`` in the images), the lifespan 
 a ``grpc.aio`` server on uvicorn's event loop. It answers the six calls of
 ``inference.GRPCInferenceService`` (``app/api/protocols/inference.proto``, what
 KServe, Triton and ``tritonclient.grpc`` speak), TF Serving's gRPC calls
-(``app/api/grpc_tfserving.py``) and gRPC's health check (``health.proto``), on the
+(``app/api/grpc_tfserving.py``) and gRPC's health check (grpcio-health-checking's
+servicer), on the
 same ``InferenceService`` as REST: the same admission (the client's share too, by its
 address), decoders, batcher, limits and metrics.
 
@@ -20,17 +21,18 @@ address), decoders, batcher, limits and metrics.
   the request sent raw inputs, else in ``contents``.
 
 Each call reads its one request message itself, within ``body_timeout_s``
-(``GrpcServer._read``), after the admission gate of a call with images, and counts its
-elements on the wire before protobuf parses it (``MOST_FIELDS``); ``GrpcServer`` says
-how connections and calls are bounded.
+(``GrpcServer._read``), after the admission gate of a call with images
+(``GateInterceptor``, the gate of ``app.api.gate``), and counts its elements on the wire
+before protobuf parses it (``MOST_FIELDS``); ``GrpcServer`` says how connections and
+calls are bounded.
 
 An error is the REST answer's message with a gRPC status code (``GRPC_CODES``: 400,
 413, 415, 422 are INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE, a fault 500
 INTERNAL; a message late
 past the body timeout is DEADLINE_EXCEEDED, 408), cut to 512 characters, and in the
 trailing metadata ``catdog-http-status`` (the REST status, which tells 413 from 415)
-and, for 503, ``retry-after``; a full queue's UNAVAILABLE is held ``busy_hold_s``, as
-REST's gate holds its 503, so that a client retrying at once cannot spin. A client that
+and, for 503, ``retry-after``; a full queue's UNAVAILABLE is held by the gate, as REST's
+503 is. A client that
 cancels, or whose deadline passes, is dropped wherever its call is, as a REST client
 that leaves.
 """
@@ -44,38 +46,31 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import unquote
 
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from app.api.errors import answer_for, fault_answer
+from app.api.errors import answer_for, cut, fault_answer
+from app.api.gate import admitted, body_limit, peer_key
 from app.api.grpc_tfserving import (
     MODEL_SERVICE,
     PREDICTION_SERVICE,
-    TFSERVING,
     TfServingServicer,
 )
 from app.api.grpc_tfserving import Call as TfServingCall
-from app.api.middleware import MULTIPART_OVERHEAD, client_key
-from app.api.protocols import oip, proto
+from app.api.protocols import oip, wire
 from app.api.protocols.common import bad_request, check_model_name
+from app.api.protocols.messages import INFERENCE, TFSERVING, Method
 from app.core.admission import Upload
 from app.core.config import Settings
 from app.core.errors import QueueFullError
 from app.core.service import Classification, InferenceService
 
 log = logging.getLogger("catdog.grpc")
-SCHEMAS = Path(__file__).parent / "protocols"
-INFERENCE = proto.load(SCHEMAS / "inference.proto")
-HEALTH = proto.load(SCHEMAS / "health.proto")
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
-HEALTH_SERVICE = "grpc.health.v1.Health"
-#: Calls that carry images: refused before their message is read when none would be admitted.
-GATED = ("ModelInfer", "Predict", "Classify")
 M = INFERENCE.messages
 GRPC_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -94,7 +89,6 @@ RAW_INPUT_CONTENTS = M["ModelInferRequest"].DESCRIPTOR.fields_by_name["raw_input
 #: request (32 images, or 32 examples of hundreds of features), and parsed in
 #: milliseconds into a few MB; a message of tiny fields costs ~25 times its size.
 MOST_FIELDS = 65_536
-MOST_MESSAGE_CHARACTERS = 512  # of an error: echoed input must not pass gRPC's header limit
 WAITING_SHARE = 8  # a client may have 1/8 of the call slots waiting for their message
 CONNECTION_AGE_S = 300.0  # a connection is asked to close (GOAWAY) at this age
 IDLE_CONNECTION_S = 30.0  # a connection with no call this long is closed (clients reconnect)
@@ -114,7 +108,7 @@ class InferCall(NamedTuple):
 def read_infer_call(body: bytes) -> InferCall:
     """``body`` as a ``ModelInferRequest``, its raw tensor data left where it arrived
     (parsing it would copy it twice: into the message, then out of it)."""
-    split = proto.split_field(body, RAW_INPUT_CONTENTS)
+    split = wire.split_field(body, RAW_INPUT_CONTENTS)
     if split is None:  # thousands of top-level fields, or a group: protobuf's to read
         message = M["ModelInferRequest"].FromString(body)
         raws = [memoryview(b) for b in message.raw_input_contents]
@@ -129,7 +123,7 @@ def _tfserving_call(request: type[Message], body: bytes) -> TfServingCall:
 
 
 class InferenceServicer:
-    """The calls of ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health``."""
+    """The calls of ``inference.GRPCInferenceService``."""
 
     def __init__(self, service: InferenceService, version: str) -> None:
         self.service = service
@@ -175,13 +169,6 @@ class InferenceServicer:
             inputs=[tensor(**t.model_dump()) for t in answer.inputs],
             outputs=[tensor(**t.model_dump()) for t in answer.outputs],
         )
-
-    async def Check(self, request: Message, context: object) -> Message:  # noqa: N802
-        """gRPC health: SERVING when ready, for the server ("") and each inference API."""
-        response = HEALTH.messages["HealthCheckResponse"]
-        if request.service not in ("", INFERENCE_SERVICE, PREDICTION_SERVICE, MODEL_SERVICE):
-            raise GrpcError(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}", 404)
-        return response(status="SERVING" if self.service.ready else "NOT_SERVING")
 
     # ------------------------------------------------------------ inference
 
@@ -299,12 +286,12 @@ def status_of(
     exc: Exception, settings: Settings, path: str
 ) -> tuple[grpc.StatusCode, str, Trailers]:
     """A call's error as its gRPC status code, message (at most
-    ``MOST_MESSAGE_CHARACTERS``: it may echo the client's input) and trailing metadata."""
+    ``errors.MOST_ECHO``: it may echo the client's input) and trailing metadata."""
     if isinstance(exc, GrpcError):
         trailers: Trailers = ((HTTP_STATUS, str(exc.status)),)
         if exc.status == 503:
             trailers += (("retry-after", str(settings.retry_after_s)),)
-        return exc.code, _short(str(exc)), trailers
+        return exc.code, cut(str(exc)), trailers
     found = answer_for(exc, settings)
     if found is None:
         log.exception("%s failed", path)
@@ -312,13 +299,7 @@ def status_of(
     trailers = ((HTTP_STATUS, str(found.status)),)
     if "Retry-After" in found.headers:
         trailers += (("retry-after", found.headers["Retry-After"]),)
-    return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), _short(found.detail), trailers
-
-
-def _short(message: str) -> str:
-    if len(message) <= MOST_MESSAGE_CHARACTERS:
-        return message
-    return message[: MOST_MESSAGE_CHARACTERS - 1] + "…"
+    return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), cut(found.detail), trailers
 
 
 def parameters(given: Mapping[str, Message]) -> oip.Parameters:
@@ -331,39 +312,70 @@ def parameters(given: Mapping[str, Message]) -> oip.Parameters:
     return found
 
 
-def peer_key(peer: str) -> str | None:
-    """The client's address from gRPC's peer (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``, in
-    newer gRPC with the brackets percent-encoded), as REST counts it (``client_key``)."""
-    kind, _, rest = unquote(peer).partition(":")
-    if kind in ("ipv4", "ipv6"):
-        return client_key(rest.rpartition(":")[0])
-    return rest or None
+class GateInterceptor(grpc.aio.ServerInterceptor):
+    """The admission gate (``app.api.gate.admitted``) of a call with images, before its
+    message is read; its ``Upload`` is handed to the call through ``uploads``."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self.uploads: dict[object, Upload] = {}  # by the call's context, while it runs
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or body_limit(self.service.settings, details.method) is None:
+            return handler
+        call = handler.stream_unary
+
+        async def gated(requests: object, context: grpc.aio.ServicerContext) -> Message:
+            try:
+                async with admitted(self.service, peer_key(context.peer())) as upload:
+                    self.uploads[context] = upload
+                    try:
+                        return await call(requests, context)
+                    finally:
+                        del self.uploads[context]
+            except QueueFullError as exc:
+                _, message, trailers = status_of(exc, self.service.settings, details.method)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, message, trailers)
+                raise  # abort raises; not reached
+
+        return grpc.stream_unary_rpc_method_handler(
+            gated, response_serializer=handler.response_serializer
+        )
 
 
 class GrpcServer:
-    """A ``grpc.aio`` server on the running event loop, serving ``InferenceServicer``.
+    """A ``grpc.aio`` server on the running event loop, serving ``InferenceServicer``,
+    ``TfServingServicer`` and gRPC health.
 
     Bounded as the HTTP launcher bounds REST: at most ``max_connections`` connections
     (more are closed at once) and as many calls at a time, a connection closed after
     ``IDLE_CONNECTION_S`` without a call or ``header_timeout_s`` without finishing its
     HTTP/2 handshake, messages up to the batch limit and not compressed, and at most an
     eighth of the call slots (at least 16) waiting for one client's messages.
-    ``ModelInfer`` is refused (UNAVAILABLE) before its message is read when not even one
-    image would be admitted, as REST's gate refuses a body, so that a full server
-    receives no more.
+    A call with images is refused (UNAVAILABLE) before its message is read when not even
+    one image would be admitted (``GateInterceptor``), as REST's gate refuses a body, so
+    that a full server receives no more.
     """
 
     def __init__(self, service: InferenceService, version: str) -> None:
         self.service = service
         self.servicer = InferenceServicer(service, version)
         self.tfserving = TfServingServicer(service)
+        self.health = health.aio.HealthServicer()
+        self.gate = GateInterceptor(service)
         self.port: int | None = None
         self._stopping: asyncio.Future[None] | None = None
         settings = service.settings
         self._waiting_by_client: Counter[str | None] = Counter()
         self._most_waiting = max(16, settings.max_connections // WAITING_SHARE)
-        largest = settings.max_upload_bytes * settings.max_files_per_request + MULTIPART_OVERHEAD
+        largest = body_limit(settings, "/inference.GRPCInferenceService/ModelInfer")
         self._server = grpc.aio.server(
+            interceptors=[self.gate],
             options=[
                 ("grpc.max_receive_message_length", largest),
                 ("grpc.max_send_message_length", largest),
@@ -382,19 +394,20 @@ class GrpcServer:
             maximum_concurrent_rpcs=settings.max_connections,
         )
         services = (
-            (INFERENCE_SERVICE, INFERENCE, self.servicer),
-            (HEALTH_SERVICE, HEALTH, self.servicer),
-            (PREDICTION_SERVICE, TFSERVING, self.tfserving),
-            (MODEL_SERVICE, TFSERVING, self.tfserving),
+            (INFERENCE.services[INFERENCE_SERVICE], self.servicer),
+            (TFSERVING.services[PREDICTION_SERVICE], self.tfserving),
+            (TFSERVING.services[MODEL_SERVICE], self.tfserving),
         )
-        for name, schema, servicer in services:
-            handlers = self._handlers(schema.services[name], servicer)
+        for methods, servicer in services:
+            name = next(iter(methods.values())).path.split("/")[1]
+            handlers = self._handlers(methods, servicer)
             self._server.add_generic_rpc_handlers(
                 [grpc.method_handlers_generic_handler(name, handlers)]
             )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
 
     def _handlers(
-        self, methods: dict[str, proto.Method], servicer: object
+        self, methods: dict[str, Method], servicer: object
     ) -> dict[str, grpc.RpcMethodHandler]:
         """Each call reads its one request message itself (a unary call on the wire), so that
         the read is bounded in time and the gate of a call with images comes before it.
@@ -404,24 +417,19 @@ class GrpcServer:
             parse: Callable[[bytes], object] = method.request.FromString
             if name == "ModelInfer":
                 parse = read_infer_call
-            elif name in GATED:
+            elif name in ("Predict", "Classify"):
                 parse = functools.partial(_tfserving_call, method.request)
             handlers[name] = grpc.stream_unary_rpc_method_handler(
-                self._answering(method, getattr(servicer, name), parse, gated=name in GATED),
+                self._answering(method, getattr(servicer, name), parse),
                 response_serializer=method.response.SerializeToString,
             )
         return handlers
 
     def _answering(
-        self,
-        method: proto.Method,
-        call: Handler,
-        parse: Callable[[bytes], object],
-        gated: bool = False,
+        self, method: Method, call: Handler, parse: Callable[[bytes], object]
     ) -> Handler:
         """``call`` on the request read from its bytes by ``parse`` (INVALID_ARGUMENT if it is
-        not one), its errors answered as the module docstring says, and counted. ``gated``:
-        the call is refused before its message is read when no image would be admitted."""
+        not one), its errors answered as the module docstring says, and counted."""
         metrics = self.service.metrics
         settings = self.service.settings
         path = method.path
@@ -430,25 +438,17 @@ class GrpcServer:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                client = peer_key(context.peer())
-                if gated:
-                    self.service.refuse_if_full(client=client)
-                with contextlib.ExitStack() as stack:
-                    # ModelInfer counts as on its way from now on, as REST's gate counts an
-                    # upload from its first byte: the batcher may wait for its images.
-                    upload = stack.enter_context(self.service.uploading(client)) if gated else None
-                    with self._waiting(client):
-                        request = await self._receive(context, method, parse)
-                    if upload is not None:
-                        request = request._replace(upload=upload)
-                    return await call(request, context)
+                with self._waiting(peer_key(context.peer())):
+                    request = await self._receive(context, method, parse)
+                upload = self.gate.uploads.get(context)
+                if upload is not None:
+                    request = request._replace(upload=upload)  # type: ignore[attr-defined]
+                return await call(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
                 code, message, trailers = status_of(exc, settings, path)
-                if isinstance(exc, QueueFullError):  # as REST's gate: a retry at once can't spin
-                    await asyncio.sleep(settings.busy_hold_s)
             finally:
                 metrics.grpc_requests.labels(method=path, code=code.name).inc()
                 metrics.latency.labels(route=path).observe(time.perf_counter() - started)
@@ -480,27 +480,26 @@ class GrpcServer:
                 del waiting[client]
 
     async def _receive(
-        self,
-        context: grpc.aio.ServicerContext,
-        method: proto.Method,
-        parse: Callable[[bytes], object],
+        self, context: grpc.aio.ServicerContext, method: Method, parse: Callable[[bytes], object]
     ) -> object:
         """The call's request: its message read (``_read``), its elements counted on the
-        wire (``proto.check_fields``: 413 past ``MOST_FIELDS``), then parsed (400 if
+        wire (``wire.check_fields``: 413 past ``MOST_FIELDS``), then parsed (400 if
         it is not the method's message)."""
         body = await self._read(context)
         try:
-            proto.check_fields(body, method.request.DESCRIPTOR, MOST_FIELDS)
+            wire.check_fields(body, method.request.DESCRIPTOR, MOST_FIELDS)
             return parse(body)
-        except proto.TooManyFieldsError as exc:
+        except wire.TooManyFieldsError as exc:
             raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), 413) from None
         except DecodeError as exc:
             name = method.request.DESCRIPTOR.full_name
             raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, f"not a {name}: {exc}", 400) from None
+        finally:
+            del body
 
     async def _read(self, context: grpc.aio.ServicerContext) -> bytes:
         """The call's request message, whole within ``body_timeout_s`` (gRPC shows no
-        progress inside a message)."""
+        progress inside a message); a second message on the call is refused."""
         limit = self.service.settings.body_timeout_s
         try:
             body = await asyncio.wait_for(context.read(), limit)
@@ -515,6 +514,9 @@ class GrpcServer:
         """Listen on ``address`` (``host:port``; port 0: a free one, then in ``port``)."""
         self.port = self._server.add_insecure_port(address)
         await self._server.start()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        for name in ("", INFERENCE_SERVICE, PREDICTION_SERVICE, MODEL_SERVICE):
+            await self.health.set(name, serving)
         log.info(
             "gRPC (Open Inference Protocol) on %s", address.rpartition(":")[0] + f":{self.port}"
         )
@@ -523,7 +525,11 @@ class GrpcServer:
         """Refuse new calls from now on; those in flight get ``grace`` seconds, then are
         cancelled. Once: a later call changes nothing."""
         if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._server.stop(grace))
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+
+    async def _stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()  # NOT_SERVING
+        await self._server.stop(grace)
 
     async def stop(self, grace: float) -> None:
         """``begin_stop``, and wait until the server has stopped."""

@@ -19,26 +19,22 @@ timeout cancels it) with a JSON 503 instead of uvicorn's text/plain 500.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import re
 import time
 
 from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import UPLOAD_KEY
-from app.api.errors import known_error
+from app.api.errors import ErrorAnswer, known_error, respond
+from app.api.gate import admitted, body_limit, client_key, route_label
 from app.api.protocols.common import header_int
-from app.core.config import Settings
 from app.core.errors import QueueFullError
 from app.core.service import InferenceService
 
 log = logging.getLogger("catdog")
-MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
 ROUTE_KEY = "catdog.route"  # route label for answers sent before routing
 LEFT_KEY = "catdog.client_left"  # scope key: the client left before its answer (499)
 CLIENT_LEFT = 499
@@ -49,39 +45,6 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body exceeds the limit of {limit} bytes")
-
-
-# The prediction routes of app/api/routes/v2.py and tfserving.py; each {name} and {version}
-# is Starlette's [^/]+ (a ":" included), or a path the router serves would pass ungated.
-_PROTOCOL_ROUTE = re.compile(
-    r"^/(?P<api>v1|v2)/models/[^/]+(?P<version>/versions/[^/]+)?(?P<verb>/infer|:predict|:classify)$"
-)
-
-
-def body_limit(settings: Settings, path: str) -> int | None:
-    """The largest body accepted on a prediction path (None: not a prediction path)."""
-    if path == "/predict":
-        return settings.max_upload_bytes + MULTIPART_OVERHEAD
-    if path == "/predict/batch":
-        return settings.max_upload_bytes * settings.max_files_per_request + MULTIPART_OVERHEAD
-    if _PROTOCOL_ROUTE.match(path):
-        # Open Inference Protocol, TF Serving (app/api/protocols): base64 is 4/3 of the bytes
-        files = settings.max_upload_bytes * settings.max_files_per_request
-        return files * 4 // 3 + MULTIPART_OVERHEAD
-    return None
-
-
-def route_label(path: str) -> str:
-    """The route template of a prediction path, for metrics labels answered before routing.
-
-    A path's model name and version are the client's to choose; as labels they would
-    make a new time series per spelling, so they are replaced by their placeholders.
-    """
-    match = _PROTOCOL_ROUTE.match(path)
-    if match is None:
-        return path
-    version = "/versions/{version}" if match["version"] else ""
-    return f"/{match['api']}/models/{{name}}{version}{match['verb']}"
 
 
 class PredictionGateMiddleware:
@@ -106,17 +69,10 @@ class PredictionGateMiddleware:
             # No "Connection: close": uvicorn would close the socket with the body unread and
             # a client still sending it would get a reset instead of this 413. Kept open, the
             # server discards the rest of the body.
-            response = JSONResponse({"detail": BodyTooLarge(limit).detail}, status_code=413)
+            response = respond(Request(scope), ErrorAnswer(413, BodyTooLarge(limit).detail))
             await response(scope, receive, send)
             return
         client = client_key(scope["client"][0]) if scope.get("client") else None
-        try:
-            service.refuse_if_full(client=client)
-        except QueueFullError as exc:
-            await asyncio.sleep(service.settings.busy_hold_s)  # a retry at once can't spin
-            response = await known_error(Request(scope), exc)
-            await response(scope, receive, send)
-            return
         received = 0
 
         async def counting_receive() -> Message:
@@ -128,21 +84,15 @@ class PredictionGateMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
-        with service.uploading(client) as upload:
-            scope[UPLOAD_KEY] = upload
-            await call_until_client_leaves(self.app, scope, counting_receive, send)
-
-
-def client_key(host: str) -> str:
-    """The address a client is counted under (``CATDOG_MAX_IMAGES_PER_CLIENT``): one
-    spelling per address, an IPv4 address mapped into IPv6 as IPv4; anything else as
-    given."""
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host
-    mapped = getattr(address, "ipv4_mapped", None)
-    return str(mapped or address)
+        try:
+            async with admitted(service, client) as upload:
+                scope[UPLOAD_KEY] = upload
+                await call_until_client_leaves(self.app, scope, counting_receive, send)
+        except QueueFullError as exc:
+            if UPLOAD_KEY in scope:
+                raise  # refused later, by the service: the app answered it
+            response = await known_error(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 async def call_until_client_leaves(
@@ -218,11 +168,9 @@ class MetricsMiddleware:
             # Cut off by the server (uvicorn's graceful-shutdown timeout) before its answer
             # started: uvicorn would send a text/plain 500. The task ends here either way.
             log.warning("cut off at shutdown: %s %s", scope["method"], scope["path"])
-            response = JSONResponse(
-                {"detail": "server shutting down: the request was cut off; retry"},
-                status_code=503,
-                headers={"Retry-After": "1", "Connection": "close"},
-            )
+            detail = "server shutting down: the request was cut off; retry"
+            headers = {"Retry-After": "1", "Connection": "close"}
+            response = respond(Request(scope), ErrorAnswer(503, detail, headers))
             await response(scope, receive, recording_send)
         finally:
             if status is None:  # nothing sent: the client had left, or the app failed

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
         32 * 1024, ge=1024, description="request line and headers of one request; 431 beyond"
     )
     max_header_count: int = Field(100, ge=1, description="headers of one request; 431 beyond")
+    http_parser: Literal["httptools", "h11"] = Field(
+        "httptools", description="uvicorn's HTTP/1.1 parser under python -m app (bench/serve)"
+    )
     header_timeout_s: float = Field(
         10.0,
         gt=0,

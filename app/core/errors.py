@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+TIMED_OUT_KEY = "catdog.timed_out"  # scope key: the body timeout cut this request off (408)
+
 
 class QueueFullError(RuntimeError):
     """The inference queue is at ``CATDOG_MAX_QUEUE``: shed load with a 503."""

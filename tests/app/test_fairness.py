@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.api.middleware import client_key
+from app.api.gate import client_key
 from app.core.admission import Admission, Upload
 from app.core.errors import QueueFullError
 from app.core.metrics import Metrics

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.api.middleware import body_limit, route_label
+from app.api.gate import body_limit, route_label
 from app.core.config import Settings
 from app.main import create_app
 from tests.app.helpers import (

@@ -3,14 +3,13 @@
 A body without its closing boundary or with two file fields is a 400; an oversized
 batch part is refused while it streams; a client that left is neither decoded nor
 run through the model; a 503 for a full queue is held so a retrying client cannot
-spin, and a full queue refuses before the app. Protocol-level limits on a real
+spin, and a full queue refuses before the body is read. Protocol-level limits on a real
 process are in ``test_hardening.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import threading
 import time
@@ -32,7 +31,6 @@ from tests.app.helpers import (
     good_image,
     metrics_text,
     multipart_chunks,
-    multipart_head,
     serve,
     settings_for,
     upload,
@@ -258,74 +256,3 @@ def test_every_documented_start_runs_the_hardened_launcher() -> None:
         ["make", "-s", "-n", "serve"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert "-m app " in printed
-
-
-class FakeTransport(asyncio.Transport):
-    """Collects what the protocol writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(
-            name, default
-        )
-
-
-async def test_a_full_queue_is_refused_before_the_app(tiny_model_base: Path) -> None:
-    """The launcher's protocol answers a prediction that would not be admitted itself."""
-    from uvicorn.server import ServerState
-
-    from app.server import build_config
-
-    settings = settings_for(
-        tiny_model_base, max_images_in_flight=1, max_files_per_request=1, busy_hold_s=0.2
-    )
-    async with serve(settings) as (app, client):
-        config = build_config(app)
-        config.load()
-        reached: list[str] = []
-
-        async def recording_app(scope: Any, receive: Any, send: Any) -> None:
-            reached.append(scope["path"])
-            await config.loaded_app(scope, receive, send)
-
-        config.loaded_app = recording_app
-        protocol = config.http_protocol_class(
-            config=config, server_state=ServerState(), app_state={}
-        )
-        transport = FakeTransport()
-        protocol.connection_made(transport)
-        body = multipart_body(("file", "a.jpg", good_image()))
-        with app.state.service.admission.admit(1):
-            started = time.monotonic()
-            protocol.data_received(multipart_head(len(body)) + body)
-            await until(lambda: b"\r\n\r\n" in transport.written, "the answer")
-            took = time.monotonic() - started
-        head, _, answer = bytes(transport.written).partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503"), head
-        assert b"retry-after: 1" in head.lower()
-        assert "busy" in json.loads(answer)["detail"]
-        assert took >= 0.2 * 0.9
-        assert reached == []  # never reached the ASGI app
-        text = await metrics_text(client)
-        assert value(text, "catdog_requests_total", route="/predict", status="503") == 1
-        assert value(text, "catdog_rejected_total") == 1
-        protocol.connection_lost(None)

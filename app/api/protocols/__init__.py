@@ -5,7 +5,7 @@
 * ``tfserving``: TensorFlow Serving's REST API (routes in ``app/api/routes/tfserving.py``
   and ``models.py``);
 * ``common``: what both share (body parsing, images as base64, limits, OpenAPI bodies);
-* ``errors``: their error answers, ``{"error": ...}``, with the statuses of ``/predict``.
+* their error answers, ``{"error": ...}``, come from ``app/api/errors.py``.
 
 Both go through ``InferenceService.classify`` (encoded images, decoded by the one
 preprocessing) or ``classify_tensor`` (pixels), hence the same admission, batcher,

@@ -2,7 +2,7 @@
 
 The same answer is TF Serving's model status (``model_version_status``): both APIs
 own this path, so one JSON holds both (docs/protocols.md). Errors carry ``detail``
-and TF Serving's ``error`` (``app/api/protocols/errors.py``).
+and TF Serving's ``error`` (``app/api/errors.py``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The conventions (inputs ``image_bytes`` and ``images``, ``{"b64": ...}`` images,
 rows and columns) are in ``app/api/protocols/tfserving.py`` and docs/protocols.md;
-errors are ``{"error": ...}`` (``app/api/protocols/errors.py``).
+errors are ``{"error": ...}`` (``app/api/errors.py``).
 """
 
 from __future__ import annotations

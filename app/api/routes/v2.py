@@ -2,7 +2,7 @@
 
 The conventions (inputs ``image_bytes`` and ``images``, base64 in JSON, the binary
 tensor data and classification extensions) are in ``app/api/protocols/oip.py`` and
-docs/protocols.md; errors are ``{"error": ...}`` (``app/api/protocols/errors.py``).
+docs/protocols.md; errors are ``{"error": ...}`` (``app/api/errors.py``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""The ``.proto`` reader (``app/api/protocols/proto.py``) and the service's gRPC schema.
+"""The service's gRPC messages (``app/api/protocols/messages.py``) and the wire scanner.
 
-The schema read from ``inference.proto`` must be the protocol's: every message that
+The messages built from protoc's output for ``inference.proto`` must be the protocol's:
+every message that
 tritonclient's generated code (Triton's ``grpc_service.proto``) also has is compared
 field by field (number, type, label, message type, oneof, nested and map entries),
-and messages cross between the two on the wire. The reader's errors name the line.
+and messages cross between the two on the wire.
 ``split_field``, which lifts raw tensor data out of a message without copying it, must
 read what protobuf reads: the same errors, the same fields.
 """
@@ -11,14 +12,17 @@ read what protobuf reads: the same errors, the same fields.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
+from grpc_tools import protoc
 from tritonclient.grpc import service_pb2
 
-from app.api.grpc_server import HEALTH, INFERENCE, read_infer_call
-from app.api.protocols import proto
+from app.api.grpc_server import read_infer_call
+from app.api.protocols import wire
+from app.api.protocols.messages import INFERENCE, SCHEMAS
 
 
 def fields(descriptor: Descriptor, prefix: str = "") -> dict[str, tuple[object, ...]]:
@@ -80,58 +84,21 @@ def test_messages_cross_the_wire_both_ways() -> None:
     assert back == request
 
 
-def test_health_schema() -> None:
-    response = HEALTH.messages["HealthCheckResponse"]
-    assert response.SERVING == 1 and response.NOT_SERVING == 2
-    assert response(status="SERVING").SerializeToString() == b"\x08\x01"
-    check = HEALTH.services["grpc.health.v1.Health"]["Check"]
-    assert check.path == "/grpc.health.v1.Health/Check"
-
-
-def test_nested_names_resolve_from_the_inside_out() -> None:
-    schema = proto.parse(
-        """syntax = "proto3";
-        package p;
-        message Item { string name = 1; }
-        message Box {
-          message Item { int64 count = 1; }  // shadows the outer Item inside Box
-          Item inner = 1;
-          map<string, Item> by = 2;
-        }
-        message Tray { Item first = 1; }
-        """
+def test_schemas_are_protocs_output(tmp_path: Path) -> None:
+    """The committed descriptor set is what protoc makes of the two .proto files today."""
+    made = tmp_path / "schemas.binpb"
+    folder = SCHEMAS.parent
+    status = protoc.main(
+        [
+            "protoc",
+            f"-I{folder}",
+            f"--descriptor_set_out={made}",
+            "inference.proto",
+            "tfserving.proto",
+        ]
     )
-    box = schema.messages["Box"].DESCRIPTOR
-    assert box.fields_by_name["inner"].message_type.full_name == "p.Box.Item"
-    entry = box.fields_by_name["by"].message_type
-    assert entry.GetOptions().map_entry
-    assert entry.fields_by_name["value"].message_type.full_name == "p.Box.Item"
-    tray = schema.messages["Tray"].DESCRIPTOR
-    assert tray.fields_by_name["first"].message_type.full_name == "p.Item"
-
-
-@pytest.mark.parametrize(
-    ("text", "words"),
-    [
-        ('syntax = "proto2";', "expected '\"proto3\"'"),
-        ('syntax = "proto3";\nmessage A {\n  int64 a = 1\n}', ":4: expected ';'"),
-        ('syntax = "proto3";\nmessage A {\n  Missing a = 1;\n}', ":3: unknown type 'Missing'"),
-        (
-            'syntax = "proto3";\nmessage A {}\nservice S {\n  rpc F(stream A) returns (A);\n}',
-            ":4: expected ')'",
-        ),
-        ('syntax = "proto3";\nmessage A {\n  map<float, A> m = 1;\n}', "map key 'float'"),
-        ('syntax = "proto3";\nimport "x.proto";', ":2: unexpected 'import'"),
-        ('syntax = "proto3";\nmessage A { int64 a = 1; }\n$', ":3: unexpected '$'"),
-        ('syntax = "proto3";\nmessage A {', "unexpected end of file"),
-    ],
-    ids=["proto2", "no-semicolon", "unknown-type", "stream", "map-key", "import", "stray", "eof"],
-)
-def test_errors_name_the_line(text: str, words: str) -> None:
-    with pytest.raises(proto.ProtoSyntaxError) as error:
-        proto.parse(text, "t.proto")
-    assert words in str(error.value)
-    assert str(error.value).startswith("t.proto:")
+    assert status == 0
+    assert made.read_bytes() == SCHEMAS.read_bytes(), "run the command in messages.py"
 
 
 # ---------------------------------------------------------------- the wire scanner
@@ -236,9 +203,9 @@ def test_fields_are_counted_through_sub_messages_and_maps() -> None:
     tensor.contents.bytes_contents.extend([b"a", b"b"])  # 1, and 2 in it
     body = request.SerializeToString()
     descriptor = request.DESCRIPTOR
-    proto.check_fields(body, descriptor, 13)
-    with pytest.raises(proto.TooManyFieldsError, match="more than 12 fields"):
-        proto.check_fields(body, descriptor, 12)
+    wire.check_fields(body, descriptor, 13)
+    with pytest.raises(wire.TooManyFieldsError, match="more than 12 fields"):
+        wire.check_fields(body, descriptor, 12)
 
 
 def test_each_byte_of_packed_varints_counts() -> None:
@@ -248,10 +215,10 @@ def test_each_byte_of_packed_varints_counts() -> None:
     tensor = request.inputs.add(name="images", datatype="FP32")
     tensor.contents.fp32_contents.extend([0.5] * 1000)
     descriptor = request.DESCRIPTOR
-    proto.check_fields(request.SerializeToString(), descriptor, 10)
+    wire.check_fields(request.SerializeToString(), descriptor, 10)
     tensor.contents.int64_contents.extend([1] * 1000)
-    with pytest.raises(proto.TooManyFieldsError):
-        proto.check_fields(request.SerializeToString(), descriptor, 1000)
+    with pytest.raises(wire.TooManyFieldsError):
+        wire.check_fields(request.SerializeToString(), descriptor, 1000)
 
 
 @pytest.mark.parametrize(
@@ -263,5 +230,5 @@ def test_what_the_count_cannot_read_is_refused(body: bytes) -> None:
     """Nothing goes uncounted: a group (these schemas have none) or a cut field is a
     DecodeError, as protobuf's own parse would be for the cut ones."""
     with pytest.raises(DecodeError):
-        proto.check_fields(body, INFERENCE.messages["ModelInferRequest"].DESCRIPTOR, 10)
-    proto.check_fields(b"", INFERENCE.messages["ModelInferRequest"].DESCRIPTOR, 10)
+        wire.check_fields(body, INFERENCE.messages["ModelInferRequest"].DESCRIPTOR, 10)
+    wire.check_fields(b"", INFERENCE.messages["ModelInferRequest"].DESCRIPTOR, 10)

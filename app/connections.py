@@ -1,0 +1,416 @@
+"""Client bounds at the connection, around the HTTP protocol uvicorn builds.
+
+uvicorn's options bound idle keep-alive connections (``timeout_keep_alive``) and, with
+h11, header bytes (``h11_max_incomplete_event_size``). Nothing in them bounds how long
+a client may take to send its headers or its body, header bytes with httptools, or how
+many connections stay open. :func:`bounded_protocol` makes the class given to uvicorn's
+documented ``http=`` setting: an ``asyncio.Protocol`` that builds uvicorn's own protocol
+(httptools or h11, unchanged, through its constructor) and stands between it and the
+socket. It sees the bytes that arrive (read by its own ``httptools`` parser, a few µs per
+request), the transport calls uvicorn makes (``pause_reading`` when the app is not
+reading), and each request's ASGI call (through ``Config.loaded_app``). From the
+settings (``CATDOG_*``):
+
+* **header bounds**: request line and headers at most ``max_header_bytes``, counted as
+  they arrive, so a huge header is refused after that many bytes, not parsed; at most
+  ``max_header_count`` headers: 431 and closed;
+* **header timeout**: from a connection's opening or a request's first byte, its line
+  and headers within ``header_timeout_s``: 408 and closed (a connection that sent
+  nothing is closed without a word);
+* **body timeout**: a pause of ``body_timeout_s`` while a body arrives: 408 and closed.
+  Time when the app is not reading (uvicorn paused the socket) is not the client's;
+* **connection cap**: past ``max_connections``, a new connection closes the
+  longest-waiting one not being answered (idle, or still sending headers: it gets a 503
+  first); if all are being answered, the newcomer's request gets a 503;
+* **chunk storms**: a chunked body may hold at most ``MOST_CHUNKS`` chunks plus one per
+  ``CHUNK_BYTES`` received: 400 and closed (each chunk costs a callback on the loop that
+  REST and gRPC share; real clients send chunks of kilobytes);
+* **bytes after the answer**: a body still arriving once its request was answered (an
+  early 413, 404, 503) is discarded up to ``MOST_UNREAD_BYTES``, then the connection is
+  closed;
+* ``Transfer-Encoding`` other than ``chunked``: 400 and closed.
+
+Every answer given here is JSON ``{"detail": ...}`` with ``Connection: close``, counted by
+reason in ``catdog_http_refusals_total``, as are connections closed without an answer. A
+body cut off by its timeout is also counted as 408 for its route (``TIMED_OUT_KEY``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, ClassVar, NamedTuple
+
+import httptools
+import uvicorn
+from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.importer import import_from_string
+
+from app.core.config import Settings
+from app.core.errors import TIMED_OUT_KEY
+
+log = logging.getLogger("catdog.server")
+MOST_CHUNKS = 256  # chunks any body may hold, plus one per CHUNK_BYTES
+CHUNK_BYTES = 1024
+MOST_UNREAD_BYTES = 8 * 1024 * 1024  # discarded after an answer, then the connection closes
+
+
+class Bounds(NamedTuple):
+    """What one client may hold, from the settings."""
+
+    max_connections: int
+    max_header_bytes: int
+    max_header_count: int
+    header_timeout_s: float
+    body_timeout_s: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> Bounds:
+        """The bounds ``settings`` name."""
+        return cls(
+            settings.max_connections,
+            settings.max_header_bytes,
+            settings.max_header_count,
+            settings.header_timeout_s,
+            settings.body_timeout_s,
+        )
+
+
+def json_answer(status: int, detail: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer ``{"detail": detail}`` that closes the connection."""
+    body = json.dumps({"detail": detail}).encode()
+    phrase = HTTPStatus(status).phrase.encode()
+    head = (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n%s\r\n" % (status, phrase, len(body), extra)
+    )
+    return head + body
+
+
+class _Refused(Exception):
+    """Raised in a parser callback: the request breaks a bound (status, detail, reason)."""
+
+
+class _Transport(asyncio.Transport):
+    """The socket's transport as uvicorn's protocol sees it: every call passed on, and
+    whether reading is paused (the app is not reading) noted."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self.real = transport
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.real.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        self.real.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self.real.is_reading()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.real.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.real.writelines(list_of_data)
+
+    def close(self) -> None:
+        self.real.close()
+
+    def abort(self) -> None:
+        self.real.abort()
+
+    def is_closing(self) -> bool:
+        return self.real.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.real.get_extra_info(name, default)
+
+    def can_write_eof(self) -> bool:
+        return self.real.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.real.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self.real.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.real.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.real.get_write_buffer_limits()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.real.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.real.get_protocol()
+
+
+class BoundedConnection(asyncio.Protocol):
+    """One client connection: uvicorn's protocol inside, the module's bounds around it."""
+
+    bounds: ClassVar[Bounds]  # set on the class bounded_protocol makes
+    inner_class: ClassVar[type[asyncio.Protocol]]
+    count: ClassVar[Callable[[str], None]]  # counts a refusal by reason
+    open: ClassVar[set[BoundedConnection]]
+
+    def __init__(self, config: uvicorn.Config, **kwargs: Any) -> None:
+        self.app = config.loaded_app
+        config = copy.copy(config)
+        config.loaded_app = self._serve
+        self.inner = self.inner_class(config=config, **kwargs)  # type: ignore[call-arg]
+        self.loop = asyncio.get_event_loop() if kwargs.get("_loop") is None else kwargs["_loop"]
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self.transport: _Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.in_headers = self.in_body = self.over_cap = False
+        self.header_bytes = self.header_size = self.header_count = 0
+        self.body_bytes = self.chunks = self.unread = 0
+        self.requests = self.answered = 0  # requests whose headers arrived; answers sent
+        self.last_body = self.waiting_since = 0.0
+        self.scope: dict[str, Any] | None = None  # of the request being answered
+        self.responded = False  # the current request's answer has started
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = _Transport(transport)  # type: ignore[arg-type]  # uvloop's too
+        self.waiting_since = self.loop.time()
+        self.timer = self.loop.call_later(self.bounds.header_timeout_s, self._header_timed_out)
+        self.open.add(self)
+        self.inner.connection_made(self.transport)
+        if len(self.open) > self.bounds.max_connections:
+            self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open.discard(self)
+        self._cancel_timer()
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return
+        if self.parser is not None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self.parser = None  # an upgrade: uvicorn's protocol answers it
+            except httptools.HttpParserError as exc:
+                # httptools raises its own error for one raised in a callback
+                refused = exc if isinstance(exc, _Refused) else exc.__context__
+                if isinstance(refused, _Refused):
+                    self._answer(*refused.args)
+                else:
+                    self._answer(400, f"malformed HTTP request: {exc}", "malformed")
+                return
+            if self.in_headers:
+                self.header_bytes += len(data)  # headers still incomplete after this chunk
+                if self.header_bytes > self.bounds.max_header_bytes:
+                    limit = self.bounds.max_header_bytes
+                    self._answer(431, f"request headers exceed {limit} bytes", "header_bytes")
+                    return
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    # ------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.in_headers = True
+        self.header_bytes = self.header_size = self.header_count = 0
+        self.body_bytes = self.chunks = self.unread = 0
+        self.responded = False
+        self.waiting_since = self.loop.time()
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.bounds.header_timeout_s, self._header_timed_out)
+
+    def on_url(self, url: bytes) -> None:
+        self._add_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        self._add_header_bytes(len(name) + len(value) + 4)
+        if self.header_count > self.bounds.max_header_count:
+            count = self.bounds.max_header_count
+            raise _Refused(431, f"more than {count} request headers", "header_count")
+        if name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            shown = value[:64].decode("latin-1")
+            detail = f"Transfer-Encoding {shown!r} is not supported: send chunked, or a length"
+            raise _Refused(400, detail, "malformed")
+
+    def on_headers_complete(self) -> None:
+        self.in_headers = False
+        self.in_body = True
+        self.requests += 1
+        self._cancel_timer()
+        self.last_body = self.loop.time()
+        self.timer = self.loop.call_later(self.bounds.body_timeout_s, self._body_check)
+
+    def on_chunk_header(self) -> None:
+        self.chunks += 1
+        if self.chunks > MOST_CHUNKS + self.body_bytes // CHUNK_BYTES:
+            raise _Refused(
+                400,
+                f"{self.chunks} chunks for {self.body_bytes} bytes of body: send chunks of "
+                f"{CHUNK_BYTES} bytes or more",
+                "chunks",
+            )
+
+    def on_body(self, body: bytes) -> None:
+        self.last_body = self.loop.time()
+        self.body_bytes += len(body)
+        if self.answered == self.requests:  # answered already: discarded
+            self.unread += len(body)
+            if self.unread > MOST_UNREAD_BYTES:
+                raise _Refused(0, "", "unread")
+
+    def on_message_complete(self) -> None:
+        self.in_body = False
+        self._cancel_timer()
+
+    # ------------------------------------------------------------ each request's ASGI call
+
+    async def _serve(self, scope: Any, receive: Any, send: Any) -> None:
+        """The app, or a 503 on a connection past the cap; notes when it answered."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.scope = scope
+
+        async def noting_send(message: Any) -> None:
+            self.responded = True
+            await send(message)
+
+        try:
+            if self.over_cap:
+                await _too_many_connections(noting_send)
+            else:
+                await self.app(scope, receive, noting_send)
+        finally:
+            self.scope = None
+            self.answered += 1
+            self.waiting_since = self.loop.time()
+
+    # ------------------------------------------------------------ bounds
+
+    def _add_header_bytes(self, size: int) -> None:
+        self.header_size += size
+        if self.header_size > self.bounds.max_header_bytes:
+            limit = self.bounds.max_header_bytes
+            raise _Refused(431, f"request headers exceed {limit} bytes", "header_bytes")
+
+    def _header_timed_out(self) -> None:
+        self.timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.in_headers:
+            timeout = self.bounds.header_timeout_s
+            detail = f"request headers not received within {timeout:g} s"
+            self._answer(408, detail, "header_timeout")
+        elif self.requests == self.answered:  # opened, nothing sent: closed without a word
+            if not self.over_cap:  # counted once, as connection_cap
+                self.count("idle")
+            self.transport.close()
+
+    def _body_check(self) -> None:
+        self.timer = None
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return
+        timeout = self.bounds.body_timeout_s
+        now = self.loop.time()
+        if self.transport.paused:  # the app is not reading: not the client's pause
+            self.last_body = now
+        remaining = self.last_body + timeout - now
+        if remaining > 0:
+            self.timer = self.loop.call_later(remaining, self._body_check)
+            return
+        if self.scope is None:  # answered already (an early 413 or 503): stop discarding
+            self.count("body_timeout")
+            self.transport.close()
+            return
+        self.scope[TIMED_OUT_KEY] = True  # the app counts a 408 for its route
+        detail = f"request body not received in time: nothing for {timeout:g} s"
+        self._answer(408, detail, "body_timeout")
+
+    def _answer(self, status: int, detail: str, reason: str) -> None:
+        """Write a JSON answer (none for status 0, or once the app's answer started), close."""
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return
+        if status and not self.responded:
+            self.transport.write(json_answer(status, detail))
+        self.transport.close()
+        self.count(reason)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _waiting(self) -> bool:
+        """Open and not being answered: idle between requests, or still sending headers."""
+        assert self.transport is not None
+        return self.requests == self.answered and not self.transport.is_closing()
+
+    def _make_room(self) -> None:
+        waiting = [c for c in self.open if c is not self and c._waiting()]
+        if not waiting:
+            self.over_cap = True  # everyone is being answered: this one is refused
+            self.count("connection_cap")
+            log.warning("%d connections, all busy: refusing a new one", len(self.open))
+            return
+        oldest = min(waiting, key=lambda c: c.waiting_since)
+        if oldest.in_headers:
+            detail = "too many connections: this one was waiting the longest"
+            oldest._answer(503, detail, "connection_cap")
+        else:
+            assert oldest.transport is not None
+            oldest.count("closed_for_room")
+            oldest.transport.close()
+
+
+async def _too_many_connections(send: Any) -> None:
+    """The answer to a request on a connection past the cap (every other one busy)."""
+    body = json.dumps({"detail": "too many connections; retry shortly"}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bounded_protocol(
+    settings: Settings, count: Callable[[str], None], http: str = "httptools"
+) -> type[BoundedConnection]:
+    """The ``http=`` class for uvicorn: its ``http`` protocol (``httptools``, ``h11``)
+    inside :class:`BoundedConnection`, with the bounds ``settings`` name; ``count(reason)``
+    counts each refusal."""
+    inner = import_from_string(HTTP_PROTOCOLS[http])
+    attributes = {
+        "bounds": Bounds.of(settings),
+        "inner_class": inner,
+        "count": staticmethod(count),
+        "open": set(),
+    }
+    return type("CatdogConnection", (BoundedConnection,), attributes)
