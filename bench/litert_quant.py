@@ -27,7 +27,7 @@ import argparse
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,39 +37,9 @@ from catdog.contract import CLASS_NAMES
 from catdog.litert import LiteRTModel
 from catdog.preprocessing import preprocess
 from training.data import list_images
-
-if TYPE_CHECKING:
-    import keras
+from training.int8 import float_network
 
 FORMS = ("float32", "dynamic range", "full integer")
-
-
-def float_copy(model: keras.Model) -> keras.Model:
-    """``model`` with each ``Int8Conv`` replaced by a float convolution with its kernel
-    ``float32(q) × scale`` and its bias: the same function, in layers the converter
-    can quantise. Weights are copied layer by layer, matched by name."""
-    import keras
-
-    from training.quantize import Int8Conv
-
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if not isinstance(layer, Int8Conv):
-            return layer.__class__.from_config(layer.get_config())
-        common = {"strides": layer.strides, "padding": "same", "name": layer.name}
-        if layer.depthwise:
-            return keras.layers.DepthwiseConv2D(layer.kernel_size, **common)
-        return keras.layers.Conv2D(layer.filters, layer.kernel_size, **common)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    for old in model.layers:
-        if isinstance(old, keras.Model) and any(isinstance(x, Int8Conv) for x in old.layers):
-            raise ValueError(f"{old.name}: Int8Conv layers inside a nested model")
-        new = copy.get_layer(old.name)
-        if isinstance(old, Int8Conv):
-            new.set_weights([np.asarray(old.kernel()), np.asarray(old.bias)])
-        else:
-            new.set_weights(old.get_weights())
-    return copy
 
 
 def _convert(model: Any, form: str, calibration: np.ndarray) -> bytes:
@@ -109,7 +79,7 @@ def measure(
     import training.quantize  # noqa: F401  (registers Int8Conv for loading)
     import training.teacher  # noqa: F401
 
-    model = float_copy(keras.models.load_model(checkpoint, compile=False))
+    model = float_network(keras.models.load_model(checkpoint, compile=False))
     size = tuple(model.input_shape[1:3])
     calib, _ = _photos(data / "validation", calibration, size)
     images, labels = _photos(data / "test", limit, size)

@@ -344,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
+    from training.int8_check import add_command
+
+    add_command(sub)
+
     p = sub.add_parser("litert", help="add model.tflite to an exported version, checked")
     p.add_argument("version_dir", help="a version folder (or a model base folder: its latest)")
     p.add_argument("--data", help="split folder (its test/ is used) or a folder of photos")
