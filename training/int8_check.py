@@ -309,7 +309,19 @@ def _metadata(
             "contract": {"limits": limits, **figures},
         },
     }
+    test = figures["test"]
+    data["metrics"] = {  # the served runtime's figures; the SavedModel's are "test_float32"
+        "test": {**test["int8"], "runtime": "litert (int8)"},
+        "test_float32": {**test["float32"], "runtime": "the SavedModel (float32)"},
+    }
     ood = figures.get("threshold")
+    if ood:
+        share = ood["test_flagged"].get("original")
+        data["metrics"]["test"]["ood"] = {
+            "threshold": ood["threshold"],
+            "flagged_share": share,
+            "flagged": None if share is None else round(share * test["photos"]),
+        }
     if ood and isinstance(data.get("ood"), dict):
         data["ood"] = {
             **data["ood"],
