@@ -15,17 +15,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # ---- dependencies, built in throw-away stages --------------------------------
-FROM base AS deps-cpu
-COPY requirements.lock docker/requirements-serve.txt /tmp/
-RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install -c /tmp/requirements.lock \
-        -r /tmp/requirements-serve.txt ai-edge-litert
+# Each image installs extras of pyproject.toml (the one list of what a use needs), pinned by
+# requirements.lock; the project itself is then uninstalled again: its code is copied below.
+FROM base AS deps
+COPY pyproject.toml requirements.lock README.md /tmp/catdog/
+RUN python -m venv /opt/venv
 
-FROM base AS deps-gpu
-COPY requirements.lock docker/requirements-serve.txt /tmp/
-RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install -c /tmp/requirements.lock \
-        -r /tmp/requirements-serve.txt "tensorflow[and-cuda]==2.21.0"
+FROM deps AS deps-cpu
+RUN /opt/venv/bin/pip install -c /tmp/catdog/requirements.lock "/tmp/catdog[serve]" \
+ && /opt/venv/bin/pip uninstall --yes catdog
+
+FROM deps AS deps-gpu
+RUN /opt/venv/bin/pip install -c /tmp/catdog/requirements.lock "/tmp/catdog[gpu]" \
+ && /opt/venv/bin/pip uninstall --yes catdog
 
 # ---- what every final image holds: user, environment, health check -----------
 FROM base AS runtime
@@ -67,8 +69,8 @@ USER catdog
 
 # ---- training image: GPU TensorFlow + the training package (compose `train`) ---
 FROM deps-gpu AS deps-train
-COPY requirements.lock /tmp/
-RUN /opt/venv/bin/pip install -c /tmp/requirements.lock matplotlib
+RUN /opt/venv/bin/pip install -c /tmp/catdog/requirements.lock "/tmp/catdog[train,gpu]" \
+ && /opt/venv/bin/pip uninstall --yes catdog
 
 FROM runtime AS train
 COPY --from=deps-train /opt/venv /opt/venv

@@ -1,41 +1,54 @@
-# catdog: `make serve` and `make test` set everything up on a fresh machine.
+# catdog: `make serve`, `make train` and `make test` set up .venv on a fresh machine, each
+# with the extras of pyproject.toml its use needs (versions from requirements.lock).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-TESTED := $(VENV)/.installed-batch
 HOST   ?= 0.0.0.0
 PORT   ?= 8000
 MODEL_DIR ?= models/catdog
 
-.PHONY: help install test lint serve clean
+SERVE_EXTRAS := serve
+TRAIN_EXTRAS := train
+# every extra but gpu (CUDA wheels): the tests drive both runtimes, training and batch jobs
+TEST_EXTRAS  := serve,tensorflow,train,teacher,batch,dev
+
+.PHONY: help install install-train install-test test lint serve train clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP): pyproject.toml requirements.lock
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
-	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv with pinned dependencies
+# One stamp per set of extras, so a .venv made by `make serve` still gets the test set
+# from `make test` (and is brought up to date when pyproject.toml or the lock change).
+$(VENV)/.installed-%: pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[$(EXTRAS)]'
+	touch $@
 
-# The tests also need the batch job's extra (Ray); serving never installs it.
-$(TESTED): $(STAMP)
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,batch]'
-	touch $(TESTED)
+install: $(VENV)/.installed-serve  ## .venv for serving on LiteRT (the serve extra)
+$(VENV)/.installed-serve: EXTRAS = $(SERVE_EXTRAS)
 
-test: $(TESTED)  ## lint, then run every test
+install-train: $(VENV)/.installed-train  ## .venv for training and export (the train extra)
+$(VENV)/.installed-train: EXTRAS = $(TRAIN_EXTRAS)
+
+install-test: $(VENV)/.installed-test  ## .venv with every extra the tests and tools need
+$(VENV)/.installed-test: EXTRAS = $(TEST_EXTRAS)
+
+serve: install  ## serve the bundled model on :8000 (python -m app: the hardened launcher)
+	CATDOG_MODEL_DIR=$(MODEL_DIR) $(BIN)/python -m app --host $(HOST) --port $(PORT)
+
+train: install-train  ## set up training: then .venv/bin/python -m training --help
+	$(BIN)/python -m training --help
+
+test: install-test  ## lint, then run every test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-lint: install  ## ruff check and format check
+lint: install-test  ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-
-serve: install  ## serve the bundled model on :8000 (python -m app: the hardened launcher)
-	CATDOG_MODEL_DIR=$(MODEL_DIR) $(BIN)/python -m app --host $(HOST) --port $(PORT)
 
 clean:  ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache

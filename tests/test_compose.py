@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,15 +278,37 @@ def test_compose_loader_is_still_safe() -> None:
 FINAL_STAGES = ("cpu", "gpu", "train")
 
 
+def _project() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _packages(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\[=<>~ ;]", line, maxsplit=1)[0].lower() for line in requirements}
+
+
+def _installed_extras(stage: Stage) -> set[str]:
+    """The extras of pyproject.toml a dependency stage's pip installs (``/tmp/catdog[a,b]``)."""
+    runs = " ".join(args for kind, args in stage.instructions if kind == "RUN")
+    found = re.findall(r"/tmp/catdog\[([a-z,-]+)\]", runs)
+    assert found and "-c /tmp/catdog/requirements.lock" in runs, runs
+    return {extra for group in found for extra in group.split(",")}
+
+
 def test_dockerfile_has_cpu_and_gpu_targets() -> None:
     stages = parse_dockerfile()
     assert {"cpu", "gpu"} <= set(stages)
-    cpu = " ".join(args for _, args in stages["deps-cpu"].instructions)
-    assert "ai-edge-litert" in cpu and "tensorflow" not in cpu  # the CPU image serves LiteRT
-    assert any("and-cuda" in args for _, args in stages["deps-gpu"].instructions)
-    requirements = (ROOT / "docker" / "requirements-serve.txt").read_text().splitlines()
-    packages = {line.split("[")[0].strip() for line in requirements if not line.startswith("#")}
-    assert not packages & {"tensorflow", "tensorflow-cpu", "keras"}, packages
+    project = _project()
+    extras = project["optional-dependencies"]
+    # the CPU image serves LiteRT: the serve extra, nothing of TensorFlow
+    assert _installed_extras(stages["deps-cpu"]) == {"serve"}
+    served = _packages(project["dependencies"] + extras["serve"])
+    assert "ai-edge-litert" in served
+    assert not served & {"tensorflow", "tensorflow-cpu", "keras", "matplotlib"}, served
+    # the GPU image serves the SavedModel on TensorFlow with CUDA wheels
+    assert _installed_extras(stages["deps-gpu"]) == {"gpu"}
+    assert any("and-cuda" in line for line in extras["gpu"])
+    # no second list of dependencies beside pyproject.toml
+    assert not list((ROOT / "docker").glob("requirements*.txt"))
 
 
 @pytest.mark.parametrize(("name", "runtime"), [("cpu", "litert"), ("gpu", "tensorflow")])
