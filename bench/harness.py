@@ -1,310 +1,53 @@
-"""A real service process, its ``/metrics``, markdown + JSON reports: shared by bench/ and tests.
+"""Markdown + JSON reports of the benchmarks; the service process and its metrics come
+from :mod:`servicekit` (shared with the tests) and are re-exported here.
 
-* **The service.** :func:`server_command` is the one place that says how the
-  service is started. :func:`start_uvicorn` runs it on a free port with
-  ``CATDOG_MODEL_DIR`` and ``CATDOG_<SETTING>`` variables (every other
-  ``CATDOG_*`` variable of this process removed), writing its output to a log
-  file, optionally pinned to some CPUs; :func:`wait_ready` polls ``/readyz``
-  and returns how long startup took; :func:`stop` sends SIGTERM (SIGKILL after
-  a grace period) and returns the exit code; :func:`uvicorn_server` does all
-  three around a block. :class:`Server` reads the process's peak RSS and CPU
-  time from ``/proc``.
-* **Metrics.** :func:`parse_metrics` turns Prometheus text into a list of
-  :class:`Sample`; :func:`samples`, :func:`value` and :func:`mean` pick from it.
-* **Reports.** :func:`new_report` starts the dict every report holds (command
-  line, start time, CPUs, load average); :func:`table` renders markdown tables;
-  :func:`write_report` writes the markdown and the JSON beside it.
+:func:`new_report` starts the dict every report holds (command line, start time,
+CPUs, load average); :func:`table` renders markdown tables; :func:`write_report`
+writes the markdown and the JSON beside it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import re
 import shlex
-import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
+from servicekit import (  # noqa: F401 - re-exported for the benchmarks
+    READY_TIMEOUT,
+    ROOT,
+    STOP_GRACE,
+    Metrics,
+    Sample,
+    Server,
+    ServerError,
+    cpu_seconds,
+    describe_exit,
+    free_port,
+    mean,
+    memory_mb,
+    parse_metrics,
+    pin_to,
+    proc_status_kb,
+    read_metrics,
+    samples,
+    server_command,
+    server_env,
+    slug,
+    split_cpus,
+    start_uvicorn,
+    stop,
+    uvicorn_server,
+    value,
+    wait_ready,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"  # git-ignored: server logs, made images, untrained exports
-READY_TIMEOUT = 180.0  # model load + warm-up on a busy 2-core machine
-STOP_GRACE = 30.0  # seconds between SIGTERM and SIGKILL
-
-# ---------------------------------------------------------------- the service process
-
-
-def server_command(port: int, *, access_log: bool = False) -> list[str]:
-    """The command that starts the service on ``127.0.0.1:port`` (run from the repository root)."""
-    command = [sys.executable, "-m", "app", "--host", "127.0.0.1"]
-    return command + ["--port", str(port)] + ([] if access_log else ["--no-access-log"])
-
-
-def server_env(
-    model_dir: Path, env: Mapping[str, str] | None = None, **settings: object
-) -> dict[str, str]:
-    """This process's environment without ``CATDOG_*``, plus the model folder, ``env``
-    and ``CATDOG_<SETTING>`` for each of ``settings`` (which win over ``env``)."""
-    result = {k: v for k, v in os.environ.items() if not k.startswith("CATDOG_")}
-    result.update(CATDOG_MODEL_DIR=str(model_dir), TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    result.update(env or {})
-    result.update({f"CATDOG_{key.upper()}": str(value) for key, value in settings.items()})
-    return result
-
-
-def slug(path: Path) -> str:
-    """A file-name-safe name for a model folder (server logs are named after it)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(path).strip("/")) or "model"
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def split_cpus(pin: bool) -> tuple[set[int] | None, set[int] | None]:
-    """(client cores, server cores): the first allowed core, and the rest."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if not pin or len(allowed) < 2:
-        return None, None
-    return {allowed[0]}, set(allowed[1:])
-
-
-def pin_to(cpus: Iterable[int] | None) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that pins a child process (all its future threads) to ``cpus``."""
-    if not cpus:
-        return None
-    chosen = set(cpus)
-    return lambda: os.sched_setaffinity(0, chosen)
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds a process has used so far (``/proc/<pid>/stat``)."""
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return None
-
-
-def proc_status_kb(pid: int, key: str) -> int | None:
-    """A ``/proc/<pid>/status`` field in kB (e.g. VmHWM, the peak RSS), None if gone."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1])
-    return None
-
-
-def memory_mb(pid: int) -> dict[str, float]:
-    """``VmRSS`` and ``VmHWM`` of a running process in MB of 10^6 bytes, as the results
-    files that size the pods count (``tests/deploy/measured.py``)."""
-    values = {key: proc_status_kb(pid, key) for key in ("VmRSS", "VmHWM")}
-    if None in values.values():
-        raise ProcessLookupError(f"process {pid} is gone")
-    return {key: kb * 1024 / 1e6 for key, kb in values.items() if kb is not None}
-
-
-class ServerError(RuntimeError):
-    """The service exited or did not become ready; the message ends with its log."""
-
-
-@dataclass
-class Server:
-    """A service process on ``127.0.0.1:port``; its output goes to ``log_path``."""
-
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-    started: float = field(default_factory=time.perf_counter)  # perf_counter() at launch
-    ready_s: float | None = None  # set by wait_ready
-
-    @property
-    def url(self) -> str:
-        """Base URL of the server."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def peak_rss_mb(self) -> float | None:
-        """The process's peak resident memory so far (``VmHWM``), in MB; None once it is gone."""
-        kb = proc_status_kb(self.process.pid, "VmHWM")
-        return None if kb is None else round(kb / 1024, 1)
-
-    def cpu_seconds(self) -> float | None:
-        """CPU seconds the process has used so far."""
-        return cpu_seconds(self.process.pid)
-
-    def log(self) -> str:
-        """Everything the server wrote so far."""
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")
-        return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of the server's output, for error messages."""
-        return "\n".join(self.log().splitlines()[-lines:])
-
-
-def start_uvicorn(
-    model_dir: Path,
-    log_path: Path,
-    *,
-    env: Mapping[str, str] | None = None,
-    cpus: Iterable[int] | None = None,
-    access_log: bool = False,
-    **settings: object,
-) -> Server:
-    """Start the service for ``model_dir`` with ``CATDOG_<SETTING>`` for each of ``settings``.
-
-    ``env`` adds raw environment variables, ``cpus`` pins the process to those
-    cores, ``access_log`` keeps uvicorn's per-request log. Returns at once; see
-    :func:`wait_ready`.
-    """
-    port = free_port()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            server_command(port, access_log=access_log),
-            cwd=ROOT,
-            env=server_env(model_dir, env, **settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=pin_to(cpus),
-        )
-    return Server(process, port, log_path, started)
-
-
-def wait_ready(server: Server, timeout: float = READY_TIMEOUT) -> float:
-    """Seconds from launch until ``GET /readyz`` is 200 (also kept as ``server.ready_s``).
-
-    Raises :class:`ServerError` if the process exits first or ``timeout`` passes.
-    """
-    with httpx.Client(timeout=5.0) as client:
-        while time.perf_counter() - server.started < timeout:
-            if server.process.poll() is not None:
-                raise ServerError(
-                    f"server exited with {server.process.returncode} before it was ready:\n"
-                    f"{server.log_tail()}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if client.get(f"{server.url}/readyz").status_code == 200:
-                    server.ready_s = round(time.perf_counter() - server.started, 2)
-                    return server.ready_s
-            time.sleep(0.05)
-    raise ServerError(f"server not ready after {timeout:.0f} s:\n{server.log_tail()}")
-
-
-def stop(server: Server, grace: float = STOP_GRACE) -> int:
-    """SIGTERM (uvicorn drains and shuts down), SIGKILL after ``grace`` s; the return code.
-
-    uvicorn re-raises the SIGTERM once it has shut down, so a clean stop returns -15.
-    """
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    return server.process.returncode
-
-
-def describe_exit(code: int | None) -> str:
-    """A return code in words: ``"exit code 1"``, ``"SIGTERM"`` (a signal), ``"running"``."""
-    if code is None:
-        return "running"
-    return signal.Signals(-code).name if code < 0 else f"exit code {code}"
-
-
-@contextlib.contextmanager
-def uvicorn_server(
-    model_dir: Path,
-    log_path: Path,
-    *,
-    ready_timeout: float = READY_TIMEOUT,
-    env: Mapping[str, str] | None = None,
-    cpus: Iterable[int] | None = None,
-    access_log: bool = False,
-    **settings: object,
-) -> Iterator[Server]:
-    """A ready server (see :func:`start_uvicorn`) for the duration of the block, then stopped."""
-    server = start_uvicorn(
-        model_dir, log_path, env=env, cpus=cpus, access_log=access_log, **settings
-    )
-    try:
-        wait_ready(server, ready_timeout)
-        yield server
-    finally:
-        stop(server)
-
-
-# ---------------------------------------------------------------- metrics
-
-
-class Sample(NamedTuple):
-    """One line of Prometheus text: ``name{labels} value``."""
-
-    name: str
-    labels: dict[str, str]
-    value: float
-
-
-Metrics = Sequence[Sample]
-
-
-def parse_metrics(text: str) -> list[Sample]:
-    """Every sample of a ``/metrics`` answer."""
-    return [
-        Sample(sample.name, dict(sample.labels), float(sample.value))
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    ]
-
-
-def _parsed(metrics: str | Metrics) -> Metrics:
-    return parse_metrics(metrics) if isinstance(metrics, str) else metrics
-
-
-def samples(metrics: str | Metrics, name: str, **labels: str) -> list[float]:
-    """Values of the samples called ``name`` whose labels include ``labels``."""
-    return [
-        s.value
-        for s in _parsed(metrics)
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    ]
-
-
-def value(metrics: str | Metrics, name: str, **labels: str) -> float:
-    """The sum of the matching samples (0.0 if there are none)."""
-    return float(sum(samples(metrics, name, **labels)))
-
-
-def mean(metrics: str | Metrics, histogram: str, **labels: str) -> float:
-    """A histogram's ``_sum / _count`` (NaN if it counted nothing)."""
-    parsed = _parsed(metrics)
-    count = value(parsed, f"{histogram}_count", **labels)
-    return value(parsed, f"{histogram}_sum", **labels) / count if count else math.nan
-
-
-async def read_metrics(client: httpx.AsyncClient, url: str = "") -> list[Sample]:
-    """``GET {url}/metrics``, parsed."""
-    response = await client.get(f"{url}/metrics")
-    response.raise_for_status()
-    return parse_metrics(response.text)
 
 
 # ---------------------------------------------------------------- reports
@@ -330,11 +73,11 @@ def new_report(module: str, argv: Sequence[str], **environment: Any) -> dict[str
     }
 
 
-def cell(value: Any) -> str:
+def cell(item: Any) -> str:
     """A table cell: a dash for missing values."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if item is None or (isinstance(item, float) and math.isnan(item)):
         return "–"
-    return str(value)
+    return str(item)
 
 
 def table(

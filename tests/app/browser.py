@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.harness import free_port
+from servicekit import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -1,6 +1,6 @@
 """Helpers of the service tests: in-process apps, uploads, /metrics, odd images.
 
-A real uvicorn process and the Prometheus text parsing come from ``bench.harness``,
+A real uvicorn process and the Prometheus text parsing come from ``servicekit``,
 shared with the benchmarks.
 """
 

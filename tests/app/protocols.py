@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.harness import Server, free_port, uvicorn_server
 from catdog.preprocessing import preprocess
+from servicekit import Server, free_port, uvicorn_server
 from tests.app.helpers import good_image
 from tests.tiny_models import export_tiny
 

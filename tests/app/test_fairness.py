@@ -17,7 +17,7 @@ from app.api.gate import client_key
 from app.core.admission import Admission, Upload
 from app.core.errors import QueueFullError
 from app.core.metrics import Metrics
-from bench.harness import value
+from servicekit import value
 from tests.app.helpers import (
     HTTP_TIMEOUT,
     batch_upload,

@@ -2,7 +2,7 @@
 
 Schemathesis (pinned in the dev extras) reads ``/openapi.json`` from a real
 service process started as every documented command starts it
-(``bench.harness.server_command``), generates requests for each operation (valid
+(``servicekit.server_command``), generates requests for each operation (valid
 ones, and invalid ones: wrong types, missing fields, odd bodies) and checks every
 answer: never a 5xx, a status the schema lists, the content type it names, a body
 that matches its schema. Generation is derandomized (the same cases every run)
@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app.core.config import Settings
 from app.main import create_app
-from bench.harness import Server, uvicorn_server
+from servicekit import Server, uvicorn_server
 
 EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 25}  # per operation
 CHECKS = [

@@ -33,7 +33,7 @@ from app.api.grpc_server import InferCall
 from app.api.protocols.messages import INFERENCE, TFSERVING
 from app.core.admission import Upload
 from app.core.lifespan import shutdown_started
-from bench.harness import Server, free_port, start_uvicorn, stop, wait_ready
+from servicekit import Server, free_port, start_uvicorn, stop, wait_ready
 from tests import images as test_images
 from tests.app.helpers import (
     BOUNDARY,

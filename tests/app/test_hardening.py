@@ -3,7 +3,7 @@ shutdown with a stalled upload (multipart, leaving clients, held refusals: test_
 
 The protocol-level limits (header size and count, header and body timeouts, the
 connection cap, the graceful shutdown) are checked on a real process started the
-way every documented command starts it (``bench.harness.server_command``, the
+way every documented command starts it (``servicekit.server_command``, the
 image's entrypoint, ``make serve``). No test asserts a speed:
 bounds on time are generous (``ANSWER``), speed figures live in ``bench/``.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.harness import (
+from servicekit import (
     ROOT,
     Server,
     free_port,
@@ -291,7 +291,7 @@ def _popen(command: list[str], env: dict[str, str], port: int, log: Path) -> Ser
 
 
 LAUNCHERS: dict[str, Callable[[Path, int, Path, dict[str, str]], Server]] = {
-    "bench.harness.server_command": _launch_harness,
+    "servicekit.server_command": _launch_harness,
     "docker/entrypoint.sh": _launch_entrypoint,
     "make serve": _launch_make,
 }

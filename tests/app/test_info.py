@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import value
+from servicekit import value
 from tests import images
 from tests.app.helpers import good_image, metrics_text, serve, settings_for, upload
 

@@ -22,7 +22,7 @@ import pytest
 
 from app.core import batcher as batcher_module
 from app.core import service as service_module
-from bench.harness import (
+from servicekit import (
     ROOT,
     value,
 )
@@ -248,7 +248,7 @@ async def test_a_refusal_is_held_so_a_retrying_client_cannot_spin(tiny_model_bas
 
 def test_every_documented_start_runs_the_hardened_launcher() -> None:
     """make serve, the image's entrypoint and the harness all run ``python -m app``."""
-    from bench.harness import server_command
+    from servicekit import server_command
 
     assert server_command(8000)[1:3] == ["-m", "app"]
     assert "-m app " in (ROOT / "docker" / "entrypoint.sh").read_text()

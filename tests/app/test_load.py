@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from bench.harness import samples, value
+from servicekit import samples, value
 from tests import images
 from tests.app.helpers import (
     batch_upload,
@@ -171,3 +171,19 @@ async def test_a_batch_waits_for_an_upload_still_arriving(tiny_model_base: Path)
     # One model call for both; without the count the first would have run alone.
     assert value(text, "catdog_batch_size_count") == 1
     assert value(text, "catdog_batch_size_sum") == 2
+
+
+async def test_images_in_flight_counts_a_request_being_answered(tiny_model_base: Path) -> None:
+    """The gauge the autoscaler scales on reads the images of a request still being
+    answered (three large photos decoding), and 0 once it is answered."""
+    settings = settings_for(tiny_model_base, max_images_in_flight=4, max_files_per_request=4)
+    photos = [images.jpeg_bytes(image=images.noisy((3000, 2000), seed=i)) for i in range(3)]
+    async with serve(settings) as (_, client):
+        request = asyncio.ensure_future(client.post("/predict/batch", files=batch_upload(photos)))
+        seen: list[float] = []
+        while not request.done():
+            seen.append(value(await metrics_text(client), "catdog_images_in_flight"))
+            await asyncio.sleep(0.005)  # the request runs on this loop too
+        assert (await request).status_code == 200
+        assert max(seen) == 3, seen
+        assert value(await metrics_text(client), "catdog_images_in_flight") == 0

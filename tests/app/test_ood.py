@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import value
+from servicekit import value
 from tests.app.helpers import good_image, metrics_text, serve, settings_for, upload
 from tests.tiny_models import export_tiny
 

@@ -30,7 +30,7 @@ from starlette.routing import Match
 
 from app.api.routes import page
 from app.main import create_app
-from bench.harness import ROOT, Server, free_port, stop, wait_ready
+from servicekit import ROOT, Server, free_port, stop, wait_ready
 from tests import images
 from tests.app import browser as wd
 from tests.app.helpers import client_for, upload

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import value
+from servicekit import value
 from tests.app.helpers import good_image, metrics_text, serve, settings_for, upload
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.harness import Server, start_uvicorn, stop, uvicorn_server, value
+from servicekit import Server, start_uvicorn, stop, uvicorn_server, value
 from tests.app.helpers import (
     HTTP_TIMEOUT,
     STARTUP_TIMEOUT,

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.harness import Server, value
+from servicekit import Server, value
 from tests import images as test_images
 from tests.app.protocols import (
     CLASSES,

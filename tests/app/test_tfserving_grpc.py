@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
 )
 
 from app.api.protocols.messages import TFSERVING
-from bench.harness import Server
+from servicekit import Server
 from tests import images as test_images
 from tests.app.protocols import (
     CLASSES,

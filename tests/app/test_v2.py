@@ -21,7 +21,7 @@ from fastapi import HTTPException
 from tritonclient.utils import InferenceServerException
 
 from app.api.protocols import oip
-from bench.harness import Server
+from servicekit import Server
 from tests import images as test_images
 from tests.app.helpers import good_image, serve, settings_for
 from tests.app.protocols import (

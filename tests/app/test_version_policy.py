@@ -18,9 +18,9 @@ from app.core.errors import ModelLoadError, VersionNotFoundError
 from app.core.metrics import Metrics
 from app.core.model import LoadedModel
 from app.core.registry import ModelRegistry, VersionPolicy
-from bench.harness import parse_metrics, value
 from catdog.contract import ModelContract
 from catdog.runtimes import LoadedRuntime
+from servicekit import parse_metrics, value
 
 
 def fake_load(folder: Path) -> LoadedModel:

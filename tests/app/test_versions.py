@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.harness import value
+from servicekit import value
 from tests.app.helpers import good_image, metrics_text, serve, settings_for, upload
 
 POLL = 0.1
