@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from bench import sizing
 
 CHILD = """
 import json, resource, sys
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{width}x{height} RGBA PNG, {result['file_bytes'] / 1e6:.1f} MB on disk: "
         f"peak RSS +{rise_mb:.0f} MB while decoding ({per_pixel:.1f} bytes per pixel)"
     )
+    command = shlex.join(["python", "-m", "bench.decode_memory", *(argv or sys.argv[1:])])
+    sizing.update("decode", sizing.decode_part(command, per_pixel))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench import sizing
 from bench.harness import (
     ROOT,
     memory_mb,
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
     )
     write_report(report, markdown, args.out)
+    sizing.update("json_parsing", sizing.json_part(report))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import sizing
 from bench.harness import loadavg, new_report, split_cpus, write_report
 from bench.serve_compare import best_modes, compare_runtimes
 from bench.serve_images import GROUPS, build_image_set
@@ -274,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report["best_modes"] = best_modes(results)
     report["environment"]["loadavg_end"] = loadavg()
     write_report(report, render_markdown(report), args.out)
+    sizing.update("serve", sizing.serve_part(report))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from pathlib import Path
 import grpc
 import httpx
 
+from bench import sizing
 from bench.harness import ROOT, memory_mb
 
 PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json", "grpc", "tfs-grpc")
@@ -312,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
+        sizing.update("uploads", sizing.upload_part(results))
 
 
 if __name__ == "__main__":

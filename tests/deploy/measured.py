@@ -1,33 +1,29 @@
-"""Measured figures the pods are sized from, read where the measurements keep them.
+"""Measured figures the pods are sized from, read from the sizing table ``deploy/sizing.json``.
 
-Nothing here is a number typed in: every figure comes from a results file or the
-documentation that reports it, so a new measurement changes what the tests expect.
+Nothing here is a number typed in: the benchmarks that measure the figures write the
+table (``bench/sizing.py`` says which writes which part), so a new measurement
+changes what the tests expect, and no test reads a benchmark's report:
 
 * the service under load, per runtime and batching mode (idle and peak RSS, req/s and
-  latency per client count): ``bench/results/runtimes-serve.json``, written by the
-  ``bench.serve`` command recorded in it;
-* decoding memory per pixel: docs/service.md, from ``python -m bench.decode_memory``;
-* memory held per byte of uploads in flight, per route:
-  ``bench/results/upload-memory.json``, from ``python -m bench.upload_memory``;
+  latency per client count): the ``serve`` part, from ``python -m bench serve``;
+* decoding memory per pixel: ``decode``, from ``python -m bench decode_memory``;
+* memory held per byte of uploads in flight, per route: ``uploads``, from
+  ``python -m bench upload_memory``;
 * memory of parsing the largest JSON-number requests in a worker process:
-  ``bench/results/json-offload.json``, from ``python -m bench.json_offload``.
+  ``json_parsing``, from ``python -m bench json_offload``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from tests.deploy.k8s import ROOT
 
-SERVE_RESULTS = ROOT / "bench" / "results" / "runtimes-serve.json"
-SERVICE_DOC = ROOT / "docs" / "service.md"
-UPLOAD_RESULTS = ROOT / "bench" / "results" / "upload-memory.json"
-JSON_RESULTS = ROOT / "bench" / "results" / "json-offload.json"
-MB = 1e6  # the results files count memory in MB of 10^6 bytes
+SIZING = ROOT / "deploy" / "sizing.json"
+MB = 1e6  # the table counts memory in MB of 10^6 bytes
 
 # The knee of the throughput curve: the first client count that reaches this share of
 # the best req/s measured; past it, more images in flight add waiting, not answers.
@@ -76,37 +72,27 @@ class ServeRun:
 
 
 @functools.cache
-def serve_results() -> dict[str, Any]:
-    """``bench/results/runtimes-serve.json``."""
-    return json.loads(SERVE_RESULTS.read_text())
+def sizing() -> dict[str, Any]:
+    """``deploy/sizing.json``."""
+    return json.loads(SIZING.read_text())
 
 
 @functools.cache
 def serve_runs() -> tuple[ServeRun, ...]:
     """Every runtime x batching mode the serving benchmark ran."""
-    results = serve_results()
-    modes = results["settings"]["mode_settings"]
-    runs = []
-    for model in results["models"]:
-        rows = model["service"]
-        for mode in dict.fromkeys(r["mode"] for r in rows):
-            mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["clients"])
-            points = tuple(
-                Point(r["clients"], r["req_per_s"], r["mean_ms"], r["p99_ms"], r["status_503"])
-                for r in mine
-            )
-            runs.append(
-                ServeRun(
-                    runtime=model["runtime"],
-                    mode=mode,
-                    settings=modes.get(mode, {}),
-                    cpus=results["environment"]["cpus"],
-                    idle_rss_bytes=max(r["idle_rss_mb"] for r in mine) * MB,
-                    peak_rss_bytes=max(r["peak_rss_mb"] for r in mine) * MB,
-                    points=points,
-                )
-            )
-    return tuple(runs)
+    part = sizing()["serve"]
+    return tuple(
+        ServeRun(
+            runtime=run["runtime"],
+            mode=run["mode"],
+            settings=run["settings"],
+            cpus=part["cpus"],
+            idle_rss_bytes=run["idle_rss_mb"] * MB,
+            peak_rss_bytes=run["peak_rss_mb"] * MB,
+            points=tuple(Point(**point) for point in run["points"]),
+        )
+        for run in part["runs"]
+    )
 
 
 def run_like(settings: Any) -> ServeRun | None:
@@ -125,32 +111,21 @@ def largest_run(runtime: str, max_batch_size: int, default_batch: int) -> ServeR
     """The run of ``runtime`` with the highest peak RSS among those batching no more than
     ``max_batch_size`` (the smallest batching one if every run batched more)."""
     runs = [r for r in serve_runs() if r.runtime == runtime]
-    assert runs, f"no serving measurement of runtime {runtime!r} in {SERVE_RESULTS.name}"
+    assert runs, f"no serving measurement of runtime {runtime!r} in {SIZING.name}"
     fitting = [r for r in runs if r.max_batch_size(default_batch) <= max_batch_size]
     if not fitting:
         fitting = [min(runs, key=lambda r: r.max_batch_size(default_batch))]
     return max(fitting, key=lambda r: r.peak_rss_bytes)
 
 
-@functools.cache
 def decode_bytes_per_pixel() -> float:
-    """Peak decoding memory per pixel, as docs/service.md reports the measurement."""
-    found = {
-        float(n) for n in re.findall(r"(\d+(?:\.\d+)?) bytes per pixel", SERVICE_DOC.read_text())
-    }
-    assert len(found) == 1, f"{SERVICE_DOC.name}: expected one 'N bytes per pixel', got {found}"
-    return found.pop()
-
-
-@functools.cache
-def upload_results() -> dict[str, Any]:
-    """``bench/results/upload-memory.json``."""
-    return json.loads(UPLOAD_RESULTS.read_text())
+    """Peak decoding memory per pixel."""
+    return float(sizing()["decode"]["bytes_per_pixel"])
 
 
 def upload_bytes_held_per_byte() -> float:
     """Memory per byte of files in flight, on the route that holds the most."""
-    return max(r["rise_per_byte"] for r in upload_results()["rows"])
+    return max(r["rise_per_byte"] for r in sizing()["uploads"]["rows"])
 
 
 def json_parsing_bytes(processes: int, images: int) -> float:
@@ -159,7 +134,7 @@ def json_parsing_bytes(processes: int, images: int) -> float:
     meanwhile (the body, and the copy it sends to a process), scaled from the measured
     requests by their images (the memory is per number). The worst of the measured
     servers parsing that way: a body the fast path does not take goes to pydantic."""
-    results = json.loads(JSON_RESULTS.read_text())
+    results = sizing()["json_parsing"]
     where = "process" if processes else "event loop"
     runs = [run for name, run in results["memory"].items() if name.startswith(where)]
     measured_images = max(results["sizes"])

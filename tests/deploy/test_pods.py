@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 
@@ -214,3 +215,19 @@ def test_kserve_predictor_is_the_same_pod_as_the_deployment(kind: str) -> None:
     kserve_pod, predictor = _comparable(k8s.render(f"{kind}/kserve"))
     assert predictor == plain
     assert kserve_pod == plain_pod
+
+
+def test_sizing_table_names_the_benchmark_of_each_part() -> None:
+    """Every figure the pods are sized from has a part of deploy/sizing.json written by
+    the benchmark that measures it (its command), never a number typed in."""
+    writers = {
+        "serve": "serve",
+        "uploads": "upload_memory",
+        "json_parsing": "json_offload",
+        "decode": "decode_memory",
+    }
+    table = measured.sizing()
+    assert set(writers) <= set(table), sorted(table)
+    for part, module in writers.items():
+        assert re.search(rf"-m bench[. ]{module}\b", table[part]["command"]), table[part]
+    assert measured.serve_runs() and measured.decode_bytes_per_pixel() > 0

@@ -1,0 +1,126 @@
+"""The pod sizing table, ``deploy/sizing.json``: the measured figures the pods are sized from.
+
+The benchmarks that measure them write their part when they finish: ``bench serve``
+(memory and throughput per runtime and batching mode), ``bench upload_memory``
+(memory per byte of uploads in flight), ``bench json_offload`` (memory of parsing
+JSON-number requests) and ``bench decode_memory`` (decoding memory per pixel).
+``tests/deploy`` reads only this table, so a test never depends on a benchmark's
+report. ``python -m bench sizing`` rebuilds every part from the reports in
+``bench/results`` (after editing a report by hand, or to check the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from servicekit import ROOT
+
+TABLE = ROOT / "deploy" / "sizing.json"
+RESULTS = ROOT / "bench" / "results"
+ABOUT = (
+    "Measured figures the pods in deploy/ are sized from (tests/deploy checks the pods "
+    "against them); each part is written by the benchmark named in its command."
+)
+
+
+def serve_part(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Per runtime x batching mode of a ``bench serve`` report: the settings the mode
+    changed, idle and peak RSS, and req/s, latency and 503s per client count."""
+    modes = report["settings"].get("mode_settings", {})
+    runs = []
+    for model in report["models"]:
+        rows = model["service"]
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["clients"])
+            runs.append(
+                {
+                    "runtime": model["runtime"],
+                    "mode": mode,
+                    "settings": modes.get(mode, {}),
+                    "idle_rss_mb": max(r["idle_rss_mb"] for r in mine),
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
+                    "points": [
+                        {
+                            k: r[k]
+                            for k in ("clients", "req_per_s", "mean_ms", "p99_ms", "status_503")
+                        }
+                        for r in mine
+                    ],
+                }
+            )
+    return {
+        "command": report["command"],
+        "started": report["started"],
+        "cpus": report["environment"]["cpus"],
+        "runs": runs,
+    }
+
+
+def upload_part(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Memory held per byte of files in flight, per protocol and route."""
+    keep = ("protocol", "route", "files_per_request", "rise_per_byte")
+    return {
+        "command": report["command"],
+        "started": report["started"],
+        "rows": [{k: r[k] for k in keep} for r in report["rows"]],
+    }
+
+
+def json_part(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Peak memory of the server and of a parsing process, per way of parsing."""
+    return {
+        "command": report["command"],
+        "started": report["started"],
+        "sizes": report["sizes"],
+        "memory": report["memory"],
+    }
+
+
+def decode_part(command: str, bytes_per_pixel: float) -> dict[str, Any]:
+    """Peak decoding memory per pixel."""
+    return {"command": command, "bytes_per_pixel": round(bytes_per_pixel, 1)}
+
+
+def read() -> dict[str, Any]:
+    """The table as it is on disk (empty parts if there is none yet)."""
+    return json.loads(TABLE.read_text()) if TABLE.exists() else {"about": ABOUT}
+
+
+def update(name: str, part: Mapping[str, Any]) -> None:
+    """Replace one part of the table (``serve``, ``uploads``, ``json_parsing``, ``decode``)."""
+    table = read()
+    table.update(about=ABOUT, **{name: dict(part)})
+    TABLE.write_text(json.dumps(table, indent=1, sort_keys=False) + "\n")
+    print(f"wrote the {name!r} part of {TABLE.relative_to(ROOT)}")
+
+
+def _report(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / name).read_text())
+
+
+def rebuild(parts: Sequence[str]) -> None:
+    """Rebuild ``parts`` from the latest reports in bench/results."""
+    makers = {
+        "serve": lambda: serve_part(_report("runtimes-serve.json")),
+        "uploads": lambda: upload_part(_report("upload-memory.json")),
+        "json_parsing": lambda: json_part(_report("json-offload.json")),
+    }
+    for name in parts:
+        if name == "decode":
+            continue  # only bench decode_memory measures it; its report is the table itself
+        update(name, makers[name]())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Rebuild the table's parts from bench/results."""
+    p = argparse.ArgumentParser(prog="python -m bench sizing", description=__doc__)
+    p.add_argument("parts", nargs="*", default=["serve", "uploads", "json_parsing"])
+    args = p.parse_args(argv)
+    rebuild(args.parts)
+
+
+if __name__ == "__main__":
+    main()
