@@ -1,6 +1,6 @@
 """The try-it page at ``GET /``: its HTML in-process, then a real headless Chromium using it.
 
-The browser test runs a real uvicorn process serving the tiny model and drives Chromium
+The browser test runs the service (``python -m app``) on the tiny model and drives Chromium
 through chromedriver (``tests/app/browser.py``): upload a reddish JPEG through the file
 input, a bluish one by a synthetic drop, and a text file named ``.jpg``, reading what the
 page shows each time. Without Chromium it skips, except under ``CI`` where it fails.
@@ -15,8 +15,6 @@ import contextlib
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -30,7 +28,7 @@ from starlette.routing import Match
 
 from app.api.routes import page
 from app.main import create_app
-from servicekit import ROOT, Server, free_port, stop, wait_ready
+from servicekit import Server, uvicorn_server
 from tests import images
 from tests.app import browser as wd
 from tests.app.helpers import client_for, upload
@@ -49,22 +47,10 @@ def serves_page(app: FastAPI) -> bool:
     return any(route.matches(scope)[0] == Match.FULL for route in app.routes)
 
 
-def include_page(app: FastAPI) -> FastAPI:
-    """Add the page router to ``app`` unless it already serves ``GET /`` (idempotent)."""
-    if not serves_page(app):
-        app.include_router(page.router)
-    return app
-
-
-def app_with_page() -> FastAPI:
-    """``create_app()`` plus the page: the uvicorn factory of the browser test."""
-    return include_page(create_app())
-
-
 @pytest_asyncio.fixture(scope="module")
 async def page_client() -> AsyncIterator[httpx.AsyncClient]:
-    """An in-process client of an app with the page (no lifespan: no model needed for GET /)."""
-    async with client_for(app_with_page()) as client:
+    """An in-process client of the service's app (no lifespan: no model needed for GET /)."""
+    async with client_for(create_app()) as client:
         yield client
 
 
@@ -190,12 +176,9 @@ def test_is_local(url: str, local: bool) -> None:
     assert is_local(url) is local
 
 
-def test_page_router_is_included_once() -> None:
+def test_the_service_serves_the_page() -> None:
     app = create_app()
-    assert include_page(app) is app and serves_page(app)
-    routes = len(app.routes)
-    include_page(app)
-    assert len(app.routes) == routes, "included twice"
+    assert serves_page(app)
     assert "/" not in app.openapi()["paths"]  # a page, not part of the API
 
 
@@ -219,46 +202,11 @@ def test_browser_test_fails_without_chromium_in_ci(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- a real browser
 
 
-def start_page_server(model_dir: Path, log_path: Path) -> Server:
-    """Start uvicorn serving :func:`app_with_page` (the page, whether or not main has it)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CATDOG_")}
-    env.update(
-        {
-            "CATDOG_MODEL_DIR": str(model_dir),
-            "CATDOG_POLL_INTERVAL_S": "0",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        f"{__name__}:app_with_page",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
-        )
-    return Server(process, port, log_path)
-
-
 @contextlib.contextmanager
 def page_server(model_dir: Path, log_path: Path) -> Iterator[Server]:
-    """A ready uvicorn server with the page for the duration of the block."""
-    server = start_page_server(model_dir, log_path)
-    try:
-        wait_ready(server)
+    """The service as every documented command starts it, for the duration of the block."""
+    with uvicorn_server(model_dir, log_path, poll_interval_s=0) as server:
         yield server
-    finally:
-        stop(server)
 
 
 def wait_for_state(browser: wd.Browser, wanted: str, timeout: float = 30.0) -> None:
