@@ -83,45 +83,64 @@ def _exif_rotated() -> bytes:
     return images.exif_rotated_jpeg_bytes(images.halves((48, 32)), orientation=6)
 
 
-UPLOADS: dict[str, Callable[[], bytes]] = {
-    "jpeg-baseline": lambda: images.jpeg_bytes((64, 48)),
-    "jpeg-progressive": lambda: images.jpeg_bytes((64, 48), progressive=True),
-    "jpeg-cmyk": images.jpeg_cmyk_bytes,
-    "jpeg-grayscale": images.jpeg_grayscale_bytes,
-    "png-rgba": lambda: images.png_rgba_bytes(alpha=128),
-    "png-palette": images.png_palette_bytes,
-    "png-palette-transparent": lambda: images.png_palette_bytes(transparent=True),
-    "png-16bit": images.png_16bit_bytes,
-    "gif": images.gif_bytes,
-    "gif-animated": lambda: images.gif_bytes(colors=(images.RED, images.BLUE, images.RED)),
-    "webp": images.webp_bytes,
-    "webp-lossy": lambda: images.webp_bytes(lossless=False),
-    "bmp": images.bmp_bytes,
-    "jpeg-exif-rotated": _exif_rotated,
-    "jpeg-12-megapixel": lambda: gradient_jpeg_bytes((4000, 3000)),
-    "png-1x1": lambda: images.encode(images.solid((1, 1)), "PNG"),
-    "jpeg-1x1": lambda: images.jpeg_bytes((1, 1)),
-    "png-2000x10": lambda: images.encode(images.noisy((2000, 10)), "PNG"),
-    "jpeg-10x2000": lambda: images.jpeg_bytes(image=images.noisy((10, 2000))),
+# kind: (the file, what it is: format, size, mode and what sets it apart)
+FILES: dict[str, tuple[Callable[[], bytes], str]] = {
+    "jpeg-baseline": (lambda: images.jpeg_bytes((64, 48)), "JPEG 64x48 RGB"),
+    "jpeg-progressive": (
+        lambda: images.jpeg_bytes((64, 48), progressive=True),
+        "JPEG 64x48 RGB progressive",
+    ),
+    "jpeg-cmyk": (images.jpeg_cmyk_bytes, "JPEG 32x32 CMYK"),
+    "jpeg-grayscale": (images.jpeg_grayscale_bytes, "JPEG 32x32 L"),
+    "png-rgba": (lambda: images.png_rgba_bytes(alpha=128), "PNG 32x32 RGBA"),
+    "png-palette": (images.png_palette_bytes, "PNG 32x32 P"),
+    "png-palette-transparent": (
+        lambda: images.png_palette_bytes(transparent=True),
+        "PNG 32x32 P transparent",
+    ),
+    "png-16bit": (images.png_16bit_bytes, "PNG 32x32 I;16"),
+    "gif": (images.gif_bytes, "GIF 32x32 P"),
+    "gif-animated": (
+        lambda: images.gif_bytes(colors=(images.RED, images.BLUE, images.RED)),
+        "GIF 32x32 P 3 frames",
+    ),
+    "webp": (images.webp_bytes, "WEBP 32x32 RGB"),
+    "webp-lossy": (lambda: images.webp_bytes(lossless=False), "WEBP 32x32 RGB"),
+    "bmp": (images.bmp_bytes, "BMP 32x32 RGB"),
+    "jpeg-exif-rotated": (_exif_rotated, "JPEG 32x48 RGB orientation 6"),
+    "jpeg-12-megapixel": (lambda: gradient_jpeg_bytes((4000, 3000)), "JPEG 4000x3000 RGB"),
+    "png-1x1": (lambda: images.encode(images.solid((1, 1)), "PNG"), "PNG 1x1 RGB"),
+    "jpeg-1x1": (lambda: images.jpeg_bytes((1, 1)), "JPEG 1x1 RGB"),
+    "png-2000x10": (lambda: images.encode(images.noisy((2000, 10)), "PNG"), "PNG 2000x10 RGB"),
+    "jpeg-10x2000": (
+        lambda: images.jpeg_bytes(image=images.noisy((10, 2000))),
+        "JPEG 10x2000 RGB",
+    ),
 }
+UPLOADS: dict[str, Callable[[], bytes]] = {kind: make for kind, (make, _) in FILES.items()}
 
 
-SIZES = {
-    "jpeg-12-megapixel": (4000, 3000),
-    "png-1x1": (1, 1),
-    "jpeg-1x1": (1, 1),
-    "png-2000x10": (2000, 10),
-    "jpeg-10x2000": (10, 2000),
-}
-
-
-@pytest.mark.parametrize("kind", list(UPLOADS))
-async def test_common_uploads_are_accepted(client: httpx.AsyncClient, kind: str) -> None:
-    data = UPLOADS[kind]()
-    # The file really is what its name says.
+def describe(data: bytes) -> str:
+    """What a file is, as Pillow reads it: ``FORMAT WxH MODE`` and what sets it apart."""
     with Image.open(io.BytesIO(data)) as image:
         image.load()
-        assert image.size == SIZES.get(kind, image.size)
+        words = [image.format, f"{image.width}x{image.height}", image.mode]
+        if image.info.get("progressive") or image.info.get("progression"):
+            words.append("progressive")
+        if "transparency" in image.info:
+            words.append("transparent")
+        if getattr(image, "n_frames", 1) > 1:
+            words.append(f"{image.n_frames} frames")
+        if orientation := image.getexif().get(0x0112):
+            words.append(f"orientation {orientation}")
+    return " ".join(str(w) for w in words)
+
+
+@pytest.mark.parametrize("kind", list(FILES))
+async def test_common_uploads_are_accepted(client: httpx.AsyncClient, kind: str) -> None:
+    make, what = FILES[kind]
+    data = make()
+    assert describe(data) == what  # the file really is what its kind says
     response = await client.post(
         "/predict",
         files=upload(data, name=f"upload.{kind}", content_type="application/octet-stream"),
