@@ -89,8 +89,12 @@ def test_scratch_model_builds_and_predicts() -> None:
     x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
     probs = np.asarray(model(x, training=False))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    # Augmentation is part of the model, but only active in training.
+    # Augmentation is part of the model, but only active in training: inference repeats
+    # exactly, a training call sees randomly changed images.
     np.testing.assert_allclose(np.asarray(model(x, training=False)), probs, atol=1e-6)
+    trained = [np.asarray(model(x, training=True)) for _ in range(2)]
+    assert not np.allclose(trained[0], probs, atol=1e-6)
+    assert not np.allclose(trained[0], trained[1], atol=1e-6)
 
 
 def test_transfer_model_starts_with_a_frozen_backbone() -> None:
