@@ -102,18 +102,9 @@ BAD_UPLOADS: dict[str, tuple[Callable[[], bytes], int]] = {
     "psd": (crafted.psd_bytes, 415),
     "ico-embedding-png": (lambda: crafted.ico_embedding(crafted.solid_png(1200)), 415),
 }
-KNOWN_ISSUES: dict[str, str] = {}
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(k, marks=pytest.mark.xfail(reason=KNOWN_ISSUES[k], strict=False))
-        if k in KNOWN_ISSUES
-        else k
-        for k in BAD_UPLOADS
-    ],
-)
+@pytest.mark.parametrize("kind", list(BAD_UPLOADS))
 async def test_bad_upload(client: httpx.AsyncClient, kind: str) -> None:
     make, status = BAD_UPLOADS[kind]
     response = await client.post("/predict", files=upload(make(), name=f"upload.{kind}"))

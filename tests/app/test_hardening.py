@@ -264,9 +264,11 @@ def _launch_entrypoint(model: Path, port: int, log: Path, env: dict[str, str]) -
 
 
 def _launch_make(model: Path, port: int, log: Path, env: dict[str, str]) -> Server:
-    """The command ``make serve`` runs (``make -n``: no install step is executed)."""
+    """The command ``make serve`` runs (``make -n``: no install step is executed), with
+    this interpreter's environment as its .venv (a worktree may have none of its own)."""
     printed = subprocess.run(
-        ["make", "-s", "-n", "serve", "HOST=127.0.0.1", f"PORT={port}", f"MODEL_DIR={model}"],
+        ["make", "-s", "-n", "serve", f"VENV={sys.prefix}", "HOST=127.0.0.1", f"PORT={port}"]
+        + [f"MODEL_DIR={model}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
