@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -30,3 +33,13 @@ def test_value_refuses_a_metric_that_is_not_there() -> None:
         value(text, "catdog_images_inflight")
     with pytest.raises(KeyError):
         mean(text, "catdog_batch_size")
+
+
+def test_no_test_imports_the_benchmarks() -> None:
+    """Tests stand alone: what they share with bench/ lives in servicekit."""
+    tests = Path(__file__).resolve().parent
+    pattern = re.compile(r"^\s*(from|import) bench\b", re.MULTILINE)
+    importing = [
+        str(p.relative_to(tests)) for p in tests.rglob("*.py") if pattern.search(p.read_text())
+    ]
+    assert not importing, importing

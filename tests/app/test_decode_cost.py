@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.harness import Server, uvicorn_server
+from servicekit import Server, uvicorn_server
 from tests.app.helpers import HTTP_TIMEOUT, batch_upload, good_image, upload
 from tests.catdog import crafted
 from tests.catdog.test_preprocessing import jpeg_claiming

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import start_uvicorn, stop
 from catdog.runtimes import gpu_problem
+from servicekit import start_uvicorn, stop
 from tests.app.helpers import STARTUP_TIMEOUT
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "catdog"

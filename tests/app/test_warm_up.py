@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import start_uvicorn, stop, wait_ready
+from servicekit import start_uvicorn, stop, wait_ready
 from tests.app.helpers import good_image
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "catdog"

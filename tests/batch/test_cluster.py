@@ -1,7 +1,7 @@
 """``python -m batch`` joining a two-node Ray cluster through ``RAY_ADDRESS``.
 
 Both nodes run on this machine (``ray start --head``, then ``ray start --address``,
-one CPU each: ``bench.ray_cluster``); the job runs as a separate process, as a
+one CPU each: ``servicekit.ray_cluster``); the job runs as a separate process, as a
 user would start it, and must give the same rows as the service, with files
 classified on both nodes.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import ROOT
-from bench.ray_cluster import local_cluster
+from servicekit import ROOT
+from servicekit.ray_cluster import local_cluster
 from tests.batch.photos import BAD, GOOD, service_answers, write_folder
 
 JOB_TIMEOUT = 300

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import start_uvicorn, stop, wait_ready
+from servicekit import start_uvicorn, stop, wait_ready
 from tests.app.helpers import good_image
 from tests.deploy import k8s
 
