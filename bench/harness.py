@@ -8,10 +8,13 @@ writes the markdown and the JSON beside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -64,13 +67,54 @@ def command_line(module: str, argv: Sequence[str]) -> str:
     return shlex.join([python, "-m", module, *argv])
 
 
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def stamp(model_dir: Path | None = None) -> dict[str, str]:
+    """What a result is of: the commit (``-dirty`` with uncommitted changes), the model
+    version (the highest in ``model_dir``, by default the shipped models/catdog, which the
+    service serves) and the machine."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    folder = model_dir or ROOT / "models" / "catdog"
+    versions = (
+        [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    )
+    cpus = len(os.sched_getaffinity(0))
+    return {
+        "commit": commit,
+        "model_version": str(max(versions)) if versions else folder.name,
+        "machine": f"{_cpu_model()}, {cpus} CPUs",
+    }
+
+
 def new_report(module: str, argv: Sequence[str], **environment: Any) -> dict[str, Any]:
-    """What every report starts with: the command, when, the CPUs, ``environment``, the load."""
+    """What every report starts with: the command, when, its :func:`stamp`, the CPUs,
+    ``environment``, the load."""
     return {
         "command": command_line(module, argv),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stamp": stamp(),
         "environment": {"cpus": os.cpu_count(), **environment, "loadavg_start": loadavg()},
     }
+
+
+def stamp_line(report: Mapping[str, Any]) -> str:
+    """The report's stamp as one markdown line."""
+    s = report.get("stamp") or stamp()
+    day = str(report.get("started", ""))[:10]
+    return f"_commit {s['commit']} · model version {s['model_version']} · {s['machine']} · {day}_"
 
 
 def cell(item: Any) -> str:
@@ -108,6 +152,9 @@ def markdown(title: str, report: Mapping[str, Any], about: str, body: Sequence[s
 def write_report(report: Mapping[str, Any], markdown: str, out: Path) -> None:
     """The markdown at ``out``, the raw numbers as JSON beside it; both named on stdout."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    title, _, rest = markdown.partition("\n")
+    if title.startswith("# "):  # the stamp under the title
+        markdown = f"{title}\n\n{stamp_line(report)}\n{rest}"
     out.write_text(markdown + "\n")
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print("\n" + markdown, flush=True)

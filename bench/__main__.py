@@ -1,0 +1,60 @@
+"""``python -m bench NAME [ARGS]``: run one benchmark; ``python -m bench --list`` names them all.
+
+A benchmark is a module of this package with a ``main(argv)``; NAME is its module name
+(``serve``, ``grpc_load``; ``grpc-load`` works too) and ARGS go to it unchanged, so
+``python -m bench serve --help`` shows its options. ``python -m bench.serve`` still runs
+the same ``main``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# modules that are parts of a benchmark or shared code, not benchmarks of their own
+PARTS = {"harness", "ray_cluster", "serve_images", "serve_load", "serve_limit", "serve_report"}
+PARTS |= {"serve_compare", "train_measure", "train_report", "grpc_clients", "runtimes_measure"}
+
+
+def benchmarks() -> dict[str, str]:
+    """Every benchmark's name and the first line of its docstring (read without importing
+    it: a benchmark may import TensorFlow)."""
+    found = {}
+    for module in pkgutil.iter_modules([str(HERE)]):
+        name = module.name
+        if name.startswith("_") or name in PARTS:
+            continue
+        source = (HERE / f"{name}.py").read_text()
+        if "\ndef main(" not in source:
+            continue
+        doc = source.split('"""', 2)[1].strip() if source.startswith('"""') else ""
+        found[name] = doc.splitlines()[0] if doc else ""
+    return dict(sorted(found.items()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the named benchmark with the rest of the arguments, or list them."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    known = benchmarks()
+    if not args or args[0] in ("-h", "--help", "--list"):
+        if not args or args[0] != "--list":
+            print(__doc__.strip(), end="\n\n")
+        width = max(map(len, known))
+        for name, about in known.items():
+            print(f"{name:<{width}}  {about}")
+        return 0
+    name = args[0].replace("-", "_")
+    if name not in known:
+        print(f"no benchmark {args[0]!r}; python -m bench --list names them", file=sys.stderr)
+        return 2
+    sys.argv = [f"python -m bench {name}", *args[1:]]
+    importlib.import_module(f"bench.{name}").main(args[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
