@@ -202,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=cmd_show_batch)
 
+    from training.distribute import STRATEGIES
     from training.models import ARCHITECTURES, BACKBONES
-    from training.train import AUGMENTATIONS, BATCH_NORM, SCHEDULES, STRATEGIES, TrainConfig
+    from training.train import AUGMENTATIONS, BATCH_NORM, SCHEDULES, TrainConfig
 
     # Defaults come from TrainConfig, so they are written once.
     d = TrainConfig(data_dir="", run_dir="")

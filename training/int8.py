@@ -72,8 +72,8 @@ def rebuild(version_dir: str | Path) -> tuple[keras.Model, Any]:
     Only the EfficientNet-Lite0 int8 network with a linear head (``teacher --int8``)
     is known; anything else is refused.
     """
+    from training.lite0 import make_efficientnet_lite0
     from training.ood import Gaussians, make_score_layer
-    from training.teacher import make_efficientnet_lite0
 
     version_dir = Path(version_dir)
     contract = ModelContract.read(version_dir)

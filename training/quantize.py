@@ -11,7 +11,7 @@ activations: no calibration data, no integer kernels.
 
 A network is built twice, once with ``Conv2D``/``DepthwiseConv2D`` +
 ``BatchNormalization`` pairs and once with ``Int8Conv`` layers of the same names
-(e.g. ``training.teacher.make_efficientnet_lite0(int8=True)``);
+(e.g. ``training.lite0.make_efficientnet_lite0(int8=True)``);
 ``copy_quantized`` fills the second from the first. Its accuracy is measured
 afterwards like any other model's.
 """

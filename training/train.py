@@ -9,8 +9,6 @@ Everything a run produces lands in its run folder.
 from __future__ import annotations
 
 import json
-import os
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,12 @@ import tensorflow as tf
 from catdog.contract import CLASS_NAMES, IMAGE_SIZE
 from training.augment import RobustAugment
 from training.data import load_splits
+from training.distribute import get_strategy, worker_dir
+from training.epochs import EpochState, EpochTimer, read_history
 from training.models import copy_weights, make_model
 from training.prepare import read_fingerprint
 from training.visualize import save_history_plot
 
-STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 SCHEDULES = ("constant", "cosine", "warmup-cosine", "step")
 BATCH_NORM = ("adapt", "frozen")  # while fine-tuning: trained with the rest, or ImageNet's
 AUGMENTATIONS = ("basic", "robust")  # in-model flips/rotation/zoom, or training.augment
@@ -64,47 +63,6 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Adds ``epoch_seconds`` (wall time of each epoch, validation included) to the logs."""
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["epoch_seconds"] = time.perf_counter() - self._start
-
-
-class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """``MultiWorkerMirroredStrategy`` whose ``reduce`` copes with how Keras 3 calls it.
-
-    With several workers, Keras 3.15's TensorFlow trainer fails in two places
-    (keras-team/keras#20585): it reduces a whole ``(x, y)`` batch at once before
-    the first step, and it reduces the scalar step metrics with ``axis=0``.
-    Reducing leaf by leaf, and scalars across replicas only, fixes both.
-    """
-
-    def reduce(self, reduce_op: Any, value: Any, axis: int | None = None) -> Any:
-        parent = super().reduce
-
-        def reduce_one(v: Any) -> Any:
-            scalar = self.experimental_local_results(v)[0].shape.rank == 0
-            return parent(reduce_op, v, None if scalar else axis)
-
-        return tf.nest.map_structure(reduce_one, value)
-
-
-def get_strategy(name: str) -> tf.distribute.Strategy:
-    """``auto``: mirrored over several local GPUs, else the default (one device)."""
-    if name == "multiworker":
-        return MultiWorkerStrategy()
-    if name == "mirrored" or (name == "auto" and len(tf.config.list_physical_devices("GPU")) > 1):
-        return tf.distribute.MirroredStrategy()
-    if name in ("auto", "default"):
-        return tf.distribute.get_strategy()
-    raise ValueError(f"unknown strategy {name!r}; choose from {STRATEGIES}")
-
-
 def make_learning_rate(
     base: float, schedule: str, steps: int
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
@@ -138,66 +96,6 @@ def compile_model(model: keras.Model, config: TrainConfig, learning_rate: Any) -
         metrics=["accuracy"],
         jit_compile=config.xla,
     )
-
-
-def worker_dir(run: Path) -> tuple[Path, bool]:
-    """Where this process writes: the run folder for the chief, a sub-folder for other workers.
-
-    In a multi-worker cluster (``TF_CONFIG``) every worker saves, but only the
-    chief (task ``chief``, or ``worker`` 0 when there is no chief) owns the run folder.
-    """
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task") or {}
-    kind, index = task.get("type"), int(task.get("index", 0))
-    chief = kind in (None, "chief") or (
-        kind == "worker" and index == 0 and "chief" not in tf_config.get("cluster", {})
-    )
-    return (run if chief else run / f".{kind}-{index}"), chief
-
-
-class EpochState(keras.callbacks.Callback):
-    """After every epoch: save the full model (optimizer included) and log the epoch.
-
-    ``last.keras`` + ``state.json`` make a run resumable; ``history.jsonl`` keeps
-    one line per finished epoch across interruptions.
-    """
-
-    def __init__(self, out: Path, phase: str, epoch_offset: int = 0, planned: int = 0) -> None:
-        super().__init__()
-        self.out, self.phase, self.epoch_offset = out, phase, epoch_offset
-        self.planned = planned  # the epoch count the optimizer's schedule was made for
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        # Log first, then the model, then the state: a kill between any two steps
-        # at worst repeats this epoch on resume (and its log line is replaced).
-        row = {
-            "phase": self.phase,
-            "epoch": epoch + 1,
-            "global_epoch": self.epoch_offset + epoch + 1,
-            **{k: float(v) for k, v in (logs or {}).items()},
-        }
-        with open(self.out / "history.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        staging = self.out / "last.tmp.keras"
-        self.model.save(staging)
-        staging.replace(self.out / "last.keras")
-        state = self.out / "state.tmp.json"
-        record = {"phase": self.phase, "epoch": epoch + 1, "planned_epochs": self.planned}
-        state.write_text(json.dumps(record) + "\n")
-        state.replace(self.out / "state.json")
-
-
-def read_history(out: Path) -> list[dict[str, Any]]:
-    """Finished epochs in order, the last record winning if an epoch was logged twice."""
-    path = out / "history.jsonl"
-    if not path.is_file():
-        return []
-    rows = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[row["global_epoch"]] = row
-    return [rows[k] for k in sorted(rows)]
 
 
 @dataclass

@@ -23,7 +23,7 @@ from tests.deploy.k8s import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
-TRAIN_PY = ROOT / "training" / "train.py"
+DISTRIBUTE_PY = ROOT / "training" / "distribute.py"
 TRAIN_CLI = ROOT / "training" / "__main__.py"
 
 
@@ -235,13 +235,13 @@ def _literal(path: Path, name: str) -> Any:
 
 
 def training_strategies() -> tuple[str, ...]:
-    """``training.train.STRATEGIES`` (read from the source: importing it loads TensorFlow)."""
-    return tuple(_literal(TRAIN_PY, "STRATEGIES"))
+    """``training.distribute.STRATEGIES`` (read from the source: importing it loads TensorFlow)."""
+    return tuple(_literal(DISTRIBUTE_PY, "STRATEGIES"))
 
 
 def training_reads_tf_config() -> bool:
     """Whether the training code reads the ``TF_CONFIG`` the operator injects."""
-    return "TF_CONFIG" in TRAIN_PY.read_text()
+    return "TF_CONFIG" in DISTRIBUTE_PY.read_text()
 
 
 def train_options() -> set[str]:

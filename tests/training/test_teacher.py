@@ -21,21 +21,19 @@ from tests.images import MakeSplit
 from training.__main__ import main
 from training.data import make_dataset, read_soft_labels
 from training.flatbuffer import operator_counts
-from training.ood import MAX_RANK
-from training.quantize import Int8Conv
-from training.teacher import (
+from training.lite0 import (
     BATCH_NORM_PARTS,
-    L2_GRID,
     LITE0_FEATURES,
     TORCH_MAGIC,
     TORCH_PROTOCOL,
-    fit_head,
     lite0_names,
     load_lite0_weights,
     make_efficientnet_lite0,
-    out_of_fold,
     read_torch_checkpoint,
 )
+from training.ood import MAX_RANK
+from training.quantize import Int8Conv
+from training.teacher import L2_GRID, fit_head, out_of_fold
 
 
 def _rebuild_tensor_v2() -> None: ...  # stand-ins pickled under torch's names
