@@ -39,284 +39,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from pathlib import Path
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
-import grpc
 import httpx
 import numpy as np
-import tritonclient.grpc as grpcclient
-import tritonclient.grpc.aio as grpcaio
-import tritonclient.http as httpclient
-import tritonclient.http.aio as httpaio
-from tritonclient.utils import InferenceServerException
 
-from app.api.grpc_tfserving import DT_FLOAT, DT_STRING, PREDICTION_SERVICE, TFSERVING
+from bench.grpc_clients import (
+    FIXTURES,
+    PROTOCOLS,
+    SPLIT_TEST,
+    Data,
+    Form,
+    Send,
+    failure,
+    groups_of,
+    make_form,
+    photo_files,
+)
+from bench.grpc_report import render
 from bench.harness import (
     CACHE,
     ROOT,
     Server,
     free_port,
     loadavg,
-    markdown,
     new_report,
     read_metrics,
     split_cpus,
-    table,
     uvicorn_server,
     value,
     write_report,
 )
 from bench.protocols import (
-    Body,
     Window,
     load_parser,
-    mean_size,
-    request_bodies,
     send_until,
 )
 from bench.serve_load import batch_counters, machine_busy_seconds, served_runtime
 from catdog.preprocessing import preprocess
-
-MODEL = "catdog"
-PROBABILITIES = "probabilities"
-FIXTURES = ROOT / "tests" / "fixtures" / "photos"
-SPLIT_TEST = ROOT / "data" / "split" / "test"
-PROTOCOLS = ("grpc", "tfs-grpc", "rest-oip", "predict")
-BUSY = 0.25  # other processes' cores from which a row is said to be disturbed
-TIMEOUT = 120.0  # seconds; a request of 32 photos as pixels is 19 MB
-# one TCP connection per gRPC client, as each HTTP client has its own: gRPC shares a
-# connection between channels to the same address unless told not to
-GRPC_CHANNEL = [
-    ("grpc.max_send_message_length", 2**31 - 1),
-    ("grpc.max_receive_message_length", 2**31 - 1),
-    ("grpc.use_local_subchannel_pool", 1),
-]
-
-Send = Callable[[int], Awaitable[np.ndarray]]  # request number -> probabilities [N, 2]
-Opener = Callable[[], AbstractAsyncContextManager[Send]]  # one client, its own connection
-Data = tuple[list[bytes], np.ndarray]  # the photo files, and their pixels [N, 224, 224, 3]
-
-
-class Form:
-    """How requests carry photos: protocol, input, the photos of each request (``groups``),
-    how to open a client, and the mean payload of a request in bytes."""
-
-    def __init__(
-        self, protocol: str, kind: str, groups: list[list[int]], opener: Opener, payload: float
-    ) -> None:
-        self.protocol, self.kind, self.groups = protocol, kind, groups
-        self.opener, self.payload = opener, payload
-
-    @property
-    def name(self) -> str:
-        """e.g. ``grpc image_bytes``."""
-        return f"{self.protocol} {self.kind}"
-
-
-# ---------------------------------------------------------------- photos and requests
-
-
-def photo_files(folder: Path, count: int) -> list[Path]:
-    """The fixtures, then up to ``count`` photos of ``folder`` (``cat/``, ``dog/`` or
-    ``cat.*.jpg``, ``dog.*.jpg``), cats and dogs in turn, none twice by name."""
-    files = sorted(FIXTURES.glob("*.jpg"))
-    per_class = [
-        sorted(folder.glob(f"{label}.*.jpg")) + sorted((folder / label).glob("*.jpg"))
-        for label in ("cat", "dog")
-    ]
-    seen = {f.name for f in files}
-    extra = [p for pair in zip(*per_class) for p in pair if p.name not in seen]
-    return files + extra[:count]
-
-
-def groups_of(size: int, count: int, photos: int) -> list[list[int]]:
-    """``count`` requests of ``size`` photos, taken in turn from the list."""
-    return [[(k * size + j) % photos for j in range(size)] for k in range(count)]
-
-
-def tensor(module: Any, kind: str, group: list[int], data: Data) -> Any:
-    """An ``InferInput`` of tritonclient's ``module`` (grpc or http), its data set once."""
-    photos, pixels = data
-    if kind == "image_bytes":
-        array = np.array([photos[i] for i in group], dtype=object)
-        infer_input = module.InferInput(kind, [len(group)], "BYTES")
-    else:
-        array = pixels[group]
-        infer_input = module.InferInput(kind, list(array.shape), "FP32")
-    if module is httpclient:  # binary tensor data, not JSON
-        infer_input.set_data_from_numpy(array, binary_data=True)
-    else:  # gRPC: raw_input_contents
-        infer_input.set_data_from_numpy(array)
-    return infer_input
-
-
-def tensor_bytes(kind: str, groups: list[list[int]], data: Data) -> float:
-    """Mean tensor data per request (BYTES: a 4-byte length per element), in bytes."""
-    if kind == "image_bytes":
-        return float(np.mean([sum(4 + len(data[0][i]) for i in g) for g in groups]))
-    return float(len(groups[0]) * data[1][0].nbytes)
-
-
-def tfs_request(kind: str, group: list[int], data: Data) -> bytes:
-    """A TF Serving ``PredictRequest`` for the photos of ``group``, serialized."""
-    photos, pixels = data
-    request = TFSERVING.messages["PredictRequest"]()
-    request.model_spec.name = MODEL
-    tensor = request.inputs[kind]
-    if kind == "image_bytes":
-        tensor.dtype = DT_STRING
-        tensor.string_val.extend(photos[i] for i in group)
-        sizes = [len(group)]
-    else:
-        tensor.dtype = DT_FLOAT
-        tensor.tensor_content = pixels[group].astype("<f4").tobytes()
-        sizes = list(pixels[group].shape)
-    for size in sizes:
-        tensor.tensor_shape.dim.add(size=size)
-    return request.SerializeToString()
-
-
-def multipart(groups: list[list[int]], photos: list[bytes]) -> list[Body]:
-    """``/predict`` bodies (one photo: ``bench.protocols``) or ``/predict/batch`` bodies."""
-    if all(len(g) == 1 for g in groups):
-        return request_bodies("predict", [photos[g[0]] for g in groups], MODEL)
-    bodies: list[Body] = []
-    for group in groups:
-        files = [("files", (f"photo{i}.jpg", photos[i], "image/jpeg")) for i in group]
-        request = httpx.Request("POST", "/predict/batch", files=files)
-        bodies.append(("/predict/batch", request.read(), dict(request.headers)))
-    return bodies
-
-
-# ---------------------------------------------------------------- clients
-
-
-def grpc_opener(address: str, requests: list[list[Any]]) -> Opener:
-    """gRPC ``ModelInfer`` clients (``tritonclient.grpc.aio``), one channel each."""
-    return _triton_opener(
-        lambda: grpcaio.InferenceServerClient(address, channel_args=GRPC_CHANNEL),
-        [grpcclient.InferRequestedOutput(PROBABILITIES)],
-        requests,
-        client_timeout=TIMEOUT,
-    )
-
-
-def tfs_opener(address: str, requests: list[bytes]) -> Opener:
-    """TF Serving ``Predict`` clients (``grpc.aio``), one channel each."""
-    path = TFSERVING.services[PREDICTION_SERVICE]["Predict"].path
-    answer_type = TFSERVING.messages["PredictResponse"]
-
-    @contextlib.asynccontextmanager
-    async def opened() -> AsyncIterator[Send]:
-        channel = grpc.aio.insecure_channel(address, options=GRPC_CHANNEL)
-        predict = channel.unary_unary(path, response_deserializer=answer_type.FromString)
-
-        async def send(turn: int) -> np.ndarray:
-            answer = await predict(requests[turn % len(requests)], timeout=TIMEOUT)
-            output = answer.outputs[PROBABILITIES]
-            shape = [d.size for d in output.tensor_shape.dim]
-            return np.frombuffer(output.tensor_content, "<f4").reshape(shape)
-
-        try:
-            yield send
-        finally:
-            await channel.close()
-
-    return opened
-
-
-def oip_opener(url: str, requests: list[list[Any]]) -> Opener:
-    """REST OIP clients (``tritonclient.http.aio``), binary tensor data both ways."""
-    return _triton_opener(
-        lambda: httpaio.InferenceServerClient(url.removeprefix("http://"), conn_timeout=TIMEOUT),
-        [httpclient.InferRequestedOutput(PROBABILITIES, binary_data=True)],
-        requests,
-    )
-
-
-def _triton_opener(
-    connect: Callable[[], Any], outputs: list[Any], requests: list[list[Any]], **infer: Any
-) -> Opener:
-    """Clients of a tritonclient ``aio`` API, each made by ``connect``: it sends the
-    prepared ``requests`` in turn, asking for ``outputs``."""
-
-    @contextlib.asynccontextmanager
-    async def opened() -> AsyncIterator[Send]:
-        client = connect()
-
-        async def send(turn: int) -> np.ndarray:
-            inputs = requests[turn % len(requests)]
-            result = await client.infer(MODEL, inputs, outputs=outputs, **infer)
-            return result.as_numpy(PROBABILITIES)
-
-        try:
-            yield send
-        finally:
-            await client.close()
-
-    return opened
-
-
-def predict_opener(url: str, bodies: list[Body]) -> Opener:
-    """``/predict`` or ``/predict/batch`` clients (httpx), one connection each."""
-
-    @contextlib.asynccontextmanager
-    async def opened() -> AsyncIterator[Send]:
-        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
-
-            async def send(turn: int) -> np.ndarray:
-                path, content, headers = bodies[turn % len(bodies)]
-                response = await client.post(path, content=content, headers=headers)
-                answer = response.raise_for_status().json()
-                answers = answer.get("predictions", [answer])  # /predict/batch or /predict
-                # probabilities are keyed by class, in the model's order (as OIP's columns)
-                return np.array([list(a["probabilities"].values()) for a in answers])
-
-            yield send
-
-    return opened
-
-
-def failure(exc: Exception) -> str:
-    """What went wrong, as a status: gRPC code, HTTP status or the exception's type."""
-    if isinstance(exc, InferenceServerException) and exc.status():
-        return str(exc.status()).removeprefix("StatusCode.")
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return exc.code().name
-    if isinstance(exc, httpx.HTTPStatusError):
-        return str(exc.response.status_code)
-    return type(exc).__name__
-
-
-def make_form(
-    protocol: str, kind: str, groups: list[list[int]], server: Server, address: str, data: Data
-) -> Form:
-    """The prepared requests of one protocol and input for ``groups`` of photo numbers."""
-    if protocol == "predict":
-        bodies = multipart(groups, data[0])
-        return Form(
-            protocol, "files", groups, predict_opener(server.url, bodies), mean_size(bodies)
-        )
-    if protocol == "tfs-grpc":
-        requests = [tfs_request(kind, g, data) for g in groups]
-        payload = float(np.mean([len(r) for r in requests]))  # the whole message
-        return Form(protocol, kind, groups, tfs_opener(address, requests), payload)
-    module = grpcclient if protocol == "grpc" else httpclient
-    requests = [[tensor(module, kind, g, data)] for g in groups]
-    if protocol == "grpc":
-        opener = grpc_opener(address, requests)
-    else:
-        opener = oip_opener(server.url, requests)
-    return Form(protocol, kind, groups, opener, tensor_bytes(kind, groups, data))
-
 
 # ---------------------------------------------------------------- part 1: closed-loop load
 
@@ -551,99 +317,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     diffs = [a["max_abs_diff"] for a in report["agreement"] if a["max_abs_diff"] is not None]
     print(f"max abs difference of probabilities across protocols: {max(diffs, default=None)}")
     write_report(report, render(report, args), args.out)
-
-
-def busy_rows(rows: list[dict[str, Any]]) -> list[str]:
-    """A sentence naming the rows during which something else used ``BUSY`` cores or more."""
-    busy = [f"{r['protocol']} at {r['clients']}" for r in rows if r["other_cores"] >= BUSY]
-    if not busy:
-        return []
-    return [f"Something else ran during {', '.join(busy)} (other cores ≥ {BUSY}).", ""]
-
-
-def render(report: dict[str, Any], args: argparse.Namespace) -> str:
-    """The markdown report."""
-    env = report["environment"]
-    about = (
-        f"{report['started']}, {env['cpus']} cores, {env['pinning']} (server on CPUs"
-        f" {env['server_cpus']}, load generator on {env['client_cpus']}), runtime"
-        f" {env.get('runtime')}, model {args.model_dir.name}, service defaults plus"
-        f" CATDOG_GRPC_ADDRESS, one server process for every row; {env['photos']} photos from"
-        f" {', '.join(env['photo_sources'])}, the same list for every protocol. Load:"
-        f" {args.warmup:g} s warm-up then {args.duration:g} s measured per row, each client on"
-        f" its own connection. Load average at start {env['loadavg_start']}, at end"
-        f" {env['loadavg_end']}; server peak RSS {report.get('peak_rss_mb')} MB. {args.note}"
-    ).strip()
-    load_columns = [
-        ("protocol", "protocol"),
-        ("clients", "clients"),
-        ("answers/s", "rps"),
-        ("p50 ms", "p50"),
-        ("p99 ms", "p99"),
-        ("answered", "ok"),
-        ("errors", "other"),
-        ("request kB", "body_kb"),
-        ("mean batch", "mean_batch"),
-        ("server CPU ms/image", "server_cpu_ms"),
-        ("server cores", "server_cores"),
-        ("client cores", "client_cores"),
-        ("other cores", "other_cores"),
-    ]
-    batch_columns = [
-        ("protocol", "protocol"),
-        ("input", "kind"),
-        ("images/request", "images"),
-        ("payload MB", "payload_mb"),
-        ("median ms", "median"),
-        ("p90 ms", "p90"),
-        ("images/s at median", "images_per_s"),
-        ("requests", "requests"),
-        ("errors", "other"),
-    ]
-    agree_columns = [
-        ("form", "form"),
-        ("images/request", "images"),
-        ("answers compared", "answers"),
-        ("max abs difference", "max_abs_diff"),
-        ("labels differ", "labels_differ"),
-    ]
-    agree = [{**a, "max_abs_diff": f"{a['max_abs_diff']:.2e}"} for a in report["agreement"]]
-    body = [
-        "## Closed-loop load, one photo per request",
-        "",
-        "`grpc`: ModelInfer, `image_bytes` raw (tritonclient.grpc.aio); `rest-oip`: POST"
-        " /v2/models/catdog/infer, `image_bytes` as binary tensor data (tritonclient.http.aio);"
-        " `tfs-grpc`: TF Serving's Predict, `image_bytes` as DT_STRING (grpc.aio);"
-        " `predict`: POST /predict, multipart (httpx). CPU per image is the server's CPU over"
-        " the window ÷ images it classified; cores are CPU seconds ÷ wall time (`other` well"
-        " above 0: something else ran).",
-        "",
-        *table(report["load"], load_columns, text=("protocol", "other")),
-        "",
-        *busy_rows(report["load"]),
-        f"## Batches, one request at a time ({args.batch_requests} timed requests per row)",
-        "",
-        "The rows of one size take turns, request by request (the order reversed every other"
-        " turn). Payload: the tensor data (BYTES elements with their 4-byte lengths, or FP32"
-        " pixels); for TF Serving the whole message; for `/predict/batch` the multipart body."
-        " Cores used meanwhile (server,"
-        " load generator, other): "
-        + "; ".join(
-            f"{size} images: {c['server_cores']}, {c['client_cores']}, {c['other_cores']}"
-            for size, c in report["batch_cores"].items()
-        )
-        + ".",
-        "",
-        *table(report["batches"], batch_columns, text=("protocol", "kind", "other")),
-        "",
-        "## Agreement: every answer above against gRPC `image_bytes`, one photo per request",
-        "",
-        "Each photo sent once per protocol, one per request, plus every answer of the batches"
-        " (their two unmeasured requests too); `/predict` answers in JSON, the others float32.",
-        "",
-        *table(agree, agree_columns, text=("form",)),
-    ]
-    return markdown("gRPC (Open Inference Protocol, TF Serving) beside REST", report, about, body)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.runtimes_report import interleaved_markdown, label, markdown
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKETS = (1, 2, 4, 8, 16, 32)
@@ -237,20 +238,12 @@ def run(model: str, data: Path, rounds: int) -> list[dict[str, Any]]:
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 row["config"], row["round"], row["probabilities"] = i, round_, str(out)
                 results.append(row)
-                print(f"round {round_ + 1}/{rounds} {_label(config)}", file=sys.stderr)
+                print(f"round {round_ + 1}/{rounds} {label(config)}", file=sys.stderr)
         reference = np.load(results[0]["probabilities"])  # TensorFlow, 1 thread, round 1
         for row in results:
             row["max_abs_diff"] = float(np.max(np.abs(np.load(row["probabilities"]) - reference)))
             del row["probabilities"]
     return results
-
-
-def _label(config: dict[str, Any]) -> str:
-    name = "TF SavedModel signature" if config["runtime"] == "tensorflow" else "LiteRT"
-    batching = "" if config["runtime"] == "tensorflow" else f", {config['batching']}"
-    busy = f", {config['busy_cores']} other core busy" if config.get("busy_cores") else ""
-    threads = f"{config['threads']} thread{'s' if config['threads'] > 1 else ''}"
-    return f"{name}, {threads}{batching}{busy}"
 
 
 INTERLEAVED = [(1, None), (2, None), (1, BUCKETS), (2, BUCKETS)]  # (threads, buckets)
@@ -300,86 +293,6 @@ def interleaved(model: str, data: Path, blocks: int = 4) -> list[dict[str, Any]]
     ]
 
 
-def interleaved_markdown(rows: list[dict[str, Any]]) -> str:
-    """The in-process LiteRT comparison: median (best) per image."""
-    lines = [
-        "",
-        "## LiteRT threads and batch strategy, interleaved in one process",
-        "",
-        "Alternating blocks of calls (4 blocks; per block 25 calls at batch 1, 2 at batch 32, "
-        "the 16-batch mix once), so every configuration meets the same background load. "
-        "Median (best) per image. Buckets: 1/2/4/8/16/32, one interpreter each.",
-        "",
-        "| interpreter threads | batch strategy | batch 1 | batch 32, per image "
-        "| mixed 1-32, per image | interpreters |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['threads']} | {r['batching']} "
-            + "".join(
-                f"| {r[f'{k}_median_ms']:.2f} ms ({r[f'{k}_min_ms']:.2f}) "
-                for k in ("b1", "b32", "mix")
-            )
-            + f"| {r['interpreters']} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def markdown(results: list[dict[str, Any]], command: str, paused_pids: list[int]) -> str:
-    """The report: the command, the setting, one row per configuration (medians)."""
-    lines = [
-        "# Model runtimes: TensorFlow SavedModel signature vs LiteRT",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}, {os.cpu_count()} cores, "
-        f"ai-edge-litert {_version('ai-edge-litert')}, tensorflow {_version('tensorflow')}; "
-        f"medians of {max(r['round'] for r in results) + 1} rounds, each configuration in a "
-        "fresh process"
-        + (f"; training job {paused_pids} paused meanwhile." if paused_pids else "."),
-        "Batch 1: median of 40 calls; batch 32: median of 3 calls / 32; mixed: 16 batches "
-        "of seeded random sizes 1-32 after one warm-up pass over them, total time / images. "
-        "CPU: the process's CPU time (all its threads) over the same calls, which other "
-        "processes on the machine inflate less than wall time. "
-        "max |Δp|: 32 real test photos, against TensorFlow with 1 thread.",
-        "",
-        "| runtime | batch 1 | batch 32, per image | batch 32, CPU per image "
-        "| mixed 1-32, per image | mixed, CPU per image | import | load "
-        "| RSS after import + load | RSS after batch 32 | max \\|Δp\\| vs TF |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for i, config in enumerate(CONFIGS):
-        rows = [r for r in results if r["config"] == i]
-
-        def median(key: str, rows: list[dict[str, Any]] = rows) -> float:
-            return statistics.median(r[key] for r in rows)
-
-        worst = max(r["max_abs_diff"] for r in rows)
-        lines.append(
-            f"| {_label(config)} | {median('batch1_ms'):.2f} ms "
-            f"| {median('batch32_ms_per_image'):.2f} ms "
-            f"| {median('batch32_cpu_ms_per_image'):.2f} ms "
-            f"| {median('mixed_ms_per_image'):.2f} ms "
-            f"| {median('mixed_cpu_ms_per_image'):.2f} ms "
-            f"| {median('import_s'):.2f} s | {median('load_s'):.2f} s "
-            f"| {median('rss_loaded_mb'):.0f} MB | {median('rss_after_mb'):.0f} MB "
-            f"| {'—' if worst == 0 else f'{worst:.1g}'} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _version(package: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the table and write it (and the raw numbers as JSON)."""
     parser = argparse.ArgumentParser(prog="python -m bench.runtimes", description=__doc__)
@@ -400,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     with paused(args.pause) as pids:
         results = run(args.model, Path(args.data), args.rounds)
         rows = interleaved(args.model, Path(args.data))
-    report = markdown(results, ".venv/bin/" + command, pids) + interleaved_markdown(rows)
+    report = markdown(results, CONFIGS, ".venv/bin/" + command, pids) + interleaved_markdown(rows)
     print(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
