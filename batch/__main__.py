@@ -31,7 +31,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "default: the newest under CATDOG_MODEL_DIR (models/catdog)",
     )
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="default: %(default)s")
-    parser.add_argument("--batch-size", type=int, default=32, help="files per model call")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="files per model call (default: %(default)s)"
+    )
     parser.add_argument(
         "--concurrency", type=int, help="actors (one model each); default: one per Ray CPU"
     )

@@ -65,10 +65,10 @@ def row_schema(class_names: tuple[str, ...]) -> pa.Schema:
 class Classifier:
     """The callable class Ray Data runs in each actor of the pool (``map_batches``)."""
 
-    def __init__(
-        self, version_dir: str, runtime: str, source: Source, limits: Limits, batch_size: int
-    ) -> None:
-        self.model = load_version(Path(version_dir), runtime, threads=1, warm_up_batch=batch_size)
+    def __init__(self, version_dir: str, runtime: str, source: Source, limits: Limits) -> None:
+        # Warmed up at batch 1 only: the service's warm-up of every size up to the batch
+        # would cost seconds per actor; the first batch sizes the interpreter once.
+        self.model = load_version(Path(version_dir), runtime, threads=1)
         self.source = source
         self.limits = limits
         node = pa.field(NODE, pa.string())

@@ -35,7 +35,7 @@ from batch.source import Source, blocks, list_files, open_source
 from catdog.contract import ModelContract
 from catdog.runtimes import RUNTIMES, latest_version
 
-BLOCK_BATCHES = 4  # batches per block: a block is one task of an actor
+BLOCK_BATCHES = 16  # batches per block: a block is one task of an actor (128 files)
 ACTOR_START_TIMEOUT_S = 600  # for every actor of the pool to load its model
 
 
@@ -47,7 +47,7 @@ class JobOptions:
     output: str
     model: Path | None = None  # a version folder; None: the newest under models/catdog
     runtime: str = "auto"
-    batch_size: int = 32
+    batch_size: int = 8  # the service's max batch: 150 MB an interpreter, 32: 320
     concurrency: int | None = None  # actors; None: one per CPU of the cluster
     address: str | None = None  # a Ray cluster; None: RAY_ADDRESS, else embedded
     progress: bool = True
@@ -62,6 +62,13 @@ def model_folder(model: Path | None) -> Path:
     if model is not None and (model / "metadata.json").is_file():
         return model
     return latest_version(base)
+
+
+def block_rows(files: int, batch_size: int, actors: int) -> int:
+    """Files per block: ``BLOCK_BATCHES`` batches, fewer when that would leave an actor
+    without a few blocks of its own (a small job still uses every actor)."""
+    few = -(-files // (actors * 4))  # four blocks per actor, rounded up
+    return max(batch_size, min(batch_size * BLOCK_BATCHES, few))
 
 
 def start_ray(address: str | None) -> str:
@@ -112,7 +119,10 @@ def _classify(
     # Every actor is up before the first block is handed out: the work spreads over all of
     # them (and all nodes), not over the first to load its model.
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
-    rows = blocks(listing, options.batch_size * BLOCK_BATCHES)
+    # A block holds paths, not photos: sending it to the actor on the node that holds it
+    # (Ray Data's default) would keep every block on the driver's node.
+    context.execution_options.actor_locality_enabled = False
+    rows = blocks(listing, block_rows(len(listing), options.batch_size, concurrency))
     dataset = ray.data.from_arrow(rows).map_batches(
         Classifier,
         fn_constructor_kwargs={
@@ -120,7 +130,6 @@ def _classify(
             "runtime": options.runtime,
             "source": source,
             "limits": Limits.of_service(),
-            "batch_size": options.batch_size,
         },
         batch_size=options.batch_size,
         batch_format="pyarrow",

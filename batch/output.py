@@ -95,10 +95,13 @@ class Summary:
         self.nodes: Counter[str] = Counter()  # files per Ray node, when rows name it
         self.started = time.perf_counter()
         self.seconds = 0.0
+        self.first_row_s: float | None = None  # the actors' start and the first block
 
     def add(self, rows: pa.Table) -> None:
         """Count a table of output rows."""
         self.files += rows.num_rows
+        if self.first_row_s is None:
+            self.first_row_s = time.perf_counter() - self.started
         for error in rows.column("error").drop_null().to_pylist():
             self.errors[_kind(error)] += 1
         self.labels.update(rows.column("label").drop_null().to_pylist())
@@ -122,6 +125,7 @@ class Summary:
             "neither": self.neither,
             "files_by_node": dict(self.nodes.most_common()),
             "seconds": round(self.seconds, 2),
+            "first_row_s": None if self.first_row_s is None else round(self.first_row_s, 2),
             "files_per_s": round(self.files_per_s, 2),
         }
 

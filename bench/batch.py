@@ -1,0 +1,209 @@
+"""``python -m bench.batch``: the batch job against the service and the in-process limit.
+
+On ``--count`` photos of ``--source`` (half cats, half dogs, linked into
+``data/batch/photos-N``), one after the other, each while the others idle:
+
+1. the in-process limit: read + decode + model in one process, no Ray
+   (``bench.batch_measure.in_process_limit``, in a subprocess of its own);
+2. ``python -m batch`` with Ray embedded, on ``--small`` photos and on all of them
+   (peak RSS on both: it must not grow with the count);
+3. the same job through ``RAY_ADDRESS`` on a two-node cluster on this machine
+   (``bench.ray_cluster``, one CPU per node), with the files each node classified;
+4. the service (``python -m app``, its defaults) with ``--clients`` closed-loop
+   clients POSTing each photo once to ``/predict``;
+5. an empty Ray task and an empty actor call, for the estimate at 10 million files.
+
+Files/s of a job is its summary's (from the first block handed out to the last row
+written, actors' start included; ``first row s`` is that start plus the first
+block; ``files/s after it`` leaves it out); ``wall s`` adds starting Ray and
+listing the files. Peak RSS is the peak of the summed RSS of every process of the run
+(``TreeMemory``); the service's is the server's ``VmHWM``. Run it under
+``flock /tmp/catdog-heavy.lock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.batch_measure import TreeMemory, in_process_limit, ray_task_overhead, service_rate
+from bench.harness import ROOT, markdown, new_report, table, write_report
+from bench.ray_cluster import local_cluster
+
+DATA = ROOT / "data" / "batch"
+RUNS = ROOT / "runs" / "batch"
+
+
+def photo_folder(source: Path, count: int) -> Path:
+    """``data/batch/photos-<count>``: links to the first count/2 cats and dogs by number."""
+    folder = DATA / f"photos-{count}"
+    if folder.is_dir() and len(list(folder.iterdir())) == count:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for label in ("cat", "dog"):
+        for number in range(count // 2):
+            link = folder / f"{label}.{number}.jpg"
+            if not link.exists():
+                link.symlink_to((source / f"{label}.{number}.jpg").resolve())
+    return folder
+
+
+def run_job(
+    folder: Path, name: str, env: dict[str, str], others: list[int], batch: int
+) -> dict[str, Any]:
+    """``python -m batch`` on ``folder`` as its own process: its summary, wall time, peak RSS
+    of it and its descendants plus the ``others`` process trees (a cluster's nodes)."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    out, summary = RUNS / f"bench-{name}.parquet", RUNS / f"bench-{name}.json"
+    command = [sys.executable, "-m", "batch", str(folder), "--output", str(out)]
+    command += ["--no-progress", "--summary-json", str(summary), "--batch-size", str(batch)]
+    started = time.perf_counter()
+    with open(RUNS / f"bench-{name}.log", "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+        with TreeMemory([process.pid, *others]) as memory:
+            code = process.wait()
+    if code != 0:
+        raise RuntimeError(f"{name}: python -m batch exited {code}; see {log.name}")
+    result = json.loads(summary.read_text())
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    classifying = result["seconds"] - (result["first_row_s"] or 0.0)
+    result["steady_files_per_s"] = round(result["files"] / classifying, 1) if classifying else None
+    result["peak_rss_mb"] = round(memory.peak_mb, 1)
+    print(f"  {name}: {result['files_per_s']} files/s, {result['peak_rss_mb']} MB", flush=True)
+    return result
+
+
+def limit_subprocess(model: Path, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``in_process_limit`` in a fresh process (its own peak RSS)."""
+    out = RUNS / "bench-limit.json"
+    command = [sys.executable, "-m", "bench.batch", "--limit-only", str(out)]
+    command += ["--model", str(model), "--batch-size", str(args.batch_size), str(folder)]
+    subprocess.run(command, cwd=ROOT, check=True)
+    return json.loads(out.read_text())
+
+
+def estimate(per_core: float, task_ms: float, block: int, cores: int) -> list[str]:
+    """Hours for 10 million files on N nodes of ``cores`` cores at the measured per-core rate,
+    plus one Ray task's overhead per block of ``block`` files (spread over the cores)."""
+    files = 10_000_000
+    lines = ["| nodes | cores | classifying h | Ray task overhead s | total h |", "|---:" * 5 + "|"]
+    for nodes in (1, 2, 4, 8, 16, 32):
+        total_cores = nodes * cores
+        compute_s = files / (per_core * total_cores)
+        overhead_s = files / block * task_ms / 1000 / total_cores
+        hours = (compute_s + overhead_s) / 3600
+        lines.append(
+            f"| {nodes} | {total_cores} | {compute_s / 3600:.2f} | {overhead_s:.1f} | {hours:.2f} |"
+        )
+    return lines
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement, in order; the report."""
+    from batch.job import block_rows, model_folder
+
+    model = model_folder(args.model).resolve()
+    folder, small = photo_folder(args.source, args.count), photo_folder(args.source, args.small)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "CATDOG_"))}
+    report = new_report("bench.batch", sys.argv[1:], files=args.count)
+    report["model"] = str(model)
+    print("in-process limit", flush=True)
+    report["limit"] = limit_subprocess(model, folder, args)
+    print(f"  {report['limit']}", flush=True)
+    print("batch job, embedded", flush=True)
+    report["embedded_small"] = run_job(small, f"embedded-{args.small}", env, [], args.batch_size)
+    report["embedded"] = run_job(folder, f"embedded-{args.count}", env, [], args.batch_size)
+    print("batch job, two-node cluster", flush=True)
+    with local_cluster(nodes=2, cpus=1) as cluster:
+        nodes = [p.pid for p in cluster.processes]
+        cluster_env = {**env, **cluster.env}
+        report["cluster"] = run_job(
+            folder, f"cluster-{args.count}", cluster_env, nodes, args.batch_size
+        )
+    print(f"service, {args.clients} clients", flush=True)
+    files = sorted(folder.iterdir())
+    report["service"] = service_rate(model.parent, files, args.clients)
+    print(f"  {report['service']}", flush=True)
+    report["ray_overhead"] = ray_task_overhead()
+    report["block_files"] = block_rows(args.count, args.batch_size, 2)
+    return report
+
+
+def render(report: dict[str, Any], args: argparse.Namespace) -> str:
+    """The markdown report."""
+    limit, embedded = report["limit"], report["embedded"]
+    rows = [
+        {"run": f"batch job, embedded ({args.small} files)", **report["embedded_small"]},
+        {"run": "batch job, embedded", **embedded},
+        {"run": "batch job, two-node cluster on this machine", **report["cluster"]},
+        {"run": f"the service at {args.clients} clients", **report["service"]},
+        {"run": f"decode + model in one process, no Ray ({limit['layout']})", **limit},
+    ]
+    columns = [("run", "run"), ("files/s", "files_per_s"), ("first row s", "first_row_s")]
+    columns += [("files/s after it", "steady_files_per_s"), ("wall s", "wall_s")]
+    columns += [("peak RSS MB", "peak_rss_mb")]
+    cores = report["environment"]["cpus"]
+    per_core = (embedded["steady_files_per_s"] or embedded["files_per_s"]) / cores
+    overhead = report["ray_overhead"]
+    of_limit = embedded["files_per_s"] / limit["files_per_s"]
+    of_service = embedded["files_per_s"] / report["service"]["files_per_s"]
+    body = [
+        *table(rows, columns, text=("run",)),
+        "",
+        f"- Embedded job / in-process limit: **{of_limit:.0%}** (limit layouts: "
+        f"{limit['layouts']}).",
+        f"- Embedded job / service req/s: **{of_service:.2f}×** (service statuses: "
+        f"{report['service']['statuses']}).",
+        f"- Files per node on the cluster: {report['cluster']['files_by_node']}.",
+        f"- Errors by reason (embedded): {embedded['errors_by_reason'] or 'none'}.",
+        f"- An empty Ray task: {overhead['task_ms']} ms; an empty actor call: "
+        f"{overhead['actor_call_ms']} ms; a block is {report['block_files']} files.",
+        "",
+        f"10 million files at the embedded job's {per_core:.1f} files/s per core after its "
+        f"first row and {overhead['task_ms']} ms of Ray overhead per block, on N nodes of "
+        f"{cores} cores (listing, Ray's start and the model's load left out):",
+        "",
+        *estimate(per_core, overhead["task_ms"], report["block_files"], cores),
+    ]
+    about = (
+        f"{args.count} photos of `{args.source}`; model `{report['model']}`; "
+        f"{cores} cores; one run at a time, under the heavy lock."
+    )
+    return markdown("The batch job on Ray Data", report, about, body)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench.batch", description=__doc__)
+    parser.add_argument("--source", type=Path, default=ROOT / "data" / "raw" / "train")
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--small", type=int, default=2_000)
+    parser.add_argument("--model", type=Path, help="default: the newest under models/catdog")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "batch.md")
+    parser.add_argument("--limit-only", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("folder", nargs="?", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    """Run the benchmark (or, with ``--limit-only``, the in-process limit alone)."""
+    args = parse()
+    if args.limit_only:
+        files = sorted(args.folder.iterdir())
+        result = in_process_limit(args.model, files, args.batch_size, os.cpu_count() or 1)
+        args.limit_only.write_text(json.dumps(result))
+        return
+    report = run(args)
+    write_report(report, render(report, args), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The measurements of ``bench.batch``: a process tree's peak memory, the in-process
+limit (decode + model, no Ray), the service under closed-loop clients, Ray's
+per-task overhead.
+
+``TreeMemory`` samples, every 0.2 s, the resident memory of some root processes
+and all their descendants (``/proc``) and keeps the peak of the sum: the batch job
+is a driver plus Ray's own processes and workers, so one process's ``VmHWM``
+would miss most of it. Pages of Ray's shared-memory object store count in each
+process that maps them, so the sum can count them more than once: an upper bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.harness import CACHE, memory_mb, proc_status_kb, uvicorn_server
+
+SAMPLE_S = 0.2
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(entry.path, "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def tree_rss_mb(roots: list[int]) -> float:
+    """Resident memory of ``roots`` and all their descendants now, in MB (10^6 bytes)."""
+    tree, seen, todo = _children(), set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo.extend(tree.get(pid, []))
+    kb = sum(proc_status_kb(pid, "VmRSS") or 0 for pid in seen)
+    return kb * 1024 / 1e6
+
+
+class TreeMemory:
+    """The peak, over time, of the summed RSS of some process trees (a sampling thread)."""
+
+    def __init__(self, roots: list[int]) -> None:
+        self.roots = roots
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(self.roots))
+            self._stop.wait(SAMPLE_S)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------- the in-process limit
+
+
+def _batches(files: list[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(files), size):
+        yield files[start : start + size]
+
+
+def in_process_limit(model: Path, files: list[Path], batch: int, workers: int) -> dict[str, Any]:
+    """Files/s of read + decode + model in this process, no Ray, the best of two layouts:
+
+    * ``threads``: ``workers`` threads, each with its own one-thread interpreter, each
+      reading, decoding and classifying whole batches (the actors' layout, as threads);
+    * ``pipelined``: a pool of ``workers`` decoding threads feeding one interpreter with
+      ``workers`` threads, the next batch decoding while the model runs this one.
+    """
+    from catdog.preprocessing import ImageError, preprocess
+    from catdog.runtimes import load_model
+
+    size = load_model(model, "auto", 1).contract.image_size
+
+    def decode(path: Path) -> np.ndarray | None:
+        try:
+            return preprocess(path.read_bytes(), size)
+        except ImageError:
+            return None
+
+    results = {}
+    runtimes = [load_model(model, "auto", 1) for _ in range(workers)]
+    chunks = list(_batches(files, batch))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        todo = iter(chunks)
+        lock = threading.Lock()
+
+        def worker(runtime: Any) -> None:
+            while True:
+                with lock:
+                    chunk = next(todo, None)
+                if chunk is None:
+                    return
+                _infer(runtime, [decode(p) for p in chunk])
+
+        list(pool.map(worker, runtimes))
+    results["threads"] = len(files) / (time.perf_counter() - started)
+
+    runtime = load_model(model, "auto", workers)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as decoders, ThreadPoolExecutor(1) as ahead:
+        pending = None
+        for chunk in chunks:
+            following = ahead.submit(lambda c=chunk: list(decoders.map(decode, c)))
+            if pending is not None:
+                _infer(runtime, pending.result())
+            pending = following
+        if pending is not None:
+            _infer(runtime, pending.result())
+    results["pipelined"] = len(files) / (time.perf_counter() - started)
+    best = max(results, key=results.get)  # type: ignore[arg-type]
+    return {
+        "files_per_s": round(results[best], 1),
+        "layout": best,
+        "layouts": {k: round(v, 1) for k, v in results.items()},
+        "peak_rss_mb": round((proc_status_kb(os.getpid(), "VmHWM") or 0) * 1024 / 1e6, 1),
+    }
+
+
+def _infer(runtime: Any, pixels: list[np.ndarray | None]) -> None:
+    good = [p for p in pixels if p is not None]
+    if good:
+        runtime.infer(np.stack(good))
+
+
+# ---------------------------------------------------------------- the service
+
+
+async def _clients(url: str, files: list[Path], clients: int) -> dict[str, int]:
+    todo = iter(files)
+    statuses: dict[str, int] = {}
+
+    async def client() -> None:
+        async with httpx.AsyncClient(timeout=120.0) as http:
+            for path in todo:
+                response = await http.post(
+                    f"{url}/predict", files={"file": (path.name, path.read_bytes(), "image/jpeg")}
+                )
+                key = str(response.status_code)
+                statuses[key] = statuses.get(key, 0) + 1
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return statuses
+
+
+def service_rate(model_dir: Path, files: list[Path], clients: int) -> dict[str, Any]:
+    """Each file POSTed once to ``/predict`` of a real service (its defaults), by ``clients``
+    closed-loop clients in this process: req/s and the server's peak RSS."""
+    log = CACHE / "logs" / "batch-service.log"
+    with uvicorn_server(model_dir, log) as server:
+        started = time.perf_counter()
+        statuses = asyncio.run(_clients(server.url, files, clients))
+        seconds = time.perf_counter() - started
+        memory = memory_mb(server.process.pid)
+    return {
+        "files_per_s": round(len(files) / seconds, 1),
+        "seconds": round(seconds, 1),
+        "statuses": statuses,
+        "peak_rss_mb": round(memory["VmHWM"], 1),
+        "clients": clients,
+    }
+
+
+# ---------------------------------------------------------------- Ray's overhead
+
+
+def ray_task_overhead(tasks: int = 2000) -> dict[str, float]:
+    """Milliseconds of one empty Ray task (submitted in bulk, then awaited) and one empty
+    actor call, on an embedded Ray: the per-task cost of the paper estimate."""
+    import ray
+
+    ray.init(include_dashboard=False, logging_level="WARNING")
+    try:
+
+        @ray.remote
+        def nothing() -> None:
+            return None
+
+        @ray.remote
+        class Echo:
+            def call(self) -> None:
+                return None
+
+        ray.get([nothing.remote() for _ in range(100)])  # workers started
+        started = time.perf_counter()
+        ray.get([nothing.remote() for _ in range(tasks)])
+        task_ms = (time.perf_counter() - started) / tasks * 1000
+        actor = Echo.remote()
+        ray.get(actor.call.remote())
+        started = time.perf_counter()
+        ray.get([actor.call.remote() for _ in range(tasks)])
+        call_ms = (time.perf_counter() - started) / tasks * 1000
+    finally:
+        ray.shutdown()
+    return {"task_ms": round(task_ms, 3), "actor_call_ms": round(call_ms, 3)}
