@@ -143,7 +143,7 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         {"run": "batch job, embedded", **embedded},
         {"run": "batch job, two-node cluster on this machine", **report["cluster"]},
         {"run": f"the service at {args.clients} clients", **report["service"]},
-        {"run": f"decode + model in one process, no Ray ({limit['layout']})", **limit},
+        {"run": "decode + model in one process, no Ray", **limit},
     ]
     columns = [("run", "run"), ("files/s", "files_per_s"), ("first row s", "first_row_s")]
     columns += [("files/s after it", "steady_files_per_s"), ("wall s", "wall_s")]
@@ -156,8 +156,7 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
     body = [
         *table(rows, columns, text=("run",)),
         "",
-        f"- Embedded job / in-process limit: **{of_limit:.0%}** (limit layouts: "
-        f"{limit['layouts']}).",
+        f"- Embedded job / in-process limit: **{of_limit:.0%}**.",
         f"- Embedded job / service req/s: **{of_service:.2f}×** (service statuses: "
         f"{report['service']['statuses']}).",
         f"- Files per node on the cluster: {report['cluster']['files_by_node']}.",
