@@ -80,3 +80,22 @@ HEALTHCHECK NONE
 USER catdog
 ENTRYPOINT ["python", "-m", "training"]
 CMD ["--help"]
+
+# ---- batch image: LiteRT + Ray + the batch job (deploy/k8s/jobs/batch-rayjob.yaml) --
+# KubeRay starts `ray start` in it as the head and the workers; the job runs
+# `python -m batch` on the head (docs/batch.md).
+FROM deps-cpu AS deps-batch
+COPY requirements.lock /tmp/
+RUN /opt/venv/bin/pip install -c /tmp/requirements.lock "ray[data]" tqdm
+
+FROM runtime AS batch
+COPY --from=deps-batch /opt/venv /opt/venv
+ENV CATDOG_RUNTIME=litert
+COPY catdog ./catdog
+COPY app ./app
+COPY batch ./batch
+COPY models/catdog /models/catdog
+HEALTHCHECK NONE
+USER catdog
+ENTRYPOINT ["python", "-m", "batch"]
+CMD ["--help"]

@@ -9,7 +9,8 @@ so a misspelt field fails. Wherever a custom resource embeds a Kubernetes object
 Kubernetes schema of the same version kubernetes-validate ships.
 
 Kinds: KServe ``InferenceService`` (serving.kserve.io/v1beta1, custom predictor),
-Kubeflow Training Operator ``TFJob`` (kubeflow.org/v1), Prometheus Operator
+Kubeflow Training Operator ``TFJob`` (kubeflow.org/v1), KubeRay ``RayJob``
+(ray.io/v1, with the RayCluster it creates), Prometheus Operator
 ``ServiceMonitor`` and ``PodMonitor`` (monitoring.coreos.com/v1).
 """
 
@@ -196,6 +197,48 @@ TFJOB = _resource(
     "Kubeflow TFJob kubeflow.org/v1",
 )
 
+# ---------------------------------------------------------------- KubeRay
+
+TEMPLATE = k8s("io.k8s.api.core.v1.PodTemplateSpec")
+_GROUP = {"rayStartParams": STRING_MAP, "template": TEMPLATE}
+_WORKERS = {"groupName": {"type": "string", "minLength": 1}, "idleTimeoutSeconds": COUNT}
+_WORKERS.update({k: COUNT for k in ("replicas", "minReplicas", "maxReplicas", "numOfHosts")})
+RAY_CLUSTER_SPEC = _object(
+    {
+        "rayVersion": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+\.[0-9]+$"},
+        "enableInTreeAutoscaling": {"type": "boolean"},
+        "headGroupSpec": _object(
+            {**_GROUP, "serviceType": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}},
+            ("template",),
+        ),
+        "workerGroupSpecs": {
+            "type": "array",
+            "items": _object({**_GROUP, **_WORKERS}, ("groupName", "template")),
+        },
+    },
+    ("headGroupSpec",),
+)
+_RAY_JOB_SPEC = {
+    "entrypoint": {"type": "string", "minLength": 1},
+    "runtimeEnvYAML": {"type": "string"},
+    "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode"]},
+    "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
+    "rayClusterSpec": RAY_CLUSTER_SPEC,
+    "clusterSelector": STRING_MAP,
+    "submitterPodTemplate": TEMPLATE,
+    "submitterConfig": _object({"backoffLimit": COUNT}),
+    "entrypointNumCpus": {"type": "number", "minimum": 0},
+    **{k: {"type": "boolean"} for k in ("shutdownAfterJobFinishes", "suspend")},
+    **{k: COUNT for k in ("ttlSecondsAfterFinished", "backoffLimit")},
+}
+ONE_CLUSTER = [{"required": [k]} for k in ("rayClusterSpec", "clusterSelector")]
+RAY_JOB = _resource(
+    "ray.io/v1",
+    "RayJob",
+    {**_object(_RAY_JOB_SPEC), "oneOf": ONE_CLUSTER},
+    "KubeRay RayJob ray.io/v1",
+)
+
 # ---------------------------------------------------------------- Prometheus Operator
 
 _SCRAPE = {
@@ -313,6 +356,7 @@ PROMETHEUS_RULE = _resource(
 SCHEMAS: dict[str, Doc] = {
     "InferenceService": INFERENCE_SERVICE,
     "TFJob": TFJOB,
+    "RayJob": RAY_JOB,
     "ServiceMonitor": SERVICE_MONITOR,
     "PodMonitor": POD_MONITOR,
     "PrometheusRule": PROMETHEUS_RULE,

@@ -128,6 +128,14 @@ def pod_specs(doc: Doc) -> Iterator[tuple[str, Doc]]:
     elif kind == "TFJob":
         for replica, replica_spec in spec["tfReplicaSpecs"].items():
             yield replica, replica_spec["template"]["spec"]
+    elif kind == "RayJob":
+        cluster = spec.get("rayClusterSpec", {})
+        if "headGroupSpec" in cluster:
+            yield "head", cluster["headGroupSpec"]["template"]["spec"]
+        for group in cluster.get("workerGroupSpecs", []):
+            yield group["groupName"], group["template"]["spec"]
+        if "submitterPodTemplate" in spec:
+            yield "submitter", spec["submitterPodTemplate"]["spec"]
 
 
 def containers(pod: Doc, init: bool = True) -> list[Doc]:
