@@ -192,9 +192,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the benchmark (or, with ``--limit-only``, the in-process limit alone)."""
-    args = parse()
+    args = parse(argv)
     if args.limit_only:
         files = sorted(args.folder.iterdir())
         result = in_process_limit(args.model, files, args.batch_size, os.cpu_count() or 1)
