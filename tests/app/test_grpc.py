@@ -1,8 +1,8 @@
 """The Open Inference Protocol over gRPC (``app/api/grpc_server.py``).
 
 Against a real uvicorn process serving gRPC beside REST, driven by tritonclient.grpc:
-health, metadata, readiness, and every answer compared with ``/predict`` for the same
-image (<= 1e-6). In-process (the gRPC server runs on the test's event loop, so the
+health, metadata, readiness, versions (that each input form answers what ``/predict``
+answers: test_answers.py). In-process (the gRPC server runs on the test's event loop, so the
 admission can be filled and a call held), with this service's own messages: contents
 against raw bytes, malformed messages, overload, the client's share, a cancelled call,
 metrics, and a port already taken.
@@ -103,24 +103,6 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
         client.get_model_metadata("catdog", "7")
     assert error.value.status() == "StatusCode.NOT_FOUND"
     assert "no version '7'" in error.value.message()
-
-
-def test_infer_bytes_equals_predict(client: triton.InferenceServerClient, server: Server) -> None:
-    files = images(3)
-    result = client.infer("catdog", [bytes_input(files)])
-    probabilities = result.as_numpy("probabilities")
-    assert probabilities.dtype == np.float32 and probabilities.shape == (3, 2)
-    np.testing.assert_allclose(probabilities, predicted(server.url, files), atol=TOLERANCE)
-    assert result.get_response().model_version == "2"
-
-
-def test_infer_fp32_equals_predict(client: triton.InferenceServerClient, server: Server) -> None:
-    files = images(2)
-    result = client.infer("catdog", [fp32_input(pixels(files))], request_id="r-7")
-    np.testing.assert_allclose(
-        result.as_numpy("probabilities"), predicted(server.url, files), atol=TOLERANCE
-    )
-    assert result.get_response().id == "r-7"
 
 
 def test_explicit_version(client: triton.InferenceServerClient) -> None:

@@ -1,9 +1,8 @@
 """TF Serving's REST API with plain httpx against a real uvicorn process.
 
-Every form of ``:predict`` (rows and columns, images as ``{"b64": ...}`` or pixels)
-and ``:classify`` answers ``/predict``'s probabilities for the same image (<= 1e-6);
 ``GET /v1/models/{name}`` is both TF Serving's status and this service's model info;
-versions answer by URL, unknown ones 404 in TF Serving's shape.
+versions answer by URL, unknown ones 404 in TF Serving's shape (that every form of
+``:predict`` and ``:classify`` answers what ``/predict`` answers: test_answers.py).
 """
 
 from __future__ import annotations
@@ -21,11 +20,8 @@ import pytest
 from servicekit import Server, value
 from tests import images as test_images
 from tests.app.protocols import (
-    CLASSES,
     TOLERANCE,
     images,
-    pixels,
-    predicted,
     protocol_server,
     two_versions,
 )
@@ -104,49 +100,6 @@ def test_metadata(http: httpx.Client) -> None:
         "probabilities": ("DT_FLOAT", [-1, 2]),
     }
     assert http.get("/v1/models/catdog/versions/1/metadata").json()["model_spec"]["version"] == "1"
-
-
-def test_every_predict_form_equals_predict(http: httpx.Client, server: Server) -> None:
-    files = images(3)
-    expected = predicted(server.url, files)
-    tensor = pixels(files).tolist()
-    requests = {
-        "rows of b64": ({"instances": [b64(f) for f in files]}, "predictions"),
-        "rows naming the input": (
-            {"instances": [{"image_bytes": b64(f)} for f in files]},
-            "predictions",
-        ),
-        "rows of pixels": ({"instances": tensor}, "predictions"),
-        "columns of b64": ({"inputs": [b64(f) for f in files]}, "outputs"),
-        "columns naming the input": (
-            {"inputs": {"image_bytes": [b64(f) for f in files]}},
-            "outputs",
-        ),
-        "columns of pixels": (
-            {"inputs": {"images": tensor}, "signature_name": "serving_default"},
-            "outputs",
-        ),
-    }
-    for case, (body, key) in requests.items():
-        response = http.post("/v1/models/catdog:predict", json=body)
-        assert response.status_code == 200, (case, response.text)
-        assert list(response.json()) == [key], case
-        np.testing.assert_allclose(response.json()[key], expected, atol=TOLERANCE, err_msg=case)
-
-
-def test_classify_equals_predict(http: httpx.Client, server: Server) -> None:
-    files = images(2)
-    features = {"caption": "pet", "score": 0.5, "count": 3, "weights": [0.5, 1.5]}
-    body = {
-        "context": {"w": 1.0},
-        "examples": [{"image_bytes": b64(f), **features} for f in files],
-    }
-    response = http.post("/v1/models/catdog:classify", json=body)
-    assert response.status_code == 200, response.text
-    result = response.json()["result"]
-    for pairs, probabilities in zip(result, predicted(server.url, files)):
-        assert [label for label, _ in pairs] == list(CLASSES)
-        np.testing.assert_allclose([s for _, s in pairs], probabilities, atol=TOLERANCE)
 
 
 def test_explicit_version_equals_the_other_protocol(http: httpx.Client) -> None:

@@ -1,8 +1,7 @@
 """Open Inference Protocol v2, driven by tritonclient against a real uvicorn process.
 
-Every answer is compared with ``/predict`` for the same image (<= 1e-6): encoded
-images as BYTES (base64 in JSON, or binary tensor data), pixels as FP32 (JSON or
-binary), answers in JSON or binary, the classification extension, explicit versions.
+Health, metadata, answers in JSON or binary, the classification extension, explicit
+versions (that each input form answers what ``/predict`` answers: test_answers.py).
 Overload and bad input are checked in-process, where the admission can be filled.
 """
 
@@ -28,7 +27,6 @@ from tests.app.protocols import (
     CLASSES,
     TOLERANCE,
     images,
-    pixels,
     predicted,
     protocol_server,
     two_versions,
@@ -88,39 +86,6 @@ def test_model_metadata(client: triton.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as error:
         client.get_model_metadata("catdog", "7")
     assert error.value.status() == "404" and "no version '7'" in error.value.message()
-
-
-@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_infer_bytes_equals_predict(
-    client: triton.InferenceServerClient, server: Server, binary: bool
-) -> None:
-    files = images(3)
-    result = client.infer(
-        "catdog",
-        [bytes_input(files, binary)],
-        outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary)],
-    )
-    output = result.get_output("probabilities")
-    assert ("parameters" in output) == binary  # binary_data_size only with binary data
-    probabilities = result.as_numpy("probabilities")
-    assert probabilities.dtype == np.float32 and probabilities.shape == (3, 2)
-    np.testing.assert_allclose(probabilities, predicted(server.url, files), atol=TOLERANCE)
-    assert result.get_response()["model_version"] == "2"
-
-
-@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_infer_fp32_equals_predict(
-    client: triton.InferenceServerClient, server: Server, binary: bool
-) -> None:
-    files = images(2)
-    result = client.infer(
-        "catdog",
-        [fp32_input(pixels(files), binary)],
-        outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary)],
-    )
-    np.testing.assert_allclose(
-        result.as_numpy("probabilities"), predicted(server.url, files), atol=TOLERANCE
-    )
 
 
 def test_outputs_not_named_come_back_binary(client: triton.InferenceServerClient) -> None:
