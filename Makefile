@@ -42,10 +42,11 @@ serve: install  ## serve the bundled model on :8000 (python -m app: the hardened
 train: install-train  ## set up training: then .venv/bin/python -m training --help
 	$(BIN)/python -m training --help
 
-test: install-test  ## lint, then run every test
+# Two workers, a module's tests on one of them (its shared server starts once).
+test: install-test  ## lint, then run every test (two workers)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 lint: install-test  ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
