@@ -1,9 +1,10 @@
 """The try-it page at ``GET /``: its HTML in-process, then a real headless Chromium using it.
 
 The browser test runs the service (``python -m app``) on the tiny model and drives Chromium
-through chromedriver (``tests/app/browser.py``): upload a reddish JPEG through the file
-input, a bluish one by a synthetic drop, and a text file named ``.jpg``, reading what the
-page shows each time. Without Chromium it skips, except under ``CI`` where it fails.
+through Selenium 4 and Debian's chromedriver (``tests/app/browser.py``): upload a reddish
+JPEG through the file input, a bluish one by a synthetic drop, and a text file named
+``.jpg``, reading what the page shows each time. Without Chromium it skips, except under
+``CI`` where it fails.
 
 Set ``PAGE_SCREENSHOT=/some/file.png`` to keep a screenshot of the page showing a result.
 """
@@ -24,6 +25,11 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
 from starlette.routing import Match
 
 from app.api.routes import page
@@ -209,14 +215,21 @@ def page_server(model_dir: Path, log_path: Path) -> Iterator[Server]:
         yield server
 
 
-def wait_for_state(browser: wd.Browser, wanted: str, timeout: float = 30.0) -> None:
+def find(browser: WebDriver, css: str) -> WebElement:
+    """The first element matching ``css``."""
+    return browser.find_element(By.CSS_SELECTOR, css)
+
+
+def wait_for_state(browser: WebDriver, wanted: str, timeout: float = 30.0) -> None:
     """Wait until the page's status says ``wanted`` (``done`` or ``error``)."""
-    status = browser.find("#status")
+    status = find(browser, "#status")
     try:
-        browser.wait_for(lambda: browser.attribute(status, "data-state") == wanted, timeout)
-    except AssertionError as exc:
-        state = browser.attribute(status, "data-state")
-        shown = browser.execute("return document.querySelector('main').innerText;")
+        WebDriverWait(browser, timeout).until(
+            lambda _: status.get_attribute("data-state") == wanted
+        )
+    except TimeoutException as exc:
+        state = status.get_attribute("data-state")
+        shown = browser.execute_script("return document.querySelector('main').innerText;")
         raise AssertionError(f"page state {state!r}, not {wanted!r}; it shows:\n{shown}") from exc
 
 
@@ -244,29 +257,31 @@ def test_a_real_browser_classifies_uploads_and_shows_errors(
         wd.chromium(tmp_path / "chromium") as browser,
     ):
         browser.get(f"{server.url}/")
-        assert "cat or dog" in browser.title().lower()
-        file_input = browser.find("input[type=file]")
+        assert "cat or dog" in browser.title.lower()
+        file_input = find(browser, "input[type=file]")
 
         # 1. A reddish JPEG through the file input: a cat, with both probabilities.
-        browser.send_keys(file_input, str(cat))
+        file_input.send_keys(str(cat))
         wait_for_state(browser, "done")
-        result = browser.text(browser.find("#result"))
-        assert browser.text(browser.find("#label")).lower() == "cat", result
+        result = find(browser, "#result").text
+        assert find(browser, "#label").text.lower() == "cat", result
         assert "cat" in result and "dog" in result, result
         assert len(PERCENT.findall(result)) == 2, result
-        assert browser.text(browser.find("#version")) == "1"
-        assert browser.attribute(browser.find("#preview-img"), "alt") == "Preview of red cat.jpg"
-        assert browser.execute("return document.getElementById('preview-img').naturalWidth;") == 160
-        assert not browser.displayed(browser.find("#error"))
-        png = browser.screenshot()
+        assert find(browser, "#version").text == "1"
+        assert find(browser, "#preview-img").get_attribute("alt") == "Preview of red cat.jpg"
+        natural_width = "return document.getElementById('preview-img').naturalWidth;"
+        assert browser.execute_script(natural_width) == 160
+        assert not find(browser, "#error").is_displayed()
+        png = browser.get_screenshot_as_png()
         assert png.startswith(b"\x89PNG")
         (tmp_path / "page.png").write_bytes(png)
         if target := os.environ.get("PAGE_SCREENSHOT"):
             shutil.copyfile(tmp_path / "page.png", target)
 
         # 2. A bluish JPEG dropped onto the page: a dog.
-        browser.execute(DROP_SCRIPT, base64.b64encode(dog).decode(), "blue dog.jpg", "image/jpeg")
-        browser.wait_for(lambda: browser.text(browser.find("#label")).lower() == "dog")
+        dropped = base64.b64encode(dog).decode()
+        browser.execute_script(DROP_SCRIPT, dropped, "blue dog.jpg", "image/jpeg")
+        WebDriverWait(browser, 30).until(lambda b: find(b, "#label").text.lower() == "dog")
         wait_for_state(browser, "done")
 
         # 3. A text file named .jpg: the page shows the service's own error detail.
@@ -275,15 +290,15 @@ def test_a_real_browser_classifies_uploads_and_shows_errors(
         )
         assert expected.status_code == 415, expected.text
         detail = expected.json()["detail"]
-        browser.send_keys(file_input, str(fake))
+        file_input.send_keys(str(fake))
         wait_for_state(browser, "error")
-        error = browser.text(browser.find("#error"))
+        error = find(browser, "#error").text
         assert detail in error and "415" in error, (detail, error)
-        assert not browser.displayed(browser.find("#result"))
+        assert not find(browser, "#result").is_displayed()
 
         # The page only ever talked to this server, broke no rule of its Content-Security-Policy
         # and raised no JavaScript error (the 415 above is logged as a failed network load).
-        console = browser.console_log()
+        console = browser.get_log("browser")
         assert not [e for e in console if e.get("source") in ("security", "javascript")], console
         network = [e["message"] for e in console if e.get("source") == "network"]
         assert all(m.startswith(f"{server.url}/predict ") for m in network), network
