@@ -84,9 +84,9 @@ CMD ["--help"]
 # ---- batch image: LiteRT + Ray + the batch job (deploy/k8s/jobs/batch-rayjob.yaml) --
 # KubeRay starts `ray start` in it as the head and the workers; the job runs
 # `python -m batch` on the head (docs/batch.md).
-FROM deps-cpu AS deps-batch
-COPY requirements.lock /tmp/
-RUN /opt/venv/bin/pip install -c /tmp/requirements.lock "ray[data]" tqdm
+FROM deps AS deps-batch
+RUN /opt/venv/bin/pip install -c /tmp/catdog/requirements.lock "/tmp/catdog[batch]" \
+ && /opt/venv/bin/pip uninstall --yes catdog
 
 FROM runtime AS batch
 COPY --from=deps-batch /opt/venv /opt/venv
