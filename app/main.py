@@ -13,6 +13,7 @@ from app.core.config import Settings, get_settings
 from app.core.lifespan import lifespan
 from app.core.metrics import Metrics
 from app.core.service import InferenceService
+from app.ops.install import install
 
 _log = logging.getLogger("catdog")
 if not _log.handlers:  # uvicorn configures its own loggers; ours logs beside them
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_error_handlers(app)
     for module in (predict, health, models, metrics, page, v2, tfserving):
         app.include_router(module.router)
+    install(app)  # request ids, API keys, JSON logs, traces, payload log (app/ops)
     return app
 
 

@@ -71,6 +71,8 @@ def build_config(
         lifespan="on",
         access_log=access_log,
         log_level=log_level,
+        # JSON lines: app.ops.logs configures every logger itself (CATDOG_LOG_FORMAT).
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
     )
 

@@ -45,7 +45,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import grpc
@@ -362,7 +362,9 @@ class GrpcServer:
     that a full server receives no more.
     """
 
-    def __init__(self, service: InferenceService, version: str) -> None:
+    def __init__(
+        self, service: InferenceService, version: str, interceptors: Sequence[Any] = ()
+    ) -> None:
         self.service = service
         self.servicer = InferenceServicer(service, version)
         self.tfserving = TfServingServicer(service)
@@ -375,7 +377,8 @@ class GrpcServer:
         self._most_waiting = max(16, settings.max_connections // WAITING_SHARE)
         largest = body_limit(settings, "/inference.GRPCInferenceService/ModelInfer")
         self._server = grpc.aio.server(
-            interceptors=[self.gate],
+            # app.ops's first (trace spans, request ids, API keys): no key, no place in line
+            interceptors=[*interceptors, self.gate],
             options=[
                 ("grpc.max_receive_message_length", largest),
                 ("grpc.max_send_message_length", largest),

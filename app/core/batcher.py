@@ -23,10 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from app.core import observe
 from app.core.errors import ModelNotReadyError
 from app.core.metrics import Metrics
 
@@ -45,7 +46,25 @@ class _Item(Generic[Row]):
     model: BatchModel[Row]
     image: np.ndarray
     future: asyncio.Future[Row]
+    trace: Any = None  # the request's trace context when tracing is on (app.core.observe)
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _record_spans(items: list[_Item], started: float, call: float, done: float) -> None:
+    """Each traced image's wait in the queue and the model call it shared (with the batch
+    size), as spans of its own request."""
+    model = items[0].model
+    attributes = {
+        "catdog.batch_size": len(items),
+        "catdog.model_version": getattr(model, "version", ""),
+        "catdog.runtime": getattr(model, "runtime_name", ""),
+    }
+    call_ns, done_ns = observe.wall_ns(call), observe.wall_ns(done)
+    for item in items:
+        observe.record(
+            "queue wait", item.trace, observe.wall_ns(item.enqueued), observe.wall_ns(started)
+        )
+        observe.record("model call", item.trace, call_ns, done_ns, **attributes)
 
 
 def _stack_and_infer(model: BatchModel[Row], images: list[np.ndarray]) -> Sequence[Row]:
@@ -92,10 +111,11 @@ class Batcher:
                 item.future.set_exception(ModelNotReadyError("the service is stopping"))
         self._executor.shutdown(wait=True)
 
-    async def submit(self, model: BatchModel[Row], image: np.ndarray) -> Row:
-        """Queue one preprocessed image for ``model``; return its result."""
+    async def submit(self, model: BatchModel[Row], image: np.ndarray, trace: Any = None) -> Row:
+        """Queue one preprocessed image for ``model``; return its result. ``trace``: the
+        request's trace context, under which its queue-wait and model-call spans go."""
         future: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(model, image, future))
+        self._queue.put_nowait(_Item(model, image, future, trace))
         return await future
 
     def wait_limit(self) -> float:
@@ -138,6 +158,8 @@ class Batcher:
                 self.last_call = time.perf_counter() - t0
                 self.metrics.inference.observe(self.last_call)
                 self.metrics.batch_size.observe(len(items))
+                if observe.tracing():
+                    _record_spans(items, started, t0, t0 + self.last_call)
             except Exception as exc:  # a model failure fails these requests, not the worker
                 log.exception("inference failed for a batch of %d", len(items))
                 for item in items:

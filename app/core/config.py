@@ -139,6 +139,26 @@ class Settings(BaseSettings):
         "503 (gRPC: cancelled)",
     )
 
+    api_keys_file: Path | None = Field(
+        None,
+        description="file of API keys, one a line (or sha256:<hex>; # comments); set: "
+        "predictions and model metadata need Authorization: Bearer <key> (gRPC: the "
+        "authorization metadata); re-read on change",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="json: one JSON object per log line, access lines included (request id, "
+        "route, status, duration, model version, label)",
+    )
+    payload_log: str = Field(
+        "",
+        description="log one record per image (never its bytes) to a file (JSON lines) or an "
+        "http(s):// URL (CloudEvents); empty: off",
+    )
+    payload_log_rate: float = Field(
+        1.0, ge=0, le=1, description="share of images the payload log records (sampled)"
+    )
+
     @field_validator("image_formats", mode="before")
     @classmethod
     def _known_formats(cls, value: object) -> tuple[str, ...]:

@@ -19,6 +19,9 @@ from fastapi import FastAPI
 from app.api.grpc_server import GrpcServer
 from app.core.errors import ModelLoadError
 from app.core.service import InferenceService
+from app.ops.install import close as close_ops
+from app.ops.install import grpc_interceptors
+from app.ops.install import started as ops_started
 
 log = logging.getLogger("catdog")
 
@@ -27,6 +30,7 @@ log = logging.getLogger("catdog")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the model before serving (fail fast on a bad folder); drain on shutdown."""
     service: InferenceService = app.state.service
+    ops_started(app)
     try:
         await service.start()
     except ModelLoadError as exc:
@@ -35,7 +39,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.grpc = None
     try:
         if service.settings.grpc_address:
-            app.state.grpc = GrpcServer(service, app.version)
+            app.state.grpc = GrpcServer(service, app.version, grpc_interceptors(app))
             await app.state.grpc.start(service.settings.grpc_address)
         yield
     finally:
@@ -43,6 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.grpc is not None:
             await app.state.grpc.stop(service.settings.graceful_shutdown_s)
         await service.stop()
+        close_ops(app)
 
 
 def shutdown_started(app: FastAPI) -> None:

@@ -94,6 +94,26 @@ class Metrics:
             "1 while this replica answers /readyz with 200 (a model serving, not stopping)",
             registry=r,
         )
+        self.key_requests = Counter(
+            "catdog_key_requests",
+            "requests and gRPC calls accepted with an API key (CATDOG_API_KEYS_FILE), by key id"
+            " (the first 8 hex digits of the key's sha256)",
+            ["key_id"],
+            registry=r,
+        )
+        self.auth_refused = Counter(
+            "catdog_auth_refused",
+            "requests and gRPC calls refused for their API key: missing or invalid",
+            ["reason"],
+            registry=r,
+        )
+        self.payload_log = Counter(
+            "catdog_payload_log_records",
+            "payload log records (CATDOG_PAYLOAD_LOG) by result: written, dropped (the queue"
+            " was full) or failed (the sink refused them)",
+            ["result"],
+            registry=r,
+        )
         self.model_loads = Counter(
             "catdog_model_loads", "model version loads by result", ["result"], registry=r
         )

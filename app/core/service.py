@@ -24,13 +24,16 @@ import contextlib
 import functools
 import logging
 import os
+import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-from app.core import heap
+from app.core import heap, observe
 from app.core.admission import Admission, Ticket, Upload
 from app.core.batcher import Batcher
 from app.core.config import Settings
@@ -54,6 +57,14 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+class PayloadSink(Protocol):
+    """Where answered images go when the payload log is on (``app.ops.payload_log``)."""
+
+    def offer(
+        self, images: Sequence[bytes | memoryview | np.ndarray], answers: list[Any], seconds: float
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,8 @@ class InferenceService:
         self._decoders = ThreadPoolExecutor(self._decode_workers, thread_name_prefix="decode")
         self.offload = Offload(settings.json_parse_processes)
         self._watcher: asyncio.Task[None] | None = None
+        # app.ops.payload_log.PayloadLog when CATDOG_PAYLOAD_LOG is set (app.ops installs it)
+        self.payload_log: PayloadSink | None = None
         metrics.ready.set_function(lambda: float(self.ready))  # read at each scrape
 
     # ------------------------------------------------------------ lifecycle
@@ -196,7 +209,10 @@ class InferenceService:
         """Classify image files in order (bytes, or views of them inside a request body);
         ``ImageError`` (naming the file) for bad input."""
         model = self.model_for(version)
-        with self.admission.admit(len(images), upload) as ticket:
+        started = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            with observe.span("admission", **_attributes(model, len(images))):
+                ticket = stack.enter_context(self.admission.admit(len(images), upload))
             arrays = await asyncio.gather(
                 *(self._decode(model, data) for data in images), return_exceptions=True
             )
@@ -204,7 +220,10 @@ class InferenceService:
             results = await asyncio.gather(
                 *(self._predict(ticket, model, a) for a in arrays)  # type: ignore[arg-type]
             )
-        return [self._encode(model, r) for r in results]
+        answers = self._encode_all(model, results)
+        if self.payload_log is not None:
+            self.payload_log.offer(images, answers, time.perf_counter() - started)
+        return answers
 
     async def classify_tensor(
         self, pixels: np.ndarray, version: str | None = None, upload: Upload | None = None
@@ -212,33 +231,45 @@ class InferenceService:
         """Classify a float32 batch [N, H, W, 3] already scaled per the version's contract."""
         model = self.model_for(version)
         check_pixels(pixels, model.contract)
-        with self.admission.admit(len(pixels), upload) as ticket:
+        started = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            with observe.span("admission", **_attributes(model, len(pixels))):
+                ticket = stack.enter_context(self.admission.admit(len(pixels), upload))
             results = await asyncio.gather(*(self._predict(ticket, model, p) for p in pixels))
-        return [self._encode(model, r) for r in results]
+        answers = self._encode_all(model, results)
+        if self.payload_log is not None:
+            self.payload_log.offer(list(pixels), answers, time.perf_counter() - started)
+        return answers
 
     async def _decode(self, model: LoadedModel, data: bytes | memoryview) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._decoders,
-            functools.partial(
-                preprocess,
-                data,
-                model.contract.image_size,
-                max_pixels=self.settings.max_pixels,
-                gate=self.pixel_budget.hold,
-                formats=self.settings.image_formats,
-                max_pixels_per_byte=self.settings.max_pixels_per_byte,
-            ),
-        )
+        with observe.span("decode", **_attributes(model, 1)):
+            return await loop.run_in_executor(
+                self._decoders,
+                functools.partial(
+                    preprocess,
+                    data,
+                    model.contract.image_size,
+                    max_pixels=self.settings.max_pixels,
+                    gate=self.pixel_budget.hold,
+                    formats=self.settings.image_formats,
+                    max_pixels_per_byte=self.settings.max_pixels_per_byte,
+                ),
+            )
 
     async def _predict(self, ticket: Ticket, model: LoadedModel, image: np.ndarray) -> ImageResult:
         ticket.queued()
-        return await self.batcher.submit(model, image)
+        return await self.batcher.submit(model, image, observe.capture())
+
+    def _encode_all(self, model: LoadedModel, results: list[ImageResult]) -> list[Classification]:
+        with observe.span("encode", **_attributes(model, len(results))):
+            return [self._encode(model, r) for r in results]
 
     def _encode(self, model: LoadedModel, result: ImageResult) -> Classification:
         answer = classification(model, result)
         known = "unknown" if answer.known is None else str(answer.known).lower()
         self.metrics.predictions.labels(label=answer.label, known=known).inc()
+        observe.note_answer(answer.model_version, answer.label)
         return answer
 
 
@@ -262,6 +293,17 @@ def classification(model: LoadedModel, result: ImageResult) -> Classification:
         ood_score=result.ood_score,
         known=known,
     )
+
+
+def _attributes(model: LoadedModel, images: int) -> dict[str, object]:
+    """Span attributes of a stage: the model version and runtime, and its images."""
+    if not observe.tracing():
+        return {}
+    return {
+        "catdog.model_version": model.version,
+        "catdog.runtime": model.runtime_name,
+        "catdog.images": images,
+    }
 
 
 def warm_up_images(formats: tuple[str, ...]) -> list[bytes]:

@@ -180,3 +180,10 @@ def multipart_head(content_length: int, path: str = "/predict") -> bytes:
         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
         f"Content-Length: {content_length}\r\n\r\n"
     ).encode()
+
+
+def error_json(response: httpx.Response) -> dict[str, Any]:
+    """An error answer's JSON body without the ``request_id`` every error carries (app/ops)."""
+    body = response.json()
+    assert body.pop("request_id", None) == response.headers.get("x-request-id")
+    return body

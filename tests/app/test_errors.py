@@ -19,6 +19,7 @@ from tests.app.helpers import (
     Served,
     batch_upload,
     bomb_png_bytes,
+    error_json,
     good_image,
     jpeg_with_corrupt_body,
     metrics_text,
@@ -53,10 +54,11 @@ async def assert_still_serving(client: httpx.AsyncClient) -> None:
 
 
 def assert_detail(response: httpx.Response, status: int) -> str:
-    """The status is ``status`` and the JSON body is ``{"detail": <text>}``; return the text."""
+    """The status is ``status`` and the JSON body is ``{"detail": <text>}`` (with the
+    request id); return the text."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
-    body = response.json()
+    body = error_json(response)
     assert set(body) == {"detail"}
     assert isinstance(body["detail"], str) and body["detail"]
     return body["detail"]
@@ -144,7 +146,7 @@ async def test_a_fault_of_the_service_is_a_json_500_and_it_keeps_serving(served:
             del model.infer_rows  # the class's method again
         assert response.status_code == 500
         assert response.headers["content-type"] == "application/json"
-        assert response.json() == {"detail": "internal error (RuntimeError)"}
+        assert error_json(response) == {"detail": "internal error (RuntimeError)"}
         await assert_still_serving(client)
         text = await metrics_text(client)
         assert value(text, "catdog_images_in_flight") == 0

@@ -1,0 +1,58 @@
+"""Wire the operations layer into an app and its gRPC server, from the app's settings.
+
+``install(app)`` (called by ``app.main.create_app``) adds the REST middleware, the
+JSON log format, the payload log and the REST server spans; ``grpc_interceptors``
+gives the gRPC server its interceptors (trace spans first, so the request id and
+key check run inside the call's span). With every part off, only the request-id
+middleware and interceptor run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.core.service import InferenceService
+from app.ops import logs, tracing
+from app.ops.grpc_ops import OpsInterceptor
+from app.ops.keys import ApiKeys
+from app.ops.payload_log import PayloadLog
+from app.ops.rest import OpsMiddleware
+
+
+def install(app: FastAPI) -> None:
+    """Add what the settings of ``app.state.service`` switch on."""
+    service: InferenceService = app.state.service
+    settings = service.settings
+    keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
+    json_logs = settings.log_format == "json"
+    if json_logs:
+        logs.configure_json()
+    if settings.payload_log:
+        service.payload_log = PayloadLog(
+            settings.payload_log, settings.payload_log_rate, service.metrics
+        )
+    app.state.ops = OpsInterceptor(service.metrics, keys, json_logs)
+    app.add_middleware(OpsMiddleware, metrics=service.metrics, keys=keys, access_log=json_logs)
+    tracing.instrument_app(app)
+
+
+def started(app: FastAPI) -> None:
+    """At startup: take the loggers back from a launcher that configured its own."""
+    if app.state.service.settings.log_format == "json":
+        logs.configure_json()
+
+
+def grpc_interceptors(app: FastAPI) -> list[Any]:
+    """The gRPC server's interceptors: trace spans, then request ids, keys and access lines."""
+    ops = getattr(app.state, "ops", None)
+    return tracing.grpc_interceptors() + ([ops] if ops is not None else [])
+
+
+def close(app: FastAPI) -> None:
+    """Flush the payload log and the spans (at the lifespan's end)."""
+    payload_log = getattr(app.state.service, "payload_log", None)
+    if payload_log is not None:
+        payload_log.close()
+    tracing.shutdown()

@@ -1,0 +1,102 @@
+"""API keys from ``CATDOG_API_KEYS_FILE``: one a line, or ``sha256:<hex>`` of one.
+
+Blank lines and ``#`` comments are ignored. A presented key is hashed with sha256
+and compared with every stored digest by ``hmac.compare_digest`` (constant time,
+and no early exit, so neither the key nor which entry matched shows in the time
+taken). The file is re-read when its modification time, size or inode changes,
+checked at most once a second; a file that cannot be read keeps the keys last read.
+A key is named in metrics and logs only by its id: the first 8 hex digits of its
+sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("catdog.keys")
+CHECK_EVERY_S = 1.0
+PREFIX = "sha256:"
+
+
+def key_id(digest: str) -> str:
+    """The public name of a key: the first 8 hex digits of its sha256."""
+    return digest[:8]
+
+
+def parse(text: str, where: str = "keys file") -> list[str]:
+    """The sha256 hex digests a keys file names (``ValueError`` on a malformed digest)."""
+    digests = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.lower().startswith(PREFIX):
+            digest = line[len(PREFIX) :].strip().lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"{where}, line {number}: sha256: needs 64 hex digits")
+        else:
+            digest = hashlib.sha256(line.encode()).hexdigest()
+        digests.append(digest)
+    return digests
+
+
+class ApiKeys:
+    """The accepted keys, re-read from their file when it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = 0.0
+        self._digests: list[bytes] = []
+        self._reload(first=True)
+
+    def _reload(self, first: bool = False) -> None:
+        try:
+            stat = os.stat(self.path)
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            if stamp == self._stamp:
+                return
+            digests = parse(self.path.read_text(), str(self.path))
+        except (OSError, ValueError) as exc:
+            if first:
+                raise ValueError(f"CATDOG_API_KEYS_FILE: {exc}") from exc
+            log.error("keeping the API keys read before: %s", exc)
+            return
+        self._digests = [bytes.fromhex(d) for d in digests]
+        self._stamp = stamp
+        log.info("API keys: %d read from %s", len(digests), self.path)
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < CHECK_EVERY_S:
+            return
+        with self._lock:
+            if now - self._checked >= CHECK_EVERY_S:
+                self._checked = now
+                self._reload()
+
+    def check(self, presented: str | None) -> str | None:
+        """The id of ``presented`` when it is an accepted key, else None."""
+        self._refresh()
+        if not presented:
+            return None
+        digest = hashlib.sha256(presented.encode()).digest()
+        found = False
+        for stored in self._digests:  # every entry, whatever matched: no early exit
+            found |= hmac.compare_digest(digest, stored)
+        return key_id(digest.hex()) if found else None
+
+
+def bearer(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value, else None."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
