@@ -122,7 +122,8 @@ def parse_args(
         action="append",
         default=[],
         metavar="NAME:SETTING=VALUE,...",
-        help="a batching mode of its own (repeatable), e.g. b8:max_batch_size=8,batch_timeout_ms=0",
+        help="a mode of its own (repeatable), e.g. b8:max_batch_size=8,batch_timeout_ms=0; "
+        "OTEL_* names are passed to the server as they are (OpenTelemetry's variables)",
     )
     p.add_argument(
         "--runtimes",
@@ -135,6 +136,13 @@ def parse_args(
         default=[],
         metavar="KEY=VALUE",
         help="extra environment for the server (repeatable), e.g. CATDOG_BATCH_TIMEOUT_MS=20",
+    )
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="a header every client sends (repeatable), e.g. 'Authorization: Bearer KEY'",
     )
     p.add_argument("--images", type=Path, default=Path("data/split/test"))
     p.add_argument("--n-images", type=int, default=200, help="original photos used")
@@ -179,6 +187,9 @@ def parse_args(
     args.modes += [name for name, _ in args.mode if name not in args.modes]
     if unknown := set(args.modes) - set(args.mode_settings):
         p.error(f"unknown modes {sorted(unknown)}; choose from {sorted(args.mode_settings)}")
+    args.headers = dict(
+        (k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in args.header)
+    )
     args.runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] or [None]
     if unknown := set(args.runtimes) - {None, *RUNTIMES}:
         p.error(f"unknown runtimes {sorted(unknown)}; choose from {', '.join(RUNTIMES)}")

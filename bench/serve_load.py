@@ -147,8 +147,11 @@ async def run_load(
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     timeout = httpx.Timeout(args.timeout)
     async with contextlib.AsyncExitStack() as stack:
+        headers = getattr(args, "headers", None) or {}
         pool = [
-            await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=timeout))
+            await stack.enter_async_context(
+                httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers)
+            )
             for _ in range(clients)
         ]
         side = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
@@ -255,15 +258,22 @@ def bench_servers(
     with contextlib.ExitStack() as stack:
         for config in configs:
             runtime, mode = config
+            # OTEL_* names in a mode are OpenTelemetry's own variables, not CATDOG_ settings.
+            mode_env = {
+                k.upper(): v for k, v in args.mode_settings[mode].items() if k.startswith("otel_")
+            }
+            settings = {
+                k: v for k, v in args.mode_settings[mode].items() if not k.startswith("otel_")
+            }
             server = stack.enter_context(
                 uvicorn_server(
                     model_dir,
                     CACHE / "logs" / f"{slug(model_dir)}-{runtime or 'default'}-{mode}.log",
                     ready_timeout=args.ready_timeout,
-                    env=settings_env(args, runtime),
+                    env=settings_env(args, runtime) | mode_env,
                     cpus=args.server_cpus,
                     access_log=args.access_log,
-                    **args.mode_settings[mode],
+                    **settings,
                 )
             )
             idle_kb = proc_status_kb(server.process.pid, "VmRSS")  # right after /readyz said 200

@@ -40,6 +40,7 @@ from app.core.errors import (
     QueueFullError,
     VersionNotFoundError,
 )
+from app.core.observe import CURRENT
 from catdog.preprocessing import (
     CorruptImageError,
     ImageError,
@@ -116,6 +117,9 @@ def respond(request: Request, answer: ErrorAnswer, detail: object = None) -> JSO
         body = {"error": answer.detail}
     else:
         body = {"error": answer.detail, "detail": answer.detail if detail is None else detail}
+    context = CURRENT.get()  # the request app.ops follows: its id goes in every error body
+    if context is not None:
+        body["request_id"] = context.request_id
     return JSONResponse(body, answer.status, answer.headers)
 
 

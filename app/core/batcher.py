@@ -111,6 +111,11 @@ class Batcher:
                 item.future.set_exception(ModelNotReadyError("the service is stopping"))
         self._executor.shutdown(wait=True)
 
+    async def in_model_thread(self, call: Callable[[], object]) -> None:
+        """Run ``call`` in the thread that makes the model calls (a warm-up there warms
+        what the runtime keeps per thread)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
     async def submit(self, model: BatchModel[Row], image: np.ndarray, trace: Any = None) -> Row:
         """Queue one preprocessed image for ``model``; return its result. ``trace``: the
         request's trace context, under which its queue-wait and model-call spans go."""

@@ -86,3 +86,11 @@ def record(name: str, parent: Any, start_ns: int, end_ns: int, **attributes: Any
         return
     item = _tracer.start_span(name, context=parent, start_time=start_ns, attributes=attributes)
     item.end(end_time=end_ns)
+
+
+def record_since(name: str, perf_start: float, **attributes: Any) -> None:
+    """A finished span under the current context, from ``perf_start`` (a
+    ``time.perf_counter()`` reading) to now; nothing when tracing is off."""
+    if _tracer is None:
+        return
+    record(name, capture(), wall_ns(perf_start), time.time_ns(), **attributes)

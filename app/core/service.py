@@ -122,6 +122,10 @@ class InferenceService:
             if problem:
                 raise ModelLoadError(f"CATDOG_REQUIRE_GPU is set but {problem}")
         await self._warm_decoders()
+        model = self.registry.current
+        await self.batcher.in_model_thread(
+            functools.partial(model.warm_up, tuple(range(1, self.settings.max_batch_size + 1)))
+        )
         self.batcher.start()
         heap.settle()  # full collections would otherwise stall serving for ~200 ms
         if self.settings.poll_interval_s > 0:
@@ -210,9 +214,10 @@ class InferenceService:
         ``ImageError`` (naming the file) for bad input."""
         model = self.model_for(version)
         started = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            with observe.span("admission", **_attributes(model, len(images))):
-                ticket = stack.enter_context(self.admission.admit(len(images), upload))
+        # No ExitStack here: its exit makes a reference cycle through a refused request's
+        # error, which would keep the request's files until a full collection.
+        with self.admission.admit(len(images), upload) as ticket:
+            observe.record_since("admission", started, **_attributes(model, len(images)))
             arrays = await asyncio.gather(
                 *(self._decode(model, data) for data in images), return_exceptions=True
             )
@@ -232,9 +237,8 @@ class InferenceService:
         model = self.model_for(version)
         check_pixels(pixels, model.contract)
         started = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            with observe.span("admission", **_attributes(model, len(pixels))):
-                ticket = stack.enter_context(self.admission.admit(len(pixels), upload))
+        with self.admission.admit(len(pixels), upload) as ticket:
+            observe.record_since("admission", started, **_attributes(model, len(pixels)))
             results = await asyncio.gather(*(self._predict(ticket, model, p) for p in pixels))
         answers = self._encode_all(model, results)
         if self.payload_log is not None:

@@ -3,9 +3,9 @@
 For every HTTP request it
 
 * takes the client's ``x-request-id`` (up to 128 of ``[A-Za-z0-9._:-]``) or makes
-  one, follows the request under it (``app.core.observe.CURRENT``), returns it in
-  the ``x-request-id`` header and adds it as ``request_id`` to every JSON error
-  body (those are small: held whole, re-encoded with their length);
+  one, follows the request under it (``app.core.observe.CURRENT``) and returns it
+  in the ``x-request-id`` header (the error handlers, ``app.api.errors.respond``,
+  put it in every error body);
 * with API keys on (``CATDOG_API_KEYS_FILE``), refuses a prediction or model
   metadata request without an accepted ``Authorization: Bearer <key>``: 401, JSON
   in the path's protocol shape, ``WWW-Authenticate: Bearer``. Health, readiness,
@@ -25,6 +25,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import error_shape
 from app.core.metrics import Metrics
 from app.core.observe import CURRENT, RequestContext
 from app.ops import logs
@@ -47,10 +48,11 @@ def request_id(presented: str | None) -> str:
 
 
 def error_body(path: str, message: str, rid: str) -> bytes:
-    """A refusal in the shape of the path's protocol (as app.api's errors answer)."""
-    if path == "/v2" or path.startswith("/v2/"):
+    """A refusal in the shape of the path's protocol (``app.api.errors.error_shape``)."""
+    shape = error_shape(path)
+    if shape == "oip":
         body: dict[str, object] = {"error": message}
-    elif path.startswith("/v1/models/"):
+    elif shape == "tfserving":
         body = {"error": message, "detail": message}
     else:
         body = {"detail": message}
@@ -121,46 +123,12 @@ class OpsMiddleware:
 
     @staticmethod
     def _sender(send: Send, rid: str, status: list[int]) -> Send:
-        held: list[Message] = []
-        chunks: list[bytes] = []
-
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
                 headers.append((HEADER.encode(), rid.encode()))
                 message = {**message, "headers": headers}
-                if message["status"] >= 400 and _is_json(headers):
-                    held.append(message)  # sent with the body, which gets the id
-                    return
-                await send(message)
-                return
-            if message["type"] == "http.response.body" and held:
-                chunks.append(message.get("body", b""))
-                if message.get("more_body", False):
-                    return
-                start, body = held.pop(), _with_id(b"".join(chunks), rid)
-                headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
-                headers.append((b"content-length", str(len(body)).encode()))
-                await send({**start, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
             await send(message)
 
         return sending
-
-
-def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(k == b"content-type" and v.startswith(b"application/json") for k, v in headers)
-
-
-def _with_id(body: bytes, rid: str) -> bytes:
-    """An error body (a JSON object with ``detail`` or ``error``) with ``request_id`` added."""
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return body
-    if not isinstance(answer, dict) or not ({"detail", "error"} & answer.keys()):
-        return body  # not an error message (e.g. OIP's 503 {"ready": false})
-    answer.setdefault("request_id", rid)
-    return json.dumps(answer).encode()
