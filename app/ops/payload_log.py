@@ -28,12 +28,13 @@ import queue
 import random
 import socket
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from PIL import Image
 
@@ -110,29 +111,26 @@ class PayloadLog:
         self._writer.join(timeout)
 
     def _run(self) -> None:
-        client = httpx.Client(timeout=HTTP_TIMEOUT_S) if self.http else None
         sink = None if self.http else Path(self.target)
-        try:
-            while True:
-                record = self._queue.get()
-                if record is _STOP:
-                    return
-                try:
-                    if client is not None:
-                        self._post(client, record)
-                    else:
-                        with open(sink, "a", encoding="utf-8") as f:  # type: ignore[arg-type]
-                            f.write(json.dumps(record) + "\n")
-                except (OSError, httpx.HTTPError) as exc:
-                    self.metrics.payload_log.labels(result="failed").inc()
-                    log.warning("payload log: %s", exc)
+        while True:
+            record = self._queue.get()
+            if record is _STOP:
+                return
+            try:
+                if sink is None:
+                    self._post(record)
                 else:
-                    self.metrics.payload_log.labels(result="written").inc()
-        finally:
-            if client is not None:
-                client.close()
+                    with open(sink, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+            except (OSError, urllib.error.URLError) as exc:
+                self.metrics.payload_log.labels(result="failed").inc()
+                log.warning("payload log: %s", exc)
+            else:
+                self.metrics.payload_log.labels(result="written").inc()
 
-    def _post(self, client: httpx.Client, record: dict[str, Any]) -> None:
+    def _post(self, record: dict[str, Any]) -> None:
+        """One CloudEvent, structured mode (the standard library's client: serving has no
+        other HTTP client among its dependencies)."""
         event = {
             "specversion": "1.0",
             "id": uuid.uuid4().hex,
@@ -144,9 +142,11 @@ class PayloadLog:
         }
         if record["request_id"]:
             event["subject"] = record["request_id"]
-        response = client.post(
+        request = urllib.request.Request(
             self.target,
-            content=json.dumps(event),
+            data=json.dumps(event).encode(),
             headers={"content-type": "application/cloudevents+json; charset=utf-8"},
+            method="POST",
         )
-        response.raise_for_status()
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            response.read()  # a non-2xx status raises HTTPError (a URLError)

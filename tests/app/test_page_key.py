@@ -10,6 +10,10 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
 from bench.harness import uvicorn_server
 from tests import images
 from tests.app import browser as wd
@@ -29,10 +33,11 @@ def test_the_page_asks_for_a_key_and_sends_it(tmp_path: Path) -> None:
         wd.chromium(tmp_path / "chromium") as browser,
     ):
         browser.get(f"{server.url}/")
-        browser.execute(DROP_SCRIPT, photo, "cat.jpg", "image/jpeg")
-        browser.wait_for(lambda: browser.alert_text() is not None)
-        assert "API key" in (browser.alert_text() or "")
-        browser.answer_prompt(KEY)
+        browser.execute_script(DROP_SCRIPT, photo, "cat.jpg", "image/jpeg")
+        prompt = WebDriverWait(browser, 30).until(expected_conditions.alert_is_present())
+        assert "API key" in prompt.text
+        prompt.send_keys(KEY)
+        prompt.accept()
         wait_for_state(browser, "done")
-        assert browser.text(browser.find("#label")).lower() in ("cat", "dog")
-        assert browser.execute("return sessionStorage.getItem('catdog-api-key');") == KEY
+        assert browser.find_element(By.ID, "label").text.lower() in ("cat", "dog")
+        assert browser.execute_script("return sessionStorage.getItem('catdog-api-key');") == KEY
