@@ -45,6 +45,7 @@ log = logging.getLogger("catdog.payload_log")
 QUEUE_SIZE = 10_000  # records (about 300 bytes each) waiting for the writer
 EVENT_TYPE = "org.catdog.prediction"
 HTTP_TIMEOUT_S = 5.0
+WRITE_BATCH = 256  # records the file sink appends in one write
 _STOP = object()
 
 
@@ -113,20 +114,25 @@ class PayloadLog:
     def _run(self) -> None:
         sink = None if self.http else Path(self.target)
         while True:
-            record = self._queue.get()
-            if record is _STOP:
-                return
+            records = [self._queue.get()]
+            while sink is not None and len(records) < WRITE_BATCH and not self._queue.empty():
+                records.append(self._queue.get_nowait())  # one open and write for many
+            stop = _STOP in records
+            records = [r for r in records if r is not _STOP]
             try:
                 if sink is None:
-                    self._post(record)
-                else:
+                    for record in records:
+                        self._post(record)
+                elif records:
                     with open(sink, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(record) + "\n")
+                        f.write("".join(json.dumps(r) + "\n" for r in records))
             except (OSError, urllib.error.URLError) as exc:
-                self.metrics.payload_log.labels(result="failed").inc()
+                self.metrics.payload_log.labels(result="failed").inc(len(records))
                 log.warning("payload log: %s", exc)
             else:
-                self.metrics.payload_log.labels(result="written").inc()
+                self.metrics.payload_log.labels(result="written").inc(len(records))
+            if stop:
+                return
 
     def _post(self, record: dict[str, Any]) -> None:
         """One CloudEvent, structured mode (the standard library's client: serving has no
