@@ -31,7 +31,7 @@ from app.core.metrics import Metrics
 from app.core.service import Classification
 from app.ops.keys import parse
 from app.ops.payload_log import PayloadLog
-from bench.harness import Server, free_port, uvicorn_server
+from servicekit import Server, free_port, uvicorn_server
 from tests.app.helpers import good_image
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "catdog"

@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from bench.harness import uvicorn_server
+from servicekit import uvicorn_server
 from tests import images
 from tests.app import browser as wd
 from tests.app.test_page import DROP_SCRIPT, wait_for_state
