@@ -180,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("p99 ms", "p99_ms"),
         ("mean batch", "mean_batch"),
         ("server cores", "server_cores"),
+        ("other cores", "other_cores"),
         ("peak RSS MB", "peak_rss_mb"),
         ("idle RSS MB", "idle_rss_mb"),
         ("ready s", "ready_s"),
