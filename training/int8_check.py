@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,12 +37,12 @@ import numpy as np
 
 from catdog.contract import LITERT_FILE, METADATA_FILE, ModelContract
 from catdog.litert import LiteRTModel
-from catdog.preprocessing import ImageError, preprocess
 from catdog.runtimes import OOD_SCORE, PROBABILITIES, latest_version, version_dirs
 from training.data import list_images
 from training.evaluate import classification_report
+from training.neither import encoded_batches
 from training.ood import choose_threshold
-from training.robustness import TRANSFORMS, transformed_bytes
+from training.robustness import TRANSFORMS, transformed_batches
 
 Outputs = Callable[[np.ndarray], dict[str, np.ndarray]]
 BATCH = 32
@@ -82,25 +81,7 @@ def photo_batches(
     paths: Sequence[str], size: tuple[int, int], transform: str = "original", workers: int = 2
 ) -> Iterator[np.ndarray]:
     """Preprocessed batches of the photos after a robustness transform, in order."""
-
-    def load(path: str) -> np.ndarray:
-        return preprocess(transformed_bytes(path, transform), size)
-
-    with ThreadPoolExecutor(workers) as pool:
-        for start in range(0, len(paths), BATCH):
-            yield np.stack(list(pool.map(load, paths[start : start + BATCH])))
-
-
-def encoded_batches(images: Sequence[bytes], size: tuple[int, int]) -> Iterator[np.ndarray]:
-    """Preprocessed batches of encoded images; those that do not decode are left out."""
-    pixels = []
-    for data in images:
-        try:
-            pixels.append(preprocess(data, size))
-        except ImageError:
-            continue
-    for start in range(0, len(pixels), BATCH):
-        yield np.stack(pixels[start : start + BATCH])
+    return transformed_batches(paths, transform, size, BATCH, workers)
 
 
 def _report(labels: np.ndarray, out: dict[str, np.ndarray], names: Sequence[str]) -> dict:

@@ -196,10 +196,10 @@ def folder_images(folder: str | Path) -> list[bytes]:
     ]
 
 
-def _scores(
-    outputs: Any, images: Sequence[bytes], size: tuple[int, int], batch: int = 64
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ood_score, predicted class) per batch; unreadable images are skipped."""
+def encoded_batches(
+    images: Sequence[bytes], size: tuple[int, int], batch: int = 64
+) -> Iterator[np.ndarray]:
+    """Preprocessed batches of encoded images; those that do not decode are left out."""
     pixels = []
     for data in images:
         try:
@@ -207,7 +207,15 @@ def _scores(
         except ImageError:
             continue
     for start in range(0, len(pixels), batch):
-        out = outputs(np.stack(pixels[start : start + batch]))
+        yield np.stack(pixels[start : start + batch])
+
+
+def _scores(
+    outputs: Any, images: Sequence[bytes], size: tuple[int, int], batch: int = 64
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ood_score, predicted class) per batch; unreadable images are skipped."""
+    for pixels in encoded_batches(images, size, batch):
+        out = outputs(pixels)
         yield np.reshape(out["ood_score"], (-1,)), np.argmax(out["probabilities"], axis=1)
 
 

@@ -98,7 +98,7 @@ def transformed_bytes(path: str | Path, name: str) -> bytes:
     return buffer.getvalue()
 
 
-def _batches(
+def transformed_batches(
     paths: Sequence[str], name: str, size: tuple[int, int], batch_size: int, workers: int
 ) -> Iterator[np.ndarray]:
     """Preprocessed batches of the transformed images, in path order."""
@@ -122,7 +122,7 @@ def run_transform(
 ) -> dict[str, Any]:
     """Report for one transform over the given photos."""
     predictions, scores = [], []
-    for batch in _batches(paths, name, contract.image_size, batch_size, workers):
+    for batch in transformed_batches(paths, name, contract.image_size, batch_size, workers):
         out = outputs(batch)
         predictions.append(np.argmax(out["probabilities"], axis=1))
         if "ood_score" in out:
