@@ -95,12 +95,11 @@ class _Refused(Exception):
     """Raised in a parser callback: the request breaks a bound (status, detail, reason)."""
 
 
-class _Transport(asyncio.Transport):
+class _Transport:
     """The socket's transport as uvicorn's protocol sees it: every call passed on, and
     whether reading is paused (the app is not reading) noted."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
-        super().__init__()
         self.real = transport
         self.paused = False
 
@@ -112,47 +111,8 @@ class _Transport(asyncio.Transport):
         self.paused = False
         self.real.resume_reading()
 
-    def is_reading(self) -> bool:
-        return self.real.is_reading()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.real.write(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.real.writelines(list_of_data)
-
-    def close(self) -> None:
-        self.real.close()
-
-    def abort(self) -> None:
-        self.real.abort()
-
-    def is_closing(self) -> bool:
-        return self.real.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.real.get_extra_info(name, default)
-
-    def can_write_eof(self) -> bool:
-        return self.real.can_write_eof()
-
-    def write_eof(self) -> None:
-        self.real.write_eof()
-
-    def get_write_buffer_size(self) -> int:
-        return self.real.get_write_buffer_size()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self.real.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self.real.get_write_buffer_limits()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.real.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self.real.get_protocol()
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
 
 class BoundedConnection(asyncio.Protocol):
@@ -187,7 +147,7 @@ class BoundedConnection(asyncio.Protocol):
         self.waiting_since = self.loop.time()
         self.timer = self.loop.call_later(self.bounds.header_timeout_s, self._header_timed_out)
         self.open.add(self)
-        self.inner.connection_made(self.transport)
+        self.inner.connection_made(self.transport)  # type: ignore[arg-type]
         if len(self.open) > self.bounds.max_connections:
             self._make_room()
 

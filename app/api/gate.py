@@ -97,13 +97,18 @@ def peer_key(peer: str) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def admitted(service: InferenceService, client: str | None) -> AsyncIterator[Upload]:
-    """The request's ``Upload`` while its body arrives; ``QueueFullError``, held
-    ``busy_hold_s``, when no image of ``client`` would be admitted now."""
-    try:
-        service.refuse_if_full(client=client)
-    except QueueFullError:
-        await asyncio.sleep(service.settings.busy_hold_s)
-        raise
-    with service.uploading(client) as upload:
-        yield upload
+async def admitted(
+    service: InferenceService, client: str | None, size: int = 0
+) -> AsyncIterator[Upload]:
+    """The request's ``Upload`` while its body (``size`` bytes) arrives and is used;
+    ``QueueFullError``, held ``busy_hold_s``, when no image of ``client`` would be
+    admitted now, or the body would pass the memory budget (``Admission.holding``)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            service.refuse_if_full(client=client)
+            stack.enter_context(service.admission.holding(size))
+        except QueueFullError:
+            await asyncio.sleep(service.settings.busy_hold_s)
+            raise
+        with service.uploading(client) as upload:
+            yield upload

@@ -442,11 +442,12 @@ class GrpcServer:
             code = grpc.StatusCode.OK
             try:
                 with self._waiting(peer_key(context.peer())):
-                    request = await self._receive(context, method, parse)
+                    request, size = await self._receive(context, method, parse)
                 upload = self.gate.uploads.get(context)
                 if upload is not None:
                     request = request._replace(upload=upload)  # type: ignore[attr-defined]
-                return await call(request, context)
+                with self.service.admission.holding(size if upload is not None else 0):
+                    return await call(request, context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -484,14 +485,14 @@ class GrpcServer:
 
     async def _receive(
         self, context: grpc.aio.ServicerContext, method: Method, parse: Callable[[bytes], object]
-    ) -> object:
-        """The call's request: its message read (``_read``), its elements counted on the
-        wire (``wire.check_fields``: 413 past ``MOST_FIELDS``), then parsed (400 if
-        it is not the method's message)."""
+    ) -> tuple[Any, int]:
+        """The call's request and its size: its message read (``_read``), its elements
+        counted on the wire (``wire.check_fields``: 413 past ``MOST_FIELDS``), then parsed
+        (400 if it is not the method's message)."""
         body = await self._read(context)
         try:
             wire.check_fields(body, method.request.DESCRIPTOR, MOST_FIELDS)
-            return parse(body)
+            return parse(body), len(body)
         except wire.TooManyFieldsError as exc:
             raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), 413) from None
         except DecodeError as exc:
@@ -511,6 +512,13 @@ class GrpcServer:
             raise GrpcError(grpc.StatusCode.DEADLINE_EXCEEDED, message, 408) from None
         if body is grpc.aio.EOF:  # also how a call cancelled before its message reads here
             raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, "no request message", 400)
+        try:  # a unary call's client ends its stream after its one message
+            more = await asyncio.wait_for(context.read(), limit)
+        except (asyncio.TimeoutError, TimeoutError):
+            more = None
+        if more is not grpc.aio.EOF:
+            message = "a unary call takes one request message and the end of its stream"
+            raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, message, 400)
         return body
 
     async def start(self, address: str) -> None:

@@ -54,7 +54,15 @@ class PredictionGateMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = scope.get("raw_path") or b""
+        if b"%2f" in raw.lower():  # decoded, it would split a path parameter in two
+            detail = "an encoded '/' (%2F) in the path is not accepted"
+            await respond(Request(scope), ErrorAnswer(400, detail))(scope, receive, send)
+            return
+        if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         service: InferenceService = scope["app"].state.service
@@ -85,7 +93,7 @@ class PredictionGateMiddleware:
             return message
 
         try:
-            async with admitted(service, client) as upload:
+            async with admitted(service, client, limit if length is None else length) as upload:
                 scope[UPLOAD_KEY] = upload
                 await call_until_client_leaves(self.app, scope, counting_receive, send)
         except QueueFullError as exc:

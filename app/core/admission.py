@@ -1,5 +1,9 @@
 """Admission control: how many images are in flight, and how many are on their way.
 
+Request bodies held in memory are counted too (``holding``): past ``most_bytes``
+(``CATDOG_MAX_BODY_BYTES_IN_FLIGHT``) a request is refused the same way before its body
+is read, so that many large bodies at once cannot exhaust memory.
+
 An image is *in flight* from the moment its request is admitted until it is
 answered (decoding, queued, or in the model). Past ``limit`` images, a request is
 refused with ``QueueFullError`` (503): admitting more would only make every
@@ -60,8 +64,12 @@ class Ticket:
 class Admission:
     """Counts images in flight against ``limit``, and uploads on their way."""
 
-    def __init__(self, limit: int, metrics: Metrics, per_client: int = 0) -> None:
+    def __init__(
+        self, limit: int, metrics: Metrics, per_client: int = 0, most_bytes: int = 0
+    ) -> None:
         self.limit = limit
+        self.most_bytes = most_bytes
+        self.body_bytes = 0  # of prediction bodies held now (``holding``)
         self.per_client = per_client
         self.metrics = metrics
         self.in_flight = 0
@@ -86,6 +94,23 @@ class Admission:
                 f"this client has {held} images in flight, and {images} more would pass its "
                 f"limit of {self.per_client}"
             )
+
+    @contextlib.contextmanager
+    def holding(self, size: int) -> Iterator[None]:
+        """Count ``size`` bytes of a request body as held in memory until the request ends;
+        ``QueueFullError`` when they would pass ``most_bytes`` (a request is admitted
+        whatever its size when no other body is held: a legal request always fits alone)."""
+        if self.most_bytes and self.body_bytes and self.body_bytes + size > self.most_bytes:
+            self.metrics.rejected.inc()
+            raise QueueFullError(
+                f"{self.body_bytes} bytes of request bodies held, and {size} more would pass "
+                f"the limit of {self.most_bytes}"
+            )
+        self.body_bytes += size
+        try:
+            yield
+        finally:
+            self.body_bytes -= size
 
     @contextlib.contextmanager
     def uploading(self, client: str | None = None) -> Iterator[Upload]:

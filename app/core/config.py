@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     max_images_per_client: int = Field(
         0, ge=0, description="images one client (its address) may have in flight; 0: no cap"
     )
+    max_body_bytes_in_flight: int = Field(
+        1 << 30,
+        ge=0,
+        description="bytes of prediction bodies held at once (Content-Length, else the route's "
+        "limit; gRPC: each message), a lone request always admitted; 503 beyond; 0: no bound",
+    )
     max_files_per_request: int = Field(
         32, ge=1, description="files in one /predict/batch; at most max_images_in_flight"
     )

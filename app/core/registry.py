@@ -162,6 +162,11 @@ class ModelRegistry:
         if version is None:
             return self.current
         number = version_number(version)
+        if number is not None and str(number) != version:  # "04", "+4": not a version's name
+            raise VersionNotFoundError(
+                f"no version {version[:64]!r}: versions are written as integers without "
+                "leading zeros or signs"
+            )
         model = self._loaded.get(number) if number is not None else None
         if model is not None:
             return model
@@ -171,7 +176,7 @@ class ModelRegistry:
         elif number is not None and number in version_dirs(self.base):
             why = f"version {number} is not loaded (version policy {self.policy})"
         else:
-            why = f"no version {version!r}"
+            why = f"no version {version[:64]!r}"
         raise VersionNotFoundError(f"{why}; loaded versions: {loaded}")
 
     def memory_bytes(self, model: LoadedModel) -> int | None:

@@ -90,7 +90,10 @@ class InferenceService:
         cores = usable_cpus()
         self._threads = settings.inference_threads or cores
         self.admission = Admission(
-            settings.max_images_in_flight, metrics, settings.max_images_per_client
+            settings.max_images_in_flight,
+            metrics,
+            settings.max_images_per_client,
+            settings.max_body_bytes_in_flight,
         )
         self.registry = ModelRegistry(
             settings.model_dir, self._load, metrics, VersionPolicy.parse(settings.version_policy)

@@ -277,8 +277,11 @@ def decode_b64(text: str, what: str) -> bytes:
         if "-" in text or "_" in text:
             return base64.b64decode(text, altchars=b"-_", validate=True)
         return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise bad_request(f"{what} is not valid base64: {exc}") from None
+    except (binascii.Error, ValueError):
+        raise bad_request(
+            f"{what} is not valid base64: the standard or URL-safe alphabet, padded with = "
+            "to a multiple of 4 characters"
+        ) from None
 
 
 def decode_all(texts: list[str], what: str) -> list[bytes]:

@@ -10,12 +10,29 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.api.deps import ServiceDep
 from app.api.protocols.common import check_model_name
 from app.api.schemas import ErrorDetail, LoadedVersion, ModelInfo, ModelVersionStatus, VersionStatus
 from app.core.service import InferenceService
 
+
+class Segment(Convertor[str]):
+    """A model name or version in a TF Serving path: no ``/`` and no ``:``, so that
+    ``/v1/models/catdog:predict`` is the ``:predict`` route, never a model named
+    ``catdog:predict`` (``OPTIONS`` on it answers ``Allow: POST``)."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("segment", Segment())
 router = APIRouter(tags=["models"])
 LOCAL_KEYS = {"checkpoint", "data_dir", "run_dir", "cache", "cache_file"}  # paths on a machine
 
@@ -35,13 +52,17 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get("/v1/models/{name}", response_model=ModelInfo, responses=ERRORS)
+@router.get("/v1/models/{name:segment}", response_model=ModelInfo, responses=ERRORS)
 async def model_info(name: str, service: ServiceDep) -> ModelInfo:
     """Describe the model served under ``name`` (its highest loaded version)."""
     return describe(service, name, None)
 
 
-@router.get("/v1/models/{name}/versions/{version}", response_model=ModelInfo, responses=ERRORS)
+@router.get(
+    "/v1/models/{name:segment}/versions/{version:segment}",
+    response_model=ModelInfo,
+    responses=ERRORS,
+)
 async def version_info(name: str, version: str, service: ServiceDep) -> ModelInfo:
     """Describe one loaded version of the model."""
     return describe(service, name, version)

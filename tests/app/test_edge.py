@@ -1,0 +1,128 @@
+"""Issue 32's edge findings on a real process: what a client sends bounds what it costs.
+
+Chunk storms and ``Transfer-Encoding`` other than ``chunked`` are refused by the
+connection layer (``app/connections.py``); bytes after an early answer are bounded; an
+encoded ``/`` in a path, a version not in canonical form, an ``OPTIONS`` on a
+``:predict`` route and a long echoed field get clear answers; bodies held at once are
+bounded by ``CATDOG_MAX_BODY_BYTES_IN_FLIGHT`` through the one gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.api.errors import MOST_ECHO
+from bench.harness import Server, uvicorn_server
+from tests.app.helpers import HTTP_TIMEOUT, good_image, upload
+
+ANSWER = 20.0
+
+
+@pytest.fixture(scope="module")
+def edge(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("edge") / "server.log"
+    with uvicorn_server(tiny_model_base, log, max_body_bytes_in_flight=300_000) as server:
+        yield server
+
+
+async def exchange(server: Server, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read one answer (status, headers, body) and whether it closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name:
+                headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return int(lines[0].split()[1]), headers, body
+    finally:
+        writer.close()
+
+
+async def test_transfer_encoding_other_than_chunked_is_refused(edge: Server) -> None:
+    request = b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    status, headers, body = await exchange(edge, request)
+    assert status == 400 and headers["connection"] == "close"
+    assert "Transfer-Encoding" in json.loads(body)["detail"]
+
+
+async def test_a_body_of_tiny_chunks_is_cut_off_early(edge: Server) -> None:
+    head = b"POST /nothing-here HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    status, headers, body = await exchange(edge, head + b"1\r\na\r\n" * 5000)
+    assert status in (400, 404)  # 404 may come first; then the storm closes it
+    if status == 400:
+        assert "chunks" in json.loads(body)["detail"]
+    async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
+        response = await client.post("/predict", files=upload(good_image()))
+    assert response.status_code == 200, response.text
+
+
+async def test_an_encoded_slash_in_the_path_is_refused(edge: Server) -> None:
+    async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
+        response = await client.get("/v1/models/catdog%2Fversions%2F1")
+    assert response.status_code == 400
+    assert "%2F" in response.json()["error"]
+
+
+async def test_versions_are_canonical(edge: Server) -> None:
+    async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
+        assert (await client.get("/v1/models/catdog/versions/1")).status_code == 200
+        response = await client.get("/v1/models/catdog/versions/01")
+    assert response.status_code == 404
+    assert "leading zeros" in response.json()["error"]
+
+
+async def test_options_on_predict_names_post(edge: Server) -> None:
+    async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
+        for path in ("/v1/models/catdog:predict", "/v1/models/catdog/versions/1:classify"):
+            response = await client.options(path)
+            assert response.status_code == 405, path
+            assert "POST" in response.headers["allow"], path
+
+
+async def test_echoed_input_is_cut(edge: Server) -> None:
+    name = "s" * 100_000
+    body = {"signature_name": name, "instances": [{"b64": "AAAA"}]}
+    async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
+        response = await client.post("/v1/models/catdog:predict", json=body)
+    assert response.status_code == 400
+    answer = response.json()
+    assert len(answer["error"]) <= MOST_ECHO and len(answer["detail"]) <= MOST_ECHO
+    assert len(response.content) < 4 * MOST_ECHO
+
+
+async def test_bodies_held_at_once_are_bounded(edge: Server) -> None:
+    """A large body is held while another arrives slowly: past the budget, 503."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    try:
+        writer.write(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nContent-Length: 250000\r\n\r\n--b\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.5)  # held by the gate from now on, its body still to come
+        async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
+            response = await client.post("/predict", files=upload(b"x" * 100_000))
+            assert response.status_code == 503, response.text
+            assert "bytes" in response.json()["detail"]
+            assert response.headers["retry-after"]
+    finally:
+        writer.close()
+    async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
+        for _ in range(50):
+            response = await client.post("/predict", files=upload(good_image()))
+            if response.status_code == 200:
+                break
+            await asyncio.sleep(0.2)
+    assert response.status_code == 200, response.text
