@@ -89,7 +89,8 @@ def request_for(protocol: str, name: str, file: bytes, count: int) -> Request:
         body += f"--{boundary}--\r\n".encode()
         return path, {"content-type": f"multipart/form-data; boundary={boundary}"}, body
     if protocol == "tfs-grpc":
-        from app.api.grpc_tfserving import DT_STRING, PREDICTION_SERVICE, TFSERVING
+        from app.api.grpc_tfserving import DT_STRING, PREDICTION_SERVICE
+        from app.api.protocols.messages import TFSERVING
 
         request = TFSERVING.messages["PredictRequest"]()
         request.model_spec.name = name
@@ -101,7 +102,7 @@ def request_for(protocol: str, name: str, file: bytes, count: int) -> Request:
         return method.path, {}, request.SerializeToString()
     elements = (struct.pack("<I", len(file)) + file) * count
     if protocol == "grpc":
-        from app.api.grpc_server import INFERENCE
+        from app.api.protocols.messages import INFERENCE
 
         message = INFERENCE.messages["ModelInferRequest"](model_name=name)
         message.inputs.add(name="image_bytes", datatype="BYTES", shape=[count])

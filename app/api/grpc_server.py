@@ -1,24 +1,12 @@
-"""The Open Inference Protocol over gRPC, served beside REST by the same process.
+"""The gRPC server: the Open Inference Protocol and TF Serving's API beside REST.
 
 With ``CATDOG_GRPC_ADDRESS`` set (``0.0.0.0:8081`` in the images), the lifespan starts
 a ``grpc.aio`` server on uvicorn's event loop. It answers the six calls of
-``inference.GRPCInferenceService`` (``app/api/protocols/inference.proto``, what
-KServe, Triton and ``tritonclient.grpc`` speak), TF Serving's gRPC calls
-(``app/api/grpc_tfserving.py``) and gRPC's health check (grpcio-health-checking's
-servicer), on the
-same ``InferenceService`` as REST: the same admission (the client's share too, by its
+``inference.GRPCInferenceService`` (``app/api/grpc_oip.py``; what KServe, Triton and
+``tritonclient.grpc`` speak), TF Serving's gRPC calls (``app/api/grpc_tfserving.py``)
+and gRPC's health check (grpcio-health-checking's servicer), on the same
+``InferenceService`` as REST: the same admission (the client's share too, by its
 address), decoders, batcher, limits and metrics.
-
-``ModelInfer`` reads like the REST route, in three steps (``InferenceServicer``):
-
-* ``decode_request``: the message's one input, checked as REST checks it
-  (``oip.only_input``, ``oip.decode_input``): ``image_bytes`` (BYTES, each element an
-  image file, in ``bytes_contents`` or ``raw_input_contents``) or ``images`` (FP32
-  [N, H, W, 3] in ``fp32_contents`` or raw little-endian float32);
-* ``predict``: ``InferenceService.classify`` or ``classify_tensor``;
-* ``encode_response``: FP32 ``probabilities`` [N, C], or with the output parameter
-  ``classification: k`` BYTES ``"score:index:label"``; as ``raw_output_contents`` when
-  the request sent raw inputs, else in ``contents``.
 
 Each call reads its one request message itself, within ``body_timeout_s``
 (``GrpcServer._read``), after the admission gate of a call with images
@@ -45,33 +33,31 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
 
 import grpc
-import numpy as np
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from app.api.errors import answer_for, cut, fault_answer
 from app.api.gate import admitted, body_limit, peer_key
+from app.api.grpc_oip import InferenceServicer, read_infer_call
 from app.api.grpc_tfserving import (
     MODEL_SERVICE,
     PREDICTION_SERVICE,
     TfServingServicer,
 )
 from app.api.grpc_tfserving import Call as TfServingCall
-from app.api.protocols import oip, wire
-from app.api.protocols.common import bad_request, check_model_name
+from app.api.protocols import wire
 from app.api.protocols.messages import INFERENCE, TFSERVING, Method
 from app.core.admission import Upload
 from app.core.config import Settings
 from app.core.errors import QueueFullError
-from app.core.service import Classification, InferenceService
+from app.core.service import InferenceService
 
 log = logging.getLogger("catdog.grpc")
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
-M = INFERENCE.messages
 GRPC_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
@@ -83,8 +69,6 @@ GRPC_CODES = {
 }
 HTTP_STATUS = "catdog-http-status"  # trailing metadata: the status REST would answer
 Trailers = tuple[tuple[str, str], ...]
-#: The field of ModelInferRequest that carries raw tensor data (7).
-RAW_INPUT_CONTENTS = M["ModelInferRequest"].DESCRIPTOR.fields_by_name["raw_input_contents"].number
 #: Fields a request message may hold, its sub-messages' included: far above any real
 #: request (32 images, or 32 examples of hundreds of features), and parsed in
 #: milliseconds into a few MB; a message of tiny fields costs ~25 times its size.
@@ -95,182 +79,8 @@ IDLE_CONNECTION_S = 30.0  # a connection with no call this long is closed (clien
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
 
 
-class InferCall(NamedTuple):
-    """A ``ModelInferRequest`` parsed without its ``raw_input_contents``, which are
-    ``raws``: views into the received bytes (``read_infer_call``); ``upload``: the call
-    counted as on its way since before its message was read (the batcher waits for it)."""
-
-    message: Message
-    raws: list[memoryview]
-    upload: Upload | None = None
-
-
-def read_infer_call(body: bytes) -> InferCall:
-    """``body`` as a ``ModelInferRequest``, its raw tensor data left where it arrived
-    (parsing it would copy it twice: into the message, then out of it)."""
-    split = wire.split_field(body, RAW_INPUT_CONTENTS)
-    if split is None:  # thousands of top-level fields, or a group: protobuf's to read
-        message = M["ModelInferRequest"].FromString(body)
-        raws = [memoryview(b) for b in message.raw_input_contents]
-        message.ClearField("raw_input_contents")
-        return InferCall(message, raws)
-    rest, raws = split
-    return InferCall(M["ModelInferRequest"].FromString(rest), raws)
-
-
 def _tfserving_call(request: type[Message], body: bytes) -> TfServingCall:
     return TfServingCall(request.FromString(body))
-
-
-class InferenceServicer:
-    """The calls of ``inference.GRPCInferenceService``."""
-
-    def __init__(self, service: InferenceService, version: str) -> None:
-        self.service = service
-        self.version = version
-
-    # ------------------------------------------------------------ health and metadata
-
-    async def ServerLive(self, request: Message, context: object) -> Message:  # noqa: N802
-        """Live while the process answers."""
-        return M["ServerLiveResponse"](live=True)
-
-    async def ServerReady(self, request: Message, context: object) -> Message:  # noqa: N802
-        """Ready once a model is loaded and warmed up, until shutdown starts."""
-        return M["ServerReadyResponse"](ready=self.service.ready)
-
-    async def ModelReady(self, request: Message, context: object) -> Message:  # noqa: N802
-        """Whether this version (empty: the highest) is loaded and the service accepts work;
-        NOT_FOUND for another model's name."""
-        check_model_name(self.service, request.name)
-        try:
-            oip.model_ready(self.service, request.name, request.version or None)
-        except Exception as exc:
-            answer = answer_for(exc, self.service.settings)
-            if answer is None or answer.status not in (404, 503):
-                raise
-            return M["ModelReadyResponse"](ready=False)
-        return M["ModelReadyResponse"](ready=True)
-
-    async def ServerMetadata(self, request: Message, context: object) -> Message:  # noqa: N802
-        """Name, version and extensions (binary tensor data is REST's; gRPC has raw bytes)."""
-        return M["ServerMetadataResponse"](
-            name="catdog", version=self.version, extensions=["classification"]
-        )
-
-    async def ModelMetadata(self, request: Message, context: object) -> Message:  # noqa: N802
-        """Inputs, outputs, loaded versions and runtime, as ``GET /v2/models/{name}``."""
-        answer = oip.model_metadata(self.service, request.name, request.version or None)
-        tensor = M["ModelMetadataResponse.TensorMetadata"]
-        return M["ModelMetadataResponse"](
-            name=answer.name,
-            versions=answer.versions,
-            platform=answer.platform,
-            inputs=[tensor(**t.model_dump()) for t in answer.inputs],
-            outputs=[tensor(**t.model_dump()) for t in answer.outputs],
-        )
-
-    # ------------------------------------------------------------ inference
-
-    async def ModelInfer(  # noqa: N802
-        self, call: InferCall, context: grpc.aio.ServicerContext
-    ) -> Message:
-        """Classify image files or pixels: decode the request, predict, encode the answer."""
-        request = call.message
-        check_model_name(self.service, request.model_name)
-        version = request.model_version or None
-        model = self.service.model_for(version)  # NOT_FOUND before any decoding
-        infer_request, given = self.decode_request(call)
-        output = oip.output_choice(infer_request, len(model.contract.class_names))
-        results = await self.predict(given, version, call.upload)
-        return self.encode_response(call, results, output)
-
-    def decode_request(
-        self, call: InferCall
-    ) -> tuple[oip.InferRequest, oip.EncodedImages | oip.Pixels]:
-        """The request as REST's ``InferRequest`` (without its data), and its one input."""
-        request, raws = call.message, call.raws
-        if len(request.inputs) != 1:
-            raise bad_request(f"give exactly one input, {oip.IMAGE_BYTES} or {oip.IMAGES}")
-        inputs = [
-            oip.RequestInput(
-                name=t.name,
-                shape=list(t.shape),
-                datatype=t.datatype,
-                parameters=parameters(t.parameters),
-            )
-            for t in request.inputs
-        ]
-        outputs = [
-            oip.RequestOutput(name=o.name, parameters=parameters(o.parameters))
-            for o in request.outputs
-        ]
-        infer_request = oip.InferRequest(
-            id=request.id or None,
-            parameters=parameters(request.parameters),
-            inputs=inputs,
-            outputs=outputs or None,
-        )
-        tensor = oip.only_input(infer_request)
-        message = request.inputs[0]
-        settings = self.service.settings
-        if raws:
-            if len(raws) != 1:
-                raise bad_request(f"{len(raws)} raw_input_contents for 1 input")
-            if message.HasField("contents"):
-                raise bad_request(f"input {tensor.name} has both contents and raw_input_contents")
-            return infer_request, oip.decode_input(tensor, raws[0], settings)
-        contents = message.contents
-        used = [f.name for f, _ in contents.ListFields()]
-        wanted = "bytes_contents" if tensor.name == oip.IMAGE_BYTES else "fp32_contents"
-        if used and used != [wanted]:
-            raise bad_request(
-                f"input {tensor.name} is {tensor.datatype}: its elements go in {wanted} "
-                f"or raw_input_contents, not {', '.join(used)}"
-            )
-        if tensor.name == oip.IMAGE_BYTES:
-            files = list(contents.bytes_contents)
-            return infer_request, oip.decode_input(tensor, None, settings, files)
-        tensor.data = np.array(contents.fp32_contents, np.float32)  # type: ignore[assignment]
-        return infer_request, oip.decode_input(tensor, None, settings)
-
-    async def predict(
-        self, given: oip.EncodedImages | oip.Pixels, version: str | None, upload: Upload | None
-    ) -> list[Classification]:
-        """The service's answer for each image, in order."""
-        if isinstance(given, oip.EncodedImages):
-            return await self.service.classify(given.files, upload=upload, version=version)
-        return await self.service.classify_tensor(given.array, version, upload)
-
-    def encode_response(
-        self, call: InferCall, results: list[Classification], output: oip.OutputChoice
-    ) -> Message:
-        """``probabilities``, raw when the request was raw, else in ``contents``."""
-        request, raw = call.message, bool(call.raws)
-        response = M["ModelInferResponse"](
-            model_name=request.model_name, model_version=results[0].model_version, id=request.id
-        )
-        tensor = response.outputs.add(name=oip.PROBABILITIES)
-        table = oip.probability_table(results)
-        if output.classes:
-            classes = list(results[0].probabilities)
-            strings = [
-                s.encode() for row in table for s in oip.top_classes(row, classes, output.classes)
-            ]
-            tensor.datatype, tensor.shape[:] = "BYTES", [len(results), output.classes]
-            if raw:
-                response.raw_output_contents.append(
-                    b"".join(len(s).to_bytes(4, "little") + s for s in strings)
-                )
-            else:
-                tensor.contents.bytes_contents.extend(strings)
-        else:
-            tensor.datatype, tensor.shape[:] = "FP32", list(table.shape)
-            if raw:
-                response.raw_output_contents.append(table.astype("<f4").tobytes())
-            else:
-                tensor.contents.fp32_contents.extend(table.ravel().tolist())
-        return response
 
 
 class GrpcError(Exception):
@@ -300,16 +110,6 @@ def status_of(
     if "Retry-After" in found.headers:
         trailers += (("retry-after", found.headers["Retry-After"]),)
     return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), cut(found.detail), trailers
-
-
-def parameters(given: Mapping[str, Message]) -> oip.Parameters:
-    """A ``map<string, InferParameter>`` as REST's parameters (bool, int, float, str)."""
-    found: oip.Parameters = {}
-    for key, value in given.items():
-        choice = value.WhichOneof("parameter_choice")
-        if choice is not None:
-            found[key] = getattr(value, choice)
-    return found
 
 
 class GateInterceptor(grpc.aio.ServerInterceptor):

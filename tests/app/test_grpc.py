@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from app.api.gate import peer_key
-from app.api.grpc_server import InferCall
+from app.api.grpc_oip import InferCall
 from app.api.protocols.messages import INFERENCE, TFSERVING
 from app.core.admission import Upload
 from app.core.lifespan import shutdown_started

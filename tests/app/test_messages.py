@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from grpc_tools import protoc
 from tritonclient.grpc import service_pb2
 
-from app.api.grpc_server import read_infer_call
+from app.api.grpc_oip import read_infer_call
 from app.api.protocols import wire
 from app.api.protocols.messages import INFERENCE, SCHEMAS
 
