@@ -13,8 +13,9 @@
   while its body and its texts are both held, at most 2.8 bytes per byte of its
   files (``bench/results/upload-memory.json``).
 * Tensors given as JSON numbers become float32 arrays (``as_pixels``); their shape
-  and values are checked against the version's contract by the service. Large
-  ones are read straight into arrays (``app.api.protocols.numbers``, ``read_json``);
+  and values are checked against the version's contract by the service. The body is
+  parsed once, large tensors straight into arrays (``app.api.protocols.numbers``,
+  ``read_json``);
   any other body costs pydantic a Python object per number, seconds of CPU holding
   the GIL and several times the body in memory (``bench/results/json-offload.md``).
   So a body is refused before parsing when its commas show more values than
@@ -33,12 +34,18 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Annotated, Any, NamedTuple, TypeVar
 
 import numpy as np
 from fastapi import HTTPException, Request
-from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+)
 
 from app.api.protocols import numbers
 from app.core.config import Settings
@@ -51,8 +58,18 @@ from catdog.contract import ModelContract
 #: recursive element type made pydantic take 6 s over the largest legal tensor.
 TensorData = list[Any]
 JSON_SLACK = 4096  # values of a legal body beside its tensor: keys, shape, parameters
+
+
+def _array_or(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """An array ``numbers.read`` made of a tensor as it is; anything else as the type says."""
+    return value if isinstance(value, np.ndarray) else handler(value)
+
+
+#: Marks a field where ``numbers.read`` may have put an array in place of a list.
+OrArray = WrapValidator(_array_or)
 JsonTensor = Annotated[
     TensorData,
+    OrArray,
     WithJsonSchema(
         {
             "type": "array",
@@ -146,7 +163,7 @@ class Reading(NamedTuple):
     counts: JsonCounts  # the body's
     pack: Callable[[Any], None]  # the protocol's: its number tensors as arrays
     leftovers: int  # values besides them (``check_leftovers``)
-    fast: bool  # take large number tensors straight into arrays (``numbers.extract``)
+    fast: bool  # parse once, large number tensors straight into arrays (``numbers.read``)
 
 
 def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M | tuple[int, str]:
@@ -158,15 +175,18 @@ def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M
 
 
 def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
-    """``parse_body``, ``pack`` and ``check_leftovers``, with the large tensors of numbers
-    read straight into arrays (``app.api.protocols.numbers``) when the body has any. If
-    the body without them does not validate, or its tensors do not all land where a
-    tensor is read, it is parsed again as it came, so that its answer is the same. The
-    caller has checked the body's counts (``check_values``)."""
-    found = numbers.extract(body, reading.counts.commas) if reading.fast else None
-    if found is not None:
-        request = _read_marked(model, *found, reading.pack)
-        del found
+    """``parse_body``, ``pack`` and ``check_leftovers``, the body parsed once with its large
+    tensors of numbers read straight into arrays (``app.api.protocols.numbers``). If those
+    values do not validate, the body is parsed again as it came, so that its answer is
+    the same. The caller has checked the body's counts (``check_values``)."""
+    values = numbers.read(body) if reading.fast else None
+    if values is not None:
+        try:
+            request = model.model_validate(values)
+            reading.pack(request)
+        except (ValidationError, HTTPException):
+            request = None
+        del values
         if request is not None:
             check_leftovers(request, reading.leftovers)
             return request
@@ -174,22 +194,6 @@ def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
     reading.pack(request)
     check_leftovers(request, reading.leftovers)
     return request
-
-
-def _read_marked(
-    model: type[M], text: bytes, markers: numbers.Markers, pack: Callable[[M], None]
-) -> M | None:
-    """``text`` validated as ``model`` and packed, each marker replaced by its array;
-    None if it does not validate or a marker is left."""
-    token = MARKERS.set(markers)
-    try:
-        request = model.model_validate_json(text)
-        pack(request)
-    except (ValidationError, HTTPException):
-        return None
-    finally:
-        MARKERS.reset(token)
-    return request if markers.all_taken else None
 
 
 def parse_body(model: type[M], body: bytes | bytearray) -> M:
@@ -325,23 +329,12 @@ def is_numbers(data: object) -> bool:
 
 
 def pack_numbers(data: object, what: str) -> object:
-    """``data`` as a float32 array if it is a number tensor (``as_pixels``) or the marker
-    of one taken out of the body (``take``), else as is (a single number included: a
-    ``:classify`` feature may be one)."""
-    data = take(data)
+    """``data`` as a float32 array if it is a number tensor (``as_pixels``) or one already
+    (``numbers.read``), else as is (a single number included: a ``:classify`` feature may
+    be one)."""
     if isinstance(data, np.ndarray):
         return data
     return as_pixels(data, what) if isinstance(data, list) and is_numbers(data) else data
-
-
-#: The tensors taken out of the body being read (``read_json``), for ``take``.
-MARKERS: ContextVar[numbers.Markers | None] = ContextVar("markers", default=None)
-
-
-def take(data: object) -> object:
-    """The array a marker in ``data``'s place stands for, else ``data``."""
-    markers = MARKERS.get()
-    return data if markers is None else markers.take(data)
 
 
 def pack_values(mapping: dict[str, Any], what: str) -> None:

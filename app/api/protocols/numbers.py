@@ -1,220 +1,110 @@
-"""Tensors of JSON numbers read straight into arrays, without a Python object per number.
+"""JSON bodies parsed once, with their tensors of numbers read straight into arrays.
 
 A pixel tensor sent as JSON numbers (TF Serving's ``instances``/``inputs``, an OIP
-input's ``data``) would cost pydantic a Python float per number and a list per pixel:
-seconds of CPU and several times the body in memory for 32 images. ``extract`` finds
-each such tensor in the body's bytes, checks it and reads it with simdjson and numpy,
-and hands back the body with a small marker in its place, which pydantic validates as
-before; ``Markers.take`` puts the arrays back where the markers land.
+input's ``data``) costs pydantic a Python float per number and a list per pixel: seconds
+of CPU and several times the body in memory for 32 images
+(``bench/results/json-offload.md``). ``read`` parses the body once with simdjson into
+Python values, in which every large rectangular tensor of numbers is already a float32
+array; pydantic then validates those values, and the protocols take the arrays as they
+are (``common.pack_numbers``).
 
-It is only a faster way to the same answer. A tensor is taken only when
-* the body is mostly numbers (``extract``: bytes per value, brackets, strings);
-* it is the value of one of ``KEYS``, an array of at least ``MIN_BYTES`` bytes holding
-  nothing but numbers, commas, brackets and whitespace;
-* it is rectangular (``_shape``, at most ``MOST_RANK`` dimensions): every array at a
-  depth has as many elements, and numbers sit only at the deepest;
-* simdjson parses it (JSON's number grammar: no ``01``, ``1.``, ``NaN``, ``1e400``),
-  every leaf is a number, none longer than ``MOST_NUMBER_BYTES`` (pydantic refuses
-  4,301 digits) and none past 2**53 (numpy rounds such an integer once, to float32).
-
-Anything else stays in the body for pydantic, and a request whose markers do not all
-land where a tensor is read is parsed again from its original bytes, so errors read as
-they always did. The work is bounded for any body: in dimensions, strings, escapes, and
-the tokens the shape reading may look at (``_Scans``).
+It is only a faster way to the same answer. An array becomes an array of numbers only
+when its text is at least ``MIN_BYTES``, it is rectangular (its brackets and commas are
+exactly those of the shape its first elements give, at most ``MOST_RANK`` dimensions),
+every leaf is a JSON number, none past 2**53 (numpy rounds such an integer once, to
+float32). ``read`` gives up (None: the caller parses the body as it came, so errors read
+as they always did) when simdjson refuses the body (its number grammar is JSON's, but it
+refuses integers past 2**64, which pydantic reads) or a number is longer than
+``MOST_NUMBER_BYTES`` (pydantic refuses 4,301 digits).
 """
 
 from __future__ import annotations
 
-import re
-import secrets
-from dataclasses import dataclass, field
+import math
 
 import numpy as np
 import simdjson
 
-KEYS = frozenset({b"instances", b"inputs", b"images", b"data"})
-LONGEST_KEY = max(map(len, KEYS)) + 1  # from its opening quote to its closing one
 MIN_BYTES = 4096  # smaller tensors are cheap enough as Python objects
-MOST_STRINGS = 256  # bodies with more strings than this are left to pydantic
-MOST_ESCAPES = 8  # a quote after more backslashes than this: left to pydantic
-MOST_BYTES_PER_VALUE = 64  # a tensor of numbers, even indented, has fewer per comma
 MOST_NUMBER_BYTES = 1000  # between two brackets or commas; pixels need ~20
-MOST_RANK = 8  # tensors of more dimensions are left to pydantic (pixels have 4)
+MOST_RANK = 8  # tensors of more dimensions stay lists (pixels have 4)
 
-_WHITESPACE = b" \t\r\n"
-_TENSOR_BYTES = b"0123456789+-.eE,[]" + _WHITESPACE  # all a tensor of numbers is made of
-#: After a key's closing quote: the colon, and an array whose first element, down its
-#: brackets, starts with a number. Group 1 is the array's "[".
-_ARRAY_OF_NUMBERS = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*(\[)[ \t\r\n\[]*[-0-9]")
 _OPEN, _COMMA, _CLOSE = 1, 2, 3
 #: ``bytes.translate`` table: "[" "," "]" to their token, every other byte to 0.
 _TOKENS = bytes({ord("["): _OPEN, ord(","): _COMMA, ord("]"): _CLOSE}.get(c, 0) for c in range(256))
+#: Bytes a JSON number is made of, for the longest run of them in a body.
+_NUMBER = np.zeros(256, bool)
+_NUMBER[np.frombuffer(b"0123456789+-.eE", np.uint8)] = True
 
 
-@dataclass
-class Markers:
-    """The arrays taken out of a body, each under the marker text that replaced it."""
-
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    taken: int = 0
-
-    def take(self, data: object) -> object:
-        """The array ``data`` stands for if it is a marker (``[["<marker>"]]``), else ``data``."""
-        if (
-            self.arrays
-            and type(data) is list
-            and len(data) == 1
-            and type(data[0]) is list
-            and len(data[0]) == 1
-            and type(data[0][0]) is str
-        ):
-            array = self.arrays.get(data[0][0])
-            if array is not None:
-                self.taken += 1
-                return array
-        return data
-
-    @property
-    def all_taken(self) -> bool:
-        """Whether every marker was replaced by its array (each stands in one place)."""
-        return self.taken == len(self.arrays)
-
-
-def extract(body: bytes | bytearray, commas: int) -> tuple[bytes, Markers] | None:
-    """``body`` with its large number tensors replaced by markers, and their arrays; None
-    when there are none to take, or the body is not mostly numbers: more than
-    ``MOST_BYTES_PER_VALUE`` bytes per value (``commas`` + 1: its commas, counted by the
-    caller), or more ``]`` than ``[`` (they would be in strings)."""
-    if len(body) > MOST_BYTES_PER_VALUE * (commas + 1):
+def read(body: bytes | bytearray) -> object | None:
+    """``body`` as Python values, its large tensors of numbers as float32 arrays; None
+    when it is not for this reader (the module docstring says when)."""
+    if _longest_number(body) > MOST_NUMBER_BYTES:
         return None
-    starts = _candidates(body)
-    if not starts or body.count(b"]") > body.count(b"["):
+    parser = simdjson.Parser()  # alive while its document is read
+    try:
+        document = parser.parse(bytes(body))
+    except (ValueError, RuntimeError):  # not JSON, or a number simdjson cannot hold
         return None
-    codes = np.frombuffer(body.translate(_TOKENS), np.uint8)
-    where = np.flatnonzero(codes)
-    kinds = codes[where]
-    del codes
-    nonce = secrets.token_hex(16)
-    markers = Markers()
-    pieces: list[bytes] = []
-    done = 0
-    budget = len(kinds)  # tensors do not overlap: together they hold at most every token
-    scans = _Scans(len(kinds))
-    for start in starts:
-        first = int(np.searchsorted(where, start))
-        try:
-            shape, length = _shape(kinds, first, scans)
-        except _TooLong:
-            break
-        if shape is None or start < done or length > budget:
+    return _value(document)
+
+
+def _longest_number(body: bytes | bytearray, chunk: int = 1 << 22) -> int:
+    """The longest run of number bytes in ``body`` (at least its longest number), read
+    ``chunk`` bytes at a time so that the positions found stay small."""
+    view = np.frombuffer(body, np.uint8)
+    longest = run = 0
+    for start in range(0, len(view), chunk):
+        edges = np.flatnonzero(~_NUMBER[view[start : start + chunk]])
+        size = min(chunk, len(view) - start)
+        if not len(edges):
+            run += size
             continue
-        budget -= length
-        if not np.array_equal(kinds[first : first + length], _tokens(shape)):
-            continue
-        end = int(where[first + length - 1])
-        if end - start + 1 < MIN_BYTES or body[start : end + 1].translate(None, _TENSOR_BYTES):
-            continue  # small, or holds something besides numbers (a string, true, null...)
-        if np.diff(where[first : first + length]).max() > MOST_NUMBER_BYTES:
-            continue  # a number longer than pydantic reads (it refuses 4,301 digits)
-        array = _read(memoryview(body)[start : end + 1], shape)
-        if array is None:
-            continue
-        marker = f"catdog-tensor:{nonce}:{len(markers.arrays)}"
-        markers.arrays[marker] = array
-        pieces += [bytes(body[done:start]), f'[["{marker}"]]'.encode()]
-        done = end + 1
-    if not markers.arrays:
+        gaps = np.diff(edges) - 1
+        longest = max(longest, run + int(edges[0]), int(gaps.max()) if len(gaps) else 0)
+        run = size - int(edges[-1]) - 1
+    return max(longest, run)
+
+
+def _value(node: object, tensors: bool = True) -> object:
+    """A simdjson value as Python values, its tensors of numbers as numpy arrays (with
+    ``tensors``; the elements of an array that is not one are lists, their objects'
+    values read again as tensors)."""
+    if isinstance(node, simdjson.Object):
+        return {key: _value(node[key]) for key in node.keys()}  # noqa: SIM118 (a proxy)
+    if isinstance(node, simdjson.Array):
+        array = _tensor(node) if tensors else None
+        return array if array is not None else [_value(item, False) for item in node]
+    return node
+
+
+def _tensor(node: simdjson.Array) -> np.ndarray | None:
+    """The array ``node`` holds if it is a large rectangular tensor of numbers, else None."""
+    text = node.mini
+    if len(text) < MIN_BYTES:
         return None
-    pieces.append(bytes(body[done:]))
-    return b"".join(pieces), markers
-
-
-def _candidates(body: bytes | bytearray) -> list[int]:
-    """Positions of the ``[`` that starts the value of a key in ``KEYS``, in order; none
-    when the body holds more than ``MOST_STRINGS`` strings, or a quote after a run of
-    backslashes longer than any a key or number tensor needs."""
-    if body.count(b'"') > 2 * MOST_STRINGS:
-        return []
-    found = []
-    opened = None
-    position = body.find(b'"')
-    while position >= 0:
-        escapes = 0
-        while position - escapes > 0 and body[position - escapes - 1] == ord("\\"):
-            escapes += 1
-            if escapes > MOST_ESCAPES:
-                return []
-        if escapes % 2 == 0:  # not an escaped quote inside a string
-            if opened is None:
-                opened = position
-            else:
-                if position - opened <= LONGEST_KEY and bytes(body[opened + 1 : position]) in KEYS:
-                    value = _ARRAY_OF_NUMBERS.match(body, position + 1)
-                    if value is not None:
-                        found.append(value.start(1))
-                opened = None
-        position = body.find(b'"', position + 1)
-    return found
-
-
-def _shape(kinds: np.ndarray, first: int, scans: _Scans) -> tuple[tuple[int, ...] | None, int]:
-    """The shape of the tensor whose ``[`` is token ``first``, read down its first
-    elements, and how many tokens it spans if it is rectangular: (None, 0) if even its
-    first elements do not make a shape, or it has more than ``MOST_RANK`` dimensions.
-
-    ``rank`` leading brackets, then the innermost array's commas; going up, each array
-    holds blocks of the size below separated by commas until a closing bracket.
-    """
-    head = kinds[first : first + MOST_RANK + 1]
-    rank = int(np.argmax(head != _OPEN)) if (head != _OPEN).any() else 0
-    if rank == 0:
-        return None, 0
-    sizes = [_run(kinds, first + rank, 1, scans)]  # the innermost array: its commas, then "]"
-    if sizes[0] == 0:
-        return None, 0
-    block = sizes[0] + 1  # its tokens: "[", the commas, "]"
-    for level in range(rank - 1, 0, -1):  # the first array at this depth: token level - 1
-        count = _run(kinds, first + level + block, block + 1, scans)
-        if count == 0:
-            return None, 0
-        sizes.append(count)
-        block = count * (block + 1) + 1
-    return tuple(reversed(sizes)), block
-
-
-class _Scans:
-    """Tokens the shape reading may still look at, over all of a body's candidates:
-    twice the body's, so that candidates laid out to make each other's reading run
-    long cost no more than reading the body twice."""
-
-    def __init__(self, tokens: int) -> None:
-        self.left = 2 * tokens
-
-    def spend(self, count: int) -> None:
-        self.left -= count
-        if self.left < 0:
-            raise _TooLong
-
-
-class _TooLong(Exception):
-    """The body's candidates looked at more tokens than ``_Scans`` allows."""
-
-
-def _run(kinds: np.ndarray, start: int, step: int, scans: _Scans) -> int:
-    """How many elements an array holds whose separators are tokens ``start``,
-    ``start + step``... : 1 + the commas before the first ``]``; 0 if something else
-    comes first, or nothing. Looks at windows growing fourfold, so the work is about
-    the number of commas, not what lies beyond them."""
-    seen, window = 0, 64
-    while True:
-        separators = kinds[start + seen * step : start + (seen + window) * step : step]
-        scans.spend(len(separators))
-        ends = np.flatnonzero(separators != _COMMA)
-        if len(ends):
-            return seen + int(ends[0]) + 1 if separators[ends[0]] == _CLOSE else 0
-        if len(separators) < window:
-            return 0  # the body ended
-        seen, window = seen + window, window * 4
+    shape: list[int] = []
+    item: object = node
+    while isinstance(item, simdjson.Array):
+        if len(shape) == MOST_RANK or not len(item):
+            return None
+        shape.append(len(item))
+        item = item[0]
+    if type(item) not in (int, float):  # true, null, a string...
+        return None
+    tokens = np.frombuffer(text.translate(_TOKENS), np.uint8)
+    if not np.array_equal(tokens[tokens != 0], _tokens(tuple(shape))):
+        return None
+    try:
+        values = np.frombuffer(node.as_buffer(of_type="d"), np.float64)
+    except (TypeError, ValueError):
+        return None
+    if values.size != math.prod(shape):
+        return None
+    if values.size and np.abs(values).max() >= 2.0**53:
+        return None  # an integer there may not be exact in float64: numpy reads it as int64
+    return values.astype(np.float32).reshape(shape)
 
 
 def _tokens(shape: tuple[int, ...]) -> np.ndarray:
@@ -225,18 +115,3 @@ def _tokens(shape: tuple[int, ...]) -> np.ndarray:
         inner = np.tile(np.concatenate([block, comma]), size)[:-1]
         block = np.concatenate([open_, inner, close])
     return block
-
-
-def _read(text: memoryview, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The tensor ``text`` as float32 of ``shape``, or None if simdjson finds it is not
-    JSON numbers, or it holds fewer numbers than ``shape`` (an empty array inside)."""
-    try:
-        document = simdjson.Parser().parse(text)
-        values = np.frombuffer(document.as_buffer(of_type="d"), np.float64)
-    except (ValueError, TypeError, RuntimeError):
-        return None
-    if values.size != np.prod(shape, dtype=np.int64):
-        return None
-    if values.size and np.abs(values).max() >= 2.0**53:
-        return None  # an integer there may not be exact in float64: numpy reads it as int64
-    return values.astype(np.float32).reshape(shape)

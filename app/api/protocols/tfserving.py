@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.protocols.common import (
     JsonTensor,
+    OrArray,
     TensorData,
     as_pixels,
     bad_request,
@@ -66,7 +67,7 @@ class PredictRequest(BaseModel):
     """POST /v1/models/{name}[/versions/{version}]:predict."""
 
     signature_name: str | None = Field(None, examples=[SIGNATURE])
-    instances: list[Instance] | None = Field(
+    instances: Annotated[list[Instance] | None, OrArray] = Field(
         None, examples=[[{"b64": "/9j/4AAQSkZJRgABAQ..."}]], fail_fast=True
     )
     inputs: JsonTensor | dict[str, JsonTensor] | None = Field(
