@@ -23,7 +23,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from app.api.errors import answer_for
-from app.api.protocols import oip, wire
+from app.api.protocols import oip, oip_schemas, wire
 from app.api.protocols.common import bad_request, check_model_name
 from app.api.protocols.messages import INFERENCE
 from app.core.admission import Upload
@@ -122,13 +122,13 @@ class InferenceServicer:
 
     def decode_request(
         self, call: InferCall
-    ) -> tuple[oip.InferRequest, oip.EncodedImages | oip.Pixels]:
+    ) -> tuple[oip_schemas.InferRequest, oip.EncodedImages | oip.Pixels]:
         """The request as REST's ``InferRequest`` (without its data), and its one input."""
         request, raws = call.message, call.raws
         if len(request.inputs) != 1:
             raise bad_request(f"give exactly one input, {oip.IMAGE_BYTES} or {oip.IMAGES}")
         inputs = [
-            oip.RequestInput(
+            oip_schemas.RequestInput(
                 name=t.name,
                 shape=list(t.shape),
                 datatype=t.datatype,
@@ -137,10 +137,10 @@ class InferenceServicer:
             for t in request.inputs
         ]
         outputs = [
-            oip.RequestOutput(name=o.name, parameters=parameters(o.parameters))
+            oip_schemas.RequestOutput(name=o.name, parameters=parameters(o.parameters))
             for o in request.outputs
         ]
-        infer_request = oip.InferRequest(
+        infer_request = oip_schemas.InferRequest(
             id=request.id or None,
             parameters=parameters(request.parameters),
             inputs=inputs,
@@ -208,9 +208,9 @@ class InferenceServicer:
         return response
 
 
-def parameters(given: Mapping[str, Message]) -> oip.Parameters:
+def parameters(given: Mapping[str, Message]) -> oip_schemas.Parameters:
     """A ``map<string, InferParameter>`` as REST's parameters (bool, int, float, str)."""
-    found: oip.Parameters = {}
+    found: oip_schemas.Parameters = {}
     for key, value in given.items():
         choice = value.WhichOneof("parameter_choice")
         if choice is not None:

@@ -110,3 +110,45 @@ class UnprocessableDetail(BaseModel):
         examples=["cannot decode image: image file is truncated"],
         description="text, or a list of {loc, msg, type} (a request that didn't validate)",
     )
+
+
+class ErrorBody(BaseModel):
+    """An error answer of both protocols."""
+
+    error: str = Field(examples=["no model named 'dog'; this service serves 'catdog'"])
+
+
+#: The error answers of the protocols' prediction routes, for the OpenAPI page.
+PROTOCOL_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "malformed request, or a tensor off the contract"},
+    404: {"model": ErrorBody, "description": "unknown model, or version not loaded"},
+    413: {"model": ErrorBody, "description": "body, image or image count over the limit"},
+    415: {"model": ErrorBody, "description": "not an image in an accepted format"},
+    422: {"model": ErrorBody, "description": "corrupt image"},
+    503: {"model": ErrorBody, "description": "too busy (see Retry-After) or not ready"},
+}
+
+
+def request_body(model: type[BaseModel], description: str) -> dict[str, object]:
+    """``openapi_extra`` documenting ``model`` as the JSON body of a route that reads its own."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": _inline(schema, definitions)}},
+        }
+    }
+
+
+def _inline(node: object, definitions: dict[str, object]) -> object:
+    """A JSON schema with every local ``$ref`` replaced by its definition (no recursion)."""
+    if isinstance(node, dict):
+        reference = node.get("$ref")
+        if isinstance(reference, str):
+            return _inline(definitions[reference.rsplit("/", 1)[-1]], definitions)
+        return {key: _inline(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(value, definitions) for value in node]
+    return node

@@ -156,6 +156,7 @@ async def test_a_client_that_left_is_not_decoded(
 
     monkeypatch.setattr(service_module, "preprocess", counting)
     async with serve(settings_for(tiny_model_base, decode_workers=1)) as (app, client):
+        decoded.clear()  # the start-up's warm-up decodes a few images of its own
         service = app.state.service
         blocked = threading.Event()
         service._decoders.submit(blocked.wait, ANSWER * 2)  # the only decoder is busy

@@ -16,7 +16,7 @@ import pytest
 from fastapi import HTTPException
 from pydantic import BaseModel
 
-from app.api.protocols import numbers, oip, tfserving
+from app.api.protocols import numbers, oip, oip_schemas, tfserving
 from app.api.protocols.common import JsonCounts, Reading, read_json
 
 
@@ -249,7 +249,7 @@ BODIES = [
         (tfserving.PredictRequest, lambda t: body_of(t, "inputs")),
         (tfserving.PredictRequest, lambda t: f'{{"inputs": {{"images": {t}}}}}'.encode()),
         (tfserving.PredictRequest, lambda t: f'{{"instances": [{{"images": {t}}}]}}'.encode()),
-        (oip.InferRequest, oip_body),
+        (oip_schemas.InferRequest, oip_body),
     ]
     for number, tensor in enumerate(tensors())
     for text in [tensor, *mutations(tensor, 60, seed=number)]
@@ -268,7 +268,7 @@ def test_read_json_answers_as_it_does_without_the_fast_path(
     ["1" + "0" * 4301 + "e-4302", "18014549907079169", "-18014549907079169"],
     ids=["4,302 digits", "past 2**53", "past -2**53"],
 )
-@pytest.mark.parametrize("model", [tfserving.PredictRequest, oip.InferRequest])
+@pytest.mark.parametrize("model", [tfserving.PredictRequest, oip_schemas.InferRequest])
 def test_numbers_pydantic_reads_its_own_way_answer_the_same(
     model: type[BaseModel], number: str
 ) -> None:
@@ -279,7 +279,7 @@ def test_numbers_pydantic_reads_its_own_way_answer_the_same(
     assert text.startswith(f"[[[[0, {number}, 0]")
     shape = '"shape": [2, 32, 32, 3]'
     body = oip_body(text).replace(b'"shape": [2, 3, 3, 3]', shape.encode())
-    body = body if model is oip.InferRequest else body_of(text)
+    body = body if model is oip_schemas.InferRequest else body_of(text)
     assert read(model, body, fast=True) == read(model, body, fast=False)
 
 

@@ -19,7 +19,7 @@ import tritonclient.http as triton
 from fastapi import HTTPException
 from tritonclient.utils import InferenceServerException
 
-from app.api.protocols import oip
+from app.api.protocols import oip, oip_schemas
 from servicekit import Server
 from tests import images as test_images
 from tests.app.helpers import error_json, good_image, serve, settings_for
@@ -260,7 +260,7 @@ def test_binary_image_files_are_read_where_they_lie_in_the_body(tmp_path: Path) 
     large batch out of it would hold the batch twice."""
     files = [good_image(), test_images.png_rgba_bytes(alpha=255)]
     body = b"".join(len(f).to_bytes(4, "little") + f for f in files)
-    tensor = oip.RequestInput(name="image_bytes", datatype="BYTES", shape=[2])
+    tensor = oip_schemas.RequestInput(name="image_bytes", datatype="BYTES", shape=[2])
     given = oip.decode_input(tensor, memoryview(body), settings_for(tmp_path))
     assert isinstance(given, oip.EncodedImages)
     assert [bytes(f) for f in given.files] == files
@@ -269,7 +269,7 @@ def test_binary_image_files_are_read_where_they_lie_in_the_body(tmp_path: Path) 
 
 def test_a_shape_without_pixels_is_a_bad_request(tmp_path: Path) -> None:
     """Zero pixels in all, with sizes numpy cannot make an array of: 400, not a fault."""
-    tensor = oip.RequestInput(name="images", datatype="FP32", shape=[1, 0, 2**62, 2**62])
+    tensor = oip_schemas.RequestInput(name="images", datatype="FP32", shape=[1, 0, 2**62, 2**62])
     for raw in (None, memoryview(b"")):
         with pytest.raises(HTTPException) as error:
             oip.decode_input(tensor, raw, settings_for(tmp_path))

@@ -3,8 +3,8 @@
 * Bodies are read by the routes themselves (``parse_json``), whatever their
   Content-Type: tritonclient sends none, ``curl -d`` sends a form type, and the
   binary tensor data extension puts raw bytes after the JSON. A body that does not
-  validate is a 400 naming the first problems. ``request_body`` documents such a
-  body in the OpenAPI page.
+  validate is a 400 naming the first problems (``app.api.schemas.request_body``
+  documents such a body in the OpenAPI page).
 * Images travel as standard (or URL-safe) base64 in JSON (``decode_b64``); they
   obey the limits of ``/predict/batch``: at most ``max_files_per_request`` per
   request and ``max_upload_bytes`` each, none empty (``check_images``).
@@ -40,7 +40,6 @@ import numpy as np
 from fastapi import HTTPException, Request
 from pydantic import (
     BaseModel,
-    Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
@@ -79,23 +78,6 @@ JsonTensor = Annotated[
     ),
 ]
 M = TypeVar("M", bound=BaseModel)
-
-
-class ErrorBody(BaseModel):
-    """An error answer of both protocols."""
-
-    error: str = Field(examples=["no model named 'dog'; this service serves 'catdog'"])
-
-
-#: The error answers of the protocols' prediction routes, for the OpenAPI page.
-PROTOCOL_ERRORS: dict[int | str, dict[str, object]] = {
-    400: {"model": ErrorBody, "description": "malformed request, or a tensor off the contract"},
-    404: {"model": ErrorBody, "description": "unknown model, or version not loaded"},
-    413: {"model": ErrorBody, "description": "body, image or image count over the limit"},
-    415: {"model": ErrorBody, "description": "not an image in an accepted format"},
-    422: {"model": ErrorBody, "description": "corrupt image"},
-    503: {"model": ErrorBody, "description": "too busy (see Retry-After) or not ready"},
-}
 
 
 def header_int(value: str) -> int | None:
@@ -376,28 +358,3 @@ def _element_types(data: list[Any], found: set[type]) -> set[type]:
     else:
         found.update(map(type, data))
     return found
-
-
-def request_body(model: type[BaseModel], description: str) -> dict[str, object]:
-    """``openapi_extra`` documenting ``model`` as the JSON body of a route that reads its own."""
-    schema = model.model_json_schema()
-    definitions = schema.pop("$defs", {})
-    return {
-        "requestBody": {
-            "required": True,
-            "description": description,
-            "content": {"application/json": {"schema": _inline(schema, definitions)}},
-        }
-    }
-
-
-def _inline(node: object, definitions: dict[str, object]) -> object:
-    """A JSON schema with every local ``$ref`` replaced by its definition (no recursion)."""
-    if isinstance(node, dict):
-        reference = node.get("$ref")
-        if isinstance(reference, str):
-            return _inline(definitions[reference.rsplit("/", 1)[-1]], definitions)
-        return {key: _inline(value, definitions) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_inline(value, definitions) for value in node]
-    return node

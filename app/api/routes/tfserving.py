@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 
 from app.api.deps import ServiceDep, UploadDep
 from app.api.protocols import tfserving as tfs
-from app.api.protocols.common import PROTOCOL_ERRORS, request_body
+from app.api.schemas import PROTOCOL_ERRORS, request_body
 
 router = APIRouter(tags=["tf serving"])
 ERRORS = PROTOCOL_ERRORS

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServiceDep, UploadDep
-from app.api.protocols import oip
-from app.api.protocols.common import PROTOCOL_ERRORS, request_body
+from app.api.protocols import oip, oip_schemas
+from app.api.schemas import PROTOCOL_ERRORS, request_body
 
 router = APIRouter(tags=["open inference protocol v2"])
 ERRORS = PROTOCOL_ERRORS
@@ -28,7 +28,7 @@ input has the parameter `binary_data_size`. A BYTES element is its 4-byte
 little-endian length then the file; FP32 is little-endian float32, row-major. With
 `binary_data: true` on the output (or `binary_data_output: true` on the request) the
 answer is built the same way, with `Inference-Header-Content-Length` in its headers."""
-INFER_BODY = request_body(oip.InferRequest, "the JSON request (see the description)")
+INFER_BODY = request_body(oip_schemas.InferRequest, "the JSON request (see the description)")
 INFER_ERRORS = {
     **ERRORS,
     200: {
@@ -38,57 +38,63 @@ INFER_ERRORS = {
 }
 
 
-@router.get("/v2", response_model=oip.ServerMetadata)
-async def server_metadata(request: Request) -> oip.ServerMetadata:
+@router.get("/v2", response_model=oip_schemas.ServerMetadata)
+async def server_metadata(request: Request) -> oip_schemas.ServerMetadata:
     """Server name, version and protocol extensions."""
     return oip.server_metadata(request.app.version)
 
 
-@router.get("/v2/health/live", response_model=oip.ServerLive)
-async def server_live() -> oip.ServerLive:
+@router.get("/v2/health/live", response_model=oip_schemas.ServerLive)
+async def server_live() -> oip_schemas.ServerLive:
     """Liveness: 200 while the process answers."""
-    return oip.ServerLive(live=True)
+    return oip_schemas.ServerLive(live=True)
 
 
-@router.get("/v2/health/ready", response_model=oip.ServerReady, responses={503: {}})
-async def server_ready(service: ServiceDep) -> oip.ServerReady | JSONResponse:
+@router.get("/v2/health/ready", response_model=oip_schemas.ServerReady, responses={503: {}})
+async def server_ready(service: ServiceDep) -> oip_schemas.ServerReady | JSONResponse:
     """Readiness: 200 once a model is loaded and warmed up, 503 before and when stopping."""
     if not service.ready:
         return JSONResponse({"ready": False}, status_code=503)
-    return oip.ServerReady(ready=True)
+    return oip_schemas.ServerReady(ready=True)
 
 
-@router.get("/v2/models/{name}", response_model=oip.ModelMetadata, responses=ERRORS)
-async def model_metadata(name: str, service: ServiceDep) -> oip.ModelMetadata:
+@router.get("/v2/models/{name}", response_model=oip_schemas.ModelMetadata, responses=ERRORS)
+async def model_metadata(name: str, service: ServiceDep) -> oip_schemas.ModelMetadata:
     """Inputs, outputs, loaded versions and runtime of the model (highest version)."""
     return oip.model_metadata(service, name, None)
 
 
 @router.get(
-    "/v2/models/{name}/versions/{version}", response_model=oip.ModelMetadata, responses=ERRORS
+    "/v2/models/{name}/versions/{version}",
+    response_model=oip_schemas.ModelMetadata,
+    responses=ERRORS,
 )
-async def version_metadata(name: str, version: str, service: ServiceDep) -> oip.ModelMetadata:
+async def version_metadata(
+    name: str, version: str, service: ServiceDep
+) -> oip_schemas.ModelMetadata:
     """Inputs, outputs and runtime of one loaded version."""
     return oip.model_metadata(service, name, version)
 
 
-@router.get("/v2/models/{name}/ready", response_model=oip.ModelReady, responses=ERRORS)
-async def model_ready(name: str, service: ServiceDep) -> oip.ModelReady:
+@router.get("/v2/models/{name}/ready", response_model=oip_schemas.ModelReady, responses=ERRORS)
+async def model_ready(name: str, service: ServiceDep) -> oip_schemas.ModelReady:
     """200 when the model is loaded and the service accepts requests."""
     return oip.model_ready(service, name, None)
 
 
 @router.get(
-    "/v2/models/{name}/versions/{version}/ready", response_model=oip.ModelReady, responses=ERRORS
+    "/v2/models/{name}/versions/{version}/ready",
+    response_model=oip_schemas.ModelReady,
+    responses=ERRORS,
 )
-async def version_ready(name: str, version: str, service: ServiceDep) -> oip.ModelReady:
+async def version_ready(name: str, version: str, service: ServiceDep) -> oip_schemas.ModelReady:
     """200 when this version is loaded and the service accepts requests."""
     return oip.model_ready(service, name, version)
 
 
 @router.post(
     "/v2/models/{name}/infer",
-    response_model=oip.InferResponse,
+    response_model=oip_schemas.InferResponse,
     responses=INFER_ERRORS,
     description=INFER_DOC,
     openapi_extra=INFER_BODY,
@@ -100,7 +106,7 @@ async def infer(name: str, request: Request, service: ServiceDep, upload: Upload
 
 @router.post(
     "/v2/models/{name}/versions/{version}/infer",
-    response_model=oip.InferResponse,
+    response_model=oip_schemas.InferResponse,
     responses=INFER_ERRORS,
     description=INFER_DOC,
     openapi_extra=INFER_BODY,
