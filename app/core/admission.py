@@ -1,7 +1,7 @@
 """Admission control: how many images are in flight, and how many are on their way.
 
 Request bodies held in memory are counted too (``holding``): past ``most_bytes``
-(``CATDOG_MAX_BODY_BYTES_IN_FLIGHT``) a request is refused the same way before its body
+(``CATDOG_BODY_BYTES_BUDGET``) a request is refused the same way before its body
 is read, so that many large bodies at once cannot exhaust memory.
 
 An image is *in flight* from the moment its request is admitted until it is

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     max_images_per_client: int = Field(
         0, ge=0, description="images one client (its address) may have in flight; 0: no cap"
     )
-    max_body_bytes_in_flight: int = Field(
+    body_bytes_budget: int = Field(
         1 << 30,
         ge=0,
         description="bytes of prediction bodies held at once (Content-Length, else the route's "

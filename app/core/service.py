@@ -93,7 +93,7 @@ class InferenceService:
             settings.max_images_in_flight,
             metrics,
             settings.max_images_per_client,
-            settings.max_body_bytes_in_flight,
+            settings.body_bytes_budget,
         )
         self.registry = ModelRegistry(
             settings.model_dir, self._load, metrics, VersionPolicy.parse(settings.version_policy)

@@ -4,7 +4,7 @@ Chunk storms and ``Transfer-Encoding`` other than ``chunked`` are refused by the
 connection layer (``app/connections.py``); bytes after an early answer are bounded; an
 encoded ``/`` in a path, a version not in canonical form, an ``OPTIONS`` on a
 ``:predict`` route and a long echoed field get clear answers; bodies held at once are
-bounded by ``CATDOG_MAX_BODY_BYTES_IN_FLIGHT`` through the one gate.
+bounded by ``CATDOG_BODY_BYTES_BUDGET`` through the one gate.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ ANSWER = 20.0
 @pytest.fixture(scope="module")
 def edge(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("edge") / "server.log"
-    with uvicorn_server(tiny_model_base, log, max_body_bytes_in_flight=300_000) as server:
+    with uvicorn_server(tiny_model_base, log, body_bytes_budget=300_000) as server:
         yield server
 
 
