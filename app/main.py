@@ -10,9 +10,9 @@ from app.api.errors import register_error_handlers
 from app.api.middleware import MetricsMiddleware, PredictionGateMiddleware
 from app.api.routes import health, metrics, models, page, predict, tfserving, v2
 from app.core.config import Settings, get_settings
-from app.core.lifespan import lifespan
 from app.core.metrics import Metrics
 from app.core.service import InferenceService
+from app.lifespan import lifespan
 from app.ops.install import install
 
 _log = logging.getLogger("catdog")

@@ -27,7 +27,7 @@ from fastapi import FastAPI
 
 from app.connections import bounded_protocol
 from app.core.config import Settings
-from app.core.lifespan import shutdown_started
+from app.lifespan import shutdown_started
 
 log = logging.getLogger("catdog.server")
 STARTUP_FAILURE = 3  # uvicorn's exit code when the app cannot start
@@ -79,7 +79,7 @@ def build_config(
 
 class Server(uvicorn.Server):
     """uvicorn's server, which also tells the app the moment it is asked to stop
-    (``app.core.lifespan.shutdown_started``: not ready, gRPC refusing new calls), not
+    (``app.lifespan.shutdown_started``: not ready, gRPC refusing new calls), not
     only after HTTP has drained (the lifespan's end)."""
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:

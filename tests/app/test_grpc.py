@@ -32,7 +32,7 @@ from app.api.gate import peer_key
 from app.api.grpc_oip import InferCall
 from app.api.protocols.messages import INFERENCE, TFSERVING
 from app.core.admission import Upload
-from app.core.lifespan import shutdown_started
+from app.lifespan import shutdown_started
 from servicekit import Server, free_port, start_uvicorn, stop, wait_ready
 from tests import images as test_images
 from tests.app.helpers import (
