@@ -83,7 +83,7 @@ class Server(uvicorn.Server):
     only after HTTP has drained (the lifespan's end)."""
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.running_loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -91,7 +91,7 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
         app = self.config.app
         if first and isinstance(app, FastAPI) and hasattr(app.state, "grpc"):
-            self._loop.call_soon_threadsafe(shutdown_started, app)
+            self.running_loop.call_soon_threadsafe(shutdown_started, app)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

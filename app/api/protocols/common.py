@@ -59,13 +59,13 @@ TensorData = list[Any]
 JSON_SLACK = 4096  # values of a legal body beside its tensor: keys, shape, parameters
 
 
-def _array_or(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+def tensor(value: object, handler: ValidatorFunctionWrapHandler) -> object:
     """An array ``numbers.read`` made of a tensor as it is; anything else as the type says."""
     return value if isinstance(value, np.ndarray) else handler(value)
 
 
 #: Marks a field where ``numbers.read`` may have put an array in place of a list.
-OrArray = WrapValidator(_array_or)
+OrArray = WrapValidator(tensor)  # its name shows in errors: "function-wrap[tensor()]"
 JsonTensor = Annotated[
     TensorData,
     OrArray,
@@ -338,6 +338,8 @@ def as_pixels(data: TensorData | np.ndarray, what: str) -> np.ndarray:
         array = np.asarray(data)
     except (TypeError, ValueError) as exc:
         raise bad_request(f"{what}: not a rectangular tensor of numbers ({exc})") from None
+    if array.size and array.dtype.kind == "O" and array.ndim and is_numbers(data):
+        raise bad_request(f"{what}: an integer too large for a pixel (beyond 64 bits)")
     if array.size and array.dtype.kind not in "iuf":  # strings, true/false, null, objects
         raise bad_request(f"{what}: not a rectangular tensor of numbers (found {array.dtype})")
     return array.astype(np.float32)

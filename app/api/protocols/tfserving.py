@@ -274,6 +274,8 @@ def _from_rows(
     when the parsing worker packed them."""
     if isinstance(instances, np.ndarray):
         return instances
+    if not instances:
+        raise bad_request("instances is empty: give one instance per image")
     if all(isinstance(i, dict) for i in instances):
         names = {key for i in instances if isinstance(i, dict) for key in i}
         if len(names) != 1 or not names <= {IMAGE_BYTES, IMAGES}:
