@@ -12,11 +12,13 @@ files and the number of distinct functions per file.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import sys
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +128,10 @@ async def measure() -> dict[str, set[tuple[str, str]]]:
     return found
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m bench request_path", description=__doc__).parse_args(
+        argv
+    )
     threading.setprofile(profile)
     sys.setprofile(profile)
     found = asyncio.run(measure())

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.api.errors import MOST_ECHO
-from bench.harness import Server, uvicorn_server
+from servicekit import Server, uvicorn_server
 from tests.app.helpers import HTTP_TIMEOUT, good_image, upload
 
 ANSWER = 20.0
