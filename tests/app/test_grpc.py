@@ -659,6 +659,23 @@ async def test_a_call_whose_message_never_comes_is_answered(tiny_model_base: Pat
         assert f'catdog_grpc_requests_total{{code="DEADLINE_EXCEEDED",method="{path}"}}' in text
 
 
+async def test_a_second_message_on_a_unary_call_is_refused(served: Served) -> None:
+    """A unary call is one message and the end of its stream: a second is not ignored."""
+    message = M["ServerLiveRequest"]().SerializeToString()
+
+    async def two() -> AsyncIterator[bytes]:
+        yield message
+        yield message
+
+    async with channel_to(served.app.state.grpc.port) as channel:
+        live = channel.stream_unary(CALLS["ServerLive"].path)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await live(two(), timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "one request message" in (error.value.details() or "")
+        assert (await call(channel, "ServerLive", M["ServerLiveRequest"]())).live
+
+
 async def test_compressed_messages_are_refused(served: Served) -> None:
     """A few hundred kB of gzip could inflate to the whole message limit before any check."""
     request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
