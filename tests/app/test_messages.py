@@ -12,12 +12,13 @@ read what protobuf reads: the same errors, the same fields.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
-from grpc_tools import protoc
 from tritonclient.grpc import service_pb2
 
 from app.api.grpc_oip import read_infer_call
@@ -88,16 +89,9 @@ def test_schemas_are_protocs_output(tmp_path: Path) -> None:
     """The committed descriptor set is what protoc makes of the two .proto files today."""
     made = tmp_path / "schemas.binpb"
     folder = SCHEMAS.parent
-    status = protoc.main(
-        [
-            "protoc",
-            f"-I{folder}",
-            f"--descriptor_set_out={made}",
-            "inference.proto",
-            "tfserving.proto",
-        ]
-    )
-    assert status == 0
+    command = [sys.executable, "-m", "grpc_tools.protoc", f"-I{folder}"]
+    command += [f"--descriptor_set_out={made}", "inference.proto", "tfserving.proto"]
+    subprocess.run(command, check=True, capture_output=True)  # its own process: protoc
     assert made.read_bytes() == SCHEMAS.read_bytes(), "run the command in messages.py"
 
 
