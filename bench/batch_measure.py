@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.harness import CACHE, memory_mb, proc_status_kb, uvicorn_server
+from bench.harness import CACHE, cpu_seconds, memory_mb, proc_status_kb, uvicorn_server
+from bench.serve_load import machine_busy_seconds
 
 SAMPLE_S = 0.2
 
@@ -41,39 +42,55 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss_mb(roots: list[int]) -> float:
-    """Resident memory of ``roots`` and all their descendants now, in MB (10^6 bytes)."""
+def tree_pids(roots: list[int]) -> set[int]:
+    """``roots`` and all their descendants now."""
     tree, seen, todo = _children(), set(), list(roots)
     while todo:
         pid = todo.pop()
         if pid not in seen:
             seen.add(pid)
             todo.extend(tree.get(pid, []))
-    kb = sum(proc_status_kb(pid, "VmRSS") or 0 for pid in seen)
-    return kb * 1024 / 1e6
+    return seen
 
 
 class TreeMemory:
-    """The peak, over time, of the summed RSS of some process trees (a sampling thread)."""
+    """The peak, over time, of the summed RSS of some process trees (a sampling thread),
+    and the CPU the rest of the machine used meanwhile (``other_cores``: busy cores of
+    ``/proc/stat`` minus the trees' own CPU seconds, over the wall time; well above 0
+    means something else ran and the row is not to be trusted)."""
 
     def __init__(self, roots: list[int]) -> None:
         self.roots = roots
         self.peak_mb = 0.0
+        self.other_cores = 0.0
+        self._cpu: dict[int, float] = {}  # the last CPU seconds seen of each process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, tree_rss_mb(self.roots))
+            pids = tree_pids(self.roots)
+            kb = sum(proc_status_kb(pid, "VmRSS") or 0 for pid in pids)
+            self.peak_mb = max(self.peak_mb, kb * 1024 / 1e6)
+            for pid in pids:
+                self._cpu[pid] = cpu_seconds(pid) or self._cpu.get(pid, 0.0)
             self._stop.wait(SAMPLE_S)
 
     def __enter__(self) -> TreeMemory:
+        self._started = time.perf_counter(), machine_busy_seconds(), self._own_cpu()
         self._thread.start()
         return self
+
+    def _own_cpu(self) -> float:
+        return sum(cpu_seconds(p) or 0.0 for p in tree_pids(self.roots))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        wall, busy, own = self._started
+        wall = time.perf_counter() - wall
+        used = sum(self._cpu.values()) - own
+        self.other_cores = round(max(0.0, machine_busy_seconds() - busy - used) / wall, 2)
 
 
 # ---------------------------------------------------------------- the in-process limit
@@ -152,7 +169,8 @@ def service_rate(model_dir: Path, files: list[Path], clients: int) -> dict[str, 
     log = CACHE / "logs" / "batch-service.log"
     with uvicorn_server(model_dir, log) as server:
         started = time.perf_counter()
-        statuses = asyncio.run(_clients(server.url, files, clients))
+        with TreeMemory([os.getpid()]) as ours:  # the clients and the server
+            statuses = asyncio.run(_clients(server.url, files, clients))
         seconds = time.perf_counter() - started
         memory = memory_mb(server.process.pid)
     return {
@@ -160,6 +178,7 @@ def service_rate(model_dir: Path, files: list[Path], clients: int) -> dict[str, 
         "seconds": round(seconds, 1),
         "statuses": statuses,
         "peak_rss_mb": round(memory["VmHWM"], 1),
+        "other_cores": ours.other_cores,
         "clients": clients,
     }
 
