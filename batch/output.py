@@ -126,6 +126,7 @@ class Summary:
             "files_by_node": dict(self.nodes.most_common()),
             "seconds": round(self.seconds, 2),
             "first_row_s": None if self.first_row_s is None else round(self.first_row_s, 2),
+            "driver_cpu_s": round(time.process_time(), 2),  # listing, Ray's start, writing
             "files_per_s": round(self.files_per_s, 2),
         }
 

@@ -166,11 +166,13 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
     ]
     columns = [("run", "run"), ("files/s", "files_per_s"), ("first row s", "first_row_s")]
     columns += [("files/s after it", "steady_files_per_s"), ("wall s", "wall_s")]
-    columns += [("peak RSS MB", "peak_rss_mb"), ("other cores", "other_cores")]
+    columns += [("driver CPU s", "driver_cpu_s"), ("peak RSS MB", "peak_rss_mb")]
+    columns += [("other cores", "other_cores")]
     cores = report["environment"]["cpus"]
     per_core = (embedded["steady_files_per_s"] or embedded["files_per_s"]) / cores
     overhead = report["ray_overhead"]
     of_limit = embedded["files_per_s"] / limit["files_per_s"]
+    driver_ms = embedded["driver_cpu_s"] / embedded["files"] * 1000
     of_service = embedded["files_per_s"] / report["service"]["files_per_s"]
     body = [
         *table(rows, columns, text=("run",)),
@@ -190,6 +192,10 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         f"{cores} cores (listing, Ray's start and the model's load left out):",
         "",
         *estimate(per_core, overhead["task_ms"], report["block_files"], cores),
+        "",
+        f"One driver lists, hands out and writes every file: {driver_ms:.3f} ms of its CPU "
+        f"per file here, so one job tops out near {1000 / driver_ms:,.0f} files/s whatever "
+        "the number of nodes.",
     ]
     about = (
         f"{args.count} photos of `{args.source}`; model `{report['model']}`; "
