@@ -63,10 +63,10 @@ class Metrics:
         )
         self.http_refusals = Counter(
             "catdog_http_refusals",
-            "answers the launcher's HTTP layer gave itself, and connections it closed, by"
-            " reason: malformed (400), header_timeout and body_timeout (408), header_bytes"
-            " and header_count (431), connection_cap (503), closed_for_room and idle"
-            " (closed without an answer); python -m app only",
+            "answers the connection layer (app/connections.py) gave itself, and connections"
+            " it closed, by reason: malformed and chunks (400), header_timeout and"
+            " body_timeout (408), header_bytes and header_count (431), connection_cap (503),"
+            " closed_for_room, idle and unread (closed without an answer); python -m app only",
             ["reason"],
             registry=r,
         )
