@@ -8,12 +8,15 @@ from fastapi import FastAPI
 
 from app.api.errors import register_error_handlers
 from app.api.middleware import MetricsMiddleware, PredictionGateMiddleware
-from app.api.routes import health, metrics, models, page, predict, tfserving, v2
+from app.api.routes import health, metrics, models, page
 from app.core.config import Settings, get_settings
 from app.core.metrics import Metrics
 from app.core.service import InferenceService
 from app.lifespan import lifespan
 from app.ops.install import install
+from app.protocols.oip import routes as v2
+from app.protocols.predict import routes as predict
+from app.protocols.tfserving import routes as tfserving
 
 _log = logging.getLogger("catdog")
 if not _log.handlers:  # uvicorn configures its own loggers; ours logs beside them

@@ -19,8 +19,8 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
-from app.api.grpc_tfserving import DT_FLOAT, DT_STRING, PREDICTION_SERVICE
-from app.api.protocols.messages import TFSERVING
+from app.protocols.messages import TFSERVING
+from app.protocols.tfserving.servicer import DT_FLOAT, DT_STRING, PREDICTION_SERVICE
 from bench.harness import (
     ROOT,
     Server,

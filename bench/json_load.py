@@ -3,7 +3,7 @@
 A TF Serving client often sends ``{"instances": [[[[r, g, b], ...]]]}``: one photo,
 resized to the model's input and scaled, as JSON numbers (150,528 values, ~3 MB). Two
 servers, one after the other, each a fresh ``python -m app`` with the shipped model on
-LiteRT and the default settings but one: the fast path (``app/api/protocols/numbers.py``,
+LiteRT and the default settings but one: the fast path (``app/protocols/numbers.py``,
 the default) and pydantic (``CATDOG_JSON_FAST_TENSORS=false``). On each, for each client
 count: a warm-up and a measured window of closed-loop load (``bench.protocols``) of the
 JSON bodies, then the same of the same photos as files to ``/predict``, as a control.

@@ -1,6 +1,6 @@
 """What a large JSON-number tensor costs the other requests, parsed on the event loop
 or in the parsing process (``CATDOG_JSON_PARSE_PROCESSES``, ``app/core/offload.py``),
-read straight into arrays (``CATDOG_JSON_FAST_TENSORS``, ``app/api/protocols/numbers.py``)
+read straight into arrays (``CATDOG_JSON_FAST_TENSORS``, ``app/protocols/numbers.py``)
 or as a Python object per number (pydantic).
 
 Five servers, one at a time, each a fresh ``python -m app`` serving the shipped model

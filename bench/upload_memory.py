@@ -2,7 +2,7 @@
 of files at the upload limit. The pods' memory limits are sized from it
 (docs/deployment.md; ``tests/deploy/test_pods.py`` reads the results file).
 
-The service holds an upload in memory while its request runs: ``app/api/multipart.py``
+The service holds an upload in memory while its request runs: ``app/protocols/predict/multipart.py``
 keeps each multipart part, the protocol routes read the whole body, and each route
 makes copies of its own (the bytes handed to decoding, base64 text and its decoded
 bytes). Admission counts images once their body is in, so a pod can hold up to
@@ -89,8 +89,8 @@ def request_for(protocol: str, name: str, file: bytes, count: int) -> Request:
         body += f"--{boundary}--\r\n".encode()
         return path, {"content-type": f"multipart/form-data; boundary={boundary}"}, body
     if protocol == "tfs-grpc":
-        from app.api.grpc_tfserving import DT_STRING, PREDICTION_SERVICE
-        from app.api.protocols.messages import TFSERVING
+        from app.protocols.messages import TFSERVING
+        from app.protocols.tfserving.servicer import DT_STRING, PREDICTION_SERVICE
 
         request = TFSERVING.messages["PredictRequest"]()
         request.model_spec.name = name
@@ -102,7 +102,7 @@ def request_for(protocol: str, name: str, file: bytes, count: int) -> Request:
         return method.path, {}, request.SerializeToString()
     elements = (struct.pack("<I", len(file)) + file) * count
     if protocol == "grpc":
-        from app.api.protocols.messages import INFERENCE
+        from app.protocols.messages import INFERENCE
 
         message = INFERENCE.messages["ModelInferRequest"](model_name=name)
         message.inputs.add(name="image_bytes", datatype="BYTES", shape=[count])

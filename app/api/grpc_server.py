@@ -2,8 +2,8 @@
 
 With ``CATDOG_GRPC_ADDRESS`` set (``0.0.0.0:8081`` in the images), the lifespan starts
 a ``grpc.aio`` server on uvicorn's event loop. It answers the six calls of
-``inference.GRPCInferenceService`` (``app/api/grpc_oip.py``; what KServe, Triton and
-``tritonclient.grpc`` speak), TF Serving's gRPC calls (``app/api/grpc_tfserving.py``)
+``inference.GRPCInferenceService`` (``app/protocols/oip/servicer.py``; what KServe, Triton and
+``tritonclient.grpc`` speak), TF Serving's gRPC calls (``app/protocols/tfserving/servicer.py``)
 and gRPC's health check (grpcio-health-checking's servicer), on the same
 ``InferenceService`` as REST: the same admission (the client's share too, by its
 address), decoders, batcher, limits and metrics.
@@ -42,19 +42,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from app.api.errors import answer_for, cut, fault_answer
 from app.api.gate import admitted, body_limit, peer_key
-from app.api.grpc_oip import InferenceServicer, read_infer_call
-from app.api.grpc_tfserving import (
-    MODEL_SERVICE,
-    PREDICTION_SERVICE,
-    TfServingServicer,
-)
-from app.api.grpc_tfserving import Call as TfServingCall
-from app.api.protocols import wire
-from app.api.protocols.messages import INFERENCE, TFSERVING, Method
 from app.core.admission import Upload
 from app.core.config import Settings
 from app.core.errors import QueueFullError
 from app.core.service import InferenceService
+from app.protocols import wire
+from app.protocols.messages import INFERENCE, TFSERVING, Method
+from app.protocols.oip.servicer import InferenceServicer, read_infer_call
+from app.protocols.tfserving.servicer import (
+    MODEL_SERVICE,
+    PREDICTION_SERVICE,
+    TfServingServicer,
+)
+from app.protocols.tfserving.servicer import Call as TfServingCall
 
 log = logging.getLogger("catdog.grpc")
 INFERENCE_SERVICE = "inference.GRPCInferenceService"

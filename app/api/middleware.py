@@ -30,9 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.deps import UPLOAD_KEY
 from app.api.errors import ErrorAnswer, known_error, respond
 from app.api.gate import admitted, body_limit, client_key, route_label
-from app.api.protocols.common import header_int
 from app.core.errors import QueueFullError
 from app.core.service import InferenceService
+from app.protocols.common import header_int
 
 log = logging.getLogger("catdog")
 ROUTE_KEY = "catdog.route"  # route label for answers sent before routing

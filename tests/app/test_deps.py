@@ -6,7 +6,8 @@ import inspect
 
 from fastapi.routing import APIRoute
 
-from app.api.routes import health, metrics, models, page, predict
+from app.api.routes import health, metrics, models, page
+from app.protocols.predict import routes as predict
 
 
 def _dependency_calls(dependant) -> list:  # noqa: ANN001 - fastapi's internal Dependant

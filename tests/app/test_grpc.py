@@ -29,10 +29,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from app.api.gate import peer_key
-from app.api.grpc_oip import InferCall
-from app.api.protocols.messages import INFERENCE, TFSERVING
 from app.core.admission import Upload
 from app.lifespan import shutdown_started
+from app.protocols.messages import INFERENCE, TFSERVING
+from app.protocols.oip.servicer import InferCall
 from servicekit import Server, free_port, start_uvicorn, stop, wait_ready
 from tests import images as test_images
 from tests.app.helpers import (

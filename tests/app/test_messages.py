@@ -1,4 +1,4 @@
-"""The service's gRPC messages (``app/api/protocols/messages.py``) and the wire scanner.
+"""The service's gRPC messages (``app/protocols/messages.py``) and the wire scanner.
 
 The messages built from protoc's output for ``inference.proto`` must be the protocol's:
 every message that
@@ -21,9 +21,9 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
-from app.api.grpc_oip import read_infer_call
-from app.api.protocols import wire
-from app.api.protocols.messages import INFERENCE, SCHEMAS
+from app.protocols import wire
+from app.protocols.messages import INFERENCE, SCHEMAS
+from app.protocols.oip.servicer import read_infer_call
 
 
 def fields(descriptor: Descriptor, prefix: str = "") -> dict[str, tuple[object, ...]]:

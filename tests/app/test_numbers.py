@@ -1,4 +1,4 @@
-"""JSON bodies parsed once, number tensors straight into arrays (``app.api.protocols.numbers``).
+"""JSON bodies parsed once, number tensors straight into arrays (``app.protocols.numbers``).
 
 ``read`` makes an array of a tensor only when it is a rectangular tensor of JSON numbers,
 and reads it as pydantic and numpy would; ``read_json`` answers every body, good or bad,
@@ -16,8 +16,11 @@ import pytest
 from fastapi import HTTPException
 from pydantic import BaseModel
 
-from app.api.protocols import numbers, oip, oip_schemas, tfserving
-from app.api.protocols.common import JsonCounts, Reading, read_json
+from app.protocols import numbers
+from app.protocols.common import JsonCounts, Reading, read_json
+from app.protocols.oip import codec as oip
+from app.protocols.oip import schemas as oip_schemas
+from app.protocols.tfserving import codec as tfserving
 
 
 @pytest.fixture(autouse=True)

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from fastapi import HTTPException
 
-from app.api.protocols.common import parse_json
-from app.api.protocols.tfserving import PredictRequest
 from app.core.offload import Offload
+from app.protocols.common import parse_json
+from app.protocols.tfserving.codec import PredictRequest
 from servicekit import Server, start_uvicorn, stop, value, wait_ready
 from tests.app.helpers import serve, settings_for
 from tests.app.protocols import TOLERANCE, images, pixels, predicted, protocol_server

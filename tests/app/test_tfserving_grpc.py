@@ -1,4 +1,4 @@
-"""TF Serving's gRPC API (``app/api/grpc_tfserving.py``), driven by TF Serving's own client.
+"""TF Serving's gRPC API (``app/protocols/tfserving/servicer.py``), driven by its own client.
 
 The schema read from ``tfserving.proto`` must be TF Serving's on the wire: each of its
 fields is compared with the generated code of ``tensorflow-serving-api`` and
@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from app.api.protocols.messages import TFSERVING
+from app.protocols.messages import TFSERVING
 from servicekit import Server
 from tests import images as test_images
 from tests.app.protocols import (

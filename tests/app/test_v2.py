@@ -19,7 +19,8 @@ import tritonclient.http as triton
 from fastapi import HTTPException
 from tritonclient.utils import InferenceServerException
 
-from app.api.protocols import oip, oip_schemas
+from app.protocols.oip import codec as oip
+from app.protocols.oip import schemas as oip_schemas
 from servicekit import Server
 from tests import images as test_images
 from tests.app.helpers import error_json, good_image, serve, settings_for

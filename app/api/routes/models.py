@@ -13,9 +13,9 @@ from fastapi import APIRouter
 from starlette.convertors import Convertor, register_url_convertor
 
 from app.api.deps import ServiceDep
-from app.api.protocols.common import check_model_name
 from app.api.schemas import ErrorDetail, LoadedVersion, ModelInfo, ModelVersionStatus, VersionStatus
 from app.core.service import InferenceService
+from app.protocols.common import check_model_name
 
 
 class Segment(Convertor[str]):

@@ -1,4 +1,4 @@
-"""TensorFlow Serving's REST API: schemas and codec of ``app/api/routes/tfserving.py``.
+"""TensorFlow Serving's REST API: schemas and codec of ``app/protocols/tfserving/routes.py``.
 
 The signature ``serving_default`` has two inputs, of which a request gives one:
 
@@ -24,7 +24,9 @@ import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.api.protocols.common import (
+from app.core.admission import Upload
+from app.core.service import Classification, InferenceService
+from app.protocols.common import (
     JsonTensor,
     OrArray,
     TensorData,
@@ -40,8 +42,6 @@ from app.api.protocols.common import (
     parse_json,
     read_body,
 )
-from app.core.admission import Upload
-from app.core.service import Classification, InferenceService
 
 SIGNATURE = "serving_default"
 IMAGE_BYTES = "image_bytes"

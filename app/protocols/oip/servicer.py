@@ -1,5 +1,5 @@
 """The Open Inference Protocol's gRPC calls (``inference.GRPCInferenceService``), served by
-``app.api.grpc_server.GrpcServer`` beside TF Serving's (``app/api/grpc_tfserving.py``).
+``app.api.grpc_server.GrpcServer`` beside TF Serving's (``app/protocols/tfserving/servicer.py``).
 
 ``ModelInfer`` reads like the REST route, in three steps (``InferenceServicer``):
 
@@ -23,11 +23,13 @@ import numpy as np
 from google.protobuf.message import Message
 
 from app.api.errors import answer_for
-from app.api.protocols import oip, oip_schemas, wire
-from app.api.protocols.common import bad_request, check_model_name
-from app.api.protocols.messages import INFERENCE
 from app.core.admission import Upload
 from app.core.service import Classification, InferenceService
+from app.protocols import wire
+from app.protocols.common import bad_request, check_model_name
+from app.protocols.messages import INFERENCE
+from app.protocols.oip import codec as oip
+from app.protocols.oip import schemas as oip_schemas
 
 M = INFERENCE.messages
 #: The field of ModelInferRequest that carries raw tensor data (7).

@@ -14,7 +14,7 @@
   files (``bench/results/upload-memory.json``).
 * Tensors given as JSON numbers become float32 arrays (``as_pixels``); their shape
   and values are checked against the version's contract by the service. The body is
-  parsed once, large tensors straight into arrays (``app.api.protocols.numbers``,
+  parsed once, large tensors straight into arrays (``app.protocols.numbers``,
   ``read_json``);
   any other body costs pydantic a Python object per number, seconds of CPU holding
   the GIL and several times the body in memory (``bench/results/json-offload.md``).
@@ -46,10 +46,10 @@ from pydantic import (
     WrapValidator,
 )
 
-from app.api.protocols import numbers
 from app.core.config import Settings
 from app.core.offload import OffloadBrokenError
 from app.core.service import InferenceService
+from app.protocols import numbers
 from catdog.contract import ModelContract
 
 #: A JSON tensor: numbers or strings, flat (row-major) or nested. Its elements are
@@ -158,7 +158,7 @@ def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M
 
 def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
     """``parse_body``, ``pack`` and ``check_leftovers``, the body parsed once with its large
-    tensors of numbers read straight into arrays (``app.api.protocols.numbers``). If those
+    tensors of numbers read straight into arrays (``app.protocols.numbers``). If those
     values do not validate, the body is parsed again as it came, so that its answer is
     the same. The caller has checked the body's counts (``check_values``)."""
     values = numbers.read(body) if reading.fast else None

@@ -2,11 +2,11 @@
 
 What ``tensorflow_serving.apis`` clients call (``PredictionServiceStub``,
 ``ModelServiceStub``), with the conventions of this service's TF Serving REST API
-(``app/api/protocols/tfserving.py``): one signature, ``serving_default``, whose inputs
+(``app/protocols/tfserving/codec.py``): one signature, ``serving_default``, whose inputs
 are ``image_bytes`` (DT_STRING ``[N]``, each element an image file) and ``images``
 (DT_FLOAT ``[N, H, W, 3]``, pixels scaled per the contract, in ``tensor_content`` or
 ``float_val``); a request gives one. The messages are
-``app.api.protocols.messages.TFSERVING``.
+``app.protocols.messages.TFSERVING``.
 
 * ``Predict``: the output ``probabilities`` (DT_FLOAT ``[N, C]``, in ``tensor_content``,
   which ``tf.make_ndarray`` reads);
@@ -30,14 +30,14 @@ import numpy as np
 from fastapi import HTTPException
 from google.protobuf.message import Message
 
-from app.api.protocols import tfserving as tfs
-from app.api.protocols.common import bad_request, check_count, check_images, check_model_name
-from app.api.protocols.messages import TFSERVING
-from app.api.protocols.oip import MOST_RANK
 from app.api.routes.models import version_statuses
 from app.core.admission import Upload
 from app.core.config import Settings
 from app.core.service import Classification, InferenceService
+from app.protocols.common import bad_request, check_count, check_images, check_model_name
+from app.protocols.messages import TFSERVING
+from app.protocols.oip.codec import MOST_RANK
+from app.protocols.tfserving import codec as tfs
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"

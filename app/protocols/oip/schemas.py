@@ -1,5 +1,5 @@
 """Open Inference Protocol v2 (REST): the request and response schemas (``oip.py`` reads
-and answers them; ``app/api/routes/v2.py`` serves them)."""
+and answers them; ``app/protocols/oip/routes.py`` serves them)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from app.api.protocols.common import JsonTensor
+from app.protocols.common import JsonTensor
 
 IMAGE_BYTES = "image_bytes"
 IMAGES = "images"

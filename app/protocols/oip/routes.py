@@ -1,7 +1,7 @@
 """Open Inference Protocol v2 (REST): health, metadata, readiness and inference.
 
 The conventions (inputs ``image_bytes`` and ``images``, base64 in JSON, the binary
-tensor data and classification extensions) are in ``app/api/protocols/oip.py`` and
+tensor data and classification extensions) are in ``app/protocols/oip/codec.py`` and
 docs/protocols.md; errors are ``{"error": ...}`` (``app/api/errors.py``).
 """
 
@@ -11,8 +11,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServiceDep, UploadDep
-from app.api.protocols import oip, oip_schemas
 from app.api.schemas import PROTOCOL_ERRORS, request_body
+from app.protocols.oip import codec as oip
+from app.protocols.oip import schemas as oip_schemas
 
 router = APIRouter(tags=["open inference protocol v2"])
 ERRORS = PROTOCOL_ERRORS

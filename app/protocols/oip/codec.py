@@ -1,4 +1,4 @@
-"""Open Inference Protocol v2 (REST): schemas and codec of ``app/api/routes/v2.py``.
+"""Open Inference Protocol v2 (REST): schemas and codec of ``app/protocols/oip/routes.py``.
 
 The model ``catdog`` has two inputs, of which a request gives exactly one:
 
@@ -33,7 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 from fastapi import Request, Response
 
-from app.api.protocols.common import (
+from app.core.admission import Upload
+from app.core.config import Settings
+from app.core.errors import ModelNotReadyError
+from app.core.service import Classification, InferenceService
+from app.protocols.common import (
     TensorData,
     as_pixels,
     bad_request,
@@ -48,7 +52,7 @@ from app.api.protocols.common import (
     parse_json,
     read_body,
 )
-from app.api.protocols.oip_schemas import (
+from app.protocols.oip.schemas import (
     EXTENSIONS,
     IMAGE_BYTES,
     IMAGES,
@@ -62,10 +66,6 @@ from app.api.protocols.oip_schemas import (
     ServerMetadata,
     TensorMetadata,
 )
-from app.core.admission import Upload
-from app.core.config import Settings
-from app.core.errors import ModelNotReadyError
-from app.core.service import Classification, InferenceService
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MOST_RANK = 8  # dimensions of an input's shape: images have 4

@@ -1,6 +1,6 @@
 """POST /predict and /predict/batch: classify uploaded images.
 
-The multipart body is read by ``app.api.multipart`` (each part bounded while it
+The multipart body is read by ``app.protocols.predict.multipart`` (each part bounded while it
 streams, a second ``file`` refused, a body cut before its closing boundary a
 400), so the request body schema in OpenAPI is written out here.
 """
@@ -13,9 +13,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import ServiceDep, UploadDep
-from app.api.multipart import FilePart, read_files
 from app.api.schemas import BatchPrediction, ErrorDetail, Prediction, UnprocessableDetail
 from app.core.service import Classification
+from app.protocols.predict.multipart import FilePart, read_files
 
 router = APIRouter(tags=["predict"])
 ERRORS = {

@@ -1,7 +1,7 @@
 """TF Serving's REST API: ``/metadata``, ``:predict`` and ``:classify`` (status: ``models.py``).
 
 The conventions (inputs ``image_bytes`` and ``images``, ``{"b64": ...}`` images,
-rows and columns) are in ``app/api/protocols/tfserving.py`` and docs/protocols.md;
+rows and columns) are in ``app/protocols/tfserving/codec.py`` and docs/protocols.md;
 errors are ``{"error": ...}`` (``app/api/errors.py``).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.api.deps import ServiceDep, UploadDep
-from app.api.protocols import tfserving as tfs
 from app.api.schemas import PROTOCOL_ERRORS, request_body
+from app.protocols.tfserving import codec as tfs
 
 router = APIRouter(tags=["tf serving"])
 ERRORS = PROTOCOL_ERRORS

@@ -5,8 +5,8 @@ Inference Protocol) and ``tfserving.proto`` (the part of TF Serving's API served
 committed as KServe commits its generated code; ``tests/app/test_messages.py`` checks it
 is protoc's output for the two files. Made again with::
 
-    python -m grpc_tools.protoc -I app/api/protocols \\
-        --descriptor_set_out=app/api/protocols/schemas.binpb inference.proto tfserving.proto
+    python -m grpc_tools.protoc -I app/protocols \\
+        --descriptor_set_out=app/protocols/schemas.binpb inference.proto tfserving.proto
 
 It is protoc's descriptor set rather than ``*_pb2.py`` modules because those register
 their names in protobuf's one default pool, where the same names already live in the

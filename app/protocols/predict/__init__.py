@@ -1,0 +1,1 @@
+"""``POST /predict`` and ``/predict/batch``: multipart uploads (``routes``, ``multipart``)."""
