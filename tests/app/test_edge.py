@@ -102,6 +102,22 @@ async def test_echoed_input_is_cut(edge: Server) -> None:
     assert len(response.content) < 4 * MOST_ECHO
 
 
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b'{"instances": []}', "instances is empty"),
+        (b'{"instances": [[[[' + b"9" * 401 + b"]]]]}", "too large for a pixel"),
+        (b'{"instances": [{"b64": "not base64!"}]}', "padded with ="),
+    ],
+    ids=["empty", "401 digits", "base64"],
+)
+async def test_odd_tensors_get_a_400_in_our_words(edge: Server, body: bytes, words: str) -> None:
+    async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
+        response = await client.post("/v1/models/catdog:predict", content=body)
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]
+
+
 async def test_bodies_held_at_once_are_bounded(edge: Server) -> None:
     """A large body is held while another arrives slowly: past the budget, 503."""
     reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
