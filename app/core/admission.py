@@ -70,6 +70,7 @@ class Admission:
         self.limit = limit
         self.most_bytes = most_bytes
         self.body_bytes = 0  # of prediction bodies held now (``holding``)
+        self.started = 0  # prediction bodies and admissions so far (``activity``)
         self.per_client = per_client
         self.metrics = metrics
         self.in_flight = 0
@@ -107,6 +108,7 @@ class Admission:
                 f"the limit of {self.most_bytes}"
             )
         self.body_bytes += size
+        self.started += 1
         try:
             yield
         finally:
@@ -130,6 +132,7 @@ class Admission:
             self._uploads.discard(upload)  # from now on its images count as decoding
         self.refuse_if_full(images, client)
         ticket = Ticket(self, images)
+        self.started += 1
         self.in_flight += images
         self.decoding += images
         if client is not None:
@@ -145,6 +148,11 @@ class Admission:
                 if not self.by_client[client]:
                     del self.by_client[client]
             self.metrics.in_flight.set(self.in_flight)
+
+    def activity(self) -> tuple[int, int]:
+        """Work under way (images in flight plus bodies held, in any unit) and work
+        started so far: what ``heap.release_when_idle`` watches."""
+        return self.in_flight + self.body_bytes, self.started
 
     def on_the_way(self) -> int:
         """Images the batcher may wait for: decoding, plus uploads younger than the window."""

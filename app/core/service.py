@@ -110,6 +110,7 @@ class InferenceService:
         self._decoders = ThreadPoolExecutor(self._decode_workers, thread_name_prefix="decode")
         self.offload = Offload(settings.json_parse_processes)
         self._watcher: asyncio.Task[None] | None = None
+        self._releaser: asyncio.Task[None] | None = None
         # app.ops.payload_log.PayloadLog when CATDOG_PAYLOAD_LOG is set (app.ops installs it)
         self.payload_log: PayloadSink | None = None
         metrics.ready.set_function(lambda: float(self.ready))  # read at each scrape
@@ -135,6 +136,9 @@ class InferenceService:
             self._watcher = asyncio.create_task(
                 self.registry.watch(self.settings.poll_interval_s), name="watcher"
             )
+        self._releaser = asyncio.create_task(
+            heap.release_when_idle(self.admission.activity), name="releaser"
+        )
         self.accepting = True
         model = self.registry.current
         log.info(
@@ -158,10 +162,11 @@ class InferenceService:
     async def stop(self) -> None:
         """Refuse new work, let the images in flight finish, then stop every worker."""
         self.accepting = False
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._releaser):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_TIMEOUT_S
         while self.admission.in_flight and loop.time() < deadline:
