@@ -132,7 +132,10 @@ def mismatch(served: list[str], inproc: dict[str, Any]) -> list[str]:
 
 def describe_settings(settings: dict[str, Any]) -> str:
     """``CATDOG_MAX_BATCH_SIZE=1, ...`` (or ``the service defaults``) for a batching mode."""
-    pairs = [f"`CATDOG_{key.upper()}={value}`" for key, value in settings.items()]
+    pairs = [
+        f"`{'' if key.startswith('otel_') else 'CATDOG_'}{key.upper()}={value}`"
+        for key, value in settings.items()
+    ]
     return ", ".join(pairs) if pairs else "the service defaults"
 
 

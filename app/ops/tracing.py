@@ -70,7 +70,11 @@ def instrument_app(app: Any) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider)
+    # No span per ASGI receive/send message: a multipart upload arrives in many, and
+    # those spans cost more than the request's own stages (bench/results/ops-overhead.md).
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=tracer_provider, exclude_spans=["receive", "send"]
+    )
 
 
 def grpc_interceptors() -> list[Any]:
