@@ -37,10 +37,13 @@ async def ready() -> dict[str, str]:
     return {"status": "ok"}
 
 
+calls = 0  # model calls so far, each of one image
+
+
 @app.get("/metrics", response_class=PlainTextResponse)
 async def metrics() -> str:
-    """Nothing to report (the load generator reads this endpoint)."""
-    return ""
+    """The batch-size counters the load generator reads: every call is one image."""
+    return f"catdog_batch_size_sum {calls}\ncatdog_batch_size_count {calls}\n"
 
 
 @app.post("/predict")
@@ -49,6 +52,8 @@ async def predict(file: UploadFile) -> dict[str, Any]:
     image = Image.open(io.BytesIO(await file.read())).convert("RGB").resize((WIDTH, HEIGHT))
     pixels = np.asarray(image, np.float32)[None] / 255.0
     probabilities = infer(tf.constant(pixels))["probabilities"].numpy()[0]
+    global calls
+    calls += 1
     return {
         "label": CLASSES[int(np.argmax(probabilities))],
         "probabilities": dict(zip(CLASSES, probabilities.tolist())),
