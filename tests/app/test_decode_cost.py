@@ -22,7 +22,10 @@ from tests.app.helpers import HTTP_TIMEOUT, batch_upload, good_image, upload
 from tests.catdog import crafted
 from tests.catdog.test_preprocessing import jpeg_claiming
 
-ATTACKERS = 2
+# One attacker's batch cannot fill the 64 image slots by itself, so the probe measures the
+# decode cost the attack imposes. Two batches in flight at once do fill them, for as long
+# as their refusals take, and admission answers 503 then, as for any full house.
+ATTACKERS = 1
 PROBE_BOUND_S = 1.5  # the bound for a normal request during an attack
 
 
@@ -75,7 +78,5 @@ async def test_a_normal_request_is_prompt_during_a_storm_of_them(server: Server)
         finally:
             stop.set()
             await asyncio.gather(*attackers)
-    # Refused from their headers (422), or held at the door while the slots are full (503).
-    assert 422 in statuses and set(statuses) <= {422, 503}, statuses
+    assert statuses and set(statuses) == {422}, statuses
     assert max(probes) < PROBE_BOUND_S, probes
-    print(f"probes {probes}, attack answers {len(statuses)}, 503s {statuses.count(503)}")
