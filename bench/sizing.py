@@ -61,7 +61,7 @@ def serve_part(report: Mapping[str, Any]) -> dict[str, Any]:
 
 def upload_part(report: Mapping[str, Any]) -> dict[str, Any]:
     """Memory held per byte of files in flight, per protocol and route."""
-    keep = ("protocol", "route", "files_per_request", "rise_per_byte")
+    keep = ("protocol", "route", "files_per_request", "rise_per_byte", "rise_per_body_byte")
     return {
         "command": report["command"],
         "started": report["started"],

@@ -17,16 +17,21 @@ route copies. This measures that factor per route and per files in a request:
 * ``grpc``: ``ModelInfer`` of the Open Inference Protocol over gRPC, the files as raw
   tensor data (as ``tritonclient.grpc`` sends them), one channel per request;
 * ``tfs-grpc``: TF Serving's ``Predict`` over gRPC, the files as a DT_STRING tensor's
-  ``string_val`` (as ``tf.make_tensor_proto`` makes it), one channel per request.
+  ``string_val`` (as ``tf.make_tensor_proto`` makes it), one channel per request;
+* ``tfs-numbers``: ``POST /v1/models/<name>:predict`` with pixels as JSON numbers (8
+  characters each), one image of the model's input size per file.
 
 Each row gets a fresh ``python -m app`` (LiteRT, the shipped model, every other
-setting at its default). Clients send together as many requests as it takes to fill
+setting at its default but ``CATDOG_BODY_BYTES_BUDGET=0``, so that every body sent is
+held). Clients send together as many requests as it takes to fill
 the images a server admits; each file is a test photo padded with zero bytes to
 exactly the upload limit, so the upload is as large as allowed while decoding stays
 that of a small photo (JPEG decoders stop at the end-of-image marker): the rise is
 the uploads'. Every request must answer 200, else the run fails. Reported: the
 server's resident memory right after ``/readyz`` (``VmRSS``), its high-water mark
-(``VmHWM``) after the rounds, and the rise per byte of the files held at once.
+(``VmHWM``) after the rounds, the rise per byte of the files and per byte of the bodies
+(what ``CATDOG_BODY_BYTES_BUDGET`` counts) held at once, and the JSON parser process's
+high-water mark (sized on its own: ``bench json_offload``).
 
     .venv/bin/python -m bench.upload_memory --out bench/results/upload-memory.json
 """
@@ -54,7 +59,7 @@ import httpx
 from bench import sizing
 from bench.harness import ROOT, memory_mb
 
-PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json", "grpc", "tfs-grpc")
+PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json", "grpc", "tfs-grpc", "tfs-numbers")
 RESULTS = Path(__file__).with_name("results") / "upload-memory.json"
 Request = tuple[str, dict[str, str], bytes]  # path, headers, body
 
@@ -66,6 +71,18 @@ def defaults():
     return Settings()
 
 
+def image_size(base: Path) -> tuple[int, int]:
+    """The input size of the newest version in a model folder."""
+    newest = max((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return tuple(json.loads((newest / "metadata.json").read_text())["image_size"])
+
+
+def children_peak_mb(pid: int) -> float:
+    """The summed ``VmHWM`` of the child processes of ``pid`` (the JSON parser), MB."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return sum(memory_mb(int(child))["VmHWM"] for child in children)
+
+
 def padded_photo(size: int) -> bytes:
     """A test photo followed by zero bytes, ``size`` bytes in all."""
     photos = sorted((ROOT / "data" / "split" / "test").rglob("*.jpg"))
@@ -75,9 +92,12 @@ def padded_photo(size: int) -> bytes:
     return photo + bytes(size - len(photo))
 
 
-def request_for(protocol: str, name: str, file: bytes, count: int) -> Request:
+def request_for(
+    protocol: str, name: str, file: bytes, count: int, size: tuple[int, int] | None = None
+) -> Request:
     """One request carrying ``count`` copies of ``file`` the way ``protocol`` sends them
-    (for ``grpc``: the method's path, no headers, the serialized message)."""
+    (for ``grpc``: the method's path, no headers, the serialized message; for
+    ``tfs-numbers``: ``count`` images of ``size`` pixels instead of the file)."""
     if protocol == "multipart":
         boundary = "catdog-upload-memory"
         path, field = ("/predict", "file") if count == 1 else ("/predict/batch", "files")
@@ -88,6 +108,12 @@ def request_for(protocol: str, name: str, file: bytes, count: int) -> Request:
         body = b"".join(part + file + b"\r\n" for _ in range(count))
         body += f"--{boundary}--\r\n".encode()
         return path, {"content-type": f"multipart/form-data; boundary={boundary}"}, body
+    if protocol == "tfs-numbers":
+        side = size or (224, 224)
+        row = "[" + ",".join(["0.501961"] * 3) + "]"
+        image = "[" + ",".join(["[" + ",".join([row] * side[1]) + "]"] * side[0]) + "]"
+        body = ('{"instances": [' + ",".join([image] * count) + "]}").encode()
+        return f"/v1/models/{name}:predict", {"content-type": "application/json"}, body
     if protocol == "tfs-grpc":
         from app.protocols.messages import TFSERVING
         from app.protocols.tfserving.servicer import DT_STRING, PREDICTION_SERVICE
@@ -154,6 +180,7 @@ def start_server(port: int, model_dir: Path, grpc_port: int) -> subprocess.Popen
         "CATDOG_MODEL_DIR": str(model_dir),
         "CATDOG_POLL_INTERVAL_S": "0",
         "CATDOG_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+        "CATDOG_BODY_BYTES_BUDGET": "0",
     }
     command = [sys.executable, "-m", "app", "--port", str(port), "--no-access-log"]
     server = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
@@ -225,12 +252,14 @@ def measure(protocol: str, per_request: int, args: argparse.Namespace) -> dict:
     try:
         idle = memory_mb(server.pid)["VmRSS"]
         file = padded_photo(args.bytes)
-        request = request_for(protocol, defaults().model_name, file, per_request)
+        size = image_size(args.model_dir)
+        request = request_for(protocol, defaults().model_name, file, per_request, size)
         if protocol in ("grpc", "tfs-grpc"):
             counts = asyncio.run(fill_grpc(grpc_port, request, at_once, args.rounds))
         else:
             counts = asyncio.run(fill(port, request, at_once, args.rounds))
         peak = memory_mb(server.pid)["VmHWM"]
+        parser = children_peak_mb(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
@@ -247,7 +276,9 @@ def measure(protocol: str, per_request: int, args: argparse.Namespace) -> dict:
         "idle_rss_mb": round(idle, 1),
         "peak_rss_mb": round(peak, 1),
         "rise_mb": round(peak - idle, 1),
+        "parser_peak_mb": round(parser, 1),
         "rise_per_byte": round((peak - idle) / held, 2),
+        "rise_per_body_byte": round((peak - idle) / (at_once * len(request[2]) / 1e6), 2),
     }
 
 
@@ -255,14 +286,16 @@ def table(rows: list[dict]) -> str:
     """The results as a markdown table."""
     lines = [
         "| protocol | route | requests at once | files each | file MB | body MB "
-        "| idle RSS MB | peak RSS MB | rise MB | rise per byte of the files |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| idle RSS MB | peak RSS MB | rise MB | rise per byte of the files | per body byte "
+        "| parser peak MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['protocol']} | `{r['route']}` | {r['requests']} | {r['files_per_request']} "
             f"| {r['file_mb']} | {r['body_mb']} | {r['idle_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} "
-            f"| {r['rise_mb']:.0f} | {r['rise_per_byte']:.2f} |"
+            f"| {r['rise_mb']:.0f} | {r['rise_per_byte']:.2f} | {r['rise_per_body_byte']:.2f} "
+            f"| {r['parser_peak_mb']:.0f} |"
         )
     return "\n".join(lines)
 
