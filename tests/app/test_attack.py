@@ -27,7 +27,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import grpc
@@ -133,6 +133,17 @@ async def probing(server: Server, attack: Awaitable[object]) -> dict[str, list[f
     return seconds
 
 
+async def assert_idle_again(pid: int, before: float) -> float:
+    """Once idle (the heap is trimmed every 2 s), the tree's RSS comes back within
+    ``IDLE_SLACK`` of ``before``; waits up to 15 s for it. Returns the rise left."""
+    deadline = time.monotonic() + 15.0
+    while tree_rss(pid) - before > IDLE_SLACK and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    left = tree_rss(pid) - before
+    assert left <= IDLE_SLACK, f"idle {before / 1e6:.0f} MB before, +{left / 1e6:.0f} MB after"
+    return left
+
+
 def assert_prompt(seconds: dict[str, list[float]]) -> None:
     for protocol, taken in seconds.items():
         assert taken and max(taken) < PROBE_BOUND_S, (protocol, taken)
@@ -159,6 +170,7 @@ def storm(port: int, path: str, until: float, answers: list[bytes]) -> None:
 
 
 async def test_chunk_storms_starve_neither_protocol(server: Server) -> None:
+    before = tree_rss(server.process.pid)
     answers: list[bytes] = []
     until = time.monotonic() + 4.0
     threads = [
@@ -170,6 +182,7 @@ async def test_chunk_storms_starve_neither_protocol(server: Server) -> None:
     seconds = await probing(server, asyncio.to_thread(lambda: [t.join() for t in threads]))
     assert_prompt(seconds)
     assert any(a.startswith(b"HTTP/1.1 400") for a in answers), answers[:5]
+    await assert_idle_again(server.process.pid, before)
     print(f"probe s: {max(seconds['rest']):.2f} REST, {max(seconds['grpc']):.2f} gRPC")
 
 
@@ -195,7 +208,7 @@ async def test_an_echoed_field_is_cut_and_costs_what_was_sent(server: Server) ->
     per_byte = measured.body_bytes_held_per_byte()
     rise = peak[0] - before
     assert rise <= per_byte * len(body) + ALLOWANCE, f"{rise / 1e6:.0f} MB"
-    print(f"echo: {len(body) / 1e6:.0f} MB sent, rise {rise / 1e6:.0f} MB")
+    await assert_idle_again(server.process.pid, before)
 
 
 # ---------------------------------------------------------------- 3. many bodies at once
@@ -249,14 +262,6 @@ async def send_all(server: Server, rounds: int) -> dict[str, int]:
     return counts
 
 
-async def settled(pid: int, wait: Callable[[], Awaitable[None]], level: float) -> float:
-    """The tree's RSS once it is at most ``level`` (or after 15 s of idling)."""
-    deadline = time.monotonic() + 15.0
-    while tree_rss(pid) > level and time.monotonic() < deadline:
-        await wait()
-    return tree_rss(pid)
-
-
 async def test_many_large_bodies_hold_no_more_than_the_budget(server: Server) -> None:
     pid = server.process.pid
     async with httpx.AsyncClient(base_url=server.url, timeout=HTTP_TIMEOUT) as client:
@@ -272,9 +277,8 @@ async def test_many_large_bodies_hold_no_more_than_the_budget(server: Server) ->
     bound = measured.body_bytes_held_per_byte() * BUDGET + ALLOWANCE
     rise = peak[0] - before
     assert rise <= bound, f"{rise / 1e6:.0f} MB > {bound / 1e6:.0f} MB"
-    after = await settled(pid, lambda: asyncio.sleep(0.5), before + IDLE_SLACK)
-    assert after - before <= IDLE_SLACK, f"idle {before / 1e6:.0f} -> {after / 1e6:.0f} MB"
+    left = await assert_idle_again(pid, before)
     print(
         f"answers {counts}; rise {rise / 1e6:.0f} MB of {bound / 1e6:.0f}; idle +"
-        f"{(after - before) / 1e6:.0f} MB"
+        f"{left / 1e6:.0f} MB"
     )
