@@ -84,6 +84,8 @@ def local_cluster(nodes: int = 2, cpus: int = 1) -> Iterator[Cluster]:
                 process.kill()
                 process.wait()
         shutil.rmtree(temp, ignore_errors=True)
+        for log in cluster.logs:  # beside the folder: a failed start quotes its log
+            log.unlink(missing_ok=True)
 
 
 def wait_for_nodes(cluster: Cluster, count: int, timeout: float = JOIN_TIMEOUT) -> None:
