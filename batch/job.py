@@ -47,7 +47,7 @@ class JobOptions:
     output: str
     model: Path | None = None  # a version folder; None: the newest under models/catdog
     runtime: str = "auto"
-    batch_size: int = 8  # the service's max batch: 150 MB an interpreter, 32: 320
+    batch_size: int = 8  # the service's max batch (an interpreter's buffers grow with it)
     concurrency: int | None = None  # actors; None: one per CPU of the cluster
     address: str | None = None  # a Ray cluster; None: RAY_ADDRESS, else embedded
     progress: bool = True
