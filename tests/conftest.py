@@ -24,6 +24,17 @@ import pytest  # noqa: E402
 from tests import images  # noqa: E402
 from tests.images import MakeSplit  # noqa: E402
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With ``make test``'s two workers (``--dist loadgroup``): a module's tests run on one
+    worker, so its shared server starts once, and every Ray test (tests/batch) on the same
+    worker, since two Ray clusters started at once on one machine collide."""
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        group = "ray" if module.startswith("tests/batch/") else module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 TINY_SIZE = (32, 32)  # (height, width) of the tiny model
 TINY_ARCHITECTURE = "article-1"
 
