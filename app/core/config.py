@@ -54,7 +54,7 @@ class Settings(BaseSettings):
         0, ge=0, description="images one client (its address) may have in flight; 0: no cap"
     )
     body_bytes_budget: int = Field(
-        1 << 30,
+        640 << 20,  # x 3.07 bytes of memory per body byte fits the CPU pod: docs/service.md
         ge=0,
         description="bytes of prediction bodies held at once (Content-Length, else the route's "
         "limit; gRPC: each message), a lone request always admitted; 503 beyond; 0: no bound",

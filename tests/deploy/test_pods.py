@@ -44,6 +44,18 @@ def versions_beside(policy_text: str) -> int:
     return policy.count if policy.kind == "latest" else len(policy.versions) - 1
 
 
+def uploads_held(settings, in_flight: int) -> float:
+    """Memory for the request bodies held at once: the files of the images in flight, or
+    the body budget (``CATDOG_BODY_BYTES_BUDGET``, at least the largest body, which is
+    admitted alone), whichever holds less; each at its measured memory per byte."""
+    files = measured.upload_bytes_held_per_byte() * in_flight * settings.max_upload_bytes
+    budget = settings.body_bytes_budget
+    if not budget:
+        return files
+    largest = max(app_facts.body_limit(settings, path) for path in app_facts.PREDICTION_PATHS)
+    return min(files, measured.body_bytes_held_per_byte() * max(budget, largest))
+
+
 def memory_parts(overlay: str) -> dict[str, float]:
     """The worst case of one serving pod, in bytes per part (docs/deployment.md, "One pod")."""
     settings = pod_settings(overlay)
@@ -58,7 +70,7 @@ def memory_parts(overlay: str) -> dict[str, float]:
         "process under load": run.peak_rss_bytes,
         "versions beside it": versions_beside(settings.version_policy) * run.idle_rss_bytes,
         "decoding": measured.decode_bytes_per_pixel() * pixels,
-        "uploads": measured.upload_bytes_held_per_byte() * in_flight * settings.max_upload_bytes,
+        "uploads": uploads_held(settings, in_flight),
         "JSON parsing": measured.json_parsing_bytes(
             settings.json_parse_processes, settings.json_images
         ),
@@ -144,6 +156,19 @@ def test_memory_limit_holds_the_worst_case_the_settings_admit(serving: str) -> N
     limit = k8s.memory_bytes(main["resources"]["limits"]["memory"])
     shown = ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in parts.items())
     assert limit >= need, f"{limit / 2**30:.2f} GiB < {need / 2**30:.2f} GiB: {shown}"
+
+
+def test_body_budget_fits_the_pod(serving: str) -> None:
+    """The bodies the budget lets a pod hold, at their measured memory per byte, fit
+    beside everything else the pod holds at its worst."""
+    _, main = serving_container(k8s.render(serving))
+    settings = pod_settings(serving)
+    assert settings.body_bytes_budget > 0, "no bound on the bodies held at once"
+    largest = max(app_facts.body_limit(settings, path) for path in app_facts.PREDICTION_PATHS)
+    bodies = measured.body_bytes_held_per_byte() * max(settings.body_bytes_budget, largest)
+    others = sum(v for k, v in memory_parts(serving).items() if k != "uploads")
+    limit = k8s.memory_bytes(main["resources"]["limits"]["memory"])
+    assert (others + bodies) * HEADROOM <= limit, f"bodies {bodies / 1e6:.0f} MB"
 
 
 def test_memory_limit_is_not_far_above_the_worst_case(serving: str) -> None:
