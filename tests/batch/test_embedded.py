@@ -1,12 +1,22 @@
 """``python -m batch`` with Ray embedded: one real job on a folder of good and bad files.
 
-The job runs once for the module (Ray starts inside the test process and stops at
-the end of the job) on the tiny model; its rows are compared with what the real
-service answers for the same files.
+The job runs once for the module, as its own process (``python -m batch``, which
+starts Ray inside itself and stops it at the end), on the tiny model; its rows are
+compared with what the real service answers for the same files.
+
+Ray is never started inside the pytest worker: by the time this module runs, the
+worker holds gRPC and TensorFlow threads from other modules, and Ray forks its GCS
+server with a Python ``preexec_fn``. A fork taken while another thread holds a lock
+can leave that child hung before ``exec``; CI saw exactly that (no GCS log file, a
+30 s timeout waiting for its port).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.__main__ import main
-from batch.job import JobOptions, run
+from servicekit import ROOT
 from tests.batch.photos import BAD, GOOD, service_answers, write_folder
 
 TOLERANCE = 1e-5
@@ -28,10 +38,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def job(folder: Path, tiny_model_base: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The summary and rows of one embedded job (batches of 2: several per actor)."""
-    out = folder.parent / "rows.parquet"
-    options = JobOptions(str(folder), str(out), model=tiny_model_base, batch_size=2, progress=False)
-    summary = run(options, log=lambda message: None)
-    return summary, pq.read_table(out).to_pylist()
+    out, summary_path = folder.parent / "rows.parquet", folder.parent / "summary.json"
+    command = [sys.executable, "-m", "batch", str(folder), "--output", str(out)]
+    command += ["--model", str(tiny_model_base), "--batch-size", "2", "--no-progress"]
+    command += ["--summary-json", str(summary_path)]
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return json.loads(summary_path.read_text()), pq.read_table(out).to_pylist()
 
 
 def test_one_row_per_file_with_errors_where_they_belong(
