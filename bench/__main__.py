@@ -16,9 +16,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # modules that are parts of a benchmark or shared code, not benchmarks of their own
-PARTS = {"harness", "ray_cluster", "serve_images", "serve_load", "serve_limit", "serve_report"}
+PARTS = {"harness", "serve_images", "serve_load", "serve_limit", "serve_report"}
 PARTS |= {"serve_compare", "train_measure", "train_report", "grpc_clients", "grpc_report"}
-PARTS |= {"runtimes_report", "overload_report", "sizing"}
+PARTS |= {"overload_report", "sizing"}
 
 
 def benchmarks() -> dict[str, str]:

@@ -8,7 +8,7 @@ On ``--count`` photos of ``--source`` (half cats, half dogs, linked into
 2. ``python -m batch`` with Ray embedded, on ``--small`` photos and on all of them
    (peak RSS on both: it must not grow with the count);
 3. the same job through ``RAY_ADDRESS`` on a two-node cluster on this machine
-   (``bench.ray_cluster``, one CPU per node), with the files each node classified;
+   (``servicekit.ray_cluster``, one CPU per node), with the files each node classified;
 4. the service (``python -m app``, its defaults) with ``--clients`` closed-loop
    clients POSTing each photo once to ``/predict``;
 5. an empty Ray task and an empty actor call, for the estimate at 10 million files.
@@ -34,7 +34,7 @@ from typing import Any
 
 from bench.batch_measure import TreeMemory, in_process_limit, ray_task_overhead, service_rate
 from bench.harness import ROOT, markdown, new_report, table, write_report
-from bench.ray_cluster import local_cluster
+from servicekit.ray_cluster import local_cluster
 
 DATA = ROOT / "data" / "batch"
 RUNS = ROOT / "runs" / "batch"

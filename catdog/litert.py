@@ -13,7 +13,8 @@ the warm-up even when it runs in another thread. ``num_threads`` is per
 interpreter (XNNPACK's thread pool).
 
 Batch size: by default the input's batch dimension is resized to each call's
-batch. ``bench/runtimes.py`` measured it against fixed buckets (``buckets``: one
+batch. ``bench/runtimes.py`` (removed; ``git show 9912218:bench/runtimes.py``) measured
+it against fixed buckets (``buckets``: one
 interpreter per bucket size, batches padded up to the next bucket, larger ones
 split) on the shipped model, 2 cores: equal at batch 1 and 32, but on a mix of
 batch sizes 1-32 resizing took 2.5 ms per image against 3.5 ms (1 thread; the
