@@ -6,10 +6,10 @@ import logging
 
 from fastapi import FastAPI
 
-from app.api.errors import register_error_handlers
-from app.api.middleware import MetricsMiddleware, PredictionGateMiddleware
 from app.api.routes import health, metrics, models, page
 from app.core.config import Settings, get_settings
+from app.core.errors import register_error_handlers
+from app.core.gate import GateMiddleware, MetricsMiddleware
 from app.core.metrics import Metrics
 from app.core.service import InferenceService
 from app.lifespan import lifespan
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Cat or dog? Upload a photo to POST /predict.",
     )
     app.state.service = InferenceService(settings or get_settings(), Metrics())
-    app.add_middleware(PredictionGateMiddleware)
+    app.add_middleware(GateMiddleware)
     app.add_middleware(MetricsMiddleware)
     register_error_handlers(app)
     for module in (predict, health, models, metrics, page, v2, tfserving):

@@ -7,7 +7,7 @@ connection cap, chunk storms; see ``app/connections.py``), raises the
 open-file limit to fit ``CATDOG_MAX_CONNECTIONS``, and gives requests in flight
 ``CATDOG_GRACEFUL_SHUTDOWN_S`` after SIGTERM (the one knob: no flag overrides it);
 then they are cut off, and a request whose answer had not started gets a JSON 503
-(``app.api.middleware.MetricsMiddleware``). ``make serve``, the image's entrypoint
+(``app.core.gate.MetricsMiddleware``). ``make serve``, the image's entrypoint
 and the bench harness all start it.
 """
 

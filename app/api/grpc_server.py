@@ -10,7 +10,7 @@ address), decoders, batcher, limits and metrics.
 
 Each call reads its one request message itself, within ``body_timeout_s``
 (``GrpcServer._read``), after the admission gate of a call with images
-(``GateInterceptor``, the gate of ``app.api.gate``), and counts its elements on the wire
+(``GateInterceptor``, the gate of ``app.core.gate``), and counts its elements on the wire
 before protobuf parses it (``MOST_FIELDS``); ``GrpcServer`` says how connections and
 calls are bounded.
 
@@ -40,11 +40,9 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from app.api.errors import answer_for, cut, fault_answer
-from app.api.gate import admitted, body_limit, peer_key
-from app.core.admission import Upload
 from app.core.config import Settings
-from app.core.errors import QueueFullError
+from app.core.errors import QueueFullError, answer_for, cut, fault_answer
+from app.core.gate import Upload, admitted, body_limit, peer_key
 from app.core.service import InferenceService
 from app.protocols import wire
 from app.protocols.messages import INFERENCE, TFSERVING, Method
@@ -113,7 +111,7 @@ def status_of(
 
 
 class GateInterceptor(grpc.aio.ServerInterceptor):
-    """The admission gate (``app.api.gate.admitted``) of a call with images, before its
+    """The admission gate (``app.core.gate.admitted``) of a call with images, before its
     message is read; its ``Upload`` is handed to the call through ``uploads``."""
 
     def __init__(self, service: InferenceService) -> None:

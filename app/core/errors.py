@@ -1,12 +1,54 @@
-"""Service errors that become clean HTTP answers (see ``app.api.errors``)."""
+"""Every error of the service and its answer: status, headers, and each protocol's shape.
+
+The service raises the exceptions below; ``answer_for`` maps them (and image errors) to
+a status, a ``detail`` and headers, for REST's exception handlers here and gRPC's status
+codes (``app.api.grpc_server.status_of``). The body's shape comes from the path's
+protocol (``error_shape``): ``{"detail": ...}`` for ``/predict`` and the service's own
+routes, ``{"error": ...}`` under ``/v2`` (Open Inference Protocol), both under
+``/v1/models/`` (TF Serving's REST API shares that path with the model info).
+
+Text that may echo the client's input is cut to ``MOST_ECHO`` characters, on REST as on
+gRPC; a validation error lists its problems without the input pydantic would quote. A
+client that left while its body was read gets a bodiless 499 that only the metrics see,
+or 408 when the server's body timeout cut it off (``TIMED_OUT_KEY``, set by
+``app.connections``).
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from app.core.config import Settings
+from app.core.observe import CURRENT
+from catdog.preprocessing import (
+    CorruptImageError,
+    ImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+)
+
+log = logging.getLogger("catdog.errors")
 TIMED_OUT_KEY = "catdog.timed_out"  # scope key: the body timeout cut this request off (408)
+CLIENT_GONE = 499  # nginx's "client closed request": never sent, only counted
+MOST_ECHO = 512  # characters of an error message: it may quote the client's input
+IMAGE_ERROR_STATUS = {
+    NotAnImageError: 415,  # Unsupported Media Type
+    CorruptImageError: 422,  # Unprocessable Content
+    ImageTooLargeError: 413,  # Content Too Large
+}
+Shape = Literal["oip", "tfserving"]
 
 
 class QueueFullError(RuntimeError):
-    """The inference queue is at ``CATDOG_MAX_QUEUE``: shed load with a 503."""
+    """No room for the request now (``app.core.gate``): shed load with a 503."""
 
 
 class ModelNotReadyError(RuntimeError):
@@ -23,3 +65,108 @@ class VersionNotFoundError(LookupError):
 
 class InvalidInputError(ValueError):
     """A request's tensor does not fit the model contract (shape, dtype or value range)."""
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """What a client is told about an error: the HTTP status, ``detail`` and headers."""
+
+    status: int
+    detail: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def cut(message: str) -> str:
+    """``message``, at most ``MOST_ECHO`` characters (the last one an ellipsis if cut)."""
+    return message if len(message) <= MOST_ECHO else message[: MOST_ECHO - 1] + "…"
+
+
+def answer_for(exc: Exception, settings: Settings) -> ErrorAnswer | None:
+    """The answer to an error of the input or of the service's state, whatever the API
+    (REST here, gRPC in ``app.api.grpc_server``); None for a fault of the service (500)."""
+    if isinstance(exc, StarletteHTTPException):
+        return ErrorAnswer(exc.status_code, cut(str(exc.detail)), dict(exc.headers or {}))
+    if isinstance(exc, ImageError):
+        status = next((s for cls, s in IMAGE_ERROR_STATUS.items() if isinstance(exc, cls)), 422)
+        return ErrorAnswer(status, cut(exc.reason))
+    if isinstance(exc, QueueFullError):  # shed load, and say when to retry
+        retry = {"Retry-After": str(settings.retry_after_s)}
+        return ErrorAnswer(503, f"server busy: {exc}; retry shortly", retry)
+    if isinstance(exc, ModelNotReadyError):  # starting up or shutting down
+        return ErrorAnswer(503, f"model not ready: {exc}", {"Retry-After": "1"})
+    if isinstance(exc, VersionNotFoundError):
+        return ErrorAnswer(404, cut(str(exc)))
+    if isinstance(exc, InvalidInputError):
+        return ErrorAnswer(400, cut(str(exc)))
+    return None
+
+
+def fault_answer(exc: Exception) -> ErrorAnswer:
+    """The 500 for a fault of the service: its type only, nothing of its internals."""
+    return ErrorAnswer(500, f"internal error ({type(exc).__name__})")
+
+
+def error_shape(path: str) -> Shape | None:
+    """Which protocol's error shape answers ``path`` (None: ``{"detail": ...}``)."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return "oip"
+    if path.startswith("/v1/models/"):
+        return "tfserving"
+    return None
+
+
+def respond(request: Request, answer: ErrorAnswer, detail: object = None) -> JSONResponse:
+    """``answer`` in the shape of the request's protocol (``detail``: TF Serving's and
+    the service's ``detail``, when it is more than the message)."""
+    shape = error_shape(request.url.path)
+    if shape is None:
+        body: dict[str, object] = {"detail": answer.detail if detail is None else detail}
+    elif shape == "oip":
+        body = {"error": answer.detail}
+    else:
+        body = {"error": answer.detail, "detail": answer.detail if detail is None else detail}
+    context = CURRENT.get()  # the request app.ops follows: its id goes in every error body
+    if context is not None:
+        body["request_id"] = context.request_id
+    return JSONResponse(body, answer.status, answer.headers)
+
+
+async def known_error(request: Request, exc: Exception) -> Response:
+    """An error of the input or of the service's state (``answer_for``)."""
+    answer = answer_for(exc, request.app.state.service.settings)
+    if answer is None:
+        return await internal_error(request, exc)
+    return respond(request, answer)
+
+
+async def invalid_request(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 for a request its schema refuses: each problem's place and message,
+    not the input pydantic quotes."""
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"loc": list(e.get("loc", ())), "msg": cut(str(e.get("msg", ""))), "type": e.get("type")}
+        for e in exc.errors()[:8]
+    ]
+    text = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
+    return respond(request, ErrorAnswer(422, cut(text)), problems)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """A fault of the service (not of the input): JSON as well; uvicorn logs the traceback."""
+    log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return respond(request, fault_answer(exc))
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client left while its body was read: nothing to answer (the metrics count it)."""
+    return Response(status_code=408 if request.scope.get(TIMED_OUT_KEY) else CLIENT_GONE)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Install the handlers above."""
+    app.add_exception_handler(Exception, internal_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    known = (StarletteHTTPException, HTTPException, ImageError, QueueFullError)
+    for error in (*known, ModelNotReadyError, VersionNotFoundError, InvalidInputError):
+        app.add_exception_handler(error, known_error)

@@ -34,10 +34,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.core import heap, observe
-from app.core.admission import Admission, Ticket, Upload
 from app.core.batcher import Batcher
 from app.core.config import Settings
 from app.core.errors import InvalidInputError, ModelLoadError
+from app.core.gate import Admission, Ticket, Upload
 from app.core.metrics import Metrics
 from app.core.model import ImageResult, LoadedModel, load_version
 from app.core.offload import Offload
@@ -194,20 +194,6 @@ class InferenceService:
         return load_version(
             folder, self.settings.runtime, self._threads, self.settings.max_batch_size
         )
-
-    # ------------------------------------------------------------ admission
-
-    def has_room(self, images: int = 1) -> bool:
-        """Whether ``images`` more would be admitted now."""
-        return self.admission.has_room(images)
-
-    def refuse_if_full(self, images: int = 1, client: str | None = None) -> None:
-        """``QueueFullError`` (503) unless ``images`` more fit now, in all and for ``client``."""
-        self.admission.refuse_if_full(images, client)
-
-    def uploading(self, client: str | None = None) -> contextlib.AbstractContextManager[Upload]:
-        """Count a prediction upload from ``client`` as on its way (the batcher may wait)."""
-        return self.admission.uploading(client)
 
     # ------------------------------------------------------------ the request path
 

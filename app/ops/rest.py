@@ -4,7 +4,7 @@ For every HTTP request it
 
 * takes the client's ``x-request-id`` (up to 128 of ``[A-Za-z0-9._:-]``) or makes
   one, follows the request under it (``app.core.observe.CURRENT``) and returns it
-  in the ``x-request-id`` header (the error handlers, ``app.api.errors.respond``,
+  in the ``x-request-id`` header (the error handlers, ``app.core.errors.respond``,
   put it in every error body);
 * with API keys on (``CATDOG_API_KEYS_FILE``), refuses a prediction or model
   metadata request without an accepted ``Authorization: Bearer <key>``: 401, JSON
@@ -25,7 +25,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_shape
+from app.core.errors import error_shape
 from app.core.metrics import Metrics
 from app.core.observe import CURRENT, RequestContext
 from app.ops import logs
@@ -48,7 +48,7 @@ def request_id(presented: str | None) -> str:
 
 
 def error_body(path: str, message: str, rid: str) -> bytes:
-    """A refusal in the shape of the path's protocol (``app.api.errors.error_shape``)."""
+    """A refusal in the shape of the path's protocol (``app.core.errors.error_shape``)."""
     shape = error_shape(path)
     if shape == "oip":
         body: dict[str, object] = {"error": message}

@@ -11,5 +11,5 @@
 
 Every protocol goes through ``InferenceService.classify`` (encoded images, decoded by
 the one preprocessing) or ``classify_tensor`` (pixels), hence the same gate, admission,
-batcher, limits and metrics; error answers come from ``app/api/errors.py``.
+batcher, limits and metrics; error answers come from ``app/core/errors.py``.
 """

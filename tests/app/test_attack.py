@@ -34,7 +34,7 @@ import grpc
 import httpx
 import pytest
 
-from app.api.errors import MOST_ECHO
+from app.core.errors import MOST_ECHO
 from app.protocols.messages import INFERENCE
 from servicekit import Server, free_port, uvicorn_server
 from tests.app.helpers import HTTP_TIMEOUT, good_image, upload

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.api.errors import MOST_ECHO
+from app.core.errors import MOST_ECHO
 from servicekit import Server, uvicorn_server
 from tests.app.helpers import HTTP_TIMEOUT, good_image, upload
 

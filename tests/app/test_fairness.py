@@ -13,9 +13,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.api.gate import client_key
-from app.core.admission import Admission, Upload
 from app.core.errors import QueueFullError
+from app.core.gate import Admission, Upload, client_key
 from app.core.metrics import Metrics
 from servicekit import value
 from tests.app.helpers import (

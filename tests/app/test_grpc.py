@@ -28,8 +28,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from app.api.gate import peer_key
-from app.core.admission import Upload
+from app.core.gate import Upload, peer_key
 from app.lifespan import shutdown_started
 from app.protocols.messages import INFERENCE, TFSERVING
 from app.protocols.oip.servicer import InferCall

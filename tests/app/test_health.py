@@ -10,8 +10,8 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.api.gate import body_limit, route_label
 from app.core.config import Settings
+from app.core.gate import body_limit, route_label
 from app.main import create_app
 from tests.app.helpers import (
     STARTUP_TIMEOUT,

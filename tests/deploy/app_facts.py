@@ -46,13 +46,13 @@ def settings_class() -> Any:
     return Settings
 
 
-# One path of each prediction route the body limit tells apart (``app.api.gate``).
+# One path of each prediction route the body limit tells apart (``app.core.gate``).
 PREDICTION_PATHS = ("/predict", "/predict/batch", "/v1/models/catdog:predict")
 
 
 def body_limit(settings: Any, path: str) -> int:
     """The largest body a prediction path accepts under ``settings``."""
-    from app.api.gate import body_limit as limit
+    from app.core.gate import body_limit as limit
 
     result = limit(settings, path)
     assert result is not None, f"{path} is not a prediction path"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.api.deps import ServiceDep
 from app.api.schemas import ErrorDetail, Status
+from app.core.gate import ServiceDep
 
 router = APIRouter(tags=["health"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.deps import ServiceDep
+from app.core.gate import ServiceDep
 
 router = APIRouter(tags=["metrics"])
 

@@ -2,7 +2,7 @@
 
 The same answer is TF Serving's model status (``model_version_status``): both APIs
 own this path, so one JSON holds both (docs/protocols.md). Errors carry ``detail``
-and TF Serving's ``error`` (``app/api/errors.py``).
+and TF Serving's ``error`` (``app/core/errors.py``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.convertors import Convertor, register_url_convertor
 
-from app.api.deps import ServiceDep
 from app.api.schemas import ErrorDetail, LoadedVersion, ModelInfo, ModelVersionStatus, VersionStatus
+from app.core.gate import ServiceDep
 from app.core.service import InferenceService
 from app.protocols.common import check_model_name
 

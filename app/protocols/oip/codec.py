@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 from fastapi import Request, Response
 
-from app.core.admission import Upload
 from app.core.config import Settings
 from app.core.errors import ModelNotReadyError
+from app.core.gate import Upload
 from app.core.service import Classification, InferenceService
 from app.protocols.common import (
     TensorData,

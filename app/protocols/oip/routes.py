@@ -2,7 +2,7 @@
 
 The conventions (inputs ``image_bytes`` and ``images``, base64 in JSON, the binary
 tensor data and classification extensions) are in ``app/protocols/oip/codec.py`` and
-docs/protocols.md; errors are ``{"error": ...}`` (``app/api/errors.py``).
+docs/protocols.md; errors are ``{"error": ...}`` (``app/core/errors.py``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.deps import ServiceDep, UploadDep
 from app.api.schemas import PROTOCOL_ERRORS, request_body
+from app.core.gate import ServiceDep, UploadDep
 from app.protocols.oip import codec as oip
 from app.protocols.oip import schemas as oip_schemas
 

@@ -22,8 +22,8 @@ import grpc
 import numpy as np
 from google.protobuf.message import Message
 
-from app.api.errors import answer_for
-from app.core.admission import Upload
+from app.core.errors import answer_for
+from app.core.gate import Upload
 from app.core.service import Classification, InferenceService
 from app.protocols import wire
 from app.protocols.common import bad_request, check_model_name

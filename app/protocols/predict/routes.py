@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
-from app.api.deps import ServiceDep, UploadDep
 from app.api.schemas import BatchPrediction, ErrorDetail, Prediction, UnprocessableDetail
+from app.core.gate import ServiceDep, UploadDep
 from app.core.service import Classification
 from app.protocols.predict.multipart import FilePart, read_files
 

@@ -24,7 +24,7 @@ import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.core.admission import Upload
+from app.core.gate import Upload
 from app.core.service import Classification, InferenceService
 from app.protocols.common import (
     JsonTensor,

@@ -2,15 +2,15 @@
 
 The conventions (inputs ``image_bytes`` and ``images``, ``{"b64": ...}`` images,
 rows and columns) are in ``app/protocols/tfserving/codec.py`` and docs/protocols.md;
-errors are ``{"error": ...}`` (``app/api/errors.py``).
+errors are ``{"error": ...}`` (``app/core/errors.py``).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import ServiceDep, UploadDep
 from app.api.schemas import PROTOCOL_ERRORS, request_body
+from app.core.gate import ServiceDep, UploadDep
 from app.protocols.tfserving import codec as tfs
 
 router = APIRouter(tags=["tf serving"])

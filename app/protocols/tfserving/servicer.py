@@ -31,8 +31,8 @@ from fastapi import HTTPException
 from google.protobuf.message import Message
 
 from app.api.routes.models import version_statuses
-from app.core.admission import Upload
 from app.core.config import Settings
+from app.core.gate import Upload
 from app.core.service import Classification, InferenceService
 from app.protocols.common import bad_request, check_count, check_images, check_model_name
 from app.protocols.messages import TFSERVING
