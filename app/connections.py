@@ -1,38 +1,32 @@
 """Client bounds at the connection, around the HTTP protocol uvicorn builds.
 
 uvicorn's options bound idle keep-alive connections (``timeout_keep_alive``) and, with
-h11, header bytes (``h11_max_incomplete_event_size``). Nothing in them bounds how long
-a client may take to send its headers or its body, header bytes with httptools, or how
-many connections stay open. :func:`bounded_protocol` makes the class given to uvicorn's
-documented ``http=`` setting: an ``asyncio.Protocol`` that builds uvicorn's own protocol
-(httptools or h11, unchanged, through its constructor) and stands between it and the
-socket. It sees the bytes that arrive (read by its own ``httptools`` parser, a few µs per
-request), the transport calls uvicorn makes (``pause_reading`` when the app is not
-reading), and each request's ASGI call (through ``Config.loaded_app``). From the
-settings (``CATDOG_*``):
+h11, header bytes (``h11_max_incomplete_event_size``); nothing bounds how long a client
+may take over its headers or body, header bytes with httptools, or how many connections
+stay open. :func:`bounded_protocol` makes the class for uvicorn's documented ``http=``
+setting: an ``asyncio.Protocol`` that builds uvicorn's own protocol (unchanged, through
+its constructor) and stands between it and the socket, reading the arriving bytes with
+its own ``httptools`` parser (a few µs per request). From the settings (``CATDOG_*``):
 
-* **header bounds**: request line and headers at most ``max_header_bytes``, counted as
-  they arrive, so a huge header is refused after that many bytes, not parsed; at most
+* **headers**: request line and headers at most ``max_header_bytes``, counted as they
+  arrive (a huge header is refused after that many bytes, not parsed), at most
   ``max_header_count`` headers: 431 and closed;
-* **header timeout**: from a connection's opening or a request's first byte, its line
-  and headers within ``header_timeout_s``: 408 and closed (a connection that sent
-  nothing is closed without a word);
-* **body timeout**: a pause of ``body_timeout_s`` while a body arrives: 408 and closed.
-  Time when the app is not reading (uvicorn paused the socket) is not the client's;
+* **header timeout**: line and headers within ``header_timeout_s`` of the connection's
+  opening or the request's first byte: 408 and closed (silent connections just closed);
+* **body timeout**: a pause of ``body_timeout_s`` while a body arrives: 408 and closed
+  (time when the app is not reading, the socket paused by uvicorn, is not the client's);
 * **connection cap**: past ``max_connections``, a new connection closes the
   longest-waiting one not being answered (idle, or still sending headers: it gets a 503
   first); if all are being answered, the newcomer's request gets a 503;
-* **chunk storms**: a chunked body may hold at most ``MOST_CHUNKS`` chunks plus one per
-  ``CHUNK_BYTES`` received: 400 and closed (each chunk costs a callback on the loop that
-  REST and gRPC share; real clients send chunks of kilobytes);
-* **bytes after the answer**: a body still arriving once its request was answered (an
-  early 413, 404, 503) is discarded up to ``MOST_UNREAD_BYTES``, then the connection is
-  closed;
+* **chunk storms**: at most ``MOST_CHUNKS`` chunks plus one per ``CHUNK_BYTES`` of body:
+  400 and closed (each chunk costs a callback on the loop REST and gRPC share);
+* **bytes after the answer**: a body still arriving once answered (an early 413, 503) is
+  discarded up to ``MOST_UNREAD_BYTES``, then the connection is closed;
 * ``Transfer-Encoding`` other than ``chunked``: 400 and closed.
 
-Every answer given here is JSON ``{"detail": ...}`` with ``Connection: close``, counted by
-reason in ``catdog_http_refusals_total``, as are connections closed without an answer. A
-body cut off by its timeout is also counted as 408 for its route (``TIMED_OUT_KEY``).
+Each answer here is JSON ``{"detail": ...}`` with ``Connection: close``, counted by reason
+in ``catdog_http_refusals_total``, as are connections closed without one. A body cut off
+by its timeout also counts as 408 for its route (``TIMED_OUT_KEY``).
 """
 
 from __future__ import annotations
@@ -43,7 +37,7 @@ import json
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import httptools
 import uvicorn
@@ -57,27 +51,6 @@ log = logging.getLogger("catdog.server")
 MOST_CHUNKS = 256  # chunks any body may hold, plus one per CHUNK_BYTES
 CHUNK_BYTES = 1024
 MOST_UNREAD_BYTES = 8 * 1024 * 1024  # discarded after an answer, then the connection closes
-
-
-class Bounds(NamedTuple):
-    """What one client may hold, from the settings."""
-
-    max_connections: int
-    max_header_bytes: int
-    max_header_count: int
-    header_timeout_s: float
-    body_timeout_s: float
-
-    @classmethod
-    def of(cls, settings: Settings) -> Bounds:
-        """The bounds ``settings`` name."""
-        return cls(
-            settings.max_connections,
-            settings.max_header_bytes,
-            settings.max_header_count,
-            settings.header_timeout_s,
-            settings.body_timeout_s,
-        )
 
 
 def json_answer(status: int, detail: str, extra: bytes = b"") -> bytes:
@@ -118,7 +91,7 @@ class _Transport:
 class BoundedConnection(asyncio.Protocol):
     """One client connection: uvicorn's protocol inside, the module's bounds around it."""
 
-    bounds: ClassVar[Bounds]  # set on the class bounded_protocol makes
+    bounds: ClassVar[Settings]  # set on the class bounded_protocol makes
     inner_class: ClassVar[type[asyncio.Protocol]]
     count: ClassVar[Callable[[str], None]]  # counts a refusal by reason
     open: ClassVar[set[BoundedConnection]]
@@ -368,7 +341,7 @@ def bounded_protocol(
     counts each refusal."""
     inner = import_from_string(HTTP_PROTOCOLS[http])
     attributes = {
-        "bounds": Bounds.of(settings),
+        "bounds": settings,
         "inner_class": inner,
         "count": staticmethod(count),
         "open": set(),

@@ -1,6 +1,6 @@
 """One Ray actor's work: a batch of listed files in, one row per file out.
 
-Each actor loads the model once (``app.core.model.load_version``: the service's
+Each actor loads the model once (``app.core.registry.load_version``: the service's
 loading and warm-up, through ``catdog.runtimes``, one interpreter with one thread
 per actor), then for each batch reads every file through the source's pyarrow
 filesystem, decodes it with ``catdog.preprocessing.preprocess`` under the
@@ -23,7 +23,7 @@ import pyarrow as pa
 import ray
 
 from app.core.config import Settings
-from app.core.model import load_version
+from app.core.registry import load_version
 from app.core.service import classification
 from batch.source import Source
 from catdog.preprocessing import ImageError, preprocess

@@ -145,13 +145,9 @@ class Admission:
         self.by_client: Counter[str] = Counter()
         self._uploads: set[Upload] = set()
 
-    def has_room(self, images: int = 1) -> bool:
-        """Whether ``images`` more would be admitted now."""
-        return self.in_flight + images <= self.limit
-
     def refuse_if_full(self, images: int = 1, client: str | None = None) -> None:
         """``QueueFullError`` (counted) unless ``images`` more fit, in all and for ``client``."""
-        if not self.has_room(images):
+        if self.in_flight + images > self.limit:
             self.metrics.rejected.inc()
             raise QueueFullError(f"{self.in_flight} images in flight (limit {self.limit})")
         held = self.by_client[client] if client is not None else 0
@@ -265,11 +261,9 @@ def header_int(value: str) -> int | None:
     return int(value) if len(value) <= 18 and value.isascii() and value.isdigit() else None
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` as soon as the body passes its limit (FastAPI renders it)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+def too_large(limit: int) -> HTTPException:
+    """The 413 of a body past its limit (raised from ``receive``: FastAPI renders it)."""
+    return HTTPException(413, f"request body exceeds the limit of {limit} bytes")
 
 
 class GateMiddleware:
@@ -298,7 +292,7 @@ class GateMiddleware:
         if length is not None and length > limit:
             # No "Connection: close": uvicorn would close the socket with the body unread and
             # a client still sending it would get a reset instead of this 413.
-            response = respond(Request(scope), ErrorAnswer(413, BodyTooLarge(limit).detail))
+            response = respond(Request(scope), ErrorAnswer(413, too_large(limit).detail))
             await response(scope, receive, send)
             return
         client = client_key(scope["client"][0]) if scope.get("client") else None
@@ -310,7 +304,7 @@ class GateMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    raise too_large(limit)
             return message
 
         try:
@@ -328,11 +322,8 @@ async def call_until_client_leaves(
     app: ASGIApp, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Run ``app``; once it has read the whole body, cancel it if the client disconnects
-    (wherever it is: a queued image is skipped, its room released; counted as 499).
-
-    After the body only a watcher task calls ``receive`` (its next message is
-    ``http.disconnect``); a later call by the app gets that same message.
-    """
+    (a queued image is skipped, its room released; counted as 499). After the body only
+    a watcher calls ``receive``; a later call by the app gets the watcher's message."""
     watcher: asyncio.Task[Message] | None = None
     answered = False
 

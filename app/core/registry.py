@@ -1,30 +1,29 @@
-"""The served model's versions: which stay loaded (the version policy), hot swap, refusals.
+"""The served model's versions: each version loaded and warmed up, which stay loaded
+(the version policy), hot swap, refusals.
+
+``load_version`` loads a version folder with the chosen runtime (``CATDOG_RUNTIME``) and
+runs it once per batch size the batcher can send (1 to ``CATDOG_MAX_BATCH_SIZE``) before
+it is reported ready or swapped in; a folder that cannot be served raises
+``ModelLoadError`` naming it.
 
 The version policy (``CATDOG_VERSION_POLICY``) is TF Serving's ``model_version_policy``:
 
 * ``latest:N`` (default ``latest:1``): the N highest versions. A watcher polls the
-  model base folder; a version higher than every loaded one is loaded and warmed up
-  in a thread while the loaded ones keep serving, then added by one assignment, and
-  the lowest is dropped once more than N are loaded. Versions only move up: a lower
-  folder appearing, or a served folder disappearing, changes nothing while running.
+  model base folder; a version higher than every loaded one is loaded in a thread while
+  the loaded ones keep serving, then added by one assignment, and the lowest is dropped
+  once more than N are loaded. Versions only move up: a lower folder appearing, or a
+  served folder disappearing, changes nothing while running.
 * ``all``: every version folder; new ones are added, none is dropped.
 * ``specific:1,3``: those versions; each is loaded once its folder exists.
 
-A request without a version gets the highest loaded one; ``get("2")`` answers a
-request for version 2, or raises ``VersionNotFoundError`` (unknown, refused, or not
-kept by the policy). Requests already preprocessed keep the model they started with.
+A request without a version gets the highest loaded one; ``get("2")`` answers a request
+for version 2, or raises ``VersionNotFoundError``. A version that fails to load is
+refused with a log line and retried only if its files change. At start-up every version
+the policy picks must load (else ``ModelLoadError``).
 
-A version that fails to load is refused with a log line and retried only if its
-files change. At start-up every version the policy picks must load (else
-``ModelLoadError``, naming the path): the service does not start half-configured.
-
-Memory per loaded version is the growth of the process's resident memory while it
-loaded and warmed up (``memory_bytes``). It is approximate: requests served at the
-same time allocate too, and the first version also carries the runtime's one-time
-cost (importing TensorFlow or LiteRT).
-
-The heap is frozen while serving (``app.core.heap``); dropping a version thaws it
-so that the version can be freed, and the next tick freezes it again.
+Memory per version (``memory_bytes``) is the growth of resident memory while it loaded:
+approximate (requests allocate too; the first version carries the runtime's import).
+Dropping a version thaws the frozen heap (``app.core.heap``) so that it can be freed.
 """
 
 from __future__ import annotations
@@ -34,20 +33,87 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
 
 from app.core import heap
 from app.core.errors import ModelLoadError, ModelNotReadyError, VersionNotFoundError
 from app.core.metrics import Metrics
-from app.core.model import LoadedModel
-from catdog.runtimes import version_dirs, version_number
+from catdog.contract import ModelContract
+from catdog.runtimes import LoadedRuntime, load_model, version_dirs, version_number
 
 log = logging.getLogger("catdog.registry")
-Loader = Callable[[Path], LoadedModel]
 Stamp = tuple[tuple[str, int, int], ...]
 POLICY_PATTERN = r"latest:[1-9][0-9]*|all|specific:[0-9]+(,[0-9]+)*"
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The model's output for one image."""
+
+    probabilities: np.ndarray
+    ood_score: float | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A served model version: where it came from and the runtime that runs it."""
+
+    version: str
+    path: Path
+    runtime: LoadedRuntime = field(repr=False)
+
+    @property
+    def contract(self) -> ModelContract:
+        """Class names, input size and scaling of this version."""
+        return self.runtime.contract
+
+    @property
+    def runtime_name(self) -> str:
+        """``litert`` or ``tensorflow``."""
+        return self.runtime.name
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Everything ``metadata.json`` says, contract included."""
+        return self.contract.to_dict()
+
+    @property
+    def ood_threshold(self) -> float | None:
+        """Scores above this mark an image as unlike the training photos (None: no signal)."""
+        ood = self.contract.extra.get("ood")
+        return float(ood["threshold"]) if isinstance(ood, dict) and "threshold" in ood else None
+
+    def infer_rows(self, images: np.ndarray) -> list[ImageResult]:
+        """One result per image of a float32 batch [N, H, W, 3] in [0, 1]."""
+        out = self.runtime.infer(images)
+        probabilities = np.asarray(out.probabilities, dtype=np.float64)
+        if probabilities.shape != (len(images), len(self.contract.class_names)):
+            raise RuntimeError(f"model {self.version} returned shape {probabilities.shape}")
+        scores = [None] * len(images) if out.ood_score is None else out.ood_score.tolist()
+        return [ImageResult(p, s) for p, s in zip(probabilities, scores)]
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
+        """Run the model once per batch size; refuse a model with non-finite outputs."""
+        for size in batch_sizes:
+            rows = self.infer_rows(np.zeros((size, *self.contract.input_shape), np.float32))
+            if not all(np.all(np.isfinite(r.probabilities)) for r in rows):
+                raise ModelLoadError(f"{self.path}: warm-up produced non-finite outputs")
+
+
+def load_version(path: Path, runtime: str, threads: int, warm_up_batch: int = 1) -> LoadedModel:
+    """Load and warm up one version folder, or raise ``ModelLoadError`` naming it."""
+    try:
+        model = LoadedModel(path.name, path, load_model(path, runtime, threads))
+        model.warm_up(tuple(range(1, warm_up_batch + 1)))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # anything wrong with the folder refuses the version
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    return model
 
 
 def _files_stamp(folder: Path) -> Stamp:
@@ -122,7 +188,11 @@ class ModelRegistry:
     """Holds the loaded versions of one model and applies the version policy."""
 
     def __init__(
-        self, base: Path, load: Loader, metrics: Metrics, policy: VersionPolicy | None = None
+        self,
+        base: Path,
+        load: Callable[[Path], LoadedModel],
+        metrics: Metrics,
+        policy: VersionPolicy | None = None,
     ) -> None:
         self.base = Path(base)
         self._load = load

@@ -1,20 +1,10 @@
 """The inference service: one object that takes image bytes to a classification.
 
-A request's whole path, in order (LitServe's setup / decode / predict / encode):
-
-* ``start``      load the versions the version policy picks, start the batcher and the
-                 version watcher;
-* ``classify``   pick the version (the highest loaded, or the one asked for), admit the
-                 images (or 503), ``_decode`` each in a thread with the project's one
-                 preprocessing, ``_predict`` them through the dynamic batcher,
-                 ``_encode`` each model output as a ``Classification``;
-* ``classify_tensor``  the same for pixels already preprocessed by the client: pick the
-                 version, ``check_pixels`` against its contract, admit, ``_predict``,
-                 ``_encode``;
-* ``stop``       let the images in flight finish, then stop the batcher.
-
-The routes map ``Classification`` to their response schemas; this module knows
-nothing about HTTP.
+``start`` loads the versions the policy picks and starts the batcher; ``classify``
+picks the version, admits the images (``app.core.gate``), decodes each in a thread with
+the project's one preprocessing, sends them through the batcher and answers each as a
+``Classification``; ``classify_tensor`` does the same for pixels the client already
+preprocessed; ``stop`` lets the images in flight finish. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
@@ -39,9 +29,8 @@ from app.core.config import Settings
 from app.core.errors import InvalidInputError, ModelLoadError
 from app.core.gate import Admission, Ticket, Upload
 from app.core.metrics import Metrics
-from app.core.model import ImageResult, LoadedModel, load_version
 from app.core.offload import Offload
-from app.core.registry import ModelRegistry, VersionPolicy
+from app.core.registry import ImageResult, LoadedModel, ModelRegistry, VersionPolicy, load_version
 from catdog.budget import PixelBudget
 from catdog.contract import ModelContract
 from catdog.preprocessing import ImageError, preprocess
@@ -219,10 +208,7 @@ class InferenceService:
             results = await asyncio.gather(
                 *(self._predict(ticket, model, a) for a in arrays)  # type: ignore[arg-type]
             )
-        answers = self._encode_all(model, results)
-        if self.payload_log is not None:
-            self.payload_log.offer(images, answers, time.perf_counter() - started)
-        return answers
+        return self._answer(model, results, images, started)
 
     async def classify_tensor(
         self, pixels: np.ndarray, version: str | None = None, upload: Upload | None = None
@@ -234,10 +220,7 @@ class InferenceService:
         with self.admission.admit(len(pixels), upload) as ticket:
             observe.record_since("admission", started, **_attributes(model, len(pixels)))
             results = await asyncio.gather(*(self._predict(ticket, model, p) for p in pixels))
-        answers = self._encode_all(model, results)
-        if self.payload_log is not None:
-            self.payload_log.offer(list(pixels), answers, time.perf_counter() - started)
-        return answers
+        return self._answer(model, results, list(pixels), started)
 
     async def _decode(self, model: LoadedModel, data: bytes | memoryview) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -259,16 +242,19 @@ class InferenceService:
         ticket.queued()
         return await self.batcher.submit(model, image, observe.capture())
 
-    def _encode_all(self, model: LoadedModel, results: list[ImageResult]) -> list[Classification]:
+    def _answer(
+        self, model: LoadedModel, results: list[ImageResult], images: list[Any], started: float
+    ) -> list[Classification]:
+        """Each result as a ``Classification``, counted, and offered to the payload log."""
         with observe.span("encode", **_attributes(model, len(results))):
-            return [self._encode(model, r) for r in results]
-
-    def _encode(self, model: LoadedModel, result: ImageResult) -> Classification:
-        answer = classification(model, result)
-        known = "unknown" if answer.known is None else str(answer.known).lower()
-        self.metrics.predictions.labels(label=answer.label, known=known).inc()
-        observe.note_answer(answer.model_version, answer.label)
-        return answer
+            answers = [classification(model, r) for r in results]
+        for answer in answers:
+            known = "unknown" if answer.known is None else str(answer.known).lower()
+            self.metrics.predictions.labels(label=answer.label, known=known).inc()
+            observe.note_answer(answer.model_version, answer.label)
+        if self.payload_log is not None:
+            self.payload_log.offer(images, answers, time.perf_counter() - started)
+        return answers
 
 
 def classification(model: LoadedModel, result: ImageResult) -> Classification:

@@ -16,8 +16,7 @@ from pydantic import ValidationError
 from app.core.config import Settings
 from app.core.errors import ModelLoadError, VersionNotFoundError
 from app.core.metrics import Metrics
-from app.core.model import LoadedModel
-from app.core.registry import ModelRegistry, VersionPolicy
+from app.core.registry import LoadedModel, ModelRegistry, VersionPolicy
 from catdog.contract import ModelContract
 from catdog.runtimes import LoadedRuntime
 from servicekit import parse_metrics, value
