@@ -6,7 +6,7 @@ import logging
 
 from fastapi import FastAPI
 
-from app.api.routes import health, metrics, models, page
+from app.api import routes
 from app.core.config import Settings, get_settings
 from app.core.errors import register_error_handlers
 from app.core.gate import GateMiddleware, MetricsMiddleware
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(GateMiddleware)
     app.add_middleware(MetricsMiddleware)
     register_error_handlers(app)
-    for module in (predict, health, models, metrics, page, v2, tfserving):
+    for module in (predict, routes, v2, tfserving):
         app.include_router(module.router)
     install(app)  # request ids, API keys, JSON logs, traces, payload log (app/ops)
     return app

@@ -171,21 +171,22 @@ class Settings(BaseSettings):
         return image_formats(value)  # type: ignore[arg-type]  # ValueError names the choices
 
     @model_validator(mode="after")
-    def _files_fit_in_flight(self) -> Settings:
-        if self.max_files_per_request > self.max_images_in_flight:
+    def _limits_fit(self) -> Settings:
+        files, in_flight = self.max_files_per_request, self.max_images_in_flight
+        if files > in_flight:
             raise ValueError(
-                f"max_files_per_request ({self.max_files_per_request}) exceeds "
-                f"max_images_in_flight ({self.max_images_in_flight}): such a request never fits"
+                f"max_files_per_request ({files}) exceeds max_images_in_flight ({in_flight}): "
+                "such a request never fits"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _files_fit_a_client(self) -> Settings:
-        if 0 < self.max_images_per_client < self.max_files_per_request:
+        if 0 < self.max_images_per_client < files:
             raise ValueError(
                 f"max_images_per_client ({self.max_images_per_client}) is below "
-                f"max_files_per_request ({self.max_files_per_request}): a full request "
-                "would never fit"
+                f"max_files_per_request ({files}): a full request would never fit"
+            )
+        if self.max_json_images > files:
+            raise ValueError(
+                f"max_json_images ({self.max_json_images}) exceeds max_files_per_request "
+                f"({files}): no request may hold that many images"
             )
         return self
 
@@ -193,15 +194,6 @@ class Settings(BaseSettings):
     def json_images(self) -> int:
         """Images of pixels a request may send as JSON numbers."""
         return self.max_json_images or self.max_files_per_request
-
-    @model_validator(mode="after")
-    def _json_images_fit(self) -> Settings:
-        if self.max_json_images > self.max_files_per_request:
-            raise ValueError(
-                f"max_json_images ({self.max_json_images}) exceeds max_files_per_request "
-                f"({self.max_files_per_request}): no request may hold that many images"
-            )
-        return self
 
 
 @lru_cache

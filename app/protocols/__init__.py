@@ -4,7 +4,7 @@
 * ``oip``: the Open Inference Protocol v2 (KServe, Triton), REST with the binary tensor
   data and classification extensions, and gRPC;
 * ``tfserving``: TensorFlow Serving's REST API (its model status shares
-  ``app/api/routes/models.py``) and gRPC;
+  ``app/api/routes.py``) and gRPC;
 * ``common``, ``numbers``: what the JSON protocols share (body parsing, tensors of
   numbers, images as base64, limits); ``messages``, ``wire``: the gRPC messages (protoc's
   output) and the field-count bound on a message's wire format.

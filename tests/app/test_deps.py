@@ -6,7 +6,7 @@ import inspect
 
 from fastapi.routing import APIRoute
 
-from app.api.routes import health, metrics, models, page
+from app.api import routes as service_routes
 from app.protocols.predict import routes as predict
 
 
@@ -21,7 +21,7 @@ def _dependency_calls(dependant) -> list:  # noqa: ANN001 - fastapi's internal D
 def test_route_dependencies_are_async() -> None:
     # A plain ``def`` dependency costs every request a round trip through a worker
     # thread; on one busy core that was a measurable share of each request.
-    routers = (predict, health, models, metrics, page)
+    routers = (predict, service_routes)
     routes = [r for m in routers for r in m.router.routes if isinstance(r, APIRoute)]
     assert {"/predict", "/predict/batch"} <= {r.path for r in routes}
     for route in routes:

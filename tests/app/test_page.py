@@ -32,7 +32,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 from starlette.routing import Match
 
-from app.api.routes import page
+from app.api import routes as page
 from app.main import create_app
 from servicekit import Server, uvicorn_server
 from tests import images

@@ -30,7 +30,7 @@ import numpy as np
 from fastapi import HTTPException
 from google.protobuf.message import Message
 
-from app.api.routes.models import version_statuses
+from app.api.routes import version_statuses
 from app.core.config import Settings
 from app.core.gate import Upload
 from app.core.service import Classification, InferenceService

@@ -1,18 +1,32 @@
-"""GET /v1/models/{name}[/versions/{version}]: a version's runtime, contract, metrics, memory.
+"""The service's own routes: health, metrics, model info, and the try-it page.
 
-The same answer is TF Serving's model status (``model_version_status``): both APIs
-own this path, so one JSON holds both (docs/protocols.md). Errors carry ``detail``
-and TF Serving's ``error`` (``app/core/errors.py``).
+* ``GET /healthz`` (alive) and ``/readyz`` (a warmed-up model is serving, else 503);
+* ``GET /metrics``: Prometheus text format;
+* ``GET /v1/models/{name}[/versions/{version}]``: a version's runtime, contract, metrics
+  and memory; the same JSON is TF Serving's model status (``model_version_status``): both
+  APIs own this path (docs/protocols.md);
+* ``GET /``: one self-contained page, ``app/static/index.html``, read once at import; its
+  Content-Security-Policy lets it talk to this server only.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.convertors import Convertor, register_url_convertor
 
-from app.api.schemas import ErrorDetail, LoadedVersion, ModelInfo, ModelVersionStatus, VersionStatus
+from app.api.schemas import (
+    ErrorDetail,
+    LoadedVersion,
+    ModelInfo,
+    ModelVersionStatus,
+    Status,
+    VersionStatus,
+)
 from app.core.gate import ServiceDep
 from app.core.service import InferenceService
 from app.protocols.common import check_model_name
@@ -33,7 +47,31 @@ class Segment(Convertor[str]):
 
 
 register_url_convertor("segment", Segment())
-router = APIRouter(tags=["models"])
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["health"], response_model=Status)
+async def healthz() -> Status:
+    """Liveness: 200 while the process answers."""
+    return Status(status="ok")
+
+
+@router.get(
+    "/readyz", tags=["health"], response_model=Status, responses={503: {"model": ErrorDetail}}
+)
+async def readyz(service: ServiceDep) -> Status | JSONResponse:
+    """Readiness: 200 once the model is loaded and warmed up, 503 before and when stopping."""
+    if not service.ready:
+        return JSONResponse({"status": "not ready", "detail": "model not loaded"}, status_code=503)
+    return Status(status="ready", model_version=service.model.version)
+
+
+@router.get("/metrics", tags=["metrics"], response_class=Response)
+async def metrics(service: ServiceDep) -> Response:
+    """Requests, latency, queue wait, inference time, batch sizes, model version and runtime."""
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
 LOCAL_KEYS = {"checkpoint", "data_dir", "run_dir", "cache", "cache_file"}  # paths on a machine
 
 
@@ -52,7 +90,9 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get("/v1/models/{name:segment}", response_model=ModelInfo, responses=ERRORS)
+@router.get(
+    "/v1/models/{name:segment}", tags=["models"], response_model=ModelInfo, responses=ERRORS
+)
 async def model_info(name: str, service: ServiceDep) -> ModelInfo:
     """Describe the model served under ``name`` (its highest loaded version)."""
     return describe(service, name, None)
@@ -60,6 +100,7 @@ async def model_info(name: str, service: ServiceDep) -> ModelInfo:
 
 @router.get(
     "/v1/models/{name:segment}/versions/{version:segment}",
+    tags=["models"],
     response_model=ModelInfo,
     responses=ERRORS,
 )
@@ -121,3 +162,32 @@ def version_statuses(
         if version is None
     ]
     return available + refused
+
+
+INDEX_PATH = Path(__file__).resolve().parents[1] / "static" / "index.html"
+INDEX_HTML = INDEX_PATH.read_text(encoding="utf-8")
+
+#: Inline script and style only; images from the chosen file (blob:); requests to this origin.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'unsafe-inline'",
+        "style-src 'unsafe-inline'",
+        "img-src 'self' blob: data:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@router.get("/", tags=["page"], response_class=HTMLResponse, include_in_schema=False)
+async def index() -> HTMLResponse:
+    """The upload page."""
+    return HTMLResponse(INDEX_HTML, headers=HEADERS)
