@@ -105,7 +105,7 @@ class BoundedConnection(asyncio.Protocol):
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.transport: _Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.in_headers = self.in_body = self.over_cap = False
+        self.in_headers = self.over_cap = False
         self.header_bytes = self.header_size = self.header_count = 0
         self.body_bytes = self.chunks = self.unread = 0
         self.requests = self.answered = 0  # requests whose headers arrived; answers sent
@@ -190,7 +190,6 @@ class BoundedConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_headers = False
-        self.in_body = True
         self.requests += 1
         self._cancel_timer()
         self.last_body = self.loop.time()
@@ -215,7 +214,6 @@ class BoundedConnection(asyncio.Protocol):
                 raise _Refused(0, "", "unread")
 
     def on_message_complete(self) -> None:
-        self.in_body = False
         self._cancel_timer()
 
     # ------------------------------------------------------------ each request's ASGI call

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import resource
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 import uvicorn
@@ -27,7 +28,6 @@ from fastapi import FastAPI
 
 from app.connections import bounded_protocol
 from app.core.config import Settings
-from app.lifespan import shutdown_started
 
 log = logging.getLogger("catdog.server")
 STARTUP_FAILURE = 3  # uvicorn's exit code when the app cannot start
@@ -79,8 +79,12 @@ def build_config(
 
 class Server(uvicorn.Server):
     """uvicorn's server, which also tells the app the moment it is asked to stop
-    (``app.lifespan.shutdown_started``: not ready, gRPC refusing new calls), not
+    (``stopping``: ``app.main.shutdown_started``, not ready, gRPC refusing new calls), not
     only after HTTP has drained (the lifespan's end)."""
+
+    def __init__(self, config: uvicorn.Config, stopping: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.stopping = stopping
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self.running_loop = asyncio.get_running_loop()
@@ -91,7 +95,7 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
         app = self.config.app
         if first and isinstance(app, FastAPI) and hasattr(app.state, "grpc"):
-            self.running_loop.call_soon_threadsafe(shutdown_started, app)
+            self.running_loop.call_soon_threadsafe(self.stopping)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -107,7 +111,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve until SIGTERM or SIGINT; exit 3 if the app cannot start (as uvicorn does)."""
     args = parse_args(argv)
-    from app.main import app  # the app of ``uvicorn app.main:app``, settings from CATDOG_*
+    from app.main import app, shutdown_started  # ``uvicorn app.main:app``'s, from CATDOG_*
 
     config = build_config(
         app,
@@ -126,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             files,
             settings.max_connections,
         )
-    server = Server(config)
+    server = Server(config, functools.partial(shutdown_started, app))
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from app.core.gate import Upload, peer_key
-from app.lifespan import shutdown_started
+from app.main import shutdown_started
 from app.protocols.messages import INFERENCE, TFSERVING
 from app.protocols.oip.servicer import InferCall
 from servicekit import Server, free_port, start_uvicorn, stop, wait_ready
