@@ -43,6 +43,9 @@ class Cluster:
 def _ray_env(token: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    # A node told to stop (SIGTERM) first drains for up to this many seconds (Ray's default
+    # 30): it is stopped after its jobs are done, so there is nothing to wait for.
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     return env
 
 
