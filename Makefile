@@ -42,11 +42,11 @@ serve: install  ## serve the bundled model on :8000 (python -m app: the hardened
 train: install-train  ## set up training: then .venv/bin/python -m training --help
 	$(BIN)/python -m training --help
 
-# Two workers; tests/conftest.py groups a module's tests (and all Ray tests) on one.
+# Two workers, each module on one (pyproject's addopts), the slowest first (tests/conftest.py).
 test: install-test  ## lint, then run every test (two workers)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2
 
 lint: install-test  ## ruff check and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,8 +1,13 @@
-"""``python -m batch`` with Ray embedded: one real job on a folder of good and bad files.
+"""``python -m batch`` as a user starts it: Ray embedded, then on a two-node cluster.
 
-The job runs once for the module, as its own process (``python -m batch``, which
-starts Ray inside itself and stops it at the end), on the tiny model; its rows are
-compared with what the real service answers for the same files.
+Each job runs as its own process on the tiny model, over a folder of good and bad
+files, and its rows are compared with what the real service answers for the same
+files. The embedded job (``python -m batch`` starts Ray inside itself and stops it at
+the end) runs once for the module. The cluster job joins two nodes on this machine
+(``ray start --head``, then ``ray start --address``, one CPU each:
+``servicekit.ray_cluster``) through ``RAY_ADDRESS`` and must classify files on both.
+Both are in this one module so that ``make test`` runs them on one worker, one after
+the other: two Ray clusters started at once on one machine collide.
 
 Ray is never started inside the pytest worker: by the time this module runs, the
 worker holds gRPC and TensorFlow threads from other modules, and Ray forks its GCS
@@ -25,9 +30,11 @@ import pytest
 
 from batch.__main__ import main
 from servicekit import ROOT
+from servicekit.ray_cluster import local_cluster
 from tests.batch.photos import BAD, GOOD, service_answers, write_folder
 
 TOLERANCE = 1e-5
+JOB_TIMEOUT = 300  # seconds
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,9 @@ def job(folder: Path, tiny_model_base: Path) -> tuple[dict[str, Any], list[dict[
     command += ["--model", str(tiny_model_base), "--batch-size", "2", "--no-progress"]
     command += ["--summary-json", str(summary_path)]
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     return json.loads(summary_path.read_text()), pq.read_table(out).to_pylist()
 
@@ -105,3 +114,35 @@ def test_usage_errors_exit_2_before_ray_starts(
     assert main([str(tmp_path / "missing"), "--output", str(tmp_path / "r.csv")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_job_runs_on_both_nodes_of_a_cluster(
+    folder: Path, tmp_path: Path, tiny_model_base: Path
+) -> None:
+    out, summary_path = tmp_path / "rows.jsonl", tmp_path / "summary.json"
+    command = [sys.executable, "-m", "batch", str(folder), "--output", str(out)]
+    command += ["--model", str(tiny_model_base), "--batch-size", "1", "--no-progress"]
+    command += ["--summary-json", str(summary_path)]
+    with local_cluster(nodes=2, cpus=1) as cluster:
+        result = subprocess.run(
+            command, cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT
+        )
+    assert result.returncode == 0, result.stderr[-5000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["ray"] == f"cluster at {cluster.address}"
+    assert summary["concurrency"] == 2
+    assert len(summary["files_by_node"]) == 2, summary  # both nodes classified files
+    assert sum(summary["files_by_node"].values()) == len(GOOD) + len(BAD)
+    assert "files by Ray node: " in result.stdout
+
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    answers = service_answers(tiny_model_base, folder)
+    assert sorted(row["path"] for row in rows) == sorted(answers)
+    for row in rows:
+        answer = answers[row["path"]]
+        if "probabilities" not in answer:
+            assert row["error"] and row["label"] is None, row
+            continue
+        assert row["error"] is None and row["label"] == answer["label"], row
+        for name, probability in answer["probabilities"].items():
+            assert row[name] == pytest.approx(probability, abs=TOLERANCE), (row["path"], name)
