@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 
+from servicekit import Server
 from tests.app.helpers import Served, serve, settings_for
+from tests.app.protocols import grpc_protocol_server
 
 
 @pytest.fixture
@@ -31,3 +33,14 @@ async def served(tiny_model_base: Path, request: pytest.FixtureRequest) -> Async
 def client(served: Served) -> httpx.AsyncClient:
     """The client of the module's shared app."""
     return served.client
+
+
+@pytest.fixture(scope="session")
+def protocols_server(
+    tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One real service (versions 1 and 2, REST and gRPC: ``grpc_protocol_server``) shared
+    by the protocol modules (test_answers, test_v2, test_tfserving, test_tfserving_grpc,
+    test_grpc), which only read from it: started once by each worker that runs them."""
+    with grpc_protocol_server(tiny_model_base, tmp_path_factory.mktemp("protocols")) as started:
+        yield started

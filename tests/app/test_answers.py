@@ -1,9 +1,10 @@
 """Every protocol answers what ``/predict`` answers: one table over protocol x input form.
 
-One real service (``tests.app.protocols.grpc_protocol_server``: versions 1 and 2, REST
-and gRPC in one process) answers the same three small JPEGs in every way a client can
-send them; each row turns them into probabilities [N, 2] that must equal ``/predict``'s
-for the same files (<= 1e-6), from version 2 (the latest). The rows:
+One real service (``protocols_server`` of tests/app/conftest.py, shared with the
+modules named below: versions 1 and 2, REST and gRPC in one process) answers the same
+three small JPEGs in every way a client can send them; each row turns them into
+probabilities [N, 2] that must equal ``/predict``'s for the same files (<= 1e-6), from
+version 2 (the latest). The rows:
 
 * Open Inference Protocol over REST (tritonclient.http): encoded images as BYTES and
   pixels as FP32, each as binary tensor data or JSON;
@@ -22,7 +23,6 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -39,7 +39,7 @@ from tensorflow_serving.apis import (
 )
 
 from servicekit import Server
-from tests.app.protocols import CLASSES, TOLERANCE, grpc_protocol_server, images, pixels, predicted
+from tests.app.protocols import CLASSES, TOLERANCE, images, pixels, predicted
 
 FILES = images(3)
 
@@ -60,12 +60,9 @@ class Clients:
 
 
 @pytest.fixture(scope="module")
-def clients(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clients]:
-    with (
-        grpc_protocol_server(tiny_model_base, tmp_path_factory.mktemp("answers")) as server,
-        contextlib.ExitStack() as stack,
-    ):
-        yield Clients(server, stack)
+def clients(protocols_server: Server) -> Iterator[Clients]:
+    with contextlib.ExitStack() as stack:
+        yield Clients(protocols_server, stack)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,6 @@ from tests.app.helpers import (
 from tests.app.protocols import (
     CLASSES,
     TOLERANCE,
-    grpc_protocol_server,
     images,
     pixels,
     predicted,
@@ -59,9 +58,9 @@ CALLS = INFERENCE.services["inference.GRPCInferenceService"]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with grpc_protocol_server(tiny_model_base, tmp_path_factory.mktemp("grpc")) as started:
-        yield started
+def server(protocols_server: Server) -> Server:
+    """The service the protocol modules share (tests/app/conftest.py)."""
+    return protocols_server
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,16 +21,13 @@ from tests import images as test_images
 from tests.app.protocols import (
     TOLERANCE,
     images,
-    protocol_server,
-    two_versions,
 )
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("tfserving")
-    with protocol_server(two_versions(tiny_model_base, folder), folder / "server.log") as started:
-        yield started
+def server(protocols_server: Server) -> Server:
+    """The service the protocol modules share (tests/app/conftest.py)."""
+    return protocols_server
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ with their codes (that each input form answers what ``/predict`` answers: test_a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -38,7 +37,6 @@ from servicekit import Server
 from tests import images as test_images
 from tests.app.protocols import (
     TOLERANCE,
-    grpc_protocol_server,
     images,
     pixels,
     predicted,
@@ -136,9 +134,9 @@ def test_messages_cross_the_wire_both_ways() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with grpc_protocol_server(tiny_model_base, tmp_path_factory.mktemp("tfs-grpc")) as started:
-        yield started
+def server(protocols_server: Server) -> Server:
+    """The service the protocol modules share (tests/app/conftest.py)."""
+    return protocols_server
 
 
 @pytest.fixture(scope="module")

@@ -29,16 +29,13 @@ from tests.app.protocols import (
     TOLERANCE,
     images,
     predicted,
-    protocol_server,
-    two_versions,
 )
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("v2")
-    with protocol_server(two_versions(tiny_model_base, folder), folder / "server.log") as started:
-        yield started
+def server(protocols_server: Server) -> Server:
+    """The service the protocol modules share (tests/app/conftest.py)."""
+    return protocols_server
 
 
 @pytest.fixture(scope="module")
