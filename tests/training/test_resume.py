@@ -5,11 +5,13 @@
   with every epoch exactly once.
 * A finished run invoked again trains no further.
 * A two-phase ``transfer`` run records both phases and fine-tunes with the
-  backbone unfrozen.
+  backbone unfrozen; a run started from its checkpoint can skip the head phase.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -18,15 +20,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import keras
 import pytest
 
+from tests import images
 from tests.images import MakeSplit
 from training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[2]
-EPOCHS = 6
+EPOCHS = 4  # killed after two: the rerun has at least one epoch left
 STEPS = 200  # ~1 s per epoch for article-1 at 32x32 on one CPU core: time to kill mid-run
 TIMEOUT = 600
 
@@ -185,11 +189,21 @@ def test_finished_run_does_not_train_again(
         assert (a == b).all()  # not one more step
 
 
-def test_transfer_run_fine_tunes_the_unfrozen_backbone(
-    make_split: MakeSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    split = make_split(per_split={"train": 4, "validation": 2, "test": 1})
-    run = tmp_path / "run"
+class TransferRun(NamedTuple):
+    """A finished two-phase ``transfer`` run: its folder, result and printed output."""
+
+    run: Path
+    result: dict[str, Any]
+    out: str
+    split: Path
+
+
+@pytest.fixture(scope="module")
+def transfer_run(tmp_path_factory: pytest.TempPathFactory) -> TransferRun:
+    """One epoch with the backbone frozen, then one fine-tuning it (MobileNet, 32x32)."""
+    folder = tmp_path_factory.mktemp("transfer")
+    split = images.write_split(folder / "split", {"train": 4, "validation": 2, "test": 1})
+    run = folder / "run"
     config = TrainConfig(
         data_dir=str(split),
         run_dir=str(run),
@@ -203,9 +217,13 @@ def test_transfer_run_fine_tunes_the_unfrozen_backbone(
         strategy="default",
         seed=0,
     )
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        result = train(config)
+    return TransferRun(run, result, out.getvalue(), split)
 
-    result = train(config)
 
+def test_transfer_run_fine_tunes_the_unfrozen_backbone(transfer_run: TransferRun) -> None:
+    run, result = transfer_run.run, transfer_run.result
     history = json.loads((run / "history.json").read_text())
     assert history["phase"] == ["head", "fine-tune"]
     assert result["epochs_run"] == 2
@@ -222,7 +240,7 @@ def test_transfer_run_fine_tunes_the_unfrozen_backbone(
     model = keras.saving.load_model(run / "final.keras")
     head = model.layers[-1]
     assert isinstance(head, keras.layers.Dense)
-    assert f"Trainable params: {head.count_params():,} " in capsys.readouterr().out
+    assert f"Trainable params: {head.count_params():,} " in transfer_run.out
     backbone = next(layer for layer in model.layers if layer.name.startswith("mobilenet"))
     assert backbone.trainable
     assert all(layer.trainable for layer in backbone.layers)
@@ -231,27 +249,22 @@ def test_transfer_run_fine_tunes_the_unfrozen_backbone(
 
 
 def test_a_run_started_from_a_checkpoint_can_skip_the_head_phase(
-    make_split: MakeSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    transfer_run: TransferRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--init-from`` with ``--epochs 0``: only fine-tuning, from the given weights."""
-    split = make_split(per_split={"train": 4, "validation": 2, "test": 1})
-    common = {
-        "data_dir": str(split),
-        "architecture": "transfer",
-        "weights": None,
-        "image_size": (32, 32),
-        "batch_size": 4,
-        "strategy": "default",
-        "seed": 0,
-    }
-    train(TrainConfig(run_dir=str(tmp_path / "first"), epochs=1, **common))
     config = TrainConfig(
+        data_dir=str(transfer_run.split),
         run_dir=str(tmp_path / "second"),
+        architecture="transfer",
+        weights=None,
+        image_size=(32, 32),
+        batch_size=4,
+        strategy="default",
+        seed=0,
         epochs=0,
         fine_tune_epochs=1,
         backbone_size=48,
-        init_from=str(tmp_path / "first" / "final.keras"),
-        **common,
+        init_from=str(transfer_run.run / "final.keras"),
     )
 
     result = train(config)

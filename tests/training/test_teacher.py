@@ -249,13 +249,17 @@ def test_soft_labels_mix_into_training_targets(make_split: MakeSplit, tmp_path: 
         read_soft_labels(soft, [str(folder / names[0])], folder)
 
 
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random EfficientNet-Lite0 as a PyTorch checkpoint ``lite0.pth``, read-only."""
+    path = tmp_path_factory.mktemp("lite0") / "lite0.pth"
+    return write_legacy_checkpoint(path, randomised(make_efficientnet_lite0((64, 64, 3))))
+
+
 def test_teacher_command_writes_metrics_and_soft_labels(
-    make_split: MakeSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    make_split: MakeSplit, tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     split = make_split(per_split={"train": 4, "validation": 2, "test": 2}, size=(48, 40))
-    weights = write_legacy_checkpoint(
-        tmp_path / "lite0.pth", randomised(make_efficientnet_lite0((64, 64, 3)))
-    )
     out = tmp_path / "teacher"
     code = main(["teacher", "--data", str(split), "--out", str(out), "--weights", str(weights)])
     assert code == 0
@@ -321,13 +325,10 @@ def test_out_of_fold_probabilities_come_from_heads_that_did_not_see_the_photo() 
 
 
 def test_int8_teacher_exports_as_a_version_a_quarter_of_the_size(
-    make_split: MakeSplit, tmp_path: Path
+    make_split: MakeSplit, tmp_path: Path, weights: Path
 ) -> None:
     """``teacher --int8`` then ``export --ood``: the path of the shipped version 4."""
     split = make_split(per_split={"train": 6, "validation": 4, "test": 2}, size=(48, 40))
-    weights = write_legacy_checkpoint(
-        tmp_path / "lite0.pth", randomised(make_efficientnet_lite0((64, 64, 3)))
-    )
     run = tmp_path / "run"
     teacher = ["teacher", "--data", str(split), "--out", str(run), "--weights", str(weights)]
     assert main([*teacher, "--int8"]) == 0
