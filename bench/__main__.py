@@ -16,9 +16,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # modules that are parts of a benchmark or shared code, not benchmarks of their own
-PARTS = {"harness", "serve_images", "serve_load", "serve_limit", "serve_report"}
-PARTS |= {"serve_compare", "train_measure", "train_report", "grpc_clients", "grpc_report"}
-PARTS |= {"overload_report", "sizing"}
+PARTS = {"harness", "serve_images", "serve_load", "serve_limit", "batch_measure"}
+PARTS |= {"grpc_clients", "grpc_report", "overload_report", "naive_server"}
 
 
 def benchmarks() -> dict[str, str]:

@@ -23,18 +23,22 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 
-from bench.harness import CACHE, markdown, new_report, table, uvicorn_server, write_report
-from bench.protocols import (
-    Body,
-    Window,
-    load_parser,
-    load_photos,
-    mean_size,
-    request_bodies,
+from bench.clients import Body, http_body, photo_files
+from bench.harness import (
+    CACHE,
+    ROOT,
+    ints,
+    markdown,
+    new_report,
+    table,
+    uvicorn_server,
+    write_report,
 )
+from bench.protocols import SPLIT_TEST, Window
 
 CLIENTS = {"greedy": "127.0.0.1", "polite": "127.0.0.2"}
 
@@ -84,20 +88,28 @@ async def measure(
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    parser = load_parser("bench.fairness", __doc__, "fairness.md", warmup=3.0, duration=15.0)
-    parser.add_argument("--greedy", type=int, default=48, help="the greedy client's connections")
-    parser.add_argument("--limits", default="0,8,16", help="CATDOG_MAX_IMAGES_PER_CLIENT values")
-    return parser.parse_args(argv)
+    p = argparse.ArgumentParser(prog="python -m bench fairness", description=__doc__[:80])
+    p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "catdog")
+    p.add_argument("--images", type=Path, default=SPLIT_TEST)
+    p.add_argument("--n-images", type=int, default=32)
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds before the window")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds of the window")
+    p.add_argument("--greedy", type=int, default=48, help="the greedy client's connections")
+    p.add_argument("--limits", type=ints, default=[0, 8, 16], help="CATDOG_MAX_IMAGES_PER_CLIENT")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fairness.md")
+    return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Each limit in turn on a fresh server; write the report."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    bodies = request_bodies("predict", load_photos(args.images, args.n_images), "")
+    photos = [f.read_bytes() for f in photo_files(args.images, args.n_images)]
+    bodies = [http_body("predict", "files", [i], (photos, None)) for i in range(len(photos))]
+    size = sum(len(content) for _, content, _ in bodies) / len(bodies)
     report = new_report("bench.fairness", argv, greedy_connections=args.greedy)
     rows: list[dict[str, object]] = []
-    for limit in (int(v) for v in args.limits.split(",")):
+    for limit in args.limits:
         log = CACHE / "fairness" / f"limit-{limit}.log"
         settings = {"max_files_per_request": min(limit, 32)} if limit else {}
         with uvicorn_server(
@@ -107,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 measure(server.url, bodies, args.greedy, args.warmup, args.duration)
             )
         for window in windows.values():
-            row = window.row(mean_size(bodies))
+            row = window.row(size)
             refused = window.statuses.get("503", 0)
             rows.append(
                 {

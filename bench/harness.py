@@ -21,39 +21,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from servicekit import (  # noqa: F401 - re-exported for the benchmarks
-    READY_TIMEOUT,
-    ROOT,
-    STOP_GRACE,
-    Metrics,
-    Sample,
-    Server,
-    ServerError,
-    cpu_seconds,
-    describe_exit,
-    free_port,
-    mean,
-    memory_mb,
-    parse_metrics,
-    pin_to,
-    proc_status_kb,
-    read_metrics,
-    samples,
-    server_command,
-    server_env,
-    slug,
-    split_cpus,
-    start_uvicorn,
-    stop,
-    uvicorn_server,
-    value,
-    wait_ready,
-)
+from servicekit import *  # noqa: F403 - the service process and its metrics, for the benchmarks
+from servicekit import ROOT
 
 CACHE = ROOT / "bench" / ".cache"  # git-ignored: server logs, made images, untrained exports
 
 
-# ---------------------------------------------------------------- reports
+def ints(text: str) -> list[int]:
+    """``"1,16,64"`` -> ``[1, 16, 64]`` (an argparse type)."""
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def floats(text: str) -> list[float]:
+    """``"0.78,0.2,0.02"`` -> ``[0.78, 0.2, 0.02]`` (an argparse type)."""
+    return [float(part) for part in text.split(",") if part.strip()]
 
 
 def loadavg() -> list[float]:
@@ -91,7 +72,7 @@ def stamp(model_dir: Path | None = None) -> dict[str, str]:
     versions = (
         [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
     )
-    cpus = len(os.sched_getaffinity(0))
+    cpus = os.cpu_count()  # the machine's, whatever this process is pinned to
     return {
         "commit": commit,
         "model_version": str(max(versions)) if versions else folder.name,

@@ -1,28 +1,14 @@
-"""What a large JSON-number tensor costs the other requests, parsed on the event loop
-or in the parsing process (``CATDOG_JSON_PARSE_PROCESSES``, ``app/core/offload.py``),
-read straight into arrays (``CATDOG_JSON_FAST_TENSORS``, ``app/protocols/numbers.py``)
-or as a Python object per number (pydantic).
+"""What a large JSON-number tensor costs the other requests and memory: parsed on the event
+loop or in the parsing process (``CATDOG_JSON_PARSE_PROCESSES``), by the fast path
+(``CATDOG_JSON_FAST_TENSORS``) or by pydantic.
 
-Five servers, one at a time, each a fresh ``python -m app`` serving the shipped model
-(LiteRT): parsing on the event loop (no process) with pydantic and with the fast path,
-in the process with pydantic, the defaults (the fast path, in a process for bodies of
-``CATDOG_JSON_OFFLOAD_VALUES`` values or more: two images and up), and a process for
-every body (to show what the threshold saves one image). Then:
+One fresh LiteRT server per way of parsing (``SERVERS``). On each: one image of pixels
+as JSON numbers to TF Serving ``:predict``, one request at a time; then N images while
+another client asks ``GET /healthz`` every 10 ms (the big request's latency, how long
+``/healthz`` waited), ``--rounds`` times. Memory: the server's RSS after ``/readyz``, its
+peak, and the parsing process's peak, which the pods' memory limits count.
 
-* ``one image``: TF Serving ``:predict`` with one image of pixels as JSON numbers
-  (150,528 values), one request at a time: its latency;
-* ``N images``: one client sends ``:predict`` with N images of JSON numbers while
-  another asks ``GET /healthz`` every 10 ms: the big request's latency, and how long
-  ``/healthz`` waited at worst and at the 99th percentile while the big one ran.
-
-Each big request is sent ``--rounds`` times and its stalls are pooled. Pixels are
-float32 values as ``tolist()`` writes them (~20 characters each: 32 images are a
-~100 MB body). Memory: the server's resident set right after ``/readyz`` and its
-high-water mark after the rounds, and the parsing process's high-water mark; the
-pods' memory limits count the last two, at their worst: a body the fast path does not
-take is parsed by pydantic (``tests/deploy``).
-
-    .venv/bin/python -m bench.json_offload --out bench/results/json-offload.md
+    .venv/bin/python -m bench json_offload --out bench/results/json-offload.md
 """
 
 from __future__ import annotations
@@ -38,14 +24,7 @@ import httpx
 import numpy as np
 
 from bench import sizing
-from bench.harness import (
-    ROOT,
-    memory_mb,
-    new_report,
-    table,
-    uvicorn_server,
-    write_report,
-)
+from bench.harness import ROOT, markdown, memory_mb, new_report, table, uvicorn_server, write_report
 
 MODEL_DIR = ROOT / "models" / "catdog"
 PREDICT = "/v1/models/catdog:predict"
@@ -143,9 +122,16 @@ def children(pid: int) -> list[int]:
     return found
 
 
+COLUMNS = [("JSON parsed on", "server"), ("request", "case")]
+COLUMNS += [("its latency (ms, median)", "latency_ms"), ("/healthz worst (ms)", "healthz_max_ms")]
+COLUMNS += [("/healthz p99 (ms)", "healthz_p99_ms"), ("/healthz answers", "healthz_answers")]
+MEMORY = [("JSON parsed on", "server"), ("server after /readyz (MB)", "server_idle_mb")]
+MEMORY += [("server peak (MB)", "server_peak_mb"), ("parsing process peak (MB)", "parser_peak_mb")]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run each server of ``SERVERS`` in turn and write the report."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench json_offload", description=__doc__[:80])
     parser.add_argument("--sizes", default="8,32", help="images in the big requests")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -173,35 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     report["rows"] = rows
     report["memory"] = memory
     memory_rows = [{"server": k, **v} for k, v in memory.items()]
-    memory_columns = [
-        ("JSON parsed on", "server"),
-        ("server after /readyz (MB)", "server_idle_mb"),
-        ("server peak (MB)", "server_peak_mb"),
-        ("parsing process peak (MB)", "parser_peak_mb"),
-    ]
-    columns = [
-        ("JSON parsed on", "server"),
-        ("request", "case"),
-        ("its latency (ms, median)", "latency_ms"),
-        ("/healthz worst (ms)", "healthz_max_ms"),
-        ("/healthz p99 (ms)", "healthz_p99_ms"),
-        ("/healthz answers", "healthz_answers"),
-    ]
-    markdown = "\n".join(
-        [
-            "# JSON-number tensors: on the event loop or in a process, fast or by pydantic",
-            "",
-            f"`{report['command']}` ({report['started']}, load {report['environment']})",
-            "",
-            *table(rows, columns, text=["server", "case"]),
-            "",
-            "Memory (resident set, `VmRSS` / `VmHWM`):",
-            "",
-            *table(memory_rows, memory_columns, text=["server"]),
-        ]
-    )
-    write_report(report, markdown, args.out)
-    sizing.update("json_parsing", sizing.json_part(report))
+    cpus, model = report["environment"]["cpus"], MODEL_DIR.relative_to(ROOT)
+    about = f"{report['started']}; {cpus} CPUs; LiteRT, {model}."
+    body = [*table(rows, COLUMNS, ["server", "case"]), "", "Memory (`VmRSS` / `VmHWM`):", ""]
+    body += table(memory_rows, MEMORY, ["server"])
+    title = "JSON-number tensors: on the event loop or in a process, fast or by pydantic"
+    write_report(report, markdown(title, report, about, body), args.out)
+    if args.out.resolve() == RESULTS.resolve():  # the run the pods are sized from
+        sizing.update("json_parsing", sizing.json_part(report))
 
 
 if __name__ == "__main__":

@@ -20,23 +20,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from servicekit import uvicorn_server
-
-
-def rss_mb(pid: int) -> int:
-    """A process's resident memory (VmRSS), MB; 0 once it is gone."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return 0
-    return next(int(line.split()[1]) // 1024 for line in lines if line.startswith("VmRSS"))
+from servicekit import proc_status_kb, uvicorn_server
 
 
 def tree_mb(pid: int) -> tuple[int, int]:
-    """RSS of ``pid`` and the sum over its children, MB."""
+    """RSS of ``pid`` and the sum over its children, MB (0 for a process gone)."""
     children = Path(f"/proc/{pid}/task/{pid}/children")
     kids = children.read_text().split() if children.exists() else []
-    return rss_mb(pid), sum(rss_mb(int(k)) for k in kids)
+    rss = [(proc_status_kb(int(p), "VmRSS") or 0) // 1024 for p in (pid, *kids)]
+    return rss[0], sum(rss[1:])
 
 
 async def burst(url: str, body: bytes, count: int, pid: int) -> tuple[dict[int, int], list[int]]:
@@ -60,6 +52,7 @@ async def burst(url: str, body: bytes, count: int, pid: int) -> tuple[dict[int, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Serve, send the burst, print the memory before, at its peak and after."""
     p = argparse.ArgumentParser(prog="python -m bench memory_release", description=__doc__)
     p.add_argument("--model-dir", type=Path, default=Path("models/catdog"))
     p.add_argument("--bodies", type=int, default=12)

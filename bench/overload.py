@@ -1,35 +1,14 @@
 """Goodput under overload: many keep-alive connections that retry a refusal at once, or later.
 
-``python -m bench.overload`` starts the service (``bench.harness``, the command
-every test and benchmark uses), then for each connection count and each client
-kind runs that many connections, each posting 480x320 photos (multipart
-``/predict``) one after another on one keep-alive connection:
+Per connection count and client kind (``retry``: a 503 retried at once, as wrk does;
+``honour``: sleep ``Retry-After`` first), that many connections each post 480x320 photos
+to ``/predict`` one after another, with a lean asyncio client (requests pre-encoded,
+answers read by status line and ``Content-Length``) so thousands of refusals a second do
+not make the load generator the bottleneck; by default on the first core, the server on
+the others. ``--slowloris N`` first times a probe alone and beside N connections that
+send a header line a second and never finish. bench/README.md has the columns.
 
-* ``retry``: a 503 is retried at once (what wrk, or a naive client, does);
-* ``honour``: after a 503 the connection sleeps the ``Retry-After`` seconds.
-
-The client is a lean asyncio one (requests pre-encoded, responses parsed from the
-status line and ``Content-Length``), so that thousands of refusals a second do
-not make the load generator the bottleneck. By default it runs on the first core
-and the server on the others (``--no-pin`` shares them).
-
-With ``--slowloris N`` it first measures a probe: ``--probes`` photos posted one
-after another on one connection, alone and then while N other connections send
-their headers one line a second and never finish them (reconnecting whenever the
-server closes one, as an attacker would): p50 / p99 / max of the probe, and how
-many slow connections the server closed.
-
-Per row: successful answers per second (200s completed in the window), p50 / p99
-of the successful requests' latency (one attempt: request written to answer read),
-p99 of the whole journey of a success (from the first attempt of that photo,
-refusals and waits included), refusals (503) per second, other statuses,
-transport errors (resets, closed connections) and the CPU the server and this
-client used, in cores.
-
-Usage::
-
-    .venv/bin/python -m bench.overload --model-dir models/catdog \\
-        --connections 64,256,512 --duration 10 --out bench/results/overload.md
+    .venv/bin/python -m bench overload --connections 64,256,512 --duration 10
 """
 
 from __future__ import annotations
@@ -53,13 +32,16 @@ from bench.harness import (
     CACHE,
     Server,
     describe_exit,
+    ints,
     loadavg,
+    markdown,
     new_report,
     slug,
     split_cpus,
+    table,
     uvicorn_server,
+    write_report,
 )
-from bench.overload_report import render
 from bench.serve_images import cached_variant, sample_photos
 
 KINDS = ("retry", "honour")
@@ -301,41 +283,73 @@ async def run(args: argparse.Namespace, report: dict[str, Any]) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__.split("\n")[0])
-    p.add_argument("--model-dir", type=Path, default=Path("models/catdog"))
-    p.add_argument("--connections", default="64,256,512", help="e.g. 64,256,512")
-    p.add_argument("--kinds", default=",".join(KINDS), help="retry,honour")
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per row")
-    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before")
-    p.add_argument("--settle", type=float, default=2.0, help="pause between rows, s")
-    p.add_argument("--images", type=Path, default=Path("data/split/test"))
-    p.add_argument("--n-images", type=int, default=50, help="photos (480x320 versions)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-pin", action="store_true", help="client and server share every core")
-    p.add_argument("--server-env", action="append", default=[], help="KEY=VALUE, repeatable")
-    p.add_argument("--slowloris", type=int, default=0, help="slow connections beside a probe")
-    p.add_argument("--probes", type=int, default=40, help="probe requests (with --slowloris)")
-    p.add_argument("--note", default="", help="a line added under the table")
-    p.add_argument("--out", type=Path, default=Path("bench/results/overload.md"))
+    p = argparse.ArgumentParser(prog="python -m bench overload", description=__doc__[:80])
+    add = p.add_argument
+    add("--model-dir", type=Path, default=Path("models/catdog"))
+    add("--connections", type=ints, default=[64, 256, 512], help="e.g. 64,256,512")
+    add("--kinds", default=",".join(KINDS), help="retry,honour")
+    add("--duration", type=float, default=10.0, help="measured seconds per row")
+    add("--warmup", type=float, default=3.0, help="unmeasured seconds before")
+    add("--settle", type=float, default=2.0, help="pause between rows, s")
+    add("--images", type=Path, default=Path("data/split/test"))
+    add("--n-images", type=int, default=50, help="photos (480x320 versions)")
+    add("--seed", type=int, default=0)
+    add("--no-pin", action="store_true", help="client and server share every core")
+    add("--server-env", action="append", default=[], help="KEY=VALUE, repeatable")
+    add("--slowloris", type=int, default=0, help="slow connections beside a probe")
+    add("--probes", type=int, default=40, help="probe requests (with --slowloris)")
+    add("--note", default="", help="a line added under the table")
+    add("--out", type=Path, default=Path("bench/results/overload.md"))
     args = p.parse_args(argv)
-    args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
     args.kinds = [k for k in args.kinds.split(",") if k.strip()]
-    unknown = set(args.kinds) - set(KINDS)
-    if unknown:
+    if unknown := set(args.kinds) - set(KINDS):
         p.error(f"unknown client kinds {sorted(unknown)}; choose from {KINDS}")
     return args
 
 
+COLUMNS = [("connections", "connections"), ("client", "kind"), ("200/s", "ok_per_s")]
+COLUMNS += [("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("journey p99 ms", "journey_p99_ms")]
+COLUMNS += [("503/s", "refused_per_s"), ("other", "other"), ("errors", "errors")]
+COLUMNS += [("server CPU cores", "server_cores"), ("client CPU cores", "client_cores")]
+PROBE = [("slow connections", "slow"), ("probe p50 ms", "p50_ms"), ("probe p99 ms", "p99_ms")]
+PROBE += [("probe max ms", "max_ms"), ("probe statuses", "statuses")]
+PROBE += [("slow ones closed by the server", "closed_by_server")]
+
+
+def render(report: dict[str, Any]) -> str:
+    """The markdown report."""
+    env = report["environment"]
+    about = (
+        f"{report['started']}; {env['cpus']} CPUs ({env['pinning']}); load average "
+        f"{env['loadavg_start']} at start, {env['loadavg_end']} at end; {report['warmup']} s "
+        f"warm-up, then {report['duration']} s per row; {report['n_requests']} different "
+        f"480x320 photos ({report['mean_kb']} KB mean); server stopped with "
+        f"{report['server_exit']}. `retry`: a 503 is retried at once; `honour`: the connection "
+        "sleeps `Retry-After` first. p50/p99: one successful attempt; journey: from a photo's "
+        "first attempt to its 200."
+    )
+    body = table(report["rows"], COLUMNS, ("kind",))
+    if report.get("slowloris"):
+        body += [
+            "",
+            f"Slowloris: {report['probes']} photos posted one after another, alone "
+            "and beside connections that send a header line a second and never finish "
+            "(reconnecting when closed):",
+            "",
+        ]
+        body += table(report["slowloris"], PROBE, ("statuses",))
+    body += ["", report["note"]] if report.get("note") else []
+    return markdown("Goodput under overload", report, about, body)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark and write the report."""
-    from bench.harness import write_report
-
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     pinning = "not pinned" if args.no_pin else "client on the first core, server on the others"
-    report = new_report("bench.overload", sys.argv[1:] if argv is None else argv, pinning=pinning)
-    report.update(
-        rows=[], warmup=args.warmup, duration=args.duration, note=args.note, probes=args.probes
-    )
+    report = new_report("bench.overload", argv, pinning=pinning)
+    report.update(rows=[], warmup=args.warmup, duration=args.duration, note=args.note)
+    report["probes"] = args.probes
     with contextlib.suppress(ImportError):
         import uvloop
 

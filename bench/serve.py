@@ -1,68 +1,12 @@
 """Serving benchmark: the real service under closed-loop load, against the in-process limit.
 
-For each model base folder, each runtime of ``--runtimes`` (``CATDOG_RUNTIME``;
-default: none set, the service picks) and each batching mode (``on``: the
-service defaults; ``off``: ``CATDOG_MAX_BATCH_SIZE=1``; more with ``--mode``)
-this starts the service as a subprocess on a free port (``bench.harness``),
-one after the other, and times each until ``GET /readyz`` answers 200. Then for
-each client count, against each server in turn (in the opposite order at the
-next count, so the machine's drift over minutes favours none), it runs C
-closed-loop asyncio clients (httpx, one connection each) that POST a random
-photo to ``/predict`` for a warm-up and then for ``--duration`` seconds
-(``bench.serve_load``). It records latency and
-outcome of every request started after the warm-up, the batch sizes the service
-used (from ``/metrics``), the server's resident memory right after ``/readyz``
-first answered 200 (``VmRSS``, the idle RSS) and its peak RSS (``VmHWM`` in
-``/proc/<pid>/status``). The request mix is in ``bench.serve_images``.
+Per model folder, runtime (``--runtimes``) and batching mode (``on``, ``off``, ``--mode``)
+it starts a server (``bench.serve_load``), then runs each client count against each
+server in turn; before and after, the in-process limit (``bench.serve_limit``). The
+request mix is ``bench.serve_images``'s. bench/README.md says what every column means.
 
-Before the first server starts and after the last one stops, it loads the same
-version with each runtime, without HTTP, and measures images/s of decode +
-preprocess + model at several batch sizes (``bench.serve_limit``): the best,
-averaged over the two measurements, is what the model can do on these cores,
-and ``service req/s / that`` is the service's efficiency. With two or more
-runtimes, the report puts them side by side against ``tensorflow``
-(``bench.serve_compare``).
-
-CPU pinning (default on a machine with 2+ cores): the load generator runs on
-the first allowed core and the server on the rest, so the client's CPU use does
-not distort batching on vs off; the in-process limit is measured in a
-subprocess pinned to the server's cores, so efficiency compares like with like.
-``--no-pin`` shares every core.
-
-``--model-dir2 untrained:article-3`` benchmarks an untrained export of that
-architecture (``bench.models``): same graph and speed, no training run needed.
-
-``--mode NAME:SETTING=VALUE,...`` adds a batching mode of its own (e.g.
-``b8:max_batch_size=8,batch_timeout_ms=0``), so several settings are measured in
-one run on the same images.
-
-Definitions used in the tables (``bench.serve_report``):
-
-* ``req/s``: 200 answers that completed inside the measured window / its length.
-* ``p50/p90/p99``: latency of the 200 answers to requests started in the window
-  (requests still running at the end are waited for).
-* ``503``, ``other``: other HTTP statuses; ``socket``: transport errors
-  (connection refused/reset, protocol errors); ``timeouts``: no answer within
-  ``--timeout``.
-* ``mean batch``: ``catdog_batch_size_sum / _count`` over the measured window.
-* ``peak RSS``: the server's high-water mark since it started (so it includes
-  the earlier, smaller client counts of the same server); ``idle RSS``: its
-  ``VmRSS`` right after ``/readyz`` first answered 200.
-* ``other CPU cores``: CPU the rest of the machine used over the window (all
-  busy time in ``/proc/stat`` minus the server's and the load generator's).
-
-Usage::
-
-    .venv/bin/python -m bench.serve --model-dir models/catdog \\
-        --model-dir2 untrained:article-3 --clients 1,16,64,256 --duration 20 \\
-        --images data/split/test --out bench/results/serve.md
-    .venv/bin/python -m bench.serve --model-dir models/catdog --runtimes litert,tensorflow \\
+    .venv/bin/python -m bench serve --model-dir models/catdog --runtimes litert,tensorflow \\
         --modes on --mix 0,1,0 --no-pin --out bench/results/runtimes-serve.md
-
-The report ends with the targets set for ``article-3`` at 64 clients (throughput
->= 1.4x and p99 <= 0.6x batching off, >= 85% of the in-process limit), 1 client
-(p50 no worse than off), startup (ready <= 5 s) and 256 clients (no socket
-errors), each with what was measured.
 """
 
 from __future__ import annotations
@@ -76,24 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import sizing
-from bench.harness import loadavg, new_report, split_cpus, write_report
-from bench.serve_compare import best_modes, compare_runtimes
+from bench.harness import (
+    floats,
+    ints,
+    loadavg,
+    markdown,
+    new_report,
+    split_cpus,
+    table,
+    write_report,
+)
 from bench.serve_images import GROUPS, build_image_set
 from bench.serve_limit import combine_in_process, measure_in_process, measure_in_process_pinned
 from bench.serve_load import MODES, bench_servers
-from bench.serve_report import finish_model, model_info, render_markdown
+from catdog.runtimes import latest_version
 
 RUNTIMES = ("auto", "litert", "tensorflow")  # CATDOG_RUNTIME values
-
-
-def int_list(text: str) -> list[int]:
-    """``"1,16,64"`` -> ``[1, 16, 64]``."""
-    return [int(part) for part in text.split(",") if part.strip()]
-
-
-def float_list(text: str) -> list[float]:
-    """``"0.78,0.2,0.02"`` -> ``[0.78, 0.2, 0.02]``."""
-    return [float(part) for part in text.split(",") if part.strip()]
 
 
 def parse_args(
@@ -102,83 +44,48 @@ def parse_args(
     prog: str = "bench.serve",
     description: str | None = __doc__,
 ) -> argparse.Namespace:
-    """The command line (see the module docstring); ``extend`` adds a module's own options."""
-    p = argparse.ArgumentParser(
-        prog=f"python -m {prog}", description=(description or "").split("\n")[0]
-    )
-    p.add_argument("--model-dir", type=model_dir_arg, required=True, help="model base folder")
-    p.add_argument(
-        "--model-dir2",
-        type=model_dir_arg,
-        help="a second model base folder, or untrained:ARCH (e.g. untrained:article-3)",
-    )
-    p.add_argument("--clients", type=int_list, default=[1, 16, 64, 256], help="e.g. 1,16,64")
-    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
-    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before")
-    p.add_argument("--modes", default="on,off", help="batching modes: on,off and --mode names")
-    p.add_argument(
+    """The command line of ``bench serve`` and of the benchmarks built on its load
+    (``extend`` adds a module's own options)."""
+    p = argparse.ArgumentParser(prog=f"python -m {prog}", description=(description or "")[:80])
+    add = p.add_argument
+    add("--model-dir", type=Path, required=True, help="model base folder")
+    add("--model-dir2", type=Path, help="a second model base folder")
+    add("--clients", type=ints, default=[1, 16, 64, 256], help="e.g. 1,16,64")
+    add("--duration", type=float, default=20.0, help="measured seconds per level")
+    add("--warmup", type=float, default=3.0, help="unmeasured seconds before")
+    add("--modes", default="on,off", help="batching modes: on,off and --mode names")
+    add(
         "--mode",
         type=mode_arg,
         action="append",
         default=[],
         metavar="NAME:SETTING=VALUE,...",
-        help="a mode of its own (repeatable), e.g. b8:max_batch_size=8,batch_timeout_ms=0; "
-        "OTEL_* names are passed to the server as they are (OpenTelemetry's variables)",
+        help="a mode of its own (repeatable), e.g. b8:max_batch_size=8; OTEL_* names are "
+        "passed to the server as they are",
     )
-    p.add_argument(
-        "--runtimes",
-        default="",
-        help="CATDOG_RUNTIME per server, side by side, e.g. litert,tensorflow (default: unset)",
-    )
-    p.add_argument(
-        "--server-env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for the server (repeatable), e.g. CATDOG_BATCH_TIMEOUT_MS=20",
-    )
-    p.add_argument(
-        "--header",
-        action="append",
-        default=[],
-        metavar="NAME:VALUE",
-        help="a header every client sends (repeatable), e.g. 'Authorization: Bearer KEY'",
-    )
-    p.add_argument("--images", type=Path, default=Path("data/split/test"))
-    p.add_argument("--n-images", type=int, default=200, help="original photos used")
-    p.add_argument("--n-medium", type=int, default=50, help="480x320 versions made")
-    p.add_argument("--n-huge", type=int, default=4, help="12MP (4000x3000) versions made")
-    p.add_argument(
-        "--mix",
-        type=float_list,
-        default=[0.78, 0.20, 0.02],
-        help="request share of original,480x320,12MP images",
-    )
-    p.add_argument("--batch-sizes", type=int_list, default=[1, 8, 32, 64], help="in-process")
-    p.add_argument(
-        "--inproc-duration",
-        type=float,
-        default=None,
-        help="seconds per in-process measurement (default: duration/4, within 1..10)",
-    )
-    p.add_argument("--no-inproc", action="store_true", help="skip the in-process limit")
-    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, s")
-    p.add_argument("--ready-timeout", type=float, default=300.0, help="startup timeout, s")
-    p.add_argument(
-        "--access-log",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="uvicorn access log (on, as in `make serve`)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
+    add("--runtimes", default="", help="CATDOG_RUNTIME per server, e.g. litert,tensorflow")
+    add("--server-env", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    add("--header", action="append", default=[], metavar="NAME:VALUE", help="sent by clients")
+    add("--images", type=Path, default=Path("data/split/test"))
+    add("--n-images", type=int, default=200, help="original photos used")
+    add("--n-medium", type=int, default=50, help="480x320 versions made")
+    add("--n-huge", type=int, default=4, help="12MP (4000x3000) versions made")
+    add("--mix", type=floats, default=[0.78, 0.20, 0.02], help="share of original,480x320,12MP")
+    add("--batch-sizes", type=ints, default=[1, 8, 32, 64], help="in-process")
+    add("--inproc-duration", type=float, help="s per in-process row (default duration/4, 1..10)")
+    add("--no-inproc", action="store_true", help="skip the in-process limit")
+    add("--timeout", type=float, default=60.0, help="per-request timeout, s")
+    add("--ready-timeout", type=float, default=300.0, help="startup timeout, s")
+    add("--access-log", action=argparse.BooleanOptionalAction, default=True)
+    add("--seed", type=int, default=0)
+    add(
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="client on the first core, server and in-process limit on the others",
     )
-    p.add_argument("--inproc-only", type=Path, help=argparse.SUPPRESS)  # internal: JSON path
-    p.add_argument("--out", type=Path, default=Path(f"bench/results/{prog.split('.')[-1]}.md"))
+    add("--inproc-only", type=Path, help=argparse.SUPPRESS)  # internal: JSON path
+    add("--out", type=Path, default=Path(f"bench/results/{prog.split('.')[-1]}.md"))
     if extend is not None:
         extend(p)
     args = p.parse_args(argv)
@@ -211,23 +118,92 @@ def mode_arg(text: str) -> tuple[str, dict[str, str]]:
     return name.strip(), {key.strip().lower(): val.strip() for key, _, val in pairs}
 
 
-def model_dir_arg(text: str) -> Path:
-    """A model base folder; ``untrained:ARCH`` exports one first (see ``bench.models``)."""
-    if text.startswith("untrained:"):
-        from bench.models import export_untrained
-
-        return export_untrained(text.split(":", 1)[1])
-    return Path(text)
-
-
-def check_model_dir(model_dir: Path, runtime: str | None) -> None:
-    """Fail fast, before anything starts, on a folder the service could not serve."""
-    versions = [p for p in model_dir.glob("*/saved_model.pb") if p.parent.name.isdigit()]
-    if not versions:
-        raise SystemExit(f"{model_dir}: no <version>/saved_model.pb inside")
-    latest = max((p.parent for p in versions), key=lambda p: int(p.name))
+def model_info(model_dir: Path, runtime: str | None) -> dict[str, Any]:
+    """The served version of ``model_dir``, what it is; fails fast on a folder the
+    service could not serve."""
+    try:
+        latest = latest_version(model_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"{model_dir}: no version to serve ({exc})") from exc
     if runtime == "litert" and not (latest / "model.tflite").is_file():
         raise SystemExit(f"{latest}: no model.tflite, so no LiteRT runtime to measure")
+    meta = json.loads((latest / "metadata.json").read_text())
+    keys = ("architecture", "image_size", "parameters")
+    return {"version": latest.name, **{k: meta.get(k) for k in keys}}
+
+
+SERVICE = [("batching", "mode"), ("clients", "clients"), ("req/s", "req_per_s")]
+SERVICE += [(f"{q} ms", f"{q}_ms") for q in ("p50", "p90", "p99")]
+SERVICE += [("503", "status_503"), ("other", "other_status"), ("socket", "socket_errors")]
+SERVICE += [("timeouts", "timeouts"), ("mean batch", "mean_batch")]
+SERVICE += [(f"{who} CPU cores", f"{who}_cores") for who in ("server", "client", "other")]
+SERVICE += [("idle RSS MB", "idle_rss_mb"), ("peak RSS MB", "peak_rss_mb")]
+SERVICE += [("ready s", "ready_s"), ("efficiency", "efficiency")]
+LIMIT = [("batch", "batch"), ("before", "before"), ("after", "after")]
+LIMIT += [("images/s", "images_per_s"), ("model only images/s", "model_only_images_per_s")]
+
+
+def model_section(result: dict[str, Any]) -> list[str]:
+    """One model and runtime: the service table, latency by image size, the limit."""
+    info, inproc, rows = result["model"], result["in_process"], result["service"]
+    served = sorted({r["runtime"] for r in rows if r.get("runtime")})
+    lines = [f"## `{result['model_dir']}` on {result['runtime'] or 'the default runtime'}", ""]
+    lines += [
+        f"Version {info['version']}, {info['architecture']}, input {info['image_size']}, "
+        f"{info['parameters']} parameters; served with {' and '.join(served) or '?'}.",
+        "",
+    ]
+    lines += [*table(rows, SERVICE, {"mode"}), "", "p50 / p99 ms by image size:", ""]
+    sized = [
+        {"mode": r["mode"], "clients": r["clients"]}
+        | {g: f"{v['p50_ms']} / {v['p99_ms']}" for g, v in r["by_image"].items()}
+        for r in rows
+    ]
+    groups = [(g, g) for g in GROUPS if any(g in row for row in sized)]
+    lines += [*table(sized, [("batching", "mode"), ("clients", "clients"), *groups], {"mode"}), ""]
+    if inproc:
+        best = inproc["best"]
+        lines += [
+            f"In-process limit ({inproc['runtime']}, {inproc['model_threads']} thread(s) "
+            f"per model call, decode on {inproc['decode_threads']} threads overlapped): "
+            f"**{best['images_per_s']} images/s** at batch {best['batch']}.",
+            "",
+        ]
+        if served and served != [inproc["runtime"]]:
+            lines += [
+                f"**Not comparable: the service ran {served}, the limit {inproc['runtime']}.**",
+                "",
+            ]
+        lines += [*table(inproc["rows"], LIMIT), ""]
+    return lines
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole report as markdown."""
+    env, settings = report["environment"], report["settings"]
+    mix = ", ".join(
+        f"{g} {d['weight']:.0%} ({d['files']} files, {d['mean_kb']} KB mean)"
+        for g, d in report["images"].items()
+    )
+    modes = "; ".join(
+        f"`{m}` = "
+        + (
+            ", ".join(
+                f"`{'' if k.startswith('otel_') else 'CATDOG_'}{k.upper()}={v}`"
+                for k, v in settings["mode_settings"].get(m, {}).items()
+            )
+            or "the service defaults"
+        )
+        for m in settings["modes"]
+    )
+    about = (
+        f"{report['started']}; {env['cpus']} CPUs ({env['pinning']}), load average "
+        f"{env['loadavg_start']} at start, {env.get('loadavg_end')} at end; {settings['warmup']} s "
+        f"warm-up then {settings['duration']} s per client count; request mix: {mix}. "
+        f"Batching modes: {modes}. efficiency = req/s / in-process best images/s."
+    )
+    body = [line for result in report["models"] for line in model_section(result)]
+    return markdown("Serving benchmark", report, about, body)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -242,51 +218,47 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.sched_setaffinity(0, args.client_cpus)
     model_dirs = [d for d in (args.model_dir, args.model_dir2) if d is not None]
     served = [(d, runtime) for d in model_dirs for runtime in args.runtimes]
-    for model_dir, runtime in served:
-        check_model_dir(model_dir, runtime)
-    pinning = (
-        f"client on CPU {sorted(args.client_cpus)}, server on CPU {sorted(args.server_cpus)}"
-        if args.server_cpus
-        else "not pinned: client and server share the cores"
+    infos = {key: model_info(*key) for key in served}
+    pinning = "client on CPU {}, server on CPU {}" if args.server_cpus else "not pinned"
+    report = new_report(
+        "bench.serve", argv, pinning=pinning.format(args.client_cpus, args.server_cpus)
     )
-    report = new_report("bench.serve", argv, pinning=pinning)
     report["settings"] = {
-        k: sorted(v) if isinstance(v, set) else v
-        for k, v in vars(args).items()
-        if k not in ("model_dir", "model_dir2")
+        k: v for k, v in vars(args).items() if k not in ("model_dir", "model_dir2")
     }
-    print(report["command"], flush=True)
     images = build_image_set(args)
     report["images"] = images.describe()
-    print(f"images: {report['images']}", flush=True)
-    # The limit is measured before and after the services (none running either time):
-    # this machine's speed drifts over minutes, and the mean stands for the time between.
+    print(report["command"], report["images"], sep="\n", flush=True)
+    # The limit before and after the servers (none running either time): this machine's
+    # speed drifts over minutes, and the mean stands for the time between.
     before = {s: None if args.no_inproc else measure_in_process_pinned(*s, args) for s in served}
-    results: list[dict[str, Any]] = []
+    rows = {}
     for model_dir in model_dirs:
         configs = [(runtime, mode) for runtime in args.runtimes for mode in args.modes]
-        rows = bench_servers(model_dir, configs, images, args)
-        for runtime in args.runtimes:
-            results.append(
-                {
-                    "model_dir": str(model_dir),
-                    "runtime": runtime,
-                    "model": model_info(model_dir),
-                    "service": [row for mode in args.modes for row in rows[runtime, mode]],
-                    "in_process": None,
-                }
-            )
-    for result, key in zip(results, served):  # every server is stopped by now
+        rows[model_dir] = bench_servers(model_dir, configs, images, args)
+    report["models"] = []
+    for model_dir, runtime in served:  # every server is stopped by now
+        limit = None
         if not args.no_inproc:
-            after = measure_in_process_pinned(*key, args)
-            result["in_process"] = combine_in_process(before[key], after)
-        finish_model(result)
-    report["models"] = results
-    report["comparisons"] = compare_runtimes(results)
-    report["best_modes"] = best_modes(results)
+            after = measure_in_process_pinned(model_dir, runtime, args)
+            limit = combine_in_process(before[model_dir, runtime], after)
+        service = [row for mode in args.modes for row in rows[model_dir][runtime, mode]]
+        for row in service:
+            best = limit["best"]["images_per_s"] if limit else None
+            row["efficiency"] = f"{row['req_per_s'] / best:.0%}" if best else None
+        report["models"].append(
+            {
+                "model_dir": str(model_dir),
+                "runtime": runtime,
+                "model": infos[model_dir, runtime],
+                "service": service,
+                "in_process": limit,
+            }
+        )
     report["environment"]["loadavg_end"] = loadavg()
-    write_report(report, render_markdown(report), args.out)
-    sizing.update("serve", sizing.serve_part(report))
+    write_report(report, render(report), args.out)
+    if args.out.resolve() == sizing.RESULTS / "runtimes-serve.md":  # the run pods are sized from
+        sizing.update("serve", sizing.serve_part(report))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,9 @@
-"""The in-process limit of ``bench.serve``: what the model can do on the server's cores, no HTTP.
+"""The in-process limit of ``bench serve``: decode + preprocess + model without HTTP.
 
-It loads the version the service serves, with the runtime and model-call
-threads the service picks (``CATDOG_RUNTIME`` and ``CATDOG_INFERENCE_THREADS``
-from ``--server-env`` or ``--runtimes``, else ``auto`` and the default in
-``app/core/config.py``; 0 there means one per usable core), and measures
-images/s of decode + preprocess (a thread pool of ``os.cpu_count()`` threads,
-overlapped with the model) + model, at each of ``--batch-sizes``, and of the
-model alone on one pre-decoded batch. The best
-end-to-end figure is the limit the service's req/s is compared to. It runs in a
-subprocess (``python -m bench.serve --inproc-only``), one per runtime, so the
-load generator never holds a runtime; with pinning, that subprocess is pinned
-to the server's cores, so the comparison is like with like.
+The served version, with the runtime and threads per model call the service would
+pick, on the server's cores (a pinned subprocess, ``bench serve --inproc-only``):
+images/s at each of ``--batch-sizes``, decoding in a pool overlapped with the model,
+and the model alone on one pre-decoded batch.
 """
 
 from __future__ import annotations
@@ -113,7 +106,7 @@ def combine_in_process(before: dict[str, Any], after: dict[str, Any]) -> dict[st
             row[key] = round((first[key] + second[key]) / 2, 2)
         row["before"], row["after"] = first["images_per_s"], second["images_per_s"]
         rows.append(row)
-    return {**after, "rows": rows}
+    return {**after, "rows": rows, "best": max(rows, key=lambda r: r["images_per_s"])}
 
 
 def pipelined_rate(predictor: Predictor, decode: Decoder, batch: int, seconds: float) -> float:

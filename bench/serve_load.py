@@ -1,12 +1,10 @@
 """Closed-loop load on a real service: C clients each POST one photo after another to ``/predict``.
 
-:func:`bench_servers` starts one server (``bench.harness``) per runtime and
-batching mode, notes each one's idle RSS, and runs every client count against
-each in turn;
-:func:`run_load` is one client count: a warm-up, then a measured window in which
-it records every request's latency and outcome, the batch sizes the service used
-(``/metrics``) and the CPU the server, this load generator and the rest of the
-machine spent. :func:`summarize` turns that into a report row.
+:func:`bench_servers` starts one server per runtime and batching mode and runs every
+client count against each in turn; :func:`run_load` is one client count (a warm-up,
+then a measured window: every request's latency and outcome, the batch sizes from
+``/metrics``, the CPU of the server, the load generator and the rest of the machine);
+:func:`summarize` makes it a report row.
 """
 
 from __future__ import annotations
@@ -26,17 +24,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.harness import (
-    CACHE,
-    Metrics,
-    Server,
-    describe_exit,
-    proc_status_kb,
-    read_metrics,
-    slug,
-    uvicorn_server,
-    value,
-)
+from bench import harness
+from bench.harness import CACHE, Metrics, Server, read_metrics, uvicorn_server, value
 from bench.serve_images import ImageSet
 
 # Settings of each batching mode ("on": the service's defaults).
@@ -148,27 +137,21 @@ async def run_load(
     timeout = httpx.Timeout(args.timeout)
     async with contextlib.AsyncExitStack() as stack:
         headers = getattr(args, "headers", None) or {}
-        pool = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers)
-            )
+        opened = (
+            httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers)
             for _ in range(clients)
-        ]
+        )
+        pool = [await stack.enter_async_context(client) for client in opened]
         side = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
         window_start = time.perf_counter() + args.warmup
         window = (window_start, window_start + args.duration)
-        tasks = [
-            closed_loop_client(
-                pool[i],
-                f"{server.url}/predict",
-                images,
-                random.Random(args.seed * 7919 + i),
-                window,
-                result,
-            )
-            for i in range(clients)
-        ]
-        load = asyncio.gather(*tasks)
+        url, rngs = (
+            f"{server.url}/predict",
+            [random.Random(args.seed * 7919 + i) for i in range(clients)],
+        )
+        load = asyncio.gather(
+            *(closed_loop_client(c, url, images, r, window, result) for c, r in zip(pool, rngs))
+        )
         watching = asyncio.ensure_future(probe(server, window)) if probe else None
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
         started = time.perf_counter()
@@ -191,19 +174,31 @@ async def run_load(
     return result
 
 
+def percentiles(seconds: list[float], *qs: float) -> list[float | None]:
+    """The ``qs`` percentiles of ``seconds``, in ms to 0.1 (None when there are none)."""
+    if not seconds:
+        return [None] * len(qs)
+    return [round(float(x) * 1000.0, 1) for x in np.percentile(seconds, qs)]
+
+
 def summarize(result: LoadResult) -> dict[str, Any]:
     """The row of numbers reported for one load level."""
-    latencies = np.asarray(result.latencies_ok) * 1000.0
-    p50, p90, p99 = np.percentile(latencies, [50, 90, 99]) if latencies.size else (np.nan,) * 3
-    statuses = dict(result.statuses)
+    ok, statuses = result.latencies_ok, dict(result.statuses)
+    p50, p90, p99, top = percentiles(ok, 50, 90, 99, 100)
+    cores = {
+        f"{who}_cores": None if used is None else round(used, 2)
+        for who, used in (("server", result.server_cores), ("client", result.client_cores),
+                          ("other", result.other_cores))
+    }  # fmt: skip
+    by_image = {}
+    for group, values in result.latencies_by_group.items():
+        g50, g99 = percentiles(values, 50, 99)
+        by_image[group] = {"ok": len(values), "p50_ms": g50, "p99_ms": g99}
     return {
         "clients": result.clients,
         "req_per_s": round(result.ok_in_window / result.duration, 2),
-        "p50_ms": round(float(p50), 1),
-        "p90_ms": round(float(p90), 1),
-        "p99_ms": round(float(p99), 1),
-        "mean_ms": round(float(latencies.mean()), 1) if latencies.size else None,
-        "max_ms": round(float(latencies.max()), 1) if latencies.size else None,
+        **{"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": top},
+        "mean_ms": round(float(np.mean(ok)) * 1000.0, 1) if ok else None,
         "ok_in_window": result.ok_in_window,
         "ok": statuses.get(200, 0),
         "status_503": statuses.get(503, 0),
@@ -212,20 +207,11 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "socket_errors": result.socket_errors,
         "timeouts": result.timeouts,
         "error_samples": result.error_samples,
-        "by_image": {
-            group: {
-                "ok": len(values),
-                "p50_ms": round(float(np.percentile(values, 50)) * 1000.0, 1),
-                "p99_ms": round(float(np.percentile(values, 99)) * 1000.0, 1),
-            }
-            for group, values in result.latencies_by_group.items()
-        },
+        "by_image": by_image,
         "mean_batch": round(result.batch_sum / result.batch_count, 2)
         if result.batch_count
         else None,
-        "server_cores": None if result.server_cores is None else round(result.server_cores, 2),
-        "client_cores": None if result.client_cores is None else round(result.client_cores, 2),
-        "other_cores": None if result.other_cores is None else round(result.other_cores, 2),
+        **cores,
         "runtime": result.runtime,
     } | ({"probe": result.probe} if result.probe else {})
 
@@ -268,7 +254,7 @@ def bench_servers(
             server = stack.enter_context(
                 uvicorn_server(
                     model_dir,
-                    CACHE / "logs" / f"{slug(model_dir)}-{runtime or 'default'}-{mode}.log",
+                    CACHE / "logs" / f"{harness.slug(model_dir)}-{runtime or 'default'}-{mode}.log",
                     ready_timeout=args.ready_timeout,
                     env=settings_env(args, runtime) | mode_env,
                     cpus=args.server_cpus,
@@ -276,7 +262,9 @@ def bench_servers(
                     **settings,
                 )
             )
-            idle_kb = proc_status_kb(server.process.pid, "VmRSS")  # right after /readyz said 200
+            idle_kb = harness.proc_status_kb(
+                server.process.pid, "VmRSS"
+            )  # right after /readyz said 200
             servers[config] = server, None if idle_kb is None else round(idle_kb / 1024, 1)
             print(
                 f"[{label(config)}] ready in {server.ready_s:.2f} s, RSS {servers[config][1]} MB",
@@ -293,7 +281,7 @@ def bench_servers(
                 if server.process.poll() is not None:
                     raise RuntimeError(f"server died during the run:\n{server.log_tail()}")
     for config, (server, _) in servers.items():
-        stopped = describe_exit(server.process.returncode)
+        stopped = harness.describe_exit(server.process.returncode)
         print(f"[{label(config)}] stopped: {stopped}", flush=True)
         for row in rows[config]:
             row["server_exit"] = stopped
@@ -308,13 +296,6 @@ def label(config: Config) -> str:
 
 def format_row(row: dict[str, Any]) -> str:
     """One load level on one line, for the console."""
-    return (
-        f"clients={row['clients']:>4}  {row['req_per_s']:8.2f} req/s  p50={row['p50_ms']} "
-        f"p90={row['p90_ms']} p99={row['p99_ms']} ms  503={row['status_503']} "
-        f"other={row['other_status']} socket={row['socket_errors']} timeouts={row['timeouts']}"
-        f"  batch={row['mean_batch']}  rss={row['peak_rss_mb']} MB"
-        f"  cpu server={row['server_cores']} client={row['client_cores']} "
-        f"other={row['other_cores']} cores"
-        "\n      p50/p99 by image: "
-        + ", ".join(f"{g} {v['p50_ms']}/{v['p99_ms']} ms" for g, v in row["by_image"].items())
-    )
+    keys = ("clients", "req_per_s", "p50_ms", "p99_ms", "status_503", "socket_errors")
+    keys += ("timeouts", "mean_batch", "peak_rss_mb", "server_cores", "client_cores")
+    return "  ".join(f"{k}={row[k]}" for k in (*keys, "other_cores"))
