@@ -31,8 +31,9 @@ def benchmarks() -> dict[str, str]:
         source = (HERE / f"{name}.py").read_text()
         if "\ndef main(" not in source:
             continue
-        doc = source.split('"""', 2)[1].strip() if source.startswith('"""') else ""
-        found[name] = doc.splitlines()[0] if doc else ""
+        doc = source.split('"""', 2)[1] if source.startswith('"""') else ""
+        first = " ".join(doc.split("\n\n")[0].split()).split(". ")[0]  # the first sentence
+        found[name] = first.split(": ", 1)[1] if first.startswith("``python -m") else first
     return dict(sorted(found.items()))
 
 
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no benchmark {args[0]!r}; python -m bench --list names them", file=sys.stderr)
         return 2
     sys.argv = [f"python -m bench {name}", *args[1:]]
-    importlib.import_module(f"bench.{name}").main(args[1:])
+    importlib.import_module(f"bench.{name}").main()  # each reads sys.argv
     return 0
 
 

@@ -1,6 +1,7 @@
-"""The gRPC APIs (Open Inference Protocol, TF Serving) beside REST: ``bench protocols`` with
-gRPC ``ModelInfer``, TF Serving's ``Predict``, REST OIP binary and ``/predict``, batches of 8
-and 32 photos and pixels, and every answer against gRPC's; later arguments win.
+"""The gRPC APIs (Open Inference Protocol, TF Serving) beside REST, in one server. It is
+``bench protocols`` with gRPC ``ModelInfer``, TF Serving's ``Predict``, REST OIP binary and
+``/predict``, batches of 8 and 32 photos and pixels, and every answer against gRPC's; later
+arguments win.
 
     .venv/bin/python -m bench grpc_load --clients 1,8,32 --duration 10
 """

@@ -1,5 +1,5 @@
-"""What a large JSON-number tensor costs the other requests and memory: parsed on the event
-loop or in the parsing process (``CATDOG_JSON_PARSE_PROCESSES``), by the fast path
+"""What a large JSON-number tensor costs the other requests and memory. It is parsed on the
+event loop or in the parsing process (``CATDOG_JSON_PARSE_PROCESSES``), by the fast path
 (``CATDOG_JSON_FAST_TENSORS``) or by pydantic.
 
 One fresh LiteRT server per way of parsing (``SERVERS``). On each: one image of pixels
