@@ -1,24 +1,12 @@
 """``python -m bench.batch``: the batch job against the service and the in-process limit.
 
 On ``--count`` photos of ``--source`` (half cats, half dogs, linked into
-``data/batch/photos-N``), one after the other, each while the others idle:
-
-1. the in-process limit: read + decode + model in one process, no Ray
-   (``bench.batch_measure.in_process_limit``, in a subprocess of its own);
-2. ``python -m batch`` with Ray embedded, on ``--small`` photos and on all of them
-   (peak RSS on both: it must not grow with the count);
-3. the same job through ``RAY_ADDRESS`` on a two-node cluster on this machine
-   (``servicekit.ray_cluster``, one CPU per node), with the files each node classified;
-4. the service (``python -m app``, its defaults) with ``--clients`` closed-loop
-   clients POSTing each photo once to ``/predict``;
-5. an empty Ray task and an empty actor call, for the estimate at 10 million files.
-
-Files/s of a job is its summary's (from the first block handed out to the last row
-written, actors' start included; ``first row s`` is that start plus the first
-block; ``files/s after it`` leaves it out); ``wall s`` adds starting Ray and
-listing the files. Peak RSS is the peak of the summed RSS of every process of the run
-(``TreeMemory``); the service's is the server's ``VmHWM``. Run it under
-``flock /tmp/catdog-heavy.lock``.
+``data/batch/photos-N``), one after the other: the in-process limit (decode + model, no
+Ray, in a subprocess), ``python -m batch`` with Ray embedded on ``--small`` photos and on
+all, the same job on a two-node Ray cluster on this machine, the service with
+``--clients`` closed-loop clients, the in-process limit again, and an empty Ray task and
+actor call for the estimate at 10 million files. Peak RSS sums every process of a run
+(``TreeMemory``); ``other cores`` is the CPU the rest of the machine used meanwhile.
 """
 
 from __future__ import annotations

@@ -97,16 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = new_report("bench.litert_files", sys.argv[1:] if argv is None else argv)
     report["rows"] = [row for v in args.version for row in measure(Path(v), args.rounds)]
-    columns = [
-        ("version", "version"),
-        ("file", "form"),
-        ("bytes", "bytes"),
-        ("ms/image, batch 1", "ms_batch_1"),
-        ("ms/image, batch 8", "ms_batch_8"),
-        ("max abs diff vs converter", "max_abs_diff"),
-        ("DEQUANTIZE ops", "dequantize"),
-        ("CAST + MUL ops", "per_call_kernel_ops"),
-    ]
+    columns = [("version", "version"), ("file", "form"), ("bytes", "bytes")]
+    columns += [("ms/image, batch 1", "ms_batch_1"), ("ms/image, batch 8", "ms_batch_8")]
+    columns += [("max abs diff vs converter", "max_abs_diff"), ("DEQUANTIZE ops", "dequantize")]
+    columns += [("CAST + MUL ops", "per_call_kernel_ops")]
     about = (
         f"{report['started']}; {report['environment']['cpus']} CPUs, one LiteRT thread, "
         f"medians of {args.rounds} rounds, 8 random images."

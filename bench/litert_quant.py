@@ -123,17 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["rows"] = measure(
         Path(args.checkpoint), Path(args.data), args.calibration, args.limit, args.rounds
     )
-    columns = [
-        ("file", "form"),
-        ("bytes", "bytes"),
-        ("ms/image, batch 1", "ms_batch_1"),
-        ("ms/image, batch 8", "ms_batch_8"),
-        ("test photos", "photos"),
-        ("accuracy %", "accuracy"),
-        *((f"{name} %", name) for name in CLASS_NAMES),
-        ("max abs diff vs float32", "max_abs_diff"),
-        ("labels changed", "labels_changed"),
-    ]
+    columns = [("file", "form"), ("bytes", "bytes"), ("ms/image, batch 1", "ms_batch_1")]
+    columns += [("ms/image, batch 8", "ms_batch_8"), ("test photos", "photos")]
+    columns += [("accuracy %", "accuracy"), *((f"{name} %", name) for name in CLASS_NAMES)]
+    columns += [("max abs diff vs float32", "max_abs_diff"), ("labels changed", "labels_changed")]
     about = (
         f"{report['started']}; {report['environment']['cpus']} CPUs, one LiteRT thread, "
         f"medians of {args.rounds} rounds on the first 8 test photos; "

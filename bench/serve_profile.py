@@ -1,29 +1,11 @@
 """Where a request's CPU goes in the service: per thread from ``/proc``, per stage from py-spy.
 
-``python -m bench.serve_profile`` takes ``bench.serve``'s options (model folder,
-``--runtimes``, ``--modes``/``--mode``, ``--clients``, the request mix, pinning)
-and runs the same closed-loop load (``bench.serve_load``). Over each measured
-window it reads every server thread's CPU time (``/proc/<pid>/task/<tid>/stat``)
-and samples the Python stacks with py-spy (``record --nonblocking --threads``,
-active samples only: a thread waiting in ``epoll`` or on a lock is not counted).
-After the window ``py-spy dump`` names the threads, which puts each in a group:
+It takes ``bench serve``'s options and runs the same load; over each measured window it
+reads every server thread's CPU time and samples the Python stacks with py-spy
+(``--nonblocking``, active samples only), then splits each thread's CPU over stages in
+proportion to its samples (:data:`RULES`). bench/README.md has the method.
 
-* ``event loop``: the main thread (uvicorn, httptools, multipart, FastAPI,
-  the service's asyncio side, the access log, JSON, metrics);
-* ``decode``: the ``decode_N`` threads (open, JPEG decode, resize, to float32);
-* ``inference``: the batcher's model-call thread (stack, model, outputs);
-* ``native``: threads Python does not know, i.e. the runtime's own pool (LiteRT's
-  XNNPACK workers or TensorFlow's intra-op threads): all model work;
-* ``other``: anything else (version watcher, default executor).
-
-Each group's CPU is split over stages in proportion to its samples; a sample
-goes to the stage of its innermost frame that a rule in :data:`STAGES` knows.
-CPU per request = cores / req/s. py-spy does not stop the server
-(``--nonblocking``); its own CPU shows in ``other CPU cores``, and the req/s
-beside the split says what the server did while sampled. py-spy is not a project
-dependency: ``pip install py-spy`` (anywhere) and pass ``--py-spy PATH``.
-
-    .venv/bin/python -m bench.serve_profile --model-dir models/catdog --runtimes litert \\
+    .venv/bin/python -m bench serve_profile --model-dir models/catdog --runtimes litert \\
         --modes on --clients 1,64 --mix 0,1,0 --no-pin --py-spy /tmp/pyspy/bin/py-spy
 """
 
@@ -47,43 +29,41 @@ from bench.serve import parse_args
 from bench.serve_images import build_image_set
 from bench.serve_load import Probe, bench_servers
 
-# (stage, function or file fragment): the first rule matching a frame names its stage.
-# Frames are py-spy's "function (package/file.py)"; rules are tried innermost frame first.
-STAGES: list[tuple[str, str]] = [
-    ("model: invoke", "invoke (ai_edge_litert"),
-    ("model: tensor in/out", "ai_edge_litert"),
-    ("model: TensorFlow", "tensorflow"),
-    ("decode: resize", "resize (PIL"),
-    ("decode: JPEG decode", "ImageFile.py"),
-    ("decode: JPEG decode", "draft (PIL"),
-    ("decode: to array, /255", "scale (catdog"),
-    ("decode: to array, /255", "__array_interface__ (PIL"),
-    ("decode: RGB/upright", "to_rgb (catdog"),
-    ("decode: RGB/upright", "upright (catdog"),
-    ("decode: open + checks", "PIL"),
-    ("decode: open + checks", "catdog/preprocessing"),
-    ("decode: pixel budget", "catdog/budget"),
-    ("batch: stack", "_stack_and_infer"),
-    ("batch: outputs to rows", "infer_rows"),
-    ("result to the event loop", "_call_set_state"),
-    ("thread wake-up (work queue, GIL)", "concurrent/futures"),
-    ("access log", "logging"),
-    ("multipart parsing", "multipart"),
-    ("multipart parsing", "formparsers"),
-    ("metrics", "prometheus_client"),
-    ("metrics", "middleware.py"),
-    ("JSON response", "json"),
-    ("JSON response", "render (starlette"),
-    ("JSON response", "serialize_response (fastapi"),
-    ("validation (pydantic)", "pydantic"),
-    ("HTTP (uvicorn, httptools)", "uvicorn/protocols"),
-    ("routing (FastAPI, Starlette)", "fastapi"),
-    ("routing (FastAPI, Starlette)", "starlette"),
-    ("service + batcher", "app/"),
-    ("event loop: uvloop (sockets, callbacks)", "asyncio"),
-    ("event loop: uvloop (sockets, callbacks)", "uvloop"),
-    ("event loop: uvloop (sockets, callbacks)", "uvicorn"),
-]
+# stage: function or file fragments; the first rule matching a frame names its stage. Frames
+# are py-spy's "function (package/file.py)", tried innermost first.
+RULES: dict[str, tuple[str, ...]] = {
+    "model: invoke": ("invoke (ai_edge_litert",),
+    "model: tensor in/out": ("ai_edge_litert",),
+    "model: TensorFlow": ("tensorflow",),
+    "decode: resize": ("resize (PIL",),
+    "decode: JPEG decode": ("ImageFile.py", "draft (PIL"),
+    "decode: to array, /255": ("scale (catdog", "__array_interface__ (PIL"),
+    "decode: RGB/upright": ("to_rgb (catdog", "upright (catdog"),
+    "decode: open + checks": ("PIL", "catdog/preprocessing"),
+    "decode: pixel budget": ("catdog/budget",),
+    "batch: stack": ("_stack_and_infer",),
+    "batch: outputs to rows": ("infer_rows",),
+    "result to the event loop": ("_call_set_state",),
+    "thread wake-up (work queue, GIL)": ("concurrent/futures",),
+    "access log": ("logging",),
+    "multipart parsing": ("multipart", "formparsers"),
+    "metrics": ("prometheus_client", "middleware.py"),
+    "JSON response": (
+        "json",
+        "render (starlette",
+        "serialize_response (fastapi",
+    ),
+    "validation (pydantic)": ("pydantic",),
+    "HTTP (uvicorn, httptools)": ("uvicorn/protocols",),
+    "routing (FastAPI, Starlette)": ("fastapi", "starlette"),
+    "service + batcher": ("app/",),
+    "event loop: uvloop (sockets, callbacks)": (
+        "asyncio",
+        "uvloop",
+        "uvicorn",
+    ),
+}
+STAGES = [(stage, fragment) for stage, fragments in RULES.items() for fragment in fragments]
 GROUPS = {"MainThread": "event loop", "decode": "decode", "inference": "inference"}
 THREAD = re.compile(r"^thread \((\d+)\)(?:: ([^;]*))?$")
 DUMPED = re.compile(r'^Thread (\d+) \([^)]*\): "([^"]*)"', re.MULTILINE)
