@@ -27,12 +27,13 @@ import grpc
 import httpx
 
 from bench import sizing
-from bench.clients import Body, http_body, tfs_request
+from bench.clients import http_body, tfs_request
 from bench.harness import CACHE, ROOT, free_port, memory_mb, new_report, table, uvicorn_server
 from bench.protocols import SPLIT_TEST
 
 PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json", "grpc", "tfs-grpc", "tfs-numbers")
 GRPC = ("grpc", "tfs-grpc")  # the others are HTTP
+Request = tuple[str, dict[str, str], bytes]  # path, headers, body
 
 
 def padded_photo(folder: Path, size: int) -> bytes:
@@ -42,7 +43,7 @@ def padded_photo(folder: Path, size: int) -> bytes:
     return photo + bytes(size - len(photo))
 
 
-def request_for(protocol: str, file: bytes, count: int, side: tuple[int, int]) -> Body:
+def request_for(protocol: str, file: bytes, count: int, side: tuple[int, int]) -> Request:
     """One request carrying ``count`` copies of ``file`` the way ``protocol`` sends them (for
     gRPC: the method's path, no headers, the message; for ``tfs-numbers``: ``count`` images
     of ``side`` pixels as JSON numbers instead of the file)."""
@@ -51,9 +52,9 @@ def request_for(protocol: str, file: bytes, count: int, side: tuple[int, int]) -
 
     copies, data = [0] * count, ([file], None)
     if protocol in ("multipart", "oip-json"):
-        return http_body(
-            "predict" if protocol == "multipart" else protocol, "image_bytes", copies, data
-        )
+        route = "predict" if protocol == "multipart" else protocol
+        path, content, headers = http_body(route, "image_bytes", copies, data)
+        return path, headers, content
     if protocol == "tfs-grpc":
         path = TFSERVING.services[PREDICTION_SERVICE]["Predict"].path
         return path, {}, tfs_request("image_bytes", copies, data)
@@ -84,7 +85,7 @@ def request_for(protocol: str, file: bytes, count: int, side: tuple[int, int]) -
     return "/v2/models/catdog/infer", headers, header + elements
 
 
-async def fill(where: str, request: Body, at_once: int, rounds: int, grpc_api: bool) -> list:
+async def fill(where: str, request: Request, at_once: int, rounds: int, grpc_api: bool) -> list:
     """``rounds`` times, ``at_once`` requests sent together (over gRPC: one channel each, OK
     counted as 200); the statuses of each round."""
     path, headers, body = request
