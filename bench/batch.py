@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import harness
 from bench.batch_measure import TreeMemory, in_process_limit, ray_task_overhead, service_rate
 from bench.harness import ROOT, markdown, new_report, table, write_report
 from servicekit.ray_cluster import local_cluster
@@ -194,14 +195,13 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench.batch", description=__doc__)
+    parser = harness.parser("batch", __doc__, "batch.md", model=False)
     parser.add_argument("--source", type=Path, default=ROOT / "data" / "raw" / "train")
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--small", type=int, default=2_000)
     parser.add_argument("--model", type=Path, help="default: the newest under models/catdog")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "batch.md")
     parser.add_argument("--limit-only", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("folder", nargs="?", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -11,7 +11,6 @@ in bytes per pixel.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench import sizing
+from bench import harness, sizing
 
 CHILD = """
 import json, resource, sys
@@ -49,7 +48,7 @@ def write_png(path: Path, megapixels: float) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     """Measure and print one line per run."""
-    p = argparse.ArgumentParser(prog="python -m bench.decode_memory", description=__doc__)
+    p = harness.parser("decode_memory", __doc__, model=False)
     p.add_argument("--megapixels", type=float, default=50.0)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,6 @@ rows, against the whole preprocessing of the same file.
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bench import harness
 from bench.harness import markdown, new_report, table, write_report
 from catdog import preprocessing
 from tests.catdog import crafted
@@ -94,10 +94,9 @@ def row_check_ms(data: bytes, rounds: int = 10) -> tuple[float, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure, print, write the report."""
-    parser = argparse.ArgumentParser(prog="python -m bench.decode_ratio", description=__doc__)
+    parser = harness.parser("decode_ratio", __doc__, "decode-ratio.md", model=False)
     parser.add_argument("--photos", type=Path, help="a folder of JPEG photos")
     parser.add_argument("--limit", type=int, default=2000)
-    parser.add_argument("--out", default="bench/results/decode-ratio.md")
     args = parser.parse_args(argv)
     report = new_report("bench.decode_ratio", sys.argv[1:] if argv is None else argv)
     bound = preprocessing.DEFAULT_MAX_PIXELS_PER_BYTE

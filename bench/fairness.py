@@ -27,10 +27,10 @@ from pathlib import Path
 
 import httpx
 
+from bench import harness
 from bench.clients import Body, http_body, photo_files
 from bench.harness import (
     CACHE,
-    ROOT,
     ints,
     markdown,
     new_report,
@@ -88,15 +88,13 @@ async def measure(
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m bench fairness", description=__doc__[:80])
-    p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "catdog")
+    p = harness.parser("fairness", __doc__, "fairness.md")
     p.add_argument("--images", type=Path, default=SPLIT_TEST)
     p.add_argument("--n-images", type=int, default=32)
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before the window")
     p.add_argument("--duration", type=float, default=15.0, help="seconds of the window")
     p.add_argument("--greedy", type=int, default=48, help="the greedy client's connections")
     p.add_argument("--limits", type=ints, default=[0, 8, 16], help="CATDOG_MAX_IMAGES_PER_CLIENT")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fairness.md")
     return p.parse_args(argv)
 
 

@@ -8,6 +8,7 @@ writes the markdown and the JSON beside it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -25,6 +26,21 @@ from servicekit import *  # noqa: F403 - the service process and its metrics, fo
 from servicekit import ROOT
 
 CACHE = ROOT / "bench" / ".cache"  # git-ignored: server logs, made images, untrained exports
+
+
+def parser(
+    name: str, doc: str, out: str | None = None, model: bool = True
+) -> argparse.ArgumentParser:
+    """The command line every benchmark starts from: ``python -m bench NAME``, the first
+    sentence of its docstring, ``--model-dir`` (the shipped models, unless ``model`` is
+    false) and ``--out`` (``bench/results/<out>``, when given)."""
+    first = " ".join(doc.split("\n\n")[0].split()).split(". ")[0]
+    p = argparse.ArgumentParser(prog=f"python -m bench {name}", description=first)
+    if model:
+        p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "catdog")
+    if out:
+        p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / out)
+    return p
 
 
 def ints(text: str) -> list[int]:

@@ -13,7 +13,6 @@ peak, and the parsing process's peak, which the pods' memory limits count.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench import sizing
+from bench import harness, sizing
 from bench.harness import ROOT, markdown, memory_mb, new_report, table, uvicorn_server, write_report
 
 MODEL_DIR = ROOT / "models" / "catdog"
@@ -131,10 +130,9 @@ MEMORY += [("server peak (MB)", "server_peak_mb"), ("parsing process peak (MB)",
 
 def main(argv: list[str] | None = None) -> None:
     """Run each server of ``SERVERS`` in turn and write the report."""
-    parser = argparse.ArgumentParser(prog="python -m bench json_offload", description=__doc__[:80])
+    parser = harness.parser("json_offload", __doc__, "json-offload.md", model=False)
     parser.add_argument("--sizes", default="8,32", help="images in the big requests")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     report = new_report("bench.json_offload", sys.argv[1:] if argv is None else argv)

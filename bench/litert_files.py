@@ -13,7 +13,6 @@ difference of every output against the converter's file.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import harness
 from bench.harness import markdown, new_report, table, write_report
 from catdog.contract import ModelContract
 from catdog.litert import LiteRTModel
@@ -90,10 +90,9 @@ def measure(version: Path, rounds: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure, print the table, write the markdown and JSON reports."""
-    parser = argparse.ArgumentParser(prog="python -m bench.litert_files", description=__doc__)
+    parser = harness.parser("litert_files", __doc__, "litert-files.md", model=False)
     parser.add_argument("--version", action="append", required=True, help="a version folder")
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--out", default="bench/results/litert-files.md")
     args = parser.parse_args(argv)
     report = new_report("bench.litert_files", sys.argv[1:] if argv is None else argv)
     report["rows"] = [row for v in args.version for row in measure(Path(v), args.rounds)]

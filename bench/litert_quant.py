@@ -23,7 +23,6 @@ difference and how many labels change.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import harness
 from bench.harness import markdown, new_report, table, write_report
 from bench.litert_files import median_ms
 from catdog.contract import CLASS_NAMES
@@ -111,13 +111,12 @@ def measure(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure, print the table, write the markdown and JSON reports."""
-    parser = argparse.ArgumentParser(prog="python -m bench.litert_quant", description=__doc__)
+    parser = harness.parser("litert_quant", __doc__, "litert-quant.md", model=False)
     parser.add_argument("--checkpoint", required=True, help="a .keras checkpoint")
     parser.add_argument("--data", required=True, help="a prepared split folder")
     parser.add_argument("--calibration", type=int, default=100, help="validation photos")
     parser.add_argument("--limit", type=int, help="use about this many test photos")
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--out", default="bench/results/litert-quant.md")
     args = parser.parse_args(argv)
     report = new_report("bench.litert_quant", sys.argv[1:] if argv is None else argv)
     report["rows"] = measure(

@@ -9,7 +9,6 @@ it: whether the memory a burst took comes back (``app.core.heap.release_when_idl
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench import harness
 from servicekit import proc_status_kb, uvicorn_server
 
 
@@ -53,8 +53,7 @@ async def burst(url: str, body: bytes, count: int, pid: int) -> tuple[dict[int, 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve, send the burst, print the memory before, at its peak and after."""
-    p = argparse.ArgumentParser(prog="python -m bench memory_release", description=__doc__)
-    p.add_argument("--model-dir", type=Path, default=Path("models/catdog"))
+    p = harness.parser("memory_release", __doc__)
     p.add_argument("--bodies", type=int, default=12)
     p.add_argument("--images", type=int, default=8, help="224x224 images of pixels per body")
     args = p.parse_args(argv)

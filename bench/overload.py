@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import harness
 from bench.harness import (
     CACHE,
     Server,
@@ -283,9 +284,8 @@ async def run(args: argparse.Namespace, report: dict[str, Any]) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m bench overload", description=__doc__[:80])
+    p = harness.parser("overload", __doc__, "overload.md")
     add = p.add_argument
-    add("--model-dir", type=Path, default=Path("models/catdog"))
     add("--connections", type=ints, default=[64, 256, 512], help="e.g. 64,256,512")
     add("--kinds", default=",".join(KINDS), help="retry,honour")
     add("--duration", type=float, default=10.0, help="measured seconds per row")
@@ -299,7 +299,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--slowloris", type=int, default=0, help="slow connections beside a probe")
     add("--probes", type=int, default=40, help="probe requests (with --slowloris)")
     add("--note", default="", help="a line added under the table")
-    add("--out", type=Path, default=Path("bench/results/overload.md"))
     args = p.parse_args(argv)
     args.kinds = [k for k in args.kinds.split(",") if k.strip()]
     if unknown := set(args.kinds) - set(KINDS):

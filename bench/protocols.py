@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench import harness
 from bench.clients import PROTOCOLS, Data, Form, Send, failure, groups_of, make_form, photo_files
 from bench.harness import (
     CACHE,
@@ -289,9 +290,8 @@ def server_arg(text: str) -> tuple[str, dict[str, str]]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m bench protocols", description=__doc__[:80])
+    p = harness.parser("protocols", __doc__, "protocols.md")
     add = p.add_argument
-    add("--model-dir", type=Path, default=ROOT / "models" / "catdog")
     add("--images", type=Path, default=SPLIT_TEST, help="photos beside tests/fixtures/photos")
     add("--n-images", type=int, default=32)
     add("--forms", default="oip-binary,oip-json,predict", help=f"of {','.join(PROTOCOLS)}")
@@ -305,7 +305,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add("--pin", action="store_true", help="load generator on the first core, server the rest")
     add("--note", default="", help="a sentence for the report (e.g. the load)")
     add("--title", default="The protocols side by side", help=argparse.SUPPRESS)
-    add("--out", type=Path, default=ROOT / "bench" / "results" / "protocols.md")
     args = p.parse_args(argv)
     args.forms = [f for f in args.forms.split(",") if f]
     if unknown := set(args.forms) - set(PROTOCOLS):

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 import httpx
 
-from bench import sizing
+from bench import harness, sizing
 from bench.clients import http_body, tfs_request
 from bench.harness import CACHE, ROOT, free_port, memory_mb, new_report, table, uvicorn_server
 from bench.protocols import SPLIT_TEST
@@ -169,13 +169,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = Settings()  # the app's defaults, which the measured servers run with
-    p = argparse.ArgumentParser(prog="python -m bench upload_memory", description=__doc__[:80])
+    p = harness.parser("upload_memory", __doc__)
     p.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated")
     p.add_argument("--per-request", default=f"1,{settings.max_files_per_request}", help="files")
     p.add_argument("--images", type=int, default=settings.max_images_in_flight, help="held at once")
     p.add_argument("--bytes", type=int, default=settings.max_upload_bytes, help="per file")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "catdog")
     p.add_argument("--photos", type=Path, default=SPLIT_TEST, help="the photo padded")
     p.add_argument("--out", type=Path, help="also write the results here as JSON")
     args = p.parse_args(argv)
