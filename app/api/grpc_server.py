@@ -43,6 +43,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from app.core.config import Settings
 from app.core.errors import QueueFullError, answer_for, cut, fault_answer
 from app.core.gate import Upload, admitted, body_limit, peer_key
+from app.core.observe import request_of
 from app.core.service import InferenceService
 from app.protocols import wire
 from app.protocols.messages import INFERENCE, TFSERVING, Method
@@ -132,6 +133,7 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
             try:
                 async with admitted(self.service, peer_key(context.peer())) as upload:
                     self.uploads[context] = upload
+                    upload.request = request_of(context)
                     try:
                         return await call(requests, context)
                     finally:

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from app.core.config import Settings
-from app.core.observe import CURRENT
+from app.core.observe import request_of
 from catdog.preprocessing import (
     CorruptImageError,
     ImageError,
@@ -125,10 +125,12 @@ def respond(request: Request, answer: ErrorAnswer, detail: object = None) -> JSO
         body = {"error": answer.detail}
     else:
         body = {"error": answer.detail, "detail": answer.detail if detail is None else detail}
-    context = CURRENT.get()  # the request app.ops follows: its id goes in every error body
-    if context is not None:
+    headers = answer.headers
+    context = request_of(request.scope)  # the request app.ops follows: its id goes with it
+    if context is not None:  # (a 500 is sent from outside app.ops's middleware: header too)
         body["request_id"] = context.request_id
-    return JSONResponse(body, answer.status, answer.headers)
+        headers = {**headers, "x-request-id": context.request_id}
+    return JSONResponse(body, answer.status, headers)
 
 
 async def known_error(request: Request, exc: Exception) -> Response:
@@ -153,7 +155,11 @@ async def invalid_request(request: Request, exc: Exception) -> Response:
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     """A fault of the service (not of the input): JSON as well; uvicorn logs the traceback."""
-    log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    context = request_of(request.scope)
+    rid = {"request_id": context.request_id} if context else None
+    log.error(
+        "%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc, extra=rid
+    )
     return respond(request, fault_answer(exc))
 
 

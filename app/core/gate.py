@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.config import Settings
 from app.core.errors import CLIENT_GONE, ErrorAnswer, QueueFullError, known_error, respond
 from app.core.metrics import Metrics
+from app.core.observe import RequestContext, request_of
 
 if TYPE_CHECKING:
     from app.core.service import InferenceService
@@ -113,6 +114,7 @@ class Upload:
 
     client: str | None = None  # its address, for ``per_client``
     started: float = field(default_factory=time.perf_counter)
+    request: RequestContext | None = None  # as app.ops follows it (``observe.request_of``)
 
 
 @dataclass
@@ -310,6 +312,7 @@ class GateMiddleware:
         try:
             async with admitted(service, client, limit if length is None else length) as upload:
                 scope[UPLOAD_KEY] = upload
+                upload.request = request_of(scope)
                 await call_until_client_leaves(self.app, scope, counting_receive, send)
         except QueueFullError as exc:
             if UPLOAD_KEY in scope:

@@ -1,8 +1,11 @@
 """What the request path tells the operations layer (``app/ops``), at no cost when unused.
 
-* ``CURRENT`` holds the ``RequestContext`` of the request being answered (set by the
-  REST middleware and the gRPC interceptor of ``app.ops``); the service notes the
-  model version and labels it answered with, for the access log line.
+* ``RequestContext``: one request as ``app.ops`` follows it. The REST middleware puts it
+  in the ASGI scope (``REQUEST_KEY``), the gRPC interceptor on the servicer context it
+  hands on (the ``REQUEST_KEY`` attribute); ``request_of`` finds it in either. The
+  gates copy it onto the request's ``Upload``, so that the service notes the answers
+  on it (model version and labels, for the access line) and the payload log reads
+  its id and protocol. Passed along explicitly: no context variable.
 * ``span`` / ``capture`` / ``record``: OpenTelemetry spans for the service's stages.
   They do nothing until ``app.ops.tracing`` sets a tracer (``OTEL_*`` variables);
   until then ``span`` returns a shared null context and no OpenTelemetry code runs.
@@ -14,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+REQUEST_KEY = "catdog_request"  # the RequestContext: ASGI scope key, gRPC context attribute
 
 
 @dataclass
@@ -30,16 +35,19 @@ class RequestContext:
     model_version: str | None = None
     labels: list[str] = field(default_factory=list)
 
+    def answered(self, answers: Sequence[Any]) -> None:
+        """Note the model version and labels of the request's answers."""
+        for answer in answers:
+            self.model_version = answer.model_version
+            self.labels.append(answer.label)
 
-CURRENT: ContextVar[RequestContext | None] = ContextVar("catdog_request", default=None)
 
-
-def note_answer(model_version: str, label: str) -> None:
-    """Record an image's answer on the current request, if one is being followed."""
-    context = CURRENT.get()
-    if context is not None:
-        context.model_version = model_version
-        context.labels.append(label)
+def request_of(carrier: Any) -> RequestContext | None:
+    """The request ``app.ops`` follows, from an ASGI scope (REST) or a gRPC servicer
+    context; None when the operations layer is not in front."""
+    if isinstance(carrier, dict):
+        return carrier.get(REQUEST_KEY)
+    return getattr(carrier, REQUEST_KEY, None)
 
 
 # ---------------------------------------------------------------- tracing

@@ -52,7 +52,11 @@ class PayloadSink(Protocol):
     """Where answered images go when the payload log is on (``app.ops.payload_log``)."""
 
     def offer(
-        self, images: Sequence[bytes | memoryview | np.ndarray], answers: list[Any], seconds: float
+        self,
+        images: Sequence[bytes | memoryview | np.ndarray],
+        answers: list[Any],
+        seconds: float,
+        request: observe.RequestContext | None,
     ) -> None: ...
 
 
@@ -208,7 +212,7 @@ class InferenceService:
             results = await asyncio.gather(
                 *(self._predict(ticket, model, a) for a in arrays)  # type: ignore[arg-type]
             )
-        return self._answer(model, results, images, started)
+        return self._answer(model, results, images, started, upload)
 
     async def classify_tensor(
         self, pixels: np.ndarray, version: str | None = None, upload: Upload | None = None
@@ -220,7 +224,7 @@ class InferenceService:
         with self.admission.admit(len(pixels), upload) as ticket:
             observe.record_since("admission", started, **_attributes(model, len(pixels)))
             results = await asyncio.gather(*(self._predict(ticket, model, p) for p in pixels))
-        return self._answer(model, results, list(pixels), started)
+        return self._answer(model, results, list(pixels), started, upload)
 
     async def _decode(self, model: LoadedModel, data: bytes | memoryview) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -243,17 +247,25 @@ class InferenceService:
         return await self.batcher.submit(model, image, observe.capture())
 
     def _answer(
-        self, model: LoadedModel, results: list[ImageResult], images: list[Any], started: float
+        self,
+        model: LoadedModel,
+        results: list[ImageResult],
+        images: list[Any],
+        started: float,
+        upload: Upload | None,
     ) -> list[Classification]:
-        """Each result as a ``Classification``, counted, and offered to the payload log."""
+        """Each result as a ``Classification``, counted, noted on the request app.ops
+        follows (``Upload.request``) and offered to the payload log."""
         with observe.span("encode", **_attributes(model, len(results))):
             answers = [classification(model, r) for r in results]
         for answer in answers:
             known = "unknown" if answer.known is None else str(answer.known).lower()
             self.metrics.predictions.labels(label=answer.label, known=known).inc()
-            observe.note_answer(answer.model_version, answer.label)
+        request = upload.request if upload is not None else None
+        if request is not None:
+            request.answered(answers)
         if self.payload_log is not None:
-            self.payload_log.offer(images, answers, time.perf_counter() - started)
+            self.payload_log.offer(images, answers, time.perf_counter() - started, request)
         return answers
 
 

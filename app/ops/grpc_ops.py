@@ -1,12 +1,13 @@
 """gRPC side of the operations layer: one ``grpc.aio`` server interceptor.
 
 As the REST middleware (``app.ops.rest``) does for HTTP, for every call it takes
-the ``x-request-id`` metadata or makes an id, follows the call under it and sends
-it back in the trailing metadata (also when the call fails: the handler's
-``abort`` gets it added to its trailers); with API keys on, refuses a call without
-an accepted key in the ``authorization`` metadata (``Bearer <key>``) with
+the ``x-request-id`` metadata or makes an id and sends it back in the trailing
+metadata (also when the call fails: the handler's ``abort`` gets it added to its
+trailers). The handler gets the servicer context with the call's ``RequestContext``
+on it (``app.core.observe.request_of``). With API keys on, a call without an
+accepted key in the ``authorization`` metadata (``Bearer <key>``) is refused with
 ``UNAUTHENTICATED``, except the health checks (``grpc.health.v1``, ``ServerLive``,
-``ServerReady``, ``ModelReady``); with JSON logs on, writes its access line.
+``ServerReady``, ``ModelReady``); with JSON logs on, each call writes its access line.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 import grpc
 
 from app.core.metrics import Metrics
-from app.core.observe import CURRENT, RequestContext
+from app.core.observe import RequestContext
 from app.ops import logs
-from app.ops.keys import ApiKeys, bearer
+from app.ops.keys import ApiKeys, Refused, authenticate
 from app.ops.rest import HEADER, request_id
 
 OPEN_METHODS = re.compile(r"^/grpc\.health\.v1\.Health/|/(ServerLive|ServerReady|ModelReady)$")
@@ -34,11 +35,14 @@ _FACTORIES = {
 
 
 class _Context:
-    """The call's context, with the request id added to whatever trailers it sends."""
+    """The call's servicer context, carrying its ``RequestContext`` (as
+    ``observe.REQUEST_KEY``) and adding the request id to whatever trailers it sends."""
 
-    def __init__(self, inner: grpc.aio.ServicerContext, rid: str) -> None:
+    def __init__(self, inner: grpc.aio.ServicerContext, request: RequestContext) -> None:
         self._inner = inner
-        self._trailer = ((HEADER, rid),)
+        self._trailer = ((HEADER, request.request_id),)
+        self.catdog_request = request
+        inner.set_trailing_metadata(self._trailer)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -68,55 +72,42 @@ class OpsInterceptor(grpc.aio.ServerInterceptor):
             return handler
         kind = next(k for k in _FACTORIES if getattr(handler, k) is not None)
         inner = getattr(handler, kind)
-        method = details.method
         metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
-        guarded = self.keys is not None and not OPEN_METHODS.search(method)
+        method, keys = details.method, self.keys
+        guarded = keys is not None and not OPEN_METHODS.search(method)
 
-        async def start(context: grpc.aio.ServicerContext) -> tuple[RequestContext, Any]:
-            rid = request_id(metadata.get(HEADER))
-            call = RequestContext(rid, "grpc", method)
-            token = CURRENT.set(call)
-            context.set_trailing_metadata(((HEADER, rid),))
+        def follow(context: grpc.aio.ServicerContext) -> _Context:
+            call = RequestContext(request_id(metadata.get(HEADER)), "grpc", method)
+            return _Context(context, call)
+
+        async def check(context: _Context) -> None:
             if guarded:
-                presented = metadata.get("authorization")
-                key = self.keys.check(bearer(presented) or presented)  # type: ignore[union-attr]
-                if key is None:
-                    reason = "invalid" if presented else "missing"
-                    self.metrics.auth_refused.labels(reason=reason).inc()
-                    message = (
-                        "invalid API key"
-                        if presented
-                        else "missing API key: send the authorization metadata 'Bearer <key>'"
-                    )
-                    CURRENT.reset(token)
-                    self._log(call, context, time.perf_counter(), "UNAUTHENTICATED")
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, message, ((HEADER, rid),))
-                call.key_id = key
-                self.metrics.key_requests.labels(key_id=key).inc()
-            return call, token
+                try:
+                    key = authenticate(keys, metadata.get("authorization"), self.metrics)
+                except Refused as refused:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(refused))
+                context.catdog_request.key_id = key
 
-        if kind in ("unary_unary", "stream_unary"):
+        if kind.endswith("_unary"):
 
             async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                call, token = await start(context)
+                started, followed = time.perf_counter(), follow(context)
                 try:
-                    return await inner(request, _Context(context, call.request_id))
+                    await check(followed)
+                    return await inner(request, followed)
                 finally:
-                    CURRENT.reset(token)
-                    self._log(call, context, started)
+                    self._log(followed, started)
 
         else:
 
             async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                call, token = await start(context)
+                started, followed = time.perf_counter(), follow(context)
                 try:
-                    async for response in inner(request, _Context(context, call.request_id)):
+                    await check(followed)
+                    async for response in inner(request, followed):
                         yield response
                 finally:
-                    CURRENT.reset(token)
-                    self._log(call, context, started)
+                    self._log(followed, started)
 
         return _FACTORIES[kind](
             behavior,
@@ -124,12 +115,8 @@ class OpsInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _log(
-        self, call: RequestContext, context: grpc.aio.ServicerContext, started: float, code=None
-    ) -> None:
-        if not self.access_log:
-            return
-        if code is None:
+    def _log(self, context: _Context, started: float) -> None:
+        if self.access_log:
             status = context.code()
             code = "OK" if status is None else getattr(status, "name", str(status))
-        logs.access(call, "gRPC", code, time.perf_counter() - started)
+            logs.access(context.catdog_request, "gRPC", code, time.perf_counter() - started)

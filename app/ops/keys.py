@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from app.core.metrics import Metrics
+
 log = logging.getLogger("catdog.keys")
 CHECK_EVERY_S = 1.0
 PREFIX = "sha256:"
@@ -94,9 +96,32 @@ class ApiKeys:
         return key_id(digest.hex()) if found else None
 
 
+class Refused(Exception):
+    """A call without an accepted key (``presented``: it named one, a wrong one)."""
+
+    def __init__(self, presented: bool) -> None:
+        self.presented = presented
+        super().__init__(
+            "invalid API key"
+            if presented
+            else "missing API key: send authorization: Bearer <key> (a header; gRPC: metadata)"
+        )
+
+
 def bearer(value: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` value, else None."""
     if not value:
         return None
     scheme, _, token = value.strip().partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def authenticate(keys: ApiKeys, authorization: str | None, metrics: Metrics) -> str:
+    """The id of the key an ``authorization`` value (``Bearer <key>``) presents, counted
+    by id; ``Refused``, counted by reason, when it presents no accepted key."""
+    key = keys.check(bearer(authorization))
+    if key is None:
+        metrics.auth_refused.labels(reason="invalid" if authorization else "missing").inc()
+        raise Refused(bool(authorization))
+    metrics.key_requests.labels(key_id=key).inc()
+    return key

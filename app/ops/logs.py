@@ -4,11 +4,10 @@ The formatter is python-json-logger's ``JsonFormatter``, on one handler of the r
 logger that the service's and uvicorn's loggers all propagate to, so uvicorn's own
 lines come out as JSON too (``python -m app`` gives uvicorn no logging
 configuration of its own in this mode; under another launcher the lifespan takes
-the loggers back at startup). A filter adds the id of
-the request being answered (``app.core.observe.CURRENT``) to each line logged
-while it runs. The access line of each request is written by the REST middleware
-and the gRPC interceptor (``access``), with the route, status, duration, model
-version and label; uvicorn's plain access line is then switched off.
+the loggers back at startup). The access line of each request is written by the
+REST middleware and the gRPC interceptor (``access``), with the request id, route,
+status, duration, model version and label; uvicorn's plain access line is then
+switched off. A line logged for a request's failure names its id too (``extra``).
 """
 
 from __future__ import annotations
@@ -19,21 +18,11 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from app.core.observe import CURRENT, RequestContext
+from app.core.observe import RequestContext
 
 LOGGERS = ("", "catdog", "uvicorn", "uvicorn.error", "uvicorn.access")
 FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 access_log = logging.getLogger("catdog.access")
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to a record logged while a request is answered."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        context = CURRENT.get()
-        if context is not None and not hasattr(record, "request_id"):
-            record.request_id = context.request_id
-        return True
 
 
 def formatter() -> logging.Formatter:
@@ -50,7 +39,6 @@ def configure_json() -> None:
     logging configuration)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter())
-    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.INFO)

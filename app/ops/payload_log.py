@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from app.core.metrics import Metrics
-from app.core.observe import CURRENT
+from app.core.observe import RequestContext
 
 log = logging.getLogger("catdog.payload_log")
 QUEUE_SIZE = 10_000  # records (about 300 bytes each) waiting for the writer
@@ -76,10 +76,13 @@ class PayloadLog:
         self._writer.start()
 
     def offer(
-        self, images: Sequence[bytes | memoryview | np.ndarray], answers: list[Any], seconds: float
+        self,
+        images: Sequence[bytes | memoryview | np.ndarray],
+        answers: list[Any],
+        seconds: float,
+        context: RequestContext | None = None,
     ) -> None:
         """Queue a record for each sampled image of one answered request."""
-        context = CURRENT.get()
         for image, answer in zip(images, answers):
             if self.rate < 1.0 and random.random() >= self.rate:
                 continue
