@@ -53,13 +53,13 @@ CHUNK_BYTES = 1024
 MOST_UNREAD_BYTES = 8 * 1024 * 1024  # discarded after an answer, then the connection closes
 
 
-def json_answer(status: int, detail: str, extra: bytes = b"") -> bytes:
+def json_answer(status: int, detail: str) -> bytes:
     """A whole HTTP/1.1 answer ``{"detail": detail}`` that closes the connection."""
     body = json.dumps({"detail": detail}).encode()
     phrase = HTTPStatus(status).phrase.encode()
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n%s\r\n" % (status, phrase, len(body), extra)
+        b"connection: close\r\n\r\n" % (status, phrase, len(body))
     )
     return head + body
 

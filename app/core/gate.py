@@ -48,9 +48,10 @@ LEFT_KEY = "catdog.client_left"  # and whether its client left before its answer
 
 
 class Prediction(NamedTuple):
-    """A prediction route: its REST path pattern or gRPC method, and how its files travel."""
+    """A prediction route (REST path or gRPC method) and how its files travel."""
 
     pattern: re.Pattern[str]
+    files: bool  # up to max_files_per_request files (else one)
     base64: bool  # images travel as base64 text (4/3 of their bytes)
 
 
@@ -60,20 +61,22 @@ _PROTOCOL = re.compile(
     r"/(?P<api>v1|v2)/models/[^/]+(?P<version>/versions/[^/]+)?(?P<verb>/infer|:predict|:classify)"
 )
 PREDICTIONS = (
-    Prediction(re.compile(r"/predict"), base64=False),
-    Prediction(re.compile(r"/predict/batch"), base64=False),
-    Prediction(_PROTOCOL, base64=True),
-    Prediction(re.compile(r"/inference\.GRPCInferenceService/ModelInfer"), base64=False),
-    Prediction(re.compile(r"/tensorflow\.serving\.PredictionService/(Predict|Classify)"), False),
+    Prediction(re.compile(r"/predict"), files=False, base64=False),
+    Prediction(re.compile(r"/predict/batch"), files=True, base64=False),
+    Prediction(_PROTOCOL, files=True, base64=True),
+    Prediction(re.compile(r"/inference\.GRPCInferenceService/ModelInfer"), True, False),
+    Prediction(
+        re.compile(r"/tensorflow\.serving\.PredictionService/(Predict|Classify)"), True, False
+    ),
 )
 
 
 def body_limit(settings: Settings, path: str) -> int | None:
     """The largest body (or gRPC message) of a prediction path; None for any other path."""
-    for position, route in enumerate(PREDICTIONS):
+    for route in PREDICTIONS:
         if route.pattern.fullmatch(path):
             files = settings.max_upload_bytes * (
-                1 if position == 0 else settings.max_files_per_request
+                settings.max_files_per_request if route.files else 1
             )
             return (files * 4 // 3 if route.base64 else files) + MULTIPART_OVERHEAD
     return None
@@ -263,11 +266,6 @@ def header_int(value: str) -> int | None:
     return int(value) if len(value) <= 18 and value.isascii() and value.isdigit() else None
 
 
-def too_large(limit: int) -> HTTPException:
-    """The 413 of a body past its limit (raised from ``receive``: FastAPI renders it)."""
-    return HTTPException(413, f"request body exceeds the limit of {limit} bytes")
-
-
 class GateMiddleware:
     """The gate for POSTs to prediction paths: body limit (declared, then counted), the
     held 503, the ``Upload``; then the request is cancelled if its client leaves."""
@@ -289,12 +287,13 @@ class GateMiddleware:
             await self.app(scope, receive, send)
             return
         scope[ROUTE_KEY] = route_label(scope["path"])
+        too_large = f"request body exceeds the limit of {limit} bytes"
         declared = Headers(scope=scope).get("content-length")
         length = None if declared is None else header_int(declared)
         if length is not None and length > limit:
             # No "Connection: close": uvicorn would close the socket with the body unread and
             # a client still sending it would get a reset instead of this 413.
-            response = respond(Request(scope), ErrorAnswer(413, too_large(limit).detail))
+            response = respond(Request(scope), ErrorAnswer(413, too_large))
             await response(scope, receive, send)
             return
         client = client_key(scope["client"][0]) if scope.get("client") else None
@@ -306,7 +305,7 @@ class GateMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise too_large(limit)
+                    raise HTTPException(413, too_large)  # FastAPI renders it
             return message
 
         try:
