@@ -13,13 +13,24 @@ the moment before the pool notices, fails the call with ``OffloadBrokenError``; 
 found dead before a call is handed over (killed while idle) is replaced first, so that
 call never sees it. ``close`` kills the workers: uvicorn ends on SIGTERM without running
 ``atexit``, and a worker left waiting would outlive the service. Each worker hands the
-memory a large parse freed back to the system every 2 s (``heap.trim_forever``).
+memory a large parse freed back to the system every 2 s (``heap.trim_forever``), and a
+pool with no call for ``IDLE_CLOSE_S`` is closed: even trimmed, a worker holds what a
+fresh one does (69 MB of imports, measured after a burst of large bodies), and
+the next call starts a new one: 0.45 s for the first JSON body against 4 ms after,
+measured here with version 5.
+
+Only public interfaces of ``concurrent.futures`` and ``multiprocessing`` are used: each
+worker reports its pid when it starts (the pool's initializer), and
+``multiprocessing.active_children`` tells which still run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +39,7 @@ from typing import Any, TypeVar
 from app.core import heap
 
 T = TypeVar("T")
+IDLE_CLOSE_S = 30.0  # a pool unused this long is closed (see the module docstring)
 
 
 class OffloadBrokenError(RuntimeError):
@@ -35,12 +47,18 @@ class OffloadBrokenError(RuntimeError):
 
 
 class Offload:
-    """A lazily started pool of ``workers`` processes for picklable functions."""
+    """A lazily started pool of ``workers`` processes for picklable functions, closed
+    again after ``idle_close_s`` seconds without a call."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, idle_close_s: float = IDLE_CLOSE_S) -> None:
         self.workers = workers
+        self.idle_close_s = idle_close_s
         self._pool: ProcessPoolExecutor | None = None
+        self._pids: Any = None  # the current pool's queue of started workers' pids
+        self._known: list[int] = []  # pids read from it so far
         self._slots = asyncio.Semaphore(max(workers, 1))
+        self._started = 0  # calls handed over so far
+        self._in_flight = 0  # calls not yet ended in their process
 
     @property
     def enabled(self) -> bool:
@@ -48,9 +66,14 @@ class Offload:
         return self.workers > 0
 
     def processes(self) -> list[int]:
-        """The process ids of the running workers (none before the first call)."""
-        pool = self._pool
-        return [p.pid for p in (pool._processes or {}).values()] if pool else []  # noqa: SLF001
+        """The process ids of the current pool's running workers (none before the first
+        call, or once the pool was closed)."""
+        if self._pool is None:
+            return []
+        while not self._pids.empty():
+            self._known.append(self._pids.get())
+        alive = {child.pid for child in multiprocessing.active_children()}
+        return [pid for pid in self._known if pid in alive]
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` in a worker process; ``OffloadBrokenError`` if it dies.
@@ -63,6 +86,8 @@ class Offload:
         except BaseException:
             self._slots.release()
             raise
+        self._started += 1
+        self._in_flight += 1
         call.add_done_callback(self._ended)
         try:
             return await asyncio.shield(call)
@@ -72,10 +97,20 @@ class Offload:
 
     def _ended(self, call: asyncio.Future[Any]) -> None:
         """A call ended in its process: free its slot (and take its error, which a caller
-        that left would never read)."""
+        that left would never read); once none is left, close the pool if no call comes
+        within ``idle_close_s``."""
         self._slots.release()
+        self._in_flight -= 1
         if not call.cancelled():
             call.exception()
+        if not self._in_flight:
+            started = self._started
+            asyncio.get_running_loop().call_later(self.idle_close_s, self._close_idle, started)
+
+    def _close_idle(self, started: int) -> None:
+        """Close the pool if no call was handed over since ``started`` calls."""
+        if self._started == started and not self._in_flight:
+            self.close()
 
     def close(self) -> None:
         """Kill the workers, calls in progress included."""
@@ -86,15 +121,19 @@ class Offload:
         """Kill ``pool``'s workers, and forget it if it is still the current one (a call
         that failed late may name a pool already replaced)."""
         if self._pool is pool:
-            self._pool = None
-            _stop(pool)
+            workers = self.processes()
+            self._pool, self._known = None, []
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _submit(
         self, function: Callable[..., T], args: tuple[Any, ...]
     ) -> tuple[ProcessPoolExecutor, asyncio.Future[T]]:
         """The call handed to a pool whose workers run. A pool that turns out broken as
-        the call is handed over (its worker died a moment ago, not yet seen by
-        ``_pool_now``) is replaced and the call handed to the new one."""
+        the call is handed over (its worker died a moment ago) is replaced and the call
+        handed to the new one."""
         loop = asyncio.get_running_loop()
         for _ in range(2):
             pool = self._pool_now()
@@ -105,28 +144,21 @@ class Offload:
         raise OffloadBrokenError("no worker process would start")
 
     def _pool_now(self) -> ProcessPoolExecutor:
-        """The pool to submit to: a new one when there is none, or when a worker of the
-        last one has died (its pool is broken, or soon will be, for every call)."""
+        """The pool to submit to: a new one when there is none, or when a worker it
+        started has died (its pool is broken, or soon will be, for every call)."""
         pool = self._pool
-        if pool is not None and (pool._broken or not _all_alive(pool)):  # noqa: SLF001
+        if pool is not None and len(self.processes()) < len(self._known):
             self._discard(pool)
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
+            self._pids = context.SimpleQueue()
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=heap.trim_forever
+                self.workers, mp_context=context, initializer=_started, initargs=(self._pids,)
             )
         return self._pool
 
 
-def _all_alive(pool: ProcessPoolExecutor) -> bool:
-    """Whether every process the pool started still runs (reaps any that ended)."""
-    return all(process.is_alive() for process in (pool._processes or {}).values())  # noqa: SLF001
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Kill a pool's processes and let it go: a worker told to stop politely would finish
-    its call first, and one blocked writing its answer to a parent that is gone never
-    finishes."""
-    for process in list((pool._processes or {}).values()):  # noqa: SLF001
-        process.kill()
-    pool.shutdown(wait=False, cancel_futures=True)
+def _started(pids: Any) -> None:
+    """In a new worker: tell the parent its pid, and trim the heap every 2 s."""
+    pids.put(os.getpid())
+    heap.trim_forever()

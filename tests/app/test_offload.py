@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import httpx
@@ -223,6 +224,25 @@ async def test_a_call_whose_caller_left_keeps_its_slot_until_it_ends() -> None:
         offload.close()
 
 
+async def test_an_idle_pool_is_closed_and_started_again_on_the_next_call() -> None:
+    offload = Offload(1, idle_close_s=0.5)
+    try:
+        assert await offload.run(abs, -1) == 1
+        [worker] = offload.processes()
+        await asyncio.sleep(0.3)
+        assert offload.processes() == [worker]
+        for _ in range(50):
+            if not alive(worker):
+                break
+            await asyncio.sleep(0.1)
+        assert not alive(worker)
+        assert offload.processes() == []
+        assert await offload.run(abs, -2) == 2
+        assert offload.processes() not in ([], [worker])
+    finally:
+        offload.close()
+
+
 async def test_a_pool_found_broken_as_a_call_is_handed_over_is_replaced(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -234,8 +254,10 @@ async def test_a_pool_found_broken_as_a_call_is_handed_over_is_replaced(
         [worker] = offload.processes()
         broken = offload._pool  # noqa: SLF001
         os.kill(worker, signal.SIGKILL)
-        for _ in range(100):
-            if broken._broken:  # noqa: SLF001  # its manager thread has noticed
+        for _ in range(100):  # until its manager thread has noticed
+            try:
+                broken.submit(abs, 1)
+            except BrokenProcessPool:
                 break
             await asyncio.sleep(0.05)
         real = Offload._pool_now  # noqa: SLF001
