@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import time
+import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -240,6 +241,19 @@ async def test_an_idle_pool_is_closed_and_started_again_on_the_next_call() -> No
         assert await offload.run(abs, -2) == 2
         assert offload.processes() not in ([], [worker])
     finally:
+        offload.close()
+
+
+async def test_a_large_argument_is_not_kept_once_the_calls_end() -> None:
+    offload = Offload(1)
+    tracemalloc.start()
+    try:
+        assert await offload.run(len, bytes(50_000_000)) == 50_000_000
+        await asyncio.sleep(0.5)  # the empty call that follows is sent
+        held, _ = tracemalloc.get_traced_memory()
+        assert held < 10_000_000, f"{held / 1e6:.0f} MB still held"
+    finally:
+        tracemalloc.stop()
         offload.close()
 
 
