@@ -113,12 +113,14 @@ def http_answer(protocol: str, answer: dict[str, Any]) -> np.ndarray:
     return np.array(output["data"]).reshape(output["shape"])
 
 
-def http_opener(url: str, protocol: str, bodies: list[Body]) -> Opener:
-    """httpx clients, one connection each, sending the prepared ``bodies`` in turn."""
+def http_opener(url: str, protocol: str, bodies: list[Body], address: str = "") -> Opener:
+    """httpx clients, one connection each (from ``address``, if given), sending the
+    prepared ``bodies`` in turn."""
 
     @contextlib.asynccontextmanager
     async def opened() -> AsyncIterator[Send]:
-        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+        transport = httpx.AsyncHTTPTransport(local_address=address or None)
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT, transport=transport) as client:
 
             async def send(turn: int) -> np.ndarray:
                 path, content, headers = bodies[turn % len(bodies)]

@@ -20,69 +20,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
-
 from bench import harness
-from bench.clients import Body, http_body, photo_files
-from bench.harness import (
-    CACHE,
-    ints,
-    markdown,
-    new_report,
-    table,
-    uvicorn_server,
-    write_report,
-)
-from bench.protocols import SPLIT_TEST, Window
+from bench.clients import http_body, http_opener, photo_files
+from bench.harness import CACHE, ints, markdown, new_report, table, uvicorn_server, write_report
+from bench.protocols import SPLIT_TEST, Window, send_until
 
 CLIENTS = {"greedy": "127.0.0.1", "polite": "127.0.0.2"}
 
 
-async def connection(
-    url: str, address: str, bodies: list[Body], start: int, until: float, window: Window
-) -> None:
-    """One connection from ``address``: post, wait for the answer, repeat; after a 503
-    wait its ``Retry-After``."""
-    transport = httpx.AsyncHTTPTransport(local_address=address)
-    async with httpx.AsyncClient(base_url=url, transport=transport, timeout=120) as client:
-        turn = start
-        while time.perf_counter() < until:
-            path, content, headers = bodies[turn % len(bodies)]
-            turn += 1
-            sent = time.perf_counter()
-            response = await client.post(path, content=content, headers=headers)
-            done = time.perf_counter()
-            if done > until:
-                break
-            if response.status_code == 200:
-                window.latencies.append(done - sent)
-                continue
-            window.statuses[str(response.status_code)] += 1
-            if response.status_code == 503:
-                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
-
-
-async def measure(
-    url: str, bodies: list[Body], greedy: int, warmup: float, duration: float
-) -> dict[str, Window]:
-    """A warm-up, then one window in which both clients run."""
+async def measure(url: str, bodies: list, greedy: int, warmup: float, duration: float) -> dict:
+    """A warm-up, then one window in which both clients run, each connection posting one
+    photo after another and waiting out a 503's ``Retry-After``."""
     for seconds in (warmup, duration):
         until = time.perf_counter() + seconds
         windows = {
-            name: Window(name, 1 if name == "polite" else greedy, seconds) for name in CLIENTS
+            name: Window(name, greedy if name == "greedy" else 1, seconds) for name in CLIENTS
         }
-        await asyncio.gather(
-            *(
-                connection(url, CLIENTS[name], bodies, i, until, windows[name])
+        async with contextlib.AsyncExitStack() as stack:
+            opened = [
+                (
+                    await stack.enter_async_context(
+                        http_opener(url, "predict", bodies, CLIENTS[name])()
+                    ),
+                    name,
+                )
                 for name in CLIENTS
-                for i in range(windows[name].clients)
+                for _ in range(windows[name].clients)
+            ]
+            await asyncio.gather(
+                *(
+                    send_until(send, i, until, windows[name], wait=True)
+                    for i, (send, name) in enumerate(opened)
+                )
             )
-        )
     return windows
 
 
@@ -98,6 +74,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+COLUMNS = [("images per client", "limit"), ("client", "protocol"), ("connections", "clients")]
+COLUMNS += [("answers/s", "rps"), ("p50 ms", "p50"), ("p99 ms", "p99"), ("503/s", "refused_per_s")]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Each limit in turn on a fresh server; write the report."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -106,53 +86,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     bodies = [http_body("predict", "files", [i], (photos, None)) for i in range(len(photos))]
     size = sum(len(content) for _, content, _ in bodies) / len(bodies)
     report = new_report("bench.fairness", argv, greedy_connections=args.greedy)
-    rows: list[dict[str, object]] = []
+    report["rows"] = []
     for limit in args.limits:
-        log = CACHE / "fairness" / f"limit-{limit}.log"
+        log = CACHE / "logs" / f"fairness-limit-{limit}.log"
         settings = {"max_files_per_request": min(limit, 32)} if limit else {}
-        with uvicorn_server(
-            args.model_dir, log, runtime="litert", max_images_per_client=limit, **settings
-        ) as server:
+        settings |= {"runtime": "litert", "max_images_per_client": limit}
+        with uvicorn_server(args.model_dir, log, **settings) as server:
             windows = asyncio.run(
                 measure(server.url, bodies, args.greedy, args.warmup, args.duration)
             )
         for window in windows.values():
-            row = window.row(size)
-            refused = window.statuses.get("503", 0)
-            rows.append(
-                {
-                    "limit": limit or "none",
-                    **row,
-                    "refused_per_s": round(refused / window.duration, 1),
-                }
+            refused = round(window.statuses.get("503", 0) / window.duration, 1)
+            report["rows"].append(
+                {"limit": limit or "none", **window.row(size), "refused_per_s": refused}
             )
-            print(rows[-1], flush=True)
-    report["rows"] = rows
-    write_report(report, render(report), args.out)
-
-
-def render(report: dict[str, object]) -> str:
-    """The markdown report."""
-    environment = report["environment"]
-    assert isinstance(environment, dict)
-    columns = [
-        ("images per client", "limit"),
-        ("client", "protocol"),
-        ("connections", "clients"),
-        ("answers/s", "rps"),
-        ("p50 ms", "p50"),
-        ("p99 ms", "p99"),
-        ("503/s", "refused_per_s"),
-    ]
-    rows = report["rows"]
-    assert isinstance(rows, list)
+            print(report["rows"][-1], flush=True)
+    env = report["environment"]
     about = (
-        f"{report['started']}, {environment['cpus']} cores (server and load generator"
-        " share them), LiteRT, closed loop, a 503 waited out for its Retry-After; one"
-        f" run; load average at start {environment['loadavg_start']}."
+        f"{report['started']}, {env['cpus']} cores (server and load generator share them), "
+        "LiteRT, closed loop, a 503 waited out for its Retry-After; one run; load average at "
+        f"start {env['loadavg_start']}."
     )
+    body = table(report["rows"], COLUMNS, text=("limit", "protocol"))
     title = "Fairness: a client with many connections beside a client with one"
-    return markdown(title, report, about, table(rows, columns, text=("limit", "protocol")))
+    write_report(report, markdown(title, report, about, body), args.out)
 
 
 if __name__ == "__main__":

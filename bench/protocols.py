@@ -79,17 +79,21 @@ class Window:
         }
 
 
-async def send_until(send: Send, start: int, until: float, window: Window) -> None:
+async def send_until(
+    send: Send, start: int, until: float, window: Window, wait: bool = False
+) -> None:
     """One client: request ``start``, ``start + 1``, ... until ``until``; record the
-    answers that end before it (a failure as its status)."""
+    answers that end before it (a failure as its status; with ``wait``, a refusal's
+    ``Retry-After`` is waited out after it, as a well-behaved client does)."""
     turn = start
     while time.perf_counter() < until:
-        sent = time.perf_counter()
+        sent, status, pause = time.perf_counter(), None, 0.0
         try:
             await send(turn)
-            status = None
         except Exception as exc:  # every failure is counted, none stops the load
             status = failure(exc)
+            if wait and isinstance(exc, httpx.HTTPStatusError):
+                pause = float(exc.response.headers.get("retry-after", "0"))
         turn += 1
         if (done := time.perf_counter()) > until:
             break
@@ -97,6 +101,7 @@ async def send_until(send: Send, start: int, until: float, window: Window) -> No
             window.latencies.append(done - sent)
         else:
             window.statuses[status] += 1
+        await asyncio.sleep(pause)
 
 
 def cpu_now(server: Server) -> tuple[float, float, float, float]:
