@@ -329,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     client_cpus, server_cpus = split_cpus(args.pin)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
-    sources = sorted({os.path.relpath(f.parent.absolute(), ROOT) for f in files})
+    folders = {f.parent.absolute() for f in files}
+    sources = sorted(str(d.relative_to(ROOT) if d.is_relative_to(ROOT) else d) for d in folders)
     pinning = "pinned" if client_cpus else "unpinned"
     report = new_report("bench.protocols", argv, photos=len(files), photo_sources=sources)
     report["environment"]["pinning"], report["servers"], report["load"] = pinning, {}, []
