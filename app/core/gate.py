@@ -1,16 +1,14 @@
 """The one admission gate in front of the model, for REST and gRPC alike.
 
-``Admission`` counts the images *in flight* (admitted, not yet answered) against
-``CATDOG_MAX_IMAGES_IN_FLIGHT`` and, per client address, ``CATDOG_MAX_IMAGES_PER_CLIENT``;
-the prediction bodies held in memory against ``CATDOG_BODY_BYTES_BUDGET``; and the
-uploads still arriving, which the batcher may wait for (``on_the_way``). Past any bound a
-request is refused with ``QueueFullError`` (503, gRPC UNAVAILABLE).
+``Admission`` counts images *in flight* (admitted, not yet answered) in all and per
+client address, prediction bodies held in memory, and uploads still arriving (the batcher
+may wait for them). Past a bound: ``QueueFullError`` (503, gRPC UNAVAILABLE).
 
-``admitted`` is the gate itself, passed by every prediction request (a path or gRPC
-method of ``PREDICTIONS``) before its body is read; the refusal is held ``busy_hold_s``
-so that clients retrying at once cannot spin. ``GateMiddleware`` is its REST face (body
-limit, refusal, and a client that leaves cancelling its request); the gRPC interceptor
-in ``app.api.grpc_server`` calls it too. ``MetricsMiddleware`` counts every request.
+``admitted`` is the gate, passed by every prediction request (``PREDICTIONS``) before its
+body is read; a refusal is held ``busy_hold_s`` so that clients retrying at once cannot
+spin. ``GateMiddleware`` is its REST face (body limit, refusal, a client that leaves
+cancelling its request); gRPC's interceptor (``app.api.grpc_server``) calls it too.
+``MetricsMiddleware`` counts every request.
 """
 
 from __future__ import annotations
@@ -103,8 +101,8 @@ def client_key(host: str) -> str:
 
 
 def peer_key(peer: str) -> str | None:
-    """The client's address from gRPC's peer (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``, in
-    newer gRPC with the brackets percent-encoded), as REST counts it (``client_key``)."""
+    """The client's address in gRPC's peer (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``, brackets
+    maybe percent-encoded), as REST counts it (``client_key``)."""
     kind, _, rest = unquote(peer).partition(":")
     if kind in ("ipv4", "ipv6"):
         return client_key(rest.rpartition(":")[0])
@@ -261,8 +259,7 @@ UploadDep = Annotated[Upload | None, Depends(get_upload)]
 
 
 def header_int(value: str) -> int | None:
-    """A header's non-negative integer: up to 18 ASCII digits, else None (``int`` raises on
-    ``"²"`` and on more than 4,300 digits)."""
+    """A header's non-negative integer (at most 18 ASCII digits), else None."""
     return int(value) if len(value) <= 18 and value.isascii() and value.isdigit() else None
 
 
