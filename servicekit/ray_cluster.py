@@ -2,7 +2,8 @@
 
 ``local_cluster(nodes=2, cpus=1)`` runs ``ray start --head --block`` and then
 ``ray start --address ... --block`` for each further node, each with ``cpus`` CPUs,
-its own temporary folder and no dashboard, and yields a ``Cluster`` whose ``env``
+its own temporary folder and no dashboard, each started once the one before it says
+so, and yields (once ``ray status`` lists them all) a ``Cluster`` whose ``env``
 makes a process join it (``RAY_ADDRESS`` and a token of this cluster's own: Ray's
 token authentication, ``RAY_AUTH_MODE=token``). ``--block`` keeps each ``ray start``
 in the foreground; ending it (SIGTERM to that one process id) stops that node's
@@ -28,6 +29,7 @@ from servicekit.process import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 JOIN_TIMEOUT = 120.0
+STARTED = "Ray runtime started."  # what ``ray start`` prints once its node runs
 
 
 @dataclass
@@ -75,7 +77,8 @@ def local_cluster(nodes: int = 2, cpus: int = 1) -> Iterator[Cluster]:
                 )
             cluster.processes.append(process)
             cluster.logs.append(log)
-            wait_for_nodes(cluster, node + 1)
+            wait_for_start(process, log)  # the next node joins the head's GCS, up by now
+        wait_for_nodes(cluster, nodes)  # each registered: a job sees all their CPUs
         yield cluster
     finally:
         for process in reversed(cluster.processes):
@@ -89,6 +92,19 @@ def local_cluster(nodes: int = 2, cpus: int = 1) -> Iterator[Cluster]:
         shutil.rmtree(temp, ignore_errors=True)
         for log in cluster.logs:  # beside the folder: a failed start quotes its log
             log.unlink(missing_ok=True)
+
+
+def wait_for_start(process: subprocess.Popen, log: Path, timeout: float = JOIN_TIMEOUT) -> None:
+    """Wait until ``ray start`` has printed ``STARTED`` (its node's processes run): a look
+    at its log every 0.1 s, where each ``ray status`` costs a Python start importing Ray."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if STARTED in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start exited ({process.returncode}):\n{log.read_text()}")
+        time.sleep(0.1)
+    raise RuntimeError(f"ray start did not start within {timeout:.0f} s:\n{log.read_text()}")
 
 
 def wait_for_nodes(cluster: Cluster, count: int, timeout: float = JOIN_TIMEOUT) -> None:
