@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # modules that are parts of a benchmark or shared code, not benchmarks of their own
 PARTS = {"harness", "serve_images", "serve_load", "serve_limit", "batch_measure"}
-PARTS |= {"grpc_clients", "grpc_report", "overload_report", "naive_server"}
+PARTS |= {"clients", "naive_server"}
 
 
 def benchmarks() -> dict[str, str]:
