@@ -1,35 +1,25 @@
 """The gRPC server: the Open Inference Protocol and TF Serving's API beside REST.
 
 With ``CATDOG_GRPC_ADDRESS`` set (``0.0.0.0:8081`` in the images), the lifespan starts
-a ``grpc.aio`` server on uvicorn's event loop. It answers the six calls of
-``inference.GRPCInferenceService`` (``app/protocols/oip/servicer.py``; what KServe, Triton and
-``tritonclient.grpc`` speak), TF Serving's gRPC calls (``app/protocols/tfserving/servicer.py``)
-and gRPC's health check (grpcio-health-checking's servicer), on the same
-``InferenceService`` as REST: the same admission (the client's share too, by its
-address), decoders, batcher, limits and metrics.
+a ``grpc.aio`` server on uvicorn's event loop. It answers ``inference.GRPCInferenceService``
+(``app/protocols/oip/servicer.py``; what KServe, Triton and ``tritonclient.grpc`` speak),
+TF Serving's calls (``app/protocols/tfserving/servicer.py``) and gRPC's health check
+(grpcio-health-checking's servicer), on the same ``InferenceService`` as REST.
 
-Each call reads its one request message itself, within ``body_timeout_s``
-(``GrpcServer._read``), after the admission gate of a call with images
-(``GateInterceptor``, the gate of ``app.core.gate``), and counts its elements on the wire
-before protobuf parses it (``MOST_FIELDS``); ``GrpcServer`` says how connections and
-calls are bounded.
-
-An error is the REST answer's message with a gRPC status code (``GRPC_CODES``: 400,
-413, 415, 422 are INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE, a fault 500
-INTERNAL; a message late
-past the body timeout is DEADLINE_EXCEEDED, 408), cut to 512 characters, and in the
-trailing metadata ``catdog-http-status`` (the REST status, which tells 413 from 415)
-and, for 503, ``retry-after``; a full queue's UNAVAILABLE is held by the gate, as REST's
-503 is. A client that
-cancels, or whose deadline passes, is dropped wherever its call is, as a REST client
-that leaves.
+Each call passes the admission gate of ``app.core.gate`` first when it carries images
+(``GateInterceptor``), then reads its one request message within ``body_timeout_s``
+(``GrpcServer._read``), whose elements are counted on the wire before protobuf parses
+it (``read_message``). An error is answered as REST answers it (``answer_for``), with
+the gRPC code of its status (``GRPC_CODES``), its message cut to 512 characters, and in
+the trailing metadata ``catdog-http-status`` (REST's status: it tells 413 from 415)
+and, for 503, ``retry-after``. A client that cancels, or whose deadline passes, is
+dropped wherever its call is, as a REST client that leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections import Counter
@@ -37,29 +27,26 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
+from fastapi import HTTPException
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from app.core.config import Settings
-from app.core.errors import QueueFullError, answer_for, cut, fault_answer
+from app.core.errors import QueueFullError, answer_for, fault_answer
 from app.core.gate import Upload, admitted, body_limit, peer_key
 from app.core.observe import request_of
 from app.core.service import InferenceService
-from app.protocols import wire
-from app.protocols.messages import INFERENCE, TFSERVING, Method
-from app.protocols.oip.servicer import InferenceServicer, read_infer_call
-from app.protocols.tfserving.servicer import (
-    MODEL_SERVICE,
-    PREDICTION_SERVICE,
-    TfServingServicer,
-)
-from app.protocols.tfserving.servicer import Call as TfServingCall
+from app.protocols.messages import INFERENCE, TFSERVING, Call, Method
+from app.protocols.oip.servicer import RAW_INPUT_CONTENTS, InferenceServicer
+from app.protocols.tfserving.servicer import MODEL_SERVICE, PREDICTION_SERVICE, TfServingServicer
 
 log = logging.getLogger("catdog.grpc")
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 GRPC_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,  # the message did not arrive in time
     413: grpc.StatusCode.INVALID_ARGUMENT,  # too large whatever the load: retrying won't help
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
@@ -75,40 +62,108 @@ MOST_FIELDS = 65_536
 WAITING_SHARE = 8  # a client may have 1/8 of the call slots waiting for their message
 CONNECTION_AGE_S = 300.0  # a connection is asked to close (GOAWAY) at this age
 IDLE_CONNECTION_S = 30.0  # a connection with no call this long is closed (clients reconnect)
-Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
-
-
-def _tfserving_call(request: type[Message], body: bytes) -> TfServingCall:
-    return TfServingCall(request.FromString(body))
-
-
-class GrpcError(Exception):
-    """A call's answer is this status code and message (``status``: REST's for it)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
+_VARINTS = {  # packed repeated fields of varints: protobuf stores each byte in 4 or 8
+    getattr(FieldDescriptor, f"TYPE_{name}")
+    for name in ("INT32", "INT64", "UINT32", "UINT64", "SINT32", "SINT64", "BOOL", "ENUM")
+}
 
 
 def status_of(
     exc: Exception, settings: Settings, path: str
 ) -> tuple[grpc.StatusCode, str, Trailers]:
-    """A call's error as its gRPC status code, message (at most
-    ``errors.MOST_ECHO``: it may echo the client's input) and trailing metadata."""
-    if isinstance(exc, GrpcError):
-        trailers: Trailers = ((HTTP_STATUS, str(exc.status)),)
-        if exc.status == 503:
-            trailers += (("retry-after", str(settings.retry_after_s)),)
-        return exc.code, cut(str(exc)), trailers
+    """A call's error as its gRPC status code, message and trailing metadata: the REST
+    answer's (``answer_for``), a fault of the service as a 500 (logged)."""
     found = answer_for(exc, settings)
     if found is None:
         log.exception("%s failed", path)
         found = fault_answer(exc)
-    trailers = ((HTTP_STATUS, str(found.status)),)
+    trailers: Trailers = ((HTTP_STATUS, str(found.status)),)
     if "Retry-After" in found.headers:
         trailers += (("retry-after", found.headers["Retry-After"]),)
-    return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), cut(found.detail), trailers
+    return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), found.detail, trailers
+
+
+def read_message(
+    body: bytes, kind: type[Message], lift: int = 0, most: int = MOST_FIELDS
+) -> tuple[Message, list[memoryview]]:
+    """``body`` as a ``kind``, counted on the wire before protobuf parses it, and the
+    values of its top-level bytes field number ``lift`` as views into ``body``.
+
+    A message of tiny fields costs protobuf ~25 times its size to parse (a 319 MiB
+    message of empty fields: +8.6 GB), so its elements are counted first, without
+    building anything: fields, those of its sub-messages (map entries included) and each
+    byte of a packed run of varints; 413 past ``most``. What is not proto3 wire format
+    as the schema has it (a group, a field past its message's end, a key or length over
+    5 bytes) is a 400, as what protobuf refuses. The lifted field (``raw_input_contents``:
+    the tensor data) is neither copied into the message nor out of it again.
+    """
+    view, kept, lifted, start, fields = memoryview(body), [], [], 0, 0
+    stack: list[tuple[int, int, Any, bool]] = [(0, len(body), kind.DESCRIPTOR, True)]
+    try:
+        while stack:
+            position, end, message, top = stack.pop()
+            while position < end:
+                fields += 1
+                at = position
+                number, wire, value, position = _field(body, position)
+                if position < 0:
+                    raise DecodeError(f"wire type {wire} (a group?) at byte {at}")
+                if position > end:
+                    raise DecodeError(f"a field at byte {at} runs past its message's end")
+                field = None if message is None else message.fields_by_number.get(number)
+                if top and wire == 2 and number == lift:
+                    kept.append(view[start:at])
+                    lifted.append(view[value:position])
+                    start = position
+                elif wire == 2 and field is not None:
+                    if field.message_type is not None:
+                        stack.append((value, position, field.message_type, False))
+                    elif field.is_repeated and field.type in _VARINTS:
+                        fields += position - value
+                if fields > most:
+                    raise HTTPException(413, f"the message holds more than {most} fields")
+        rest = b"".join([*kept, view[start:]]) if lifted else body
+        return kind.FromString(rest), lifted
+    except DecodeError as exc:
+        raise HTTPException(400, f"not a {kind.DESCRIPTOR.full_name}: {exc}") from None
+
+
+def _field(body: bytes, position: int) -> tuple[int, int, int, int]:
+    """The field at ``position``: its number, wire type, and where its value starts and
+    ends (-1 for a group, whose end only its contents tell); ``DecodeError`` for what
+    protobuf refuses: a key or length over 5 bytes, field number 0, no such wire type."""
+    key, value = _varint(body, position, 5)
+    number, wire = key >> 3, key & 7
+    if key >= 1 << 32 or number == 0:
+        raise DecodeError(f"field number {number} at byte {position}")
+    if wire == 0:
+        end = _varint(body, value)[1]
+    elif wire in (1, 5):
+        end = value + (8 if wire == 1 else 4)
+    elif wire == 2:
+        length, value = _varint(body, value, 5)
+        if length >= 1 << 31:
+            raise DecodeError(f"a length of {length} at byte {position}")
+        end = value + length
+    elif wire in (3, 4):
+        end = -1
+    else:
+        raise DecodeError(f"wire type {wire} at byte {position}")
+    return number, wire, value, end
+
+
+def _varint(data: bytes, position: int, most_bytes: int = 10) -> tuple[int, int]:
+    """The base-128 varint at ``position`` (at most ``most_bytes`` long), and the position
+    after it."""
+    value = shift = 0
+    while position < len(data) and shift < 7 * most_bytes:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+    raise DecodeError(f"a varint at byte {position} does not end")
 
 
 class GateInterceptor(grpc.aio.ServerInterceptor):
@@ -139,8 +194,8 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
                     finally:
                         del self.uploads[context]
             except QueueFullError as exc:
-                _, message, trailers = status_of(exc, self.service.settings, details.method)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, message, trailers)
+                code, message, trailers = status_of(exc, self.service.settings, details.method)
+                await context.abort(code, message, trailers)
                 raise  # abort raises; not reached
 
         return grpc.stream_unary_rpc_method_handler(
@@ -152,14 +207,11 @@ class GrpcServer:
     """A ``grpc.aio`` server on the running event loop, serving ``InferenceServicer``,
     ``TfServingServicer`` and gRPC health.
 
-    Bounded as the HTTP launcher bounds REST: at most ``max_connections`` connections
-    (more are closed at once) and as many calls at a time, a connection closed after
-    ``IDLE_CONNECTION_S`` without a call or ``header_timeout_s`` without finishing its
-    HTTP/2 handshake, messages up to the batch limit and not compressed, and at most an
-    eighth of the call slots (at least 16) waiting for one client's messages.
-    A call with images is refused (UNAVAILABLE) before its message is read when not even
-    one image would be admitted (``GateInterceptor``), as REST's gate refuses a body, so
-    that a full server receives no more.
+    Bounded as REST is: at most ``max_connections`` connections (more are closed at
+    once) and as many calls at a time, a connection closed after ``IDLE_CONNECTION_S``
+    without a call or ``header_timeout_s`` without finishing its HTTP/2 handshake,
+    messages up to the batch limit and not compressed, and at most an eighth of the call
+    slots (at least 16) waiting for one client's messages.
     """
 
     def __init__(
@@ -197,75 +249,62 @@ class GrpcServer:
             maximum_concurrent_rpcs=settings.max_connections,
         )
         services = (
-            (INFERENCE.services[INFERENCE_SERVICE], self.servicer),
-            (TFSERVING.services[PREDICTION_SERVICE], self.tfserving),
-            (TFSERVING.services[MODEL_SERVICE], self.tfserving),
+            (INFERENCE_SERVICE, INFERENCE, self.servicer),
+            (PREDICTION_SERVICE, TFSERVING, self.tfserving),
+            (MODEL_SERVICE, TFSERVING, self.tfserving),
         )
-        for methods, servicer in services:
-            name = next(iter(methods.values())).path.split("/")[1]
-            handlers = self._handlers(methods, servicer)
-            self._server.add_generic_rpc_handlers(
-                [grpc.method_handlers_generic_handler(name, handlers)]
-            )
+        for name, proto, servicer in services:
+            # Each call reads its one message itself (a unary call on the wire), so that
+            # the read is bounded in time and the gate comes before it (grpcio's own
+            # unary handler never answers a call that ends without a message).
+            handlers = {
+                method_name: grpc.stream_unary_rpc_method_handler(
+                    self._answering(method, getattr(servicer, method_name)),
+                    response_serializer=method.response.SerializeToString,
+                )
+                for method_name, method in proto.services[name].items()
+            }
+            handler = grpc.method_handlers_generic_handler(name, handlers)
+            self._server.add_generic_rpc_handlers([handler])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
 
-    def _handlers(
-        self, methods: dict[str, Method], servicer: object
-    ) -> dict[str, grpc.RpcMethodHandler]:
-        """Each call reads its one request message itself (a unary call on the wire), so that
-        the read is bounded in time and the gate of a call with images comes before it.
-        (grpcio's own unary handler never answers a call that ends without a message.)"""
-        handlers = {}
-        for name, method in methods.items():
-            parse: Callable[[bytes], object] = method.request.FromString
-            if name == "ModelInfer":
-                parse = read_infer_call
-            elif name in ("Predict", "Classify"):
-                parse = functools.partial(_tfserving_call, method.request)
-            handlers[name] = grpc.stream_unary_rpc_method_handler(
-                self._answering(method, getattr(servicer, name), parse),
-                response_serializer=method.response.SerializeToString,
-            )
-        return handlers
-
     def _answering(
-        self, method: Method, call: Handler, parse: Callable[[bytes], object]
-    ) -> Handler:
-        """``call`` on the request read from its bytes by ``parse`` (INVALID_ARGUMENT if it is
-        not one), its errors answered as the module docstring says, and counted."""
-        metrics = self.service.metrics
-        settings = self.service.settings
-        path = method.path
+        self, method: Method, call: Callable[[Call], Awaitable[Message]]
+    ) -> Callable[[object, grpc.aio.ServicerContext], Awaitable[Message]]:
+        """``call`` on the call's request (``read_message``), its errors answered as the
+        module docstring says, and counted."""
+        metrics, settings = self.service.metrics, self.service.settings
+        lift = RAW_INPUT_CONTENTS if method.path.endswith("/ModelInfer") else 0
 
         async def answer(requests: object, context: grpc.aio.ServicerContext) -> Message:
             started = time.perf_counter()
-            code = grpc.StatusCode.OK
+            code, body, request = grpc.StatusCode.OK, b"", None
             try:
                 with self._waiting(peer_key(context.peer())):
-                    request, size = await self._receive(context, method, parse)
+                    body = await self._read(context)
                 upload = self.gate.uploads.get(context)
-                if upload is not None:
-                    request = request._replace(upload=upload)  # type: ignore[attr-defined]
-                with self.service.admission.holding(size if upload is not None else 0):
-                    return await call(request, context)
+                request = Call(*read_message(body, method.request, lift), upload)
+                with self.service.admission.holding(len(body) if upload is not None else 0):
+                    body = b""
+                    return await call(request)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
-                code, message, trailers = status_of(exc, settings, path)
+                code, text, trailers = status_of(exc, settings, method.path)
             finally:
-                metrics.grpc_requests.labels(method=path, code=code.name).inc()
-                metrics.latency.labels(route=path).observe(time.perf_counter() - started)
+                metrics.grpc_requests.labels(method=method.path, code=code.name).inc()
+                metrics.latency.labels(route=method.path).observe(time.perf_counter() - started)
             # The abort's traceback holds this frame, and grpc.aio keeps the last aborted
             # call's: the refused request must not stay in memory with it.
-            request = None
-            await context.abort(code, message, trailers)
+            body, request = b"", None
+            await context.abort(code, text, trailers)
 
         return answer
 
     @contextlib.contextmanager
     def _waiting(self, client: str | None) -> Iterator[None]:
-        """Count a call of ``client`` as waiting for its message; UNAVAILABLE past
+        """Count a call of ``client`` as waiting for its message; 503 past
         ``_most_waiting``, so that one client cannot hold every call slot with calls
         that send nothing (each would hold one until the body timeout)."""
         waiting = self._waiting_by_client
@@ -274,7 +313,8 @@ class GrpcServer:
                 f"this client has {waiting[client]} calls waiting for their message "
                 f"(at most {self._most_waiting}); retry shortly"
             )
-            raise GrpcError(grpc.StatusCode.UNAVAILABLE, message, 503)
+            retry = {"Retry-After": str(self.service.settings.retry_after_s)}
+            raise HTTPException(503, message, retry)
         waiting[client] += 1
         try:
             yield
@@ -282,24 +322,6 @@ class GrpcServer:
             waiting[client] -= 1
             if not waiting[client]:
                 del waiting[client]
-
-    async def _receive(
-        self, context: grpc.aio.ServicerContext, method: Method, parse: Callable[[bytes], object]
-    ) -> tuple[Any, int]:
-        """The call's request and its size: its message read (``_read``), its elements
-        counted on the wire (``wire.check_fields``: 413 past ``MOST_FIELDS``), then parsed
-        (400 if it is not the method's message)."""
-        body = await self._read(context)
-        try:
-            wire.check_fields(body, method.request.DESCRIPTOR, MOST_FIELDS)
-            return parse(body), len(body)
-        except wire.TooManyFieldsError as exc:
-            raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), 413) from None
-        except DecodeError as exc:
-            name = method.request.DESCRIPTOR.full_name
-            raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, f"not a {name}: {exc}", 400) from None
-        finally:
-            del body
 
     async def _read(self, context: grpc.aio.ServicerContext) -> bytes:
         """The call's request message, whole within ``body_timeout_s`` (gRPC shows no
@@ -309,16 +331,17 @@ class GrpcServer:
             body = await asyncio.wait_for(context.read(), limit)
         except (asyncio.TimeoutError, TimeoutError):
             message = f"the request message did not arrive within {limit:g} s"
-            raise GrpcError(grpc.StatusCode.DEADLINE_EXCEEDED, message, 408) from None
+            raise HTTPException(408, message) from None
         if body is grpc.aio.EOF:  # also how a call cancelled before its message reads here
-            raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, "no request message", 400)
+            raise HTTPException(400, "no request message")
         try:  # a unary call's client ends its stream after its one message
             more = await asyncio.wait_for(context.read(), limit)
         except (asyncio.TimeoutError, TimeoutError):
             more = None
         if more is not grpc.aio.EOF:
-            message = "a unary call takes one request message and the end of its stream"
-            raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, message, 400)
+            raise HTTPException(
+                400, "a unary call takes one request message and the end of its stream"
+            )
         return body
 
     async def start(self, address: str) -> None:

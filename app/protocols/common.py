@@ -1,66 +1,37 @@
-"""What the Open Inference Protocol and TF Serving's REST API share.
+"""What the protocols share: their tensors, images and limits.
 
-* Bodies are read by the routes themselves (``parse_json``), whatever their
-  Content-Type: tritonclient sends none, ``curl -d`` sends a form type, and the
-  binary tensor data extension puts raw bytes after the JSON. A body that does not
-  validate is a 400 naming the first problems (``app.api.schemas.request_body``
-  documents such a body in the OpenAPI page).
-* Images travel as standard (or URL-safe) base64 in JSON (``decode_b64``); they
-  obey the limits of ``/predict/batch``: at most ``max_files_per_request`` per
-  request and ``max_upload_bytes`` each, none empty (``check_images``).
-* Memory: a body is read into one buffer (``read_body``) and dropped once parsed;
-  each base64 text is dropped once decoded (``decode_all``): a JSON request peaks
-  while its body and its texts are both held, at most 2.8 bytes per byte of its
-  files (``bench/results/upload-memory.json``).
-* Tensors given as JSON numbers become float32 arrays (``as_pixels``); their shape
-  and values are checked against the version's contract by the service. The body is
-  parsed once, large tensors straight into arrays (``app.protocols.numbers``,
-  ``read_json``);
-  any other body costs pydantic a Python object per number, seconds of CPU holding
-  the GIL and several times the body in memory (``bench/results/json-offload.md``).
-  So a body is refused before parsing when its commas show more values than
-  ``max_json_images`` images hold, or its brackets more arrays (``check_values``),
-  and a body of at least ``json_offload_values`` values and arrays is parsed in a
-  worker process, which sends back its tensors as arrays
-  (``parse_json``, ``app.core.offload``): the event loop keeps serving meanwhile.
-  What is left besides those arrays (names, shapes, images' base64 texts) is small
-  in a legal request; more than ``most_leftovers`` such values is a 413
-  (``check_leftovers``), decided where the body was parsed, so that no worker sends
-  back millions of nulls or empty lists for the server to unpickle.
+* Images travel as standard (or URL-safe) base64 in JSON (``decode_b64``); over every
+  protocol they obey the limits of ``/predict/batch``: at most ``max_files_per_request``
+  per request and ``max_upload_bytes`` each, none empty (``check_images``).
+* Pixels travel as JSON numbers (``as_pixels``; ``pack_numbers`` in the parsing of a
+  body, ``app.protocols.numbers``) or little-endian float32 (``pixel_tensor``); their
+  shape and values are checked against the version's contract by the service.
+* The output of every protocol is the table of probabilities (``probability_table``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
-from typing import Annotated, Any, NamedTuple, TypeVar
+import math
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import HTTPException, Request
-from pydantic import (
-    BaseModel,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    WithJsonSchema,
-    WrapValidator,
-)
+from pydantic import ValidatorFunctionWrapHandler, WithJsonSchema, WrapValidator
 
 from app.core.config import Settings
-from app.core.offload import OffloadBrokenError
-from app.core.service import InferenceService
-from app.protocols import numbers
-from catdog.contract import ModelContract
+from app.core.service import Classification, InferenceService
 
 #: A JSON tensor: numbers or strings, flat (row-major) or nested. Its elements are
 #: checked where it is used (``as_pixels``, the base64 strings of images): a
 #: recursive element type made pydantic take 6 s over the largest legal tensor.
 TensorData = list[Any]
-JSON_SLACK = 4096  # values of a legal body beside its tensor: keys, shape, parameters
+MOST_RANK = 8  # dimensions of an input's shape: images have 4 (numpy refuses past 64)
 
 
 def tensor(value: object, handler: ValidatorFunctionWrapHandler) -> object:
-    """An array ``numbers.read`` made of a tensor as it is; anything else as the type says."""
+    """An array the parsing made of a tensor as it is; anything else as the type says."""
     return value if isinstance(value, np.ndarray) else handler(value)
 
 
@@ -77,7 +48,6 @@ JsonTensor = Annotated[
         }
     ),
 ]
-M = TypeVar("M", bound=BaseModel)
 
 
 def header_int(value: str) -> int | None:
@@ -101,153 +71,6 @@ async def read_body(request: Request) -> bytearray:
 def bad_request(message: str) -> HTTPException:
     """400: the request is malformed for the protocol."""
     return HTTPException(400, message)
-
-
-def most_values(settings: Settings, contract: ModelContract) -> int:
-    """The most JSON values a legal body holds: ``max_json_images`` images of pixels (by
-    default ``max_files_per_request``)."""
-    height, width = contract.image_size
-    return settings.json_images * height * width * 3 + JSON_SLACK
-
-
-async def parse_json(
-    service: InferenceService,
-    model: type[M],
-    body: bytes | bytearray,
-    most: int,
-    pack: Callable[[M], None],
-) -> M:
-    """``read_json``: 413 first, without parsing, when the body holds more than ``most``
-    values (``check_values``). In a worker process when the body holds
-    ``json_offload_values`` values or more, so that no Python object per number comes
-    back; in place otherwise, with the same answers. 503 if the worker dies."""
-    settings = service.settings
-    counts = JsonCounts.of(body)
-    check_values(counts, most)
-    offload = service.offload
-    reading = Reading(counts, pack, most_leftovers(settings), settings.json_fast_tensors)
-    if not offload.enabled or sum(counts) < settings.json_offload_values:
-        return read_json(model, body, reading)
-    try:
-        answer = await offload.run(parse_packed, model, body, reading)
-    except OffloadBrokenError as exc:
-        retry = str(service.settings.retry_after_s)
-        raise HTTPException(503, f"{exc}; retry", headers={"Retry-After": retry}) from None
-    service.metrics.json_offloaded.inc()
-    if isinstance(answer, tuple):
-        raise HTTPException(*answer)
-    return answer
-
-
-class Reading(NamedTuple):
-    """How ``read_json`` reads a body: its counts, ``pack`` and limit."""
-
-    counts: JsonCounts  # the body's
-    pack: Callable[[Any], None]  # the protocol's: its number tensors as arrays
-    leftovers: int  # values besides them (``check_leftovers``)
-    fast: bool  # parse once, large number tensors straight into arrays (``numbers.read``)
-
-
-def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M | tuple[int, str]:
-    """``read_json`` in a worker process; an HTTP error as (status, detail)."""
-    try:
-        return read_json(model, body, reading)
-    except HTTPException as exc:
-        return exc.status_code, str(exc.detail)
-
-
-def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
-    """``parse_body``, ``pack`` and ``check_leftovers``, the body parsed once with its large
-    tensors of numbers read straight into arrays (``app.protocols.numbers``). If those
-    values do not validate, the body is parsed again as it came, so that its answer is
-    the same. The caller has checked the body's counts (``check_values``)."""
-    values = numbers.read(body) if reading.fast else None
-    if values is not None:
-        try:
-            request = model.model_validate(values)
-            reading.pack(request)
-        except (ValidationError, HTTPException):
-            request = None
-        del values
-        if request is not None:
-            check_leftovers(request, reading.leftovers)
-            return request
-    request = parse_body(model, body)
-    reading.pack(request)
-    check_leftovers(request, reading.leftovers)
-    return request
-
-
-def parse_body(model: type[M], body: bytes | bytearray) -> M:
-    """Validate a JSON body as ``model``; 400 naming the first problems."""
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
-        ]
-        raise bad_request("invalid request: " + "; ".join(problems)) from None
-
-
-class JsonCounts(NamedTuple):
-    """What a JSON body holds, counted on its bytes before parsing."""
-
-    commas: int  # each value after the first of an array or object follows one
-    containers: int  # arrays and objects: "[" and "{" (base64 has neither)
-
-    @classmethod
-    def of(cls, body: bytes | bytearray) -> JsonCounts:
-        """The counts of ``body``."""
-        return cls(body.count(b","), body.count(b"[") + body.count(b"{"))
-
-
-def check_values(counts: JsonCounts, most: int) -> None:
-    """413 when a JSON body's commas show more than ``most`` values, or it holds more
-    than ``most // 2`` arrays and objects: a tensor of pixels has one array per pixel (3
-    values) and a few per row, while empty arrays nested ~200 deep cost a Python object
-    each for no comma at all."""
-    advice = (
-        "the images of pixels a request may send as JSON numbers; send images, or pixels "
-        "as binary tensor data"
-    )
-    if counts.commas >= most:
-        raise HTTPException(413, f"the JSON holds more than {most} values, more than {advice}")
-    if counts.containers >= most // 2:
-        raise HTTPException(
-            413, f"the JSON holds more than {most // 2} arrays and objects, more than {advice}"
-        )
-
-
-def most_leftovers(settings: Settings) -> int:
-    """The most values a legal request holds besides its number tensors: a few per image
-    sent as base64 (the text, its key, its object) and the keys, names and shapes
-    around them."""
-    return JSON_SLACK + 4 * settings.max_files_per_request
-
-
-def check_leftovers(request: BaseModel, most: int) -> None:
-    """413 when ``request``, its number tensors packed into arrays, still holds more than
-    ``most`` values (nulls, strings, empty lists, keys...): no legal request does, and
-    each costs a Python object wherever the request goes. Stops counting at ``most``."""
-    pending: list[object] = [request]
-    seen = 0
-    while pending:
-        item = pending.pop()
-        if isinstance(item, BaseModel):
-            item = {**item.__dict__, **(item.model_extra or {})}
-        if not isinstance(item, (dict, list)):
-            continue
-        seen += len(item) * (2 if isinstance(item, dict) else 1)  # keys count
-        if seen > most:
-            raise HTTPException(
-                413,
-                f"the JSON holds more than {most} values besides its tensors of numbers; "
-                "images travel as base64 texts, pixels as numbers",
-            )
-        if isinstance(item, dict):
-            pending.extend(item.values())
-        else:
-            pending.extend(item)
 
 
 def check_model_name(service: InferenceService, name: str) -> None:
@@ -360,3 +183,29 @@ def _element_types(data: list[Any], found: set[type]) -> set[type]:
     else:
         found.update(map(type, data))
     return found
+
+
+def pixel_tensor(
+    shape: list[int], what: str, settings: Settings, raw: Any = None, values: Any = None
+) -> np.ndarray:
+    """A float32 tensor of ``shape`` (its first size the image count, checked) from
+    little-endian float32 bytes ``raw``, or ``values`` (an array, or a JSON tensor:
+    ``as_pixels``); 400 when they do not fill it."""
+    check_count(shape[0], settings)
+    count = math.prod(shape)
+    if count == 0:  # numpy refuses such a shape when its other sizes are huge
+        raise bad_request(f"{what}: shape {shape} holds no pixels")
+    if raw is not None:
+        if len(raw) != 4 * count:
+            raise bad_request(f"{what}: shape {shape} needs {4 * count} bytes")
+        values = np.frombuffer(raw, dtype="<f4")
+    elif not isinstance(values, np.ndarray):
+        values = as_pixels([] if values is None else values, what)
+    if values.size != count:
+        raise bad_request(f"{what}: shape {shape} but {values.size} elements")
+    return values.reshape(shape).astype(np.float32, copy=False)
+
+
+def probability_table(results: list[Classification]) -> np.ndarray:
+    """The output ``probabilities``: float32 [N, C], classes in the contract's order."""
+    return np.array([list(r.probabilities.values()) for r in results], np.float32)

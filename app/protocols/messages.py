@@ -21,9 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
+
+from app.core.gate import Upload
 
 SCHEMAS = Path(__file__).parent / "schemas.binpb"
 
@@ -45,6 +48,16 @@ class Proto:
     package: str
     messages: dict[str, type[Message]]
     services: dict[str, dict[str, Method]]
+
+
+class Call(NamedTuple):
+    """A call as a servicer gets it: its request ``message``, the values lifted out of it
+    as views into the received bytes (``raw_input_contents``: ``read_message`` in
+    ``app.api.grpc_server``) and, for a call with images, the ``Upload`` its gate opened."""
+
+    message: Message
+    raws: list[memoryview]
+    upload: Upload | None = None
 
 
 def load(package: str, path: Path = SCHEMAS) -> Proto:

@@ -1,29 +1,202 @@
-"""JSON bodies parsed once, with their tensors of numbers read straight into arrays.
+"""JSON bodies of the protocols: read by the routes themselves, parsed once, their tensors
+of numbers straight into arrays.
 
-A pixel tensor sent as JSON numbers (TF Serving's ``instances``/``inputs``, an OIP
-input's ``data``) costs pydantic a Python float per number and a list per pixel: seconds
-of CPU and several times the body in memory for 32 images
+* Bodies are read whatever their Content-Type (tritonclient sends none, ``curl -d``
+  sends a form type, the binary tensor data extension puts raw bytes after the JSON).
+  A body that does not validate is a 400 naming the first problems.
+* A body is refused (413) before parsing when its commas show more values than
+  ``max_json_images`` images hold, or its brackets more arrays (``check_values``). A
+  body of at least ``json_offload_values`` values and arrays is parsed in a worker
+  process (``app.core.offload``), which sends its tensors back as arrays: the event
+  loop keeps serving meanwhile. What is left besides those arrays (names, shapes,
+  base64 texts) is small in a legal request; more than ``most_leftovers`` values is a
+  413 (``check_leftovers``), decided where the body was parsed.
+* Memory: a body is read into one buffer (``common.read_body``) and dropped once
+  parsed: a JSON request peaks while its body and its texts are both held, at most 2.8
+  bytes per byte of its files (``bench/results/upload-memory.json``).
+
+The fast path, ``read``: a pixel tensor as JSON numbers costs pydantic a Python float
+per number and a list per pixel; 32 images (101 MB of JSON) took 2.7 s on the event
+loop, 1.6 s read by ``read``, and 734 MB of peak memory instead of 1,053 MB
 (``bench/results/json-offload.md``). ``read`` parses the body once with simdjson into
-Python values, in which every large rectangular tensor of numbers is already a float32
-array; pydantic then validates those values, and the protocols take the arrays as they
-are (``common.pack_numbers``).
-
-It is only a faster way to the same answer. An array becomes an array of numbers only
+Python values in which every large rectangular tensor of numbers is already a float32
+array; pydantic validates those values and the protocols take the arrays as they are.
+It is only a faster way to the same answer: an array becomes an array of numbers only
 when its text is at least ``MIN_BYTES``, it is rectangular (its brackets and commas are
-exactly those of the shape its first elements give, at most ``MOST_RANK`` dimensions),
-every leaf is a JSON number, none past 2**53 (numpy rounds such an integer once, to
-float32). ``read`` gives up (None: the caller parses the body as it came, so errors read
-as they always did) when simdjson refuses the body (its number grammar is JSON's, but it
-refuses integers past 2**64, which pydantic reads) or a number is longer than
-``MOST_NUMBER_BYTES`` (pydantic refuses 4,301 digits).
+exactly those of the shape its first elements give, at most ``MOST_RANK``
+dimensions), every leaf is a JSON number, none past 2**53. ``read`` gives up (None:
+the body is parsed as it came, so errors read as they always did) when simdjson
+refuses the body (it refuses integers past 2**64, which pydantic reads) or a number is
+longer than ``MOST_NUMBER_BYTES`` (pydantic refuses 4,301 digits).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import simdjson
+from fastapi import HTTPException
+from pydantic import BaseModel, ValidationError
+
+from app.core.config import Settings
+from app.core.offload import OffloadBrokenError
+from app.core.service import InferenceService
+from app.protocols.common import bad_request
+from catdog.contract import ModelContract
+
+M = TypeVar("M", bound=BaseModel)
+JSON_SLACK = 4096  # values of a legal body beside its tensor: keys, shape, parameters
+
+
+def most_values(settings: Settings, contract: ModelContract) -> int:
+    """The most JSON values a legal body holds: ``max_json_images`` images of pixels (by
+    default ``max_files_per_request``)."""
+    height, width = contract.image_size
+    return settings.json_images * height * width * 3 + JSON_SLACK
+
+
+async def parse_json(
+    service: InferenceService,
+    model: type[M],
+    body: bytes | bytearray,
+    most: int,
+    pack: Callable[[M], None],
+) -> M:
+    """``read_json``: 413 first, without parsing, when the body holds more than ``most``
+    values (``check_values``). In a worker process when the body holds
+    ``json_offload_values`` values or more, so that no Python object per number comes
+    back; in place otherwise, with the same answers. 503 if the worker dies."""
+    settings = service.settings
+    counts = JsonCounts.of(body)
+    check_values(counts, most)
+    offload = service.offload
+    reading = Reading(counts, pack, most_leftovers(settings), settings.json_fast_tensors)
+    if not offload.enabled or sum(counts) < settings.json_offload_values:
+        return read_json(model, body, reading)
+    try:
+        answer = await offload.run(parse_packed, model, body, reading)
+    except OffloadBrokenError as exc:
+        retry = str(service.settings.retry_after_s)
+        raise HTTPException(503, f"{exc}; retry", headers={"Retry-After": retry}) from None
+    service.metrics.json_offloaded.inc()
+    if isinstance(answer, tuple):
+        raise HTTPException(*answer)
+    return answer
+
+
+class Reading(NamedTuple):
+    """How ``read_json`` reads a body: its counts, ``pack`` and limit."""
+
+    counts: JsonCounts  # the body's
+    pack: Callable[[Any], None]  # the protocol's: its number tensors as arrays
+    leftovers: int  # values besides them (``check_leftovers``)
+    fast: bool  # parse once, large number tensors straight into arrays (``read``)
+
+
+def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M | tuple[int, str]:
+    """``read_json`` in a worker process; an HTTP error as (status, detail)."""
+    try:
+        return read_json(model, body, reading)
+    except HTTPException as exc:
+        return exc.status_code, str(exc.detail)
+
+
+def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
+    """``parse_body``, ``pack`` and ``check_leftovers``, the body parsed once with its large
+    tensors of numbers read straight into arrays (``read``). If those
+    values do not validate, the body is parsed again as it came, so that its answer is
+    the same. The caller has checked the body's counts (``check_values``)."""
+    values = read(body) if reading.fast else None
+    if values is not None:
+        try:
+            request = model.model_validate(values)
+            reading.pack(request)
+        except (ValidationError, HTTPException):
+            request = None
+        del values
+        if request is not None:
+            check_leftovers(request, reading.leftovers)
+            return request
+    request = parse_body(model, body)
+    reading.pack(request)
+    check_leftovers(request, reading.leftovers)
+    return request
+
+
+def parse_body(model: type[M], body: bytes | bytearray) -> M:
+    """Validate a JSON body as ``model``; 400 naming the first problems."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
+        ]
+        raise bad_request("invalid request: " + "; ".join(problems)) from None
+
+
+class JsonCounts(NamedTuple):
+    """What a JSON body holds, counted on its bytes before parsing."""
+
+    commas: int  # each value after the first of an array or object follows one
+    containers: int  # arrays and objects: "[" and "{" (base64 has neither)
+
+    @classmethod
+    def of(cls, body: bytes | bytearray) -> JsonCounts:
+        """The counts of ``body``."""
+        return cls(body.count(b","), body.count(b"[") + body.count(b"{"))
+
+
+def check_values(counts: JsonCounts, most: int) -> None:
+    """413 when a JSON body's commas show more than ``most`` values, or it holds more
+    than ``most // 2`` arrays and objects: a tensor of pixels has one array per pixel (3
+    values) and a few per row, while empty arrays nested ~200 deep cost a Python object
+    each for no comma at all."""
+    advice = (
+        "the images of pixels a request may send as JSON numbers; send images, or pixels "
+        "as binary tensor data"
+    )
+    if counts.commas >= most:
+        raise HTTPException(413, f"the JSON holds more than {most} values, more than {advice}")
+    if counts.containers >= most // 2:
+        raise HTTPException(
+            413, f"the JSON holds more than {most // 2} arrays and objects, more than {advice}"
+        )
+
+
+def most_leftovers(settings: Settings) -> int:
+    """The most values a legal request holds besides its number tensors: a few per image
+    sent as base64 (the text, its key, its object) and the keys, names and shapes
+    around them."""
+    return JSON_SLACK + 4 * settings.max_files_per_request
+
+
+def check_leftovers(request: BaseModel, most: int) -> None:
+    """413 when ``request``, its number tensors packed into arrays, still holds more than
+    ``most`` values (nulls, strings, empty lists, keys...): no legal request does, and
+    each costs a Python object wherever the request goes. Stops counting at ``most``."""
+    pending: list[object] = [request]
+    seen = 0
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseModel):
+            item = {**item.__dict__, **(item.model_extra or {})}
+        if not isinstance(item, (dict, list)):
+            continue
+        seen += len(item) * (2 if isinstance(item, dict) else 1)  # keys count
+        if seen > most:
+            raise HTTPException(
+                413,
+                f"the JSON holds more than {most} values besides its tensors of numbers; "
+                "images travel as base64 texts, pixels as numbers",
+            )
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        else:
+            pending.extend(item)
+
 
 MIN_BYTES = 4096  # smaller tensors are cheap enough as Python objects
 MOST_NUMBER_BYTES = 1000  # between two brackets or commas; pixels need ~20

@@ -30,8 +30,7 @@ from tritonclient.utils import InferenceServerException
 
 from app.core.gate import Upload, peer_key
 from app.main import shutdown_started
-from app.protocols.messages import INFERENCE, TFSERVING
-from app.protocols.oip.servicer import InferCall
+from app.protocols.messages import INFERENCE, TFSERVING, Call
 from servicekit import Server, free_port, start_uvicorn, stop, wait_ready
 from tests import images as test_images
 from tests.app.helpers import (
@@ -744,7 +743,7 @@ async def test_a_refused_request_is_not_kept_after_its_answer(served: Served) ->
         found = []
         for frame in (o for o in gc.get_objects() if isinstance(o, types.FrameType)):
             for name, value in frame.f_locals.items():
-                held = value.raws if isinstance(value, InferCall) else [value]
+                held = value.raws if isinstance(value, Call) else [value]
                 if any(isinstance(v, bytes | memoryview) and marker in bytes(v) for v in held):
                     found.append(f"{frame.f_code.co_name}: {name}")
         return found

@@ -5,8 +5,9 @@ every message that
 tritonclient's generated code (Triton's ``grpc_service.proto``) also has is compared
 field by field (number, type, label, message type, oneof, nested and map entries),
 and messages cross between the two on the wire.
-``split_field``, which lifts raw tensor data out of a message without copying it, must
-read what protobuf reads: the same errors, the same fields.
+``read_message``, which counts a message's fields on the wire and lifts raw tensor data
+out of it without copying it, must read what protobuf reads: the same errors, the same
+fields; a group, which these schemas do not have, it refuses.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from fastapi import HTTPException
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
-from app.protocols import wire
+from app.api.grpc_server import read_message
 from app.protocols.messages import INFERENCE, SCHEMAS
-from app.protocols.oip.servicer import read_infer_call
+from app.protocols.oip.servicer import RAW_INPUT_CONTENTS
 
 
 def fields(descriptor: Descriptor, prefix: str = "") -> dict[str, tuple[object, ...]]:
@@ -120,12 +122,18 @@ def _outcome(body: bytes) -> tuple[str, object]:
 
 
 def _scanned(body: bytes) -> tuple[str, object]:
-    """The same through ``read_infer_call`` (the scanner, or its fallback)."""
+    """The same through ``read_message``; a group it refuses is ("group", None)."""
     try:
-        call = read_infer_call(body)
-    except DecodeError:
-        return "error", None
-    return "ok", (call.message, [bytes(r) for r in call.raws])
+        message, raws = read_message(body, MESSAGE, RAW_INPUT_CONTENTS)
+    except HTTPException as exc:
+        assert exc.status_code == 400
+        return ("group" if "a group?" in exc.detail else "error"), None
+    return "ok", (message, [bytes(r) for r in raws])
+
+
+def _check(body: bytes, most: int) -> None:
+    """``read_message``'s count of ``body``'s fields, for a bound of ``most``."""
+    read_message(body, MESSAGE, RAW_INPUT_CONTENTS, most)
 
 
 def _request() -> bytes:
@@ -136,7 +144,8 @@ def _request() -> bytes:
     return request.SerializeToString()
 
 
-BASE = INFERENCE.messages["ModelInferRequest"](model_name="catdog").SerializeToString()
+MESSAGE = INFERENCE.messages["ModelInferRequest"]
+BASE = MESSAGE(model_name="catdog").SerializeToString()
 
 
 @pytest.mark.parametrize(
@@ -154,7 +163,6 @@ BASE = INFERENCE.messages["ModelInferRequest"](model_name="catdog").SerializeToS
         pytest.param(BASE + b"\x3a\xff\xff", id="length-unfinished"),
         pytest.param(BASE + b"\x38\x05", id="field-7-as-varint"),
         pytest.param(BASE + b"\x3d\x00\x00\x00\x00", id="field-7-as-fixed32"),
-        pytest.param(BASE + b"\x43\x44", id="group"),
         pytest.param(BASE + b"\x02\x00", id="field-0"),
         pytest.param(BASE + b"\x48" + b"\xff" * 9 + b"\x01", id="varint-10-bytes"),
         pytest.param(BASE + b"\x48" + b"\xff" * 10 + b"\x01", id="varint-11-bytes"),
@@ -165,6 +173,12 @@ BASE = INFERENCE.messages["ModelInferRequest"](model_name="catdog").SerializeToS
 )
 def test_the_scanner_reads_what_protobuf_reads(body: bytes) -> None:
     assert _scanned(body) == _outcome(body)
+
+
+def test_the_scanner_refuses_a_group() -> None:
+    """Protobuf reads an unknown group; the count cannot skip it without reading it."""
+    assert _outcome(BASE + b"\x43\x44")[0] == "ok"
+    assert _scanned(BASE + b"\x43\x44") == ("group", None)
 
 
 def test_the_scanner_equals_protobuf_on_mutated_requests() -> None:
@@ -185,21 +199,23 @@ def test_the_scanner_equals_protobuf_on_mutated_requests() -> None:
                 del body[at:]
                 if not body:
                     break
-        assert _scanned(bytes(body)) == _outcome(bytes(body)), bytes(body).hex()
+        scanned = _scanned(bytes(body))
+        if scanned[0] != "group":
+            assert scanned == _outcome(bytes(body)), bytes(body).hex()
 
 
 def test_fields_are_counted_through_sub_messages_and_maps() -> None:
-    """``check_fields`` counts what protobuf would make objects of, at every depth."""
+    """The count is of what protobuf would make objects of, at every depth."""
     request = INFERENCE.messages["ModelInferRequest"](model_name="catdog")  # 1 field
     tensor = request.inputs.add(name="image_bytes", datatype="BYTES")  # 1, and 2 in it
     tensor.shape.append(2)  # 1, and 1 for the byte of its packed varint
     tensor.parameters["content_type"].string_param = "x"  # entry 1: key 1, value 1: 1
     tensor.contents.bytes_contents.extend([b"a", b"b"])  # 1, and 2 in it
     body = request.SerializeToString()
-    descriptor = request.DESCRIPTOR
-    wire.check_fields(body, descriptor, 13)
-    with pytest.raises(wire.TooManyFieldsError, match="more than 12 fields"):
-        wire.check_fields(body, descriptor, 12)
+    _check(body, 13)
+    with pytest.raises(HTTPException, match="more than 12 fields") as refused:
+        _check(body, 12)
+    assert refused.value.status_code == 413
 
 
 def test_each_byte_of_packed_varints_counts() -> None:
@@ -208,11 +224,10 @@ def test_each_byte_of_packed_varints_counts() -> None:
     request = INFERENCE.messages["ModelInferRequest"](model_name="catdog")
     tensor = request.inputs.add(name="images", datatype="FP32")
     tensor.contents.fp32_contents.extend([0.5] * 1000)
-    descriptor = request.DESCRIPTOR
-    wire.check_fields(request.SerializeToString(), descriptor, 10)
+    _check(request.SerializeToString(), 10)
     tensor.contents.int64_contents.extend([1] * 1000)
-    with pytest.raises(wire.TooManyFieldsError):
-        wire.check_fields(request.SerializeToString(), descriptor, 1000)
+    with pytest.raises(HTTPException, match="more than 1000 fields"):
+        _check(request.SerializeToString(), 1000)
 
 
 @pytest.mark.parametrize(
@@ -222,7 +237,8 @@ def test_each_byte_of_packed_varints_counts() -> None:
 )
 def test_what_the_count_cannot_read_is_refused(body: bytes) -> None:
     """Nothing goes uncounted: a group (these schemas have none) or a cut field is a
-    DecodeError, as protobuf's own parse would be for the cut ones."""
-    with pytest.raises(DecodeError):
-        wire.check_fields(body, INFERENCE.messages["ModelInferRequest"].DESCRIPTOR, 10)
-    wire.check_fields(b"", INFERENCE.messages["ModelInferRequest"].DESCRIPTOR, 10)
+    400, as protobuf's own parse would be for the cut ones."""
+    with pytest.raises(HTTPException, match="not a inference.ModelInferRequest") as refused:
+        _check(body, 10)
+    assert refused.value.status_code == 400
+    _check(b"", 10)

@@ -17,7 +17,6 @@ from fastapi import HTTPException
 from pydantic import BaseModel
 
 from app.protocols import numbers
-from app.protocols.common import JsonCounts, Reading, read_json
 from app.protocols.oip import codec as oip
 from app.protocols.oip import schemas as oip_schemas
 from app.protocols.tfserving import codec as tfserving
@@ -193,9 +192,9 @@ def test_a_body_of_images_is_plain_values(body: bytes) -> None:
 def read(model: type[BaseModel], body: bytes, fast: bool) -> object:
     """What ``read_json`` gives: the request as plain values, or (status, detail)."""
     pack = tfserving._pack if model is tfserving.PredictRequest else oip._pack  # noqa: SLF001
-    reading = Reading(JsonCounts.of(body), pack, 4096, fast)
+    reading = numbers.Reading(numbers.JsonCounts.of(body), pack, 4096, fast)
     try:
-        return plain(read_json(model, body, reading))
+        return plain(numbers.read_json(model, body, reading))
     except HTTPException as exc:
         return exc.status_code, exc.detail
 

@@ -26,7 +26,7 @@ import pytest
 from fastapi import HTTPException
 
 from app.core.offload import Offload
-from app.protocols.common import parse_json
+from app.protocols.numbers import parse_json
 from app.protocols.tfserving.codec import PredictRequest
 from servicekit import Server, start_uvicorn, stop, value, wait_ready
 from tests.app.helpers import serve, settings_for

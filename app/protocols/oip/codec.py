@@ -26,7 +26,6 @@ is built the same way.
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass
 
@@ -38,8 +37,8 @@ from app.core.errors import ModelNotReadyError
 from app.core.gate import Upload
 from app.core.service import Classification, InferenceService
 from app.protocols.common import (
+    MOST_RANK,
     TensorData,
-    as_pixels,
     bad_request,
     check_count,
     check_images,
@@ -47,11 +46,12 @@ from app.protocols.common import (
     decode_all,
     decode_b64,
     header_int,
-    most_values,
     pack_numbers,
-    parse_json,
+    pixel_tensor,
+    probability_table,
     read_body,
 )
+from app.protocols.numbers import most_values, parse_json
 from app.protocols.oip.schemas import (
     EXTENSIONS,
     IMAGE_BYTES,
@@ -68,7 +68,6 @@ from app.protocols.oip.schemas import (
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-MOST_RANK = 8  # dimensions of an input's shape: images have 4
 
 # ---------------------------------------------------------------- codec
 
@@ -149,11 +148,20 @@ async def infer(
     output = output_choice(infer_request, len(model.contract.class_names))
     given = model_input(infer_request, binary, service.settings)
     del binary  # the body goes with it, unless pixels are a view of it
-    if isinstance(given, EncodedImages):
-        results = await service.classify(given.files, upload=upload, version=version)
-    else:
-        results = await service.classify_tensor(given.array, version, upload)
+    results = await classify(service, given, version, upload)
     return encode(infer_request, results, name, output)
+
+
+async def classify(
+    service: InferenceService,
+    given: EncodedImages | Pixels,
+    version: str | None,
+    upload: Upload | None,
+) -> list[Classification]:
+    """The service's answer for each image or pixel tensor, in order."""
+    if isinstance(given, EncodedImages):
+        return await service.classify(given.files, upload=upload, version=version)
+    return await service.classify_tensor(given.array, version, upload)
 
 
 async def read_request(
@@ -243,31 +251,44 @@ def decode_input(
     return Pixels(_pixels(tensor, raw, settings))
 
 
+def answer_tensor(
+    results: list[Classification], output: OutputChoice
+) -> tuple[str, list[int], np.ndarray | list[bytes]]:
+    """The output ``probabilities`` of REST and gRPC alike: its datatype, shape and
+    elements, float32 [N, C] or, with the classification extension, the strings
+    ``"score:index:label"`` of the ``output.classes`` highest, highest first."""
+    table = probability_table(results)
+    if not output.classes:
+        return "FP32", list(table.shape), table
+    classes = list(results[0].probabilities)
+    strings = []
+    for row in table:
+        order = sorted(range(len(classes)), key=lambda i: -row[i])[: output.classes]
+        strings += [f"{float(row[i])}:{i}:{classes[i]}".encode() for i in order]
+    return "BYTES", [len(results), output.classes], strings
+
+
+def raw_tensor(elements: np.ndarray | list[bytes]) -> bytes:
+    """Elements as binary tensor data: little-endian float32, or each string after its
+    length (4 bytes, little-endian)."""
+    if isinstance(elements, np.ndarray):
+        return elements.astype("<f4").tobytes()
+    return b"".join(struct.pack("<I", len(s)) + s for s in elements)
+
+
 def encode(
     request: InferRequest, results: list[Classification], name: str, output: OutputChoice
 ) -> Response:
     """The answer: JSON, or JSON followed by binary tensor data."""
-    classes = list(results[0].probabilities)
-    table = probability_table(results)
-    raw = b""
-    if output.classes:
-        strings = [top_classes(row, classes, output.classes) for row in table]
-        tensor = ResponseOutput(
-            name=PROBABILITIES, datatype="BYTES", shape=[len(results), output.classes]
-        )
-        flat = [s for row in strings for s in row]
-        if output.binary:
-            raw = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in flat)
-        else:
-            tensor.data = flat
-    else:
-        tensor = ResponseOutput(name=PROBABILITIES, datatype="FP32", shape=list(table.shape))
-        if output.binary:
-            raw = table.astype("<f4").tobytes()
-        else:
-            tensor.data = [float(p) for p in table.ravel()]
+    datatype, shape, elements = answer_tensor(results, output)
+    tensor = ResponseOutput(name=PROBABILITIES, datatype=datatype, shape=shape)
+    raw = raw_tensor(elements) if output.binary else b""
     if output.binary:
         tensor.parameters = {"binary_data_size": len(raw)}
+    elif isinstance(elements, np.ndarray):
+        tensor.data = elements.ravel().tolist()
+    else:
+        tensor.data = [s.decode() for s in elements]
     answer = InferResponse(
         model_name=name, model_version=results[0].model_version, id=request.id, outputs=[tensor]
     )
@@ -279,18 +300,6 @@ def encode(
         media_type="application/octet-stream",
         headers={HEADER_LENGTH: str(len(header))},
     )
-
-
-def probability_table(results: list[Classification]) -> np.ndarray:
-    """The output ``probabilities``: float32 [N, C], classes in the contract's order."""
-    classes = list(results[0].probabilities)
-    return np.array([[r.probabilities[c] for c in classes] for r in results], np.float32)
-
-
-def top_classes(row: np.ndarray, classes: list[str], count: int) -> list[str]:
-    """The classification extension: ``"score:index:label"`` of the ``count`` highest."""
-    order = sorted(range(len(classes)), key=lambda i: -row[i])[:count]
-    return [f"{float(row[i])}:{i}:{classes[i]}" for i in order]
 
 
 def _binary_part(tensor: RequestInput, binary: memoryview) -> memoryview | None:
@@ -367,16 +376,4 @@ def _deserialize_bytes(raw: memoryview) -> list[memoryview]:
 
 
 def _pixels(tensor: RequestInput, raw: memoryview | None, settings: Settings) -> np.ndarray:
-    count = math.prod(tensor.shape)
-    check_count(tensor.shape[0], settings)
-    if count == 0:  # numpy refuses such a shape when its other sizes are huge
-        raise bad_request(f"input {IMAGES}: shape {tensor.shape} holds no pixels")
-    if raw is None:
-        array = as_pixels([] if tensor.data is None else tensor.data, f"input {IMAGES}")
-    else:
-        if len(raw) != 4 * count:
-            raise bad_request(f"input {IMAGES}: shape {tensor.shape} needs {4 * count} bytes")
-        array = np.frombuffer(raw, dtype="<f4")
-    if array.size != count:
-        raise bad_request(f"input {IMAGES}: shape {tensor.shape} but {array.size} elements")
-    return array.reshape(tensor.shape).astype(np.float32, copy=False)
+    return pixel_tensor(tensor.shape, f"input {IMAGES}", settings, raw, tensor.data)

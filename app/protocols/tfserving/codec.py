@@ -36,12 +36,11 @@ from app.protocols.common import (
     check_images,
     check_model_name,
     decode_all,
-    most_values,
     pack_numbers,
     pack_values,
-    parse_json,
     read_body,
 )
+from app.protocols.numbers import most_values, parse_json
 
 SIGNATURE = "serving_default"
 IMAGE_BYTES = "image_bytes"

@@ -23,9 +23,6 @@ to gRPC codes as for the Open Inference Protocol (``grpc_server.status_of``).
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
-
 import numpy as np
 from fastapi import HTTPException
 from google.protobuf.message import Message
@@ -34,9 +31,16 @@ from app.api.routes import version_statuses
 from app.core.config import Settings
 from app.core.gate import Upload
 from app.core.service import Classification, InferenceService
-from app.protocols.common import bad_request, check_count, check_images, check_model_name
-from app.protocols.messages import TFSERVING
-from app.protocols.oip.codec import MOST_RANK
+from app.protocols.common import (
+    MOST_RANK,
+    bad_request,
+    check_count,
+    check_images,
+    check_model_name,
+    pixel_tensor,
+    probability_table,
+)
+from app.protocols.messages import TFSERVING, Call
 from app.protocols.tfserving import codec as tfs
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
@@ -47,13 +51,6 @@ DT_FLOAT, DT_STRING = DATA_TYPES["DT_FLOAT"].number, DATA_TYPES["DT_STRING"].num
 ERROR_CODES = {"OK": 0, "UNKNOWN": 2}  # tensorflow.error.Code, as the REST status names them
 
 
-class Call(NamedTuple):
-    """A request message, and (``Predict``, ``Classify``) the upload its gate opened."""
-
-    message: Message
-    upload: Upload | None = None
-
-
 class TfServingServicer:
     """The calls of ``tensorflow.serving.PredictionService`` and ``ModelService``."""
 
@@ -62,7 +59,7 @@ class TfServingServicer:
 
     # ------------------------------------------------------------ PredictionService
 
-    async def Predict(self, call: Call, context: object) -> Message:  # noqa: N802
+    async def Predict(self, call: Call) -> Message:  # noqa: N802
         """Probabilities [N, C] for images or pixels."""
         request = call.message
         version = self._version(request.model_spec)
@@ -84,8 +81,8 @@ class TfServingServicer:
             size = self.service.model_for(version).contract.image_size
             pixels = _floats(tensor, name, self.service.settings, size)
             results = await self.service.classify_tensor(pixels, version, call.upload)
-        table = np.array([list(r.probabilities.values()) for r in results], dtype="<f4")
-        output = T["TensorProto"](dtype=DT_FLOAT, tensor_content=table.tobytes())
+        table = probability_table(results)
+        output = T["TensorProto"](dtype=DT_FLOAT, tensor_content=table.astype("<f4").tobytes())
         output.tensor_shape.dim.add(size=table.shape[0])
         output.tensor_shape.dim.add(size=table.shape[1])
         return T["PredictResponse"](
@@ -93,7 +90,7 @@ class TfServingServicer:
             outputs={tfs.PROBABILITIES: output},
         )
 
-    async def Classify(self, call: Call, context: object) -> Message:  # noqa: N802
+    async def Classify(self, call: Call) -> Message:  # noqa: N802
         """Per example, every class with its score, in the contract's order."""
         request = call.message
         version = self._version(request.model_spec)
@@ -122,8 +119,9 @@ class TfServingServicer:
             result=T["ClassificationResult"](classifications=classifications),
         )
 
-    async def GetModelMetadata(self, request: Message, context: object) -> Message:  # noqa: N802
+    async def GetModelMetadata(self, call: Call) -> Message:  # noqa: N802
         """The signature ``serving_default``, as ``GET /v1/models/{name}/metadata``."""
+        request = call.message
         version = self._version(request.model_spec)
         fields = set(request.metadata_field)
         if fields != {"signature_def"}:
@@ -152,8 +150,9 @@ class TfServingServicer:
 
     # ------------------------------------------------------------ ModelService
 
-    async def GetModelStatus(self, request: Message, context: object) -> Message:  # noqa: N802
+    async def GetModelStatus(self, call: Call) -> Message:  # noqa: N802
         """Loaded versions AVAILABLE, refused ones END (all of them unless one is named)."""
+        request = call.message
         version = self._version(request.model_spec)
         status = T["ModelVersionStatus"]
         return T["GetModelStatusResponse"](
@@ -243,20 +242,14 @@ def _floats(tensor: Message, name: str, settings: Settings, size: tuple[int, int
     if len(sizes) != 4 or sizes[1:] != [height, width, 3]:
         raise bad_request(f"input {name}: shape {sizes}; expected [N, {height}, {width}, 3]")
     check_count(sizes[0], settings)
-    count = math.prod(sizes)
-    if tensor.tensor_content:
-        if tensor.float_val:
-            raise bad_request(f"input {name}: both tensor_content and float_val")
-        if len(tensor.tensor_content) != 4 * count:
-            raise bad_request(f"input {name}: shape {sizes} needs {4 * count} bytes")
-        array = np.frombuffer(tensor.tensor_content, dtype="<f4")
-    elif len(tensor.float_val) == 1:  # at most a full request's pixels: the shape is checked
-        array = np.full(count, tensor.float_val[0], dtype=np.float32)
+    if tensor.tensor_content and tensor.float_val:
+        raise bad_request(f"input {name}: both tensor_content and float_val")
+    if len(tensor.float_val) == 1:  # at most a full request's pixels: the shape is checked
+        values = np.full(sizes, tensor.float_val[0], dtype=np.float32)
     else:
-        if len(tensor.float_val) != count:
-            raise bad_request(f"input {name}: shape {sizes} but {len(tensor.float_val)} values")
-        array = np.array(tensor.float_val, dtype=np.float32)
-    return array.reshape(sizes).astype(np.float32, copy=False)
+        values = np.array(tensor.float_val, dtype=np.float32)
+    raw = tensor.tensor_content or None
+    return pixel_tensor(sizes, f"input {name}", settings, raw, None if raw else values)
 
 
 def _images_in(example: Message) -> dict[str, Message]:
