@@ -1,10 +1,16 @@
-"""Response bodies of the API (they appear in the OpenAPI schema at /docs)."""
+"""Response bodies of the API (they appear in the OpenAPI schema at /docs), and the
+OpenAPI helpers of the routes that read their own bodies or serve two paths."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
+
+F = TypeVar("F", bound=Callable[..., Any])
+VERSION_PATH = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 class Prediction(BaseModel):
@@ -152,3 +158,34 @@ def _inline(node: object, definitions: dict[str, object]) -> object:
     if isinstance(node, list):
         return [_inline(value, definitions) for value in node]
     return node
+
+
+async def path_version(request: Request) -> str | None:
+    """The ``{version}`` of a versioned path; None (the highest loaded) without one
+    (async: a plain function would cost each request a trip through the thread pool)."""
+    return request.path_params.get("version")
+
+
+VersionDep = Annotated[str | None, Depends(path_version)]
+
+
+def versioned(
+    router: APIRouter,
+    method: str,
+    path: str,
+    openapi_extra: dict[str, Any] | None = None,
+    **options: Any,
+) -> Callable[[F], F]:
+    """Serve the decorated endpoint at ``path`` with ``{at}`` removed (the highest loaded
+    version) and replaced by ``/versions/{version}`` (that version: ``VersionDep``)."""
+
+    def register(endpoint: F) -> F:
+        for at, more in (("", {}), ("/versions/{version}", {"parameters": [VERSION_PATH]})):
+            extra = {**(openapi_extra or {}), **more} or None
+            path_at = path.replace("{at}", at)
+            router.add_api_route(
+                path_at, endpoint, methods=[method], openapi_extra=extra, **options
+            )
+        return endpoint
+
+    return register

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.schemas import PROTOCOL_ERRORS, request_body
+from app.api.schemas import PROTOCOL_ERRORS, VersionDep, request_body, versioned
 from app.core.gate import ServiceDep, UploadDep
 from app.protocols.oip import codec as oip
 from app.protocols.oip import schemas as oip_schemas
@@ -59,61 +59,45 @@ async def server_ready(service: ServiceDep) -> oip_schemas.ServerReady | JSONRes
     return oip_schemas.ServerReady(ready=True)
 
 
-@router.get("/v2/models/{name}", response_model=oip_schemas.ModelMetadata, responses=ERRORS)
-async def model_metadata(name: str, service: ServiceDep) -> oip_schemas.ModelMetadata:
-    """Inputs, outputs, loaded versions and runtime of the model (highest version)."""
-    return oip.model_metadata(service, name, None)
-
-
-@router.get(
-    "/v2/models/{name}/versions/{version}",
+@versioned(
+    router,
+    "GET",
+    "/v2/models/{name}{at}",
     response_model=oip_schemas.ModelMetadata,
     responses=ERRORS,
 )
-async def version_metadata(
-    name: str, version: str, service: ServiceDep
+async def model_metadata(
+    name: str, service: ServiceDep, version: VersionDep
 ) -> oip_schemas.ModelMetadata:
-    """Inputs, outputs and runtime of one loaded version."""
+    """Inputs, outputs, loaded versions and runtime of the model (or of one loaded version)."""
     return oip.model_metadata(service, name, version)
 
 
-@router.get("/v2/models/{name}/ready", response_model=oip_schemas.ModelReady, responses=ERRORS)
-async def model_ready(name: str, service: ServiceDep) -> oip_schemas.ModelReady:
-    """200 when the model is loaded and the service accepts requests."""
-    return oip.model_ready(service, name, None)
-
-
-@router.get(
-    "/v2/models/{name}/versions/{version}/ready",
+@versioned(
+    router,
+    "GET",
+    "/v2/models/{name}{at}/ready",
     response_model=oip_schemas.ModelReady,
     responses=ERRORS,
 )
-async def version_ready(name: str, version: str, service: ServiceDep) -> oip_schemas.ModelReady:
-    """200 when this version is loaded and the service accepts requests."""
+async def model_ready(
+    name: str, service: ServiceDep, version: VersionDep
+) -> oip_schemas.ModelReady:
+    """200 when the model (or this version) is loaded and the service accepts requests."""
     return oip.model_ready(service, name, version)
 
 
-@router.post(
-    "/v2/models/{name}/infer",
+@versioned(
+    router,
+    "POST",
+    "/v2/models/{name}{at}/infer",
     response_model=oip_schemas.InferResponse,
     responses=INFER_ERRORS,
     description=INFER_DOC,
     openapi_extra=INFER_BODY,
 )
-async def infer(name: str, request: Request, service: ServiceDep, upload: UploadDep) -> Response:
-    """Classify images or pixels with the highest loaded version."""
-    return await oip.infer(service, name, None, request, upload)
-
-
-@router.post(
-    "/v2/models/{name}/versions/{version}/infer",
-    response_model=oip_schemas.InferResponse,
-    responses=INFER_ERRORS,
-    description=INFER_DOC,
-    openapi_extra=INFER_BODY,
-)
-async def infer_version(
-    name: str, version: str, request: Request, service: ServiceDep, upload: UploadDep
+async def infer(
+    name: str, request: Request, service: ServiceDep, upload: UploadDep, version: VersionDep
 ) -> Response:
-    """Classify images or pixels with one loaded version."""
+    """Classify images or pixels with the highest loaded version, or the one named."""
     return await oip.infer(service, name, version, request, upload)

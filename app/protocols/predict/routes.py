@@ -1,21 +1,166 @@
-"""POST /predict and /predict/batch: classify uploaded images.
+"""POST /predict and /predict/batch: classify uploaded images (multipart bodies).
 
-The multipart body is read by ``app.protocols.predict.multipart`` (each part bounded while it
-streams, a second ``file`` refused, a body cut before its closing boundary a
-400), so the request body schema in OpenAPI is written out here.
+The body is read here, not by Starlette's form parser, which spools every file part to
+a temporary file (on disk past 1 MB) and tells a route a part's size only once the
+whole body is in: one 200 MB part of ``/predict/batch`` (within the batch's body limit)
+was written to disk before its 413, and a body cut before its closing boundary, or a
+second ``file`` field, went unnoticed (422 "Field required", or the last one used).
+
+``read_files`` reads the body once with python-multipart's streaming parser and keeps,
+in memory, only the parts of one field, refusing as soon as something is wrong:
+
+* a part of that field past ``max_bytes``: 413 naming the file, after at most
+  ``max_bytes`` of it were stored (the rest is never read);
+* more parts of that field than ``max_files``: the route's own error (``too_many``),
+  before the extra part is read;
+* a malformed body, part headers over ``MAX_PART_HEADER_BYTES``, more than
+  ``MAX_OTHER_PARTS`` parts of other fields (their bytes are skipped, not stored), or
+  a body that ends before its closing boundary: 400.
+
+A body that is not ``multipart/form-data`` has no parts: the route answers 422 for the
+missing field, as FastAPI does. So the request body schema in OpenAPI is written out
+here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.api.schemas import BatchPrediction, ErrorDetail, Prediction, UnprocessableDetail
 from app.core.gate import ServiceDep, UploadDep
 from app.core.service import Classification
-from app.protocols.predict.multipart import FilePart, read_files
+
+MAX_PART_HEADER_BYTES = 16 * 1024  # the headers of one part
+MAX_OTHER_PARTS = 16  # parts of fields the route does not read
+
+
+@dataclass
+class FilePart:
+    """One part of the field asked for: its file name (if any) and its bytes."""
+
+    filename: str | None
+    data: bytearray = field(default_factory=bytearray)
+
+
+class _Collector:
+    """python-multipart callbacks that keep the parts of one field, within bounds."""
+
+    def __init__(
+        self, field_name: str, max_files: int, max_bytes: int, too_many: Callable[[], Exception]
+    ) -> None:
+        self.field = field_name.encode()
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.too_many = too_many
+        self.parts: list[FilePart] = []
+        self.others = 0
+        self.ended = False
+        self._current: FilePart | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._name = b""
+        self._value = b""
+        self._header_bytes = 0
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        """The callbacks ``MultipartParser`` takes: the ``on_*`` methods."""
+        return {name: getattr(self, name) for name in dir(self) if name.startswith("on_")}
+
+    def on_part_begin(self) -> None:
+        self._current = None
+        self._headers = []
+        self._header_bytes = 0
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise HTTPException(400, f"multipart part headers exceed {MAX_PART_HEADER_BYTES} bytes")
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
+        self._name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
+        self._value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers.append((self._name.lower(), self._value))
+        self._name = self._value = b""
+
+    def on_headers_finished(self) -> None:
+        disposition = next((v for k, v in self._headers if k == b"content-disposition"), b"")
+        _, options = parse_options_header(disposition)
+        name = options.get(b"name")
+        if name is None:
+            raise HTTPException(400, "a multipart part has no name in its Content-Disposition")
+        if name != self.field:
+            self.others += 1
+            if self.others > MAX_OTHER_PARTS:
+                raise HTTPException(400, f"more than {MAX_OTHER_PARTS} other form fields")
+            return  # not read: its bytes are skipped
+        if len(self.parts) == self.max_files:
+            raise self.too_many()
+        filename = options.get(b"filename")
+        self._current = FilePart(None if filename is None else filename.decode(errors="replace"))
+        self.parts.append(self._current)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current
+        if part is None:
+            return
+        if len(part.data) + end - start > self.max_bytes:
+            name = part.filename or self.field.decode()
+            raise HTTPException(413, f"{name} exceeds the upload limit of {self.max_bytes} bytes")
+        part.data += data[start:end]
+
+    def on_part_end(self) -> None:
+        self._current = None
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+async def read_files(
+    request: Request,
+    field_name: str,
+    *,
+    max_files: int,
+    max_bytes: int,
+    too_many: Callable[[], Exception],
+) -> list[FilePart]:
+    """The parts named ``field_name`` of a multipart body, in order (see the module doc)."""
+    kind, options = parse_options_header(request.headers.get("content-type", ""))
+    if kind != b"multipart/form-data":
+        return []
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise HTTPException(400, "multipart/form-data without a boundary in its Content-Type")
+    collector = _Collector(field_name, max_files, max_bytes, too_many)
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    try:
+        async for chunk in request.stream():
+            if collector.ended:
+                continue  # after the closing boundary: ignored
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc}") from exc
+    if not collector.ended:
+        closing = f"--{boundary.decode(errors='replace')}--"
+        raise HTTPException(
+            400,
+            f"the multipart body ended before its closing boundary ({closing}): "
+            "the upload was cut short or built wrongly",
+        )
+    return collector.parts
+
 
 router = APIRouter(tags=["predict"])
 ERRORS = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.schemas import PROTOCOL_ERRORS, request_body
+from app.api.schemas import PROTOCOL_ERRORS, VersionDep, request_body, versioned
 from app.core.gate import ServiceDep, UploadDep
 from app.protocols.tfserving import codec as tfs
 
@@ -19,71 +19,45 @@ PREDICT_BODY = request_body(tfs.PredictRequest, "instances (rows) or inputs (col
 CLASSIFY_BODY = request_body(tfs.ClassifyRequest, "examples, one image each")
 
 
-@router.get("/v1/models/{name}/metadata", response_model=tfs.MetadataResponse, responses=ERRORS)
-async def metadata(name: str, service: ServiceDep) -> tfs.MetadataResponse:
-    """The signature of the highest loaded version."""
-    return tfs.metadata(service, name, None)
-
-
-@router.get(
-    "/v1/models/{name}/versions/{version}/metadata",
+@versioned(
+    router,
+    "GET",
+    "/v1/models/{name}{at}/metadata",
     response_model=tfs.MetadataResponse,
     responses=ERRORS,
 )
-async def version_metadata(name: str, version: str, service: ServiceDep) -> tfs.MetadataResponse:
-    """The signature of one loaded version."""
+async def metadata(name: str, service: ServiceDep, version: VersionDep) -> tfs.MetadataResponse:
+    """The signature of the highest loaded version, or of the one named."""
     return tfs.metadata(service, name, version)
 
 
-@router.post(
-    "/v1/models/{name}:predict",
+@versioned(
+    router,
+    "POST",
+    "/v1/models/{name}{at}:predict",
     response_model=tfs.PredictResponse,
     response_model_exclude_none=True,
     responses=ERRORS,
     openapi_extra=PREDICT_BODY,
 )
 async def predict(
-    name: str, request: Request, service: ServiceDep, upload: UploadDep
+    name: str, request: Request, service: ServiceDep, upload: UploadDep, version: VersionDep
 ) -> tfs.PredictResponse:
-    """Probabilities [N, C] for images or pixels, with the highest loaded version."""
-    return await tfs.predict(service, name, None, request, upload)
-
-
-@router.post(
-    "/v1/models/{name}/versions/{version}:predict",
-    response_model=tfs.PredictResponse,
-    response_model_exclude_none=True,
-    responses=ERRORS,
-    openapi_extra=PREDICT_BODY,
-)
-async def predict_version(
-    name: str, version: str, request: Request, service: ServiceDep, upload: UploadDep
-) -> tfs.PredictResponse:
-    """Probabilities [N, C] for images or pixels, with one loaded version."""
+    """Probabilities [N, C] for images or pixels, with the highest loaded version or the
+    one named."""
     return await tfs.predict(service, name, version, request, upload)
 
 
-@router.post(
-    "/v1/models/{name}:classify",
+@versioned(
+    router,
+    "POST",
+    "/v1/models/{name}{at}:classify",
     response_model=tfs.ClassifyResponse,
     responses=ERRORS,
     openapi_extra=CLASSIFY_BODY,
 )
 async def classify(
-    name: str, request: Request, service: ServiceDep, upload: UploadDep
+    name: str, request: Request, service: ServiceDep, upload: UploadDep, version: VersionDep
 ) -> tfs.ClassifyResponse:
-    """[[label, score], ...] per image, with the highest loaded version."""
-    return await tfs.classify(service, name, None, request, upload)
-
-
-@router.post(
-    "/v1/models/{name}/versions/{version}:classify",
-    response_model=tfs.ClassifyResponse,
-    responses=ERRORS,
-    openapi_extra=CLASSIFY_BODY,
-)
-async def classify_version(
-    name: str, version: str, request: Request, service: ServiceDep, upload: UploadDep
-) -> tfs.ClassifyResponse:
-    """[[label, score], ...] per image, with one loaded version."""
+    """[[label, score], ...] per image, with the highest loaded version or the one named."""
     return await tfs.classify(service, name, version, request, upload)

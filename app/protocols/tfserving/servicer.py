@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import HTTPException
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from app.api.routes import version_statuses
@@ -129,16 +130,9 @@ class TfServingServicer:
                 f"metadata_field {sorted(fields)}: the one field served is 'signature_def'"
             )
         answer = tfs.metadata(self.service, request.model_spec.name, version)
-        signatures = T["SignatureDefMap"]()
-        for name, signature in answer.metadata["signature_def"].signature_def.items():
-            entry = signatures.signature_def[name]
-            entry.method_name = signature.method_name
-            for side, tensors in (("inputs", signature.inputs), ("outputs", signature.outputs)):
-                for key, info in tensors.items():
-                    target = getattr(entry, side)[key]
-                    target.name, target.dtype = info.name, info.dtype  # type: ignore[assignment]
-                    for dim in info.tensor_shape.dim:
-                        target.tensor_shape.dim.add(size=int(dim.size))
+        signatures = json_format.ParseDict(
+            answer.metadata["signature_def"].model_dump(), T["SignatureDefMap"]()
+        )
         packed = T["Any"](
             type_url=f"type.googleapis.com/{signatures.DESCRIPTOR.full_name}",
             value=signatures.SerializeToString(),
