@@ -21,6 +21,7 @@ from fastapi import HTTPException, Request
 from pydantic import ValidatorFunctionWrapHandler, WithJsonSchema, WrapValidator
 
 from app.core.config import Settings
+from app.core.gate import Upload
 from app.core.service import Classification, InferenceService
 
 #: A JSON tensor: numbers or strings, flat (row-major) or nested. Its elements are
@@ -112,7 +113,7 @@ def check_count(count: int, settings: Settings) -> None:
         raise HTTPException(413, f"{count} images; at most {limit} per request")
 
 
-def check_images(files: list[bytes], settings: Settings) -> None:
+def check_images(files: list[bytes] | list[memoryview], settings: Settings) -> None:
     """The limits of ``/predict/batch``: count, size of each file, no empty file."""
     check_count(len(files), settings)
     for position, data in enumerate(files):
@@ -204,6 +205,21 @@ def pixel_tensor(
     if values.size != count:
         raise bad_request(f"{what}: shape {shape} but {values.size} elements")
     return values.reshape(shape).astype(np.float32, copy=False)
+
+
+async def classify_input(
+    service: InferenceService,
+    given: list[bytes] | list[memoryview] | np.ndarray,
+    version: str | None,
+    upload: Upload | None,
+) -> list[Classification]:
+    """Image files through ``InferenceService.classify`` (within ``check_images``),
+    pixels through ``classify_tensor``: every protocol's way to its answer."""
+    if isinstance(given, np.ndarray):
+        check_count(len(given) if given.ndim else 0, service.settings)
+        return await service.classify_tensor(given, version, upload)
+    check_images(given, service.settings)
+    return await service.classify(given, upload=upload, version=version)
 
 
 def probability_table(results: list[Classification]) -> np.ndarray:

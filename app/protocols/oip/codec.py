@@ -41,8 +41,8 @@ from app.protocols.common import (
     TensorData,
     bad_request,
     check_count,
-    check_images,
     check_model_name,
+    classify_input,
     decode_all,
     decode_b64,
     header_int,
@@ -68,22 +68,7 @@ from app.protocols.oip.schemas import (
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-
-# ---------------------------------------------------------------- codec
-
-
-@dataclass(frozen=True)
-class EncodedImages:
-    """Image files to decode with the service's preprocessing."""
-
-    files: list[bytes] | list[memoryview]
-
-
-@dataclass(frozen=True)
-class Pixels:
-    """A float32 batch [N, H, W, 3] the client preprocessed."""
-
-    array: np.ndarray
+Input = list[bytes] | list[memoryview] | np.ndarray  # image files, or pixels
 
 
 @dataclass(frozen=True)
@@ -148,20 +133,8 @@ async def infer(
     output = output_choice(infer_request, len(model.contract.class_names))
     given = model_input(infer_request, binary, service.settings)
     del binary  # the body goes with it, unless pixels are a view of it
-    results = await classify(service, given, version, upload)
+    results = await classify_input(service, given, version, upload)
     return encode(infer_request, results, name, output)
-
-
-async def classify(
-    service: InferenceService,
-    given: EncodedImages | Pixels,
-    version: str | None,
-    upload: Upload | None,
-) -> list[Classification]:
-    """The service's answer for each image or pixel tensor, in order."""
-    if isinstance(given, EncodedImages):
-        return await service.classify(given.files, upload=upload, version=version)
-    return await service.classify_tensor(given.array, version, upload)
 
 
 async def read_request(
@@ -211,9 +184,7 @@ def output_choice(request: InferRequest, class_count: int) -> OutputChoice:
     return OutputChoice(binary, min(classes, class_count))
 
 
-def model_input(
-    request: InferRequest, binary: memoryview, settings: Settings
-) -> EncodedImages | Pixels:
+def model_input(request: InferRequest, binary: memoryview, settings: Settings) -> Input:
     """The request's one input, decoded from JSON or binary tensor data."""
     tensor = only_input(request)
     return decode_input(tensor, _binary_part(tensor, binary), settings)
@@ -243,12 +214,13 @@ def decode_input(
     raw: memoryview | None,
     settings: Settings,
     files: list[bytes] | None = None,
-) -> EncodedImages | Pixels:
+) -> Input:
     """An input checked by ``only_input``, from its raw bytes (``raw``), its image files
-    as they are (``files``, gRPC's ``bytes_contents``) or its JSON ``data``."""
+    as they are (``files``, gRPC's ``bytes_contents``) or its JSON ``data``: image files,
+    or pixels as a float32 array."""
     if tensor.name == IMAGE_BYTES:
-        return EncodedImages(_image_files(tensor, raw, settings, files))
-    return Pixels(_pixels(tensor, raw, settings))
+        return _image_files(tensor, raw, settings, files)
+    return pixel_tensor(tensor.shape, f"input {IMAGES}", settings, raw, tensor.data)
 
 
 def answer_tensor(
@@ -341,7 +313,6 @@ def _image_files(
             files = [decode_b64(str(f, "ascii", "replace"), IMAGE_BYTES) for f in files]
     if len(files) != count:
         raise bad_request(f"input {IMAGE_BYTES}: shape {tensor.shape} but {len(files)} elements")
-    check_images(files, settings)
     return files
 
 
@@ -373,7 +344,3 @@ def _deserialize_bytes(raw: memoryview) -> list[memoryview]:
         elements.append(raw[offset : offset + length])
         offset += length
     return elements
-
-
-def _pixels(tensor: RequestInput, raw: memoryview | None, settings: Settings) -> np.ndarray:
-    return pixel_tensor(tensor.shape, f"input {IMAGES}", settings, raw, tensor.data)

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from app.core.errors import answer_for
 from app.core.service import InferenceService
-from app.protocols.common import bad_request, check_model_name
+from app.protocols.common import bad_request, check_model_name, classify_input
 from app.protocols.messages import INFERENCE, Call
 from app.protocols.oip import codec as oip
 from app.protocols.oip import schemas as oip_schemas
@@ -79,7 +79,7 @@ class InferenceServicer:
         model = self.service.model_for(version)  # NOT_FOUND before any decoding
         infer_request, given = self.decode_request(call)
         output = oip.output_choice(infer_request, len(model.contract.class_names))
-        results = await oip.classify(self.service, given, version, call.upload)
+        results = await classify_input(self.service, given, version, call.upload)
         response = M["ModelInferResponse"](
             model_name=request.model_name, model_version=results[0].model_version, id=request.id
         )
@@ -93,9 +93,7 @@ class InferenceServicer:
             tensor.contents.bytes_contents.extend(elements)
         return response
 
-    def decode_request(
-        self, call: Call
-    ) -> tuple[oip_schemas.InferRequest, oip.EncodedImages | oip.Pixels]:
+    def decode_request(self, call: Call) -> tuple[oip_schemas.InferRequest, oip.Input]:
         """The request as REST's ``InferRequest`` (without its data), and its one input,
         checked and decoded as REST's (``oip.only_input``, ``oip.decode_input``)."""
         request, raws = call.message, call.raws

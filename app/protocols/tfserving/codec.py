@@ -32,9 +32,8 @@ from app.protocols.common import (
     TensorData,
     as_pixels,
     bad_request,
-    check_count,
-    check_images,
     check_model_name,
+    classify_input,
     decode_all,
     pack_numbers,
     pack_values,
@@ -341,13 +340,9 @@ async def _classify(
     upload: Upload | None,
 ) -> list[Classification]:
     """Images through ``classify``, pixels through ``classify_tensor`` (same limits)."""
-    settings = service.settings
-    if isinstance(given, np.ndarray):
-        check_count(len(given) if given.ndim else 0, settings)
-        return await service.classify_tensor(given, version, upload)
-    texts = [image.b64 for image in given]
-    for image in given:
-        image.b64 = ""  # the texts are only held by ``texts``, freed as they are decoded
-    files = decode_all(texts, "image")
-    check_images(files, settings)
-    return await service.classify(files, upload=upload, version=version)
+    if not isinstance(given, np.ndarray):
+        texts = [image.b64 for image in given]
+        for image in given:
+            image.b64 = ""  # the texts are only held by ``texts``, freed as they are decoded
+        given = decode_all(texts, "image")
+    return await classify_input(service, given, version, upload)

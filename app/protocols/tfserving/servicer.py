@@ -30,14 +30,13 @@ from google.protobuf.message import Message
 
 from app.api.routes import version_statuses
 from app.core.config import Settings
-from app.core.gate import Upload
-from app.core.service import Classification, InferenceService
+from app.core.service import InferenceService
 from app.protocols.common import (
     MOST_RANK,
     bad_request,
     check_count,
-    check_images,
     check_model_name,
+    classify_input,
     pixel_tensor,
     probability_table,
 )
@@ -77,11 +76,10 @@ class TfServingServicer:
         [(name, tensor)] = inputs.items()
         if name == tfs.IMAGE_BYTES:
             files = _strings(tensor, name, self.service.settings)
-            results = await self._files(files, version, call.upload)
         else:
             size = self.service.model_for(version).contract.image_size
-            pixels = _floats(tensor, name, self.service.settings, size)
-            results = await self.service.classify_tensor(pixels, version, call.upload)
+            files = _floats(tensor, name, self.service.settings, size)
+        results = await classify_input(self.service, files, version, call.upload)
         table = probability_table(results)
         output = T["TensorProto"](dtype=DT_FLOAT, tensor_content=table.astype("<f4").tobytes())
         output.tensor_shape.dim.add(size=table.shape[0])
@@ -108,7 +106,7 @@ class TfServingServicer:
         examples = given.examples
         check_count(len(examples), self.service.settings)
         files = [_image_of(example, position) for position, example in enumerate(examples)]
-        results = await self._files(files, version, call.upload)
+        results = await classify_input(self.service, files, version, call.upload)
         classifications = [
             T["Classifications"](
                 classes=[T["Class"](label=k, score=p) for k, p in r.probabilities.items()]
@@ -186,14 +184,6 @@ class TfServingServicer:
         spec = T["ModelSpec"](name=asked.name, signature_name=tfs.SIGNATURE)
         spec.version.value = int(version)
         return spec
-
-    async def _files(
-        self, files: list[bytes], version: str | None, upload: Upload | None
-    ) -> list[Classification]:
-        settings = self.service.settings
-        check_count(len(files), settings)
-        check_images(files, settings)
-        return await self.service.classify(files, upload=upload, version=version)
 
 
 def _shape(tensor: Message, name: str, values: tuple[str, ...]) -> list[int]:
