@@ -5,11 +5,13 @@
   data and classification extensions, and gRPC;
 * ``tfserving``: TensorFlow Serving's REST API (its model status shares
   ``app/api/routes.py``) and gRPC;
-* ``common``, ``numbers``: what the JSON protocols share (body parsing, tensors of
-  numbers, images as base64, limits); ``messages``, ``wire``: the gRPC messages (protoc's
-  output) and the field-count bound on a message's wire format.
+* ``common``: what they share (images, pixel tensors, limits, the probability table,
+  ``classify_input``); ``numbers``: JSON bodies, parsed once with their tensors of
+  numbers as arrays; ``messages``: the gRPC messages (protoc's output). The gRPC server,
+  its wire-level field bound and its error mapping are ``app/api/grpc_server.py``.
 
-Every protocol goes through ``InferenceService.classify`` (encoded images, decoded by
-the one preprocessing) or ``classify_tensor`` (pixels), hence the same gate, admission,
-batcher, limits and metrics; error answers come from ``app/core/errors.py``.
+Every protocol goes through ``classify_input``: ``InferenceService.classify`` (encoded
+images, decoded by the one preprocessing) or ``classify_tensor`` (pixels), hence the
+same gate, admission, batcher, limits and metrics; error answers come from
+``app/core/errors.py``.
 """

@@ -15,10 +15,11 @@ of numbers straight into arrays.
   parsed: a JSON request peaks while its body and its texts are both held, at most 2.8
   bytes per byte of its files (``bench/results/upload-memory.json``).
 
-The fast path, ``read``: a pixel tensor as JSON numbers costs pydantic a Python float
-per number and a list per pixel; 32 images (101 MB of JSON) took 2.7 s on the event
-loop, 1.6 s read by ``read``, and 734 MB of peak memory instead of 1,053 MB
-(``bench/results/json-offload.md``). ``read`` parses the body once with simdjson into
+The fast path, ``read``, kept for what it measured: a pixel tensor as JSON numbers
+costs pydantic a Python float per number and a list per pixel, and ``read`` takes
+about 60% of pydantic's time and 70% of its peak memory over 32 images of pixels
+(``python -m bench.json_offload``: ``bench/results/json-offload.md``, whose table
+docs/protocols.md shows). It parses the body once with simdjson into
 Python values in which every large rectangular tensor of numbers is already a float32
 array; pydantic validates those values and the protocols take the arrays as they are.
 It is only a faster way to the same answer: an array becomes an array of numbers only
