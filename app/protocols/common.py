@@ -187,7 +187,11 @@ def _element_types(data: list[Any], found: set[type]) -> set[type]:
 
 
 def pixel_tensor(
-    shape: list[int], what: str, settings: Settings, raw: Any = None, values: Any = None
+    shape: list[int],
+    what: str,
+    settings: Settings,
+    raw: bytes | memoryview | None = None,
+    values: np.ndarray | TensorData | None = None,
 ) -> np.ndarray:
     """A float32 tensor of ``shape`` (its first size the image count, checked) from
     little-endian float32 bytes ``raw``, or ``values`` (an array, or a JSON tensor:
