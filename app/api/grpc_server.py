@@ -2,7 +2,7 @@
 
 With ``CATDOG_GRPC_ADDRESS`` set (``0.0.0.0:8081`` in the images), the lifespan starts
 a ``grpc.aio`` server on uvicorn's event loop. It answers ``inference.GRPCInferenceService``
-(``app/protocols/oip/servicer.py``; what KServe, Triton and ``tritonclient.grpc`` speak),
+(``app/protocols/oip/codec.py``; what KServe, Triton and ``tritonclient.grpc`` speak),
 TF Serving's calls (``app/protocols/tfserving/servicer.py``) and gRPC's health check
 (grpcio-health-checking's servicer), on the same ``InferenceService`` as REST.
 
@@ -38,7 +38,7 @@ from app.core.gate import Upload, admitted, body_limit, peer_key
 from app.core.observe import request_of
 from app.core.service import InferenceService
 from app.protocols.messages import INFERENCE, TFSERVING, Call, Method
-from app.protocols.oip.servicer import RAW_INPUT_CONTENTS, InferenceServicer
+from app.protocols.oip.codec import RAW_INPUT_CONTENTS, InferenceServicer
 from app.protocols.tfserving.servicer import MODEL_SERVICE, PREDICTION_SERVICE, TfServingServicer
 
 log = logging.getLogger("catdog.grpc")

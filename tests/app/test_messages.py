@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2
 
 from app.api.grpc_server import read_message
 from app.protocols.messages import INFERENCE, SCHEMAS
-from app.protocols.oip.servicer import RAW_INPUT_CONTENTS
+from app.protocols.oip.codec import RAW_INPUT_CONTENTS
 
 
 def fields(descriptor: Descriptor, prefix: str = "") -> dict[str, tuple[object, ...]]:

@@ -17,7 +17,7 @@ from fastapi import HTTPException
 from pydantic import BaseModel
 
 from app.protocols import numbers
-from app.protocols.oip import codec as oip
+from app.protocols.oip import routes as oip
 from app.protocols.oip import schemas as oip_schemas
 from app.protocols.tfserving import codec as tfserving
 

@@ -1,2 +1,3 @@
-"""The Open Inference Protocol v2: REST routes (``routes``), their schemas and codec
-(``schemas``, ``codec``), and the gRPC calls (``servicer``)."""
+"""The Open Inference Protocol v2: REST routes and the binary tensor data extension
+(``routes``), the request and response schemas (``schemas``), the inputs and outputs of
+REST and gRPC alike and the gRPC calls (``codec``)."""

@@ -1,40 +1,37 @@
-"""Open Inference Protocol v2 (REST): schemas and codec of ``app/protocols/oip/routes.py``.
+"""The Open Inference Protocol v2: its tensors in and out, REST's and gRPC's alike, and
+its gRPC calls (``InferenceServicer``, served by ``app.api.grpc_server``); the REST
+routes and the binary tensor data extension are ``app/protocols/oip/routes.py``.
 
 The model ``catdog`` has two inputs, of which a request gives exactly one:
 
 * ``image_bytes``, BYTES, shape ``[N]`` (or ``[N, 1]``): encoded image files (JPEG,
-  PNG, ...), decoded by the service's one preprocessing as for ``/predict``. In JSON
-  each element is the file in base64 (the input parameter ``content_type`` may say
-  ``"base64"``, MLServer's name for this; no other value is accepted). With the
-  binary tensor data extension each element is the file's raw bytes, preceded by its
-  length as 4 bytes little-endian (what tritonclient sends for a BYTES tensor).
+  PNG, ...), decoded by the service's one preprocessing as for ``/predict``: in REST's
+  JSON each element is the file in base64 (the input parameter ``content_type`` may say
+  ``"base64"``, MLServer's name for this; no other value is accepted); as binary tensor
+  data or gRPC's ``raw_input_contents``, the file's bytes after their length (4 bytes,
+  little-endian: what tritonclient sends); in gRPC's ``bytes_contents``, the file.
 * ``images``, FP32, shape ``[N, H, W, 3]``: pixels already scaled per the contract
-  (``x/255``, in [0, 1]); JSON numbers (flat row-major, or nested), or little-endian
-  float32 with the binary extension. Shape and range are checked (400).
+  (``x/255``, in [0, 1]); JSON numbers (flat row-major, or nested), ``fp32_contents``,
+  or little-endian float32. Shape and range are checked (400).
 
-The output ``probabilities`` is FP32 ``[N, C]`` in the contract's class order. It is
-sent as binary tensor data when the output's parameter ``binary_data`` (or, for
-outputs without it, the request's ``binary_data_output``) is true. The
-classification extension (output parameter ``classification: k``) turns it into
-BYTES ``[N, k]`` holding ``"score:index:label"``, highest score first.
-
-Binary tensor data extension: the body is the JSON request followed by the inputs'
-bytes in input order, ``Inference-Header-Content-Length`` gives the JSON's length and
-each binary input says its size in ``parameters.binary_data_size``. A binary answer
-is built the same way.
+The output ``probabilities`` is FP32 ``[N, C]`` in the contract's class order; the
+classification extension (output parameter ``classification: k``) turns it into BYTES
+``[N, k]`` holding ``"score:index:label"``, highest score first. gRPC answers it in
+``raw_output_contents`` when the request sent raw inputs, else in ``contents``.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import Request, Response
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from app.core.config import Settings
-from app.core.errors import ModelNotReadyError
-from app.core.gate import Upload
+from app.core.errors import ModelNotReadyError, answer_for
 from app.core.service import Classification, InferenceService
 from app.protocols.common import (
     MOST_RANK,
@@ -45,30 +42,26 @@ from app.protocols.common import (
     classify_input,
     decode_all,
     decode_b64,
-    header_int,
-    pack_numbers,
     pixel_tensor,
     probability_table,
-    read_body,
 )
-from app.protocols.numbers import most_values, parse_json
+from app.protocols.messages import INFERENCE, Call
+from app.protocols.oip import schemas as oip_schemas
 from app.protocols.oip.schemas import (
-    EXTENSIONS,
     IMAGE_BYTES,
     IMAGES,
     PROBABILITIES,
     InferRequest,
-    InferResponse,
     ModelMetadata,
     ModelReady,
     RequestInput,
-    ResponseOutput,
-    ServerMetadata,
     TensorMetadata,
 )
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
 Input = list[bytes] | list[memoryview] | np.ndarray  # image files, or pixels
+M = INFERENCE.messages
+#: The field of ModelInferRequest that carries raw tensor data (7), read as views.
+RAW_INPUT_CONTENTS = M["ModelInferRequest"].DESCRIPTOR.fields_by_name["raw_input_contents"].number
 
 
 @dataclass(frozen=True)
@@ -77,11 +70,6 @@ class OutputChoice:
 
     binary: bool
     classes: int
-
-
-def server_metadata(version: str) -> ServerMetadata:
-    """The answer of GET /v2."""
-    return ServerMetadata(name="catdog", version=version, extensions=EXTENSIONS)
 
 
 def model_metadata(service: InferenceService, name: str, version: str | None) -> ModelMetadata:
@@ -114,55 +102,6 @@ def model_ready(service: InferenceService, name: str, version: str | None) -> Mo
     return ModelReady(name=name, ready=True)
 
 
-async def infer(
-    service: InferenceService,
-    name: str,
-    version: str | None,
-    request: Request,
-    upload: Upload | None,
-) -> Response:
-    """One inference request, from the body to the answer (see the module docstring)."""
-    check_model_name(service, name)
-    model = service.model_for(version)  # 404 before reading the body
-    infer_request, binary = await read_request(
-        service,
-        await read_body(request),
-        request.headers.get(HEADER_LENGTH),
-        most_values(service.settings, model.contract),
-    )
-    output = output_choice(infer_request, len(model.contract.class_names))
-    given = model_input(infer_request, binary, service.settings)
-    del binary  # the body goes with it, unless pixels are a view of it
-    results = await classify_input(service, given, version, upload)
-    return encode(infer_request, results, name, output)
-
-
-async def read_request(
-    service: InferenceService, body: bytearray, header_length: str | None, most: int
-) -> tuple[InferRequest, memoryview]:
-    """The JSON request and the binary tensor data after it (empty without the extension),
-    a view into ``body``, not a copy.
-
-    ``most``: the most values the JSON part may hold (``parse_json``).
-    """
-    if header_length is None:
-        return await parse_json(service, InferRequest, body, most, _pack), memoryview(b"")
-    split = header_int(header_length)
-    if split is None or not 0 < split <= len(body):
-        raise bad_request(
-            f"{HEADER_LENGTH}: {header_length!r} is not a length within the body "
-            f"of {len(body)} bytes"
-        )
-    infer_request = await parse_json(service, InferRequest, body[:split], most, _pack)
-    return infer_request, memoryview(body)[split:]
-
-
-def _pack(request: InferRequest) -> None:
-    """In the parsing worker (``parse_json``): each input's numbers as an array."""
-    for tensor in request.inputs:
-        tensor.data = pack_numbers(tensor.data, f"input {tensor.name}")  # type: ignore[assignment]
-
-
 def output_choice(request: InferRequest, class_count: int) -> OutputChoice:
     """What the request asks of the output ``probabilities``."""
     binary = request.parameters.get("binary_data_output", False)
@@ -182,12 +121,6 @@ def output_choice(request: InferRequest, class_count: int) -> OutputChoice:
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
         raise bad_request("output parameter classification must be a whole number >= 0")
     return OutputChoice(binary, min(classes, class_count))
-
-
-def model_input(request: InferRequest, binary: memoryview, settings: Settings) -> Input:
-    """The request's one input, decoded from JSON or binary tensor data."""
-    tensor = only_input(request)
-    return decode_input(tensor, _binary_part(tensor, binary), settings)
 
 
 def only_input(request: InferRequest) -> RequestInput:
@@ -248,51 +181,6 @@ def raw_tensor(elements: np.ndarray | list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(s)) + s for s in elements)
 
 
-def encode(
-    request: InferRequest, results: list[Classification], name: str, output: OutputChoice
-) -> Response:
-    """The answer: JSON, or JSON followed by binary tensor data."""
-    datatype, shape, elements = answer_tensor(results, output)
-    tensor = ResponseOutput(name=PROBABILITIES, datatype=datatype, shape=shape)
-    raw = raw_tensor(elements) if output.binary else b""
-    if output.binary:
-        tensor.parameters = {"binary_data_size": len(raw)}
-    elif isinstance(elements, np.ndarray):
-        tensor.data = elements.ravel().tolist()
-    else:
-        tensor.data = [s.decode() for s in elements]
-    answer = InferResponse(
-        model_name=name, model_version=results[0].model_version, id=request.id, outputs=[tensor]
-    )
-    header = answer.model_dump_json(exclude_none=True).encode()
-    if not output.binary:
-        return Response(header, media_type="application/json")
-    return Response(
-        header + raw,
-        media_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(len(header))},
-    )
-
-
-def _binary_part(tensor: RequestInput, binary: memoryview) -> memoryview | None:
-    """The input's binary tensor data (None: its data is in the JSON)."""
-    size = tensor.parameters.get("binary_data_size")
-    if size is None:
-        if binary:
-            raise bad_request(f"{len(binary)} bytes of binary data but no binary_data_size")
-        if tensor.data is None:
-            raise bad_request(f"input {tensor.name} has neither data nor binary_data_size")
-        return None
-    if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
-        raise bad_request(
-            f"input {tensor.name}: binary_data_size {size!r} but {len(binary)} bytes follow "
-            "the JSON"
-        )
-    if tensor.data is not None:
-        raise bad_request(f"input {tensor.name} has both data and binary_data_size")
-    return binary
-
-
 def _image_files(
     tensor: RequestInput, raw: memoryview | None, settings: Settings, given: list[bytes] | None
 ) -> list[bytes] | list[memoryview]:
@@ -344,3 +232,125 @@ def _deserialize_bytes(raw: memoryview) -> list[memoryview]:
         elements.append(raw[offset : offset + length])
         offset += length
     return elements
+
+
+class InferenceServicer:
+    """The calls of ``inference.GRPCInferenceService``."""
+
+    def __init__(self, service: InferenceService, version: str) -> None:
+        self.service = service
+        self.version = version
+
+    async def ServerLive(self, call: Call) -> Message:  # noqa: N802
+        """Live while the process answers."""
+        return M["ServerLiveResponse"](live=True)
+
+    async def ServerReady(self, call: Call) -> Message:  # noqa: N802
+        """Ready once a model is loaded and warmed up, until shutdown starts."""
+        return M["ServerReadyResponse"](ready=self.service.ready)
+
+    async def ModelReady(self, call: Call) -> Message:  # noqa: N802
+        """Whether this version (empty: the highest) is loaded and the service accepts work;
+        NOT_FOUND for another model's name."""
+        request = call.message
+        check_model_name(self.service, request.name)
+        try:
+            model_ready(self.service, request.name, request.version or None)
+        except Exception as exc:
+            answer = answer_for(exc, self.service.settings)
+            if answer is None or answer.status not in (404, 503):
+                raise
+            return M["ModelReadyResponse"](ready=False)
+        return M["ModelReadyResponse"](ready=True)
+
+    async def ServerMetadata(self, call: Call) -> Message:  # noqa: N802
+        """Name, version and extensions (binary tensor data is REST's; gRPC has raw bytes)."""
+        return M["ServerMetadataResponse"](
+            name="catdog", version=self.version, extensions=["classification"]
+        )
+
+    async def ModelMetadata(self, call: Call) -> Message:  # noqa: N802
+        """Inputs, outputs, loaded versions and runtime, as ``GET /v2/models/{name}``."""
+        request = call.message
+        answer = model_metadata(self.service, request.name, request.version or None)
+        return json_format.ParseDict(answer.model_dump(), M["ModelMetadataResponse"]())
+
+    async def ModelInfer(self, call: Call) -> Message:  # noqa: N802
+        """Classify image files or pixels: decode the request, predict, encode the answer
+        (raw when the request was raw, else in ``contents``)."""
+        request = call.message
+        check_model_name(self.service, request.model_name)
+        version = request.model_version or None
+        model = self.service.model_for(version)  # NOT_FOUND before any decoding
+        infer_request, given = self.decode_request(call)
+        output = output_choice(infer_request, len(model.contract.class_names))
+        results = await classify_input(self.service, given, version, call.upload)
+        response = M["ModelInferResponse"](
+            model_name=request.model_name, model_version=results[0].model_version, id=request.id
+        )
+        datatype, shape, elements = answer_tensor(results, output)
+        tensor = response.outputs.add(name=PROBABILITIES, datatype=datatype, shape=shape)
+        if call.raws:
+            response.raw_output_contents.append(raw_tensor(elements))
+        elif isinstance(elements, np.ndarray):
+            tensor.contents.fp32_contents.extend(elements.ravel().tolist())
+        else:
+            tensor.contents.bytes_contents.extend(elements)
+        return response
+
+    def decode_request(self, call: Call) -> tuple[oip_schemas.InferRequest, Input]:
+        """The request as REST's ``InferRequest`` (without its data), and its one input,
+        checked and decoded as REST's (``only_input``, ``decode_input``)."""
+        request, raws = call.message, call.raws
+        if len(request.inputs) != 1:
+            raise bad_request(f"give exactly one input, {IMAGE_BYTES} or {IMAGES}")
+        infer_request = oip_schemas.InferRequest(
+            id=request.id or None,
+            parameters=parameters(request.parameters),
+            inputs=[
+                oip_schemas.RequestInput(
+                    name=t.name,
+                    shape=list(t.shape),
+                    datatype=t.datatype,
+                    parameters=parameters(t.parameters),
+                )
+                for t in request.inputs
+            ],
+            outputs=[
+                oip_schemas.RequestOutput(name=o.name, parameters=parameters(o.parameters))
+                for o in request.outputs
+            ]
+            or None,
+        )
+        tensor = only_input(infer_request)
+        message = request.inputs[0]
+        settings = self.service.settings
+        if raws:
+            if len(raws) != 1:
+                raise bad_request(f"{len(raws)} raw_input_contents for 1 input")
+            if message.HasField("contents"):
+                raise bad_request(f"input {tensor.name} has both contents and raw_input_contents")
+            return infer_request, decode_input(tensor, raws[0], settings)
+        contents = message.contents
+        used = [f.name for f, _ in contents.ListFields()]
+        wanted = "bytes_contents" if tensor.name == IMAGE_BYTES else "fp32_contents"
+        if used and used != [wanted]:
+            raise bad_request(
+                f"input {tensor.name} is {tensor.datatype}: its elements go in {wanted} "
+                f"or raw_input_contents, not {', '.join(used)}"
+            )
+        if tensor.name == IMAGE_BYTES:
+            files = list(contents.bytes_contents)
+            return infer_request, decode_input(tensor, None, settings, files)
+        tensor.data = np.array(contents.fp32_contents, np.float32)  # type: ignore[assignment]
+        return infer_request, decode_input(tensor, None, settings)
+
+
+def parameters(given: Mapping[str, Message]) -> oip_schemas.Parameters:
+    """A ``map<string, InferParameter>`` as REST's parameters (bool, int, float, str)."""
+    found: oip_schemas.Parameters = {}
+    for key, value in given.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is not None:
+            found[key] = getattr(value, choice)
+    return found
