@@ -19,10 +19,9 @@ from typing import Any
 
 import grpc
 
-from app.core.metrics import Metrics
 from app.core.observe import RequestContext
 from app.ops import logs
-from app.ops.keys import ApiKeys, Refused, authenticate
+from app.ops.keys import ApiKeys, Refused
 from app.ops.rest import HEADER, request_id
 
 OPEN_METHODS = re.compile(r"^/grpc\.health\.v1\.Health/|/(ServerLive|ServerReady|ModelReady)$")
@@ -57,8 +56,7 @@ class _Context:
 class OpsInterceptor(grpc.aio.ServerInterceptor):
     """Request ids, API keys and access lines for every gRPC call."""
 
-    def __init__(self, metrics: Metrics, keys: ApiKeys | None, access_log: bool) -> None:
-        self.metrics = metrics
+    def __init__(self, keys: ApiKeys | None, access_log: bool) -> None:
         self.keys = keys
         self.access_log = access_log
 
@@ -83,7 +81,7 @@ class OpsInterceptor(grpc.aio.ServerInterceptor):
         async def check(context: _Context) -> None:
             if guarded:
                 try:
-                    key = authenticate(keys, metadata.get("authorization"), self.metrics)
+                    key = keys.authenticate(metadata.get("authorization"))
                 except Refused as refused:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(refused))
                 context.catdog_request.key_id = key

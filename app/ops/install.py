@@ -25,7 +25,7 @@ def install(app: FastAPI) -> None:
     """Add what the settings of ``app.state.service`` switch on."""
     service: InferenceService = app.state.service
     settings = service.settings
-    keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
+    keys = ApiKeys(settings.api_keys_file, service.metrics) if settings.api_keys_file else None
     json_logs = settings.log_format == "json"
     if json_logs:
         logs.configure_json()
@@ -33,9 +33,17 @@ def install(app: FastAPI) -> None:
         service.payload_log = PayloadLog(
             settings.payload_log, settings.payload_log_rate, service.metrics
         )
-    app.state.ops = OpsInterceptor(service.metrics, keys, json_logs)
-    app.add_middleware(OpsMiddleware, metrics=service.metrics, keys=keys, access_log=json_logs)
-    tracing.instrument_app(app)
+    app.state.ops = OpsInterceptor(keys, json_logs)
+    app.add_middleware(OpsMiddleware, keys=keys, access_log=json_logs)
+    tracer_provider = tracing.provider()
+    if tracer_provider is not None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        # No span per ASGI receive/send message: a multipart upload arrives in many, and
+        # those spans cost more than the request's own stages.
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=tracer_provider, exclude_spans=["receive", "send"]
+        )
 
 
 def started(app: FastAPI) -> None:
@@ -46,8 +54,13 @@ def started(app: FastAPI) -> None:
 
 def grpc_interceptors(app: FastAPI) -> list[Any]:
     """The gRPC server's interceptors: trace spans, then request ids, keys and access lines."""
-    ops = getattr(app.state, "ops", None)
-    return tracing.grpc_interceptors() + ([ops] if ops is not None else [])
+    ops = [app.state.ops] if hasattr(app.state, "ops") else []
+    tracer_provider = tracing.provider()
+    if tracer_provider is None:
+        return ops
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor(tracer_provider=tracer_provider), *ops]
 
 
 def close(app: FastAPI) -> None:

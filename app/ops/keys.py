@@ -6,7 +6,7 @@ and no early exit, so neither the key nor which entry matched shows in the time
 taken). The file is re-read when its modification time, size or inode changes,
 checked at most once a second; a file that cannot be read keeps the keys last read.
 A key is named in metrics and logs only by its id: the first 8 hex digits of its
-sha256.
+sha256. Checks run on the event loop only (REST and gRPC share it): no lock.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import os
-import threading
+import re
 import time
 from pathlib import Path
 
@@ -23,12 +23,7 @@ from app.core.metrics import Metrics
 
 log = logging.getLogger("catdog.keys")
 CHECK_EVERY_S = 1.0
-PREFIX = "sha256:"
-
-
-def key_id(digest: str) -> str:
-    """The public name of a key: the first 8 hex digits of its sha256."""
-    return digest[:8]
+_HASHED = re.compile(r"sha256:(.*)", re.IGNORECASE)
 
 
 def parse(text: str, where: str = "keys file") -> list[str]:
@@ -36,26 +31,36 @@ def parse(text: str, where: str = "keys file") -> list[str]:
     digests = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if line.lower().startswith(PREFIX):
-            digest = line[len(PREFIX) :].strip().lower()
-            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                raise ValueError(f"{where}, line {number}: sha256: needs 64 hex digits")
+        hashed = _HASHED.fullmatch(line)
+        if hashed is None:
+            digests += [hashlib.sha256(line.encode()).hexdigest()] if line else []
+        elif re.fullmatch(r"[0-9a-f]{64}", digest := hashed[1].strip().lower()):
+            digests.append(digest)
         else:
-            digest = hashlib.sha256(line.encode()).hexdigest()
-        digests.append(digest)
+            raise ValueError(f"{where}, line {number}: sha256: needs 64 hex digits")
     return digests
 
 
-class ApiKeys:
-    """The accepted keys, re-read from their file when it changes."""
+class Refused(Exception):
+    """A call without an accepted key (``presented``: it named one, a wrong one)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, presented: bool) -> None:
+        self.presented = presented
+        super().__init__(
+            "invalid API key"
+            if presented
+            else "missing API key: send authorization: Bearer <key> (a header; gRPC: metadata)"
+        )
+
+
+class ApiKeys:
+    """The accepted keys, re-read from their file when it changes; counts in ``metrics``."""
+
+    def __init__(self, path: Path, metrics: Metrics) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self.metrics = metrics
         self._stamp: tuple[int, int, int] | None = None
-        self._checked = 0.0
+        self._checked = time.monotonic()
         self._digests: list[bytes] = []
         self._reload(first=True)
 
@@ -75,53 +80,26 @@ class ApiKeys:
         self._stamp = stamp
         log.info("API keys: %d read from %s", len(digests), self.path)
 
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < CHECK_EVERY_S:
-            return
-        with self._lock:
-            if now - self._checked >= CHECK_EVERY_S:
-                self._checked = now
-                self._reload()
-
     def check(self, presented: str | None) -> str | None:
         """The id of ``presented`` when it is an accepted key, else None."""
-        self._refresh()
+        if time.monotonic() - self._checked >= CHECK_EVERY_S:
+            self._checked = time.monotonic()
+            self._reload()
         if not presented:
             return None
         digest = hashlib.sha256(presented.encode()).digest()
         found = False
         for stored in self._digests:  # every entry, whatever matched: no early exit
             found |= hmac.compare_digest(digest, stored)
-        return key_id(digest.hex()) if found else None
+        return digest.hex()[:8] if found else None
 
-
-class Refused(Exception):
-    """A call without an accepted key (``presented``: it named one, a wrong one)."""
-
-    def __init__(self, presented: bool) -> None:
-        self.presented = presented
-        super().__init__(
-            "invalid API key"
-            if presented
-            else "missing API key: send authorization: Bearer <key> (a header; gRPC: metadata)"
-        )
-
-
-def bearer(value: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` value, else None."""
-    if not value:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def authenticate(keys: ApiKeys, authorization: str | None, metrics: Metrics) -> str:
-    """The id of the key an ``authorization`` value (``Bearer <key>``) presents, counted
-    by id; ``Refused``, counted by reason, when it presents no accepted key."""
-    key = keys.check(bearer(authorization))
-    if key is None:
-        metrics.auth_refused.labels(reason="invalid" if authorization else "missing").inc()
-        raise Refused(bool(authorization))
-    metrics.key_requests.labels(key_id=key).inc()
-    return key
+    def authenticate(self, authorization: str | None) -> str:
+        """The id of the key an ``authorization`` value (``Bearer <key>``) presents, counted
+        by id; ``Refused``, counted by reason, when it presents no accepted key."""
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        key = self.check(token.strip() if scheme.lower() == "bearer" else None)
+        if key is None:
+            self.metrics.auth_refused.labels(reason="invalid" if authorization else "missing").inc()
+            raise Refused(bool(authorization))
+        self.metrics.key_requests.labels(key_id=key).inc()
+        return key

@@ -23,10 +23,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import ErrorAnswer, respond
-from app.core.metrics import Metrics
 from app.core.observe import REQUEST_KEY, RequestContext
 from app.ops import logs
-from app.ops.keys import ApiKeys, Refused, authenticate
+from app.ops.keys import ApiKeys, Refused
 
 HEADER = "x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -53,11 +52,8 @@ def refusal(refused: Refused) -> ErrorAnswer:
 class OpsMiddleware:
     """Request ids, API keys and access lines (see the module docstring)."""
 
-    def __init__(
-        self, app: ASGIApp, metrics: Metrics, keys: ApiKeys | None, access_log: bool
-    ) -> None:
+    def __init__(self, app: ASGIApp, keys: ApiKeys | None, access_log: bool) -> None:
         self.app = app
-        self.metrics = metrics
         self.keys = keys
         self.access_log = access_log
 
@@ -83,7 +79,7 @@ class OpsMiddleware:
         try:
             if self.keys is not None and not OPEN.match(scope["path"]):
                 try:
-                    key = authenticate(self.keys, headers.get("authorization"), self.metrics)
+                    key = self.keys.authenticate(headers.get("authorization"))
                 except Refused as refused:
                     await respond(Request(scope), refusal(refused))(scope, receive, sending)
                     return
