@@ -22,15 +22,8 @@ from app.core.observe import RequestContext
 
 LOGGERS = ("", "catdog", "uvicorn", "uvicorn.error", "uvicorn.access")
 FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+DATES = "%Y-%m-%dT%H:%M:%S%z"
 access_log = logging.getLogger("catdog.access")
-
-
-def formatter() -> logging.Formatter:
-    return JsonFormatter(
-        FIELDS,
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-    )
 
 
 def configure_json() -> None:
@@ -38,7 +31,8 @@ def configure_json() -> None:
     logger (idempotent: run at import and again at startup, after a launcher's own
     logging configuration)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter())
+    names = {"asctime": "time", "levelname": "level", "name": "logger"}
+    handler.setFormatter(JsonFormatter(FIELDS, rename_fields=names, datefmt=DATES))
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.INFO)
