@@ -67,16 +67,26 @@ def tracing() -> bool:
     return _tracer is not None
 
 
+def _sampled() -> bool:
+    """Whether the current request's span is recorded: a request the sampler left out
+    (``OTEL_TRACES_SAMPLER``) would only make unrecorded stages, so it makes none."""
+    from opentelemetry import trace
+
+    return trace.get_current_span().is_recording()
+
+
 def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
-    """A span around a stage of the current request; a null context when tracing is off."""
-    if _tracer is None:
+    """A span around a stage of the current request; a null context when tracing is off
+    or the request is not sampled."""
+    if _tracer is None or not _sampled():
         return _NULL
     return _tracer.start_as_current_span(name, attributes=attributes)
 
 
 def capture() -> Any:
-    """The current trace context, to parent spans recorded later (None when off)."""
-    if _tracer is None:
+    """The current trace context, to parent spans recorded later (None when tracing is
+    off or the request is not sampled)."""
+    if _tracer is None or not _sampled():
         return None
     from opentelemetry import context
 
