@@ -12,6 +12,12 @@ call at most doubles the model time of the requests already queued, and on a bus
 CPU it hands the cores to the decoders, so batches grow towards
 ``max_batch_size`` instead of settling at a few images per call with the model and
 the decoders taking turns.
+
+A lone image (nothing else in flight, the service decides) skips the queue:
+``run_alone`` decodes it and runs the model in the model thread, one hand-off
+instead of three. A thread woken for the model call alone made version 5's call
+at batch 1 about twice as slow as the same call right after other work
+(bench/README.md, version 5 in the service).
 """
 
 from __future__ import annotations
@@ -50,26 +56,44 @@ class _Item(Generic[Row]):
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-def _record_spans(items: list[_Item], started: float, call: float, done: float) -> None:
-    """Each traced image's wait in the queue and the model call it shared (with the batch
-    size), as spans of its own request."""
-    model = items[0].model
+def _record_spans(
+    model: object, waits: list[tuple[Any, float]], started: float, call: float, done: float
+) -> None:
+    """Each traced image's wait in the queue (its trace and when it was queued) and the
+    model call it shared (with the batch size), as spans of its own request."""
     attributes = {
-        "catdog.batch_size": len(items),
+        "catdog.batch_size": len(waits),
         "catdog.model_version": getattr(model, "version", ""),
         "catdog.runtime": getattr(model, "runtime_name", ""),
     }
     call_ns, done_ns = observe.wall_ns(call), observe.wall_ns(done)
-    for item in items:
-        observe.record(
-            "queue wait", item.trace, observe.wall_ns(item.enqueued), observe.wall_ns(started)
-        )
-        observe.record("model call", item.trace, call_ns, done_ns, **attributes)
+    for trace, enqueued in waits:
+        observe.record("queue wait", trace, observe.wall_ns(enqueued), observe.wall_ns(started))
+        observe.record("model call", trace, call_ns, done_ns, **attributes)
 
 
 def _stack_and_infer(model: BatchModel[Row], images: list[np.ndarray]) -> Sequence[Row]:
     """One model call; stacking (a ~19 MB copy for 32 images) stays off the event loop."""
     return model.infer_rows(np.stack(images))
+
+
+@dataclass
+class _Alone(Generic[Row]):
+    row: Row
+    call: float  # time.perf_counter() readings: the model call's start and end
+    done: float
+
+
+def _decode_and_infer(model: BatchModel[Row], decode: Callable[[], np.ndarray]) -> _Alone[Row]:
+    """Decode one image, then run the model on it alone, in this thread."""
+    image = decode()
+    started = time.perf_counter()
+    try:
+        [row] = _stack_and_infer(model, [image])
+    except Exception:  # a model failure; a decoding one is the caller's to report
+        log.exception("inference failed for a lone image")
+        raise
+    return _Alone(row, started, time.perf_counter())
 
 
 class Batcher:
@@ -92,6 +116,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._worker: asyncio.Task[None] | None = None
+        self._alone = asyncio.Lock()  # held while a lone image is in the model thread
 
     def start(self) -> None:
         """Start the worker task on the running loop."""
@@ -123,6 +148,27 @@ class Batcher:
         self._queue.put_nowait(_Item(model, image, future, trace))
         return await future
 
+    async def run_alone(
+        self, model: BatchModel[Row], decode: Callable[[], np.ndarray], trace: Any = None
+    ) -> Row:
+        """Decode one image with ``decode`` and run ``model`` on it alone, both in the model
+        thread, without the queue; for an image the caller knows to be the only one in
+        flight (a model call already queued in the thread waits for this one)."""
+        begun = time.perf_counter()
+        async with self._alone:
+            alone = await asyncio.get_running_loop().run_in_executor(
+                self._executor, _decode_and_infer, model, decode
+            )
+        self.last_call = alone.done - alone.call
+        self.metrics.queue_wait.observe(0.0)
+        self.metrics.inference.observe(self.last_call)
+        self.metrics.batch_size.observe(1)
+        if observe.tracing():
+            call_ns = observe.wall_ns(alone.call)
+            observe.record("decode", trace, observe.wall_ns(begun), call_ns)
+            _record_spans(model, [(trace, alone.call)], alone.call, alone.call, alone.done)
+        return alone.row
+
     def wait_limit(self) -> float:
         """Seconds the worker may wait for images on their way to join a batch."""
         return max(self.timeout, min(self.last_call, self.max_wait))
@@ -130,6 +176,9 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._alone.locked():  # wait here, so a request that leaves is never run
+                async with self._alone:
+                    pass
             deadline = time.perf_counter() + self.wait_limit()
             while len(batch) < self.max_batch_size:
                 if not self._queue.empty():
@@ -164,7 +213,8 @@ class Batcher:
                 self.metrics.inference.observe(self.last_call)
                 self.metrics.batch_size.observe(len(items))
                 if observe.tracing():
-                    _record_spans(items, started, t0, t0 + self.last_call)
+                    waits = [(item.trace, item.enqueued) for item in items]
+                    _record_spans(items[0].model, waits, started, t0, t0 + self.last_call)
             except Exception as exc:  # a model failure fails these requests, not the worker
                 log.exception("inference failed for a batch of %d", len(items))
                 for item in items:

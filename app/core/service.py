@@ -2,9 +2,11 @@
 
 ``start`` loads the versions the policy picks and starts the batcher; ``classify``
 picks the version, admits the images (``app.core.gate``), decodes each in a thread with
-the project's one preprocessing, sends them through the batcher and answers each as a
-``Classification``; ``classify_tensor`` does the same for pixels the client already
-preprocessed; ``stop`` lets the images in flight finish. Nothing here knows about HTTP.
+the project's one preprocessing, sends them through the batcher (the only image in
+flight, none on its way, is decoded and run in the model thread instead) and answers
+each as a ``Classification``; ``classify_tensor`` does the same for pixels the client
+already preprocessed; ``stop`` lets the images in flight finish. Nothing here knows
+about HTTP.
 """
 
 from __future__ import annotations
@@ -205,13 +207,16 @@ class InferenceService:
         # error, which would keep the request's files until a full collection.
         with self.admission.admit(len(images), upload) as ticket:
             observe.record_since("admission", started, **_attributes(model, len(images)))
-            arrays = await asyncio.gather(
-                *(self._decode(model, data) for data in images), return_exceptions=True
-            )
-            _raise_first_error(arrays, names)
-            results = await asyncio.gather(
-                *(self._predict(ticket, model, a) for a in arrays)  # type: ignore[arg-type]
-            )
+            if len(images) == 1 == self.admission.in_flight == self.admission.on_the_way():
+                results = [await self._alone(ticket, model, images[0])]
+            else:
+                arrays = await asyncio.gather(
+                    *(self._decode(model, data) for data in images), return_exceptions=True
+                )
+                _raise_first_error(arrays, names)
+                results = await asyncio.gather(
+                    *(self._predict(ticket, model, a) for a in arrays)  # type: ignore[arg-type]
+                )
         return self._answer(model, results, images, started, upload)
 
     async def classify_tensor(
@@ -229,18 +234,34 @@ class InferenceService:
     async def _decode(self, model: LoadedModel, data: bytes | memoryview) -> np.ndarray:
         loop = asyncio.get_running_loop()
         with observe.span("decode", **_attributes(model, 1)):
-            return await loop.run_in_executor(
-                self._decoders,
-                functools.partial(
-                    preprocess,
-                    data,
-                    model.contract.image_size,
-                    max_pixels=self.settings.max_pixels,
-                    gate=self.pixel_budget.hold,
-                    formats=self.settings.image_formats,
-                    max_pixels_per_byte=self.settings.max_pixels_per_byte,
-                ),
+            return await loop.run_in_executor(self._decoders, self._preprocess(model, data))
+
+    def _preprocess(
+        self, model: LoadedModel, data: bytes | memoryview
+    ) -> functools.partial[np.ndarray]:
+        """The preprocessing of one file with the service's limits, to call in a thread."""
+        return functools.partial(
+            preprocess,
+            data,
+            model.contract.image_size,
+            max_pixels=self.settings.max_pixels,
+            gate=self.pixel_budget.hold,
+            formats=self.settings.image_formats,
+            max_pixels_per_byte=self.settings.max_pixels_per_byte,
+        )
+
+    async def _alone(
+        self, ticket: Ticket, model: LoadedModel, data: bytes | memoryview
+    ) -> ImageResult:
+        """The only image in flight: decoded and run in the model thread, one hand-off
+        instead of three (``Batcher.run_alone``)."""
+        ticket.queued()  # it never joins the queue: no batch should wait for it
+        try:
+            return await self.batcher.run_alone(
+                model, self._preprocess(model, data), observe.capture()
             )
+        except ImageError as exc:  # anew, without the frames that hold the file
+            raise type(exc)(exc.reason) from None
 
     async def _predict(self, ticket: Ticket, model: LoadedModel, image: np.ndarray) -> ImageResult:
         ticket.queued()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 
 import numpy as np
@@ -160,3 +161,31 @@ async def test_a_stalled_upload_stops_counting_after_the_window(
         await asyncio.sleep(0.3)  # the client has stopped sending
         assert admission.on_the_way() == 0
     assert admission.on_the_way() == 0
+
+
+async def test_a_lone_image_is_decoded_and_run_in_the_model_thread() -> None:
+    model = SlowModel(0.0)
+    batcher, _ = make()
+    threads: list[str] = []
+
+    def decode() -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return np.zeros((4, 4, 3), np.float32)
+
+    def refuse() -> np.ndarray:
+        raise ValueError("not an image")
+
+    batcher.start()
+    try:
+        row = await batcher.run_alone(model, decode)
+        with pytest.raises(ValueError, match="not an image"):  # as raised, nothing run
+            await batcher.run_alone(model, refuse)
+        seen: list[str] = []
+        await batcher.in_model_thread(lambda: seen.append(threading.current_thread().name))
+    finally:
+        await batcher.stop()
+    assert row.tolist() == [0.25, 0.75]
+    assert model.calls == [1]
+    assert threads == seen  # the model thread decoded it
+    counted = batcher.metrics.registry.get_sample_value("catdog_batch_size_count")
+    assert counted == 1  # the model call, as one batch of one

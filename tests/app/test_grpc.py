@@ -465,7 +465,7 @@ async def test_a_cancelled_call_releases_its_room(
     """A client that cancels while its image waits in the batcher's queue."""
     service = served.app.state.service
     held = asyncio.Event()
-    submit = service.batcher.submit
+    submit, run_alone = service.batcher.submit, service.batcher.run_alone
 
     async def stalled(*args: object) -> object:
         held.set()
@@ -473,6 +473,7 @@ async def test_a_cancelled_call_releases_its_room(
         return await submit(*args)
 
     monkeypatch.setattr(service.batcher, "submit", stalled)
+    monkeypatch.setattr(service.batcher, "run_alone", stalled)  # a lone image's way
     request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
     async with channel_to(served.app.state.grpc.port) as channel:
         pending = asyncio.create_task(call(channel, "ModelInfer", request))
@@ -482,6 +483,7 @@ async def test_a_cancelled_call_releases_its_room(
             await pending
         await until(lambda: service.admission.in_flight == 0, "its room to be released")
         monkeypatch.setattr(service.batcher, "submit", submit)
+        monkeypatch.setattr(service.batcher, "run_alone", run_alone)
         assert len((await call(channel, "ModelInfer", request)).raw_output_contents) == 1
 
 
@@ -534,13 +536,18 @@ async def test_shutdown_refuses_new_calls_and_finishes_those_in_flight(
     flight answered."""
     app, service = served.app, served.app.state.service
     release = asyncio.Event()
-    submit = service.batcher.submit
+    submit, run_alone = service.batcher.submit, service.batcher.run_alone
 
     async def held(*args: object) -> object:
         await release.wait()
         return await submit(*args)
 
+    async def held_alone(*args: object) -> object:  # a lone image's way
+        await release.wait()
+        return await run_alone(*args)
+
     monkeypatch.setattr(service.batcher, "submit", held)
+    monkeypatch.setattr(service.batcher, "run_alone", held_alone)
     request = infer_request("image_bytes", [1], raw_input_contents=[framed(images(1))])
     async with channel_to(app.state.grpc.port) as channel:
         in_flight = asyncio.create_task(call(channel, "ModelInfer", request))

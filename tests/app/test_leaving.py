@@ -160,6 +160,7 @@ async def test_a_client_that_left_is_not_decoded(
         service = app.state.service
         blocked = threading.Event()
         service._decoders.submit(blocked.wait, ANSWER * 2)  # the only decoder is busy
+        service.batcher._executor.submit(blocked.wait, ANSWER * 2)  # and the model thread
         try:
             leaving = LeavingClient(app, good_image())
             await until(lambda: service.admission.in_flight == 1, "admission")
@@ -199,7 +200,10 @@ async def test_a_client_that_left_is_not_run_through_the_model(
             first = asyncio.create_task(client.post("/predict", files=upload(good_image(1))))
             await until(entered.is_set, "the first model call")
             leaving = LeavingClient(app, good_image(2))
-            await until(lambda: service.batcher._queue.qsize() == 1, "the second to be queued")
+            await until(
+                lambda: service.admission.in_flight == 2 and not service.admission.decoding,
+                "the second to be queued",
+            )
             leaving.leave.set()
             await until(lambda: service.admission.in_flight == 1, "the room to be released")
         finally:
