@@ -32,7 +32,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,19 +114,18 @@ class PayloadLog:
         self._writer.join(timeout)
 
     def _run(self) -> None:
-        sink = None if self.http else Path(self.target)
         while True:
             records = [self._queue.get()]
-            while sink is not None and len(records) < WRITE_BATCH and not self._queue.empty():
+            while not self.http and len(records) < WRITE_BATCH and not self._queue.empty():
                 records.append(self._queue.get_nowait())  # one open and write for many
-            stop = _STOP in records
+            stop = any(r is _STOP for r in records)
             records = [r for r in records if r is not _STOP]
             try:
-                if sink is None:
+                if self.http:
                     for record in records:
                         self._post(record)
                 elif records:
-                    with open(sink, "a", encoding="utf-8") as f:
+                    with open(self.target, "a", encoding="utf-8") as f:
                         f.write("".join(json.dumps(r) + "\n" for r in records))
             except (OSError, urllib.error.URLError) as exc:
                 self.metrics.payload_log.labels(result="failed").inc(len(records))
