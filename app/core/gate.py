@@ -259,7 +259,8 @@ UploadDep = Annotated[Upload | None, Depends(get_upload)]
 
 
 def header_int(value: str) -> int | None:
-    """A header's non-negative integer (at most 18 ASCII digits), else None."""
+    """A header's non-negative integer: up to 18 ASCII digits, else None (``int`` raises on
+    ``"²"`` and on more than 4,300 digits)."""
     return int(value) if len(value) <= 18 and value.isascii() and value.isdigit() else None
 
 

@@ -51,12 +51,6 @@ JsonTensor = Annotated[
 ]
 
 
-def header_int(value: str) -> int | None:
-    """A header's non-negative integer: up to 18 ASCII digits, else None (``int`` raises on
-    ``"²"`` and on more than 4,300 digits)."""
-    return int(value) if len(value) <= 18 and value.isascii() and value.isdigit() else None
-
-
 async def read_body(request: Request) -> bytearray:
     """The body in one buffer grown as it arrives, and not kept by the request.
 

@@ -17,13 +17,12 @@ from fastapi.responses import JSONResponse
 
 from app.api.schemas import PROTOCOL_ERRORS, VersionDep, request_body, versioned
 from app.core.config import Settings
-from app.core.gate import ServiceDep, UploadDep
+from app.core.gate import ServiceDep, UploadDep, header_int
 from app.core.service import Classification, InferenceService
 from app.protocols.common import (
     bad_request,
     check_model_name,
     classify_input,
-    header_int,
     pack_numbers,
     read_body,
 )
