@@ -254,11 +254,15 @@ def test_seeding_a_root_owned_volume_says_what_to_do() -> None:
         for path in (top / "image", source, source / "saved_model.pb"):
             os.chmod(path, 0o755)
         os.chmod(volume, 0o555)  # owned by whoever runs the tests, not writable by others
+        # The image's uid may not read the checkout (a clone in a 0700 folder): a copy.
+        script = top / SCRIPT.name
+        shutil.copyfile(SCRIPT, script)
+        os.chmod(script, 0o644)
         as_user = {"user": uid, "group": uid} if os.getuid() == 0 else {}
         if not as_user and os.access(volume, os.W_OK):
             pytest.skip("this user can write a read-only folder: cannot stage the failure")
         result = subprocess.run(
-            [sys.executable if not as_user else "/usr/bin/python3", str(SCRIPT)]
+            [sys.executable if not as_user else "/usr/bin/python3", str(script)]
             + [str(top / "image"), str(volume / "catdog")],
             capture_output=True,
             text=True,
