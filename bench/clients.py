@@ -1,9 +1,9 @@
-"""The clients of ``bench protocols``: the same photos as each protocol carries them, and
-one client per protocol on its own connection.
+"""The clients of ``bench protocols``: one photo per request as each protocol carries it,
+and one client per protocol on its own connection.
 
-A :class:`Form` is a protocol and an input (``image_bytes``, ``images`` as pixels, a
-file), the photos of each request, and how to open one client; a client's ``send(n)``
-sends request ``n`` and answers the probabilities, or raises.
+A :class:`Form` is a protocol, its prepared requests (photo ``n`` is request ``n``) and
+how to open one client; a client's ``send(n)`` sends request ``n`` and answers the
+probabilities, or raises. ``upload_memory`` builds its bodies with the same functions.
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
 from app.protocols.messages import TFSERVING
-from app.protocols.tfserving.servicer import DT_FLOAT, DT_STRING, PREDICTION_SERVICE
+from app.protocols.tfserving.servicer import DT_STRING, PREDICTION_SERVICE
 from bench.harness import ROOT
 
 MODEL, PROBABILITIES = "catdog", "probabilities"
 FIXTURES = ROOT / "tests" / "fixtures" / "photos"
-# every form of one photo per request; the first is the reference of the agreement
 PROTOCOLS = ("grpc", "tfs-grpc", "oip-binary", "oip-json", "predict", "json-numbers")
-TIMEOUT = 120.0  # seconds; a request of 32 photos as pixels is 19 MB
+TIMEOUT = 120.0  # seconds
 # one TCP connection per gRPC client, as each HTTP client has its own: gRPC shares a
 # connection between channels to the same address unless told not to
 GRPC_CHANNEL = [
@@ -45,24 +44,18 @@ GRPC_CHANNEL = [
 
 Send = Callable[[int], Awaitable[np.ndarray]]  # request number -> probabilities [N, 2]
 Opener = Callable[[], AbstractAsyncContextManager[Send]]  # one client, its own connection
-Data = tuple[list[bytes], np.ndarray]  # the photo files, and their pixels [N, 224, 224, 3]
+Data = tuple[list[bytes], np.ndarray | None]  # the photo files, their pixels [N, 224, 224, 3]
 Body = tuple[str, bytes, dict[str, str]]  # an HTTP request: path, content, headers
 
 
 @dataclass
 class Form:
-    """How requests carry photos, and the mean payload of a request in bytes."""
+    """A protocol and its input, how to open a client, the mean request size in bytes."""
 
     protocol: str
     kind: str
-    groups: list[list[int]]
     opener: Opener
     payload: float
-
-    @property
-    def name(self) -> str:
-        """e.g. ``grpc image_bytes``."""
-        return f"{self.protocol} {self.kind}"
 
 
 def photo_files(folder: Path, count: int) -> list[Path]:
@@ -78,14 +71,9 @@ def photo_files(folder: Path, count: int) -> list[Path]:
     return files + extra[:count]
 
 
-def groups_of(size: int, count: int, photos: int) -> list[list[int]]:
-    """``count`` requests of ``size`` photos, taken in turn from the list."""
-    return [[(k * size + j) % photos for j in range(size)] for k in range(count)]
-
-
-def http_body(protocol: str, kind: str, group: list[int], data: Data) -> Body:
-    """One HTTP request of ``group``: multipart ``/predict`` (or ``/predict/batch``), OIP
-    JSON with base64 files, or TF Serving ``:predict`` with pixels as JSON numbers."""
+def http_body(protocol: str, group: list[int], data: Data) -> Body:
+    """One HTTP request of the photos ``group``: multipart ``/predict`` (``/predict/batch``),
+    OIP JSON with base64 files, or TF Serving ``:predict`` with pixels as JSON numbers."""
     photos, pixels = data
     if protocol == "predict":
         path, field = ("/predict", "file") if len(group) == 1 else ("/predict/batch", "files")
@@ -93,12 +81,12 @@ def http_body(protocol: str, kind: str, group: list[int], data: Data) -> Body:
         request = httpx.Request("POST", path, files=files)
         return path, request.read(), dict(request.headers)
     if protocol == "json-numbers":
-        content = {"instances": pixels[group].tolist()}
-        path = f"/v1/models/{MODEL}:predict"
+        assert pixels is not None
+        content, path = {"instances": pixels[group].tolist()}, f"/v1/models/{MODEL}:predict"
     else:  # oip-json
         data_ = [base64.b64encode(photos[i]).decode() for i in group]
-        tensor = {"name": kind, "shape": [len(group)], "datatype": "BYTES", "data": data_}
-        content, path = {"inputs": [tensor]}, f"/v2/models/{MODEL}/infer"
+        tensor = {"name": "image_bytes", "shape": [len(group)], "datatype": "BYTES"}
+        content, path = {"inputs": [tensor | {"data": data_}]}, f"/v2/models/{MODEL}/infer"
     return path, json.dumps(content).encode(), {"content-type": "application/json"}
 
 
@@ -113,14 +101,12 @@ def http_answer(protocol: str, answer: dict[str, Any]) -> np.ndarray:
     return np.array(output["data"]).reshape(output["shape"])
 
 
-def http_opener(url: str, protocol: str, bodies: list[Body], address: str = "") -> Opener:
-    """httpx clients, one connection each (from ``address``, if given), sending the
-    prepared ``bodies`` in turn."""
+def http_opener(url: str, protocol: str, bodies: list[Body]) -> Opener:
+    """httpx clients, one connection each, sending the prepared ``bodies`` in turn."""
 
     @contextlib.asynccontextmanager
     async def opened() -> AsyncIterator[Send]:
-        transport = httpx.AsyncHTTPTransport(local_address=address or None)
-        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT, transport=transport) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
 
             async def send(turn: int) -> np.ndarray:
                 path, content, headers = bodies[turn % len(bodies)]
@@ -132,24 +118,16 @@ def http_opener(url: str, protocol: str, bodies: list[Body], address: str = "") 
     return opened
 
 
-def triton_input(module: Any, kind: str, group: list[int], data: Data) -> Any:
-    """An ``InferInput`` of tritonclient's ``module`` (grpc or http), its data set once."""
-    photos, pixels = data
-    if kind == "image_bytes":
-        array = np.array([photos[i] for i in group], dtype=object)
-        infer_input = module.InferInput(kind, [len(group)], "BYTES")
-    else:
-        array = pixels[group]
-        infer_input = module.InferInput(kind, list(array.shape), "FP32")
-    if module is httpclient:  # binary tensor data, not JSON
-        infer_input.set_data_from_numpy(array, binary_data=True)
-    else:  # gRPC: raw_input_contents
-        infer_input.set_data_from_numpy(array)
-    return infer_input
-
-
-def triton_opener(protocol: str, where: str, requests: list[list[Any]]) -> Opener:
-    """tritonclient ``aio`` clients: gRPC ``ModelInfer`` or REST OIP with binary data."""
+def triton_opener(protocol: str, where: str, photos: list[bytes]) -> Opener:
+    """tritonclient ``aio`` clients: gRPC ``ModelInfer`` (raw input contents) or REST OIP
+    with binary tensor data, ``image_bytes`` of one photo each, the inputs made once."""
+    module = grpcclient if protocol == "grpc" else httpclient
+    inputs = []
+    for photo in photos:
+        infer_input = module.InferInput("image_bytes", [1], "BYTES")
+        binary = {} if module is grpcclient else {"binary_data": True}
+        infer_input.set_data_from_numpy(np.array([photo], dtype=object), **binary)
+        inputs.append([infer_input])
     if protocol == "grpc":
         outputs = [grpcclient.InferRequestedOutput(PROBABILITIES)]
         options: dict[str, Any] = {"client_timeout": TIMEOUT}
@@ -165,8 +143,8 @@ def triton_opener(protocol: str, where: str, requests: list[list[Any]]) -> Opene
             client = httpaio.InferenceServerClient(where, conn_timeout=TIMEOUT)
 
         async def send(turn: int) -> np.ndarray:
-            inputs = requests[turn % len(requests)]
-            result = await client.infer(MODEL, inputs, outputs=outputs, **options)
+            request = inputs[turn % len(inputs)]
+            result = await client.infer(MODEL, request, outputs=outputs, **options)
             return result.as_numpy(PROBABILITIES)
 
         try:
@@ -177,23 +155,15 @@ def triton_opener(protocol: str, where: str, requests: list[list[Any]]) -> Opene
     return opened
 
 
-def tfs_request(kind: str, group: list[int], data: Data) -> bytes:
-    """A TF Serving ``PredictRequest`` for the photos of ``group``, serialized (as
-    ``tf.make_tensor_proto`` builds it)."""
-    photos, pixels = data
+def tfs_request(group: list[int], photos: list[bytes]) -> bytes:
+    """A TF Serving ``PredictRequest`` of the photos ``group`` as ``image_bytes``
+    (DT_STRING), serialized as ``tf.make_tensor_proto`` builds it."""
     request = TFSERVING.messages["PredictRequest"]()
     request.model_spec.name = MODEL
-    tensor = request.inputs[kind]
-    if kind == "image_bytes":
-        tensor.dtype = DT_STRING
-        tensor.string_val.extend(photos[i] for i in group)
-        sizes = [len(group)]
-    else:
-        tensor.dtype = DT_FLOAT
-        tensor.tensor_content = pixels[group].astype("<f4").tobytes()
-        sizes = list(pixels[group].shape)
-    for size in sizes:
-        tensor.tensor_shape.dim.add(size=size)
+    tensor = request.inputs["image_bytes"]
+    tensor.dtype = DT_STRING
+    tensor.string_val.extend(photos[i] for i in group)
+    tensor.tensor_shape.dim.add(size=len(group))
     return request.SerializeToString()
 
 
@@ -232,25 +202,19 @@ def failure(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def make_form(
-    protocol: str, kind: str, groups: list[list[int]], url: str, address: str, data: Data
-) -> Form:
-    """The prepared requests of one protocol and input for ``groups`` of photo numbers
-    (``url``: the REST server; ``address``: its gRPC host:port)."""
+def make_form(protocol: str, url: str, address: str, data: Data) -> Form:
+    """The prepared requests of ``protocol``, one photo each (``url``: the REST server;
+    ``address``: its gRPC host:port)."""
+    photos, n = data[0], range(len(data[0]))
     if protocol in ("predict", "oip-json", "json-numbers"):
-        bodies = [http_body(protocol, kind, g, data) for g in groups]
+        bodies = [http_body(protocol, [i], data) for i in n]
         payload = float(np.mean([len(content) for _, content, _ in bodies]))
-        kind = "files" if protocol == "predict" else kind
-        return Form(protocol, kind, groups, http_opener(url, protocol, bodies), payload)
+        kind = {"predict": "files", "json-numbers": "images"}.get(protocol, "image_bytes")
+        return Form(protocol, kind, http_opener(url, protocol, bodies), payload)
     if protocol == "tfs-grpc":
-        requests = [tfs_request(kind, g, data) for g in groups]
+        requests = [tfs_request([i], photos) for i in n]
         payload = float(np.mean([len(r) for r in requests]))  # the whole message
-        return Form(protocol, kind, groups, tfs_opener(address, requests), payload)
-    module = grpcclient if protocol == "grpc" else httpclient
-    inputs = [[triton_input(module, kind, g, data)] for g in groups]
+        return Form(protocol, "image_bytes", tfs_opener(address, requests), payload)
     where = address if protocol == "grpc" else url.removeprefix("http://")
-    if kind == "image_bytes":  # BYTES: a 4-byte length per element
-        payload = float(np.mean([sum(4 + len(data[0][i]) for i in g) for g in groups]))
-    else:
-        payload = float(len(groups[0]) * data[1][0].nbytes)
-    return Form(protocol, kind, groups, triton_opener(protocol, where, inputs), payload)
+    payload = float(np.mean([4 + len(p) for p in photos]))  # BYTES: a 4-byte length each
+    return Form(protocol, "image_bytes", triton_opener(protocol, where, photos), payload)

@@ -44,6 +44,7 @@ from bench.harness import (
     write_report,
 )
 from bench.serve_images import cached_variant, sample_photos
+from bench.serve_load import cores, cpu_now
 
 KINDS = ("retry", "honour")
 BOUNDARY = "catdog-overload-boundary"
@@ -206,14 +207,6 @@ async def run_slowloris(server: Server, requests: list[bytes], args: argparse.Na
     return rows
 
 
-def cpu_cores(server: Server, before: tuple[float, float, float]) -> tuple[float, float]:
-    """Server and client CPU used since ``before`` (wall, server, client seconds), in cores."""
-    wall = time.perf_counter() - before[0]
-    server_s = (server.cpu_seconds() or 0.0) - before[1]
-    client_s = time.process_time() - before[2]
-    return round(server_s / wall, 2), round(client_s / wall, 2)
-
-
 async def run_row(
     server: Server, requests: list[bytes], connections: int, kind: str, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -225,9 +218,9 @@ async def run_row(
         for seed in range(connections)
     ]
     await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
-    before = (time.perf_counter(), server.cpu_seconds() or 0.0, time.process_time())
+    before = cpu_now(server)
     await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
-    server_cores, client_cores = cpu_cores(server, before)
+    used = cores(before, cpu_now(server))
     await asyncio.gather(*tasks)
     await asyncio.sleep(args.settle)  # let held and queued requests finish
     ok = np.array(window.ok_latency) * 1000
@@ -246,8 +239,8 @@ async def run_row(
         "other_statuses": others,
         "errors": sum(window.errors.values()),
         "error_kinds": dict(window.errors),
-        "server_cores": server_cores,
-        "client_cores": client_cores,
+        "server_cores": used["server_cores"],
+        "client_cores": used["client_cores"],
     }
 
 

@@ -28,6 +28,7 @@ from bench import harness
 from bench.harness import CACHE, Metrics, Server, read_metrics, uvicorn_server, value
 from bench.serve_images import ImageSet
 
+CORES = ("server", "client", "other")  # who used the CPU: the server, this process, the rest
 # Settings of each batching mode ("on": the service's defaults).
 MODES: dict[str, dict[str, object]] = {"on": {}, "off": {"max_batch_size": 1}}
 # Watches the server over a measured window (start, end in perf_counter time), e.g. a profiler.
@@ -49,9 +50,7 @@ class LoadResult:
     error_samples: list[str] = field(default_factory=list)
     batch_sum: float = 0.0
     batch_count: float = 0.0
-    server_cores: float | None = None  # CPU the server used over the window, in cores
-    client_cores: float | None = None  # the same for this load generator
-    other_cores: float | None = None  # the rest of the machine (other processes)
+    cores: dict[str, float] = field(default_factory=dict)  # server, client, other: cores()
     runtime: str | None = None  # what runs the model, as the server's /metrics say
     probe: dict[str, Any] | None = None  # what a Probe saw over the window
 
@@ -109,6 +108,22 @@ def machine_busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_now(server: Server) -> tuple[float, float, float, float]:
+    """(wall clock, server CPU, this process's CPU, all cores' busy time), in seconds."""
+    busy = machine_busy_seconds()
+    return time.perf_counter(), server.cpu_seconds() or 0.0, time.process_time(), busy
+
+
+def cores(before: tuple[float, ...], after: tuple[float, ...]) -> dict[str, float]:
+    """Cores the server, the load generator and anything else used between two
+    :func:`cpu_now` (CPU seconds ÷ wall seconds), and the server's CPU seconds."""
+    wall, server_s, client_s, busy_s = (b - a for a, b in zip(before, after))
+    named = {"server": server_s, "client": client_s, "other": max(busy_s - server_s - client_s, 0)}
+    return {"server_s": round(server_s, 3)} | {
+        f"{who}_cores": round(seconds / wall, 2) for who, seconds in named.items()
+    }
+
+
 def batch_counters(metrics: Metrics) -> tuple[float, float]:
     """(catdog_batch_size_sum, catdog_batch_size_count) from the server's ``/metrics``."""
     return value(metrics, "catdog_batch_size_sum"), value(metrics, "catdog_batch_size_count")
@@ -154,19 +169,11 @@ async def run_load(
         )
         watching = asyncio.ensure_future(probe(server, window)) if probe else None
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
-        started = time.perf_counter()
-        server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
-        busy = machine_busy_seconds()
+        before = cpu_now(server)
         metrics = await read_metrics(side, server.url)
         await load
         after = batch_counters(await read_metrics(side, server.url))
-        elapsed = time.perf_counter() - started
-        server_after, busy = server.cpu_seconds(), machine_busy_seconds() - busy
-        result.client_cores = (time.process_time() - client_cpu) / elapsed
-        if server_cpu is not None and server_after is not None:
-            result.server_cores = (server_after - server_cpu) / elapsed
-            ours = result.server_cores + result.client_cores
-            result.other_cores = max(0.0, busy / elapsed - ours)
+        result.cores = cores(before, cpu_now(server))
         result.probe = await watching if watching else None
     before = batch_counters(metrics)
     result.batch_sum, result.batch_count = after[0] - before[0], after[1] - before[1]
@@ -185,11 +192,6 @@ def summarize(result: LoadResult) -> dict[str, Any]:
     """The row of numbers reported for one load level."""
     ok, statuses = result.latencies_ok, dict(result.statuses)
     p50, p90, p99, top = percentiles(ok, 50, 90, 99, 100)
-    cores = {
-        f"{who}_cores": None if used is None else round(used, 2)
-        for who, used in (("server", result.server_cores), ("client", result.client_cores),
-                          ("other", result.other_cores))
-    }  # fmt: skip
     by_image = {}
     for group, values in result.latencies_by_group.items():
         g50, g99 = percentiles(values, 50, 99)
@@ -211,7 +213,7 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "mean_batch": round(result.batch_sum / result.batch_count, 2)
         if result.batch_count
         else None,
-        **cores,
+        **{f"{who}_cores": result.cores.get(f"{who}_cores") for who in CORES},
         "runtime": result.runtime,
     } | ({"probe": result.probe} if result.probe else {})
 

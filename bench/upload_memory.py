@@ -50,14 +50,14 @@ def request_for(protocol: str, file: bytes, count: int, side: tuple[int, int]) -
     from app.protocols.messages import INFERENCE, TFSERVING
     from app.protocols.tfserving.servicer import PREDICTION_SERVICE
 
-    copies, data = [0] * count, ([file], None)
+    copies = [0] * count
     if protocol in ("multipart", "oip-json"):
         route = "predict" if protocol == "multipart" else protocol
-        path, content, headers = http_body(route, "image_bytes", copies, data)
+        path, content, headers = http_body(route, copies, ([file], None))
         return path, headers, content
     if protocol == "tfs-grpc":
         path = TFSERVING.services[PREDICTION_SERVICE]["Predict"].path
-        return path, {}, tfs_request("image_bytes", copies, data)
+        return path, {}, tfs_request(copies, [file])
     json_type = {"content-type": "application/json"}
     if protocol == "tfs-numbers":
         row = "[" + ",".join(["0.501961"] * 3) + "]"
