@@ -26,25 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench import harness
-from bench.harness import (
-    CACHE,
-    Server,
-    describe_exit,
-    ints,
-    loadavg,
-    markdown,
-    new_report,
-    slug,
-    split_cpus,
-    table,
-    uvicorn_server,
-    write_report,
-)
+from bench.harness import CACHE, Server, ints, table
 from bench.serve_images import cached_variant, sample_photos
-from bench.serve_load import cores, cpu_now
+from bench.serve_load import cores, cpu_now, percentiles
 
 KINDS = ("retry", "honour")
 BOUNDARY = "catdog-overload-boundary"
@@ -53,20 +38,12 @@ CONNECT_TIMEOUT = 30.0
 
 def encode_request(photo: bytes, name: str) -> bytes:
     """One ``POST /predict`` with ``photo`` as multipart field ``file``, ready to write."""
-    body = (
-        (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + photo
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
-    head = (
-        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    return head + body
+    part = f'Content-Disposition: form-data; name="file"; filename="{name}"'
+    body = f"--{BOUNDARY}\r\n{part}\r\nContent-Type: image/jpeg\r\n\r\n".encode()
+    body += photo + f"\r\n--{BOUNDARY}--\r\n".encode()
+    head = "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+    head += f"boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
 
 
 @dataclass
@@ -178,15 +155,10 @@ async def probe(port: int, requests: list[bytes], count: int) -> dict[str, Any]:
         status, _ = await read_response(reader)
         statuses[status] += 1
         if status == 200:
-            latencies.append((time.perf_counter() - sent) * 1000)
+            latencies.append(time.perf_counter() - sent)
     writer.close()
-    ms = np.array(latencies)
-    return {
-        "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
-        "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
-        "max_ms": round(float(ms.max()), 1) if len(ms) else None,
-        "statuses": dict(statuses),
-    }
+    p50, p99, top = percentiles(latencies, 50, 99, 100)
+    return {"p50_ms": p50, "p99_ms": p99, "max_ms": top, "statuses": dict(statuses)}
 
 
 async def run_slowloris(server: Server, requests: list[bytes], args: argparse.Namespace) -> list:
@@ -223,17 +195,13 @@ async def run_row(
     used = cores(before, cpu_now(server))
     await asyncio.gather(*tasks)
     await asyncio.sleep(args.settle)  # let held and queued requests finish
-    ok = np.array(window.ok_latency) * 1000
-    journey = np.array(window.journey) * 1000
-    pct = lambda a, q: round(float(np.percentile(a, q)), 1) if len(a) else None  # noqa: E731
+    p50, p99 = percentiles(window.ok_latency, 50, 99)
     others = {s: n for s, n in window.statuses.items() if s not in (200, 503)}
     return {
         "connections": connections,
         "kind": kind,
         "ok_per_s": round(window.statuses[200] / args.duration, 1),
-        "p50_ms": pct(ok, 50),
-        "p99_ms": pct(ok, 99),
-        "journey_p99_ms": pct(journey, 99),
+        **{"p50_ms": p50, "p99_ms": p99, "journey_p99_ms": percentiles(window.journey, 99)[0]},
         "refused_per_s": round(window.statuses[503] / args.duration, 1),
         "other": sum(others.values()),
         "other_statuses": others,
@@ -258,12 +226,12 @@ async def run(args: argparse.Namespace, report: dict[str, Any]) -> None:
     requests = load_requests(args)
     report["n_requests"] = len(requests)
     report["mean_kb"] = round(sum(map(len, requests)) / len(requests) / 1024, 1)
-    client_cpus, server_cpus = split_cpus(not args.no_pin)
+    client_cpus, server_cpus = harness.split_cpus(not args.no_pin)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
     env = dict(item.split("=", 1) for item in args.server_env)
-    log = CACHE / "logs" / f"overload-{slug(args.model_dir)}.log"
-    with uvicorn_server(args.model_dir, log, cpus=server_cpus, env=env) as server:
+    log = CACHE / "logs" / f"overload-{harness.slug(args.model_dir)}.log"
+    with harness.uvicorn_server(args.model_dir, log, cpus=server_cpus, env=env) as server:
         if args.slowloris:
             report["slowloris"] = await run_slowloris(server, requests, args)
             print(report["slowloris"], flush=True)
@@ -272,7 +240,7 @@ async def run(args: argparse.Namespace, report: dict[str, Any]) -> None:
                 row = await run_row(server, requests, connections, kind, args)
                 print(row, flush=True)
                 report["rows"].append(row)
-    report["server_exit"] = describe_exit(server.process.returncode)
+    report["server_exit"] = harness.describe_exit(server.process.returncode)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -331,7 +299,7 @@ def render(report: dict[str, Any]) -> str:
         ]
         body += table(report["slowloris"], PROBE, ("statuses",))
     body += ["", report["note"]] if report.get("note") else []
-    return markdown("Goodput under overload", report, about, body)
+    return harness.markdown("Goodput under overload", report, about, body)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -339,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     pinning = "not pinned" if args.no_pin else "client on the first core, server on the others"
-    report = new_report("bench.overload", argv, pinning=pinning)
+    report = harness.new_report("bench.overload", argv, pinning=pinning)
     report.update(rows=[], warmup=args.warmup, duration=args.duration, note=args.note)
     report["probes"] = args.probes
     with contextlib.suppress(ImportError):
@@ -347,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(run(args, report))
-    report["environment"]["loadavg_end"] = loadavg()
-    write_report(report, render(report), args.out)
+    report["environment"]["loadavg_end"] = harness.loadavg()
+    harness.write_report(report, render(report), args.out)
 
 
 if __name__ == "__main__":

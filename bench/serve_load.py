@@ -247,31 +247,24 @@ def bench_servers(
         for config in configs:
             runtime, mode = config
             # OTEL_* names in a mode are OpenTelemetry's own variables, not CATDOG_ settings.
-            mode_env = {
-                k.upper(): v for k, v in args.mode_settings[mode].items() if k.startswith("otel_")
-            }
-            settings = {
-                k: v for k, v in args.mode_settings[mode].items() if not k.startswith("otel_")
-            }
+            env, settings = settings_env(args, runtime), {}
+            for key, val in args.mode_settings[mode].items():
+                (env if key.startswith("otel_") else settings)[key.upper()] = val
+            log = CACHE / "logs" / f"{harness.slug(model_dir)}-{runtime or 'default'}-{mode}.log"
             server = stack.enter_context(
                 uvicorn_server(
                     model_dir,
-                    CACHE / "logs" / f"{harness.slug(model_dir)}-{runtime or 'default'}-{mode}.log",
+                    log,
                     ready_timeout=args.ready_timeout,
-                    env=settings_env(args, runtime) | mode_env,
+                    env=env,
                     cpus=args.server_cpus,
                     access_log=args.access_log,
                     **settings,
-                )
+                )  # fmt: skip
             )
-            idle_kb = harness.proc_status_kb(
-                server.process.pid, "VmRSS"
-            )  # right after /readyz said 200
+            idle_kb = harness.proc_status_kb(server.process.pid, "VmRSS")  # right after /readyz
             servers[config] = server, None if idle_kb is None else round(idle_kb / 1024, 1)
-            print(
-                f"[{label(config)}] ready in {server.ready_s:.2f} s, RSS {servers[config][1]} MB",
-                flush=True,
-            )
+            print(f"[{label(config)}] ready in {server.ready_s:.2f} s, RSS {servers[config][1]} MB")
         for level, clients in enumerate(args.clients):
             for config in list(servers)[:: -1 if level % 2 else 1]:
                 server, idle_rss_mb = servers[config]
