@@ -1,7 +1,7 @@
 """``python -m bench NAME [ARGS]``: run one benchmark; ``python -m bench --list`` names them all.
 
 A benchmark is a module of this package with a ``main(argv)``; NAME is its module name
-(``serve``, ``grpc_load``; ``grpc-load`` works too) and ARGS go to it unchanged, so
+(``serve``, ``serve_profile``; ``serve-profile`` works too) and ARGS go to it unchanged, so
 ``python -m bench serve --help`` shows its options. ``python -m bench.serve`` still runs
 the same ``main``.
 """

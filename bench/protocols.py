@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,32 @@ import httpx
 import numpy as np
 
 from bench import harness
-from bench.clients import PROTOCOLS, Data, Form, Send, failure, make_form, photo_files
+from bench.clients import PROTOCOLS, Opener, Send, failure, opener, photo_files, request_for
 from bench.harness import CACHE, ROOT, Server, ints, read_metrics, table, value
 from bench.serve_load import batch_counters, cores, cpu_now, percentiles, served_runtime
 from catdog.preprocessing import preprocess
 
 SPLIT_TEST = ROOT / "data" / "split" / "test"
+
+
+@dataclass
+class Form:
+    """A protocol and its input, how to open a client, the mean request size in bytes."""
+
+    protocol: str
+    kind: str
+    opener: Opener
+    payload: float
+
+
+def make_form(protocol: str, url: str, address: str, photos: list[bytes]) -> Form:
+    """One photo per request, each prepared as ``protocol`` carries it (``url``: the REST
+    server; ``address``: its gRPC host:port); ``json-numbers`` sends the photo's pixels."""
+    pixels = [preprocess(p)[None] for p in photos] if protocol == "json-numbers" else None
+    requests = [request_for(protocol, [p], pixels and pixels[i]) for i, p in enumerate(photos)]
+    kind = {"predict": "files", "json-numbers": "images"}.get(protocol, "image_bytes")
+    payload = float(np.mean([len(body) for _, _, body in requests]))
+    return Form(protocol, kind, opener(protocol, requests, url, address), payload)
 
 
 async def send_until(send: Send, start: int, until: float, ok: list, failed: Counter) -> None:
@@ -93,11 +114,11 @@ async def load_row(server: Server, form: Form, clients: int, args: argparse.Name
     }
 
 
-async def measure(args: argparse.Namespace, server: Server, address: str, data: Data) -> dict:
+async def measure(args: argparse.Namespace, server: Server, address: str, photos: list) -> dict:
     """The runtime the service reports, and the load rows."""
     async with httpx.AsyncClient(timeout=10) as client:
         runtime = served_runtime(await read_metrics(client, server.url))
-    forms = {p: make_form(p, server.url, address, data) for p in args.forms}
+    forms = {p: make_form(p, server.url, address, photos) for p in args.forms}
     load = []
     for n, clients in enumerate(args.clients):
         for protocol in args.forms if n % 2 == 0 else args.forms[::-1]:  # drift favours none
@@ -166,8 +187,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     files = photo_files(args.images, args.n_images)
     photos = [f.read_bytes() for f in files]
-    pixels = np.stack([preprocess(p) for p in photos]) if "json-numbers" in args.forms else None
-    data = photos, pixels
     client_cpus, server_cpus = harness.split_cpus(args.pin)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
@@ -182,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with harness.uvicorn_server(
             args.model_dir, log, cpus=server_cpus, grpc_address=address, **settings
         ) as server:
-            measured = asyncio.run(measure(args, server, address, data))
+            measured = asyncio.run(measure(args, server, address, photos))
             measured["peak_rss_mb"], measured["settings"] = server.peak_rss_mb, settings
         report["load"] += [{"server": name, **row} for row in measured.pop("load")]
         report["servers"][name] = measured

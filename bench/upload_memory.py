@@ -15,25 +15,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import struct
 import sys
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import grpc
-import httpx
+import numpy as np
 
 from bench import harness, sizing
-from bench.clients import http_body, tfs_request
-from bench.harness import CACHE, ROOT, free_port, memory_mb, new_report, table, uvicorn_server
+from bench.clients import Opener, Request, Send, failure, opener, request_for
+from bench.harness import CACHE, ROOT, descendants, free_port, memory_mb, table, uvicorn_server
 from bench.protocols import SPLIT_TEST
 
 PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json", "grpc", "tfs-grpc", "tfs-numbers")
-GRPC = ("grpc", "tfs-grpc")  # the others are HTTP
-Request = tuple[str, dict[str, str], bytes]  # path, headers, body
+SENT_AS = {"multipart": "predict", "tfs-numbers": "json-numbers"}  # bench.clients' names
 
 
 def padded_photo(folder: Path, size: int) -> bytes:
@@ -43,77 +40,31 @@ def padded_photo(folder: Path, size: int) -> bytes:
     return photo + bytes(size - len(photo))
 
 
-def request_for(protocol: str, file: bytes, count: int, side: tuple[int, int]) -> Request:
+def request_of(protocol: str, file: bytes, count: int, side: tuple[int, int]) -> Request:
     """One request carrying ``count`` copies of ``file`` the way ``protocol`` sends them (for
-    gRPC: the method's path, no headers, the message; for ``tfs-numbers``: ``count`` images
-    of ``side`` pixels as JSON numbers instead of the file)."""
-    from app.protocols.messages import INFERENCE, TFSERVING
-    from app.protocols.tfserving.servicer import PREDICTION_SERVICE
-
-    copies = [0] * count
-    if protocol in ("multipart", "oip-json"):
-        route = "predict" if protocol == "multipart" else protocol
-        path, content, headers = http_body(route, copies, ([file], None))
-        return path, headers, content
-    if protocol == "tfs-grpc":
-        path = TFSERVING.services[PREDICTION_SERVICE]["Predict"].path
-        return path, {}, tfs_request(copies, [file])
-    json_type = {"content-type": "application/json"}
+    ``tfs-numbers``: ``count`` images of ``side`` pixels as JSON numbers instead)."""
     if protocol == "tfs-numbers":
-        row = "[" + ",".join(["0.501961"] * 3) + "]"
-        image = "[" + ",".join(["[" + ",".join([row] * side[1]) + "]"] * side[0]) + "]"
-        return (
-            "/v1/models/catdog:predict",
-            json_type,
-            f'{{"instances": [{",".join([image] * count)}]}}'.encode(),
-        )
-    if protocol == "tfs-json":
-        instances = [{"b64": base64.b64encode(file).decode()}] * count
-        return "/v1/models/catdog:predict", json_type, json.dumps({"instances": instances}).encode()
-    elements = (struct.pack("<I", len(file)) + file) * count
-    if protocol == "grpc":
-        message = INFERENCE.messages["ModelInferRequest"](model_name="catdog")
-        message.inputs.add(name="image_bytes", datatype="BYTES", shape=[count])
-        message.raw_input_contents.append(elements)
-        path = INFERENCE.services["inference.GRPCInferenceService"]["ModelInfer"].path
-        return path, {}, message.SerializeToString()
-    tensor = {"name": "image_bytes", "shape": [count], "datatype": "BYTES"}
-    tensor["parameters"] = {"binary_data_size": len(elements)}
-    header = json.dumps({"inputs": [tensor]}).encode()
-    headers = {"content-type": "application/octet-stream"}
-    headers["inference-header-content-length"] = str(len(header))
-    return "/v2/models/catdog/infer", headers, header + elements
+        return request_for("json-numbers", [], np.full((count, *side, 3), 0.501961))
+    return request_for(SENT_AS.get(protocol, protocol), [file] * count)
 
 
-async def fill(where: str, request: Request, at_once: int, rounds: int, grpc_api: bool) -> list:
-    """``rounds`` times, ``at_once`` requests sent together (over gRPC: one channel each, OK
-    counted as 200); the statuses of each round."""
-    path, headers, body = request
-    counts = []
-    if grpc_api:
-        unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        channels = [grpc.aio.insecure_channel(where, options=unlimited) for _ in range(at_once)]
+async def fill(send_with: Opener, at_once: int, rounds: int) -> list[dict]:
+    """``rounds`` times, ``at_once`` requests sent together, each client on its own
+    connection; the outcomes of each round (200, or what failed)."""
 
-        async def one(channel: grpc.aio.Channel) -> int | str:
-            try:
-                await channel.unary_unary(path)(body, timeout=300)  # bytes in, bytes out
-            except grpc.aio.AioRpcError as exc:
-                return exc.code().name
-            return 200
+    async def one(send: Send) -> int | str:
+        try:
+            await send(0)
+        except Exception as exc:  # counted, and the row refused
+            return failure(exc)
+        return 200
 
+    async with AsyncExitStack() as stack:
+        sends = [await stack.enter_async_context(send_with()) for _ in range(at_once)]
+        counts = []
         for _ in range(rounds):
-            codes = await asyncio.gather(*(one(c) for c in channels))
-            counts.append({c: codes.count(c) for c in set(codes)})
-        await asyncio.gather(*(c.close() for c in channels))
-        return counts
-    limits = httpx.Limits(max_connections=at_once + 4)
-    async with httpx.AsyncClient(base_url=where, timeout=300, limits=limits) as client:
-        for _ in range(rounds):
-            answers = await asyncio.gather(
-                *(client.post(path, headers=headers, content=body) for _ in range(at_once))
-            )
-            statuses = [a.status_code for a in answers]
-            counts.append({s: statuses.count(s) for s in set(statuses)})
+            outcomes = await asyncio.gather(*(one(send) for send in sends))
+            counts.append({c: outcomes.count(c) for c in set(outcomes)})
     return counts
 
 
@@ -125,18 +76,17 @@ def measure(protocol: str, per_request: int, args: argparse.Namespace) -> dict[s
     side = tuple(
         json.loads((latest_version(args.model_dir) / "metadata.json").read_text())["image_size"]
     )
-    request = request_for(protocol, padded_photo(args.photos, args.bytes), per_request, side)
+    request = request_of(protocol, padded_photo(args.photos, args.bytes), per_request, side)
     address = f"127.0.0.1:{free_port()}"
     log = CACHE / "logs" / f"upload-memory-{protocol}.log"
     settings = {"runtime": "litert", "grpc_address": address, "body_bytes_budget": 0}
     with uvicorn_server(args.model_dir, log, **settings) as server:
         pid = server.process.pid
         idle = memory_mb(pid)["VmRSS"]
-        where = address if protocol in GRPC else server.url
-        counts = asyncio.run(fill(where, request, at_once, args.rounds, protocol in GRPC))
+        send_with = opener(SENT_AS.get(protocol, protocol), [request], server.url, address)
+        counts = asyncio.run(fill(send_with, at_once, args.rounds))
         peak = memory_mb(pid)["VmHWM"]
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        parser = sum(memory_mb(int(child))["VmHWM"] for child in children)
+        parser = sum(memory_mb(child)["VmHWM"] for child in descendants(pid))
     if any(set(c) != {200} for c in counts):
         raise SystemExit(f"{protocol} x {per_request}: not every request answered 200: {counts}")
     files_mb, bodies_mb = at_once * per_request * args.bytes / 1e6, at_once * len(request[2]) / 1e6
@@ -183,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error(f"unknown protocols {sorted(unknown)}; known: {', '.join(PROTOCOLS)}")
     counts = [int(n) for n in args.per_request.split(",")]
     rows = [measure(x, n, args) for x in protocols for n in counts]
-    report = new_report("bench.upload_memory", argv)
+    report = harness.new_report("bench.upload_memory", argv)
     cpus = report["environment"]["cpus"]
     report["environment"] = f"{cpus} CPUs; LiteRT, {args.model_dir}; {args.rounds} rounds per row"
     report["settings"] = {"max_images_in_flight": args.images, "max_upload_bytes": args.bytes}

@@ -103,6 +103,18 @@ def memory_mb(pid: int) -> dict[str, float]:
     return {key: kb * 1024 / 1e6 for key, kb in values.items() if kb is not None}
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs, as they are now (none once it is gone)."""
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                children = [int(child) for child in (task / "children").read_text().split()]
+                found += children
+                todo += children
+    return found
+
+
 class ServerError(RuntimeError):
     """The service exited or did not become ready; the message ends with its log."""
 
