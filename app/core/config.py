@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     json_parse_processes: int = Field(
         1, ge=0, description="processes parsing big JSON number tensors; 0: on the event loop"
     )
+    max_json_bytes: int = Field(
+        64 << 20,  # parsed in the parsing process within its share of the pod: docs/service.md
+        ge=1,
+        description="bytes of a request's JSON; more: 413 before parsing (send files instead)",
+    )
     json_offload_values: int = Field(
         300_000, ge=0, description="JSON values from which a body is parsed in those processes"
     )

@@ -6,11 +6,12 @@ of numbers straight into arrays.
   A body that does not validate is a 400 naming the first problems.
 * A body is refused (413) before parsing when its commas show more values than
   ``max_json_images`` images hold, or its brackets more arrays (``check_values``). A
-  body of at least ``json_offload_values`` values and arrays is parsed in a worker
-  process (``app.core.offload``), which sends its tensors back as arrays: the event
-  loop keeps serving meanwhile. What is left besides those arrays (names, shapes,
-  base64 texts) is small in a legal request; more than ``most_leftovers`` values is a
-  413 (``check_leftovers``), decided where the body was parsed.
+  body of at least ``json_offload_values`` values and arrays, or of ``OFFLOAD_BYTES``
+  or more, is counted and parsed in a worker process (``app.core.offload``), which
+  sends its tensors back as arrays: the event loop keeps serving meanwhile. What is
+  left besides those arrays (names, shapes, base64 texts) is small in a legal request;
+  more than ``most_leftovers`` values is a 413 (``check_leftovers``), decided where the
+  body was parsed.
 * Memory: a body is read into one buffer (``common.read_body``) and dropped once
   parsed: a JSON request peaks while its body and its texts are both held, at most 2.8
   bytes per byte of its files (``bench/results/upload-memory.json``).
@@ -66,17 +67,26 @@ async def parse_json(
     most: int,
     pack: Callable[[M], None],
 ) -> M:
-    """``read_json``: 413 first, without parsing, when the body holds more than ``most``
-    values (``check_values``). In a worker process when the body holds
-    ``json_offload_values`` values or more, so that no Python object per number comes
-    back; in place otherwise, with the same answers. 503 if the worker dies."""
+    """``read_json``: 413 first, without parsing, when the body is over
+    ``max_json_bytes`` or holds more than ``most`` values (``check_values``). In a worker
+    process when the body is ``OFFLOAD_BYTES`` or more, or holds ``json_offload_values``
+    values or more, so that neither its counting nor its parsing holds the event loop and
+    no Python object per number comes back; in place otherwise, with the same answers.
+    503 if the worker dies."""
     settings = service.settings
-    counts = JsonCounts.of(body)
-    check_values(counts, most)
+    if len(body) > settings.max_json_bytes:
+        raise HTTPException(
+            413,
+            f"the JSON is {len(body)} bytes, more than {settings.max_json_bytes} "
+            "(CATDOG_MAX_JSON_BYTES); send images as files (multipart, or binary tensor data)",
+        )
     offload = service.offload
-    reading = Reading(counts, pack, most_leftovers(settings), settings.json_fast_tensors)
-    if not offload.enabled or sum(counts) < settings.json_offload_values:
-        return read_json(model, body, reading)
+    reading = Reading(most, pack, most_leftovers(settings), settings.json_fast_tensors)
+    if not offload.enabled or len(body) < OFFLOAD_BYTES:
+        counts = JsonCounts.of(body)
+        check_values(counts, most)
+        if not offload.enabled or sum(counts) < settings.json_offload_values:
+            return read_json(model, body, reading)
     try:
         answer = await offload.run(parse_packed, model, body, reading)
     except OffloadBrokenError as exc:
@@ -88,18 +98,36 @@ async def parse_json(
     return answer
 
 
-class Reading(NamedTuple):
-    """How ``read_json`` reads a body: its counts, ``pack`` and limit."""
+#: Bodies of this size or more are counted and parsed in the worker process, whatever
+#: they hold. ``read_json`` on the event loop, measured on TF Serving bodies (one run, the
+#: other core busy): 7 ms for 1 MB, 23-27 ms for 4 MB, 440-630 ms for 64 MB; counting a
+#: 300 MB body alone takes 0.5 s. In place, one 400 MB string field held a normal request
+#: for 3.7 s. At 4 MB the stall of one body stays near 25 ms; a worker call costs ~4 ms.
+#: The worker's peak (VmHWM) rose by ``PARSER_BYTES_PER_BYTE`` per byte of a 100 MB body
+#: of one long string (base64 images: 2.9), above the ``PARSER_BYTES`` a fresh worker
+#: holds; ``max_json_bytes`` keeps that within the pods' share for a JSON parse.
+OFFLOAD_BYTES = 4 << 20
+PARSER_BYTES_PER_BYTE = 3.8
+PARSER_BYTES = 69e6
 
-    counts: JsonCounts  # the body's
+
+class Reading(NamedTuple):
+    """How ``read_json`` reads a body: its limits and ``pack``."""
+
+    most: int  # values the body may hold (``check_values``)
     pack: Callable[[Any], None]  # the protocol's: its number tensors as arrays
     leftovers: int  # values besides them (``check_leftovers``)
     fast: bool  # parse once, large number tensors straight into arrays (``read``)
 
 
 def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M | tuple[int, str]:
-    """``read_json`` in a worker process; an HTTP error as (status, detail)."""
+    """``check_values`` and ``read_json`` in a worker process; an HTTP error as (status,
+    detail)."""
     try:
+        counts = JsonCounts.of(body)
+        check_values(counts, reading.most)
+        if sum(counts) * MIN_BYTES < len(body):  # base64 texts, not number tensors
+            reading = reading._replace(fast=False)
         return read_json(model, body, reading)
     except HTTPException as exc:
         return exc.status_code, str(exc.detail)

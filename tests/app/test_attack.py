@@ -36,8 +36,9 @@ import pytest
 
 from app.core.errors import MOST_ECHO
 from app.protocols.messages import INFERENCE
+from app.protocols.numbers import PARSER_BYTES_PER_BYTE
 from servicekit import Server, free_port, uvicorn_server
-from tests.app.helpers import HTTP_TIMEOUT, good_image, upload
+from tests.app.helpers import HTTP_TIMEOUT, good_image, serve, settings_for, upload
 from tests.deploy import measured
 
 PROBE_BOUND_S = 1.5  # the bound for a normal request during an attack
@@ -205,10 +206,18 @@ async def test_an_echoed_field_is_cut_and_costs_what_was_sent(server: Server) ->
     assert len(response.json()["error"]) <= MOST_ECHO
     assert len(response.content) < 4 * MOST_ECHO
     assert_prompt(seconds)
-    per_byte = measured.body_bytes_held_per_byte()
+    per_byte = measured.body_bytes_held_per_byte() + PARSER_BYTES_PER_BYTE  # parsed there
     rise = peak[0] - before
     assert rise <= per_byte * len(body) + ALLOWANCE, f"{rise / 1e6:.0f} MB"
     await assert_idle_again(server.process.pid, before)
+
+
+async def test_json_past_its_limit_is_refused_before_parsing(tiny_model_base: Path) -> None:
+    body = b'{"signature_name": "' + b"s" * 5_000 + b'", "instances": [{"b64": "AAAA"}]}'
+    async with serve(settings_for(tiny_model_base, max_json_bytes=4_096)) as served:
+        response = await served.client.post("/v1/models/catdog:predict", content=body)
+        assert response.status_code == 413, response.text
+        assert "more than 4096 (CATDOG_MAX_JSON_BYTES)" in response.json()["error"]
 
 
 # ---------------------------------------------------------------- 3. many bodies at once

@@ -18,6 +18,7 @@ import re
 import pytest
 
 from app.core.registry import VersionPolicy
+from app.protocols.numbers import PARSER_BYTES, PARSER_BYTES_PER_BYTE
 from tests.deploy import app_facts, crds, k8s, measured
 from tests.deploy.conftest import ALL_OVERLAYS, flavor, serving_container
 
@@ -156,6 +157,14 @@ def test_memory_limit_holds_the_worst_case_the_settings_admit(serving: str) -> N
     limit = k8s.memory_bytes(main["resources"]["limits"]["memory"])
     shown = ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in parts.items())
     assert limit >= need, f"{limit / 2**30:.2f} GiB < {need / 2**30:.2f} GiB: {shown}"
+
+
+def test_the_largest_json_fits_the_parsing_share(serving: str) -> None:
+    """The parsing process, at its measured memory per byte of the largest JSON it takes
+    (``CATDOG_MAX_JSON_BYTES``), stays within the part of the pod given to JSON parsing."""
+    settings = pod_settings(serving)
+    parser = PARSER_BYTES + PARSER_BYTES_PER_BYTE * settings.max_json_bytes
+    assert parser <= memory_parts(serving)["JSON parsing"], f"{parser / 1e6:.0f} MB"
 
 
 def test_body_budget_fits_the_pod(serving: str) -> None:

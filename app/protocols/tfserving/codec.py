@@ -233,15 +233,21 @@ async def _read(
     check_model_name(service, name)
     model = service.model_for(version)
     most = most_values(service.settings, model.contract)
-    request = await parse_json(service, schema, await read_body(http), most, _pack)
-    if request.signature_name not in (None, "", SIGNATURE):
-        raise bad_request(f"no signature {request.signature_name!r}; the only one is {SIGNATURE!r}")
-    return request
+    return await parse_json(service, schema, await read_body(http), most, _pack)
 
 
 def _pack(request: BaseModel) -> None:
-    """In the parsing worker (``parse_json``): each number tensor as an array, all rows
-    as one when every row is numbers."""
+    """Where the body was parsed (``parse_json``): each number tensor as an array, all
+    rows as one when every row is numbers; then the signature, so that a long name is
+    refused there and not carried back from the parsing worker."""
+    _pack_tensors(request)
+    name = getattr(request, "signature_name", None)
+    if name not in (None, "", SIGNATURE):
+        raise bad_request(f"no signature {name!r}; the only one is {SIGNATURE!r}")
+
+
+def _pack_tensors(request: BaseModel) -> None:
+    """Each number tensor of ``request`` as an array (``_pack``)."""
     if isinstance(request, ClassifyRequest):
         for features in [request.context or {}, *request.examples]:
             pack_values(features, "feature {key}")
