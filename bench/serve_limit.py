@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import subprocess
@@ -61,7 +62,8 @@ def measure_in_process(
             def decode(n: int = batch, rng: random.Random = rng) -> list[Future]:
                 return [pool.submit(preprocess, images.pick(rng)[1], size) for _ in range(n)]
 
-            end_to_end = pipelined_rate(predictor, decode, batch, args.inproc_duration)
+            predictor(np.stack([f.result() for f in decode()]))  # warm-up at this batch size
+            end_to_end = pipelined_rate(predictor, decode, args.inproc_duration)
             model_only = model_rate(predictor, decode, batch, args.inproc_duration)
             rows.append(
                 {"batch": batch, "images_per_s": end_to_end, "model_only_images_per_s": model_only}
@@ -109,17 +111,18 @@ def combine_in_process(before: dict[str, Any], after: dict[str, Any]) -> dict[st
     return {**after, "rows": rows, "best": max(rows, key=lambda r: r["images_per_s"])}
 
 
-def pipelined_rate(predictor: Predictor, decode: Decoder, batch: int, seconds: float) -> float:
-    """Images/s when the next batch decodes in the pool while the model runs this one."""
-    predictor(np.stack([f.result() for f in decode()]))  # warm-up at this batch size
-    pending = decode()
-    done = 0
+def pipelined_rate(predictor: Predictor, decode: Decoder, seconds: float = math.inf) -> float:
+    """Images/s when the next batch decodes in the pool while the model runs this one, for
+    ``seconds`` or until ``decode`` has no more (an image that did not decode, ``None``,
+    is left out)."""
+    pending, done = decode(), 0
     started = time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        arrays = np.stack([f.result() for f in pending])
+    while pending and time.perf_counter() - started < seconds:
+        arrays = [a for a in (f.result() for f in pending) if a is not None]
         pending = decode()
-        predictor(arrays)
-        done += batch
+        if arrays:
+            predictor(np.stack(arrays))
+        done += len(arrays)
     elapsed = time.perf_counter() - started
     for future in pending:
         future.result()
