@@ -58,17 +58,10 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def command_line(module: str, argv: Sequence[str]) -> str:
-    """How ``python -m module argv`` was started, as one shell line."""
-    python = os.path.relpath(sys.executable) if sys.executable.startswith(str(ROOT)) else "python"
-    return shlex.join([python, "-m", module, *argv])
-
-
 def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line for line in lines if line.startswith("model name")).split(":")[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -97,28 +90,20 @@ def stamp(model_dir: Path | None = None) -> dict[str, str]:
 
 
 def new_report(module: str, argv: Sequence[str], **environment: Any) -> dict[str, Any]:
-    """What every report starts with: the command, when, its :func:`stamp`, the CPUs,
-    ``environment``, the load."""
+    """What every report starts with: how ``python -m module argv`` was started (one shell
+    line), when, its :func:`stamp`, the CPUs, ``environment``, the load."""
+    python = os.path.relpath(sys.executable) if sys.executable.startswith(str(ROOT)) else "python"
     return {
-        "command": command_line(module, argv),
+        "command": shlex.join([python, "-m", module, *argv]),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "stamp": stamp(),
         "environment": {"cpus": os.cpu_count(), **environment, "loadavg_start": loadavg()},
     }
 
 
-def stamp_line(report: Mapping[str, Any]) -> str:
-    """The report's stamp as one markdown line."""
-    s = report.get("stamp") or stamp()
-    day = str(report.get("started", ""))[:10]
-    return f"_commit {s['commit']} · model version {s['model_version']} · {s['machine']} · {day}_"
-
-
 def cell(item: Any) -> str:
     """A table cell: a dash for missing values."""
-    if item is None or (isinstance(item, float) and math.isnan(item)):
-        return "–"
-    return str(item)
+    return "–" if item is None or (isinstance(item, float) and math.isnan(item)) else str(item)
 
 
 def table(
@@ -147,11 +132,13 @@ def markdown(title: str, report: Mapping[str, Any], about: str, body: Sequence[s
 
 
 def write_report(report: Mapping[str, Any], markdown: str, out: Path) -> None:
-    """The markdown at ``out``, the raw numbers as JSON beside it; both named on stdout."""
+    """The markdown at ``out``, its stamp under the title, the raw numbers as JSON beside
+    it; both named on stdout."""
     out.parent.mkdir(parents=True, exist_ok=True)
     title, _, rest = markdown.partition("\n")
-    if title.startswith("# "):  # the stamp under the title
-        markdown = f"{title}\n\n{stamp_line(report)}\n{rest}"
+    s, day = report.get("stamp") or stamp(), str(report.get("started", ""))[:10]
+    line = f"_commit {s['commit']} · model version {s['model_version']} · {s['machine']} · {day}_"
+    markdown = f"{title}\n\n{line}\n{rest}" if title.startswith("# ") else markdown
     out.write_text(markdown + "\n")
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print("\n" + markdown, flush=True)

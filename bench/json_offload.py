@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 
 from bench import harness, sizing
-from bench.harness import ROOT, markdown, memory_mb, new_report, table, uvicorn_server, write_report
+from bench.harness import CACHE, ROOT, descendants, memory_mb, table, uvicorn_server
 
 MODEL_DIR = ROOT / "models" / "catdog"
 PREDICT = "/v1/models/catdog:predict"
@@ -107,20 +107,6 @@ async def measure(url: str, sizes: list[int], rounds: int) -> list[dict[str, obj
     return rows
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (the parsing process, multiprocessing's
-    resource tracker)."""
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in text:
-            found.append(int(status.parent.name))
-    return found
-
-
 COLUMNS = [("JSON parsed on", "server"), ("request", "case")]
 COLUMNS += [("its latency (ms, median)", "latency_ms"), ("/healthz worst (ms)", "healthz_max_ms")]
 COLUMNS += [("/healthz p99 (ms)", "healthz_p99_ms"), ("/healthz answers", "healthz_answers")]
@@ -135,16 +121,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    report = new_report("bench.json_offload", sys.argv[1:] if argv is None else argv)
+    report = harness.new_report("bench.json_offload", sys.argv[1:] if argv is None else argv)
     rows = []
     memory: dict[str, dict[str, float | None]] = {}
     for name, settings in SERVERS.items():
-        log = ROOT / "runs" / "bench" / f"json-offload-{name.split()[0]}.log"
+        log = CACHE / "logs" / f"json-offload-{name.split()[0].rstrip(',')}.log"
         with uvicorn_server(MODEL_DIR, log, runtime="litert", **settings) as server:
             pid = server.process.pid
             idle = memory_mb(pid)["VmRSS"]
             measured = asyncio.run(measure(server.url, sizes, args.rounds))
-            workers = [memory_mb(child)["VmHWM"] for child in children(pid)]
+            workers = [memory_mb(child)["VmHWM"] for child in descendants(pid)]
             memory[name] = {
                 "server_idle_mb": round(idle, 1),
                 "server_peak_mb": round(memory_mb(pid)["VmHWM"], 1),
@@ -162,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     body = [*table(rows, COLUMNS, ["server", "case"]), "", "Memory (`VmRSS` / `VmHWM`):", ""]
     body += table(memory_rows, MEMORY, ["server"])
     title = "JSON-number tensors: on the event loop or in a process, fast or by pydantic"
-    write_report(report, markdown(title, report, about, body), args.out)
+    harness.write_report(report, harness.markdown(title, report, about, body), args.out)
     if args.out.resolve() == RESULTS.resolve():  # the run the pods are sized from
         sizing.update("json_parsing", sizing.json_part(report))
 

@@ -19,17 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import sizing
-from bench.harness import (
-    floats,
-    ints,
-    loadavg,
-    markdown,
-    new_report,
-    split_cpus,
-    table,
-    write_report,
-)
+from bench import harness, sizing
+from bench.harness import floats, ints, markdown, new_report, split_cpus, table, write_report
 from bench.serve_images import GROUPS, build_image_set
 from bench.serve_limit import combine_in_process, measure_in_process, measure_in_process_pinned
 from bench.serve_load import MODES, bench_servers
@@ -54,15 +45,9 @@ def parse_args(
     add("--duration", type=float, default=20.0, help="measured seconds per level")
     add("--warmup", type=float, default=3.0, help="unmeasured seconds before")
     add("--modes", default="on,off", help="batching modes: on,off and --mode names")
-    add(
-        "--mode",
-        type=mode_arg,
-        action="append",
-        default=[],
-        metavar="NAME:SETTING=VALUE,...",
-        help="a mode of its own (repeatable), e.g. b8:max_batch_size=8; OTEL_* names are "
-        "passed to the server as they are",
-    )
+    mode = "a mode of its own (repeatable), e.g. b8:max_batch_size=8; OTEL_* names are "
+    add("--mode", type=mode_arg, action="append", default=[], metavar="NAME:SETTING=VALUE,...",
+        help=mode + "passed to the server as they are")  # fmt: skip
     add("--runtimes", default="", help="CATDOG_RUNTIME per server, e.g. litert,tensorflow")
     add("--server-env", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
     add("--header", action="append", default=[], metavar="NAME:VALUE", help="sent by clients")
@@ -78,12 +63,8 @@ def parse_args(
     add("--ready-timeout", type=float, default=300.0, help="startup timeout, s")
     add("--access-log", action=argparse.BooleanOptionalAction, default=True)
     add("--seed", type=int, default=0)
-    add(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="client on the first core, server and in-process limit on the others",
-    )
+    pin = "client on the first core, server and in-process limit on the others"
+    add("--pin", action=argparse.BooleanOptionalAction, default=True, help=pin)
     add("--inproc-only", type=Path, help=argparse.SUPPRESS)  # internal: JSON path
     add("--out", type=Path, default=Path(f"bench/results/{prog.split('.')[-1]}.md"))
     if extend is not None:
@@ -94,9 +75,7 @@ def parse_args(
     args.modes += [name for name, _ in args.mode if name not in args.modes]
     if unknown := set(args.modes) - set(args.mode_settings):
         p.error(f"unknown modes {sorted(unknown)}; choose from {sorted(args.mode_settings)}")
-    args.headers = dict(
-        (k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in args.header)
-    )
+    args.headers = {k.strip(): v.strip() for k, _, v in (h.partition(":") for h in args.header)}
     args.runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] or [None]
     if unknown := set(args.runtimes) - {None, *RUNTIMES}:
         p.error(f"unknown runtimes {sorted(unknown)}; choose from {', '.join(RUNTIMES)}")
@@ -185,17 +164,14 @@ def render(report: dict[str, Any]) -> str:
         f"{g} {d['weight']:.0%} ({d['files']} files, {d['mean_kb']} KB mean)"
         for g, d in report["images"].items()
     )
-    modes = "; ".join(
-        f"`{m}` = "
-        + (
-            ", ".join(
-                f"`{'' if k.startswith('otel_') else 'CATDOG_'}{k.upper()}={v}`"
-                for k, v in settings["mode_settings"].get(m, {}).items()
-            )
-            or "the service defaults"
+    named = {
+        m: ", ".join(
+            f"`{'' if k.startswith('otel_') else 'CATDOG_'}{k.upper()}={v}`"
+            for k, v in settings["mode_settings"].get(m, {}).items()
         )
         for m in settings["modes"]
-    )
+    }
+    modes = "; ".join(f"`{m}` = {named[m] or 'the service defaults'}" for m in named)
     about = (
         f"{report['started']}; {env['cpus']} CPUs ({env['pinning']}), load average "
         f"{env['loadavg_start']} at start, {env.get('loadavg_end')} at end; {settings['warmup']} s "
@@ -220,12 +196,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     served = [(d, runtime) for d in model_dirs for runtime in args.runtimes]
     infos = {key: model_info(*key) for key in served}
     pinning = "client on CPU {}, server on CPU {}" if args.server_cpus else "not pinned"
-    report = new_report(
-        "bench.serve", argv, pinning=pinning.format(args.client_cpus, args.server_cpus)
-    )
-    report["settings"] = {
-        k: v for k, v in vars(args).items() if k not in ("model_dir", "model_dir2")
-    }
+    pinning = pinning.format(args.client_cpus, args.server_cpus)
+    report = new_report("bench.serve", argv, pinning=pinning)
+    report["settings"] = {k: v for k, v in vars(args).items() if not k.startswith("model_dir")}
     images = build_image_set(args)
     report["images"] = images.describe()
     print(report["command"], report["images"], sep="\n", flush=True)
@@ -246,16 +219,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for row in service:
             best = limit["best"]["images_per_s"] if limit else None
             row["efficiency"] = f"{row['req_per_s'] / best:.0%}" if best else None
-        report["models"].append(
-            {
-                "model_dir": str(model_dir),
-                "runtime": runtime,
-                "model": infos[model_dir, runtime],
-                "service": service,
-                "in_process": limit,
-            }
-        )
-    report["environment"]["loadavg_end"] = loadavg()
+        model = infos[model_dir, runtime]
+        report["models"].append({"model_dir": str(model_dir), "runtime": runtime, "model": model})
+        report["models"][-1] |= {"service": service, "in_process": limit}
+    report["environment"]["loadavg_end"] = harness.loadavg()
     write_report(report, render(report), args.out)
     if args.out.resolve() == sizing.RESULTS / "runtimes-serve.md":  # the run pods are sized from
         sizing.update("serve", sizing.serve_part(report))

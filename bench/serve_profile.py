@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.harness import CACHE, Server, new_report, table, write_report
+from bench.harness import CACHE, Server, cpu_seconds, markdown, new_report, table, write_report
 from bench.serve import parse_args
 from bench.serve_images import build_image_set
 from bench.serve_load import Probe, bench_servers
@@ -48,20 +47,12 @@ RULES: dict[str, tuple[str, ...]] = {
     "access log": ("logging",),
     "multipart parsing": ("multipart", "formparsers"),
     "metrics": ("prometheus_client", "middleware.py"),
-    "JSON response": (
-        "json",
-        "render (starlette",
-        "serialize_response (fastapi",
-    ),
+    "JSON response": ("json", "render (starlette", "serialize_response (fastapi"),
     "validation (pydantic)": ("pydantic",),
     "HTTP (uvicorn, httptools)": ("uvicorn/protocols",),
     "routing (FastAPI, Starlette)": ("fastapi", "starlette"),
     "service + batcher": ("app/",),
-    "event loop: uvloop (sockets, callbacks)": (
-        "asyncio",
-        "uvloop",
-        "uvicorn",
-    ),
+    "event loop: uvloop (sockets, callbacks)": ("asyncio", "uvloop", "uvicorn"),
 }
 STAGES = [(stage, fragment) for stage, fragments in RULES.items() for fragment in fragments]
 GROUPS = {"MainThread": "event loop", "decode": "decode", "inference": "inference"}
@@ -71,13 +62,9 @@ DUMPED = re.compile(r'^Thread (\d+) \([^)]*\): "([^"]*)"', re.MULTILINE)
 
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds so far of each thread of ``pid`` (``/proc/<pid>/task/<tid>/stat``)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    seconds: dict[int, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    return seconds
+    threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    used = {tid: cpu_seconds(pid, tid) for tid in threads}
+    return {tid: seconds for tid, seconds in used.items() if seconds is not None}
 
 
 def group_of(name: str | None) -> str:
@@ -183,15 +170,13 @@ def render(report: dict[str, Any]) -> str:
     """The markdown: per runtime, mode and client count, the CPU split."""
     columns = [("group", "group"), ("stage", "stage"), ("CPU cores", "cores")]
     columns += [("CPU ms per request", "ms_per_request"), ("share of server CPU", "share")]
-    lines = ["# Where a request's CPU goes", "", "```", report["command"], "```", ""]
-    env = report["environment"]
-    lines += [
+    env, lines = report["environment"], []
+    about = (
         f"{report['started']}; {env['cpus']} CPUs ({env['pinning']}), load average at start "
         f"{env['loadavg_start']}; {report['settings']['warmup']} s warm-up then "
         f"{report['settings']['duration']} s per client count, py-spy at "
-        f"{report['settings']['rate']} Hz. See `bench/serve_profile.py` for the method.",
-        "",
-    ]
+        f"{report['settings']['rate']} Hz. See `bench/serve_profile.py` for the method."
+    )
     for row in report["rows"]:
         lines += [
             f"## {row.get('runtime')}, batching {row['mode']}, {row['clients']} clients",
@@ -203,7 +188,7 @@ def render(report: dict[str, Any]) -> str:
             *table(split_rows(row), columns, {"group", "stage", "share"}),
             "",
         ]
-    return "\n".join(lines)
+    return markdown("Where a request's CPU goes", report, about, lines)
 
 
 def add_options(p: argparse.ArgumentParser) -> None:

@@ -26,57 +26,38 @@ ABOUT = (
 )
 
 
+POINT = ("clients", "req_per_s", "mean_ms", "p99_ms", "status_503")  # per client count
+
+
+def head(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What every part starts with: the command that measured it, and when."""
+    return {"command": report["command"], "started": report["started"]}
+
+
 def serve_part(report: Mapping[str, Any]) -> dict[str, Any]:
     """Per runtime x batching mode of a ``bench serve`` report: the settings the mode
     changed, idle and peak RSS, and req/s, latency and 503s per client count."""
-    modes = report["settings"].get("mode_settings", {})
+    modes, keys = report["settings"].get("mode_settings", {}), POINT
     runs = []
     for model in report["models"]:
         rows = model["service"]
         for mode in dict.fromkeys(r["mode"] for r in rows):
             mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["clients"])
-            runs.append(
-                {
-                    "runtime": model["runtime"],
-                    "mode": mode,
-                    "settings": modes.get(mode, {}),
-                    "idle_rss_mb": max(r["idle_rss_mb"] for r in mine),
-                    "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
-                    "points": [
-                        {
-                            k: r[k]
-                            for k in ("clients", "req_per_s", "mean_ms", "p99_ms", "status_503")
-                        }
-                        for r in mine
-                    ],
-                }
-            )
-    return {
-        "command": report["command"],
-        "started": report["started"],
-        "cpus": report["environment"]["cpus"],
-        "runs": runs,
-    }
+            run = {"runtime": model["runtime"], "mode": mode, "settings": modes.get(mode, {})}
+            run |= {k: max(r[k] for r in mine) for k in ("idle_rss_mb", "peak_rss_mb")}
+            runs.append(run | {"points": [{k: r[k] for k in keys} for r in mine]})
+    return head(report) | {"cpus": report["environment"]["cpus"], "runs": runs}
 
 
 def upload_part(report: Mapping[str, Any]) -> dict[str, Any]:
     """Memory held per byte of files in flight, per protocol and route."""
     keep = ("protocol", "route", "files_per_request", "rise_per_byte", "rise_per_body_byte")
-    return {
-        "command": report["command"],
-        "started": report["started"],
-        "rows": [{k: r[k] for k in keep} for r in report["rows"]],
-    }
+    return head(report) | {"rows": [{k: r[k] for k in keep} for r in report["rows"]]}
 
 
 def json_part(report: Mapping[str, Any]) -> dict[str, Any]:
     """Peak memory of the server and of a parsing process, per way of parsing."""
-    return {
-        "command": report["command"],
-        "started": report["started"],
-        "sizes": report["sizes"],
-        "memory": report["memory"],
-    }
+    return head(report) | {"sizes": report["sizes"], "memory": report["memory"]}
 
 
 def decode_part(command: str, bytes_per_pixel: float) -> dict[str, Any]:
