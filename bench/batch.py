@@ -84,13 +84,9 @@ def limit_subprocess(model: Path, folder: Path, args: argparse.Namespace) -> dic
 def both_limits(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """The limit measured before the jobs and after the service: their mean (this machine's
     speed drifts over minutes, and others' work lands on it), both kept."""
-    return {
-        "files_per_s": round((before["files_per_s"] + after["files_per_s"]) / 2, 1),
-        "peak_rss_mb": max(before["peak_rss_mb"], after["peak_rss_mb"]),
-        "other_cores": max(before["other_cores"], after["other_cores"]),
-        "before": before["files_per_s"],
-        "after": after["files_per_s"],
-    }
+    rates = {"before": before["files_per_s"], "after": after["files_per_s"]}
+    both = {k: max(before[k], after[k]) for k in ("peak_rss_mb", "other_cores")}
+    return {"files_per_s": round(sum(rates.values()) / 2, 1)} | both | rates
 
 
 def estimate(per_core: float, task_ms: float, block: int, cores: int) -> list[str]:
@@ -99,13 +95,11 @@ def estimate(per_core: float, task_ms: float, block: int, cores: int) -> list[st
     files = 10_000_000
     lines = ["| nodes | cores | classifying h | Ray task overhead s | total h |", "|---:" * 5 + "|"]
     for nodes in (1, 2, 4, 8, 16, 32):
-        total_cores = nodes * cores
-        compute_s = files / (per_core * total_cores)
-        overhead_s = files / block * task_ms / 1000 / total_cores
-        hours = (compute_s + overhead_s) / 3600
-        lines.append(
-            f"| {nodes} | {total_cores} | {compute_s / 3600:.2f} | {overhead_s:.1f} | {hours:.2f} |"
-        )
+        compute_s = files / (per_core * nodes * cores)
+        overhead_s = files / block * task_ms / 1000 / (nodes * cores)
+        total_h = (compute_s + overhead_s) / 3600
+        lines.append(f"| {nodes} | {nodes * cores} | {compute_s / 3600:.2f} | {overhead_s:.1f} | ")
+        lines[-1] += f"{total_h:.2f} |"
     return lines
 
 
@@ -120,22 +114,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["model"] = str(model)
     print("in-process limit", flush=True)
     limit_before = limit_subprocess(model, folder, args)
-    print(f"  {limit_before}", flush=True)
-    print("batch job, embedded", flush=True)
+    print(f"  {limit_before}\nbatch job, embedded", flush=True)
     report["embedded_small"] = run_job(small, f"embedded-{args.small}", env, [], args.batch_size)
     report["embedded"] = run_job(folder, f"embedded-{args.count}", env, [], args.batch_size)
     print("batch job, two-node cluster", flush=True)
     with local_cluster(nodes=2, cpus=1) as cluster:
-        nodes = [p.pid for p in cluster.processes]
-        cluster_env = {**env, **cluster.env}
-        report["cluster"] = run_job(
-            folder, f"cluster-{args.count}", cluster_env, nodes, args.batch_size
-        )
+        nodes, name = [p.pid for p in cluster.processes], f"cluster-{args.count}"
+        report["cluster"] = run_job(folder, name, env | cluster.env, nodes, args.batch_size)
     print(f"service, {args.clients} clients", flush=True)
-    files = sorted(folder.iterdir())
-    report["service"] = service_rate(model.parent, files, args.clients)
-    print(f"  {report['service']}", flush=True)
-    print("in-process limit, again", flush=True)
+    report["service"] = service_rate(model.parent, sorted(folder.iterdir()), args.clients)
+    print(f"  {report['service']}\nin-process limit, again", flush=True)
     report["limit"] = both_limits(limit_before, limit_subprocess(model, folder, args))
     print(f"  {report['limit']}", flush=True)
     report["ray_overhead"] = ray_task_overhead()

@@ -1,6 +1,6 @@
 """The measurements of ``bench.batch``: a process tree's peak memory, the in-process
-limit (decode + model, no Ray), the service under closed-loop clients, Ray's
-per-task overhead.
+limit (decode + model, no Ray), the service under closed-loop clients (``bench.serve_load``),
+Ray's per-task overhead.
 
 ``TreeMemory`` samples, every 0.2 s, the resident memory of some root processes
 and all their descendants (``/proc``) and keeps the peak of the sum: the batch job
@@ -11,6 +11,7 @@ process that maps them, so the sum can count them more than once: an upper bound
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -20,12 +21,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from bench.harness import CACHE, cpu_seconds, descendants, memory_mb, proc_status_kb, uvicorn_server
+from bench.serve_images import ImageSet
 from bench.serve_limit import pipelined_rate
-from bench.serve_load import machine_busy_seconds
+from bench.serve_load import machine_busy_seconds, run_load, summarize
 
 SAMPLE_S = 0.2
 
@@ -115,41 +116,22 @@ def in_process_limit(model: Path, files: list[Path], batch: int, workers: int) -
 # ---------------------------------------------------------------- the service
 
 
-async def _clients(url: str, files: list[Path], clients: int) -> dict[str, int]:
-    todo = iter(files)
-    statuses: dict[str, int] = {}
-
-    async def client() -> None:
-        async with httpx.AsyncClient(timeout=120.0) as http:
-            for path in todo:
-                response = await http.post(
-                    f"{url}/predict", files={"file": (path.name, path.read_bytes(), "image/jpeg")}
-                )
-                key = str(response.status_code)
-                statuses[key] = statuses.get(key, 0) + 1
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return statuses
-
-
 def service_rate(model_dir: Path, files: list[Path], clients: int) -> dict[str, Any]:
-    """Each file POSTed once to ``/predict`` of a real service (its defaults), by ``clients``
-    closed-loop clients in this process: req/s and the server's peak RSS."""
-    log = CACHE / "logs" / "batch-service.log"
-    with uvicorn_server(model_dir, log) as server:
-        started = time.perf_counter()
-        with TreeMemory([os.getpid()]) as ours:  # the clients and the server
-            statuses = asyncio.run(_clients(server.url, files, clients))
-        seconds = time.perf_counter() - started
-        memory = memory_mb(server.process.pid)
+    """A real service (its defaults) under ``clients`` closed-loop clients posting 2,000 of
+    ``files`` (spread over them) to ``/predict`` for 30 s (``bench.serve_load``, as ``bench
+    serve`` does): req/s and the server's peak RSS."""
+    photos = [(path.name, path.read_bytes()) for path in files[:: max(1, len(files) // 2000)]]
+    images = ImageSet({"original": photos}, {"original": 1.0})
+    args = argparse.Namespace(warmup=3.0, duration=30.0, timeout=120.0, seed=0)
+    with uvicorn_server(model_dir, CACHE / "logs" / "batch-service.log") as server:
+        row = summarize(asyncio.run(run_load(server, images, clients, args)))
+        peak = memory_mb(server.process.pid)["VmHWM"]
+    keep = ("statuses", "other_cores", "clients")
     return {
-        "files_per_s": round(len(files) / seconds, 1),
-        "seconds": round(seconds, 1),
-        "statuses": statuses,
-        "peak_rss_mb": round(memory["VmHWM"], 1),
-        "other_cores": ours.other_cores,
-        "clients": clients,
-    }
+        "files_per_s": row["req_per_s"],
+        "seconds": args.duration,
+        "peak_rss_mb": round(peak, 1),
+    } | {k: row[k] for k in keep}
 
 
 # ---------------------------------------------------------------- Ray's overhead
