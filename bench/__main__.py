@@ -9,7 +9,6 @@ the same ``main``.
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,36 +16,31 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # modules that are parts of a benchmark or shared code, not benchmarks of their own
 PARTS = {"harness", "serve_images", "serve_load", "serve_limit", "batch_measure"}
-PARTS |= {"clients", "naive_server"}
+PARTS |= {"clients", "naive_server", "sizing"}
 
 
 def benchmarks() -> dict[str, str]:
-    """Every benchmark's name and the first line of its docstring (read without importing
-    it: a benchmark may import TensorFlow)."""
+    """Every benchmark's name and the first sentence of its docstring (read without
+    importing it: a benchmark may import TensorFlow)."""
     found = {}
-    for module in pkgutil.iter_modules([str(HERE)]):
-        name = module.name
-        if name.startswith("_") or name in PARTS:
-            continue
-        source = (HERE / f"{name}.py").read_text()
-        if "\ndef main(" not in source:
+    for path in sorted(HERE.glob("[!_]*.py")):
+        source = path.read_text()
+        if path.stem in PARTS or "\ndef main(" not in source:
             continue
         doc = source.split('"""', 2)[1] if source.startswith('"""') else ""
-        first = " ".join(doc.split("\n\n")[0].split()).split(". ")[0]  # the first sentence
-        found[name] = first.split(": ", 1)[1] if first.startswith("``python -m") else first
-    return dict(sorted(found.items()))
+        first = " ".join(doc.split("\n\n")[0].split()).split(". ")[0]
+        found[path.stem] = first.split(": ", 1)[1] if first.startswith("``python -m") else first
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the named benchmark with the rest of the arguments, or list them."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    known = benchmarks()
+    args, known = list(sys.argv[1:] if argv is None else argv), benchmarks()
     if not args or args[0] in ("-h", "--help", "--list"):
         if not args or args[0] != "--list":
             print(__doc__.strip(), end="\n\n")
         width = max(map(len, known))
-        for name, about in known.items():
-            print(f"{name:<{width}}  {about}")
+        print("\n".join(f"{name:<{width}}  {about}" for name, about in known.items()))
         return 0
     name = args[0].replace("-", "_")
     if name not in known:

@@ -5,15 +5,13 @@ The benchmarks that measure them write their part when they finish: ``bench serv
 (memory per byte of uploads in flight), ``bench json_offload`` (memory of parsing
 JSON-number requests) and ``bench decode_memory`` (decoding memory per pixel).
 ``tests/deploy`` reads only this table, so a test never depends on a benchmark's
-report. ``python -m bench sizing`` rebuilds every part from the reports in
-``bench/results`` (after editing a report by hand, or to check the table).
+report; each part keeps the command that measured it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from servicekit import ROOT
@@ -76,32 +74,3 @@ def update(name: str, part: Mapping[str, Any]) -> None:
     table.update(about=ABOUT, **{name: dict(part)})
     TABLE.write_text(json.dumps(table, indent=1, sort_keys=False) + "\n")
     print(f"wrote the {name!r} part of {TABLE.relative_to(ROOT)}")
-
-
-def _report(name: str) -> dict[str, Any]:
-    return json.loads((RESULTS / name).read_text())
-
-
-def rebuild(parts: Sequence[str]) -> None:
-    """Rebuild ``parts`` from the latest reports in bench/results."""
-    makers = {
-        "serve": lambda: serve_part(_report("runtimes-serve.json")),
-        "uploads": lambda: upload_part(_report("upload-memory.json")),
-        "json_parsing": lambda: json_part(_report("json-offload.json")),
-    }
-    for name in parts:
-        if name == "decode":
-            continue  # only bench decode_memory measures it; its report is the table itself
-        update(name, makers[name]())
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Rebuild the table's parts from bench/results."""
-    p = argparse.ArgumentParser(prog="python -m bench sizing", description=__doc__)
-    p.add_argument("parts", nargs="*", default=["serve", "uploads", "json_parsing"])
-    args = p.parse_args(argv)
-    rebuild(args.parts)
-
-
-if __name__ == "__main__":
-    main()
