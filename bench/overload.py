@@ -27,23 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
+from bench.clients import request_for
 from bench.harness import CACHE, Server, ints, table
 from bench.serve_images import cached_variant, sample_photos
 from bench.serve_load import cores, cpu_now, percentiles
 
 KINDS = ("retry", "honour")
-BOUNDARY = "catdog-overload-boundary"
 CONNECT_TIMEOUT = 30.0
 
 
-def encode_request(photo: bytes, name: str) -> bytes:
+def encode_request(photo: bytes) -> bytes:
     """One ``POST /predict`` with ``photo`` as multipart field ``file``, ready to write."""
-    part = f'Content-Disposition: form-data; name="file"; filename="{name}"'
-    body = f"--{BOUNDARY}\r\n{part}\r\nContent-Type: image/jpeg\r\n\r\n".encode()
-    body += photo + f"\r\n--{BOUNDARY}--\r\n".encode()
-    head = "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
-    head += f"boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n"
-    return head.encode() + body
+    path, headers, body = request_for("predict", [photo])
+    fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{fields}\r\n".encode() + body
 
 
 @dataclass
@@ -67,10 +64,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
     length = int(headers.get("content-length", "0"))
     if length:
         await reader.readexactly(length)
@@ -216,8 +210,7 @@ def load_requests(args: argparse.Namespace) -> list[bytes]:
     """``--n-images`` 480x320 photos (cached in ``bench/.cache/images``), as requests."""
     photos = sample_photos(args.images, args.n_images, args.seed)
     return [
-        encode_request(cached_variant(p, "480x320", args.seed + i), p.name)
-        for i, p in enumerate(photos)
+        encode_request(cached_variant(p, "480x320", args.seed + i)) for i, p in enumerate(photos)
     ]
 
 

@@ -47,11 +47,8 @@ class ImageSet:
     def describe(self) -> dict[str, Any]:
         """Per group: how many files, their mean size in KB and the mix weight."""
         return {
-            g: {
-                "files": len(files),
-                "mean_kb": round(sum(len(b) for _, b in files) / len(files) / 1024, 1),
-                "weight": self.weights.get(g, 0.0),
-            }
+            g: {"files": len(files), "weight": self.weights.get(g, 0.0)}
+            | {"mean_kb": round(sum(len(b) for _, b in files) / len(files) / 1024, 1)}
             for g, files in self.groups.items()
             if files
         }
@@ -99,9 +96,7 @@ def build_image_set(args: argparse.Namespace) -> ImageSet:
     """Originals from ``--images``, plus 480x320 and 12MP versions of some of them."""
     photos = sample_photos(Path(args.images), args.n_images, args.seed)
     counts = {"original": len(photos), "480x320": args.n_medium, "12MP": args.n_huge}
-    groups: dict[str, list[tuple[str, bytes]]] = {"original": []}
-    for photo in photos:
-        groups["original"].append((photo.name, photo.read_bytes()))
+    groups = {"original": [(photo.name, photo.read_bytes()) for photo in photos]}
     for group in GROUPS[1:]:
         groups[group] = [
             (f"{group}-{p.name}", cached_variant(p, group, args.seed + i))
