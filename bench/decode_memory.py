@@ -52,12 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--megapixels", type=float, default=50.0)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "big.png"
-        width, height = write_png(path, args.megapixels)
-        done = subprocess.run(
-            [sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True
-        )
-    result = json.loads(done.stdout)
+        width, height = write_png(Path(tmp) / "big.png", args.megapixels)
+        child = [sys.executable, "-c", CHILD, str(Path(tmp) / "big.png")]
+        result = json.loads(subprocess.run(child, capture_output=True, check=True).stdout)
     rise_mb = (result["peak_kb"] - result["baseline_kb"]) / 1024
     per_pixel = rise_mb * 1024 * 1024 / (width * height)
     print(

@@ -53,6 +53,16 @@ def floats(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part.strip()]
 
 
+def named_settings(text: str) -> tuple[str, dict[str, str]]:
+    """``"b8:max_batch_size=8,batch_timeout_ms=0"`` -> ``("b8", {"max_batch_size": "8", ...})``
+    (an argparse type: a batching mode of ``serve``, a server of ``protocols``)."""
+    name, _, settings = text.partition(":")
+    pairs = [item.partition("=") for item in settings.split(",") if item.strip()]
+    if not name.strip() or any(not key.strip() or not eq for key, eq, _ in pairs):
+        raise argparse.ArgumentTypeError(f"expected NAME:SETTING=VALUE[,...], got {text!r}")
+    return name.strip(), {key.strip().lower(): val.strip() for key, _, val in pairs}
+
+
 def loadavg() -> list[float]:
     """The 1, 5 and 15 minute load averages (the machine may be busy with other work)."""
     return [round(x, 2) for x in os.getloadavg()]

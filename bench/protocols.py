@@ -28,7 +28,7 @@ import numpy as np
 
 from bench import harness
 from bench.clients import PROTOCOLS, Opener, Send, failure, opener, photo_files, request_for
-from bench.harness import CACHE, ROOT, Server, ints, read_metrics, table, value
+from bench.harness import CACHE, ROOT, Server, ints, named_settings, read_metrics, table, value
 from bench.serve_load import batch_counters, cores, cpu_now, percentiles, served_runtime
 from catdog.preprocessing import preprocess
 
@@ -154,12 +154,6 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
     return harness.markdown("The protocols side by side", report, about.strip(), body)
 
 
-def server_arg(text: str) -> tuple[str, dict[str, str]]:
-    """``"slow:json_fast_tensors=false"`` -> ``("slow", {"json_fast_tensors": "false"})``."""
-    name, _, settings = text.partition(":")
-    return name, dict(item.split("=", 1) for item in settings.split(",") if "=" in item)
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = harness.parser("protocols", __doc__, "protocols.md")
@@ -171,7 +165,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add("--warmup", type=float, default=2.0, help="seconds before each window")
     add("--duration", type=float, default=10.0, help="seconds of each window")
     servers = "a server with these settings (repeatable; default: the service defaults)"
-    add("--server", type=server_arg, action="append", default=[], help=servers)
+    add("--server", type=named_settings, action="append", default=[], help=servers)
     add("--pin", action="store_true", help="load generator on the first core, server the rest")
     add("--note", default="", help="a sentence for the report (e.g. the load)")
     args = p.parse_args(argv)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness, sizing
-from bench.harness import floats, ints, markdown, new_report, split_cpus, table, write_report
+from bench.harness import floats, ints, named_settings, split_cpus, table
 from bench.serve_images import GROUPS, build_image_set
 from bench.serve_limit import combine_in_process, measure_in_process, measure_in_process_pinned
 from bench.serve_load import MODES, bench_servers
@@ -46,7 +46,7 @@ def parse_args(
     add("--warmup", type=float, default=3.0, help="unmeasured seconds before")
     add("--modes", default="on,off", help="batching modes: on,off and --mode names")
     mode = "a mode of its own (repeatable), e.g. b8:max_batch_size=8; OTEL_* names are "
-    add("--mode", type=mode_arg, action="append", default=[], metavar="NAME:SETTING=VALUE,...",
+    add("--mode", type=named_settings, action="append", default=[], metavar="NAME:SETTING=VALUE",
         help=mode + "passed to the server as they are")  # fmt: skip
     add("--runtimes", default="", help="CATDOG_RUNTIME per server, e.g. litert,tensorflow")
     add("--server-env", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
@@ -70,6 +70,7 @@ def parse_args(
     if extend is not None:
         extend(p)
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the in-process subprocess
     args.mode_settings = {**MODES, **dict(args.mode)}
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     args.modes += [name for name, _ in args.mode if name not in args.modes]
@@ -86,15 +87,6 @@ def parse_args(
         args.inproc_duration = min(10.0, max(1.0, args.duration / 4))
     args.client_cpus, args.server_cpus = split_cpus(args.pin)
     return args
-
-
-def mode_arg(text: str) -> tuple[str, dict[str, str]]:
-    """``"b8:max_batch_size=8,batch_timeout_ms=0"`` -> ``("b8", {"max_batch_size": "8", ...})``."""
-    name, _, settings = text.partition(":")
-    pairs = [item.partition("=") for item in settings.split(",") if item.strip()]
-    if not name.strip() or not pairs or any(not key.strip() or not eq for key, eq, _ in pairs):
-        raise argparse.ArgumentTypeError(f"expected NAME:SETTING=VALUE[,...], got {text!r}")
-    return name.strip(), {key.strip().lower(): val.strip() for key, _, val in pairs}
 
 
 def model_info(model_dir: Path, runtime: str | None) -> dict[str, Any]:
@@ -179,7 +171,7 @@ def render(report: dict[str, Any]) -> str:
         f"Batching modes: {modes}. efficiency = req/s / in-process best images/s."
     )
     body = [line for result in report["models"] for line in model_section(result)]
-    return markdown("Serving benchmark", report, about, body)
+    return harness.markdown("Serving benchmark", report, about, body)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -197,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     infos = {key: model_info(*key) for key in served}
     pinning = "client on CPU {}, server on CPU {}" if args.server_cpus else "not pinned"
     pinning = pinning.format(args.client_cpus, args.server_cpus)
-    report = new_report("bench.serve", argv, pinning=pinning)
+    report = harness.new_report("bench.serve", argv, pinning=pinning)
     report["settings"] = {k: v for k, v in vars(args).items() if not k.startswith("model_dir")}
     images = build_image_set(args)
     report["images"] = images.describe()
@@ -223,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report["models"].append({"model_dir": str(model_dir), "runtime": runtime, "model": model})
         report["models"][-1] |= {"service": service, "in_process": limit}
     report["environment"]["loadavg_end"] = harness.loadavg()
-    write_report(report, render(report), args.out)
+    harness.write_report(report, render(report), args.out)
     if args.out.resolve() == sizing.RESULTS / "runtimes-serve.md":  # the run pods are sized from
         sizing.update("serve", sizing.serve_part(report))
 

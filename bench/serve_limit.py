@@ -88,13 +88,10 @@ def measure_in_process_pinned(
     """``measure_in_process`` with ``runtime`` in a subprocess, pinned to the server's cores."""
     out = CACHE / "logs" / f"{slug(model_dir)}-{runtime or 'default'}-inproc.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "bench.serve", "--model-dir", str(model_dir)]
-    command += ["--images", str(args.images), "--seed", str(args.seed), "--no-pin"]
-    command += ["--n-images", str(args.n_images), "--n-medium", str(args.n_medium)]
-    command += ["--n-huge", str(args.n_huge), "--mix", ",".join(map(str, args.mix))]
-    command += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
-    command += ["--inproc-duration", str(args.inproc_duration), "--inproc-only", str(out)]
-    command += [f"--server-env={key}={val}" for key, val in settings_env(args, runtime).items()]
+    command = [sys.executable, "-m", "bench.serve", *args.argv, "--model-dir", str(model_dir)]
+    command += ["--no-pin", "--inproc-duration", str(args.inproc_duration)]
+    command += ["--inproc-only", str(out)]
+    command += [f"--server-env=CATDOG_RUNTIME={runtime}"] if runtime else []
     subprocess.run(command, cwd=ROOT, check=True, preexec_fn=pin_to(args.server_cpus))
     return json.loads(out.read_text())
 

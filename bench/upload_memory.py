@@ -73,9 +73,8 @@ def measure(protocol: str, per_request: int, args: argparse.Namespace) -> dict[s
     from catdog.runtimes import latest_version
 
     at_once = args.images // per_request
-    side = tuple(
-        json.loads((latest_version(args.model_dir) / "metadata.json").read_text())["image_size"]
-    )
+    metadata = json.loads((latest_version(args.model_dir) / "metadata.json").read_text())
+    side = tuple(metadata["image_size"])
     request = request_of(protocol, padded_photo(args.photos, args.bytes), per_request, side)
     address = f"127.0.0.1:{free_port()}"
     log = CACHE / "logs" / f"upload-memory-{protocol}.log"
@@ -90,20 +89,12 @@ def measure(protocol: str, per_request: int, args: argparse.Namespace) -> dict[s
     if any(set(c) != {200} for c in counts):
         raise SystemExit(f"{protocol} x {per_request}: not every request answered 200: {counts}")
     files_mb, bodies_mb = at_once * per_request * args.bytes / 1e6, at_once * len(request[2]) / 1e6
-    return {
-        "protocol": protocol,
-        "route": request[0],
-        "requests": at_once,
-        "files_per_request": per_request,
-        "file_mb": round(args.bytes / 1e6, 2),
-        "body_mb": round(len(request[2]) / 1e6, 2),
-        "idle_rss_mb": round(idle, 1),
-        "peak_rss_mb": round(peak, 1),
-        "rise_mb": round(peak - idle, 1),
-        "parser_peak_mb": round(parser, 1),
-        "rise_per_byte": round((peak - idle) / files_mb, 2),
-        "rise_per_body_byte": round((peak - idle) / bodies_mb, 2),
-    }
+    row = {"protocol": protocol, "route": request[0], "requests": at_once}
+    row |= {"files_per_request": per_request, "file_mb": round(args.bytes / 1e6, 2)}
+    row |= {"body_mb": round(len(request[2]) / 1e6, 2), "idle_rss_mb": round(idle, 1)}
+    row |= {"peak_rss_mb": round(peak, 1), "rise_mb": round(peak - idle, 1)}
+    row |= {"parser_peak_mb": round(parser, 1), "rise_per_byte": round((peak - idle) / files_mb, 2)}
+    return row | {"rise_per_body_byte": round((peak - idle) / bodies_mb, 2)}
 
 
 COLUMNS = [("protocol", "protocol"), ("route", "route"), ("requests at once", "requests")]
