@@ -2,9 +2,9 @@
 
 Each ``--server`` (default: the service defaults) is a fresh ``python -m app`` with
 gRPC on a free port. On it, for each client count, each of ``--forms`` gets a warm-up
-and a measured window of C clients, each on its own connection, sending one photo
-after another (``bench.clients``); the forms' order flips at every other count.
-bench/README.md has the forms and the columns.
+and a measured window of C clients (``bench.serve_load``'s closed loop), each on its own
+connection, sending one photo after another (``bench.clients``); the forms' order flips
+at every other count. bench/README.md has the forms and the columns.
 
     .venv/bin/python -m bench protocols --clients 16,64 --duration 10
 """
@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import random
 import sys
-import time
-from collections import Counter
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,10 @@ import httpx
 import numpy as np
 
 from bench import harness
-from bench.clients import PROTOCOLS, Opener, Send, failure, opener, photo_files, request_for
-from bench.harness import CACHE, ROOT, Server, ints, named_settings, read_metrics, table, value
-from bench.serve_load import batch_counters, cores, cpu_now, percentiles, served_runtime
+from bench.clients import PROTOCOLS, Opener, failure, opener, photo_files, request_for
+from bench.harness import CACHE, ROOT, Server, ints, named_settings, read_metrics, table
+from bench.serve_load import CORES, Client, run_load, served_runtime, summarize
+from bench.serve_load import Send as Attempt
 from catdog.preprocessing import preprocess
 
 SPLIT_TEST = ROOT / "data" / "split" / "test"
@@ -55,62 +55,41 @@ def make_form(protocol: str, url: str, address: str, photos: list[bytes]) -> For
     return Form(protocol, kind, opener(protocol, requests, url, address), payload)
 
 
-async def send_until(send: Send, start: int, until: float, ok: list, failed: Counter) -> None:
-    """One client: request ``start``, ``start + 1``, ... until ``until``; the latency of
-    each answer that ends before it, or its failure (a status)."""
-    turn = start
-    while time.perf_counter() < until:
-        sent, status = time.perf_counter(), None
-        try:
-            await send(turn)
-        except Exception as exc:  # every failure is counted, none stops the load
-            status = failure(exc)
-        turn += 1
-        if (done := time.perf_counter()) > until:
-            break
-        if status is None:
-            ok.append(done - sent)
-        else:
-            failed[status] += 1
+def clients_of(form: Form) -> Client:
+    """``form``'s clients as :func:`bench.serve_load.run_load` drives them: each sends the
+    photos in a random order; the outcome is 200, the HTTP status or what failed."""
 
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[Attempt]:
+        async with form.opener() as send:
 
-async def batches_now(url: str, drain: float = 60.0) -> tuple[float, float]:
-    """The server's batch counters once it holds no image (or after ``drain`` s)."""
-    async with httpx.AsyncClient(timeout=10) as client:
-        until = time.perf_counter() + drain
-        while time.perf_counter() < until:
-            if value(metrics := await read_metrics(client, url), "catdog_images_in_flight") == 0:
-                break
-            await asyncio.sleep(0.1)
-        return batch_counters(metrics)
+            async def attempt(rng: random.Random) -> tuple[str, int | str]:
+                try:
+                    await send(rng.randrange(1 << 30))
+                except Exception as exc:  # every failure is counted, none stops the load
+                    return form.kind, failure(exc)
+                return form.kind, 200
+
+            yield attempt
+
+    return opened
 
 
 async def load_row(server: Server, form: Form, clients: int, args: argparse.Namespace) -> dict:
-    """A warm-up then a measured window of ``clients`` closed-loop clients, as a row.
-    The window starts once the server holds no image."""
-    async with AsyncExitStack() as stack:  # connections open before the warm-up
-        sends = [await stack.enter_async_context(form.opener()) for _ in range(clients)]
-        for seconds in (args.warmup, args.duration):
-            batches = await batches_now(server.url)
-            ok: list[float] = []
-            fail: Counter[str] = Counter()
-            before = cpu_now(server)
-            until = before[0] + seconds
-            await asyncio.gather(*(send_until(s, i, until, ok, fail) for i, s in enumerate(sends)))
-            used = cores(before, cpu_now(server))
-    after = await batches_now(server.url)
-    images, calls = after[0] - batches[0], after[1] - batches[1]
-    p50, p99 = percentiles(ok, 50, 99)
-    return used | {
-        "protocol": form.protocol,
-        "kind": form.kind,
-        "clients": clients,
-        "rps": round(len(ok) / args.duration, 1),
-        **{"p50": p50, "p99": p99, "ok": len(ok)},
-        "other": ", ".join(f"{s}: {n}" for s, n in sorted(fail.items())) or "none",
+    """A warm-up then a measured window of ``clients`` closed-loop clients, as a row."""
+    result = await run_load(server, None, clients, args, opener=clients_of(form))
+    row, used = summarize(result), result.cores
+    failed = {str(s): n for s, n in result.statuses.items() if s != 200} | dict(result.errors)
+    failed |= {"timeout": result.timeouts} if result.timeouts else {}
+    images = result.batch_sum
+    return {"protocol": form.protocol, "kind": form.kind, "clients": clients} | {
+        "rps": row["req_per_s"],
+        **{"p50": row["p50_ms"], "p99": row["p99_ms"], "ok": row["ok_in_window"]},
+        "other": ", ".join(f"{s}: {n}" for s, n in sorted(failed.items())) or "none",
         "body_kb": round(form.payload / 1024, 1),
-        "mean_batch": round(images / calls, 1) if calls else None,
+        "mean_batch": row["mean_batch"],
         "server_cpu_ms": round(used["server_s"] * 1000 / images, 2) if images else None,
+        **{f"{who}_cores": used[f"{who}_cores"] for who in CORES},
     }
 
 
@@ -167,6 +146,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     servers = "a server with these settings (repeatable; default: the service defaults)"
     add("--server", type=named_settings, action="append", default=[], help=servers)
     add("--pin", action="store_true", help="load generator on the first core, server the rest")
+    add("--seed", type=int, default=0, help="of the order each client sends the photos in")
     add("--note", default="", help="a sentence for the report (e.g. the load)")
     args = p.parse_args(argv)
     args.forms = [f for f in args.forms.split(",") if f]

@@ -16,7 +16,8 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from bench.serve_images import ImageSet
 CORES = ("server", "client", "other")  # who used the CPU: the server, this process, the rest
 # Settings of each batching mode ("on": the service's defaults).
 MODES: dict[str, dict[str, object]] = {"on": {}, "off": {"max_batch_size": 1}}
+Send = Callable[[random.Random], Awaitable[tuple[str, int | str]]]  # one request: group, outcome
+Client = Callable[[], AbstractAsyncContextManager[Send]]  # opens one client, its own connection
 # Watches the server over a measured window (start, end in perf_counter time), e.g. a profiler.
 Probe = Callable[[Server, tuple[float, float]], Awaitable[dict[str, Any]]]
 
@@ -44,9 +47,8 @@ class LoadResult:
     ok_in_window: int = 0
     latencies_by_group: dict[str, list[float]] = field(default_factory=dict)  # of the 200s
     statuses: Counter = field(default_factory=Counter)
-    socket_errors: int = 0
+    errors: Counter = field(default_factory=Counter)  # failures without a status, by kind
     timeouts: int = 0
-    error_samples: list[str] = field(default_factory=list)
     batch_sum: float = 0.0
     batch_count: float = 0.0
     cores: dict[str, float] = field(default_factory=dict)  # server, client, other: cores()
@@ -60,14 +62,32 @@ class LoadResult:
         if outcome == "timeout":
             self.timeouts += 1
         elif isinstance(outcome, str):
-            self.socket_errors += 1
-            if len(self.error_samples) < 5:
-                self.error_samples.append(outcome)
+            self.errors[outcome] += 1
         else:
             self.statuses[outcome] += 1
             if outcome == 200:
                 self.latencies_by_group.setdefault(group, []).append(end - start)
                 self.ok_in_window += end <= window_end
+
+
+def photo_clients(url: str, images: ImageSet, args: argparse.Namespace) -> Client:
+    """Clients that post photos drawn from the mix to ``url``, each its own single-connection
+    httpx client: in one shared pool of 256 connections httpx's time per request grows with
+    the pool, and the load generator became the bottleneck (a core at 100%, the server idle)."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    options = {"timeout": httpx.Timeout(args.timeout), "headers": getattr(args, "headers", {})}
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[Send]:
+        async with httpx.AsyncClient(limits=limits, **options) as client:
+
+            async def send(rng: random.Random) -> tuple[str, int | str]:
+                group, image = images.pick_in_group(rng)
+                return group, await post_image(client, url, image)
+
+            yield send
+
+    return opened
 
 
 async def post_image(client: httpx.AsyncClient, url: str, image: tuple[str, bytes]) -> int | str:
@@ -83,15 +103,13 @@ async def post_image(client: httpx.AsyncClient, url: str, image: tuple[str, byte
 
 
 async def closed_loop_client(
-    client: httpx.AsyncClient, url: str, images: ImageSet, rng: random.Random,
-    window: tuple[float, float], result: LoadResult,
-) -> None:  # fmt: skip
+    send: Send, rng: random.Random, window: tuple[float, float], result: LoadResult
+) -> None:
     """Send one request after another until the window ends; record those started in it."""
     window_start, window_end = window
     while time.perf_counter() < window_end:
-        group, image = images.pick_in_group(rng)
         start = time.perf_counter()
-        outcome = await post_image(client, url, image)
+        group, outcome = await send(rng)
         if start >= window_start:
             result.record(start, time.perf_counter(), outcome, window_end, group)
 
@@ -131,35 +149,26 @@ def served_runtime(metrics: Metrics) -> str | None:
 
 async def run_load(
     server: Server,
-    images: ImageSet,
+    images: ImageSet | None,
     clients: int,
     args: argparse.Namespace,
     probe: Probe | None = None,
+    opener: Client | None = None,
 ) -> LoadResult:
     """Warm up, then measure ``clients`` closed-loop clients for ``args.duration`` seconds
-    (``probe``, if given, watching the server over the same window)."""
+    (``probe``, if given, watching the server over the same window); each client from
+    ``opener``, by default :func:`photo_clients` posting ``images`` to ``/predict``."""
     result = LoadResult(clients, args.duration)
-    # One single-connection client each: a shared pool of 256 connections costs httpx
-    # time per request that grows with the pool, and the load generator became the
-    # bottleneck (a core at 100% while the server idled).
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    timeout = httpx.Timeout(args.timeout)
+    if opener is None:
+        assert images is not None
+        opener = photo_clients(f"{server.url}/predict", images, args)
     async with contextlib.AsyncExitStack() as stack:
-        headers = getattr(args, "headers", None) or {}
-        pool = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers)
-            )
-            for _ in range(clients)
-        ]
-        side = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
+        sends = [await stack.enter_async_context(opener()) for _ in range(clients)]
+        side = await stack.enter_async_context(httpx.AsyncClient(timeout=60.0))
         window_start = time.perf_counter() + args.warmup
         window = (window_start, window_start + args.duration)
-        url = f"{server.url}/predict"
         rngs = [random.Random(args.seed * 7919 + i) for i in range(clients)]
-        load = asyncio.gather(
-            *(closed_loop_client(c, url, images, r, window, result) for c, r in zip(pool, rngs))
-        )
+        load = asyncio.gather(*(closed_loop_client(*c, window, result) for c in zip(sends, rngs)))
         watching = asyncio.ensure_future(probe(server, window)) if probe else None
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
         before = cpu_now(server)
@@ -199,9 +208,9 @@ def summarize(result: LoadResult) -> dict[str, Any]:
         "status_503": statuses.get(503, 0),
         "other_status": sum(n for s, n in statuses.items() if s not in (200, 503)),
         "statuses": {str(s): n for s, n in sorted(statuses.items())},
-        "socket_errors": result.socket_errors,
+        "socket_errors": sum(result.errors.values()),
         "timeouts": result.timeouts,
-        "error_samples": result.error_samples,
+        "error_samples": list(result.errors)[:5],
         "by_image": by_image,
         "mean_batch": round(result.batch_sum / result.batch_count, 2)
         if result.batch_count
