@@ -5,8 +5,7 @@ Per connection count and client kind (``retry``: a 503 retried at once, as wrk d
 to ``/predict`` one after another, with a lean asyncio client (requests pre-encoded,
 answers read by status line and ``Content-Length``) so thousands of refusals a second do
 not make the load generator the bottleneck; by default on the first core, the server on
-the others. ``--slowloris N`` first times a probe alone and beside N connections that
-send a header line a second and never finish. bench/README.md has the columns.
+the others. bench/README.md has the columns.
 
     .venv/bin/python -m bench overload --connections 64,256,512 --duration 10
 """
@@ -116,63 +115,6 @@ async def connection(
         writer.close()
 
 
-async def slow_client(port: int, index: int, end: float, closed: Counter) -> None:
-    """One slowloris connection: a header line a second, never finished; reconnects."""
-    while time.perf_counter() < end:
-        writer: asyncio.StreamWriter | None = None
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            line = 0
-            while time.perf_counter() < end:
-                await asyncio.sleep(1.0)
-                if reader.at_eof():
-                    raise ConnectionResetError("closed by the server")
-                writer.write(f"X-Slow-{index}-{line}: 1\r\n".encode())
-                await writer.drain()
-                line += 1
-        except (OSError, asyncio.IncompleteReadError):
-            closed["closed"] += 1
-            await asyncio.sleep(0.1)
-        finally:
-            if writer is not None:
-                writer.close()
-
-
-async def probe(port: int, requests: list[bytes], count: int) -> dict[str, Any]:
-    """``count`` requests one after another on one connection: latency of the 200s, in ms."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    latencies, statuses = [], Counter()
-    for i in range(count):
-        sent = time.perf_counter()
-        writer.write(requests[i % len(requests)])
-        status, _ = await read_response(reader)
-        statuses[status] += 1
-        if status == 200:
-            latencies.append(time.perf_counter() - sent)
-    writer.close()
-    p50, p99, top = percentiles(latencies, 50, 99, 100)
-    return {"p50_ms": p50, "p99_ms": p99, "max_ms": top, "statuses": dict(statuses)}
-
-
-async def run_slowloris(server: Server, requests: list[bytes], args: argparse.Namespace) -> list:
-    """The probe alone, then beside ``--slowloris`` slow connections."""
-    rows = [{"slow": 0, **await probe(server.port, requests, args.probes)}]
-    closed: Counter = Counter()
-    end = time.perf_counter() + 3600
-    slow = [
-        asyncio.create_task(slow_client(server.port, i, end, closed)) for i in range(args.slowloris)
-    ]
-    await asyncio.sleep(args.warmup + 2)  # every slow connection open and dripping
-    rows.append({"slow": args.slowloris, **await probe(server.port, requests, args.probes)})
-    for task in slow:
-        task.cancel()
-    await asyncio.gather(*slow, return_exceptions=True)
-    rows[-1]["closed_by_server"] = closed["closed"]
-    await asyncio.sleep(args.settle)
-    return rows
-
-
 async def run_row(
     server: Server, requests: list[bytes], connections: int, kind: str, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -225,9 +167,6 @@ async def run(args: argparse.Namespace, report: dict[str, Any]) -> None:
     env = dict(item.split("=", 1) for item in args.server_env)
     log = CACHE / "logs" / f"overload-{harness.slug(args.model_dir)}.log"
     with harness.uvicorn_server(args.model_dir, log, cpus=server_cpus, env=env) as server:
-        if args.slowloris:
-            report["slowloris"] = await run_slowloris(server, requests, args)
-            print(report["slowloris"], flush=True)
         for connections in args.connections:
             for kind in args.kinds:
                 row = await run_row(server, requests, connections, kind, args)
@@ -250,8 +189,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--seed", type=int, default=0)
     add("--no-pin", action="store_true", help="client and server share every core")
     add("--server-env", action="append", default=[], help="KEY=VALUE, repeatable")
-    add("--slowloris", type=int, default=0, help="slow connections beside a probe")
-    add("--probes", type=int, default=40, help="probe requests (with --slowloris)")
     add("--note", default="", help="a line added under the table")
     args = p.parse_args(argv)
     args.kinds = [k for k in args.kinds.split(",") if k.strip()]
@@ -264,9 +201,6 @@ COLUMNS = [("connections", "connections"), ("client", "kind"), ("200/s", "ok_per
 COLUMNS += [("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("journey p99 ms", "journey_p99_ms")]
 COLUMNS += [("503/s", "refused_per_s"), ("other", "other"), ("errors", "errors")]
 COLUMNS += [("server CPU cores", "server_cores"), ("client CPU cores", "client_cores")]
-PROBE = [("slow connections", "slow"), ("probe p50 ms", "p50_ms"), ("probe p99 ms", "p99_ms")]
-PROBE += [("probe max ms", "max_ms"), ("probe statuses", "statuses")]
-PROBE += [("slow ones closed by the server", "closed_by_server")]
 
 
 def render(report: dict[str, Any]) -> str:
@@ -282,15 +216,6 @@ def render(report: dict[str, Any]) -> str:
         "first attempt to its 200."
     )
     body = table(report["rows"], COLUMNS, ("kind",))
-    if report.get("slowloris"):
-        body += [
-            "",
-            f"Slowloris: {report['probes']} photos posted one after another, alone "
-            "and beside connections that send a header line a second and never finish "
-            "(reconnecting when closed):",
-            "",
-        ]
-        body += table(report["slowloris"], PROBE, ("statuses",))
     body += ["", report["note"]] if report.get("note") else []
     return harness.markdown("Goodput under overload", report, about, body)
 
@@ -302,7 +227,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     pinning = "not pinned" if args.no_pin else "client on the first core, server on the others"
     report = harness.new_report("bench.overload", argv, pinning=pinning)
     report.update(rows=[], warmup=args.warmup, duration=args.duration, note=args.note)
-    report["probes"] = args.probes
     with contextlib.suppress(ImportError):
         import uvloop
 
