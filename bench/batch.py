@@ -4,9 +4,10 @@ On ``--count`` photos of ``--source`` (half cats, half dogs, linked into
 ``data/batch/photos-N``), one after the other: the in-process limit (decode + model, no
 Ray, in a subprocess), ``python -m batch`` with Ray embedded on ``--small`` photos and on
 all, the same job on a two-node Ray cluster on this machine, the service with
-``--clients`` closed-loop clients, the in-process limit again, and an empty Ray task and
-actor call for the estimate at 10 million files. Peak RSS sums every process of a run
-(``TreeMemory``); ``other cores`` is the CPU the rest of the machine used meanwhile.
+``--clients`` closed-loop clients, the in-process limit again. Peak RSS sums every process
+of a run (``TreeMemory``); ``other cores`` is the CPU the rest of the machine used
+meanwhile. (The estimate for 10 million files, with Ray's per-task overhead, is in
+docs/batch.md, measured at commit ef329f7.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from bench.batch_measure import TreeMemory, in_process_limit, ray_task_overhead, service_rate
+from bench.batch_measure import TreeMemory, in_process_limit, service_rate
 from bench.harness import ROOT, markdown, new_report, table, write_report
 from servicekit.ray_cluster import local_cluster
 
@@ -89,23 +90,9 @@ def both_limits(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
     return {"files_per_s": round(sum(rates.values()) / 2, 1)} | both | rates
 
 
-def estimate(per_core: float, task_ms: float, block: int, cores: int) -> list[str]:
-    """Hours for 10 million files on N nodes of ``cores`` cores at the measured per-core rate,
-    plus one Ray task's overhead per block of ``block`` files (spread over the cores)."""
-    files = 10_000_000
-    lines = ["| nodes | cores | classifying h | Ray task overhead s | total h |", "|---:" * 5 + "|"]
-    for nodes in (1, 2, 4, 8, 16, 32):
-        compute_s = files / (per_core * nodes * cores)
-        overhead_s = files / block * task_ms / 1000 / (nodes * cores)
-        total_h = (compute_s + overhead_s) / 3600
-        lines.append(f"| {nodes} | {nodes * cores} | {compute_s / 3600:.2f} | {overhead_s:.1f} | ")
-        lines[-1] += f"{total_h:.2f} |"
-    return lines
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement, in order; the report."""
-    from batch.job import block_rows, model_folder
+    from batch.job import model_folder
 
     model = model_folder(args.model).resolve()
     folder, small = photo_folder(args.source, args.count), photo_folder(args.source, args.small)
@@ -126,8 +113,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  {report['service']}\nin-process limit, again", flush=True)
     report["limit"] = both_limits(limit_before, limit_subprocess(model, folder, args))
     print(f"  {report['limit']}", flush=True)
-    report["ray_overhead"] = ray_task_overhead()
-    report["block_files"] = block_rows(args.count, args.batch_size, 2)
     return report
 
 
@@ -146,8 +131,6 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
     columns += [("driver CPU s", "driver_cpu_s"), ("peak RSS MB", "peak_rss_mb")]
     columns += [("other cores", "other_cores")]
     cores = report["environment"]["cpus"]
-    per_core = (embedded["steady_files_per_s"] or embedded["files_per_s"]) / cores
-    overhead = report["ray_overhead"]
     of_limit = embedded["files_per_s"] / limit["files_per_s"]
     driver_ms = embedded["driver_cpu_s"] / embedded["files"] * 1000
     of_service = embedded["files_per_s"] / report["service"]["files_per_s"]
@@ -161,14 +144,6 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         f"{report['service']['statuses']}).",
         f"- Files per node on the cluster: {report['cluster']['files_by_node']}.",
         f"- Errors by reason (embedded): {embedded['errors_by_reason'] or 'none'}.",
-        f"- An empty Ray task: {overhead['task_ms']} ms; an empty actor call: "
-        f"{overhead['actor_call_ms']} ms; a block is {report['block_files']} files.",
-        "",
-        f"10 million files at the embedded job's {per_core:.1f} files/s per core after its "
-        f"first row and {overhead['task_ms']} ms of Ray overhead per block, on N nodes of "
-        f"{cores} cores (listing, Ray's start and the model's load left out):",
-        "",
-        *estimate(per_core, overhead["task_ms"], report["block_files"], cores),
         "",
         f"One driver lists, hands out and writes every file: {driver_ms:.3f} ms of its CPU "
         f"per file here, so one job tops out near {1000 / driver_ms:,.0f} files/s whatever "

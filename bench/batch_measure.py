@@ -1,6 +1,5 @@
 """The measurements of ``bench.batch``: a process tree's peak memory, the in-process
-limit (decode + model, no Ray), the service under closed-loop clients (``bench.serve_load``),
-Ray's per-task overhead.
+limit (decode + model, no Ray), the service under closed-loop clients (``bench.serve_load``).
 
 ``TreeMemory`` samples, every 0.2 s, the resident memory of some root processes
 and all their descendants (``/proc``) and keeps the peak of the sum: the batch job
@@ -132,37 +131,3 @@ def service_rate(model_dir: Path, files: list[Path], clients: int) -> dict[str, 
         "seconds": args.duration,
         "peak_rss_mb": round(peak, 1),
     } | {k: row[k] for k in keep}
-
-
-# ---------------------------------------------------------------- Ray's overhead
-
-
-def ray_task_overhead(tasks: int = 2000) -> dict[str, float]:
-    """Milliseconds of one empty Ray task (submitted in bulk, then awaited) and one empty
-    actor call, on an embedded Ray: the per-task cost of the paper estimate."""
-    import ray
-
-    ray.init(include_dashboard=False, logging_level="WARNING")
-    try:
-
-        @ray.remote
-        def nothing() -> None:
-            return None
-
-        @ray.remote
-        class Echo:
-            def call(self) -> None:
-                return None
-
-        ray.get([nothing.remote() for _ in range(100)])  # workers started
-        started = time.perf_counter()
-        ray.get([nothing.remote() for _ in range(tasks)])
-        task_ms = (time.perf_counter() - started) / tasks * 1000
-        actor = Echo.remote()
-        ray.get(actor.call.remote())
-        started = time.perf_counter()
-        ray.get([actor.call.remote() for _ in range(tasks)])
-        call_ms = (time.perf_counter() - started) / tasks * 1000
-    finally:
-        ray.shutdown()
-    return {"task_ms": round(task_ms, 3), "actor_call_ms": round(call_ms, 3)}
