@@ -14,18 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# modules that are parts of a benchmark or shared code, not benchmarks of their own
-PARTS = {"harness", "serve_images", "serve_load", "serve_limit", "batch_measure"}
-PARTS |= {"clients", "naive_server", "sizing"}
 
 
 def benchmarks() -> dict[str, str]:
-    """Every benchmark's name and the first sentence of its docstring (read without
-    importing it: a benchmark may import TensorFlow)."""
+    """Every benchmark (a module with a ``main``; the others are its parts) and the first
+    sentence of its docstring, read without importing it: it may import TensorFlow."""
     found = {}
     for path in sorted(HERE.glob("[!_]*.py")):
         source = path.read_text()
-        if path.stem in PARTS or "\ndef main(" not in source:
+        if "\ndef main(" not in source:
             continue
         doc = source.split('"""', 2)[1] if source.startswith('"""') else ""
         first = " ".join(doc.split("\n\n")[0].split()).split(". ")[0]

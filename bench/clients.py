@@ -2,9 +2,9 @@
 
 :func:`request_for` builds one request (path or gRPC method, headers, body) of some
 files, or of pixels, in any of :data:`PROTOCOLS`; :func:`opener` opens one client on
-its own connection (httpx, or a ``grpc.aio`` channel sending the serialized message),
-whose ``send(n)`` sends request ``n`` and raises on a failure (:func:`failure` names
-it). ``bench protocols`` and ``bench upload_memory`` both send what these build.
+its own connection (httpx, or a ``grpc.aio`` channel sending the serialized message)
+that ``bench.serve_load`` drives. ``bench protocols`` and ``bench upload_memory`` both
+send what these build.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import random
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -24,6 +24,7 @@ import numpy as np
 from app.protocols.messages import INFERENCE, TFSERVING
 from app.protocols.tfserving.servicer import DT_STRING, PREDICTION_SERVICE
 from bench.harness import ROOT
+from bench.serve_load import Client, Send
 
 MODEL = "catdog"
 FIXTURES = ROOT / "tests" / "fixtures" / "photos"
@@ -42,8 +43,6 @@ GRPC_CHANNEL = [
 JSON = {"content-type": "application/json"}
 
 Request = tuple[str, dict[str, str], bytes]  # path (gRPC: the method's), headers, body
-Send = Callable[[int], Awaitable[None]]  # send request n; raises if it failed
-Opener = Callable[[], AbstractAsyncContextManager[Send]]  # one client, its own connection
 
 
 def photo_files(folder: Path, count: int) -> list[Path]:
@@ -104,18 +103,25 @@ def request_for(protocol: str, files: list[bytes], pixels: np.ndarray | None = N
     return f"/v2/models/{MODEL}/infer", headers, header + elements
 
 
-def opener(protocol: str, requests: list[Request], url: str, address: str) -> Opener:
-    """Clients of ``protocol`` that send ``requests`` in turn: httpx to ``url``, or a
-    ``grpc.aio`` channel to ``address`` (host:port) sending the serialized messages."""
+def opener(protocol: str, requests: list[Request], url: str, address: str) -> Client:
+    """Clients of ``protocol``, as :func:`bench.serve_load.run_load` drives them: each sends
+    one of ``requests`` after another (drawn with its random generator), by httpx to
+    ``url`` or on a ``grpc.aio`` channel to ``address`` (host:port), and answers the
+    outcome: the HTTP status, 200 for a gRPC OK, else the gRPC code or what failed."""
 
     @contextlib.asynccontextmanager
     async def http() -> AsyncIterator[Send]:
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
 
-            async def send(turn: int) -> None:
-                path, headers, body = requests[turn % len(requests)]
-                response = await client.post(path, content=body, headers=headers)
-                response.raise_for_status().read()
+            async def send(rng: random.Random) -> tuple[str, int | str]:
+                path, headers, body = rng.choice(requests)
+                try:
+                    response = await client.post(path, content=body, headers=headers)
+                except httpx.TimeoutException:
+                    return protocol, "timeout"
+                except httpx.TransportError as exc:
+                    return protocol, type(exc).__name__
+                return protocol, response.status_code
 
             yield send
 
@@ -124,18 +130,13 @@ def opener(protocol: str, requests: list[Request], url: str, address: str) -> Op
         async with grpc.aio.insecure_channel(address, options=GRPC_CHANNEL) as channel:
             call = channel.unary_unary(requests[0][0])  # bytes in, bytes out
 
-            async def send(turn: int) -> None:
-                await call(requests[turn % len(requests)][2], timeout=TIMEOUT)
+            async def send(rng: random.Random) -> tuple[str, int | str]:
+                try:
+                    await call(rng.choice(requests)[2], timeout=TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    return protocol, exc.code().name
+                return protocol, 200
 
             yield send
 
     return rpc if protocol in GRPC else http
-
-
-def failure(exc: Exception) -> str:
-    """What went wrong, as a status: gRPC code, HTTP status or the exception's type."""
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return exc.code().name
-    if isinstance(exc, httpx.HTTPStatusError):
-        return str(exc.response.status_code)
-    return type(exc).__name__

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,9 +24,8 @@ import httpx
 import numpy as np
 
 from bench import harness, sizing
-from bench.harness import CACHE, ROOT, descendants, memory_mb, table, uvicorn_server
+from bench.harness import CACHE, ROOT, descendants, ints, memory_mb, table, uvicorn_server
 
-MODEL_DIR = ROOT / "models" / "catdog"
 PREDICT = "/v1/models/catdog:predict"
 # Each server: its name in the report, and its settings beside the defaults.
 SERVERS = {
@@ -116,17 +116,17 @@ MEMORY += [("server peak (MB)", "server_peak_mb"), ("parsing process peak (MB)",
 
 def main(argv: list[str] | None = None) -> None:
     """Run each server of ``SERVERS`` in turn and write the report."""
-    parser = harness.parser("json_offload", __doc__, "json-offload.md", model=False)
-    parser.add_argument("--sizes", default="8,32", help="images in the big requests")
+    parser = harness.parser("json_offload", __doc__, "json-offload.md")
+    parser.add_argument("--sizes", type=ints, default=[8, 32], help="images in the big requests")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = args.sizes
     report = harness.new_report("bench.json_offload", sys.argv[1:] if argv is None else argv)
     rows = []
     memory: dict[str, dict[str, float | None]] = {}
     for name, settings in SERVERS.items():
         log = CACHE / "logs" / f"json-offload-{name.split()[0].rstrip(',')}.log"
-        with uvicorn_server(MODEL_DIR, log, runtime="litert", **settings) as server:
+        with uvicorn_server(args.model_dir, log, runtime="litert", **settings) as server:
             pid = server.process.pid
             idle = memory_mb(pid)["VmRSS"]
             measured = asyncio.run(measure(server.url, sizes, args.rounds))
@@ -136,14 +136,11 @@ def main(argv: list[str] | None = None) -> None:
                 "server_peak_mb": round(memory_mb(pid)["VmHWM"], 1),
                 "parser_peak_mb": round(max(workers), 1) if workers else None,
             }
-            for row in measured:
-                rows.append({"server": name, **row})
+            rows += [{"server": name, **row} for row in measured]
         print(f"{name}: done", flush=True)
-    report["sizes"] = sizes
-    report["rows"] = rows
-    report["memory"] = memory
+    report.update(sizes=sizes, rows=rows, memory=memory)
     memory_rows = [{"server": k, **v} for k, v in memory.items()]
-    cpus, model = report["environment"]["cpus"], MODEL_DIR.relative_to(ROOT)
+    cpus, model = report["environment"]["cpus"], os.path.relpath(args.model_dir.resolve(), ROOT)
     about = f"{report['started']}; {cpus} CPUs; LiteRT, {model}."
     body = [*table(rows, COLUMNS, ["server", "case"]), "", "Memory (`VmRSS` / `VmHWM`):", ""]
     body += table(memory_rows, MEMORY, ["server"])

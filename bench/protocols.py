@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import random
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +24,9 @@ import httpx
 import numpy as np
 
 from bench import harness
-from bench.clients import PROTOCOLS, Opener, failure, opener, photo_files, request_for
+from bench.clients import PROTOCOLS, opener, photo_files, request_for
 from bench.harness import CACHE, ROOT, Server, ints, named_settings, read_metrics, table
 from bench.serve_load import CORES, Client, run_load, served_runtime, summarize
-from bench.serve_load import Send as Attempt
 from catdog.preprocessing import preprocess
 
 SPLIT_TEST = ROOT / "data" / "split" / "test"
@@ -41,7 +38,7 @@ class Form:
 
     protocol: str
     kind: str
-    opener: Opener
+    opener: Client
     payload: float
 
 
@@ -55,32 +52,11 @@ def make_form(protocol: str, url: str, address: str, photos: list[bytes]) -> For
     return Form(protocol, kind, opener(protocol, requests, url, address), payload)
 
 
-def clients_of(form: Form) -> Client:
-    """``form``'s clients as :func:`bench.serve_load.run_load` drives them: each sends the
-    photos in a random order; the outcome is 200, the HTTP status or what failed."""
-
-    @contextlib.asynccontextmanager
-    async def opened() -> AsyncIterator[Attempt]:
-        async with form.opener() as send:
-
-            async def attempt(rng: random.Random) -> tuple[str, int | str]:
-                try:
-                    await send(rng.randrange(1 << 30))
-                except Exception as exc:  # every failure is counted, none stops the load
-                    return form.kind, failure(exc)
-                return form.kind, 200
-
-            yield attempt
-
-    return opened
-
-
 async def load_row(server: Server, form: Form, clients: int, args: argparse.Namespace) -> dict:
     """A warm-up then a measured window of ``clients`` closed-loop clients, as a row."""
-    result = await run_load(server, None, clients, args, opener=clients_of(form))
+    result = await run_load(server, None, clients, args, opener=form.opener)
     row, used = summarize(result), result.cores
     failed = {str(s): n for s, n in result.statuses.items() if s != 200} | dict(result.errors)
-    failed |= {"timeout": result.timeouts} if result.timeouts else {}
     images = result.batch_sum
     return {"protocol": form.protocol, "kind": form.kind, "clients": clients} | {
         "rps": row["req_per_s"],

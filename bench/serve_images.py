@@ -34,10 +34,6 @@ class ImageSet:
     groups: dict[str, list[tuple[str, bytes]]]
     weights: dict[str, float]
 
-    def pick(self, rng: random.Random) -> tuple[str, bytes]:
-        """A (file name, bytes) drawn from the mix."""
-        return self.pick_in_group(rng)[1]
-
     def pick_in_group(self, rng: random.Random) -> tuple[str, tuple[str, bytes]]:
         """A group drawn from the mix, and a (file name, bytes) from that group."""
         names = [g for g in self.weights if self.groups.get(g)]

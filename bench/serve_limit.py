@@ -60,7 +60,9 @@ def measure_in_process(
             rng = random.Random(args.seed)
 
             def decode(n: int = batch, rng: random.Random = rng) -> list[Future]:
-                return [pool.submit(preprocess, images.pick(rng)[1], size) for _ in range(n)]
+                return [
+                    pool.submit(preprocess, images.pick_in_group(rng)[1][1], size) for _ in range(n)
+                ]
 
             predictor(np.stack([f.result() for f in decode()]))  # warm-up at this batch size
             end_to_end = pipelined_rate(predictor, decode, args.inproc_duration)

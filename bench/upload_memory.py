@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -25,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from bench import harness, sizing
-from bench.clients import Opener, Request, Send, failure, opener, request_for
+from bench.clients import Request, opener, request_for
 from bench.harness import CACHE, ROOT, descendants, free_port, memory_mb, table, uvicorn_server
 from bench.protocols import SPLIT_TEST
+from bench.serve_load import Client
 
 PROTOCOLS = ("multipart", "oip-binary", "oip-json", "tfs-json", "grpc", "tfs-grpc", "tfs-numbers")
 SENT_AS = {"multipart": "predict", "tfs-numbers": "json-numbers"}  # bench.clients' names
@@ -48,22 +50,15 @@ def request_of(protocol: str, file: bytes, count: int, side: tuple[int, int]) ->
     return request_for(SENT_AS.get(protocol, protocol), [file] * count)
 
 
-async def fill(send_with: Opener, at_once: int, rounds: int) -> list[dict]:
+async def fill(send_with: Client, at_once: int, rounds: int) -> list[dict]:
     """``rounds`` times, ``at_once`` requests sent together, each client on its own
     connection; the outcomes of each round (200, or what failed)."""
-
-    async def one(send: Send) -> int | str:
-        try:
-            await send(0)
-        except Exception as exc:  # counted, and the row refused
-            return failure(exc)
-        return 200
-
+    rng = random.Random(0)
     async with AsyncExitStack() as stack:
         sends = [await stack.enter_async_context(send_with()) for _ in range(at_once)]
         counts = []
         for _ in range(rounds):
-            outcomes = await asyncio.gather(*(one(send) for send in sends))
+            outcomes = [o for _, o in await asyncio.gather(*(send(rng) for send in sends))]
             counts.append({c: outcomes.count(c) for c in set(outcomes)})
     return counts
 
