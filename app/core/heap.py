@@ -8,7 +8,8 @@ load. Frozen after start-up (``gc.freeze``), those objects are skipped, and a fu
 collection takes 2-17 ms.
 
 After a burst of large bodies, glibc keeps the memory Python freed. ``python -m bench
-memory_release --model-dir <version 4>`` (12 TF Serving bodies of 25 MB at once) left
+memory_release --model-dir <version 4>`` (at commit ef329f7; 12 TF Serving bodies of
+25 MB at once) left
 the idle main process at 462 MB, 216 MB before the burst; ``release_when_idle`` hands
 it back (``malloc_trim``) once the service is idle: 232 MB 5 s after. Each JSON parsing
 process trims likewise every 2 s (``trim_forever``); it stays at ~80 MB, what a fresh
