@@ -1,0 +1,97 @@
+"""The stages' spans (``app.ops.tracing.StageTracer``), in-process.
+
+The spans of a real server reaching a real OTLP receiver: ``test_ops.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import context, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+from app.ops.tracing import StageTracer
+
+VERSION = {"catdog.model_version": "5", "catdog.runtime": "litert"}
+
+
+@pytest.fixture
+def exported() -> Iterator[tuple[trace.Tracer, StageTracer, InMemorySpanExporter]]:
+    """(the SDK's tracer, a StageTracer beside it, what both exported)."""
+    spans = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(spans)
+    provider = TracerProvider(resource=Resource.create({"service.name": "t"}))
+    provider.add_span_processor(processor)
+    yield provider.get_tracer("t"), StageTracer(processor, provider.resource), spans
+    provider.shutdown()
+
+
+def test_stages_are_children_of_the_request_span(exported) -> None:
+    sdk, stages, spans = exported
+    with sdk.start_as_current_span("POST /predict", kind=trace.SpanKind.SERVER) as request:
+        parent = context.get_current()
+        with stages.start_as_current_span("decode", attributes={**VERSION, "catdog.images": 1}):
+            inside = trace.get_current_span()
+        begun = time.time_ns()
+        stages.start_span("model call", context=parent, start_time=begun, attributes=VERSION).end(
+            end_time=begun + 3_000_000
+        )
+    decode, call, server = spans.get_finished_spans()
+    ids = request.get_span_context()
+    assert inside.get_span_context() == decode.context and decode.context.is_valid
+    for stage in (decode, call):
+        assert stage.context.trace_id == ids.trace_id and stage.parent.span_id == ids.span_id
+        assert stage.context.span_id != ids.span_id and stage.kind == trace.SpanKind.INTERNAL
+        assert stage.resource is server.resource
+        assert stage.status.status_code == trace.StatusCode.UNSET
+    assert decode.start_time <= decode.end_time and dict(decode.attributes)["catdog.images"] == 1
+    assert (call.start_time, call.end_time) == (begun, begun + 3_000_000)
+    assert dict(call.attributes) == VERSION and call.name == "model call"
+    assert decode.context.span_id != call.context.span_id
+
+
+def test_a_failed_stage_says_why(exported) -> None:
+    sdk, stages, spans = exported
+    with (
+        sdk.start_as_current_span("request"),
+        pytest.raises(ValueError),
+        stages.start_as_current_span("decode"),
+    ):
+        raise ValueError("not an image")
+    decode = spans.get_finished_spans()[0]
+    assert decode.status.status_code == trace.StatusCode.ERROR
+    assert decode.status.description == "ValueError: not an image"
+    [event] = decode.events
+    assert event.name == "exception" and event.attributes["exception.type"] == "ValueError"
+    assert "not an image" in event.attributes["exception.stacktrace"]
+
+
+def test_no_stage_under_a_request_not_sampled(exported) -> None:
+    sdk, stages, spans = exported
+    unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("t")
+    with unsampled.start_as_current_span("request"):
+        with stages.start_as_current_span("decode") as decode:
+            assert not decode.is_recording()
+        stages.start_span("admission").end()
+    stages.start_span("no request at all").end()
+    assert spans.get_finished_spans() == ()
+
+
+def test_a_stage_ends_once(exported) -> None:
+    _, stages, spans = exported
+    root = trace.NonRecordingSpan(
+        trace.SpanContext(1, 2, False, trace.TraceFlags(trace.TraceFlags.SAMPLED))
+    )
+    span = stages.start_span("encode", context=trace.set_span_in_context(root))
+    span.set_attribute("catdog.images", 2)
+    span.end()
+    span.end()
+    span.set_attribute("late", True)
+    [encode] = spans.get_finished_spans()
+    assert dict(encode.attributes) == {"catdog.images": 2} and encode.parent.span_id == 2
