@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from app.ops.tracing import StageTracer
+from app.ops.tracing import StageTracer, make_resource
 
 VERSION = {"catdog.model_version": "5", "catdog.runtime": "litert"}
 
@@ -95,3 +95,13 @@ def test_a_stage_ends_once(exported) -> None:
     span.set_attribute("late", True)
     [encode] = spans.get_finished_spans()
     assert dict(encode.attributes) == {"catdog.images": 2} and encode.parent.span_id == 2
+
+
+def test_the_resource_hashes_as_the_sdk_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashed once (the OTLP encoder hashes it per span), equal to the SDK's own."""
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+    resource = make_resource("catdog-test")
+    same = Resource(dict(resource.attributes), resource.schema_url)
+    assert resource == same and hash(resource) == hash(same)
+    assert resource.attributes["service.name"] == "catdog-test"
+    assert resource.attributes["deployment.environment"] == "test"
