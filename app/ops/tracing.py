@@ -33,6 +33,10 @@ from opentelemetry.util import types
 
 from app.core import observe
 
+# The stable HTTP conventions (``http.request.method``, ``url.path``...) unless the
+# operator chose: the instrumentations' default is still the deprecated ones, with
+# two attributes more on every server span.
+SEMCONV = ("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
 _provider: Any = None
 
 
@@ -55,6 +59,7 @@ def provider() -> Any:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     env = os.environ
+    env.setdefault(*SEMCONV)
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", ""
     )

@@ -264,7 +264,9 @@ def test_spans_reach_an_otlp_receiver(tmp_path: Path) -> None:
     spans = spans_of(bodies)
     rest = [(n, a) for n, t, a in spans if t == TRACE_ID]
     assert stages <= {n for n, _ in rest}, rest
-    assert any(n.startswith("POST /predict") for n, _ in rest), "no server span"
+    [server_span] = [a for n, a in rest if n.startswith("POST /predict")]
+    assert server_span["http.route"].string_value == "/predict"
+    assert server_span["http.request.method"].string_value == "POST"  # the stable conventions
     [call] = [a for n, a in rest if n == "model call"]
     assert call["catdog.batch_size"].int_value == 1
     assert call["catdog.runtime"].string_value == "litert"
