@@ -9,6 +9,8 @@ middleware and interceptor run.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,6 +21,11 @@ from app.ops.grpc_ops import OpsInterceptor
 from app.ops.keys import ApiKeys
 from app.ops.payload_log import PayloadLog
 from app.ops.rest import OpsMiddleware
+
+# Probes and scrapes get no span (a kubelet and Prometheus call them every few seconds):
+# FastAPIInstrumentor's ``excluded_urls``, regular expressions searched in the URL.
+UNTRACED = r"/(healthz|readyz|metrics)$,/v2/health/(live|ready)$,/v2/models/.+/ready$"
+UNTRACED_METHODS = ("ServerLive", "ServerReady", "ModelReady")  # and grpc.health.v1
 
 
 def install(app: FastAPI) -> None:
@@ -42,8 +49,18 @@ def install(app: FastAPI) -> None:
         # No span per ASGI receive/send message: a multipart upload arrives in many, and
         # those spans cost more than the request's own stages.
         FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=tracer_provider, exclude_spans=["receive", "send"]
+            app,
+            tracer_provider=tracer_provider,
+            exclude_spans=["receive", "send"],
+            excluded_urls=untraced_urls(),
         )
+
+
+def untraced_urls(env: Mapping[str, str] = os.environ) -> str:
+    """``UNTRACED``, plus the URLs the operator excludes with the instrumentation's own
+    ``OTEL_PYTHON_FASTAPI_EXCLUDED_URLS`` (or ``OTEL_PYTHON_EXCLUDED_URLS``)."""
+    chosen = env.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS") or env.get("OTEL_PYTHON_EXCLUDED_URLS")
+    return f"{chosen},{UNTRACED}" if chosen else UNTRACED
 
 
 def started(app: FastAPI) -> None:
@@ -58,9 +75,11 @@ def grpc_interceptors(app: FastAPI) -> list[Any]:
     tracer_provider = tracing.provider()
     if tracer_provider is None:
         return ops
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-    return [aio_server_interceptor(tracer_provider=tracer_provider), *ops]
+    probes = filters.any_of(filters.health_check(), *map(filters.method_name, UNTRACED_METHODS))
+    traced = aio_server_interceptor(tracer_provider=tracer_provider, filter_=filters.negate(probes))
+    return [traced, *ops]
 
 
 def close(app: FastAPI) -> None:

@@ -252,6 +252,8 @@ def test_spans_reach_an_otlp_receiver(tmp_path: Path) -> None:
         with server(tmp_path, env=env) as started:
             assert post(started.url, good_image(), {"traceparent": TRACEPARENT}).status_code == 200
             grpc_predict(started.grpc_port, good_image(), (("traceparent", GRPC_TRACEPARENT),))
+            for probe in ("healthz", "readyz", "metrics", "v2/health/ready"):
+                assert httpx.get(f"{started.url}/{probe}").status_code == 200
             deadline = time.monotonic() + 20
             stages = {"admission", "decode", "queue wait", "model call", "encode"}
             while time.monotonic() < deadline:
@@ -270,6 +272,7 @@ def test_spans_reach_an_otlp_receiver(tmp_path: Path) -> None:
     [call] = [a for n, a in rest if n == "model call"]
     assert call["catdog.batch_size"].int_value == 1
     assert call["catdog.runtime"].string_value == "litert"
+    assert not [n for n, _, _ in spans if n.startswith("GET")], "a probe was traced"
     grpc_spans = {n for n, t, _ in spans if t == GRPC_TRACE_ID}  # the caller's trace, gRPC
     assert stages <= grpc_spans and any("Predict" in n for n in grpc_spans), grpc_spans
 

@@ -1,10 +1,11 @@
-"""The stages' spans (``app.ops.tracing.StageTracer``), in-process.
+"""The stages' spans (``app.ops.tracing.StageTracer``) and what is left untraced, in-process.
 
 The spans of a real server reaching a real OTLP receiver: ``test_ops.py``.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
+from app.ops.install import untraced_urls
 from app.ops.tracing import StageTracer, make_resource
 
 VERSION = {"catdog.model_version": "5", "catdog.runtime": "litert"}
@@ -105,3 +107,17 @@ def test_the_resource_hashes_as_the_sdk_does(monkeypatch: pytest.MonkeyPatch) ->
     assert resource == same and hash(resource) == hash(same)
     assert resource.attributes["service.name"] == "catdog-test"
     assert resource.attributes["deployment.environment"] == "test"
+
+
+def test_probes_are_left_untraced() -> None:
+    patterns = untraced_urls({}).split(",")
+    url = "http://127.0.0.1:8000{}".format
+
+    def untraced(path: str) -> bool:
+        return any(re.search(p, url(path)) for p in patterns)
+
+    for path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready", "/v2/models/c/ready"):
+        assert untraced(path), path
+    for path in ("/predict", "/v2/models/c/infer", "/v1/models/c:predict", "/"):
+        assert not untraced(path), path
+    assert untraced_urls({"OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "/docs"}).startswith("/docs,")
