@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 from fastapi import HTTPException
 
+from app.core.errors import MOST_ECHO
 from app.core.offload import Offload
-from app.protocols.numbers import parse_json
+from app.protocols.numbers import OFFLOAD_BYTES, parse_json
 from app.protocols.tfserving.codec import PredictRequest
 from servicekit import Server, start_uvicorn, stop, value, wait_ready
 from tests.app.helpers import serve, settings_for
@@ -88,6 +89,28 @@ def test_a_small_body_is_parsed_in_place(http: httpx.Client) -> None:
     response = http.post(PREDICT, json={"instances": [[[[0.5] * 3] * 32] * 16]})
     assert response.status_code == 400, response.text  # half an image: the shape is wrong
     assert offloaded(http) == before
+
+
+def test_a_body_of_offload_bytes_is_parsed_in_the_worker_whatever_it_holds(
+    http: httpx.Client, server: Server
+) -> None:
+    """Base64 images are few JSON values, but parsing 4 MB of them would hold the event
+    loop for ~25 ms: the size alone sends a body to the worker, with the same answer."""
+    files = images(2)
+    expected = predicted(server.url, files)
+    padding = " " * OFFLOAD_BYTES  # JSON whitespace: the same request, 4 MB larger
+    texts = [base64.b64encode(f).decode() for f in files]
+    body = '{"instances": [' + ", ".join(f'{{"b64": "{t}"}}' for t in texts) + "]" + padding
+    before = offloaded(http)
+    response = http.post(PREDICT, content=(body + "}").encode())
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["predictions"], expected, atol=TOLERANCE)
+    wrong = body.replace('"instances"', '"signature_name": "' + "s" * 2000 + '", "instances"')
+    response = http.post(PREDICT, content=(wrong + "}").encode())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("no signature 'sss")
+    assert len(response.json()["error"]) <= MOST_ECHO
+    assert offloaded(http) == before + 2
 
 
 @pytest.mark.parametrize(
