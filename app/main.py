@@ -20,7 +20,6 @@ from app.api import routes
 from app.api.grpc_server import GrpcServer
 from app.core.config import Settings, get_settings
 from app.core.errors import ModelLoadError, register_error_handlers
-from app.core.gate import GateMiddleware, MetricsMiddleware
 from app.core.metrics import Metrics
 from app.core.service import InferenceService
 from app.ops.install import close as close_ops
@@ -80,12 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Cat or dog? Upload a photo to POST /predict.",
     )
     app.state.service = InferenceService(settings or get_settings(), Metrics())
-    app.add_middleware(GateMiddleware)
-    app.add_middleware(MetricsMiddleware)
     register_error_handlers(app)
     for module in (predict, routes, v2, tfserving):
         app.include_router(module.router)
-    install(app)  # request ids, API keys, JSON logs, traces, payload log (app/ops)
+    install(app)  # the gate's middleware (app.core.gate), JSON logs, traces, payload log
     return app
 
 

@@ -1,4 +1,9 @@
-"""Dynamic batching: concurrent requests share one model call.
+"""Images in flight, and dynamic batching: concurrent requests share one model call.
+
+``Admission`` counts images *in flight* (admitted, not yet answered) in all and per
+client address, prediction bodies held in memory, and uploads still arriving; past a
+bound, ``QueueFullError`` (503). The gate (``app.core.gate.admitted``) and the service
+(``admit``) ask it.
 
 Each preprocessed image waits in an asyncio queue; one worker takes up to
 ``max_batch_size`` of them and runs the model in a dedicated thread, so the event
@@ -26,7 +31,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -34,11 +40,128 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from app.core import observe
-from app.core.errors import ModelNotReadyError
+from app.core.errors import ModelNotReadyError, QueueFullError
 from app.core.metrics import Metrics
 
 log = logging.getLogger("catdog.batcher")
+UPLOAD_WINDOW_S = 1.0  # an upload still arriving after this long is not waited for
 Row = TypeVar("Row")
+
+
+@dataclass(eq=False)
+class Upload:
+    """A prediction request whose body is still being received."""
+
+    client: str | None = None  # its address, for ``per_client``
+    started: float = field(default_factory=time.perf_counter)
+    request: observe.RequestContext | None = None  # as app.ops follows it (``observe.request_of``)
+
+
+@dataclass
+class Ticket:
+    """Room reserved by one request; ``decoding`` of its images are not yet queued."""
+
+    admission: Admission
+    decoding: int
+
+    def queued(self) -> None:
+        """One of this request's images reached the batcher's queue."""
+        self.decoding -= 1
+        self.admission.decoding -= 1
+
+
+class Admission:
+    """Counts images in flight (in all and per client), bodies held, uploads on their way."""
+
+    def __init__(self, limit: int, metrics: Metrics, per_client: int = 0, most_bytes: int = 0):
+        self.limit, self.per_client, self.most_bytes, self.metrics = (
+            limit, per_client, most_bytes, metrics
+        )  # fmt: skip
+        self.body_bytes = 0  # of prediction bodies held now (``hold``)
+        self.started = 0  # prediction bodies and admissions so far (``activity``)
+        self.in_flight = 0
+        self.decoding = 0  # admitted images not yet queued for the batcher
+        self.by_client: Counter[str] = Counter()
+        self.uploads: set[Upload] = set()
+
+    def refuse_if_full(self, images: int = 1, client: str | None = None) -> None:
+        """``QueueFullError`` (counted) unless ``images`` more fit, in all and for ``client``."""
+        if self.in_flight + images > self.limit:
+            self.metrics.rejected.inc()
+            raise QueueFullError(f"{self.in_flight} images in flight (limit {self.limit})")
+        held = self.by_client[client] if client is not None else 0
+        if self.per_client and held + images > self.per_client:
+            self.metrics.client_capped.inc()
+            raise QueueFullError(
+                f"this client has {held} images in flight, and {images} more would pass its "
+                f"limit of {self.per_client}"
+            )
+
+    def hold(self, size: int) -> None:
+        """Count ``size`` bytes of a body as held; ``QueueFullError`` past ``most_bytes``
+        (unless no other body is held: a legal request fits alone)."""
+        if self.most_bytes and self.body_bytes and self.body_bytes + size > self.most_bytes:
+            self.metrics.rejected.inc()
+            raise QueueFullError(
+                f"{self.body_bytes} bytes of request bodies held, and {size} more would pass "
+                f"the limit of {self.most_bytes}"
+            )
+        self.body_bytes += size
+        self.started += 1
+
+    @contextlib.contextmanager
+    def holding(self, size: int) -> Iterator[None]:
+        """``hold(size)`` until the block ends."""
+        self.hold(size)
+        try:
+            yield
+        finally:
+            self.body_bytes -= size
+
+    @contextlib.contextmanager
+    def uploading(self, client: str | None = None) -> Iterator[Upload]:
+        """Count a prediction upload as on its way until it is admitted or ends."""
+        upload = Upload(client)
+        self.uploads.add(upload)
+        try:
+            yield upload
+        finally:
+            self.uploads.discard(upload)
+
+    @contextlib.contextmanager
+    def admit(self, images: int, upload: Upload | None = None) -> Iterator[Ticket]:
+        """Reserve room for ``images`` for the duration of a request, or raise (503)."""
+        client = None if upload is None else upload.client
+        if upload is not None:
+            self.uploads.discard(upload)  # from now on its images count as decoding
+        self.refuse_if_full(images, client)
+        ticket = Ticket(self, images)
+        self.started += 1
+        self.in_flight += images
+        self.decoding += images
+        if client is not None:
+            self.by_client[client] += images
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            yield ticket
+        finally:
+            self.in_flight -= images
+            self.decoding -= ticket.decoding
+            if client is not None:
+                self.by_client[client] -= images
+                if not self.by_client[client]:
+                    del self.by_client[client]
+            self.metrics.in_flight.set(self.in_flight)
+
+    def activity(self) -> tuple[int, int]:
+        """Work under way and work started so far (``heap.release_when_idle``)."""
+        return self.in_flight + self.body_bytes, self.started
+
+    def on_the_way(self) -> int:
+        """Images the batcher may wait for: decoding, and uploads younger than
+        ``UPLOAD_WINDOW_S`` (a stalled client cannot hold every batch back)."""
+        since = time.perf_counter() - UPLOAD_WINDOW_S
+        return self.decoding + sum(1 for u in self.uploads if u.started > since)
 
 
 class BatchModel(Protocol[Row]):

@@ -51,6 +51,18 @@ class QueueFullError(RuntimeError):
     """No room for the request now (``app.core.gate``): shed load with a 503."""
 
 
+class Unauthenticated(PermissionError):
+    """A call without an accepted API key (``presented``: it named one, a wrong one)."""
+
+    def __init__(self, presented: bool) -> None:
+        self.presented = presented
+        super().__init__(
+            "invalid API key"
+            if presented
+            else "missing API key: send authorization: Bearer <key> (a header; gRPC: metadata)"
+        )
+
+
 class ModelNotReadyError(RuntimeError):
     """No model is loaded (startup not finished, or shutting down)."""
 
@@ -86,6 +98,9 @@ def answer_for(exc: Exception, settings: Settings) -> ErrorAnswer | None:
     (REST here, gRPC in ``app.api.grpc_server``); None for a fault of the service (500)."""
     if isinstance(exc, StarletteHTTPException):
         return ErrorAnswer(exc.status_code, cut(str(exc.detail)), dict(exc.headers or {}))
+    if isinstance(exc, Unauthenticated):
+        challenge = 'Bearer realm="catdog"' + (', error="invalid_token"' if exc.presented else "")
+        return ErrorAnswer(401, str(exc), {"WWW-Authenticate": challenge})
     if isinstance(exc, ImageError):
         status = next((s for cls, s in IMAGE_ERROR_STATUS.items() if isinstance(exc, cls)), 422)
         return ErrorAnswer(status, cut(exc.reason))

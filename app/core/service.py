@@ -26,10 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.core import heap, observe
-from app.core.batcher import Batcher
+from app.core.batcher import Admission, Batcher, Ticket, Upload
 from app.core.config import Settings
 from app.core.errors import InvalidInputError, ModelLoadError
-from app.core.gate import Admission, Ticket, Upload
 from app.core.metrics import Metrics
 from app.core.offload import Offload
 from app.core.registry import ImageResult, LoadedModel, ModelRegistry, VersionPolicy, load_version

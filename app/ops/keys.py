@@ -19,6 +19,7 @@ import re
 import time
 from pathlib import Path
 
+from app.core.errors import Unauthenticated
 from app.core.metrics import Metrics
 
 log = logging.getLogger("catdog.keys")
@@ -39,18 +40,6 @@ def parse(text: str, where: str = "keys file") -> list[str]:
         else:
             raise ValueError(f"{where}, line {number}: sha256: needs 64 hex digits")
     return digests
-
-
-class Refused(Exception):
-    """A call without an accepted key (``presented``: it named one, a wrong one)."""
-
-    def __init__(self, presented: bool) -> None:
-        self.presented = presented
-        super().__init__(
-            "invalid API key"
-            if presented
-            else "missing API key: send authorization: Bearer <key> (a header; gRPC: metadata)"
-        )
 
 
 class ApiKeys:
@@ -95,11 +84,11 @@ class ApiKeys:
 
     def authenticate(self, authorization: str | None) -> str:
         """The id of the key an ``authorization`` value (``Bearer <key>``) presents, counted
-        by id; ``Refused``, counted by reason, when it presents no accepted key."""
+        by id; ``Unauthenticated``, counted by reason, when it presents no accepted key."""
         scheme, _, token = (authorization or "").strip().partition(" ")
         key = self.check(token.strip() if scheme.lower() == "bearer" else None)
         if key is None:
             self.metrics.auth_refused.labels(reason="invalid" if authorization else "missing").inc()
-            raise Refused(bool(authorization))
+            raise Unauthenticated(bool(authorization))
         self.metrics.key_requests.labels(key_id=key).inc()
         return key

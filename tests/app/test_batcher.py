@@ -10,9 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from app.core import gate as admission_module
-from app.core.batcher import Batcher
-from app.core.gate import Admission, Ticket
+from app.core import batcher as admission_module
+from app.core.batcher import Admission, Batcher, Ticket
 from app.core.metrics import Metrics
 
 

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from app.core.batcher import Admission, Upload
 from app.core.errors import QueueFullError
-from app.core.gate import Admission, Upload, client_key
+from app.core.gate import client_key
 from app.core.metrics import Metrics
 from servicekit import value
 from tests.app.helpers import (
