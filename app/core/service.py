@@ -1,11 +1,9 @@
 """The inference service: one object that takes image bytes to a classification.
 
-``start`` loads the versions the policy picks and starts the batcher; ``classify``
-picks the version, admits the images (``app.core.gate``), decodes each in a thread with
-the project's one preprocessing, sends them through the batcher (the only image in
-flight, none on its way, is decoded and run in the model thread instead) and answers
-each as a ``Classification``; ``classify_tensor`` does the same for pixels the client
-already preprocessed; ``stop`` lets the images in flight finish. Nothing here knows
+``classify`` picks the version, admits the images (``Admission``), decodes each in a
+thread with the project's one preprocessing within the ``PixelBudget``, sends them
+through the batcher (the only image in flight, none on its way, is decoded and run in
+the model thread instead) and answers each as a ``Classification``. Nothing here knows
 about HTTP.
 """
 
@@ -16,12 +14,13 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -32,13 +31,13 @@ from app.core.errors import InvalidInputError, ModelLoadError
 from app.core.metrics import Metrics
 from app.core.offload import Offload
 from app.core.registry import ImageResult, LoadedModel, ModelRegistry, VersionPolicy, load_version
-from catdog.budget import PixelBudget
 from catdog.contract import ModelContract
 from catdog.preprocessing import ImageError, preprocess
 from catdog.runtimes import gpu_problem
 
 log = logging.getLogger("catdog")
 DRAIN_TIMEOUT_S = 30.0  # at shutdown, how long images in flight may take to finish
+TRIM_ABOVE_PIXELS = 4_000_000  # ~80 MB of decoding memory: worth a malloc_trim (~ms)
 
 
 def usable_cpus() -> int:
@@ -49,16 +48,40 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class PayloadSink(Protocol):
-    """Where answered images go when the payload log is on (``app.ops.payload_log``)."""
+class PixelBudget:
+    """A cap on the pixels being decoded at once, shared by the decoding threads.
 
-    def offer(
-        self,
-        images: Sequence[bytes | memoryview | np.ndarray],
-        answers: list[Any],
-        seconds: float,
-        request: observe.RequestContext | None,
-    ) -> None: ...
+    Decoding holds several full-size copies of an image, so a file of a few hundred
+    kilobytes can take hundreds of megabytes (``python -m bench decode_memory``;
+    docs/service.md); one decoding thread per core would let a few such uploads take
+    gigabytes. ``hold(pixels)`` waits until the image's pixels fit (small photos pass
+    straight through; one larger than the budget takes all of it). glibc keeps freed
+    blocks in each thread's arena, so after a large image (``TRIM_ABOVE_PIXELS``) it
+    hands free memory back (``heap.trim``).
+    """
+
+    def __init__(self, pixels: int, trim: Callable[[], object] | None = heap.trim) -> None:
+        if pixels < 1:
+            raise ValueError(f"a pixel budget must be positive, not {pixels}")
+        self.total = self.free = pixels
+        self._changed = threading.Condition()
+        self._trim = trim
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        """Take ``pixels`` (at most the whole budget) for the duration of the block."""
+        pixels = min(max(pixels, 0), self.total)
+        with self._changed:
+            self._changed.wait_for(lambda: self.free >= pixels)
+            self.free -= pixels
+        try:
+            yield
+        finally:
+            if pixels >= TRIM_ABOVE_PIXELS and self._trim is not None:
+                self._trim()  # before the next big decode may start
+            with self._changed:
+                self.free += pixels
+                self._changed.notify_all()
 
 
 @dataclass(frozen=True)
@@ -74,8 +97,7 @@ class Classification:
 
 
 class InferenceService:
-    """Owns the model registry, decoders, pixel budget, admission, batcher and the
-    processes that parse large JSON tensors (``offload``)."""
+    """Owns the registry, decoders, pixel budget, admission, batcher and JSON ``offload``."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -105,8 +127,7 @@ class InferenceService:
         self.offload = Offload(settings.json_parse_processes)
         self._watcher: asyncio.Task[None] | None = None
         self._releaser: asyncio.Task[None] | None = None
-        # app.ops.payload_log.PayloadLog when CATDOG_PAYLOAD_LOG is set (app.ops installs it)
-        self.payload_log: PayloadSink | None = None
+        self.payload_log: Any = None  # app.ops.payload_log.PayloadLog, installed by app.ops
         metrics.ready.set_function(lambda: float(self.ready))  # read at each scrape
 
     # ------------------------------------------------------------ lifecycle
@@ -145,8 +166,8 @@ class InferenceService:
         )
 
     async def _warm_decoders(self) -> None:
-        """Decode a small image of each accepted format on every decoding thread, so the
-        first requests neither start those threads nor load the image plugins."""
+        """Decode an image of each format on every decoding thread: the first requests
+        neither start those threads nor load the image plugins."""
         model = self.registry.current
         samples = warm_up_images(self.settings.image_formats)
         await asyncio.gather(
@@ -177,7 +198,7 @@ class InferenceService:
 
     @property
     def model(self) -> LoadedModel:
-        """The highest loaded version (``ModelNotReadyError`` before the first load)."""
+        """The highest loaded version."""
         return self.registry.current
 
     def model_for(self, version: str | None) -> LoadedModel:
@@ -198,8 +219,7 @@ class InferenceService:
         upload: Upload | None = None,
         version: str | None = None,
     ) -> list[Classification]:
-        """Classify image files in order (bytes, or views of them inside a request body);
-        ``ImageError`` (naming the file) for bad input."""
+        """Classify image files (bytes, or views into a body); ``ImageError`` names a bad one."""
         model = self.model_for(version)
         started = time.perf_counter()
         # No ExitStack here: its exit makes a reference cycle through a refused request's
@@ -221,7 +241,7 @@ class InferenceService:
     async def classify_tensor(
         self, pixels: np.ndarray, version: str | None = None, upload: Upload | None = None
     ) -> list[Classification]:
-        """Classify a float32 batch [N, H, W, 3] already scaled per the version's contract."""
+        """Classify float32 pixels [N, H, W, 3] already scaled per the version's contract."""
         model = self.model_for(version)
         check_pixels(pixels, model.contract)
         started = time.perf_counter()
@@ -252,8 +272,7 @@ class InferenceService:
     async def _alone(
         self, ticket: Ticket, model: LoadedModel, data: bytes | memoryview
     ) -> ImageResult:
-        """The only image in flight: decoded and run in the model thread, one hand-off
-        instead of three (``Batcher.run_alone``)."""
+        """The only image in flight: decoded and run in the model thread (``run_alone``)."""
         ticket.queued()  # it never joins the queue: no batch should wait for it
         try:
             return await self.batcher.run_alone(
@@ -274,8 +293,8 @@ class InferenceService:
         started: float,
         upload: Upload | None,
     ) -> list[Classification]:
-        """Each result as a ``Classification``, counted, noted on the request app.ops
-        follows (``Upload.request``) and offered to the payload log."""
+        """Each result as a ``Classification``: counted, noted on the request (``Upload``),
+        offered to the payload log."""
         with observe.span("encode", **_attributes(model, len(results))):
             answers = [classification(model, r) for r in results]
         for answer in answers:
@@ -290,9 +309,8 @@ class InferenceService:
 
 
 def classification(model: LoadedModel, result: ImageResult) -> Classification:
-    """The answer for one model output: probabilities summing to exactly 1, the label,
-    and ``known`` from the version's out-of-distribution threshold (the batch job
-    calls this too, so its rows equal ``/predict``'s answers)."""
+    """One model output as the answer: probabilities summing to exactly 1, the label, and
+    ``known`` from the version's OOD threshold (the batch job's rows use it too)."""
     probabilities = result.probabilities / result.probabilities.sum()
     probabilities[-1] = 1.0 - probabilities[:-1].sum()  # exactly 1 in total
     index = int(np.argmax(probabilities))
@@ -340,8 +358,7 @@ def warm_up_images(formats: tuple[str, ...]) -> list[bytes]:
 
 
 def check_pixels(pixels: np.ndarray, contract: ModelContract) -> None:
-    """``InvalidInputError`` unless ``pixels`` is float32 [N>=1, H, W, 3] of finite values in
-    [0, 1] (the contract's size and ``x/255`` scaling)."""
+    """``InvalidInputError`` unless ``pixels`` is float32 [N>=1, H, W, 3], finite, in [0, 1]."""
     expected = (*contract.image_size, 3)
     if pixels.dtype != np.float32 or pixels.ndim != 4 or pixels.shape[1:] != expected:
         shape = ", ".join(map(str, expected))
@@ -364,11 +381,10 @@ def check_pixels(pixels: np.ndarray, contract: ModelContract) -> None:
 
 
 def _raise_first_error(results: list[object], names: list[str] | None) -> None:
-    """Raise the first decoding failure; in a batch, name the file it came from.
-
-    An image error is raised anew, without its traceback: raised as it is, it would hold
-    the frames of its decoding (each with the file) and, through ``results``, itself: a
-    cycle that keeps every file of a refused request until a full garbage collection."""
+    """Raise the first decoding failure (in a batch, naming its file). An image error is
+    raised anew: its traceback holds the decoding frames (each with the file) and,
+    through ``results``, itself, a cycle that keeps every file of a refused request
+    until a full garbage collection."""
     for position, result in enumerate(results):
         if isinstance(result, ImageError):
             named = names is not None and len(results) > 1

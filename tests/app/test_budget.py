@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from catdog.budget import TRIM_ABOVE_PIXELS, PixelBudget
+from app.core.service import TRIM_ABOVE_PIXELS, PixelBudget
 from tests import images
 from tests.app.helpers import good_image, serve, settings_for, upload
 
