@@ -14,7 +14,8 @@ its own ``httptools`` parser (a few µs per request). From the settings (``CATDO
 * **header timeout**: line and headers within ``header_timeout_s`` of the connection's
   opening or the request's first byte: 408 and closed (silent connections just closed);
 * **body timeout**: a pause of ``body_timeout_s`` while a body arrives: 408 and closed
-  (time when the app is not reading, the socket paused by uvicorn, is not the client's);
+  (time when the app is not reading, the socket paused by uvicorn, is not the client's:
+  ``is_reading()``);
 * **connection cap**: past ``max_connections``, a new connection closes the
   longest-waiting one not being answered (idle, or still sending headers: it gets a 503
   first); if all are being answered, the newcomer's request gets a 503;
@@ -68,26 +69,6 @@ class _Refused(Exception):
     """Raised in a parser callback: the request breaks a bound (status, detail, reason)."""
 
 
-class _Transport:
-    """The socket's transport as uvicorn's protocol sees it: every call passed on, and
-    whether reading is paused (the app is not reading) noted."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.real = transport
-        self.paused = False
-
-    def pause_reading(self) -> None:
-        self.paused = True
-        self.real.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.paused = False
-        self.real.resume_reading()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
 class BoundedConnection(asyncio.Protocol):
     """One client connection: uvicorn's protocol inside, the module's bounds around it."""
 
@@ -103,7 +84,7 @@ class BoundedConnection(asyncio.Protocol):
         self.inner = self.inner_class(config=config, **kwargs)  # type: ignore[call-arg]
         self.loop = asyncio.get_event_loop() if kwargs.get("_loop") is None else kwargs["_loop"]
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-        self.transport: _Transport | None = None
+        self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.in_headers = self.over_cap = False
         self.header_bytes = self.header_size = self.header_count = 0
@@ -116,11 +97,11 @@ class BoundedConnection(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = _Transport(transport)  # type: ignore[arg-type]  # uvloop's too
+        self.transport = transport  # type: ignore[assignment]
         self.waiting_since = self.loop.time()
         self.timer = self.loop.call_later(self.bounds.header_timeout_s, self._header_timed_out)
         self.open.add(self)
-        self.inner.connection_made(self.transport)  # type: ignore[arg-type]
+        self.inner.connection_made(transport)
         if len(self.open) > self.bounds.max_connections:
             self._make_room()
 
@@ -267,7 +248,7 @@ class BoundedConnection(asyncio.Protocol):
             return
         timeout = self.bounds.body_timeout_s
         now = self.loop.time()
-        if self.transport.paused:  # the app is not reading: not the client's pause
+        if not self.transport.is_reading():  # uvicorn paused it: the app is not reading
             self.last_body = now
         remaining = self.last_body + timeout - now
         if remaining > 0:
