@@ -1,14 +1,11 @@
 """The hardened launcher: ``python -m app`` serves ``app.main:app`` with bounds on every client.
 
-uvicorn's own command line bounds nothing a client sends before the app sees a
-request; this launcher runs ``uvicorn.Server`` with uvicorn's httptools protocol inside
-:class:`app.connections.BoundedConnection` (header bounds, header and body timeouts, a
-connection cap, chunk storms; see ``app/connections.py``), raises the
-open-file limit to fit ``CATDOG_MAX_CONNECTIONS``, and gives requests in flight
-``CATDOG_GRACEFUL_SHUTDOWN_S`` after SIGTERM (the one knob: no flag overrides it);
-then they are cut off, and a request whose answer had not started gets a JSON 503
-(``app.core.gate.MetricsMiddleware``). ``make serve``, the image's entrypoint
-and the bench harness all start it.
+uvicorn's own command line bounds nothing a client sends before the app sees a request.
+This runs ``uvicorn.Server`` with uvicorn's httptools protocol inside
+``app.connections.BoundedConnection``, raises the open-file limit to fit
+``CATDOG_MAX_CONNECTIONS``, and gives requests in flight ``CATDOG_GRACEFUL_SHUTDOWN_S``
+after SIGTERM; then they are cut off (a JSON 503 from ``app.core.gate.GateMiddleware``
+if their answer had not started). ``make serve``, the image and the benchmarks start it.
 """
 
 from __future__ import annotations
