@@ -1,17 +1,12 @@
 """Every error of the service and its answer: status, headers, and each protocol's shape.
 
-The service raises the exceptions below; ``answer_for`` maps them (and image errors) to
-a status, a ``detail`` and headers, for REST's exception handlers here and gRPC's status
-codes (``app.api.grpc_server.status_of``). The body's shape comes from the path's
-protocol (``error_shape``): ``{"detail": ...}`` for ``/predict`` and the service's own
-routes, ``{"error": ...}`` under ``/v2`` (Open Inference Protocol), both under
-``/v1/models/`` (TF Serving's REST API shares that path with the model info).
-
-Text that may echo the client's input is cut to ``MOST_ECHO`` characters, on REST as on
-gRPC; a validation error lists its problems without the input pydantic would quote. A
-client that left while its body was read gets a bodiless 499 that only the metrics see,
-or 408 when the server's body timeout cut it off (``TIMED_OUT_KEY``, set by
-``app.connections``).
+``answer_for`` maps the exceptions below (and image errors) to a status, a ``detail``
+and headers, for REST's exception handlers here and gRPC's status codes
+(``app.api.grpc_server.status_of``). The body's shape comes from the path's protocol
+(``error_shape``): ``{"detail": ...}``, ``{"error": ...}`` under ``/v2``, both under
+``/v1/models/``. Text that may echo the client's input is cut to ``MOST_ECHO``
+characters. A client that left while its body was read gets a bodiless 499 that only
+the metrics see, or 408 when the body timeout cut it off (``TIMED_OUT_KEY``).
 """
 
 from __future__ import annotations

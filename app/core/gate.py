@@ -208,15 +208,16 @@ class GateMiddleware:
         limit = body_limit(service.settings, path) if scope["method"] == "POST" else None
         length = header_int(headers.get("content-length", "-"))
         too_large = f"request body exceeds the limit of {limit} bytes"
+        if limit is not None:
+            scope[ROUTE_KEY] = route_label(path)
         try:
             if self.keys is not None and not OPEN_PATHS.fullmatch(path):
                 scope[REQUEST_KEY].key_id = self.keys.authenticate(headers.get("authorization"))
             if b"%2f" in (scope.get("raw_path") or b"").lower():  # would split a path parameter
                 raise HTTPException(400, "an encoded '/' (%2F) in the path is not accepted")
-            if limit is not None:
-                scope[ROUTE_KEY] = route_label(path)
-                if length is not None and length > limit:  # no "Connection: close": a client
-                    raise HTTPException(413, too_large)  # still sending would get a reset
+            if limit is not None and length is not None and length > limit:
+                raise HTTPException(413, too_large)  # no "Connection: close": a client still
+                # sending would get a reset (uvicorn closes with the body unread)
         except (HTTPException, Unauthenticated) as exc:
             await (await known_error(Request(scope), exc))(scope, receive, send)
             return

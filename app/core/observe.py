@@ -1,16 +1,11 @@
 """What the request path tells the operations layer (``app/ops``), at no cost when unused.
 
-* ``RequestContext``: one request as ``app.ops`` follows it. The REST middleware puts it
-  in the ASGI scope (``REQUEST_KEY``), the gRPC interceptor on the servicer context it
-  hands on (the ``REQUEST_KEY`` attribute); ``request_of`` finds it in either. The
-  gates copy it onto the request's ``Upload``, so that the service notes the answers
-  on it (model version and labels, for the access line) and the payload log reads
-  its id and protocol. Passed along explicitly: no context variable.
-* ``span`` / ``capture`` / ``record``: OpenTelemetry spans for the service's stages.
-  They do nothing until ``app.ops.tracing`` sets a tracer (``OTEL_*`` variables);
-  until then ``span`` returns a shared null context and no OpenTelemetry code runs.
-
-The core imports no API or operations module: the layers above fill these in.
+``RequestContext`` is one request as ``app.ops`` follows it, passed along explicitly (no
+context variable): in the ASGI scope (``REQUEST_KEY``) or on the gRPC servicer context
+(that attribute), found by ``request_of``; the gate copies it onto the ``Upload`` so that
+the service notes its answers on it. ``span``, ``capture`` and ``record`` make the
+service's OpenTelemetry spans once ``app.ops.tracing`` sets a tracer; until then no
+OpenTelemetry code runs. This module imports nothing from the layers above.
 """
 
 from __future__ import annotations

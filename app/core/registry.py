@@ -1,29 +1,18 @@
-"""The served model's versions: each version loaded and warmed up, which stay loaded
-(the version policy), hot swap, refusals.
+"""The served model's versions: loading and warming up each, which stay loaded (the
+version policy), hot swap, refusals.
 
 ``load_version`` loads a version folder with the chosen runtime (``CATDOG_RUNTIME``) and
 runs it once per batch size the batcher can send (1 to ``CATDOG_MAX_BATCH_SIZE``) before
-it is reported ready or swapped in; a folder that cannot be served raises
-``ModelLoadError`` naming it.
+it serves; a folder that cannot be served raises ``ModelLoadError`` naming it.
 
 The version policy (``CATDOG_VERSION_POLICY``) is TF Serving's ``model_version_policy``:
-
-* ``latest:N`` (default ``latest:1``): the N highest versions. A watcher polls the
-  model base folder; a version higher than every loaded one is loaded in a thread while
-  the loaded ones keep serving, then added by one assignment, and the lowest is dropped
-  once more than N are loaded. Versions only move up: a lower folder appearing, or a
-  served folder disappearing, changes nothing while running.
-* ``all``: every version folder; new ones are added, none is dropped.
-* ``specific:1,3``: those versions; each is loaded once its folder exists.
-
-A request without a version gets the highest loaded one; ``get("2")`` answers a request
-for version 2, or raises ``VersionNotFoundError``. A version that fails to load is
-refused with a log line and retried only if its files change. At start-up every version
-the policy picks must load (else ``ModelLoadError``).
-
-Memory per version (``memory_bytes``) is the growth of resident memory while it loaded:
-approximate (requests allocate too; the first version carries the runtime's import).
-Dropping a version thaws the frozen heap (``app.core.heap``) so that it can be freed.
+``latest:N`` (default ``latest:1``) keeps the N highest versions (a higher folder that
+appears is loaded in a thread while the loaded ones serve, added by one assignment, and
+the lowest dropped; versions only move up); ``all`` every folder; ``specific:1,3`` those.
+A request without a version gets the highest loaded one. A version that fails to load is
+refused with a log line and retried only if its files change; at start-up every version
+the policy picks must load. Memory per version is the growth of resident memory while
+it loaded (approximate). Dropping a version thaws the frozen heap (``app.core.heap``).
 """
 
 from __future__ import annotations

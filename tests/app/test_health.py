@@ -152,3 +152,19 @@ def test_early_refusals_are_labelled_by_route_template_not_by_path() -> None:
     templates = set(create_app(Settings()).openapi()["paths"])
     for path in ("/v2/models/a/infer", "/v1/models/a/versions/1:predict", "/v1/models/a:classify"):
         assert route_label(path) in templates  # the same label as a routed request's
+
+
+async def test_one_middleware_counts_and_marks_every_answer(tiny_model_base: Path) -> None:
+    # Request id, metrics and the gate are one layer: an early refusal is counted under
+    # its route template and carries the request id, as a routed answer does.
+    app = make_app(settings_for(tiny_model_base))
+    assert [m.cls.__name__ for m in app.user_middleware] == ["GateMiddleware"]
+    async with LifespanManager(app, startup_timeout=STARTUP_TIMEOUT), client_for(app) as client:
+        large = {"content-length": str(10**9), "x-request-id": "rid-413"}
+        refused = await client.post("/predict", content=b"x", headers=large)
+        assert refused.status_code == 413 and refused.headers["x-request-id"] == "rid-413"
+        assert refused.json()["request_id"] == "rid-413"
+        ok = await client.get("/healthz")
+        assert len(ok.headers["x-request-id"]) == 32
+        metrics = (await client.get("/metrics")).text
+    assert 'catdog_requests_total{method="POST",route="/predict",status="413"} 1.0' in metrics
