@@ -1,10 +1,11 @@
 """Wire the operations layer into an app and its gRPC server, from the app's settings.
 
-``install(app)`` (called by ``app.main.create_app``) adds the REST middleware, the
+``install(app)`` (called by ``app.main.create_app``) adds the app's one middleware,
+``app.core.gate.GateMiddleware`` (request id, API keys, access line, the gate), the
 JSON log format, the payload log and the REST server spans; ``grpc_interceptors``
-gives the gRPC server its interceptors (trace spans first, so the request id and
-key check run inside the call's span). With every part off, only the request-id
-middleware and interceptor run.
+gives the gRPC server its interceptors (trace spans first, then
+``app.core.gate.GateInterceptor``, so the request id and key check run inside the
+call's span). With every part off, only the request ids and the gate run.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.core.gate import GateInterceptor, GateMiddleware
 from app.core.service import InferenceService
 from app.ops import logs, tracing
-from app.ops.grpc_ops import OpsInterceptor
 from app.ops.keys import ApiKeys
 from app.ops.payload_log import PayloadLog
-from app.ops.rest import OpsMiddleware
 
 # Probes and scrapes get no span (a kubelet and Prometheus call them every few seconds):
 # FastAPIInstrumentor's ``excluded_urls``, regular expressions searched in the URL.
@@ -40,8 +40,8 @@ def install(app: FastAPI) -> None:
         service.payload_log = PayloadLog(
             settings.payload_log, settings.payload_log_rate, service.metrics
         )
-    app.state.ops = OpsInterceptor(keys, json_logs)
-    app.add_middleware(OpsMiddleware, keys=keys, access_log=json_logs)
+    app.state.ops = GateInterceptor(keys, json_logs)
+    app.add_middleware(GateMiddleware, keys=keys, access_log=json_logs)
     tracer_provider = tracing.provider()
     if tracer_provider is not None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
