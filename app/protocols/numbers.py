@@ -1,78 +1,178 @@
-"""JSON bodies of the protocols: read by the routes themselves, parsed once, their tensors
-of numbers straight into arrays.
+"""JSON bodies of the REST protocols: parsed once, their tensors of numbers as arrays.
 
-* Bodies are read whatever their Content-Type (tritonclient sends none, ``curl -d``
-  sends a form type, the binary tensor data extension puts raw bytes after the JSON).
-  A body that does not validate is a 400 naming the first problems.
-* A body is refused (413) before parsing when its commas show more values than
-  ``max_json_images`` images hold, or its brackets more arrays (``check_values``). A
-  body of at least ``json_offload_values`` values and arrays, or of ``OFFLOAD_BYTES``
-  or more, is counted and parsed in a worker process (``app.core.offload``), which
-  sends its tensors back as arrays: the event loop keeps serving meanwhile. What is
-  left besides those arrays (names, shapes, base64 texts) is small in a legal request;
-  more than ``most_leftovers`` values is a 413 (``check_leftovers``), decided where the
-  body was parsed.
-* Memory: a body is read into one buffer (``common.read_body``) and dropped once
-  parsed: a JSON request peaks while its body and its texts are both held, at most 2.8
-  bytes per byte of its files (``bench/results/upload-memory.json``).
-
-The fast path, ``read``, kept for what it measured: a pixel tensor as JSON numbers
-costs pydantic a Python float per number and a list per pixel, and ``read`` takes
-about 60% of pydantic's time and 70% of its peak memory over 32 images of pixels
-(``python -m bench.json_offload``: ``bench/results/json-offload.md``, whose table
-docs/protocols.md shows). It parses the body once with simdjson into
-Python values in which every large rectangular tensor of numbers is already a float32
-array; pydantic validates those values and the protocols take the arrays as they are.
-It is only a faster way to the same answer: an array becomes an array of numbers only
-when its text is at least ``MIN_BYTES``, it is rectangular (its brackets and commas are
-exactly those of the shape its first elements give, at most ``MOST_RANK``
-dimensions), every leaf is a JSON number, none past 2**53. ``read`` gives up (None:
-the body is parsed as it came, so errors read as they always did) when simdjson
-refuses the body (it refuses integers past 2**64, which pydantic reads) or a number is
-longer than ``MOST_NUMBER_BYTES`` (pydantic refuses 4,301 digits).
+* A body is read whatever its Content-Type (tritonclient sends none, ``curl -d`` a form
+  type) into one buffer (``read_body``); a body that does not validate is a 400 naming
+  its first problems.
+* 413 before parsing when its commas show more values than ``max_json_images`` images
+  hold, or its brackets more arrays (``check_values``); and when, its number tensors
+  aside, it holds more than ``JSON_SLACK`` values and a few per image (``check_leftovers``).
+* 413 past ``max_json_bytes``. A body of ``OFFLOAD_BYTES``, or of ``json_offload_values``
+  values, or more is counted and parsed in a worker process (``app.core.offload``),
+  which sends its tensors back as arrays.
+* A JSON request peaks at 2.8 bytes per byte of its files
+  (``bench/results/upload-memory.json``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 import numpy as np
 import simdjson
-from fastapi import HTTPException
-from pydantic import BaseModel, ValidationError
+from fastapi import HTTPException, Request
+from pydantic import (
+    BaseModel,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+)
 
 from app.core.config import Settings
 from app.core.offload import OffloadBrokenError
 from app.core.service import InferenceService
-from app.protocols.common import bad_request
 from catdog.contract import ModelContract
 
 M = TypeVar("M", bound=BaseModel)
 JSON_SLACK = 4096  # values of a legal body beside its tensor: keys, shape, parameters
+MIN_BYTES = 4096  # smaller tensors are cheap enough as Python objects
+MOST_NUMBER_BYTES = 1000  # between two brackets or commas; pixels need ~20
+MOST_RANK = 8  # dimensions of an input (images have 4; numpy refuses past 64)
+NUMBER_TYPES = {int, float, np.ndarray}  # arrays: tensors packed by ``read`` or a worker
+#: A JSON tensor: numbers or strings, flat or nested, its elements checked where used (a
+#: recursive element type made pydantic take 6 s over the largest legal tensor).
+TensorData = list[Any]
+
+
+def tensor(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """An array the parsing made of a tensor as it is; anything else as the type says."""
+    return value if isinstance(value, np.ndarray) else handler(value)
+
+
+OrArray = WrapValidator(tensor)  # its name shows in errors: "function-wrap[tensor()]"
+JsonTensor = Annotated[
+    TensorData,
+    OrArray,
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {},
+            "description": "tensor elements: numbers or strings, flat (row-major) or nested",
+        }
+    ),
+]
+
+
+async def read_body(request: Request) -> bytearray:
+    """The body in one growing buffer (``request.body()`` would keep it, and a copy)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+    return body
+
+
+def is_numbers(data: object) -> bool:
+    """A nested list whose first element, all the way down, is a number."""
+    while isinstance(data, list) and data:
+        data = data[0]
+    return isinstance(data, (int, float)) and not isinstance(data, bool)
+
+
+def pack_numbers(data: object, what: str) -> object:
+    """``data`` as a float32 array if it is a number tensor (``as_pixels``), else as is."""
+    if isinstance(data, np.ndarray):
+        return data
+    return as_pixels(data, what) if isinstance(data, list) and is_numbers(data) else data
+
+
+def pack_values(mapping: dict[str, Any], what: str) -> None:
+    """``pack_numbers`` on each value of ``mapping``, in place (``{key}`` in ``what``)."""
+    for key, value in mapping.items():
+        mapping[key] = pack_numbers(value, what.format(key=key))
+
+
+def as_pixels(data: TensorData | np.ndarray, what: str) -> np.ndarray:
+    """A JSON tensor of numbers as float32; 400 if ragged or not all numbers (``true``
+    among numbers too: numpy would take it for 1.0)."""
+    if not isinstance(data, np.ndarray):
+        found = _element_types(data, set())
+        if not found <= NUMBER_TYPES:
+            names = sorted(t.__name__ for t in found - NUMBER_TYPES)
+            raise HTTPException(400, f"{what}: not a rectangular tensor of numbers (found {names})")
+    try:
+        array = np.asarray(data)
+    except (TypeError, ValueError) as exc:
+        raise HTTPException(400, f"{what}: not a rectangular tensor of numbers ({exc})") from None
+    if array.size and array.dtype.kind == "O" and array.ndim and is_numbers(data):
+        raise HTTPException(400, f"{what}: an integer too large for a pixel (beyond 64 bits)")
+    if array.size and array.dtype.kind not in "iuf":  # strings, true/false, null, objects
+        raise HTTPException(
+            400, f"{what}: not a rectangular tensor of numbers (found {array.dtype})"
+        )
+    return array.astype(np.float32)
+
+
+def _element_types(data: list[Any], found: set[type]) -> set[type]:
+    """The types below a nested list's lists (C loops over the innermost lists)."""
+    if data and type(data[0]) is list:
+        for child in data:
+            if type(child) is list:
+                _element_types(child, found)
+            else:
+                found.add(type(child))
+    else:
+        found.update(map(type, data))
+    return found
+
+
+def decode_b64(text: str, what: str) -> bytes:
+    """The bytes of a standard or URL-safe base64 string; 400 naming ``what`` otherwise."""
+    try:
+        if "-" in text or "_" in text:
+            return base64.b64decode(text, altchars=b"-_", validate=True)
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(
+            400,
+            f"{what} is not valid base64: the standard or URL-safe alphabet, padded with = "
+            "to a multiple of 4 characters",
+        ) from None
+
+
+def decode_all(texts: list[str], what: str) -> list[bytes]:
+    """Each base64 text decoded, the list emptied as it goes (each text freed in turn)."""
+    files = []
+    for position in range(len(texts)):
+        files.append(decode_b64(texts[position], f"{what} {position}"))
+        texts[position] = ""
+    return files
 
 
 def most_values(settings: Settings, contract: ModelContract) -> int:
-    """The most JSON values a legal body holds: ``max_json_images`` images of pixels (by
-    default ``max_files_per_request``)."""
+    """The most JSON values a legal body holds: ``max_json_images`` images of pixels."""
     height, width = contract.image_size
     return settings.json_images * height * width * 3 + JSON_SLACK
 
 
+class Reading(NamedTuple):
+    """How ``read_json`` reads a body."""
+
+    most: int  # values the body may hold (``check_values``)
+    pack: Callable[[Any], None]  # the protocol's: its number tensors as arrays
+    leftovers: int  # values besides them (``check_leftovers``)
+    fast: bool  # parse once, large number tensors straight into arrays (``read``)
+
+
 async def parse_json(
-    service: InferenceService,
-    model: type[M],
-    body: bytes | bytearray,
-    most: int,
-    pack: Callable[[M], None],
+    service: InferenceService, model: type[M], body: bytes | bytearray, most: int, pack: Callable
 ) -> M:
-    """``read_json``: 413 first, without parsing, when the body is over
-    ``max_json_bytes`` or holds more than ``most`` values (``check_values``). In a worker
-    process when the body is ``OFFLOAD_BYTES`` or more, or holds ``json_offload_values``
-    values or more, so that neither its counting nor its parsing holds the event loop and
-    no Python object per number comes back; in place otherwise, with the same answers.
-    503 if the worker dies."""
+    """``read_json`` after ``check_values`` (413 first past ``max_json_bytes``), in a
+    worker process for bodies of ``OFFLOAD_BYTES`` or ``json_offload_values`` values or
+    more (neither counting nor parsing holds the event loop); 503 if the worker dies."""
     settings = service.settings
     if len(body) > settings.max_json_bytes:
         raise HTTPException(
@@ -81,16 +181,16 @@ async def parse_json(
             "(CATDOG_MAX_JSON_BYTES); send images as files (multipart, or binary tensor data)",
         )
     offload = service.offload
-    reading = Reading(most, pack, most_leftovers(settings), settings.json_fast_tensors)
+    leftovers = JSON_SLACK + 4 * settings.max_files_per_request  # names, shapes, base64
+    reading = Reading(most, pack, leftovers, settings.json_fast_tensors)
     if not offload.enabled or len(body) < OFFLOAD_BYTES:
-        counts = JsonCounts.of(body)
-        check_values(counts, most)
-        if not offload.enabled or sum(counts) < settings.json_offload_values:
+        values = check_values(body, most)
+        if not offload.enabled or values < settings.json_offload_values:
             return read_json(model, body, reading)
     try:
         answer = await offload.run(parse_packed, model, body, reading)
     except OffloadBrokenError as exc:
-        retry = str(service.settings.retry_after_s)
+        retry = str(settings.retry_after_s)
         raise HTTPException(503, f"{exc}; retry", headers={"Retry-After": retry}) from None
     service.metrics.json_offloaded.inc()
     if isinstance(answer, tuple):
@@ -111,22 +211,11 @@ PARSER_BYTES_PER_BYTE = 3.8
 PARSER_BYTES = 69e6
 
 
-class Reading(NamedTuple):
-    """How ``read_json`` reads a body: its limits and ``pack``."""
-
-    most: int  # values the body may hold (``check_values``)
-    pack: Callable[[Any], None]  # the protocol's: its number tensors as arrays
-    leftovers: int  # values besides them (``check_leftovers``)
-    fast: bool  # parse once, large number tensors straight into arrays (``read``)
-
-
 def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M | tuple[int, str]:
     """``check_values`` and ``read_json`` in a worker process; an HTTP error as (status,
     detail)."""
     try:
-        counts = JsonCounts.of(body)
-        check_values(counts, reading.most)
-        if sum(counts) * MIN_BYTES < len(body):  # base64 texts, not number tensors
+        if check_values(body, reading.most) * MIN_BYTES < len(body):  # base64, not numbers
             reading = reading._replace(fast=False)
         return read_json(model, body, reading)
     except HTTPException as exc:
@@ -134,10 +223,8 @@ def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M
 
 
 def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
-    """``parse_body``, ``pack`` and ``check_leftovers``, the body parsed once with its large
-    tensors of numbers read straight into arrays (``read``). If those
-    values do not validate, the body is parsed again as it came, so that its answer is
-    the same. The caller has checked the body's counts (``check_values``)."""
+    """The body as ``model``, packed and checked; parsed by ``read`` first, and again as
+    it came if those values do not validate (so that its answer is the same)."""
     values = read(body) if reading.fast else None
     if values is not None:
         try:
@@ -163,49 +250,30 @@ def parse_body(model: type[M], body: bytes | bytearray) -> M:
         problems = [
             f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
         ]
-        raise bad_request("invalid request: " + "; ".join(problems)) from None
+        raise HTTPException(400, "invalid request: " + "; ".join(problems)) from None
 
 
-class JsonCounts(NamedTuple):
-    """What a JSON body holds, counted on its bytes before parsing."""
-
-    commas: int  # each value after the first of an array or object follows one
-    containers: int  # arrays and objects: "[" and "{" (base64 has neither)
-
-    @classmethod
-    def of(cls, body: bytes | bytearray) -> JsonCounts:
-        """The counts of ``body``."""
-        return cls(body.count(b","), body.count(b"[") + body.count(b"{"))
-
-
-def check_values(counts: JsonCounts, most: int) -> None:
-    """413 when a JSON body's commas show more than ``most`` values, or it holds more
-    than ``most // 2`` arrays and objects: a tensor of pixels has one array per pixel (3
-    values) and a few per row, while empty arrays nested ~200 deep cost a Python object
-    each for no comma at all."""
+def check_values(body: bytes | bytearray, most: int) -> int:
+    """The values and arrays of ``body``; 413 past ``most`` values (commas), or
+    ``most // 2`` arrays and objects (a pixel has one per 3 values; empty arrays nested
+    deep cost an object each, no comma)."""
+    commas, containers = body.count(b","), body.count(b"[") + body.count(b"{")
     advice = (
         "the images of pixels a request may send as JSON numbers; send images, or pixels "
         "as binary tensor data"
     )
-    if counts.commas >= most:
+    if commas >= most:
         raise HTTPException(413, f"the JSON holds more than {most} values, more than {advice}")
-    if counts.containers >= most // 2:
+    if containers >= most // 2:
         raise HTTPException(
             413, f"the JSON holds more than {most // 2} arrays and objects, more than {advice}"
         )
-
-
-def most_leftovers(settings: Settings) -> int:
-    """The most values a legal request holds besides its number tensors: a few per image
-    sent as base64 (the text, its key, its object) and the keys, names and shapes
-    around them."""
-    return JSON_SLACK + 4 * settings.max_files_per_request
+    return commas + containers
 
 
 def check_leftovers(request: BaseModel, most: int) -> None:
-    """413 when ``request``, its number tensors packed into arrays, still holds more than
-    ``most`` values (nulls, strings, empty lists, keys...): no legal request does, and
-    each costs a Python object wherever the request goes. Stops counting at ``most``."""
+    """413 when ``request``, its number tensors packed, still holds more than ``most``
+    values (each a Python object wherever the request goes)."""
     pending: list[object] = [request]
     seen = 0
     while pending:
@@ -221,27 +289,27 @@ def check_leftovers(request: BaseModel, most: int) -> None:
                 f"the JSON holds more than {most} values besides its tensors of numbers; "
                 "images travel as base64 texts, pixels as numbers",
             )
-        if isinstance(item, dict):
-            pending.extend(item.values())
-        else:
-            pending.extend(item)
+        pending.extend(item.values() if isinstance(item, dict) else item)
 
-
-MIN_BYTES = 4096  # smaller tensors are cheap enough as Python objects
-MOST_NUMBER_BYTES = 1000  # between two brackets or commas; pixels need ~20
-MOST_RANK = 8  # tensors of more dimensions stay lists (pixels have 4)
 
 _OPEN, _COMMA, _CLOSE = 1, 2, 3
 #: ``bytes.translate`` table: "[" "," "]" to their token, every other byte to 0.
 _TOKENS = bytes({ord("["): _OPEN, ord(","): _COMMA, ord("]"): _CLOSE}.get(c, 0) for c in range(256))
-#: Bytes a JSON number is made of, for the longest run of them in a body.
-_NUMBER = np.zeros(256, bool)
+_NUMBER = np.zeros(256, bool)  # the bytes a JSON number is made of
 _NUMBER[np.frombuffer(b"0123456789+-.eE", np.uint8)] = True
 
 
 def read(body: bytes | bytearray) -> object | None:
-    """``body`` as Python values, its large tensors of numbers as float32 arrays; None
-    when it is not for this reader (the module docstring says when)."""
+    """``body`` as Python values, its large tensors of numbers as float32 arrays, or None.
+
+    The fast path, kept for what it measured: pixels as JSON numbers cost pydantic a
+    float per number and a list per pixel; this takes ~60% of its time and 70% of its
+    peak memory over 32 images (``python -m bench.json_offload``). A JSON array becomes
+    an array when its text is at least ``MIN_BYTES``, it is rectangular (at most
+    ``MOST_RANK`` dimensions), every leaf is a number and none is past 2**53. None (the
+    body is parsed as it came, errors and all) when simdjson refuses the body (integers
+    past 2**64) or a number is over ``MOST_NUMBER_BYTES`` (pydantic refuses 4,301 digits).
+    """
     if _longest_number(body) > MOST_NUMBER_BYTES:
         return None
     parser = simdjson.Parser()  # alive while its document is read
@@ -253,8 +321,7 @@ def read(body: bytes | bytearray) -> object | None:
 
 
 def _longest_number(body: bytes | bytearray, chunk: int = 1 << 22) -> int:
-    """The longest run of number bytes in ``body`` (at least its longest number), read
-    ``chunk`` bytes at a time so that the positions found stay small."""
+    """The longest run of number bytes in ``body``, ``chunk`` bytes at a time."""
     view = np.frombuffer(body, np.uint8)
     longest = run = 0
     for start in range(0, len(view), chunk):
@@ -270,9 +337,8 @@ def _longest_number(body: bytes | bytearray, chunk: int = 1 << 22) -> int:
 
 
 def _value(node: object, tensors: bool = True) -> object:
-    """A simdjson value as Python values, its tensors of numbers as numpy arrays (with
-    ``tensors``; the elements of an array that is not one are lists, their objects'
-    values read again as tensors)."""
+    """A simdjson value as Python values, tensors of numbers as arrays (with ``tensors``;
+    not inside an array that is not one, but again in its objects)."""
     if isinstance(node, simdjson.Object):
         return {key: _value(node[key]) for key in node.keys()}  # noqa: SIM118 (a proxy)
     if isinstance(node, simdjson.Array):

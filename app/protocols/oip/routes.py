@@ -1,47 +1,34 @@
-"""Open Inference Protocol v2 (REST): health, metadata, readiness and inference.
-
-The inputs and output are ``app/protocols/oip/codec.py``'s (and docs/protocols.md);
-errors are ``{"error": ...}`` (``app/core/errors.py``). Binary tensor data extension:
-the body is the JSON request followed by the inputs' bytes in input order,
-``Inference-Header-Content-Length`` gives the JSON's length and each binary input says
-its size in ``parameters.binary_data_size``. The output is sent so when its parameter
-``binary_data`` (or, for outputs without it, the request's ``binary_data_output``) is
-true, and the answer is built the same way.
-"""
+"""Open Inference Protocol v2 (REST): health, metadata, readiness and inference; the
+binary tensor data extension as ``INFER_DOC`` (the infer route's OpenAPI text) says."""
 
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.api.schemas import PROTOCOL_ERRORS, VersionDep, request_body, versioned
-from app.core.config import Settings
+from app.core.errors import ModelNotReadyError
 from app.core.gate import ServiceDep, UploadDep, header_int
 from app.core.service import Classification, InferenceService
-from app.protocols.common import (
-    bad_request,
-    check_model_name,
-    classify_input,
-    pack_numbers,
-    read_body,
-)
-from app.protocols.numbers import most_values, parse_json
+from app.protocols.numbers import most_values, pack_numbers, parse_json, read_body
 from app.protocols.oip import codec as oip
-from app.protocols.oip import schemas as oip_schemas
 from app.protocols.oip.schemas import (
     EXTENSIONS,
     PROBABILITIES,
     InferRequest,
     InferResponse,
+    ModelMetadata,
+    ModelReady,
     RequestInput,
     ResponseOutput,
+    ServerLive,
     ServerMetadata,
+    ServerReady,
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 router = APIRouter(tags=["open inference protocol v2"])
-ERRORS = PROTOCOL_ERRORS
 INFER_DOC = """Classify images: a BYTES input `image_bytes` holding encoded image files
 (base64 strings in JSON), or an FP32 input `images` [N, H, W, 3] already scaled to
 [0, 1]. Answers the FP32 output `probabilities` [N, C], or with the output parameter
@@ -54,9 +41,9 @@ input has the parameter `binary_data_size`. A BYTES element is its 4-byte
 little-endian length then the file; FP32 is little-endian float32, row-major. With
 `binary_data: true` on the output (or `binary_data_output: true` on the request) the
 answer is built the same way, with `Inference-Header-Content-Length` in its headers."""
-INFER_BODY = request_body(oip_schemas.InferRequest, "the JSON request (see the description)")
+INFER_BODY = request_body(InferRequest, "the JSON request (see the description)")
 INFER_ERRORS = {
-    **ERRORS,
+    **PROTOCOL_ERRORS,
     200: {
         "description": "JSON, or with binary data JSON then bytes (see the description)",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
@@ -64,36 +51,34 @@ INFER_ERRORS = {
 }
 
 
-@router.get("/v2", response_model=oip_schemas.ServerMetadata)
-async def server_metadata(request: Request) -> oip_schemas.ServerMetadata:
+@router.get("/v2", response_model=ServerMetadata)
+async def server_metadata(request: Request) -> ServerMetadata:
     """Server name, version and protocol extensions."""
     return ServerMetadata(name="catdog", version=request.app.version, extensions=EXTENSIONS)
 
 
-@router.get("/v2/health/live", response_model=oip_schemas.ServerLive)
-async def server_live() -> oip_schemas.ServerLive:
+@router.get("/v2/health/live", response_model=ServerLive)
+async def server_live() -> ServerLive:
     """Liveness: 200 while the process answers."""
-    return oip_schemas.ServerLive(live=True)
+    return ServerLive(live=True)
 
 
-@router.get("/v2/health/ready", response_model=oip_schemas.ServerReady, responses={503: {}})
-async def server_ready(service: ServiceDep) -> oip_schemas.ServerReady | JSONResponse:
+@router.get("/v2/health/ready", response_model=ServerReady, responses={503: {}})
+async def server_ready(service: ServiceDep) -> ServerReady | JSONResponse:
     """Readiness: 200 once a model is loaded and warmed up, 503 before and when stopping."""
     if not service.ready:
         return JSONResponse({"ready": False}, status_code=503)
-    return oip_schemas.ServerReady(ready=True)
+    return ServerReady(ready=True)
 
 
 @versioned(
     router,
     "GET",
     "/v2/models/{name}{at}",
-    response_model=oip_schemas.ModelMetadata,
-    responses=ERRORS,
+    response_model=ModelMetadata,
+    responses=PROTOCOL_ERRORS,
 )
-async def model_metadata(
-    name: str, service: ServiceDep, version: VersionDep
-) -> oip_schemas.ModelMetadata:
+async def model_metadata(name: str, service: ServiceDep, version: VersionDep) -> ModelMetadata:
     """Inputs, outputs, loaded versions and runtime of the model (or of one loaded version)."""
     return oip.model_metadata(service, name, version)
 
@@ -102,21 +87,23 @@ async def model_metadata(
     router,
     "GET",
     "/v2/models/{name}{at}/ready",
-    response_model=oip_schemas.ModelReady,
-    responses=ERRORS,
+    response_model=ModelReady,
+    responses=PROTOCOL_ERRORS,
 )
-async def model_ready(
-    name: str, service: ServiceDep, version: VersionDep
-) -> oip_schemas.ModelReady:
+async def model_ready(name: str, service: ServiceDep, version: VersionDep) -> ModelReady:
     """200 when the model (or this version) is loaded and the service accepts requests."""
-    return oip.model_ready(service, name, version)
+    oip.check_model_name(service, name)
+    service.model_for(version)  # 404 if not loaded, 503 before the first load
+    if not service.ready:
+        raise ModelNotReadyError("the service is not accepting requests")
+    return ModelReady(name=name, ready=True)
 
 
 @versioned(
     router,
     "POST",
     "/v2/models/{name}{at}/infer",
-    response_model=oip_schemas.InferResponse,
+    response_model=InferResponse,
     responses=INFER_ERRORS,
     description=INFER_DOC,
     openapi_extra=INFER_BODY,
@@ -125,7 +112,7 @@ async def infer(
     name: str, request: Request, service: ServiceDep, upload: UploadDep, version: VersionDep
 ) -> Response:
     """Classify images or pixels with the highest loaded version, or the one named."""
-    check_model_name(service, name)
+    oip.check_model_name(service, name)
     model = service.model_for(version)  # 404 before reading the body
     infer_request, binary = await read_request(
         service,
@@ -134,42 +121,34 @@ async def infer(
         most_values(service.settings, model.contract),
     )
     output = oip.output_choice(infer_request, len(model.contract.class_names))
-    given = model_input(infer_request, binary, service.settings)
+    tensor = oip.only_input(infer_request)
+    given = oip.decode_input(tensor, _binary_part(tensor, binary), service.settings)
     del binary  # the body goes with it, unless pixels are a view of it
-    results = await classify_input(service, given, version, upload)
+    results = await oip.classify_input(service, given, version, upload)
     return encode(infer_request, results, name, output)
 
 
 async def read_request(
     service: InferenceService, body: bytearray, header_length: str | None, most: int
 ) -> tuple[InferRequest, memoryview]:
-    """The JSON request and the binary tensor data after it (empty without the extension),
-    a view into ``body``, not a copy.
-
-    ``most``: the most values the JSON part may hold (``parse_json``).
-    """
+    """The JSON request and the binary tensor data after it: a view into ``body``."""
     if header_length is None:
         return await parse_json(service, InferRequest, body, most, _pack), memoryview(b"")
     split = header_int(header_length)
     if split is None or not 0 < split <= len(body):
-        raise bad_request(
+        raise HTTPException(
+            400,
             f"{HEADER_LENGTH}: {header_length!r} is not a length within the body "
-            f"of {len(body)} bytes"
+            f"of {len(body)} bytes",
         )
     infer_request = await parse_json(service, InferRequest, body[:split], most, _pack)
     return infer_request, memoryview(body)[split:]
 
 
 def _pack(request: InferRequest) -> None:
-    """In the parsing worker (``parse_json``): each input's numbers as an array."""
+    """Each input's numbers as an array (``parse_json``)."""
     for tensor in request.inputs:
         tensor.data = pack_numbers(tensor.data, f"input {tensor.name}")  # type: ignore[assignment]
-
-
-def model_input(request: InferRequest, binary: memoryview, settings: Settings) -> oip.Input:
-    """The request's one input, decoded from JSON or binary tensor data."""
-    tensor = oip.only_input(request)
-    return oip.decode_input(tensor, _binary_part(tensor, binary), settings)
 
 
 def encode(
@@ -203,15 +182,16 @@ def _binary_part(tensor: RequestInput, binary: memoryview) -> memoryview | None:
     size = tensor.parameters.get("binary_data_size")
     if size is None:
         if binary:
-            raise bad_request(f"{len(binary)} bytes of binary data but no binary_data_size")
+            raise HTTPException(400, f"{len(binary)} bytes of binary data but no binary_data_size")
         if tensor.data is None:
-            raise bad_request(f"input {tensor.name} has neither data nor binary_data_size")
+            raise HTTPException(400, f"input {tensor.name} has neither data nor binary_data_size")
         return None
     if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
-        raise bad_request(
+        raise HTTPException(
+            400,
             f"input {tensor.name}: binary_data_size {size!r} but {len(binary)} bytes follow "
-            "the JSON"
+            "the JSON",
         )
     if tensor.data is not None:
-        raise bad_request(f"input {tensor.name} has both data and binary_data_size")
+        raise HTTPException(400, f"input {tensor.name} has both data and binary_data_size")
     return binary

@@ -1,5 +1,4 @@
-"""Open Inference Protocol v2 (REST): the request and response schemas (``oip.py`` reads
-and answers them; ``app/protocols/oip/routes.py`` serves them)."""
+"""Open Inference Protocol v2 (REST): the request and response schemas."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from app.protocols.common import JsonTensor
+from app.protocols.numbers import JsonTensor
 
 IMAGE_BYTES = "image_bytes"
 IMAGES = "images"

@@ -1,19 +1,11 @@
 """TensorFlow Serving's REST API: schemas and codec of ``app/protocols/tfserving/routes.py``.
 
-The signature ``serving_default`` has two inputs, of which a request gives one:
-
-* ``image_bytes`` (DT_STRING ``[-1]``): encoded image files as ``{"b64": "..."}``,
-  decoded by the service's one preprocessing as for ``/predict``;
-* ``images`` (DT_FLOAT ``[-1, H, W, 3]``): pixels already scaled per the contract
-  (``x/255``, in [0, 1]); shape and range are checked (400).
-
-``:predict`` takes them in the row form (``instances``: a list of ``{"b64": ...}``,
-of ``[H, W, 3]`` tensors, or of objects naming the input) or the columnar form
-(``inputs``: the list or tensor itself, or an object naming the input). It answers
-the one output ``probabilities`` ``[N, C]`` as ``predictions`` (rows) or
-``outputs`` (columnar). ``:classify`` takes ``examples`` each holding one image as
-``{"b64": ...}`` under any feature name (other features are ignored) and answers
-``[[label, score], ...]`` per example, in the contract's class order.
+The signature ``serving_default`` takes one of two inputs: ``image_bytes`` (DT_STRING
+``[-1]``, image files as ``{"b64": "..."}``) or ``images`` (DT_FLOAT ``[-1, H, W, 3]``,
+pixels scaled per the contract). ``:predict`` takes rows (``instances``) or columns
+(``inputs``) and answers ``probabilities`` ``[N, C]`` as ``predictions`` or ``outputs``;
+``:classify`` takes ``examples`` of one ``{"b64": ...}`` each and answers
+``[[label, score], ...]`` per example (docs/protocols.md).
 """
 
 from __future__ import annotations
@@ -21,32 +13,28 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import Request
+from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.core.gate import Upload
 from app.core.service import Classification, InferenceService
-from app.protocols.common import (
+from app.protocols.numbers import (
     JsonTensor,
     OrArray,
     TensorData,
     as_pixels,
-    bad_request,
-    check_model_name,
-    classify_input,
-    decode_all,
+    most_values,
     pack_numbers,
     pack_values,
+    parse_json,
     read_body,
 )
-from app.protocols.numbers import most_values, parse_json
+from app.protocols.oip.codec import check_model_name, classify_input, decode_all
 
 SIGNATURE = "serving_default"
 IMAGE_BYTES = "image_bytes"
 IMAGES = "images"
 PROBABILITIES = "probabilities"
-
-# ---------------------------------------------------------------- schemas
 
 
 class B64(BaseModel):
@@ -151,9 +139,6 @@ class MetadataResponse(BaseModel):
     metadata: dict[str, SignatureDefMap]
 
 
-# ---------------------------------------------------------------- codec
-
-
 def metadata(service: InferenceService, name: str, version: str | None) -> MetadataResponse:
     """The signature ``serving_default`` of a loaded version."""
     check_model_name(service, name)
@@ -192,7 +177,7 @@ async def predict(
     """A ``:predict`` request, from the body to the answer."""
     request = await _read(PredictRequest, service, name, version, http)
     if (request.instances is None) == (request.inputs is None):
-        raise bad_request('give either "instances" (rows) or "inputs" (columnar)')
+        raise HTTPException(400, 'give either "instances" (rows) or "inputs" (columnar)')
     if request.instances is not None:
         given = _from_rows(request.instances)
     else:
@@ -214,12 +199,12 @@ async def classify(
     """A ``:classify`` request, from the body to the answer."""
     request = await _read(ClassifyRequest, service, name, version, http)
     if any(isinstance(v, B64) for v in (request.context or {}).values()):
-        raise bad_request("context holds an image: put one image in each example")
+        raise HTTPException(400, "context holds an image: put one image in each example")
     images = []
     for position, example in enumerate(request.examples):
         found = [v for v in example.values() if isinstance(v, B64)]
         if len(found) != 1:
-            raise bad_request(f"example {position}: give one image as {{'b64': ...}}")
+            raise HTTPException(400, f"example {position}: give one image as {{'b64': ...}}")
         images.append(found[0])
     results = await _classify(service, images, version, upload)
     return ClassifyResponse(result=[list(r.probabilities.items()) for r in results])
@@ -243,7 +228,7 @@ def _pack(request: BaseModel) -> None:
     _pack_tensors(request)
     name = getattr(request, "signature_name", None)
     if name not in (None, "", SIGNATURE):
-        raise bad_request(f"no signature {name!r}; the only one is {SIGNATURE!r}")
+        raise HTTPException(400, f"no signature {name!r}; the only one is {SIGNATURE!r}")
 
 
 def _pack_tensors(request: BaseModel) -> None:
@@ -279,12 +264,12 @@ def _from_rows(
     if isinstance(instances, np.ndarray):
         return instances
     if not instances:
-        raise bad_request("instances is empty: give one instance per image")
+        raise HTTPException(400, "instances is empty: give one instance per image")
     if all(isinstance(i, dict) for i in instances):
         names = {key for i in instances if isinstance(i, dict) for key in i}
         if len(names) != 1 or not names <= {IMAGE_BYTES, IMAGES}:
-            raise bad_request(
-                f"instances name {sorted(names)}; give one of {IMAGE_BYTES}, {IMAGES}"
+            raise HTTPException(
+                400, f"instances name {sorted(names)}; give one of {IMAGE_BYTES}, {IMAGES}"
             )
         [input_name] = names
         instances = [i[input_name] for i in instances if isinstance(i, dict)]
@@ -293,7 +278,7 @@ def _from_rows(
         return [i for i in instances if isinstance(i, B64)]
     if all(isinstance(i, (list, np.ndarray)) for i in instances):
         return as_pixels([i for i in instances if isinstance(i, (list, np.ndarray))], "instances")
-    raise bad_request('instances must all be images {"b64": ...} or all be pixel tensors')
+    raise HTTPException(400, 'instances must all be images {"b64": ...} or all be pixel tensors')
 
 
 def _from_columns(
@@ -302,7 +287,9 @@ def _from_columns(
     """Columnar form: the list of images or the tensor, or an object naming one input."""
     if isinstance(inputs, dict):
         if len(inputs) != 1 or not set(inputs) <= {IMAGE_BYTES, IMAGES}:
-            raise bad_request(f"inputs name {sorted(inputs)}; give one of {IMAGE_BYTES}, {IMAGES}")
+            raise HTTPException(
+                400, f"inputs name {sorted(inputs)}; give one of {IMAGE_BYTES}, {IMAGES}"
+            )
         [(input_name, tensor)] = inputs.items()
         return _as_named(input_name, _from_columns(tensor))
     if isinstance(inputs, np.ndarray):
@@ -312,7 +299,7 @@ def _from_columns(
     if objects and len(objects) == len(items):
         return [_image(i, position) for position, i in enumerate(objects)]
     if objects:
-        raise bad_request('inputs must all be images {"b64": ...} or be one pixel tensor')
+        raise HTTPException(400, 'inputs must all be images {"b64": ...} or be one pixel tensor')
     return as_pixels(items, "inputs")
 
 
@@ -320,12 +307,12 @@ def _as_named(input_name: str, given: list[B64] | np.ndarray) -> list[B64] | np.
     """``given`` if it is what the input it was sent as takes (the signature's types:
     ``image_bytes`` DT_STRING, ``images`` DT_FLOAT); 400 otherwise."""
     if input_name == IMAGE_BYTES and isinstance(given, np.ndarray):
-        raise bad_request(
-            f'input {IMAGE_BYTES} takes images as {{"b64": ...}}; send pixels as {IMAGES}'
+        raise HTTPException(
+            400, f'input {IMAGE_BYTES} takes images as {{"b64": ...}}; send pixels as {IMAGES}'
         )
     if input_name == IMAGES and not isinstance(given, np.ndarray):
-        raise bad_request(
-            f'input {IMAGES} takes pixels; send images {{"b64": ...}} as {IMAGE_BYTES}'
+        raise HTTPException(
+            400, f'input {IMAGES} takes pixels; send images {{"b64": ...}} as {IMAGE_BYTES}'
         )
     return given
 
@@ -336,7 +323,7 @@ def _image(item: dict[str, Any], position: int) -> B64:
     try:
         return B64.model_validate(item)
     except ValidationError:
-        raise bad_request(f'inputs {position}: give an image as {{"b64": "..."}}') from None
+        raise HTTPException(400, f'inputs {position}: give an image as {{"b64": "..."}}') from None
 
 
 async def _classify(

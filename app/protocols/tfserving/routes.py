@@ -1,9 +1,5 @@
-"""TF Serving's REST API: ``/metadata``, ``:predict`` and ``:classify`` (status: ``models.py``).
-
-The conventions (inputs ``image_bytes`` and ``images``, ``{"b64": ...}`` images,
-rows and columns) are in ``app/protocols/tfserving/codec.py`` and docs/protocols.md;
-errors are ``{"error": ...}`` (``app/core/errors.py``).
-"""
+"""TF Serving's REST API: ``/metadata``, ``:predict`` and ``:classify`` (its model status
+is ``app/api/routes.py``'s); the conventions are ``codec.py``'s."""
 
 from __future__ import annotations
 
@@ -14,7 +10,6 @@ from app.core.gate import ServiceDep, UploadDep
 from app.protocols.tfserving import codec as tfs
 
 router = APIRouter(tags=["tf serving"])
-ERRORS = PROTOCOL_ERRORS
 PREDICT_BODY = request_body(tfs.PredictRequest, "instances (rows) or inputs (columnar)")
 CLASSIFY_BODY = request_body(tfs.ClassifyRequest, "examples, one image each")
 
@@ -24,7 +19,7 @@ CLASSIFY_BODY = request_body(tfs.ClassifyRequest, "examples, one image each")
     "GET",
     "/v1/models/{name}{at}/metadata",
     response_model=tfs.MetadataResponse,
-    responses=ERRORS,
+    responses=PROTOCOL_ERRORS,
 )
 async def metadata(name: str, service: ServiceDep, version: VersionDep) -> tfs.MetadataResponse:
     """The signature of the highest loaded version, or of the one named."""
@@ -37,7 +32,7 @@ async def metadata(name: str, service: ServiceDep, version: VersionDep) -> tfs.M
     "/v1/models/{name}{at}:predict",
     response_model=tfs.PredictResponse,
     response_model_exclude_none=True,
-    responses=ERRORS,
+    responses=PROTOCOL_ERRORS,
     openapi_extra=PREDICT_BODY,
 )
 async def predict(
@@ -53,7 +48,7 @@ async def predict(
     "POST",
     "/v1/models/{name}{at}:classify",
     response_model=tfs.ClassifyResponse,
-    responses=ERRORS,
+    responses=PROTOCOL_ERRORS,
     openapi_extra=CLASSIFY_BODY,
 )
 async def classify(

@@ -1,24 +1,7 @@
-"""TensorFlow Serving's gRPC API, served by ``GrpcServer`` beside the Open Inference Protocol.
-
-What ``tensorflow_serving.apis`` clients call (``PredictionServiceStub``,
-``ModelServiceStub``), with the conventions of this service's TF Serving REST API
-(``app/protocols/tfserving/codec.py``): one signature, ``serving_default``, whose inputs
-are ``image_bytes`` (DT_STRING ``[N]``, each element an image file) and ``images``
-(DT_FLOAT ``[N, H, W, 3]``, pixels scaled per the contract, in ``tensor_content`` or
-``float_val``); a request gives one. The messages are
-``app.protocols.messages.TFSERVING``.
-
-* ``Predict``: the output ``probabilities`` (DT_FLOAT ``[N, C]``, in ``tensor_content``,
-  which ``tf.make_ndarray`` reads);
-* ``Classify``: one image per ``tf.Example``, its ``image_bytes`` feature (or its only
-  bytes feature); per example the classes with their scores, in the contract's order;
-* ``GetModelMetadata``: the signature, packed as a ``SignatureDefMap`` under
-  ``signature_def`` (the one metadata field TF Serving knows);
-* ``GetModelStatus``: every loaded version AVAILABLE, every refused one END with its reason.
-
-``model_spec`` names the model and optionally a version (``version``; a
-``version_label`` is NOT_FOUND: this service has no labels). Errors are REST's, mapped
-to gRPC codes as for the Open Inference Protocol (``grpc_server.status_of``).
+"""TensorFlow Serving's gRPC API (``PredictionService``, ``ModelService``), with the
+conventions of its REST API here (``codec.py``; docs/protocols.md): ``Predict`` answers
+``probabilities`` in ``tensor_content``, ``Classify`` one image per ``tf.Example``,
+``GetModelMetadata`` the signature, ``GetModelStatus`` each version's state.
 """
 
 from __future__ import annotations
@@ -31,16 +14,15 @@ from google.protobuf.message import Message
 from app.api.routes import version_statuses
 from app.core.config import Settings
 from app.core.service import InferenceService
-from app.protocols.common import (
-    MOST_RANK,
-    bad_request,
+from app.protocols.messages import TFSERVING, Call
+from app.protocols.numbers import MOST_RANK
+from app.protocols.oip.codec import (
     check_count,
     check_model_name,
     classify_input,
     pixel_tensor,
     probability_table,
 )
-from app.protocols.messages import TFSERVING, Call
 from app.protocols.tfserving import codec as tfs
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
@@ -57,21 +39,20 @@ class TfServingServicer:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    # ------------------------------------------------------------ PredictionService
-
     async def Predict(self, call: Call) -> Message:  # noqa: N802
         """Probabilities [N, C] for images or pixels."""
         request = call.message
         version = self._version(request.model_spec)
         if set(request.output_filter) - {tfs.PROBABILITIES}:
-            raise bad_request(
+            raise HTTPException(
+                400,
                 f"output_filter {list(request.output_filter)}: "
-                f"the one output is {tfs.PROBABILITIES!r}"
+                f"the one output is {tfs.PROBABILITIES!r}",
             )
         inputs = dict(request.inputs)
         if len(inputs) != 1 or not set(inputs) <= {tfs.IMAGE_BYTES, tfs.IMAGES}:
-            raise bad_request(
-                f"inputs {sorted(inputs)}; give one of {tfs.IMAGE_BYTES}, {tfs.IMAGES}"
+            raise HTTPException(
+                400, f"inputs {sorted(inputs)}; give one of {tfs.IMAGE_BYTES}, {tfs.IMAGES}"
             )
         [(name, tensor)] = inputs.items()
         if name == tfs.IMAGE_BYTES:
@@ -95,13 +76,14 @@ class TfServingServicer:
         version = self._version(request.model_spec)
         kind = request.input.WhichOneof("kind")
         if kind is None:
-            raise bad_request("input holds no examples")
+            raise HTTPException(400, "input holds no examples")
         given = getattr(request.input, kind)
         context = _images_in(given.context) if kind == "example_list_with_context" else {}
         if context:
-            raise bad_request(
+            raise HTTPException(
+                400,
                 f"context holds bytes features ({', '.join(sorted(context))}), which would "
-                "join every example's image: put one image in each example"
+                "join every example's image: put one image in each example",
             )
         examples = given.examples
         check_count(len(examples), self.service.settings)
@@ -124,8 +106,8 @@ class TfServingServicer:
         version = self._version(request.model_spec)
         fields = set(request.metadata_field)
         if fields != {"signature_def"}:
-            raise bad_request(
-                f"metadata_field {sorted(fields)}: the one field served is 'signature_def'"
+            raise HTTPException(
+                400, f"metadata_field {sorted(fields)}: the one field served is 'signature_def'"
             )
         answer = tfs.metadata(self.service, request.model_spec.name, version)
         signatures = json_format.ParseDict(
@@ -139,8 +121,6 @@ class TfServingServicer:
             model_spec=self._spec(request.model_spec, answer.model_spec.version),
             metadata={"signature_def": packed},
         )
-
-    # ------------------------------------------------------------ ModelService
 
     async def GetModelStatus(self, call: Call) -> Message:  # noqa: N802
         """Loaded versions AVAILABLE, refused ones END (all of them unless one is named)."""
@@ -161,16 +141,10 @@ class TfServingServicer:
             ]
         )
 
-    # ------------------------------------------------------------ shared
-
     def _version(self, spec: Message) -> str | None:
-        """The version ``spec`` names (None: the highest), after its model name and
-        signature are checked (404, 400)."""
+        """The version ``spec`` names (None: the highest), its model and signature checked."""
         check_model_name(self.service, spec.name)
-        if spec.signature_name not in ("", tfs.SIGNATURE):
-            raise bad_request(
-                f"no signature {spec.signature_name!r}; the only one is {tfs.SIGNATURE!r}"
-            )
+        tfs.check_signature(spec.signature_name)
         choice = spec.WhichOneof("version_choice")
         if choice == "version_label":
             raise HTTPException(
@@ -179,8 +153,7 @@ class TfServingServicer:
         return str(spec.version.value) if choice == "version" else None
 
     def _spec(self, asked: Message, version: str) -> Message:
-        """The ``model_spec`` of an answer: the model, the version that answered, the
-        signature."""
+        """The ``model_spec`` of an answer: the model, version and signature."""
         spec = T["ModelSpec"](name=asked.name, signature_name=tfs.SIGNATURE)
         spec.version.value = int(version)
         return spec
@@ -190,44 +163,47 @@ def _shape(tensor: Message, name: str, values: tuple[str, ...]) -> list[int]:
     """The tensor's sizes, once it is known to hold its values in ``values`` only."""
     used = {f.name for f, _ in tensor.ListFields()} - {"dtype", "tensor_shape", "version_number"}
     if used - set(values):
-        raise bad_request(
+        raise HTTPException(
+            400,
             f"input {name}: values in {', '.join(sorted(used - set(values)))}; "
-            f"its values go in {' or '.join(values)}"
+            f"its values go in {' or '.join(values)}",
         )
     if tensor.tensor_shape.unknown_rank:
-        raise bad_request(f"input {name}: give its shape (unknown_rank is set)")
+        raise HTTPException(400, f"input {name}: give its shape (unknown_rank is set)")
     sizes = [d.size for d in tensor.tensor_shape.dim]
     if len(sizes) > MOST_RANK or any(s < 0 for s in sizes):
-        raise bad_request(f"input {name}: shape {sizes} is not a tensor's shape")
+        raise HTTPException(400, f"input {name}: shape {sizes} is not a tensor's shape")
     return sizes
 
 
 def _strings(tensor: Message, name: str, settings: Settings) -> list[bytes]:
     """``image_bytes``: DT_STRING, shape [N], [N, 1] or [] (one file), a file per element."""
     if tensor.dtype != DT_STRING:
-        raise bad_request(f"input {name} is DT_STRING (image files); send pixels as {tfs.IMAGES}")
+        raise HTTPException(
+            400, f"input {name} is DT_STRING (image files); send pixels as {tfs.IMAGES}"
+        )
     sizes = _shape(tensor, name, ("string_val",))
     count = len(tensor.string_val)  # before any element becomes a Python object
     if sizes not in ([], [count], [count, 1]) or (not sizes and count != 1):
-        raise bad_request(f"input {name}: shape {sizes} but {count} elements")
+        raise HTTPException(400, f"input {name}: shape {sizes} but {count} elements")
     check_count(count, settings)
     return list(tensor.string_val)
 
 
 def _floats(tensor: Message, name: str, settings: Settings, size: tuple[int, int]) -> np.ndarray:
-    """``images``: DT_FLOAT [N, H, W, 3] with the version's (H, W) = ``size``, from
-    ``tensor_content``, or ``float_val`` (one value: every pixel, as TensorFlow reads it)."""
+    """``images``: DT_FLOAT [N, H, W, 3] of the version's (H, W) from ``tensor_content``
+    or ``float_val`` (one value: every pixel, as TensorFlow reads it)."""
     if tensor.dtype != DT_FLOAT:
-        raise bad_request(
-            f"input {name} is DT_FLOAT (pixels); send image files as {tfs.IMAGE_BYTES}"
+        raise HTTPException(
+            400, f"input {name} is DT_FLOAT (pixels); send image files as {tfs.IMAGE_BYTES}"
         )
     sizes = _shape(tensor, name, ("tensor_content", "float_val"))
     height, width = size
     if len(sizes) != 4 or sizes[1:] != [height, width, 3]:
-        raise bad_request(f"input {name}: shape {sizes}; expected [N, {height}, {width}, 3]")
+        raise HTTPException(400, f"input {name}: shape {sizes}; expected [N, {height}, {width}, 3]")
     check_count(sizes[0], settings)
     if tensor.tensor_content and tensor.float_val:
-        raise bad_request(f"input {name}: both tensor_content and float_val")
+        raise HTTPException(400, f"input {name}: both tensor_content and float_val")
     if len(tensor.float_val) == 1:  # at most a full request's pixels: the shape is checked
         values = np.full(sizes, tensor.float_val[0], dtype=np.float32)
     else:
@@ -248,10 +224,12 @@ def _image_of(example: Message, position: int) -> bytes:
     """An example's image: its ``image_bytes`` feature, else its only bytes feature."""
     found = list(_images_in(example).values())
     if len(found) != 1 or found[0].WhichOneof("kind") != "bytes_list":
-        raise bad_request(
-            f"example {position}: give one image, as the bytes feature {tfs.IMAGE_BYTES!r}"
+        raise HTTPException(
+            400, f"example {position}: give one image, as the bytes feature {tfs.IMAGE_BYTES!r}"
         )
     values = found[0].bytes_list.value
     if len(values) != 1:
-        raise bad_request(f"example {position}: {len(values)} values in its image feature, not 1")
+        raise HTTPException(
+            400, f"example {position}: {len(values)} values in its image feature, not 1"
+        )
     return values[0]
