@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from app.protocols import numbers
 from app.protocols.oip import routes as oip
 from app.protocols.oip import schemas as oip_schemas
-from app.protocols.tfserving import codec as tfserving
+from app.protocols.tfserving import routes as tfserving
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ from fastapi import HTTPException
 from app.core.errors import MOST_ECHO
 from app.core.offload import Offload
 from app.protocols.numbers import OFFLOAD_BYTES, parse_json
-from app.protocols.tfserving.codec import PredictRequest
+from app.protocols.tfserving.routes import PredictRequest
 from servicekit import Server, start_uvicorn, stop, value, wait_ready
 from tests.app.helpers import serve, settings_for
 from tests.app.protocols import TOLERANCE, images, pixels, predicted, protocol_server

@@ -1,1 +1,1 @@
-"""``POST /predict`` and ``/predict/batch``: multipart uploads (``routes``, ``multipart``)."""
+"""``POST /predict`` and ``/predict/batch``: multipart uploads."""

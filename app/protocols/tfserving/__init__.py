@@ -1,2 +1,1 @@
-"""TensorFlow Serving's API: REST routes (``routes``), their schemas and codec (``codec``),
-and the gRPC calls (``servicer``)."""
+"""TensorFlow Serving's API: REST (``routes``) and gRPC (``servicer``)."""

@@ -1,58 +1,355 @@
-"""TF Serving's REST API: ``/metadata``, ``:predict`` and ``:classify`` (its model status
-is ``app/api/routes.py``'s); the conventions are ``codec.py``'s."""
+"""TensorFlow Serving's REST API: ``/metadata``, ``:predict`` and ``:classify`` (its model
+status is ``app/api/routes.py``'s).
+
+The signature ``serving_default`` takes one of two inputs: ``image_bytes`` (DT_STRING
+``[-1]``, image files as ``{"b64": "..."}``) or ``images`` (DT_FLOAT ``[-1, H, W, 3]``,
+pixels scaled per the contract). ``:predict`` takes rows (``instances``) or columns
+(``inputs``) and answers ``probabilities`` ``[N, C]`` as ``predictions`` or ``outputs``;
+``:classify`` takes ``examples`` of one ``{"b64": ...}`` each and answers
+``[[label, score], ...]`` per example (docs/protocols.md).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.schemas import PROTOCOL_ERRORS, VersionDep, request_body, versioned
-from app.core.gate import ServiceDep, UploadDep
-from app.protocols.tfserving import codec as tfs
+from app.core.gate import ServiceDep, Upload, UploadDep
+from app.core.service import Classification, InferenceService
+from app.protocols.numbers import (
+    JsonTensor,
+    OrArray,
+    TensorData,
+    as_pixels,
+    decode_all,
+    most_values,
+    pack_numbers,
+    pack_values,
+    parse_json,
+    read_body,
+)
+from app.protocols.oip.codec import check_model_name, classify_input
 
+SIGNATURE = "serving_default"
+IMAGE_BYTES = "image_bytes"
+IMAGES = "images"
+PROBABILITIES = "probabilities"
 router = APIRouter(tags=["tf serving"])
-PREDICT_BODY = request_body(tfs.PredictRequest, "instances (rows) or inputs (columnar)")
-CLASSIFY_BODY = request_body(tfs.ClassifyRequest, "examples, one image each")
+
+
+class B64(BaseModel):
+    """Binary data (an image file) in JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+    b64: str = Field(examples=["/9j/4AAQSkZJRgABAQ..."], description="standard base64")
+
+
+Value = B64 | JsonTensor
+Instance = B64 | JsonTensor | dict[str, Value]
+Feature = B64 | float | str | list[float] | list[str]
+
+
+class PredictRequest(BaseModel):
+    """POST /v1/models/{name}[/versions/{version}]:predict."""
+
+    signature_name: str | None = Field(None, examples=[SIGNATURE])
+    instances: Annotated[list[Instance] | None, OrArray] = Field(
+        None, examples=[[{"b64": "/9j/4AAQSkZJRgABAQ..."}]], fail_fast=True
+    )
+    inputs: JsonTensor | dict[str, JsonTensor] | None = Field(
+        None, description='images [{"b64": ...}, ...] or a pixel tensor, or an object naming one'
+    )
+
+
+class PredictResponse(BaseModel):
+    """``predictions`` for a row request, ``outputs`` for a columnar one: [N, C]."""
+
+    predictions: list[list[float]] | None = Field(None, examples=[[[0.97, 0.03]]])
+    outputs: list[list[float]] | None = None
+
+
+class ClassifyRequest(BaseModel):
+    """POST /v1/models/{name}[/versions/{version}]:classify."""
+
+    signature_name: str | None = None
+    context: dict[str, Feature] | None = None
+    examples: Annotated[list[dict[str, Feature]], Field(min_length=1, fail_fast=True)] = Field(
+        examples=[[{"image_bytes": {"b64": "/9j/4AAQSkZJRgABAQ..."}}]]
+    )
+
+
+class ClassifyResponse(BaseModel):
+    """Per example, ``[label, score]`` for every class, in the contract's order."""
+
+    result: list[list[tuple[str, float]]] = Field(examples=[[[["cat", 0.97], ["dog", 0.03]]]])
+
+
+R = TypeVar("R", PredictRequest, ClassifyRequest)
+
+
+class Dim(BaseModel):
+    """One dimension of a tensor shape; ``"-1"``: any size."""
+
+    size: str
+    name: str = ""
+
+
+class TensorShape(BaseModel):
+    """A TensorShapeProto."""
+
+    dim: list[Dim]
+    unknown_rank: bool = False
+
+
+class TensorInfo(BaseModel):
+    """An input or output of a signature."""
+
+    dtype: str
+    tensor_shape: TensorShape
+    name: str
+
+
+class SignatureDef(BaseModel):
+    """A signature: its inputs, outputs and method."""
+
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    method_name: str
+
+
+class SignatureDefMap(BaseModel):
+    """Signatures by name."""
+
+    signature_def: dict[str, SignatureDef]
+
+
+class ModelSpec(BaseModel):
+    """Which model and version answered."""
+
+    name: str
+    signature_name: str = ""
+    version: str
+
+
+class MetadataResponse(BaseModel):
+    """GET /v1/models/{name}[/versions/{version}]/metadata (GetModelMetadataResponse)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+    model_spec: ModelSpec
+    metadata: dict[str, SignatureDefMap]
 
 
 @versioned(
     router,
     "GET",
     "/v1/models/{name}{at}/metadata",
-    response_model=tfs.MetadataResponse,
+    response_model=MetadataResponse,
     responses=PROTOCOL_ERRORS,
 )
-async def metadata(name: str, service: ServiceDep, version: VersionDep) -> tfs.MetadataResponse:
+async def metadata(name: str, service: ServiceDep, version: VersionDep) -> MetadataResponse:
     """The signature of the highest loaded version, or of the one named."""
-    return tfs.metadata(service, name, version)
+    check_model_name(service, name)
+    model = service.model_for(version)
+    height, width = model.contract.image_size
+
+    def tensor(dtype: str, sizes: list[int], tensor_name: str) -> TensorInfo:
+        shape = TensorShape(dim=[Dim(size=str(s)) for s in sizes])
+        return TensorInfo(dtype=dtype, tensor_shape=shape, name=tensor_name)
+
+    signature = SignatureDef(
+        inputs={
+            IMAGE_BYTES: tensor("DT_STRING", [-1], f"{SIGNATURE}_{IMAGE_BYTES}:0"),
+            IMAGES: tensor("DT_FLOAT", [-1, height, width, 3], f"{SIGNATURE}_{IMAGES}:0"),
+        },
+        outputs={
+            PROBABILITIES: tensor(
+                "DT_FLOAT", [-1, len(model.contract.class_names)], "StatefulPartitionedCall:0"
+            )
+        },
+        method_name="tensorflow/serving/predict",
+    )
+    return MetadataResponse(
+        model_spec=ModelSpec(name=name, version=model.version),
+        metadata={"signature_def": SignatureDefMap(signature_def={SIGNATURE: signature})},
+    )
 
 
 @versioned(
     router,
     "POST",
     "/v1/models/{name}{at}:predict",
-    response_model=tfs.PredictResponse,
+    response_model=PredictResponse,
     response_model_exclude_none=True,
     responses=PROTOCOL_ERRORS,
-    openapi_extra=PREDICT_BODY,
+    openapi_extra=request_body(PredictRequest, "instances (rows) or inputs (columnar)"),
 )
 async def predict(
-    name: str, request: Request, service: ServiceDep, upload: UploadDep, version: VersionDep
-) -> tfs.PredictResponse:
+    name: str, http: Request, service: ServiceDep, upload: UploadDep, version: VersionDep
+) -> PredictResponse:
     """Probabilities [N, C] for images or pixels, with the highest loaded version or the
     one named."""
-    return await tfs.predict(service, name, version, request, upload)
+    request = await _read(PredictRequest, service, name, version, http)
+    if (request.instances is None) == (request.inputs is None):
+        raise HTTPException(400, 'give either "instances" (rows) or "inputs" (columnar)')
+    if request.instances is not None:
+        given = _from_rows(request.instances)
+    else:
+        given = _from_columns(request.inputs)
+    results = await _classify(service, given, version, upload)
+    table = [list(r.probabilities.values()) for r in results]
+    if request.instances is not None:
+        return PredictResponse(predictions=table)
+    return PredictResponse(outputs=table)
 
 
 @versioned(
     router,
     "POST",
     "/v1/models/{name}{at}:classify",
-    response_model=tfs.ClassifyResponse,
+    response_model=ClassifyResponse,
     responses=PROTOCOL_ERRORS,
-    openapi_extra=CLASSIFY_BODY,
+    openapi_extra=request_body(ClassifyRequest, "examples, one image each"),
 )
 async def classify(
-    name: str, request: Request, service: ServiceDep, upload: UploadDep, version: VersionDep
-) -> tfs.ClassifyResponse:
+    name: str, http: Request, service: ServiceDep, upload: UploadDep, version: VersionDep
+) -> ClassifyResponse:
     """[[label, score], ...] per image, with the highest loaded version or the one named."""
-    return await tfs.classify(service, name, version, request, upload)
+    request = await _read(ClassifyRequest, service, name, version, http)
+    if any(isinstance(v, B64) for v in (request.context or {}).values()):
+        raise HTTPException(400, "context holds an image: put one image in each example")
+    images = []
+    for position, example in enumerate(request.examples):
+        found = [v for v in example.values() if isinstance(v, B64)]
+        if len(found) != 1:
+            raise HTTPException(400, f"example {position}: give one image as {{'b64': ...}}")
+        images.append(found[0])
+    results = await _classify(service, images, version, upload)
+    return ClassifyResponse(result=[list(r.probabilities.items()) for r in results])
+
+
+async def _read(
+    schema: type[R], service: InferenceService, name: str, version: str | None, http: Request
+) -> R:
+    """The body as ``schema``, after its model and version are checked (404 unread)."""
+    check_model_name(service, name)
+    model = service.model_for(version)
+    most = most_values(service.settings, model.contract)
+    return await parse_json(service, schema, await read_body(http), most, _pack)
+
+
+def check_signature(name: str | None) -> None:
+    """400 unless ``name`` is empty or ``serving_default``."""
+    if name not in (None, "", SIGNATURE):
+        raise HTTPException(400, f"no signature {name!r}; the only one is {SIGNATURE!r}")
+
+
+def _pack(request: BaseModel) -> None:
+    """Where the body was parsed (``parse_json``): each number tensor as an array (all
+    rows as one if all are numbers), then the signature (a long name stays there)."""
+    if isinstance(request, ClassifyRequest):
+        for features in [request.context or {}, *request.examples]:
+            pack_values(features, "feature {key}")
+    elif isinstance(request, PredictRequest):
+        rows = request.instances
+        packed = None if rows is None else pack_numbers(rows, "instances")
+        if isinstance(packed, np.ndarray):
+            request.instances = packed  # type: ignore[assignment]
+        elif rows is not None:
+            for position, row in enumerate(rows):
+                if isinstance(row, dict):
+                    pack_values(row, "instances")
+                elif isinstance(row, list):
+                    rows[position] = pack_numbers(row, "instances")  # type: ignore[index]
+        inputs = request.inputs
+        if isinstance(inputs, dict):
+            pack_values(inputs, "inputs")
+        elif inputs is not None:
+            request.inputs = pack_numbers(inputs, "inputs")  # type: ignore[assignment]
+    check_signature(getattr(request, "signature_name", None))
+
+
+def _from_rows(
+    instances: list[B64 | TensorData | dict[str, B64 | TensorData]] | np.ndarray,
+) -> list[B64] | np.ndarray:
+    """Row form: images, tensors, or objects naming one input (all rows alike)."""
+    if isinstance(instances, np.ndarray):
+        return instances
+    if not instances:
+        raise HTTPException(400, "instances is empty: give one instance per image")
+    if all(isinstance(i, dict) for i in instances):
+        names = {key for i in instances if isinstance(i, dict) for key in i}
+        if len(names) != 1 or not names <= {IMAGE_BYTES, IMAGES}:
+            raise HTTPException(
+                400, f"instances name {sorted(names)}; give one of {IMAGE_BYTES}, {IMAGES}"
+            )
+        [input_name] = names
+        instances = [i[input_name] for i in instances if isinstance(i, dict)]
+        return _as_named(input_name, _from_rows(instances))
+    if all(isinstance(i, B64) for i in instances):
+        return [i for i in instances if isinstance(i, B64)]
+    if all(isinstance(i, (list, np.ndarray)) for i in instances):
+        return as_pixels([i for i in instances if isinstance(i, (list, np.ndarray))], "instances")
+    raise HTTPException(400, 'instances must all be images {"b64": ...} or all be pixel tensors')
+
+
+def _from_columns(
+    inputs: TensorData | dict[str, TensorData | np.ndarray] | np.ndarray | None,
+) -> list[B64] | np.ndarray:
+    """Columnar form: the list of images or the tensor, or an object naming one input."""
+    if isinstance(inputs, dict):
+        if len(inputs) != 1 or not set(inputs) <= {IMAGE_BYTES, IMAGES}:
+            raise HTTPException(
+                400, f"inputs name {sorted(inputs)}; give one of {IMAGE_BYTES}, {IMAGES}"
+            )
+        [(input_name, tensor)] = inputs.items()
+        return _as_named(input_name, _from_columns(tensor))
+    if isinstance(inputs, np.ndarray):
+        return inputs
+    items = inputs or []
+    objects = [i for i in items if isinstance(i, dict)]
+    if objects and len(objects) == len(items):
+        return [_image(i, position) for position, i in enumerate(objects)]
+    if objects:
+        raise HTTPException(400, 'inputs must all be images {"b64": ...} or be one pixel tensor')
+    return as_pixels(items, "inputs")
+
+
+def _as_named(input_name: str, given: list[B64] | np.ndarray) -> list[B64] | np.ndarray:
+    """``given`` if it is of the type of the input it was sent as; 400 otherwise."""
+    if input_name == IMAGE_BYTES and isinstance(given, np.ndarray):
+        raise HTTPException(
+            400, f'input {IMAGE_BYTES} takes images as {{"b64": ...}}; send pixels as {IMAGES}'
+        )
+    if input_name == IMAGES and not isinstance(given, np.ndarray):
+        raise HTTPException(
+            400, f'input {IMAGES} takes pixels; send images {{"b64": ...}} as {IMAGE_BYTES}'
+        )
+    return given
+
+
+def _image(item: dict[str, Any], position: int) -> B64:
+    """One ``{"b64": ...}`` of a columnar list (untyped: pydantic would report a pixel
+    tensor's every number)."""
+    try:
+        return B64.model_validate(item)
+    except ValidationError:
+        raise HTTPException(400, f'inputs {position}: give an image as {{"b64": "..."}}') from None
+
+
+async def _classify(
+    service: InferenceService,
+    given: list[B64] | np.ndarray,
+    version: str | None,
+    upload: Upload | None,
+) -> list[Classification]:
+    """Images (each text freed as decoded) or pixels through ``classify_input``."""
+    if not isinstance(given, np.ndarray):
+        texts = [image.b64 for image in given]
+        for image in given:
+            image.b64 = ""
+        given = decode_all(texts, "image")
+    return await classify_input(service, given, version, upload)

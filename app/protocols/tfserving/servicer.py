@@ -1,5 +1,5 @@
 """TensorFlow Serving's gRPC API (``PredictionService``, ``ModelService``), with the
-conventions of its REST API here (``codec.py``; docs/protocols.md): ``Predict`` answers
+conventions of its REST API here (``routes.py``; docs/protocols.md): ``Predict`` answers
 ``probabilities`` in ``tensor_content``, ``Classify`` one image per ``tf.Example``,
 ``GetModelMetadata`` the signature, ``GetModelStatus`` each version's state.
 """
@@ -23,7 +23,7 @@ from app.protocols.oip.codec import (
     pixel_tensor,
     probability_table,
 )
-from app.protocols.tfserving import codec as tfs
+from app.protocols.tfserving import routes as tfs
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
@@ -109,7 +109,7 @@ class TfServingServicer:
             raise HTTPException(
                 400, f"metadata_field {sorted(fields)}: the one field served is 'signature_def'"
             )
-        answer = tfs.metadata(self.service, request.model_spec.name, version)
+        answer = await tfs.metadata(request.model_spec.name, self.service, version)
         signatures = json_format.ParseDict(
             answer.metadata["signature_def"].model_dump(), T["SignatureDefMap"]()
         )
