@@ -1,19 +1,11 @@
-"""The gRPC server: the Open Inference Protocol and TF Serving's API beside REST.
+"""The gRPC server (``CATDOG_GRPC_ADDRESS``): the Open Inference Protocol, TF Serving's
+API and gRPC health, on uvicorn's event loop and the same ``InferenceService`` as REST.
 
-With ``CATDOG_GRPC_ADDRESS`` set (``0.0.0.0:8081`` in the images), the lifespan starts
-a ``grpc.aio`` server on uvicorn's event loop. It answers ``inference.GRPCInferenceService``
-(``app/protocols/oip/codec.py``; what KServe, Triton and ``tritonclient.grpc`` speak),
-TF Serving's calls (``app/protocols/tfserving/servicer.py``) and gRPC's health check
-(grpcio-health-checking's servicer), on the same ``InferenceService`` as REST.
-
-Each call passes the admission gate of ``app.core.gate`` first when it carries images
-(``GateInterceptor``), then reads its one request message within ``body_timeout_s``
-(``GrpcServer._read``), whose elements are counted on the wire before protobuf parses
-it (``read_message``). An error is answered as REST answers it (``answer_for``), with
-the gRPC code of its status (``GRPC_CODES``), its message cut to 512 characters, and in
-the trailing metadata ``catdog-http-status`` (REST's status: it tells 413 from 415)
-and, for 503, ``retry-after``. A client that cancels, or whose deadline passes, is
-dropped wherever its call is, as a REST client that leaves.
+A call with images passes the admission gate first (``GateInterceptor``), then reads its
+one message within ``body_timeout_s``, its fields counted on the wire before protobuf
+parses it (``read_message``). Errors are REST's answers (``answer_for``) with the gRPC
+code of their status, and in the trailing metadata ``catdog-http-status`` (it tells 413
+from 415) and, for 503, ``retry-after``.
 """
 
 from __future__ import annotations
@@ -55,9 +47,8 @@ GRPC_CODES = {
 }
 HTTP_STATUS = "catdog-http-status"  # trailing metadata: the status REST would answer
 Trailers = tuple[tuple[str, str], ...]
-#: Fields a request message may hold, its sub-messages' included: far above any real
-#: request (32 images, or 32 examples of hundreds of features), and parsed in
-#: milliseconds into a few MB; a message of tiny fields costs ~25 times its size.
+#: Fields a request message may hold, sub-messages' included: far above any real request
+#: (32 images, or 32 examples of hundreds of features), parsed in milliseconds.
 MOST_FIELDS = 65_536
 WAITING_SHARE = 8  # a client may have 1/8 of the call slots waiting for their message
 CONNECTION_AGE_S = 300.0  # a connection is asked to close (GOAWAY) at this age
@@ -71,8 +62,7 @@ _VARINTS = {  # packed repeated fields of varints: protobuf stores each byte in 
 def status_of(
     exc: Exception, settings: Settings, path: str
 ) -> tuple[grpc.StatusCode, str, Trailers]:
-    """A call's error as its gRPC status code, message and trailing metadata: the REST
-    answer's (``answer_for``), a fault of the service as a 500 (logged)."""
+    """A call's error as gRPC code, message and trailers (a fault: a logged 500)."""
     found = answer_for(exc, settings)
     if found is None:
         log.exception("%s failed", path)
@@ -86,16 +76,12 @@ def status_of(
 def read_message(
     body: bytes, kind: type[Message], lift: int = 0, most: int = MOST_FIELDS
 ) -> tuple[Message, list[memoryview]]:
-    """``body`` as a ``kind``, counted on the wire before protobuf parses it, and the
-    values of its top-level bytes field number ``lift`` as views into ``body``.
+    """``body`` as a ``kind``, and its top-level bytes fields ``lift`` as views into it.
 
-    A message of tiny fields costs protobuf ~25 times its size to parse (a 319 MiB
-    message of empty fields: +8.6 GB), so its elements are counted first, without
-    building anything: fields, those of its sub-messages (map entries included) and each
-    byte of a packed run of varints; 413 past ``most``. What is not proto3 wire format
-    as the schema has it (a group, a field past its message's end, a key or length over
-    5 bytes) is a 400, as what protobuf refuses. The lifted field (``raw_input_contents``:
-    the tensor data) is neither copied into the message nor out of it again.
+    A message of tiny fields costs protobuf ~25 times its size (a 319 MiB message of
+    empty fields: +8.6 GB), so fields, sub-messages' fields and each byte of a packed
+    run of varints are counted first: 413 past ``most``. What protobuf would refuse
+    (a group, a field past its message's end, a key or length over 5 bytes) is a 400.
     """
     view, kept, lifted, start, fields = memoryview(body), [], [], 0, 0
     stack: list[tuple[int, int, Any, bool]] = [(0, len(body), kind.DESCRIPTOR, True)]
@@ -129,9 +115,8 @@ def read_message(
 
 
 def _field(body: bytes, position: int) -> tuple[int, int, int, int]:
-    """The field at ``position``: its number, wire type, and where its value starts and
-    ends (-1 for a group, whose end only its contents tell); ``DecodeError`` for what
-    protobuf refuses: a key or length over 5 bytes, field number 0, no such wire type."""
+    """The number, wire type, value start and end (-1: a group) of the field at
+    ``position``; ``DecodeError`` for what protobuf refuses."""
     key, value = _varint(body, position, 5)
     number, wire = key >> 3, key & 7
     if key >= 1 << 32 or number == 0:
@@ -153,8 +138,7 @@ def _field(body: bytes, position: int) -> tuple[int, int, int, int]:
 
 
 def _varint(data: bytes, position: int, most_bytes: int = 10) -> tuple[int, int]:
-    """The base-128 varint at ``position`` (at most ``most_bytes`` long), and the position
-    after it."""
+    """The varint at ``position`` (at most ``most_bytes`` long) and the position after it."""
     value = shift = 0
     while position < len(data) and shift < 7 * most_bytes:
         byte = data[position]
@@ -167,8 +151,7 @@ def _varint(data: bytes, position: int, most_bytes: int = 10) -> tuple[int, int]
 
 
 class GateInterceptor(grpc.aio.ServerInterceptor):
-    """The admission gate (``app.core.gate.admitted``) of a call with images, before its
-    message is read; its ``Upload`` is handed to the call through ``uploads``."""
+    """The admission gate of a call with images, before its message is read."""
 
     def __init__(self, service: InferenceService) -> None:
         self.service = service
@@ -204,15 +187,8 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
 
 
 class GrpcServer:
-    """A ``grpc.aio`` server on the running event loop, serving ``InferenceServicer``,
-    ``TfServingServicer`` and gRPC health.
-
-    Bounded as REST is: at most ``max_connections`` connections (more are closed at
-    once) and as many calls at a time, a connection closed after ``IDLE_CONNECTION_S``
-    without a call or ``header_timeout_s`` without finishing its HTTP/2 handshake,
-    messages up to the batch limit and not compressed, and at most an eighth of the call
-    slots (at least 16) waiting for one client's messages.
-    """
+    """A ``grpc.aio`` server bounded as REST is (connections, calls, idle and handshake
+    times, message size, no compression, calls waiting per client)."""
 
     def __init__(
         self, service: InferenceService, version: str, interceptors: Sequence[Any] = ()
@@ -254,9 +230,9 @@ class GrpcServer:
             (MODEL_SERVICE, TFSERVING, self.tfserving),
         )
         for name, proto, servicer in services:
-            # Each call reads its one message itself (a unary call on the wire), so that
-            # the read is bounded in time and the gate comes before it (grpcio's own
-            # unary handler never answers a call that ends without a message).
+            # Each call reads its one message itself, so that the gate comes first and the
+            # read is bounded in time (grpcio's unary handler never answers a call that
+            # ends without a message).
             handlers = {
                 method_name: grpc.stream_unary_rpc_method_handler(
                     self._answering(method, getattr(servicer, method_name)),
@@ -271,8 +247,7 @@ class GrpcServer:
     def _answering(
         self, method: Method, call: Callable[[Call], Awaitable[Message]]
     ) -> Callable[[object, grpc.aio.ServicerContext], Awaitable[Message]]:
-        """``call`` on the call's request (``read_message``), its errors answered as the
-        module docstring says, and counted."""
+        """``call`` on the request read, errors answered as the module says, counted."""
         metrics, settings = self.service.metrics, self.service.settings
         lift = RAW_INPUT_CONTENTS if method.path.endswith("/ModelInfer") else 0
 
@@ -304,9 +279,8 @@ class GrpcServer:
 
     @contextlib.contextmanager
     def _waiting(self, client: str | None) -> Iterator[None]:
-        """Count a call of ``client`` as waiting for its message; 503 past
-        ``_most_waiting``, so that one client cannot hold every call slot with calls
-        that send nothing (each would hold one until the body timeout)."""
+        """A call of ``client`` waiting for its message; 503 past ``_most_waiting`` (calls
+        that send nothing would hold every slot until the body timeout)."""
         waiting = self._waiting_by_client
         if waiting[client] >= self._most_waiting:
             message = (
@@ -324,8 +298,7 @@ class GrpcServer:
                 del waiting[client]
 
     async def _read(self, context: grpc.aio.ServicerContext) -> bytes:
-        """The call's request message, whole within ``body_timeout_s`` (gRPC shows no
-        progress inside a message); a second message on the call is refused."""
+        """The call's one request message, whole within ``body_timeout_s``."""
         limit = self.service.settings.body_timeout_s
         try:
             body = await asyncio.wait_for(context.read(), limit)
@@ -356,8 +329,7 @@ class GrpcServer:
         )
 
     def begin_stop(self, grace: float) -> None:
-        """Refuse new calls from now on; those in flight get ``grace`` seconds, then are
-        cancelled. Once: a later call changes nothing."""
+        """Refuse new calls; those in flight get ``grace`` seconds (once)."""
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._stop(grace))
 

@@ -1,5 +1,4 @@
-"""Response bodies of the API (they appear in the OpenAPI schema at /docs), and the
-OpenAPI helpers of the routes that read their own bodies or serve two paths."""
+"""Response bodies of the API (in the OpenAPI schema at /docs), and OpenAPI helpers."""
 
 from __future__ import annotations
 
@@ -67,11 +66,7 @@ class LoadedVersion(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """What the served model is and how well it did on held-out data.
-
-    Also TF Serving's GetModelStatusResponse (``model_version_status``), since both
-    answer ``GET /v1/models/{name}`` (see docs/protocols.md).
-    """
+    """The served model and its held-out metrics; also TF Serving's model status."""
 
     name: str
     version: str
@@ -161,8 +156,7 @@ def _inline(node: object, definitions: dict[str, object]) -> object:
 
 
 async def path_version(request: Request) -> str | None:
-    """The ``{version}`` of a versioned path; None (the highest loaded) without one
-    (async: a plain function would cost each request a trip through the thread pool)."""
+    """The ``{version}`` of a versioned path, else None (async: no thread-pool trip)."""
     return request.path_params.get("version")
 
 
@@ -176,8 +170,7 @@ def versioned(
     openapi_extra: dict[str, Any] | None = None,
     **options: Any,
 ) -> Callable[[F], F]:
-    """Serve the decorated endpoint at ``path`` with ``{at}`` removed (the highest loaded
-    version) and replaced by ``/versions/{version}`` (that version: ``VersionDep``)."""
+    """Serve the endpoint at ``path`` with ``{at}`` as "" and as ``/versions/{version}``."""
 
     def register(endpoint: F) -> F:
         for at, more in (("", {}), ("/versions/{version}", {"parameters": [VERSION_PATH]})):

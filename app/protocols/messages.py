@@ -1,20 +1,15 @@
-"""The gRPC messages and services of the two inference protocols, from protoc's output.
+"""The gRPC messages and services of both protocols, from protoc's output.
 
-``schemas.binpb`` beside this module is what protoc made of ``inference.proto`` (the Open
-Inference Protocol) and ``tfserving.proto`` (the part of TF Serving's API served here),
-committed as KServe commits its generated code; ``tests/app/test_messages.py`` checks it
-is protoc's output for the two files. Made again with::
+``schemas.binpb`` is protoc's descriptor set of ``inference.proto`` and
+``tfserving.proto``, committed (``tests/app/test_messages.py`` checks it), made with::
 
     python -m grpc_tools.protoc -I app/protocols \\
         --descriptor_set_out=app/protocols/schemas.binpb inference.proto tfserving.proto
 
-It is protoc's descriptor set rather than ``*_pb2.py`` modules because those register
-their names in protobuf's one default pool, where the same names already live in the
-clients a process may load beside the service: ``tritonclient.grpc`` (``inference.*``)
-and ``tensorflow_serving.apis`` (``tensorflow.serving.*``); either pair refuses to import
-("duplicate symbol"). The classes here are built in a pool of their own. TF Serving's
-maintained messages (``tensorflow-serving-api``) are not used by the service: importing
-them imports TensorFlow (12.7 s and +780 MB of RSS for a LiteRT server).
+Not ``*_pb2.py``: those register in protobuf's default pool, where
+``tritonclient.grpc`` and ``tensorflow_serving.apis`` put the same names ("duplicate
+symbol"); these classes live in a pool of their own. ``tensorflow-serving-api``'s
+messages import TensorFlow (12.7 s, +780 MB for a LiteRT server).
 """
 
 from __future__ import annotations
@@ -42,8 +37,7 @@ class Method:
 
 @dataclass(frozen=True)
 class Proto:
-    """A package's messages (by name within the package, nested ones as ``Outer.Inner``)
-    and services (by full name, each its methods by name)."""
+    """A package's messages (``Outer.Inner`` for nested ones) and services' methods."""
 
     package: str
     messages: dict[str, type[Message]]
@@ -51,9 +45,8 @@ class Proto:
 
 
 class Call(NamedTuple):
-    """A call as a servicer gets it: its request ``message``, the values lifted out of it
-    as views into the received bytes (``raw_input_contents``: ``read_message`` in
-    ``app.api.grpc_server``) and, for a call with images, the ``Upload`` its gate opened."""
+    """A call as a servicer gets it: its message, its raw inputs (views into the bytes
+    received) and, for a call with images, the ``Upload`` its gate opened."""
 
     message: Message
     raws: list[memoryview]

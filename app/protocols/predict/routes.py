@@ -1,25 +1,12 @@
 """POST /predict and /predict/batch: classify uploaded images (multipart bodies).
 
-The body is read here, not by Starlette's form parser, which spools every file part to
-a temporary file (on disk past 1 MB) and tells a route a part's size only once the
-whole body is in: one 200 MB part of ``/predict/batch`` (within the batch's body limit)
-was written to disk before its 413, and a body cut before its closing boundary, or a
-second ``file`` field, went unnoticed (422 "Field required", or the last one used).
-
-``read_files`` reads the body once with python-multipart's streaming parser and keeps,
-in memory, only the parts of one field, refusing as soon as something is wrong:
-
-* a part of that field past ``max_bytes``: 413 naming the file, after at most
-  ``max_bytes`` of it were stored (the rest is never read);
-* more parts of that field than ``max_files``: the route's own error (``too_many``),
-  before the extra part is read;
-* a malformed body, part headers over ``MAX_PART_HEADER_BYTES``, more than
-  ``MAX_OTHER_PARTS`` parts of other fields (their bytes are skipped, not stored), or
-  a body that ends before its closing boundary: 400.
-
-A body that is not ``multipart/form-data`` has no parts: the route answers 422 for the
-missing field, as FastAPI does. So the request body schema in OpenAPI is written out
-here.
+``read_files`` parses the body as it streams (python-multipart) and keeps in memory only
+the parts of one field, refusing as soon as something is wrong: a part over
+``max_bytes`` (413 after at most that much), more parts than ``max_files`` (the
+route's ``too_many``), part headers over ``MAX_PART_HEADER_BYTES``, more than
+``MAX_OTHER_PARTS`` other parts or a body cut before its closing boundary (400).
+Starlette's form parser spooled each part to disk first and missed the last two. A
+body that is not ``multipart/form-data`` has no parts: 422 for the missing field.
 """
 
 from __future__ import annotations
@@ -135,7 +122,7 @@ async def read_files(
     max_bytes: int,
     too_many: Callable[[], Exception],
 ) -> list[FilePart]:
-    """The parts named ``field_name`` of a multipart body, in order (see the module doc)."""
+    """The parts named ``field_name`` of a multipart body, in order."""
     kind, options = parse_options_header(request.headers.get("content-type", ""))
     if kind != b"multipart/form-data":
         return []
