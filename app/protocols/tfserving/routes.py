@@ -15,11 +15,14 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.schemas import PROTOCOL_ERRORS, VersionDep, request_body, versioned
 from app.core.gate import ServiceDep, Upload, UploadDep
 from app.core.service import Classification, InferenceService
+from app.protocols.messages import TFSERVING
 from app.protocols.numbers import (
     JsonTensor,
     OrArray,
@@ -33,11 +36,16 @@ from app.protocols.numbers import (
     read_body,
 )
 from app.protocols.oip.codec import check_model_name, classify_input
+from catdog.contract import ModelContract
 
 SIGNATURE = "serving_default"
 IMAGE_BYTES = "image_bytes"
 IMAGES = "images"
 PROBABILITIES = "probabilities"
+OUTPUT = "StatefulPartitionedCall:0"  # the output's name in a SavedModel's signature
+T = TFSERVING.messages
+DATA_TYPES = T["TensorProto"].DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_name
+DT_FLOAT, DT_STRING = DATA_TYPES["DT_FLOAT"].number, DATA_TYPES["DT_STRING"].number
 router = APIRouter(tags=["tf serving"])
 
 
@@ -91,91 +99,37 @@ class ClassifyResponse(BaseModel):
 R = TypeVar("R", PredictRequest, ClassifyRequest)
 
 
-class Dim(BaseModel):
-    """One dimension of a tensor shape; ``"-1"``: any size."""
-
-    size: str
-    name: str = ""
-
-
-class TensorShape(BaseModel):
-    """A TensorShapeProto."""
-
-    dim: list[Dim]
-    unknown_rank: bool = False
-
-
-class TensorInfo(BaseModel):
-    """An input or output of a signature."""
-
-    dtype: str
-    tensor_shape: TensorShape
-    name: str
-
-
-class SignatureDef(BaseModel):
-    """A signature: its inputs, outputs and method."""
-
-    inputs: dict[str, TensorInfo]
-    outputs: dict[str, TensorInfo]
-    method_name: str
-
-
-class SignatureDefMap(BaseModel):
-    """Signatures by name."""
-
-    signature_def: dict[str, SignatureDef]
-
-
-class ModelSpec(BaseModel):
-    """Which model and version answered."""
-
-    name: str
-    signature_name: str = ""
-    version: str
-
-
-class MetadataResponse(BaseModel):
-    """GET /v1/models/{name}[/versions/{version}]/metadata (GetModelMetadataResponse)."""
-
-    model_config = ConfigDict(protected_namespaces=())
-    model_spec: ModelSpec
-    metadata: dict[str, SignatureDefMap]
+def signature_map(contract: ModelContract) -> Message:
+    """The signature ``serving_default`` of a version, as a ``SignatureDefMap``."""
+    height, width = contract.image_size
+    signature = T["SignatureDef"](method_name="tensorflow/serving/predict")
+    for tensors, key, dtype, sizes, name in (
+        (signature.inputs, IMAGE_BYTES, DT_STRING, [-1], f"{SIGNATURE}_{IMAGE_BYTES}:0"),
+        (signature.inputs, IMAGES, DT_FLOAT, [-1, height, width, 3], f"{SIGNATURE}_{IMAGES}:0"),
+        (signature.outputs, PROBABILITIES, DT_FLOAT, [-1, len(contract.class_names)], OUTPUT),
+    ):
+        tensors[key].name, tensors[key].dtype = name, dtype
+        tensors[key].tensor_shape.dim.extend(T["TensorShapeProto.Dim"](size=s) for s in sizes)
+    return T["SignatureDefMap"](signature_def={SIGNATURE: signature})
 
 
 @versioned(
     router,
     "GET",
     "/v1/models/{name}{at}/metadata",
-    response_model=MetadataResponse,
-    responses=PROTOCOL_ERRORS,
+    responses={**PROTOCOL_ERRORS, 200: {"description": "TF Serving's GetModelMetadataResponse"}},
 )
-async def metadata(name: str, service: ServiceDep, version: VersionDep) -> MetadataResponse:
+async def metadata(name: str, service: ServiceDep, version: VersionDep) -> dict[str, Any]:
     """The signature of the highest loaded version, or of the one named."""
     check_model_name(service, name)
     model = service.model_for(version)
-    height, width = model.contract.image_size
-
-    def tensor(dtype: str, sizes: list[int], tensor_name: str) -> TensorInfo:
-        shape = TensorShape(dim=[Dim(size=str(s)) for s in sizes])
-        return TensorInfo(dtype=dtype, tensor_shape=shape, name=tensor_name)
-
-    signature = SignatureDef(
-        inputs={
-            IMAGE_BYTES: tensor("DT_STRING", [-1], f"{SIGNATURE}_{IMAGE_BYTES}:0"),
-            IMAGES: tensor("DT_FLOAT", [-1, height, width, 3], f"{SIGNATURE}_{IMAGES}:0"),
-        },
-        outputs={
-            PROBABILITIES: tensor(
-                "DT_FLOAT", [-1, len(model.contract.class_names)], "StatefulPartitionedCall:0"
-            )
-        },
-        method_name="tensorflow/serving/predict",
+    signatures = json_format.MessageToDict(
+        signature_map(model.contract),
+        always_print_fields_with_no_presence=True,
+        preserving_proto_field_name=True,
     )
-    return MetadataResponse(
-        model_spec=ModelSpec(name=name, version=model.version),
-        metadata={"signature_def": SignatureDefMap(signature_def={SIGNATURE: signature})},
-    )
+    spec = {"name": name, "signature_name": "", "version": model.version}
+    return {"model_spec": spec, "metadata": {"signature_def": signatures}}
 
 
 @versioned(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import HTTPException
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from app.api.routes import version_statuses
@@ -24,12 +23,11 @@ from app.protocols.oip.codec import (
     probability_table,
 )
 from app.protocols.tfserving import routes as tfs
+from app.protocols.tfserving.routes import DT_FLOAT, DT_STRING
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 T = TFSERVING.messages
-DATA_TYPES = T["TensorProto"].DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_name
-DT_FLOAT, DT_STRING = DATA_TYPES["DT_FLOAT"].number, DATA_TYPES["DT_STRING"].number
 ERROR_CODES = {"OK": 0, "UNKNOWN": 2}  # tensorflow.error.Code, as the REST status names them
 
 
@@ -109,16 +107,14 @@ class TfServingServicer:
             raise HTTPException(
                 400, f"metadata_field {sorted(fields)}: the one field served is 'signature_def'"
             )
-        answer = await tfs.metadata(request.model_spec.name, self.service, version)
-        signatures = json_format.ParseDict(
-            answer.metadata["signature_def"].model_dump(), T["SignatureDefMap"]()
-        )
+        model = self.service.model_for(version)
+        signatures = tfs.signature_map(model.contract)
         packed = T["Any"](
             type_url=f"type.googleapis.com/{signatures.DESCRIPTOR.full_name}",
             value=signatures.SerializeToString(),
         )
         return T["GetModelMetadataResponse"](
-            model_spec=self._spec(request.model_spec, answer.model_spec.version),
+            model_spec=self._spec(request.model_spec, model.version),
             metadata={"signature_def": packed},
         )
 
