@@ -225,6 +225,7 @@ def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M
 def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
     """The body as ``model``, packed and checked; parsed by ``read`` first, and again as
     it came if those values do not validate (so that its answer is the same)."""
+    request = None
     values = read(body) if reading.fast else None
     if values is not None:
         try:
@@ -233,11 +234,9 @@ def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
         except (ValidationError, HTTPException):
             request = None
         del values
-        if request is not None:
-            check_leftovers(request, reading.leftovers)
-            return request
-    request = parse_body(model, body)
-    reading.pack(request)
+    if request is None:
+        request = parse_body(model, body)
+        reading.pack(request)
     check_leftovers(request, reading.leftovers)
     return request
 

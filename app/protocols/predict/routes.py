@@ -22,7 +22,6 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.api.schemas import BatchPrediction, ErrorDetail, Prediction, UnprocessableDetail
 from app.core.gate import ServiceDep, UploadDep
-from app.core.service import Classification
 
 MAX_PART_HEADER_BYTES = 16 * 1024  # the headers of one part
 MAX_OTHER_PARTS = 16  # parts of fields the route does not read
@@ -200,18 +199,6 @@ def contents(parts: list[FilePart], field: str, default_name: str) -> list[bytes
     return images
 
 
-def to_prediction(result: Classification) -> Prediction:
-    """The API's view of one classification."""
-    return Prediction(
-        label=result.label,
-        class_index=result.class_index,
-        probabilities=result.probabilities,
-        model_version=result.model_version,
-        known=result.known,
-        ood_score=result.ood_score,
-    )
-
-
 @router.post(
     "/predict",
     response_model=Prediction,
@@ -233,7 +220,7 @@ async def predict(request: Request, service: ServiceDep, upload: UploadDep) -> P
     )
     [image] = contents(parts, "file", "file")
     [result] = await service.classify([image], upload=upload)
-    return to_prediction(result)
+    return Prediction(**vars(result))
 
 
 @router.post(
@@ -267,4 +254,4 @@ async def predict_batch(
     images = contents(parts, "files", "#{}")
     names = [part.filename or f"#{i}" for i, part in enumerate(parts)]
     results = await service.classify(images, names, upload)
-    return BatchPrediction(predictions=[to_prediction(r) for r in results])
+    return BatchPrediction(predictions=[Prediction(**vars(r)) for r in results])
