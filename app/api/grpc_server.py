@@ -1,9 +1,9 @@
 """The gRPC server (``CATDOG_GRPC_ADDRESS``): the Open Inference Protocol, TF Serving's
 API and gRPC health, on uvicorn's event loop and the same ``InferenceService`` as REST.
 
-A call with images passes the admission gate first (``GateInterceptor``), then reads its
-one message within ``body_timeout_s``, its fields counted on the wire before protobuf
-parses it (``read_message``). Errors are REST's answers (``answer_for``) with the gRPC
+A call with images passes the admission gate first (``AdmissionInterceptor``), then
+reads its one message within ``body_timeout_s``, its fields counted on the wire before
+protobuf parses it (``read_message``). Errors are REST's answers (``answer_for``) with the gRPC
 code of their status, and in the trailing metadata ``catdog-http-status`` (it tells 413
 from 415) and, for 503, ``retry-after``.
 """
@@ -150,7 +150,7 @@ def _varint(data: bytes, position: int, most_bytes: int = 10) -> tuple[int, int]
     raise DecodeError(f"a varint at byte {position} does not end")
 
 
-class GateInterceptor(grpc.aio.ServerInterceptor):
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
     """The admission gate of a call with images, before its message is read."""
 
     def __init__(self, service: InferenceService) -> None:
@@ -197,7 +197,7 @@ class GrpcServer:
         self.servicer = InferenceServicer(service, version)
         self.tfserving = TfServingServicer(service)
         self.health = health.aio.HealthServicer()
-        self.gate = GateInterceptor(service)
+        self.gate = AdmissionInterceptor(service)
         self.port: int | None = None
         self._stopping: asyncio.Future[None] | None = None
         settings = service.settings
