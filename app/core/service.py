@@ -147,6 +147,7 @@ class InferenceService:
         )
         self.batcher.start()
         heap.settle()  # full collections would otherwise stall serving for ~200 ms
+        await asyncio.to_thread(heap.trim)  # what loading and warming up freed: ~20 MB
         if self.settings.poll_interval_s > 0:
             self._watcher = asyncio.create_task(
                 self.registry.watch(self.settings.poll_interval_s), name="watcher"
