@@ -1,16 +1,8 @@
-"""JSON bodies of the REST protocols: parsed once, their tensors of numbers as arrays.
-
-* A body is read whatever its Content-Type (tritonclient sends none, ``curl -d`` a form
-  type) into one buffer (``read_body``); a body that does not validate is a 400 naming
-  its first problems.
-* 413 before parsing when its commas show more values than ``max_json_images`` images
-  hold, or its brackets more arrays (``check_values``); and when, its number tensors
-  aside, it holds more than ``JSON_SLACK`` values and a few per image (``check_leftovers``).
-* 413 past ``max_json_bytes``. A body of ``OFFLOAD_BYTES``, or of ``json_offload_values``
-  values, or more is counted and parsed in a worker process (``app.core.offload``),
-  which sends its tensors back as arrays.
-* A JSON request peaks at 2.8 bytes per byte of its files
-  (``bench/results/upload-memory.json``).
+"""JSON bodies of the REST protocols: read whatever their Content-Type into one buffer,
+parsed once, their tensors of numbers as arrays; 400 naming the first problems of a body
+that does not validate, 413 past its limits (``check_values``, ``check_leftovers``,
+``max_json_bytes``); large bodies parsed in a worker process (``app.core.offload``). A
+JSON request peaks at 2.8 bytes per byte of its files (bench/results/upload-memory.json).
 """
 
 from __future__ import annotations
@@ -198,14 +190,10 @@ async def parse_json(
     return answer
 
 
-#: Bodies of this size or more are counted and parsed in the worker process, whatever
-#: they hold. ``read_json`` on the event loop, measured on TF Serving bodies (one run, the
-#: other core busy): 7 ms for 1 MB, 23-27 ms for 4 MB, 440-630 ms for 64 MB; counting a
-#: 300 MB body alone takes 0.5 s. In place, one 400 MB string field held a normal request
-#: for 3.7 s. At 4 MB the stall of one body stays near 25 ms; a worker call costs ~4 ms.
-#: The worker's peak (VmHWM) rose by ``PARSER_BYTES_PER_BYTE`` per byte of a 100 MB body
-#: of one long string (base64 images: 2.9), above the ``PARSER_BYTES`` a fresh worker
-#: holds; ``max_json_bytes`` keeps that within the pods' share for a JSON parse.
+#: Bodies of 4 MB or more are counted and parsed in the worker, whatever they hold: in
+#: place, ``read_json`` takes ~25 ms for 4 MB (a worker call ~4 ms), and one 400 MB string
+#: held a request for 3.7 s. The worker peaks ``PARSER_BYTES_PER_BYTE`` per byte of a long
+#: string (base64: 2.9) above the ``PARSER_BYTES`` it starts at (docs/service.md).
 OFFLOAD_BYTES = 4 << 20
 PARSER_BYTES_PER_BYTE = 3.8
 PARSER_BYTES = 69e6
@@ -299,16 +287,14 @@ _NUMBER[np.frombuffer(b"0123456789+-.eE", np.uint8)] = True
 
 
 def read(body: bytes | bytearray) -> object | None:
-    """``body`` as Python values, its large tensors of numbers as float32 arrays, or None.
+    """``body`` as Python values, large tensors of numbers as float32 arrays, or None.
 
-    The fast path, kept for what it measured: pixels as JSON numbers cost pydantic a
-    float per number and a list per pixel; this takes ~60% of its time and 70% of its
-    peak memory over 32 images (``python -m bench.json_offload``). A JSON array becomes
-    an array when its text is at least ``MIN_BYTES``, it is rectangular (at most
-    ``MOST_RANK`` dimensions), every leaf is a number and none is past 2**53. None (the
-    body is parsed as it came, errors and all) when simdjson refuses the body (integers
-    past 2**64) or a number is over ``MOST_NUMBER_BYTES`` (pydantic refuses 4,301 digits).
-    """
+    The fast path: pixels as JSON numbers cost pydantic a float per number and a list per
+    pixel; this takes ~60% of its time and 70% of its peak memory over 32 images
+    (``python -m bench.json_offload``). An array of at least ``MIN_BYTES``, rectangular,
+    of numbers below 2**53 becomes an array. None (parsed as it came, errors and all) when
+    simdjson refuses the body or a number is over ``MOST_NUMBER_BYTES`` (pydantic refuses
+    4,301 digits)."""
     if _longest_number(body) > MOST_NUMBER_BYTES:
         return None
     parser = simdjson.Parser()  # alive while its document is read
