@@ -25,7 +25,7 @@ from bench import harness, sizing
 
 CHILD = """
 import json, resource, sys
-from catdog.budget import PixelBudget
+from app.core.service import PixelBudget
 from catdog.preprocessing import preprocess
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

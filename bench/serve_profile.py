@@ -39,7 +39,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "decode: to array, /255": ("scale (catdog", "__array_interface__ (PIL"),
     "decode: RGB/upright": ("to_rgb (catdog", "upright (catdog"),
     "decode: open + checks": ("PIL", "catdog/preprocessing"),
-    "decode: pixel budget": ("catdog/budget",),
+    "decode: pixel budget": ("hold (app/core/service",),
     "batch: stack": ("_stack_and_infer",),
     "batch: outputs to rows": ("infer_rows",),
     "result to the event loop": ("_call_set_state",),
