@@ -1,11 +1,12 @@
 """The gRPC server (``CATDOG_GRPC_ADDRESS``): the Open Inference Protocol, TF Serving's
 API and gRPC health, on uvicorn's event loop and the same ``InferenceService`` as REST.
 
-A call with images passes the admission gate first (``AdmissionInterceptor``), then
-reads its one message within ``body_timeout_s``, its fields counted on the wire before
-protobuf parses it (``read_message``). Errors are REST's answers (``answer_for``) with the gRPC
-code of their status, and in the trailing metadata ``catdog-http-status`` (it tells 413
-from 415) and, for 503, ``retry-after``.
+Every call passes ``app.core.gate.GateInterceptor`` first (request id, API key, and the
+admission gate for a call with images), then reads its one message within
+``body_timeout_s``, its fields counted on the wire before protobuf parses it
+(``read_message``). Errors are REST's answers with the gRPC code of their status
+(``app.core.errors.status_of``), and in the trailing metadata ``catdog-http-status`` (it
+tells 413 from 415) and, for 503, ``retry-after``.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from app.core.config import Settings
-from app.core.errors import QueueFullError, answer_for, fault_answer
-from app.core.gate import Upload, admitted, body_limit, peer_key
-from app.core.observe import request_of
+from app.core.errors import status_of
+from app.core.gate import body_limit, peer_key, upload_of
 from app.core.service import InferenceService
 from app.protocols.messages import INFERENCE, TFSERVING, Call, Method
 from app.protocols.oip.codec import RAW_INPUT_CONTENTS, InferenceServicer
@@ -35,18 +34,6 @@ from app.protocols.tfserving.servicer import MODEL_SERVICE, PREDICTION_SERVICE, 
 
 log = logging.getLogger("catdog.grpc")
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
-GRPC_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,  # the message did not arrive in time
-    413: grpc.StatusCode.INVALID_ARGUMENT,  # too large whatever the load: retrying won't help
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    503: grpc.StatusCode.UNAVAILABLE,
-    500: grpc.StatusCode.INTERNAL,
-}
-HTTP_STATUS = "catdog-http-status"  # trailing metadata: the status REST would answer
-Trailers = tuple[tuple[str, str], ...]
 #: Fields a request message may hold, sub-messages' included: far above any real request
 #: (32 images, or 32 examples of hundreds of features), parsed in milliseconds.
 MOST_FIELDS = 65_536
@@ -57,20 +44,6 @@ _VARINTS = {  # packed repeated fields of varints: protobuf stores each byte in 
     getattr(FieldDescriptor, f"TYPE_{name}")
     for name in ("INT32", "INT64", "UINT32", "UINT64", "SINT32", "SINT64", "BOOL", "ENUM")
 }
-
-
-def status_of(
-    exc: Exception, settings: Settings, path: str
-) -> tuple[grpc.StatusCode, str, Trailers]:
-    """A call's error as gRPC code, message and trailers (a fault: a logged 500)."""
-    found = answer_for(exc, settings)
-    if found is None:
-        log.exception("%s failed", path)
-        found = fault_answer(exc)
-    trailers: Trailers = ((HTTP_STATUS, str(found.status)),)
-    if "Retry-After" in found.headers:
-        trailers += (("retry-after", found.headers["Retry-After"]),)
-    return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), found.detail, trailers
 
 
 def read_message(
@@ -150,42 +123,6 @@ def _varint(data: bytes, position: int, most_bytes: int = 10) -> tuple[int, int]
     raise DecodeError(f"a varint at byte {position} does not end")
 
 
-class AdmissionInterceptor(grpc.aio.ServerInterceptor):
-    """The admission gate of a call with images, before its message is read."""
-
-    def __init__(self, service: InferenceService) -> None:
-        self.service = service
-        self.uploads: dict[object, Upload] = {}  # by the call's context, while it runs
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or body_limit(self.service.settings, details.method) is None:
-            return handler
-        call = handler.stream_unary
-
-        async def gated(requests: object, context: grpc.aio.ServicerContext) -> Message:
-            try:
-                async with admitted(self.service, peer_key(context.peer())) as upload:
-                    self.uploads[context] = upload
-                    upload.request = request_of(context)
-                    try:
-                        return await call(requests, context)
-                    finally:
-                        del self.uploads[context]
-            except QueueFullError as exc:
-                code, message, trailers = status_of(exc, self.service.settings, details.method)
-                await context.abort(code, message, trailers)
-                raise  # abort raises; not reached
-
-        return grpc.stream_unary_rpc_method_handler(
-            gated, response_serializer=handler.response_serializer
-        )
-
-
 class GrpcServer:
     """A ``grpc.aio`` server bounded as REST is (connections, calls, idle and handshake
     times, message size, no compression, calls waiting per client)."""
@@ -197,7 +134,6 @@ class GrpcServer:
         self.servicer = InferenceServicer(service, version)
         self.tfserving = TfServingServicer(service)
         self.health = health.aio.HealthServicer()
-        self.gate = AdmissionInterceptor(service)
         self.port: int | None = None
         self._stopping: asyncio.Future[None] | None = None
         settings = service.settings
@@ -205,8 +141,9 @@ class GrpcServer:
         self._most_waiting = max(16, settings.max_connections // WAITING_SHARE)
         largest = body_limit(settings, "/inference.GRPCInferenceService/ModelInfer")
         self._server = grpc.aio.server(
-            # app.ops's first (trace spans, request ids, API keys): no key, no place in line
-            interceptors=[*interceptors, self.gate],
+            # app.ops's: trace spans, then app.core.gate.GateInterceptor (request ids, API
+            # keys, admission, in that order: no key, no place in line)
+            interceptors=list(interceptors),
             options=[
                 ("grpc.max_receive_message_length", largest),
                 ("grpc.max_send_message_length", largest),
@@ -257,7 +194,7 @@ class GrpcServer:
             try:
                 with self._waiting(peer_key(context.peer())):
                     body = await self._read(context)
-                upload = self.gate.uploads.get(context)
+                upload = upload_of(context)
                 request = Call(*read_message(body, method.request, lift), upload)
                 with self.service.admission.holding(len(body) if upload is not None else 0):
                     body = b""

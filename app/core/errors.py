@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
+import grpc
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -40,6 +41,19 @@ IMAGE_ERROR_STATUS = {
     ImageTooLargeError: 413,  # Content Too Large
 }
 Shape = Literal["oip", "tfserving"]
+GRPC_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,  # the message did not arrive in time
+    413: grpc.StatusCode.INVALID_ARGUMENT,  # too large whatever the load: retrying won't help
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+    500: grpc.StatusCode.INTERNAL,
+}
+HTTP_STATUS = "catdog-http-status"  # gRPC trailing metadata: the status REST would answer
+Trailers = tuple[tuple[str, str], ...]
 
 
 class QueueFullError(RuntimeError):
@@ -114,6 +128,22 @@ def answer_for(exc: Exception, settings: Settings) -> ErrorAnswer | None:
 def fault_answer(exc: Exception) -> ErrorAnswer:
     """The 500 for a fault of the service: its type only, nothing of its internals."""
     return ErrorAnswer(500, f"internal error ({type(exc).__name__})")
+
+
+def status_of(
+    exc: Exception, settings: Settings, path: str
+) -> tuple[grpc.StatusCode, str, Trailers]:
+    """A gRPC call's error as its status code, message and trailing metadata: the REST
+    answer's (``answer_for``; ``HTTP_STATUS`` tells 413 from 415), a fault as a 500
+    (logged)."""
+    found = answer_for(exc, settings)
+    if found is None:
+        log.exception("%s failed", path)
+        found = fault_answer(exc)
+    trailers: Trailers = ((HTTP_STATUS, str(found.status)),)
+    if "Retry-After" in found.headers:
+        trailers += (("retry-after", found.headers["Retry-After"]),)
+    return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), found.detail, trailers
 
 
 def error_shape(path: str) -> Shape | None:

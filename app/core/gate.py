@@ -5,8 +5,7 @@ gets once at the edge: a request id, the API key check, metrics and the access l
 its body is read: ``Admission`` (``app.core.batcher``) must have room for one image of
 its client and for its body, else ``QueueFullError`` (503, gRPC UNAVAILABLE), held
 ``busy_hold_s`` so that clients retrying at once cannot spin. ``GateMiddleware`` is the
-app's one ASGI middleware, ``GateInterceptor`` the gRPC server's request-id and key
-interceptor; gRPC's admission interceptor (``app.api.grpc_server``) calls ``admitted``.
+app's one ASGI middleware, ``GateInterceptor`` the gRPC server's one interceptor.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.batcher import Upload
 from app.core.config import Settings
-from app.core.errors import CLIENT_GONE, QueueFullError, Unauthenticated, known_error
+from app.core.errors import CLIENT_GONE, QueueFullError, Unauthenticated, known_error, status_of
 from app.core.observe import REQUEST_KEY, RequestContext
 from app.ops import logs
 
@@ -285,6 +284,7 @@ class _Context:
         self._inner = inner
         self._trailer = ((ID_HEADER, request.request_id),)
         self.catdog_request = request  # observe.REQUEST_KEY
+        self.catdog_upload: Upload | None = None  # a prediction's, once admitted (upload_of)
         inner.set_trailing_metadata(self._trailer)
 
     def __getattr__(self, name: str) -> Any:
@@ -297,13 +297,21 @@ class _Context:
         self._inner.set_trailing_metadata(tuple(trailing_metadata) + self._trailer)
 
 
+def upload_of(context: Any) -> Upload | None:
+    """The ``Upload`` of a gRPC call that ``GateInterceptor`` admitted (None: not gated)."""
+    return getattr(context, "catdog_upload", None)
+
+
 class GateInterceptor(grpc.aio.ServerInterceptor):
     """For every gRPC call: its request id (``x-request-id`` metadata, sent back in the
     trailers, also of an aborted call), the key check (``UNAUTHENTICATED`` without an
-    accepted ``authorization`` metadata, except ``OPEN_METHODS``) and the access line."""
+    accepted ``authorization`` metadata, except ``OPEN_METHODS``), the access line; for
+    a call with images, the admission gate (``admitted``) before its message is read."""
 
-    def __init__(self, keys: ApiKeys | None = None, access_log: bool = False) -> None:
-        self.keys, self.access_log = keys, access_log
+    def __init__(
+        self, service: InferenceService, keys: ApiKeys | None = None, access_log: bool = False
+    ) -> None:
+        self.service, self.keys, self.access_log = service, keys, access_log
 
     async def intercept_service(
         self,
@@ -318,6 +326,8 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
         metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         method, keys = details.method, self.keys
         guarded = keys is not None and not OPEN_METHODS.search(method)
+        service = self.service
+        gated = body_limit(service.settings, method) is not None
 
         def follow(context: grpc.aio.ServicerContext) -> _Context:
             return _Context(
@@ -329,6 +339,14 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
                 context.catdog_request.key_id = keys.authenticate(metadata.get("authorization"))
             except Unauthenticated as refused:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(refused))
+
+        async def admitting(request: Any, context: _Context) -> Any:
+            try:
+                async with admitted(service, peer_key(context.peer())) as upload:
+                    context.catdog_upload, upload.request = upload, context.catdog_request
+                    return await inner(request, context)
+            except QueueFullError as exc:  # refused at the gate (the service's own: answered)
+                await context.abort(*status_of(exc, service.settings, method))
 
         def done(context: _Context, started: float) -> None:
             if self.access_log:
@@ -342,6 +360,8 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     if guarded:
                         await check(followed)
+                    if gated:
+                        return await admitting(request, followed)
                     return await inner(request, followed)
                 finally:
                     done(followed, started)

@@ -40,7 +40,7 @@ def install(app: FastAPI) -> None:
         service.payload_log = PayloadLog(
             settings.payload_log, settings.payload_log_rate, service.metrics
         )
-    app.state.ops = GateInterceptor(keys, json_logs)
+    app.state.ops = GateInterceptor(service, keys, json_logs)
     app.add_middleware(GateMiddleware, keys=keys, access_log=json_logs)
     tracer_provider = tracing.provider()
     if tracer_provider is not None:
