@@ -18,6 +18,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,14 @@ class LoadedRuntime:
         """Whether the model returns an ``ood_score`` per image."""
         return OOD_SCORE in self.outputs
 
+    @cached_property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The contract's (height, width, 3), built once: ``infer`` checks every batch."""
+        return self.contract.input_shape
+
     def infer(self, images: np.ndarray) -> Inference:
         """Run a float32 batch [N, H, W, 3] in [0, 1] (the contract's size) through the model."""
-        expected = self.contract.input_shape
+        expected = self.input_shape
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(
                 f"expected images [N, {', '.join(map(str, expected))}], got {images.shape}"
