@@ -37,7 +37,7 @@ The decisions:
   Photos have 3-13 pixels per byte, PNG screenshots about 25; the default refuses
   only near-empty pictures (a blank 4000x3000 GIF has 1,237, a blank 1-bit PNG
   2,600-3,800) and files whose data stops short of the size they claim
-  (``python -m bench decode_ratio`` measures the table in docs/service.md).
+  (``bench/decode_ratio.py`` at commit ef329f7 measured the table in docs/service.md).
 * A PNG must hold data for every row it claims: its compressed stream is counted
   (inflated and discarded) before Pillow decodes it, since Pillow fills missing rows
   with zeros without a word. Other formats raise when their data runs out.
