@@ -29,7 +29,7 @@ from app.api.schemas import (
 )
 from app.core.gate import ServiceDep
 from app.core.service import InferenceService
-from app.protocols.common import check_model_name
+from app.protocols.oip.codec import check_model_name
 
 
 class Segment(Convertor[str]):
