@@ -178,7 +178,7 @@ async def parse_json(
     if not offload.enabled or len(body) < OFFLOAD_BYTES:
         values = check_values(body, most)
         if not offload.enabled or values < settings.json_offload_values:
-            return read_json(model, body, reading)
+            return read_json(model, body, fitted(reading, values, len(body)))
     try:
         answer = await offload.run(parse_packed, model, body, reading)
     except OffloadBrokenError as exc:
@@ -203,11 +203,16 @@ def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M
     """``check_values`` and ``read_json`` in a worker process; an HTTP error as (status,
     detail)."""
     try:
-        if check_values(body, reading.most) * MIN_BYTES < len(body):  # base64, not numbers
-            reading = reading._replace(fast=False)
-        return read_json(model, body, reading)
+        values = check_values(body, reading.most)
+        return read_json(model, body, fitted(reading, values, len(body)))
     except HTTPException as exc:
         return exc.status_code, str(exc.detail)
+
+
+def fitted(reading: Reading, values: int, size: int) -> Reading:
+    """``reading`` without the fast path (``read``) for a body of fewer than one value
+    per ``MIN_BYTES`` (base64 texts, long strings): it only pays for number tensors."""
+    return reading._replace(fast=False) if values * MIN_BYTES < size else reading
 
 
 def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
