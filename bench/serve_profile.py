@@ -46,7 +46,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "thread wake-up (work queue, GIL)": ("concurrent/futures",),
     "access log": ("logging",),
     "multipart parsing": ("multipart", "formparsers"),
-    "metrics": ("prometheus_client", "middleware.py"),
+    "metrics": ("prometheus_client",),
     "JSON response": ("json", "render (starlette", "serialize_response (fastapi"),
     "validation (pydantic)": ("pydantic",),
     "HTTP (uvicorn, httptools)": ("uvicorn/protocols",),
