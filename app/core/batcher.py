@@ -97,17 +97,19 @@ class Admission:
                 f"limit of {self.per_client}"
             )
 
-    def hold(self, size: int) -> None:
-        """Count ``size`` bytes of a body as held; ``QueueFullError`` past ``most_bytes``
-        (unless no other body is held: a legal request fits alone)."""
-        if self.most_bytes and self.body_bytes and self.body_bytes + size > self.most_bytes:
+    def hold(self, size: int, own: int = 0) -> None:
+        """Count ``size`` bytes of a body (``own`` of it held already) as held;
+        ``QueueFullError`` past ``most_bytes``, unless no other body is held: a legal
+        request fits alone."""
+        others = self.body_bytes - own
+        if self.most_bytes and others and self.body_bytes + size > self.most_bytes:
             self.metrics.rejected.inc()
             raise QueueFullError(
                 f"{self.body_bytes} bytes of request bodies held, and {size} more would pass "
                 f"the limit of {self.most_bytes}"
             )
         self.body_bytes += size
-        self.started += 1
+        self.started += not own
 
     @contextlib.contextmanager
     def holding(self, size: int) -> Iterator[None]:

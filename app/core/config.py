@@ -56,8 +56,8 @@ class Settings(BaseSettings):
     body_bytes_budget: int = Field(
         640 << 20,  # x 3.07 bytes of memory per body byte fits the CPU pod: docs/service.md
         ge=0,
-        description="bytes of prediction bodies held at once (Content-Length, else the route's "
-        "limit; gRPC: each message), a lone request always admitted; 503 beyond; 0: no bound",
+        description="bytes of prediction bodies held at once (Content-Length, else as they "
+        "arrive; gRPC: each message), a lone request always admitted; 503 beyond; 0: no bound",
     )
     max_files_per_request: int = Field(
         32, ge=1, description="files in one /predict/batch; at most max_images_in_flight"

@@ -42,6 +42,7 @@ UPLOAD_KEY = "catdog.upload"  # scope keys: the request's Upload,
 ROUTE_KEY = "catdog.route"  # its route label for answers sent before routing,
 LEFT_KEY = "catdog.client_left"  # and whether its client left before its answer (499)
 ID_HEADER = "x-request-id"
+JSON_LENGTH = "inference-header-content-length"  # OIP: the JSON before binary tensor data
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # What needs no API key: probes, metrics, the page, the API docs, health checks.
 OPEN_PATHS = re.compile(
@@ -72,6 +73,15 @@ def body_limit(settings: Settings, path: str) -> int | None:
             files = settings.max_upload_bytes * (settings.max_files_per_request if many else 1)
             return (files * 4 // 3 if base64 else files) + MULTIPART_OVERHEAD
     return None
+
+
+def json_too_large(settings: Settings, size: int | None = None) -> str:
+    """The 413 of a JSON body past ``max_json_bytes`` (``size``: its declared length)."""
+    told = f"{size} bytes, more than" if size is not None else "more than"
+    return (
+        f"the JSON is {told} {settings.max_json_bytes} (CATDOG_MAX_JSON_BYTES); "
+        "send images as files (multipart, or binary tensor data)"
+    )
 
 
 def route_label(path: str) -> str:
@@ -151,8 +161,9 @@ class GateMiddleware:
     scope, its id in ``x-request-id``), the key check (with ``keys``: 401 without an
     accepted ``Authorization: Bearer <key>``, except on ``OPEN_PATHS``), its count and
     time by route template and status, and with ``access_log`` its access line. A POST
-    to a prediction path gets the gate: body limit (declared, then counted), the held
-    503, its ``Upload``, and cancellation if its client leaves. A request cut off before
+    to a prediction path gets the gate: body and JSON limits (declared, then counted),
+    the held 503 (a chunked body's bytes held as they arrive), its ``Upload``, and
+    cancellation if its client leaves. A request cut off before
     its answer started (uvicorn's graceful-shutdown timeout) gets a JSON 503."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys | None = None, access_log: bool = False):
@@ -203,17 +214,27 @@ class GateMiddleware:
         self, scope: Scope, receive: Receive, send: Send, headers: Headers, service: Any,
         unanswered: Callable[[], bool],
     ) -> None:  # fmt: skip
-        path = scope["path"]
-        limit = body_limit(service.settings, path) if scope["method"] == "POST" else None
+        path, settings = scope["path"], service.settings
+        limit = body_limit(settings, path) if scope["method"] == "POST" else None
         length = header_int(headers.get("content-length", "-"))
         too_large = f"request body exceeds the limit of {limit} bytes"
+        json_length = None  # of the body's JSON, when the headers say
         if limit is not None:
             scope[ROUTE_KEY] = route_label(path)
+            match = _PROTOCOL.fullmatch(path)
+            if match and (match["api"] == "v1" or JSON_LENGTH not in headers):
+                json_length = length  # the whole body is JSON: its limit is the body's
+                if settings.max_json_bytes < limit:
+                    limit, too_large = settings.max_json_bytes, json_too_large(settings)
+            elif match:  # OIP's binary tensor data after a JSON header of this length
+                json_length = header_int(headers[JSON_LENGTH])
         try:
             if self.keys is not None and not OPEN_PATHS.fullmatch(path):
                 scope[REQUEST_KEY].key_id = self.keys.authenticate(headers.get("authorization"))
             if b"%2f" in (scope.get("raw_path") or b"").lower():  # would split a path parameter
                 raise HTTPException(400, "an encoded '/' (%2F) in the path is not accepted")
+            if json_length is not None and json_length > settings.max_json_bytes:
+                raise HTTPException(413, json_too_large(settings, json_length))
             if limit is not None and length is not None and length > limit:
                 raise HTTPException(413, too_large)  # no "Connection: close": a client still
                 # sending would get a reset (uvicorn closes with the body unread)
@@ -223,7 +244,7 @@ class GateMiddleware:
         if limit is None:
             await self.app(scope, receive, send)
             return
-        received, watcher = 0, None
+        received, watcher, admission = 0, None, service.admission
 
         async def watch() -> Message:
             message = await receive()
@@ -239,16 +260,23 @@ class GateMiddleware:
                 return await asyncio.shield(watcher)
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
+                size = len(message.get("body", b""))
+                if received + size > limit:
                     raise HTTPException(413, too_large)
+                if length is None and size:  # chunked: held as it arrives
+                    try:
+                        admission.hold(size, own=received)
+                    except QueueFullError:
+                        await asyncio.sleep(settings.busy_hold_s)
+                        raise
+                received += size
                 if not message.get("more_body", False):
                     watcher = asyncio.ensure_future(watch())
             return message
 
         client = client_key(scope["client"][0]) if scope.get("client") else None
         try:
-            async with admitted(service, client, limit if length is None else length) as upload:
+            async with admitted(service, client, length or 0) as upload:
                 scope[UPLOAD_KEY] = upload
                 upload.request = scope[REQUEST_KEY]
                 # Once the body is in, a client that leaves cancels its request (a queued
@@ -262,6 +290,8 @@ class GateMiddleware:
                 finally:
                     if watcher is not None:
                         watcher.cancel()
+                    if length is None:
+                        admission.body_bytes -= received
         except QueueFullError as exc:
             if UPLOAD_KEY in scope:
                 raise  # refused later, by the service: the app answered it

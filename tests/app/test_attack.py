@@ -27,7 +27,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
 import grpc
@@ -216,6 +216,14 @@ async def test_json_past_its_limit_is_refused_before_parsing(tiny_model_base: Pa
     body = b'{"signature_name": "' + b"s" * 5_000 + b'", "instances": [{"b64": "AAAA"}]}'
     async with serve(settings_for(tiny_model_base, max_json_bytes=4_096)) as served:
         response = await served.client.post("/v1/models/catdog:predict", content=body)
+        assert response.status_code == 413, response.text
+        assert "more than 4096 (CATDOG_MAX_JSON_BYTES)" in response.json()["error"]
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+            for start in range(0, len(body), 1_000):
+                yield body[start : start + 1_000]
+
+        response = await served.client.post("/v1/models/catdog:predict", content=chunks())
         assert response.status_code == 413, response.text
         assert "more than 4096 (CATDOG_MAX_JSON_BYTES)" in response.json()["error"]
 

@@ -142,3 +142,81 @@ async def test_bodies_held_at_once_are_bounded(edge: Server) -> None:
                 break
             await asyncio.sleep(0.2)
     assert response.status_code == 200, response.text
+
+
+async def chunked_upload(server: Server, pieces: int, wait: asyncio.Event | None = None) -> int:
+    """A ``/predict`` upload sent as 16 KB chunks, without Content-Length (after ``wait``,
+    if given, its first chunk only); its status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+        )
+        part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+        for piece in range(pieces):
+            data = (part if piece == 0 else b"") + b"x" * 0x4000
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await writer.drain()
+            if wait is not None and piece == 0:
+                await wait.wait()
+        writer.write(b"9\r\n\r\n--b--\r\n\r\n0\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER)
+        return int(head.split()[1])
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return 0  # closed after an early answer, before its status line was read
+    finally:
+        writer.close()
+
+
+async def test_a_chunked_body_holds_only_what_has_arrived(edge: Server) -> None:
+    """A chunked upload trickling in holds its bytes so far, not its route's limit
+    (10 MiB, past the 300 kB budget): a normal upload beside it is admitted."""
+    done = asyncio.Event()
+    trickling = asyncio.ensure_future(chunked_upload(edge, 2, wait=done))
+    await asyncio.sleep(0.5)
+    try:
+        async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
+            response = await client.post("/predict", files=upload(good_image()))
+        assert response.status_code == 200, response.text
+    finally:
+        done.set()
+    assert await trickling == 415  # 32 kB of "x": not an image
+
+
+async def test_a_chunked_body_past_the_budget_gets_503(edge: Server) -> None:
+    """With 250 kB of the 300 kB budget held, a chunked upload is refused once its bytes
+    so far pass the budget; the service then serves again."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    try:
+        writer.write(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nContent-Length: 250000\r\n\r\n--b\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        assert await chunked_upload(edge, 8) == 503  # 128 kB
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/v1/models/catdog:predict", b""),
+        ("/v2/models/catdog/infer", b""),
+        ("/v2/models/catdog/infer", b"Inference-Header-Content-Length: 100000000\r\n"),
+    ],
+    ids=["tfserving", "oip", "oip binary"],
+)
+async def test_json_declared_past_its_limit_is_refused_unread(
+    edge: Server, path: str, extra: bytes
+) -> None:
+    """A JSON body (or OIP JSON header) whose declared length passes
+    CATDOG_MAX_JSON_BYTES gets its 413 before a byte of it is sent."""
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    request = head.encode() + extra + b"Content-Length: 200000000\r\n\r\n"
+    status, _, body = await exchange(edge, request)
+    assert status == 413
+    answer = json.loads(body)
+    assert "(CATDOG_MAX_JSON_BYTES)" in answer.get("error", answer.get("detail", ""))
