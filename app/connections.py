@@ -1,33 +1,14 @@
 """Client bounds at the connection, around the HTTP protocol uvicorn builds.
 
-uvicorn's options bound idle keep-alive connections (``timeout_keep_alive``) and, with
-h11, header bytes (``h11_max_incomplete_event_size``); nothing bounds how long a client
-may take over its headers or body, header bytes with httptools, or how many connections
-stay open. :func:`bounded_protocol` makes the class for uvicorn's documented ``http=``
-setting: an ``asyncio.Protocol`` that builds uvicorn's own protocol (unchanged, through
-its constructor) and stands between it and the socket, reading the arriving bytes with
-its own ``httptools`` parser (a few µs per request). From the settings (``CATDOG_*``):
-
-* **headers**: request line and headers at most ``max_header_bytes``, counted as they
-  arrive (a huge header is refused after that many bytes, not parsed), at most
-  ``max_header_count`` headers: 431 and closed;
-* **header timeout**: line and headers within ``header_timeout_s`` of the connection's
-  opening or the request's first byte: 408 and closed (silent connections just closed);
-* **body timeout**: a pause of ``body_timeout_s`` while a body arrives: 408 and closed
-  (time when the app is not reading, the socket paused by uvicorn, is not the client's:
-  ``is_reading()``);
-* **connection cap**: past ``max_connections``, a new connection closes the
-  longest-waiting one not being answered (idle, or still sending headers: it gets a 503
-  first); if all are being answered, the newcomer's request gets a 503;
-* **chunk storms**: at most ``MOST_CHUNKS`` chunks plus one per ``CHUNK_BYTES`` of body:
-  400 and closed (each chunk costs a callback on the loop REST and gRPC share);
-* **bytes after the answer**: a body still arriving once answered (an early 413, 503) is
-  discarded up to ``MOST_UNREAD_BYTES``, then the connection is closed;
-* ``Transfer-Encoding`` other than ``chunked``: 400 and closed.
-
-Each answer here is JSON ``{"detail": ...}`` with ``Connection: close``, counted by reason
-in ``catdog_http_refusals_total``, as are connections closed without one. A body cut off
-by its timeout also counts as 408 for its route (``TIMED_OUT_KEY``).
+uvicorn has no header-read or body-pause timeout, no header byte bound with httptools
+and no connection cap that evicts idle connections. :func:`bounded_protocol` makes the
+class for its documented ``http=`` setting: an ``asyncio.Protocol`` that builds uvicorn's
+own protocol through its constructor and stands between it and the socket, reading the
+arriving bytes with its own ``httptools`` parser (~11 µs a request,
+``bench/results/edge.md``). docs/service.md's hardening table lists each bound, its
+``CATDOG_*`` setting and its answer: JSON ``{"detail": ...}`` with ``Connection: close``,
+counted by reason in ``catdog_http_refusals_total`` (as are connections closed without
+one). A body cut off by its timeout also counts as 408 for its route (``TIMED_OUT_KEY``).
 """
 
 from __future__ import annotations
@@ -42,6 +23,7 @@ from typing import Any, ClassVar
 
 import httptools
 import uvicorn
+from starlette.responses import JSONResponse
 from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
@@ -211,8 +193,10 @@ class BoundedConnection(asyncio.Protocol):
             await send(message)
 
         try:
-            if self.over_cap:
-                await _too_many_connections(noting_send)
+            if self.over_cap:  # every other connection is busy: this one is refused
+                detail = {"detail": "too many connections; retry shortly"}
+                headers = {"Retry-After": "1", "Connection": "close"}
+                await JSONResponse(detail, 503, headers)(scope, receive, noting_send)
             else:
                 await self.app(scope, receive, noting_send)
         finally:
@@ -297,19 +281,6 @@ class BoundedConnection(asyncio.Protocol):
             assert oldest.transport is not None
             oldest.count("closed_for_room")
             oldest.transport.close()
-
-
-async def _too_many_connections(send: Any) -> None:
-    """The answer to a request on a connection past the cap (every other one busy)."""
-    body = json.dumps({"detail": "too many connections; retry shortly"}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", b"1"),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def bounded_protocol(

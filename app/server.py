@@ -1,11 +1,9 @@
-"""The hardened launcher: ``python -m app`` serves ``app.main:app`` with bounds on every client.
+"""The launcher: ``python -m app`` serves ``app.main:app`` with bounds on every client.
 
-uvicorn's own command line bounds nothing a client sends before the app sees a request.
-This runs ``uvicorn.Server`` with uvicorn's httptools protocol inside
-``app.connections.BoundedConnection``, raises the open-file limit to fit
-``CATDOG_MAX_CONNECTIONS``, and gives requests in flight ``CATDOG_GRACEFUL_SHUTDOWN_S``
-after SIGTERM; then they are cut off (a JSON 503 from ``app.core.gate.GateMiddleware``
-if their answer had not started). ``make serve``, the image and the benchmarks start it.
+``uvicorn.Server`` with its ``http=`` protocol inside ``app.connections`` (uvicorn's own
+command line bounds nothing a client sends before the app sees a request), the
+open-file limit raised to fit ``CATDOG_MAX_CONNECTIONS``, and the app told the moment a
+SIGTERM arrives. ``make serve``, the image and the benchmarks start it.
 """
 
 from __future__ import annotations
@@ -75,9 +73,8 @@ def build_config(
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, which also tells the app the moment it is asked to stop
-    (``stopping``: ``app.main.shutdown_started``, not ready, gRPC refusing new calls), not
-    only after HTTP has drained (the lifespan's end)."""
+    """uvicorn's server, which also calls ``stopping`` (``app.main.shutdown_started``)
+    as soon as it is asked to stop, not only once HTTP has drained."""
 
     def __init__(self, config: uvicorn.Config, stopping: Callable[[], None]) -> None:
         super().__init__(config)

@@ -1,19 +1,17 @@
-"""Every error of the service and its answer: status, headers, and each protocol's shape.
+"""Every error of the service and its answer, for REST and gRPC alike.
 
 ``answer_for`` maps the exceptions below (and image errors) to a status, a ``detail``
-and headers, for REST's exception handlers here and gRPC's status codes
-(``app.api.grpc_server.status_of``). The body's shape comes from the path's protocol
-(``error_shape``): ``{"detail": ...}``, ``{"error": ...}`` under ``/v2``, both under
-``/v1/models/``. Text that may echo the client's input is cut to ``MOST_ECHO``
-characters. A client that left while its body was read gets a bodiless 499 that only
-the metrics see, or 408 when the body timeout cut it off (``TIMED_OUT_KEY``).
+and headers; ``respond`` writes it in the shape of the path's protocol
+(docs/protocols.md), ``status_of`` as a gRPC status. Text that may echo the client's
+input is cut to ``MOST_ECHO`` characters. A client that left while its body was read
+gets a bodiless 499 that only the metrics see, or 408 when the body timeout cut it off
+(``TIMED_OUT_KEY``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
 
 import grpc
 from fastapi import FastAPI, HTTPException, Request
@@ -40,7 +38,6 @@ IMAGE_ERROR_STATUS = {
     CorruptImageError: 422,  # Unprocessable Content
     ImageTooLargeError: 413,  # Content Too Large
 }
-Shape = Literal["oip", "tfserving"]
 GRPC_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -146,25 +143,16 @@ def status_of(
     return GRPC_CODES.get(found.status, grpc.StatusCode.UNKNOWN), found.detail, trailers
 
 
-def error_shape(path: str) -> Shape | None:
-    """Which protocol's error shape answers ``path`` (None: ``{"detail": ...}``)."""
-    if path == "/v2" or path.startswith("/v2/"):
-        return "oip"
-    if path.startswith("/v1/models/"):
-        return "tfserving"
-    return None
-
-
 def respond(request: Request, answer: ErrorAnswer, detail: object = None) -> JSONResponse:
-    """``answer`` in the shape of the request's protocol (``detail``: TF Serving's and
-    the service's ``detail``, when it is more than the message)."""
-    shape = error_shape(request.url.path)
-    if shape is None:
-        body: dict[str, object] = {"detail": answer.detail if detail is None else detail}
-    elif shape == "oip":
+    """``answer`` in the shape of the request's protocol: ``{"detail": ...}``, ``{"error":
+    ...}`` under ``/v2``, both under ``/v1/models/`` (``detail``: the service's and TF
+    Serving's ``detail``, when it is more than the message)."""
+    path = request.url.path
+    body: dict[str, object] = {"detail": answer.detail if detail is None else detail}
+    if path == "/v2" or path.startswith("/v2/"):
         body = {"error": answer.detail}
-    else:
-        body = {"error": answer.detail, "detail": answer.detail if detail is None else detail}
+    elif path.startswith("/v1/models/"):
+        body = {"error": answer.detail, **body}
     headers = answer.headers
     context = request_of(request.scope)  # the request app.ops follows: its id goes with it
     if context is not None:  # (a 500 is sent from outside app.ops's middleware: header too)

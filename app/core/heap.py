@@ -1,19 +1,13 @@
-"""Keep full garbage collections short once the model is loaded.
+"""Keep full garbage collections short once the model is loaded, and hand freed memory
+back to the system.
 
-With TensorFlow and a SavedModel loaded, about 366,000 long-lived Python objects
-sit on the heap. A full (generation 2) collection walks all of them: 180-220 ms
-on the 2-core benchmark machine, while the event loop and the decoding threads stand
-still and every request in flight waits. It happened every few seconds under
-load. Frozen after start-up (``gc.freeze``), those objects are skipped, and a full
-collection takes 2-17 ms.
-
-After a burst of large bodies, glibc keeps the memory Python freed. ``python -m bench
-memory_release --model-dir <version 4>`` (at commit ef329f7; 12 TF Serving bodies of
-25 MB at once) left
-the idle main process at 462 MB, 216 MB before the burst; ``release_when_idle`` hands
-it back (``malloc_trim``) once the service is idle: 232 MB 5 s after. Each JSON parsing
-process trims likewise every 2 s (``trim_forever``); it stays at ~80 MB, what a fresh
-one holds.
+With TensorFlow and a SavedModel loaded, ~366,000 long-lived objects sit on the heap; a
+full collection walked them in 180-220 ms (2 cores), every few seconds under load, with
+the event loop stopped. Frozen after start-up (``gc.freeze``) they are skipped: 2-17 ms.
+glibc keeps what Python frees: after 12 TF Serving bodies of 25 MB at once (``python -m
+bench memory_release``, commit ef329f7) the idle process held 462 MB against 216 MB
+before; ``release_when_idle`` trims it (``malloc_trim``) once the service is idle: 232 MB
+5 s after. JSON parsing processes trim every 2 s (``trim_forever``).
 """
 
 from __future__ import annotations

@@ -1,27 +1,16 @@
 """CPU-bound work the event loop must not wait on, run in worker processes.
 
-Reading a large body of JSON numbers holds the GIL for most of the parse, so a thread
-would stall the event loop nearly as much as parsing on it
-(``bench/results/json-offload.md`` measures the stall). ``Offload`` runs such a function
-in ``workers`` spawned processes (``spawn``: the service has TensorFlow and LiteRT
-threads, which ``fork`` would copy half-way). The processes start on first use, so a
-service that never gets such a request never pays for them. At most ``workers`` calls
-are in the processes at once, counted until each call ends in its process, even when its
-caller has gone (a client that left); the rest wait here, holding only what they already
-hold. A worker that dies during a call (killed for memory, perhaps by that call), or in
-the moment before the pool notices, fails the call with ``OffloadBrokenError``; one
-found dead before a call is handed over (killed while idle) is replaced first, so that
-call never sees it. ``close`` kills the workers: uvicorn ends on SIGTERM without running
-``atexit``, and a worker left waiting would outlive the service. Each worker hands the
-memory a large parse freed back to the system every 2 s (``heap.trim_forever``), and a
-pool with no call for ``IDLE_CLOSE_S`` is closed: even trimmed, a worker holds what a
-fresh one does (69 MB of imports, measured after a burst of large bodies), and
-the next call starts a new one: 0.45 s for the first JSON body against 4 ms after,
-measured here with version 5.
-
-Only public interfaces of ``concurrent.futures`` and ``multiprocessing`` are used: each
-worker reports its pid when it starts (the pool's initializer), and
-``multiprocessing.active_children`` tells which still run.
+Parsing a large JSON body holds the GIL, so a thread would stall the event loop nearly
+as much as parsing on it (``bench/results/json-offload.md``). ``Offload`` runs such calls
+in ``workers`` processes started with ``spawn`` (``fork`` would copy TensorFlow's and
+LiteRT's threads half-way) on first use. At most ``workers`` calls run at once, each
+counted until it ends in its process even when its caller has gone. A worker that dies
+during a call fails it with ``OffloadBrokenError``; one found dead before a call is
+replaced first. ``close`` kills the workers (uvicorn ends on SIGTERM without ``atexit``).
+Workers trim their heap every 2 s; a pool idle for ``IDLE_CLOSE_S`` is closed, since even
+trimmed a worker holds 69 MB, and the next call starts one anew: 0.45 s for the first
+JSON body against 4 ms after. Only public interfaces of ``concurrent.futures`` and
+``multiprocessing`` are used: each worker reports its pid from the pool's initializer.
 """
 
 from __future__ import annotations

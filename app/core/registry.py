@@ -1,18 +1,10 @@
 """The served model's versions: loading and warming up each, which stay loaded (the
-version policy), hot swap, refusals.
+version policy, ``CATDOG_VERSION_POLICY``: TF Serving's ``model_version_policy``), hot
+swap and refusals, as docs/service.md's "Versions" says.
 
-``load_version`` loads a version folder with the chosen runtime (``CATDOG_RUNTIME``) and
-runs it once per batch size the batcher can send (1 to ``CATDOG_MAX_BATCH_SIZE``) before
-it serves; a folder that cannot be served raises ``ModelLoadError`` naming it.
-
-The version policy (``CATDOG_VERSION_POLICY``) is TF Serving's ``model_version_policy``:
-``latest:N`` (default ``latest:1``) keeps the N highest versions (a higher folder that
-appears is loaded in a thread while the loaded ones serve, added by one assignment, and
-the lowest dropped; versions only move up); ``all`` every folder; ``specific:1,3`` those.
-A request without a version gets the highest loaded one. A version that fails to load is
-refused with a log line and retried only if its files change; at start-up every version
-the policy picks must load. Memory per version is the growth of resident memory while
-it loaded (approximate). Dropping a version thaws the frozen heap (``app.core.heap``).
+A new version is loaded in a thread while the loaded ones serve and added by one
+assignment; one that fails is refused with a log line and retried only if its files
+change. Memory per version is the growth of resident memory while it loaded.
 """
 
 from __future__ import annotations
@@ -132,6 +124,7 @@ class VersionPolicy:
     kind: Literal["latest", "all", "specific"]
     count: int = 1  # latest: how many
     versions: frozenset[int] = frozenset()  # specific: which
+    text: str = "latest:1"  # as it was written
 
     @classmethod
     def parse(cls, text: str) -> VersionPolicy:
@@ -140,17 +133,14 @@ class VersionPolicy:
             raise ValueError(f"version policy {text!r}: use latest:N, all or specific:1,3")
         kind, _, arguments = text.partition(":")
         if kind == "latest":
-            return cls("latest", count=int(arguments))
+            return cls("latest", count=int(arguments), text=text)
         if kind == "specific":
-            return cls("specific", versions=frozenset(int(v) for v in arguments.split(",")))
-        return cls("all")
+            versions = frozenset(int(v) for v in arguments.split(","))
+            return cls("specific", versions=versions, text=text)
+        return cls("all", text=text)
 
     def __str__(self) -> str:
-        if self.kind == "latest":
-            return f"latest:{self.count}"
-        if self.kind == "specific":
-            return "specific:" + ",".join(map(str, sorted(self.versions)))
-        return "all"
+        return self.text
 
     def initial(self, on_disk: Iterable[int]) -> list[int]:
         """The versions to load at start-up, highest first."""

@@ -215,41 +215,34 @@ class InferenceService:
 
     async def classify(
         self,
-        images: list[bytes] | list[memoryview],
+        images: list[bytes] | list[memoryview] | np.ndarray,
         names: list[str] | None = None,
         upload: Upload | None = None,
         version: str | None = None,
     ) -> list[Classification]:
-        """Classify image files (bytes, or views into a body); ``ImageError`` names a bad one."""
+        """Classify image files (bytes, or views into a body; ``ImageError`` names a bad
+        one) or float32 pixels [N, H, W, 3] already scaled per the version's contract."""
         model = self.model_for(version)
+        pixels = isinstance(images, np.ndarray)
+        if pixels:
+            check_pixels(images, model.contract)
         started = time.perf_counter()
         # No ExitStack here: its exit makes a reference cycle through a refused request's
         # error, which would keep the request's files until a full collection.
         with self.admission.admit(len(images), upload) as ticket:
             observe.record_since("admission", started, **_attributes(model, len(images)))
-            if len(images) == 1 == self.admission.in_flight == self.admission.on_the_way():
+            alone = len(images) == 1 == self.admission.in_flight == self.admission.on_the_way()
+            if alone and not pixels:
                 results = [await self._alone(ticket, model, images[0])]
             else:
-                arrays = await asyncio.gather(
-                    *(self._decode(model, data) for data in images), return_exceptions=True
-                )
-                _raise_first_error(arrays, names)
-                results = await asyncio.gather(
-                    *(self._predict(ticket, model, a) for a in arrays)  # type: ignore[arg-type]
-                )
-        return self._answer(model, results, images, started, upload)
-
-    async def classify_tensor(
-        self, pixels: np.ndarray, version: str | None = None, upload: Upload | None = None
-    ) -> list[Classification]:
-        """Classify float32 pixels [N, H, W, 3] already scaled per the version's contract."""
-        model = self.model_for(version)
-        check_pixels(pixels, model.contract)
-        started = time.perf_counter()
-        with self.admission.admit(len(pixels), upload) as ticket:
-            observe.record_since("admission", started, **_attributes(model, len(pixels)))
-            results = await asyncio.gather(*(self._predict(ticket, model, p) for p in pixels))
-        return self._answer(model, results, list(pixels), started, upload)
+                arrays: list[Any] = list(images)
+                if not pixels:
+                    arrays = await asyncio.gather(
+                        *(self._decode(model, data) for data in images), return_exceptions=True
+                    )
+                    _raise_first_error(arrays, names)
+                results = await asyncio.gather(*(self._predict(ticket, model, a) for a in arrays))
+        return self._answer(model, results, list(images), started, upload)
 
     async def _decode(self, model: LoadedModel, data: bytes | memoryview) -> np.ndarray:
         loop = asyncio.get_running_loop()

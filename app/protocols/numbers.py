@@ -1,8 +1,7 @@
-"""JSON bodies of the REST protocols: read whatever their Content-Type into one buffer,
-parsed once, their tensors of numbers as arrays; 400 naming the first problems of a body
-that does not validate, 413 past its limits (``check_values``, ``check_leftovers``,
-``max_json_bytes``); large bodies parsed in a worker process (``app.core.offload``). A
-JSON request peaks at 2.8 bytes per byte of its files (bench/results/upload-memory.json).
+"""JSON bodies of the REST protocols: read into one buffer whatever their Content-Type,
+parsed once, tensors of numbers as arrays; 400 naming the first problems, 413 past the
+limits; large bodies parsed in a worker process (``app.core.offload``). A JSON request
+peaks at 2.8 bytes per byte of its files (bench/results/upload-memory.json).
 """
 
 from __future__ import annotations
@@ -163,8 +162,8 @@ async def parse_json(
     service: InferenceService, model: type[M], body: bytes | bytearray, most: int, pack: Callable
 ) -> M:
     """``read_json`` after ``check_values`` (413 first past ``max_json_bytes``), in a
-    worker process for bodies of ``OFFLOAD_BYTES`` or ``json_offload_values`` values or
-    more (neither counting nor parsing holds the event loop); 503 if the worker dies."""
+    worker process from ``OFFLOAD_BYTES`` or ``json_offload_values`` values; 503 if the
+    worker dies."""
     settings = service.settings
     if len(body) > settings.max_json_bytes:
         raise HTTPException(
@@ -200,8 +199,7 @@ PARSER_BYTES = 69e6
 
 
 def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M | tuple[int, str]:
-    """``check_values`` and ``read_json`` in a worker process; an HTTP error as (status,
-    detail)."""
+    """``check_values`` and ``read_json`` in a worker; an HTTP error as (status, detail)."""
     try:
         values = check_values(body, reading.most)
         return read_json(model, body, fitted(reading, values, len(body)))
@@ -210,14 +208,14 @@ def parse_packed(model: type[M], body: bytes | bytearray, reading: Reading) -> M
 
 
 def fitted(reading: Reading, values: int, size: int) -> Reading:
-    """``reading`` without the fast path (``read``) for a body of fewer than one value
-    per ``MIN_BYTES`` (base64 texts, long strings): it only pays for number tensors."""
+    """``reading`` without the fast path (``read``) for a body of fewer than one value per
+    ``MIN_BYTES`` (base64 texts, long strings): it only pays for number tensors."""
     return reading._replace(fast=False) if values * MIN_BYTES < size else reading
 
 
 def read_json(model: type[M], body: bytes | bytearray, reading: Reading) -> M:
-    """The body as ``model``, packed and checked; parsed by ``read`` first, and again as
-    it came if those values do not validate (so that its answer is the same)."""
+    """The body as ``model``, packed and checked; parsed by ``read`` first, and again as it
+    came if those values do not validate (so that its answer is the same)."""
     request = None
     values = read(body) if reading.fast else None
     if values is not None:

@@ -63,14 +63,12 @@ def check_count(count: int, settings: Settings) -> None:
 async def classify_input(
     service: InferenceService, given: Input, version: str | None, upload: Upload | None
 ) -> list[Classification]:
-    """Every protocol's way to its answer: files within the limits of ``/predict/batch``
-    through ``classify``, pixels through ``classify_tensor``."""
+    """Every protocol's way to its answer: files or pixels within the limits of
+    ``/predict/batch``."""
     settings = service.settings
-    if isinstance(given, np.ndarray):
-        check_count(len(given) if given.ndim else 0, settings)
-        return await service.classify_tensor(given, version, upload)
-    check_count(len(given), settings)
-    for position, data in enumerate(given):
+    pixels = isinstance(given, np.ndarray)
+    check_count(len(given) if not pixels or given.ndim else 0, settings)
+    for position, data in enumerate([] if pixels else given):
         if not data:
             raise HTTPException(400, f"image {position} is empty")
         if len(data) > settings.max_upload_bytes:
