@@ -1,12 +1,7 @@
-"""The service's own routes: health, metrics, model info, and the try-it page.
-
-* ``GET /healthz`` (alive) and ``/readyz`` (a warmed-up model is serving, else 503);
-* ``GET /metrics``: Prometheus text format;
-* ``GET /v1/models/{name}[/versions/{version}]``: a version's runtime, contract, metrics
-  and memory; the same JSON is TF Serving's model status (``model_version_status``): both
-  APIs own this path (docs/protocols.md);
-* ``GET /``: one self-contained page, ``app/static/index.html``, read once at import; its
-  Content-Security-Policy lets it talk to this server only.
+"""The service's own routes: ``/healthz``, ``/readyz``, ``/metrics``, the model info at
+``/v1/models/{name}[/versions/{version}]`` (also TF Serving's model status,
+docs/protocols.md) and the try-it page ``/`` (``app/static/index.html``, whose
+Content-Security-Policy lets it talk to this server only).
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """The Open Inference Protocol v2: its tensors (REST's and gRPC's), its gRPC calls, and
 the entry every protocol shares (the model's name, the image limits, ``classify_input``).
-
-The model takes one of two inputs: ``image_bytes`` (BYTES ``[N]`` or ``[N, 1]``: image
-files; base64 in JSON, each after its 4-byte little-endian length in raw data, as they
-are in ``bytes_contents``) or ``images`` (FP32 ``[N, H, W, 3]``: pixels scaled per the
-contract). It answers ``probabilities`` (FP32 ``[N, C]``), or with the output parameter
-``classification: k`` BYTES ``[N, k]`` of ``"score:index:label"``; gRPC in
-``raw_output_contents`` when the request was raw. docs/protocols.md has the details.
+Inputs ``image_bytes`` (BYTES: image files) or ``images`` (FP32 pixels), output
+``probabilities`` or its top classes, as docs/protocols.md describes them.
 """
 
 from __future__ import annotations
@@ -67,7 +62,7 @@ async def classify_input(
     ``/predict/batch``."""
     settings = service.settings
     pixels = isinstance(given, np.ndarray)
-    check_count(len(given) if not pixels or given.ndim else 0, settings)
+    check_count(len(given) if not pixels or given.ndim else 0, settings)  # 0-d: no images
     for position, data in enumerate([] if pixels else given):
         if not data:
             raise HTTPException(400, f"image {position} is empty")

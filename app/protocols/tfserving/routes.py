@@ -1,12 +1,7 @@
-"""TensorFlow Serving's REST API: ``/metadata``, ``:predict`` and ``:classify`` (its model
-status is ``app/api/routes.py``'s).
-
-The signature ``serving_default`` takes one of two inputs: ``image_bytes`` (DT_STRING
-``[-1]``, image files as ``{"b64": "..."}``) or ``images`` (DT_FLOAT ``[-1, H, W, 3]``,
-pixels scaled per the contract). ``:predict`` takes rows (``instances``) or columns
-(``inputs``) and answers ``probabilities`` ``[N, C]`` as ``predictions`` or ``outputs``;
-``:classify`` takes ``examples`` of one ``{"b64": ...}`` each and answers
-``[[label, score], ...]`` per example (docs/protocols.md).
+"""TensorFlow Serving's REST API: ``/metadata``, ``:predict`` (rows or columns) and
+``:classify`` of the signature ``serving_default``, whose inputs are ``image_bytes``
+(``{"b64": ...}`` files) or ``images`` (pixels), as docs/protocols.md describes them; its
+model status is ``app/api/routes.py``'s.
 """
 
 from __future__ import annotations
@@ -149,15 +144,11 @@ async def predict(
     request = await _read(PredictRequest, service, name, version, http)
     if (request.instances is None) == (request.inputs is None):
         raise HTTPException(400, 'give either "instances" (rows) or "inputs" (columnar)')
-    if request.instances is not None:
-        given = _from_rows(request.instances)
-    else:
-        given = _from_columns(request.inputs)
+    rows = request.instances is not None
+    given = _from_rows(request.instances) if rows else _from_columns(request.inputs)
     results = await _classify(service, given, version, upload)
     table = [list(r.probabilities.values()) for r in results]
-    if request.instances is not None:
-        return PredictResponse(predictions=table)
-    return PredictResponse(outputs=table)
+    return PredictResponse(predictions=table) if rows else PredictResponse(outputs=table)
 
 
 @versioned(
@@ -209,10 +200,9 @@ def _pack(request: BaseModel) -> None:
             pack_values(features, "feature {key}")
     elif isinstance(request, PredictRequest):
         rows = request.instances
-        packed = None if rows is None else pack_numbers(rows, "instances")
-        if isinstance(packed, np.ndarray):
-            request.instances = packed  # type: ignore[assignment]
-        elif rows is not None:
+        if rows is not None:
+            request.instances = rows = pack_numbers(rows, "instances")  # type: ignore[assignment]
+        if isinstance(rows, list):
             for position, row in enumerate(rows):
                 if isinstance(row, dict):
                     pack_values(row, "instances")

@@ -1,7 +1,5 @@
-"""TensorFlow Serving's gRPC API (``PredictionService``, ``ModelService``), with the
-conventions of its REST API here (``routes.py``; docs/protocols.md): ``Predict`` answers
-``probabilities`` in ``tensor_content``, ``Classify`` one image per ``tf.Example``,
-``GetModelMetadata`` the signature, ``GetModelStatus`` each version's state.
+"""TensorFlow Serving's gRPC API (``PredictionService``, ``ModelService``) with the
+conventions of its REST API (``routes.py``; docs/protocols.md).
 """
 
 from __future__ import annotations
