@@ -67,6 +67,20 @@ async def test_a_body_without_its_closing_boundary_is_400(client: httpx.AsyncCli
     assert "closing boundary" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [b"X-Long: " + b"a" * 100_000 + b"\r\n", b"".join(b"X-%d: a\r\n" % i for i in range(20))],
+    ids=["one long header", "many headers"],
+)
+async def test_huge_part_headers_are_400(client: httpx.AsyncClient, extra: bytes) -> None:
+    """A part's headers are bounded as they stream (python-multipart's bound)."""
+    body = multipart_body(("file", "cat.jpg", good_image()))
+    body = body.replace(b"Content-Type: image/jpeg\r\n", b"Content-Type: image/jpeg\r\n" + extra)
+    response = await client.post("/predict", content=body, headers=HEADERS)
+    assert response.status_code == 400, response.text
+    assert "malformed multipart body" in response.json()["detail"]
+
+
 async def test_two_file_fields_in_predict_are_refused(client: httpx.AsyncClient) -> None:
     body = multipart_body(("file", "a.jpg", good_image(1)), ("file", "b.jpg", good_image(2)))
     response = await client.post("/predict", content=body, headers=HEADERS)
