@@ -216,7 +216,9 @@ class GateMiddleware:
     ) -> None:  # fmt: skip
         path, settings = scope["path"], service.settings
         limit = body_limit(settings, path) if scope["method"] == "POST" else None
-        length = header_int(headers.get("content-length", "-"))
+        length = None  # chunked: Transfer-Encoding wins over a Content-Length (RFC 9112)
+        if "transfer-encoding" not in headers:
+            length = header_int(headers.get("content-length", "-"))
         too_large = f"request body exceeds the limit of {limit} bytes"
         json_length = None  # of the body's JSON, when the headers say
         if limit is not None:
