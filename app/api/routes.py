@@ -22,8 +22,7 @@ from app.api.schemas import (
     Status,
     VersionStatus,
 )
-from app.core.gate import ServiceDep
-from app.core.service import InferenceService
+from app.core.service import InferenceService, ServiceDep
 from app.protocols.oip.codec import check_model_name
 
 

@@ -76,12 +76,10 @@ def body_limit(settings: Settings, path: str) -> int | None:
 
 
 def json_too_large(settings: Settings, size: int | None = None) -> str:
-    """The 413 of a JSON body past ``max_json_bytes`` (``size``: its declared length)."""
-    told = f"{size} bytes, more than" if size is not None else "more than"
-    return (
-        f"the JSON is {told} {settings.max_json_bytes} (CATDOG_MAX_JSON_BYTES); "
-        "send images as files (multipart, or binary tensor data)"
-    )
+    """The 413 of a JSON body past ``max_json_bytes`` (``size``: its length, if known)."""
+    told = "" if size is None else f"{size} bytes, "
+    rule = f"more than {settings.max_json_bytes} (CATDOG_MAX_JSON_BYTES)"
+    return f"the JSON is {told}{rule}; send images as files (multipart, or binary tensor data)"
 
 
 def route_label(path: str) -> str:
@@ -103,8 +101,7 @@ def client_key(host: str) -> str:
 
 
 def peer_key(peer: str) -> str | None:
-    """The address in gRPC's peer (``ipv4:1.2.3.4:5``, ``ipv6:[%5B::1%5D]:5``) as
-    ``client_key`` spells it."""
+    """gRPC's peer (``ipv4:1.2.3.4:5``, ``ipv6:[%5B::1%5D]:5``) spelt as ``client_key`` does."""
     kind, _, rest = unquote(peer).partition(":")
     if kind in ("ipv4", "ipv6"):
         return client_key(rest.rpartition(":")[0])
@@ -132,17 +129,11 @@ async def admitted(
         admission.body_bytes -= size
 
 
-async def get_service(request: Request) -> InferenceService:
-    """The app's inference service (``async``: a plain ``def`` would cost a thread hop)."""
-    return request.app.state.service
-
-
 async def get_upload(request: Request) -> Upload | None:
     """This request's upload, opened by ``GateMiddleware``."""
     return request.scope.get(UPLOAD_KEY)
 
 
-ServiceDep = Annotated["InferenceService", Depends(get_service)]
 UploadDep = Annotated[Upload | None, Depends(get_upload)]
 
 
@@ -163,8 +154,8 @@ class GateMiddleware:
     time by route template and status, and with ``access_log`` its access line. A POST
     to a prediction path gets the gate: body and JSON limits (declared, then counted),
     the held 503 (a chunked body's bytes held as they arrive), its ``Upload``, and
-    cancellation if its client leaves. A request cut off before
-    its answer started (uvicorn's graceful-shutdown timeout) gets a JSON 503."""
+    cancellation if its client leaves. A request cut off before its answer started
+    (uvicorn's graceful-shutdown timeout) gets a JSON 503."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys | None = None, access_log: bool = False):
         self.app, self.keys, self.access_log = app, keys, access_log
@@ -300,17 +291,8 @@ class GateMiddleware:
             await (await known_error(Request(scope), exc))(scope, receive, send)
 
 
-_FACTORIES = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
-
-
 class _Context:
-    """A call's servicer context carrying its ``RequestContext`` (``request_of`` finds
-    it), and adding the request id to whatever trailers the call sends."""
+    """A call's servicer context with its ``RequestContext``; its request id in any trailers."""
 
     def __init__(self, inner: grpc.aio.ServicerContext, request: RequestContext) -> None:
         self._inner = inner
@@ -353,7 +335,8 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        kind = next(k for k in _FACTORIES if getattr(handler, k) is not None)
+        ways = ("unary", "stream")
+        kind = f"{ways[handler.request_streaming]}_{ways[handler.response_streaming]}"
         inner = getattr(handler, kind)
         metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         method, keys = details.method, self.keys
@@ -410,7 +393,7 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     done(followed, started)
 
-        return _FACTORIES[kind](
+        return getattr(grpc, f"{kind}_rpc_method_handler")(
             behavior,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

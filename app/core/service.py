@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from fastapi import Depends, Request
 
 from app.core import heap, observe
 from app.core.batcher import Admission, Batcher, Ticket, Upload
@@ -386,3 +387,11 @@ def _raise_first_error(results: list[object], names: list[str] | None) -> None:
             raise type(result)(reason + result.reason)
         if isinstance(result, BaseException):
             raise result
+
+
+async def get_service(request: Request) -> InferenceService:
+    """The app's inference service (``async``: a plain ``def`` would cost a thread hop)."""
+    return request.app.state.service
+
+
+ServiceDep = Annotated[InferenceService, Depends(get_service)]

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from app.core.config import Settings
+from app.core.gate import json_too_large
 from app.core.offload import OffloadBrokenError
 from app.core.service import InferenceService
 from catdog.contract import ModelContract
@@ -166,11 +167,7 @@ async def parse_json(
     worker dies."""
     settings = service.settings
     if len(body) > settings.max_json_bytes:
-        raise HTTPException(
-            413,
-            f"the JSON is {len(body)} bytes, more than {settings.max_json_bytes} "
-            "(CATDOG_MAX_JSON_BYTES); send images as files (multipart, or binary tensor data)",
-        )
+        raise HTTPException(413, json_too_large(settings, len(body)))
     offload = service.offload
     leftovers = JSON_SLACK + 4 * settings.max_files_per_request  # names, shapes, base64
     reading = Reading(most, pack, leftovers, settings.json_fast_tensors)

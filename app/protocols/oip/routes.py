@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 
 from app.api.schemas import PROTOCOL_ERRORS, VersionDep, request_body, versioned
 from app.core.errors import ModelNotReadyError
-from app.core.gate import ServiceDep, UploadDep, header_int
-from app.core.service import Classification, InferenceService
+from app.core.gate import UploadDep, header_int
+from app.core.service import Classification, InferenceService, ServiceDep
 from app.protocols.numbers import most_values, pack_numbers, parse_json, read_body
 from app.protocols.oip import codec as oip
 from app.protocols.oip.schemas import (

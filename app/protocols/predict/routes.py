@@ -22,7 +22,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.api.schemas import BatchPrediction, ErrorDetail, Prediction, UnprocessableDetail
-from app.core.gate import ServiceDep, UploadDep
+from app.core.gate import UploadDep
+from app.core.service import ServiceDep
 
 MAX_OTHER_PARTS = 16  # parts of fields the route does not read
 

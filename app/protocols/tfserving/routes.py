@@ -15,8 +15,8 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.schemas import PROTOCOL_ERRORS, VersionDep, request_body, versioned
-from app.core.gate import ServiceDep, Upload, UploadDep
-from app.core.service import Classification, InferenceService
+from app.core.gate import Upload, UploadDep
+from app.core.service import Classification, InferenceService, ServiceDep
 from app.protocols.messages import TFSERVING
 from app.protocols.numbers import (
     JsonTensor,
