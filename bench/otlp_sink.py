@@ -5,8 +5,9 @@
 every OTLP/gRPC ``TraceService/Export`` with an empty response, without parsing
 either, and prints at exit (SIGINT/SIGTERM) how many exports and bytes it got. A
 benchmark of ``OTEL_EXPORTER_OTLP_ENDPOINT`` then pays for sending spans, as to a
-collector, while the receiver itself costs next to nothing (pin it apart from the
-server with ``taskset`` all the same).
+collector, while the receiver itself costs next to nothing
+(``bench/results/ops-overhead.md``; beside a pinned server, pin it apart with
+``taskset``).
 """
 
 from __future__ import annotations

@@ -11,11 +11,12 @@ unset). ``app.ops.install`` adds the server spans of REST requests and gRPC call
 with this provider; ``app.core.observe`` the service's stages, with ``StageTracer``.
 Off, nothing of OpenTelemetry's SDK is imported.
 
-What a traced request costs, and where (``bench/results/ops-overhead.md``): the
-OTLP encoder, which builds each span's protobuf in Python, is about half; the
-FastAPI instrumentation's middleware and server span most of the rest. Two
-things here trim it: the stages are not SDK spans (``StageTracer``), and the
-resource keeps its hash (``make_resource``).
+What a traced request costs, and where (``bench/results/ops-overhead.md``): most
+of it on the event loop (the FastAPI instrumentation's middleware, the server
+span, the stages); about a third in the export thread, where the OTLP encoder
+builds each span's protobuf in Python. Two things here trim it: the stages are
+not SDK spans (``StageTracer``), and the resource keeps its hash
+(``make_resource``).
 """
 
 from __future__ import annotations
