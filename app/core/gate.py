@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import logging
 import os
@@ -298,7 +299,7 @@ class _Context:
         self._inner = inner
         self._trailer = ((ID_HEADER, request.request_id),)
         self.catdog_request = request  # observe.REQUEST_KEY
-        self.catdog_upload: Upload | None = None  # a prediction's, once admitted (upload_of)
+        self.catdog_upload: Upload | None = None  # a prediction's, once admitted
         inner.set_trailing_metadata(self._trailer)
 
     def __getattr__(self, name: str) -> Any:
@@ -309,11 +310,6 @@ class _Context:
 
     def set_trailing_metadata(self, trailing_metadata) -> None:
         self._inner.set_trailing_metadata(tuple(trailing_metadata) + self._trailer)
-
-
-def upload_of(context: Any) -> Upload | None:
-    """The ``Upload`` of a gRPC call that ``GateInterceptor`` admitted (None: not gated)."""
-    return getattr(context, "catdog_upload", None)
 
 
 class GateInterceptor(grpc.aio.ServerInterceptor):
@@ -388,8 +384,12 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     if guarded:
                         await check(followed)
-                    async for response in inner(request, followed):
-                        yield response
+                    answers = inner(request, followed)
+                    if inspect.iscoroutine(answers):  # a handler that calls context.write
+                        await answers
+                    else:
+                        async for response in answers:
+                            yield response
                 finally:
                     done(followed, started)
 

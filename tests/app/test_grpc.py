@@ -163,6 +163,11 @@ async def test_grpc_health_check(server: Server) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await health(channel, "nope")
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        # Watch streams through the gate's interceptor (its handler writes with context.write)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        first = await asyncio.wait_for(watch.read(), 30)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
 
 
 # ---------------------------------------------------------------- in-process

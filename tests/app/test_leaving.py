@@ -81,6 +81,16 @@ async def test_huge_part_headers_are_400(client: httpx.AsyncClient, extra: bytes
     assert "malformed multipart body" in response.json()["detail"]
 
 
+async def test_a_boundary_too_long_for_the_parser_is_400(client: httpx.AsyncClient) -> None:
+    """python-multipart takes boundaries of up to 256 bytes (RFC 2046: 70)."""
+    boundary = "q" * 257
+    body = multipart_body(("file", "cat.jpg", good_image())).replace(BOUNDARY.encode(), b"q" * 257)
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    response = await client.post("/predict", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "malformed multipart body" in response.json()["detail"]
+
+
 async def test_two_file_fields_in_predict_are_refused(client: httpx.AsyncClient) -> None:
     body = multipart_body(("file", "a.jpg", good_image(1)), ("file", "b.jpg", good_image(2)))
     response = await client.post("/predict", content=body, headers=HEADERS)

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.api.schemas import BatchPrediction, ErrorDetail, Prediction, UnprocessableDetail
@@ -121,14 +121,14 @@ async def read_files(
     if not boundary:
         raise HTTPException(400, "multipart/form-data without a boundary in its Content-Type")
     collector = _Collector(field_name, max_files, max_bytes, too_many)
-    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
-    try:
+    try:  # a boundary past python-multipart's 256 bytes is refused here
+        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
         async for chunk in request.stream():
             if collector.ended:
                 continue  # after the closing boundary: ignored
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         raise HTTPException(400, f"malformed multipart body: {exc}") from exc
     if not collector.ended:
         closing = f"--{boundary.decode(errors='replace')}--"
