@@ -34,6 +34,8 @@ log = logging.getLogger("catdog.server")
 MOST_CHUNKS = 256  # chunks any body may hold, plus one per CHUNK_BYTES
 CHUNK_BYTES = 1024
 MOST_UNREAD_BYTES = 8 * 1024 * 1024  # discarded after an answer, then the connection closes
+LINE_BYTES = 32  # a chunk's size line and CRLFs; beyond them and max_header_bytes of trailers
+# and extensions, 400 (httptools builds a trailer in memory: a 60 MB one held others 4 s)
 
 
 def json_answer(status: int, detail: str) -> bytes:
@@ -70,7 +72,7 @@ class BoundedConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.in_headers = self.over_cap = False
         self.header_bytes = self.header_size = self.header_count = 0
-        self.body_bytes = self.chunks = self.unread = 0
+        self.body_bytes = self.chunks = self.unread = self.framing = 0
         self.requests = self.answered = 0  # requests whose headers arrived; answers sent
         self.last_body = self.waiting_since = 0.0
         self.scope: dict[str, Any] | None = None  # of the request being answered
@@ -97,6 +99,7 @@ class BoundedConnection(asyncio.Protocol):
         if self.transport.is_closing():
             return
         if self.parser is not None:
+            requests, body_bytes = self.requests, self.body_bytes
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
@@ -115,6 +118,13 @@ class BoundedConnection(asyncio.Protocol):
                     limit = self.bounds.max_header_bytes
                     self._answer(431, f"request headers exceed {limit} bytes", "header_bytes")
                     return
+            elif self.requests == requests:  # in one body: its chunk lines and trailers
+                self.framing += len(data) - (self.body_bytes - body_bytes)
+                most = self.bounds.max_header_bytes + LINE_BYTES * self.chunks
+                if self.framing > most:
+                    detail = f"chunk size lines and trailers exceed {most} bytes"
+                    self._answer(400, detail, "chunks")
+                    return
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -131,7 +141,7 @@ class BoundedConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_headers = True
         self.header_bytes = self.header_size = self.header_count = 0
-        self.body_bytes = self.chunks = self.unread = 0
+        self.body_bytes = self.chunks = self.unread = self.framing = 0
         self.responded = False
         self.waiting_since = self.loop.time()
         if self.timer is None:

@@ -260,7 +260,8 @@ class GateMiddleware:
                 if length is None and size:  # chunked: held as it arrives
                     try:
                         admission.hold(size, own=received)
-                    except QueueFullError:
+                    except QueueFullError:  # its bytes so far go back: the others may finish
+                        admission.body_bytes, received = admission.body_bytes - received, 0
                         await asyncio.sleep(settings.busy_hold_s)
                         raise
                 received += size

@@ -220,3 +220,35 @@ async def test_json_declared_past_its_limit_is_refused_unread(
     assert status == 413
     answer = json.loads(body)
     assert "(CATDOG_MAX_JSON_BYTES)" in answer.get("error", answer.get("detail", ""))
+
+
+def chunked_photo(trailer: bytes = b"", extension: bytes = b"") -> bytes:
+    """A chunked ``/predict`` of a real photo, its multipart head sent as a chunk with
+    ``extension`` and ``trailer`` after its last chunk."""
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+    data = good_image() + b"\r\n--b--\r\n"
+    return (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+        + b"%x%s\r\n%s\r\n" % (len(part), extension, part)
+        + b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(data), data, trailer)
+    )
+
+
+@pytest.mark.parametrize(
+    ("trailer", "extension"),
+    [(b"X-Trailer: " + b"t" * 1_000_000 + b"\r\n", b""), (b"", b";e=" + b"e" * 1_000_000)],
+    ids=["1 MB trailer", "1 MB chunk extension"],
+)
+async def test_chunk_lines_and_trailers_are_bounded(
+    edge: Server, trailer: bytes, extension: bytes
+) -> None:
+    """What a chunked body carries besides its data is bounded like headers: 400, closed."""
+    status, headers, body = await exchange(edge, chunked_photo(trailer, extension))
+    assert status == 400 and headers["connection"] == "close"
+    assert "trailers" in json.loads(body)["detail"]
+
+
+async def test_a_chunked_body_with_a_small_trailer_is_served(edge: Server) -> None:
+    status, _, body = await exchange(edge, chunked_photo(b"X-Checksum: abc\r\n", b";e=1"))
+    assert status == 200, body
