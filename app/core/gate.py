@@ -297,8 +297,7 @@ class _Context:
     """A call's servicer context with its ``RequestContext``; its request id in any trailers."""
 
     def __init__(self, inner: grpc.aio.ServicerContext, request: RequestContext) -> None:
-        self._inner = inner
-        self._trailer = ((ID_HEADER, request.request_id),)
+        self._inner, self._trailer = inner, ((ID_HEADER, request.request_id),)
         self.catdog_request = request  # observe.REQUEST_KEY
         self.catdog_upload: Upload | None = None  # a prediction's, once admitted
         inner.set_trailing_metadata(self._trailer)
