@@ -111,6 +111,10 @@ class Admission:
         self.body_bytes += size
         self.started += not own
 
+    def release(self, size: int) -> None:
+        """Count ``size`` bytes that ``hold`` counted as no longer held."""
+        self.body_bytes -= size
+
     @contextlib.contextmanager
     def holding(self, size: int) -> Iterator[None]:
         """``hold(size)`` until the block ends."""
@@ -118,7 +122,7 @@ class Admission:
         try:
             yield
         finally:
-            self.body_bytes -= size
+            self.release(size)
 
     @contextlib.contextmanager
     def uploading(self, client: str | None = None) -> Iterator[Upload]:

@@ -127,7 +127,7 @@ async def admitted(
         with admission.uploading(client) as upload:
             yield upload
     finally:
-        admission.body_bytes -= size
+        admission.release(size)
 
 
 async def get_upload(request: Request) -> Upload | None:
@@ -261,7 +261,8 @@ class GateMiddleware:
                     try:
                         admission.hold(size, own=received)
                     except QueueFullError:  # its bytes so far go back: the others may finish
-                        admission.body_bytes, received = admission.body_bytes - received, 0
+                        admission.release(received)
+                        received = 0
                         await asyncio.sleep(settings.busy_hold_s)
                         raise
                 received += size
@@ -285,8 +286,7 @@ class GateMiddleware:
                 finally:
                     if watcher is not None:
                         watcher.cancel()
-                    if length is None:
-                        admission.body_bytes -= received
+                    admission.release(received if length is None else 0)  # declared: by admitted
         except QueueFullError as exc:
             if UPLOAD_KEY in scope:
                 raise  # refused later, by the service: the app answered it
