@@ -10,8 +10,9 @@ bounded by ``CATDOG_BODY_BYTES_BUDGET`` through the one gate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -118,23 +119,33 @@ async def test_odd_tensors_get_a_400_in_our_words(edge: Server, body: bytes, wor
     assert words in response.json()["error"]
 
 
-async def test_bodies_held_at_once_are_bounded(edge: Server) -> None:
-    """A large body is held while another arrives slowly: past the budget, 503."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+@contextlib.asynccontextmanager
+async def holding_most_of_the_budget(server: Server) -> AsyncIterator[None]:
+    """A ``/predict`` that declares 250 kB of the 300 kB budget and sends only its start:
+    held by the gate while the block runs, its body still to come."""
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         writer.write(
             b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
             b"boundary=b\r\nContent-Length: 250000\r\n\r\n--b\r\n"
         )
         await writer.drain()
-        await asyncio.sleep(0.5)  # held by the gate from now on, its body still to come
-        async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
-            response = await client.post("/predict", files=upload(b"x" * 100_000))
-            assert response.status_code == 503, response.text
-            assert "bytes" in response.json()["detail"]
-            assert response.headers["retry-after"]
+        await asyncio.sleep(0.5)
+        yield
     finally:
         writer.close()
+
+
+async def test_bodies_held_at_once_are_bounded(edge: Server) -> None:
+    """A large body is held while another arrives slowly: past the budget, 503."""
+    async with (
+        holding_most_of_the_budget(edge),
+        httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client,
+    ):
+        response = await client.post("/predict", files=upload(b"x" * 100_000))
+        assert response.status_code == 503, response.text
+        assert "bytes" in response.json()["detail"]
+        assert response.headers["retry-after"]
     async with httpx.AsyncClient(base_url=edge.url, timeout=HTTP_TIMEOUT) as client:
         for _ in range(50):
             response = await client.post("/predict", files=upload(good_image()))
@@ -187,17 +198,8 @@ async def test_a_chunked_body_holds_only_what_has_arrived(edge: Server) -> None:
 async def test_a_chunked_body_past_the_budget_gets_503(edge: Server) -> None:
     """With 250 kB of the 300 kB budget held, a chunked upload is refused once its bytes
     so far pass the budget; the service then serves again."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
-    try:
-        writer.write(
-            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-            b"boundary=b\r\nContent-Length: 250000\r\n\r\n--b\r\n"
-        )
-        await writer.drain()
-        await asyncio.sleep(0.5)
+    async with holding_most_of_the_budget(edge):
         assert await chunked_upload(edge, 8) == 503  # 128 kB
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize(
