@@ -25,6 +25,7 @@ from app.core.service import InferenceService
 from app.ops.install import close as close_ops
 from app.ops.install import grpc_interceptors, install
 from app.ops.install import started as ops_started
+from app.ops.tracing import server_spans
 from app.protocols.oip import routes as v2
 from app.protocols.predict import routes as predict
 from app.protocols.tfserving import routes as tfserving
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Cat or dog? Upload a photo to POST /predict.",
+        telemetry=server_spans(),  # FastAPI's own OpenTelemetry server spans (app.ops.tracing)
     )
     app.state.service = InferenceService(settings or get_settings(), Metrics())
     register_error_handlers(app)

@@ -181,17 +181,18 @@ class _Item(Generic[Row]):
     model: BatchModel[Row]
     image: np.ndarray
     future: asyncio.Future[Row]
-    trace: Any = None  # the request's trace context when tracing is on (app.core.observe)
+    trace: Any = None  # the request's trace context when it is traced (app.core.observe)
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 def _record_spans(
-    model: object, waits: list[tuple[Any, float]], started: float, call: float, done: float
-) -> None:
+    model: object, waits: list[tuple[Any, float]], started: float, call: float, done: float,
+    batch: int,
+) -> None:  # fmt: skip
     """Each traced image's wait in the queue (its trace and when it was queued) and the
-    model call it shared (with the batch size), as spans of its own request."""
+    model call it shared with ``batch`` images in all, as spans of its own request."""
     attributes = {
-        "catdog.batch_size": len(waits),
+        "catdog.batch_size": batch,
         "catdog.model_version": getattr(model, "version", ""),
         "catdog.runtime": getattr(model, "runtime_name", ""),
     }
@@ -292,10 +293,10 @@ class Batcher:
         self.metrics.queue_wait.observe(0.0)
         self.metrics.inference.observe(self.last_call)
         self.metrics.batch_size.observe(1)
-        if observe.tracing():
+        if trace is not None:
             call_ns = observe.wall_ns(alone.call)
             observe.record("decode", trace, observe.wall_ns(begun), call_ns)
-            _record_spans(model, [(trace, alone.call)], alone.call, alone.call, alone.done)
+            _record_spans(model, [(trace, alone.call)], alone.call, alone.call, alone.done, 1)
         return alone.row
 
     def wait_limit(self) -> float:
@@ -341,9 +342,10 @@ class Batcher:
                 self.last_call = time.perf_counter() - t0
                 self.metrics.inference.observe(self.last_call)
                 self.metrics.batch_size.observe(len(items))
-                if observe.tracing():
-                    waits = [(item.trace, item.enqueued) for item in items]
-                    _record_spans(items[0].model, waits, started, t0, t0 + self.last_call)
+                waits = [(item.trace, item.enqueued) for item in items if item.trace is not None]
+                if waits:  # the traced requests among them
+                    done = t0 + self.last_call
+                    _record_spans(items[0].model, waits, started, t0, done, len(items))
             except Exception as exc:  # a model failure fails these requests, not the worker
                 log.exception("inference failed for a batch of %d", len(items))
                 for item in items:

@@ -57,35 +57,24 @@ def set_tracer(tracer: Any) -> None:
     _tracer = tracer
 
 
-def tracing() -> bool:
-    """Whether spans are recorded."""
-    return _tracer is not None
-
-
-def _sampled() -> bool:
-    """Whether the current request's span is recorded: a request the sampler left out
-    (``OTEL_TRACES_SAMPLER``) would only make unrecorded stages, so it makes none."""
-    from opentelemetry import trace
-
-    return trace.get_current_span().is_recording()
-
-
-def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
-    """A span around a stage of the current request; a null context when tracing is off
-    or the request is not sampled."""
-    if _tracer is None or not _sampled():
-        return _NULL
-    return _tracer.start_as_current_span(name, attributes=attributes)
-
-
 def capture() -> Any:
-    """The current trace context, to parent spans recorded later (None when tracing is
-    off or the request is not sampled)."""
-    if _tracer is None or not _sampled():
+    """The current request's trace context, to parent its stages: None when tracing is
+    off or the sampler left the request out (``OTEL_TRACES_SAMPLER``), so that such a
+    request makes no stage at all. A request asks once and passes the answer along."""
+    if _tracer is None:
         return None
-    from opentelemetry import context
+    from opentelemetry import context, trace
 
-    return context.get_current()
+    current = context.get_current()
+    return current if trace.get_current_span(current).is_recording() else None
+
+
+def span(name: str, parent: Any, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
+    """A span around a stage, under ``parent`` (from ``capture``); a null context when
+    that is None."""
+    if parent is None or _tracer is None:
+        return _NULL
+    return _tracer.start_as_current_span(name, context=parent, attributes=attributes)
 
 
 def wall_ns(perf_seconds: float) -> int:
@@ -101,9 +90,8 @@ def record(name: str, parent: Any, start_ns: int, end_ns: int, **attributes: Any
     item.end(end_time=end_ns)
 
 
-def record_since(name: str, perf_start: float, **attributes: Any) -> None:
-    """A finished span under the current context, from ``perf_start`` (a
-    ``time.perf_counter()`` reading) to now; nothing when tracing is off."""
-    if _tracer is None:
-        return
-    record(name, capture(), wall_ns(perf_start), time.time_ns(), **attributes)
+def record_since(name: str, parent: Any, perf_start: float, **attributes: Any) -> None:
+    """A finished span under ``parent``, from ``perf_start`` (a ``time.perf_counter()``
+    reading) to now; nothing when ``parent`` is None."""
+    if parent is not None:
+        record(name, parent, wall_ns(perf_start), time.time_ns(), **attributes)

@@ -228,26 +228,28 @@ class InferenceService:
         if pixels:
             check_pixels(images, model.contract)
         started = time.perf_counter()
+        trace = observe.capture()  # None unless this request is traced
         # No ExitStack here: its exit makes a reference cycle through a refused request's
         # error, which would keep the request's files until a full collection.
         with self.admission.admit(len(images), upload) as ticket:
-            observe.record_since("admission", started, **_attributes(model, len(images)))
+            attributes = _attributes(trace, model, len(images))
+            observe.record_since("admission", trace, started, **attributes)
             alone = len(images) == 1 == self.admission.in_flight == self.admission.on_the_way()
             if alone and not pixels:
-                results = [await self._alone(ticket, model, images[0])]
+                results = [await self._alone(ticket, model, images[0], trace)]
             else:
                 arrays: list[Any] = list(images)
                 if not pixels:
-                    arrays = await asyncio.gather(
-                        *(self._decode(model, data) for data in images), return_exceptions=True
-                    )
+                    decoding = (self._decode(model, data, trace) for data in images)
+                    arrays = await asyncio.gather(*decoding, return_exceptions=True)
                     _raise_first_error(arrays, names)
-                results = await asyncio.gather(*(self._predict(ticket, model, a) for a in arrays))
-        return self._answer(model, results, list(images), started, upload)
+                predicting = (self._predict(ticket, model, a, trace) for a in arrays)
+                results = await asyncio.gather(*predicting)
+        return self._answer(model, results, list(images), started, upload, trace)
 
-    async def _decode(self, model: LoadedModel, data: bytes | memoryview) -> np.ndarray:
+    async def _decode(self, model: LoadedModel, data: bytes | memoryview, trace: Any = None) -> Any:
         loop = asyncio.get_running_loop()
-        with observe.span("decode", **_attributes(model, 1)):
+        with observe.span("decode", trace, **_attributes(trace, model, 1)):
             return await loop.run_in_executor(self._decoders, self._preprocess(model, data))
 
     def _preprocess(
@@ -265,20 +267,20 @@ class InferenceService:
         )
 
     async def _alone(
-        self, ticket: Ticket, model: LoadedModel, data: bytes | memoryview
+        self, ticket: Ticket, model: LoadedModel, data: bytes | memoryview, trace: Any
     ) -> ImageResult:
         """The only image in flight: decoded and run in the model thread (``run_alone``)."""
         ticket.queued()  # it never joins the queue: no batch should wait for it
         try:
-            return await self.batcher.run_alone(
-                model, self._preprocess(model, data), observe.capture()
-            )
+            return await self.batcher.run_alone(model, self._preprocess(model, data), trace)
         except ImageError as exc:  # anew, without the frames that hold the file
             raise type(exc)(exc.reason) from None
 
-    async def _predict(self, ticket: Ticket, model: LoadedModel, image: np.ndarray) -> ImageResult:
+    async def _predict(
+        self, ticket: Ticket, model: LoadedModel, image: np.ndarray, trace: Any
+    ) -> ImageResult:
         ticket.queued()
-        return await self.batcher.submit(model, image, observe.capture())
+        return await self.batcher.submit(model, image, trace)
 
     def _answer(
         self,
@@ -287,10 +289,11 @@ class InferenceService:
         images: list[Any],
         started: float,
         upload: Upload | None,
+        trace: Any,
     ) -> list[Classification]:
         """Each result as a ``Classification``: counted, noted on the request (``Upload``),
         offered to the payload log."""
-        with observe.span("encode", **_attributes(model, len(results))):
+        with observe.span("encode", trace, **_attributes(trace, model, len(results))):
             answers = [classification(model, r) for r in results]
         for answer in answers:
             known = "unknown" if answer.known is None else str(answer.known).lower()
@@ -324,9 +327,9 @@ def classification(model: LoadedModel, result: ImageResult) -> Classification:
     )
 
 
-def _attributes(model: LoadedModel, images: int) -> dict[str, object]:
-    """Span attributes of a stage: the model version and runtime, and its images."""
-    if not observe.tracing():
+def _attributes(trace: Any, model: LoadedModel, images: int) -> dict[str, object]:
+    """A traced request's stage attributes (none untraced): version, runtime, images."""
+    if trace is None:
         return {}
     return {
         "catdog.model_version": model.version,

@@ -2,7 +2,8 @@
 
 ``install(app)`` (called by ``app.main.create_app``) adds the app's one middleware,
 ``app.core.gate.GateMiddleware`` (request id, API keys, access line, the gate), the
-JSON log format, the payload log and the REST server spans; ``grpc_interceptors``
+JSON log format and the payload log (REST server spans: ``app.ops.tracing.server_spans``,
+given to ``FastAPI`` itself); ``grpc_interceptors``
 gives the gRPC server its interceptors (trace spans first, then
 ``app.core.gate.GateInterceptor``, so the request id and key check run inside the
 call's span). With every part off, only the request ids and the gate run.
@@ -10,8 +11,6 @@ call's span). With every part off, only the request ids and the gate run.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,9 +21,7 @@ from app.ops import logs, tracing
 from app.ops.keys import ApiKeys
 from app.ops.payload_log import PayloadLog
 
-# Probes and scrapes get no span (a kubelet and Prometheus call them every few seconds):
-# FastAPIInstrumentor's ``excluded_urls``, regular expressions searched in the URL.
-UNTRACED = r"/(healthz|readyz|metrics)$,/v2/health/(live|ready)$,/v2/models/.+/ready$"
+# Probes get no span on gRPC either (``app.ops.tracing.UNTRACED`` on REST).
 UNTRACED_METHODS = ("ServerLive", "ServerReady", "ModelReady")  # and grpc.health.v1
 
 
@@ -42,25 +39,6 @@ def install(app: FastAPI) -> None:
         )
     app.state.ops = GateInterceptor(service, keys, json_logs)
     app.add_middleware(GateMiddleware, keys=keys, access_log=json_logs)
-    tracer_provider = tracing.provider()
-    if tracer_provider is not None:
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-        # No span per ASGI receive/send message: a multipart upload arrives in many, and
-        # those spans cost more than the request's own stages.
-        FastAPIInstrumentor.instrument_app(
-            app,
-            tracer_provider=tracer_provider,
-            exclude_spans=["receive", "send"],
-            excluded_urls=untraced_urls(),
-        )
-
-
-def untraced_urls(env: Mapping[str, str] = os.environ) -> str:
-    """``UNTRACED``, plus the URLs the operator excludes with the instrumentation's own
-    ``OTEL_PYTHON_FASTAPI_EXCLUDED_URLS`` (or ``OTEL_PYTHON_EXCLUDED_URLS``)."""
-    chosen = env.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS") or env.get("OTEL_PYTHON_EXCLUDED_URLS")
-    return f"{chosen},{UNTRACED}" if chosen else UNTRACED
 
 
 def started(app: FastAPI) -> None:

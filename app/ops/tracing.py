@@ -7,25 +7,24 @@ exporter is OTLP over ``http/protobuf`` (the specification's default) or ``grpc`
 reads the endpoint, headers, timeouts, sampler (``OTEL_TRACES_SAMPLER``) and batch
 processor (``OTEL_BSP_*``) from the same variables itself, and the resource reads
 ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` (service name ``catdog`` when
-unset). ``app.ops.install`` adds the server spans of REST requests and gRPC calls
-with this provider; ``app.core.observe`` the service's stages, with ``StageTracer``.
-Off, nothing of OpenTelemetry's SDK is imported.
+unset). With this provider, FastAPI makes the server span of each REST request
+(``server_spans``), ``app.ops.install`` the gRPC interceptor's, and
+``app.core.observe`` the service's stages (``StageTracer``). Off, nothing of
+OpenTelemetry's SDK is imported.
 
-What a traced request costs, and where (``bench/results/ops-overhead.md``): most
-of it on the event loop (the FastAPI instrumentation's middleware, the server
-span, the stages); about a third in the export thread, where the OTLP encoder
-builds each span's protobuf in Python. Two things here trim it: the stages are
-not SDK spans (``StageTracer``), and the resource keeps its hash
-(``make_resource``).
+What a traced request costs, and where: ``bench/results/ops-overhead.md``. Three
+things here trim it: FastAPI's own server spans, the stages not being SDK spans
+(``StageTracer``), and the resource keeping its hash (``make_resource``).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -34,10 +33,14 @@ from opentelemetry.util import types
 
 from app.core import observe
 
-# The stable HTTP conventions (``http.request.method``, ``url.path``...) unless the
-# operator chose: the instrumentations' default is still the deprecated ones, with
-# two attributes more on every server span.
-SEMCONV = ("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+# Probes and scrapes get no span (a kubelet and Prometheus call them every few seconds):
+# regular expressions searched in the path, beside the operator's own. No ``.+``: searched
+# in a 32 KB path of "/v2/models/" over and over, it held the event loop for 130 ms.
+UNTRACED = (
+    r"/(healthz|readyz|metrics)$",
+    r"/v2/health/(live|ready)$",
+    r"/v2/models/[^/]+(/versions/[^/]+)?/ready$",
+)
 _provider: Any = None
 
 
@@ -60,7 +63,6 @@ def provider() -> Any:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     env = os.environ
-    env.setdefault(*SEMCONV)
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", ""
     )
@@ -68,12 +70,59 @@ def provider() -> Any:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    default_propagator(env)
     resource = make_resource(env.get("OTEL_SERVICE_NAME") or "catdog")
     _provider = TracerProvider(resource=resource)
     processor = BatchSpanProcessor(OTLPSpanExporter())
     _provider.add_span_processor(processor)
     observe.set_tracer(StageTracer(processor, resource))
     return _provider
+
+
+def server_spans(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """``FastAPI(telemetry=...)``: with traces on, FastAPI's own server span for each REST
+    request, from this process's provider, except on ``untraced`` paths; FastAPI's own
+    metrics, logs, per-operation spans and exporters stay off (``/metrics``, the JSON
+    logs and the service's stages say it; the provider has its exporter). With traces
+    off, none of FastAPI's telemetry runs.
+
+    Why FastAPI's own and not ``opentelemetry-instrumentation-fastapi``'s middleware:
+    that one costs every request, recorded or not, ~110 µs on the event loop (it
+    collects the span's attributes and matches the route a second time before the
+    sampler decides), FastAPI's ~30 µs (it names the span from its own routing);
+    measured in-process on a traced route, nothing sampled. Under load, one request in
+    ten traced: ``bench/results/ops-overhead.md``."""
+    off = {"tracing": False, "metrics": False, "logs": False, "auto_configure": False}
+    if provider() is None:
+        return off
+    return {
+        **off,
+        "tracing": True,
+        "tracer_provider": _provider,
+        "operation_spans": False,
+        "exclude": untraced(env),
+    }
+
+
+def untraced(env: Mapping[str, str] = os.environ) -> Callable[[Mapping[str, Any]], bool]:
+    """FastAPI's ``exclude``: whether a request's path is one of ``UNTRACED`` or of the
+    regular expressions the operator lists in ``OTEL_PYTHON_FASTAPI_EXCLUDED_URLS`` (or
+    ``OTEL_PYTHON_EXCLUDED_URLS``), OpenTelemetry Python's comma-separated list."""
+    chosen = env.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS") or env.get("OTEL_PYTHON_EXCLUDED_URLS")
+    patterns = [p.strip() for p in (chosen or "").split(",") if p.strip()] + list(UNTRACED)
+    search = re.compile("|".join(patterns)).search
+    return lambda scope: search(scope.get("path", "")) is not None
+
+
+def default_propagator(env: Mapping[str, str] = os.environ) -> None:
+    """W3C Trace Context alone unless ``OTEL_PROPAGATORS`` says otherwise. The SDK's
+    default adds baggage, which the service never reads and whose parser logs a whole
+    malformed header (up to 32 KB) at every request that sends one."""
+    if not env.get("OTEL_PROPAGATORS", "").strip():
+        from opentelemetry import propagate
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        propagate.set_global_textmap(TraceContextTextMapPropagator())
 
 
 def make_resource(name: str) -> Any:

@@ -5,20 +5,21 @@ The spans of a real server reaching a real OTLP receiver: ``test_ops.py``.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
-from opentelemetry import context, trace
+from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from app.ops.install import untraced_urls
-from app.ops.tracing import StageTracer, make_resource
+from app.core import observe
+from app.core.batcher import _record_spans
+from app.ops.tracing import StageTracer, default_propagator, make_resource, server_spans, untraced
 
 VERSION = {"catdog.model_version": "5", "catdog.runtime": "litert"}
 
@@ -85,6 +86,32 @@ def test_no_stage_under_a_request_not_sampled(exported) -> None:
     assert spans.get_finished_spans() == ()
 
 
+def test_a_request_asks_once_whether_it_is_traced(exported) -> None:
+    """``observe.capture`` is None under a request the sampler left out, and every stage
+    given that None is skipped; under a recorded request the stages are its children."""
+    sdk, stages, spans = exported
+    observe.set_tracer(stages)
+    try:
+        with TracerProvider(sampler=ALWAYS_OFF).get_tracer("t").start_as_current_span("out"):
+            left_out = observe.capture()
+            with observe.span("decode", left_out) as nothing:
+                observe.record_since("admission", left_out, time.perf_counter())
+        with sdk.start_as_current_span("POST /predict") as request:
+            traced = observe.capture()
+        with observe.span("decode", traced, **VERSION):  # later, outside: the parent holds
+            pass
+        observe.record_since("admission", traced, time.perf_counter() - 0.002)
+    finally:
+        observe.set_tracer(None)
+    assert left_out is None and nothing is None and traced is not None
+    server, decode, admission = spans.get_finished_spans()
+    assert [s.name for s in (server, decode, admission)] == ["POST /predict", "decode", "admission"]
+    for stage in (decode, admission):
+        assert stage.parent.span_id == request.get_span_context().span_id
+    assert dict(decode.attributes) == VERSION
+    assert admission.end_time - admission.start_time >= 2_000_000
+
+
 def test_a_stage_ends_once(exported) -> None:
     _, stages, spans = exported
     root = trace.NonRecordingSpan(
@@ -110,14 +137,48 @@ def test_the_resource_hashes_as_the_sdk_does(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_probes_are_left_untraced() -> None:
-    patterns = untraced_urls({}).split(",")
-    url = "http://127.0.0.1:8000{}".format
+    excluded = untraced({})
+    probes = ("/healthz", "/readyz", "/metrics", "/v2/health/ready", "/v2/health/live")
+    for path in (*probes, "/v2/models/c/ready", "/v2/models/c/versions/2/ready"):
+        assert excluded({"path": path}), path
+    for path in ("/predict", "/v2/models/c/infer", "/v1/models/c:predict", "/", "/docs"):
+        assert not excluded({"path": path}), path
+    operator = untraced({"OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": " /docs , ,/redoc,"})
+    assert operator({"path": "/docs"}) and operator({"path": "/redoc"})
+    assert not operator({"path": "/predict"}), "an empty entry excluded everything"
+    assert operator({"path": "/readyz"})
 
-    def untraced(path: str) -> bool:
-        return any(re.search(p, url(path)) for p in patterns)
 
-    for path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready", "/v2/models/c/ready"):
-        assert untraced(path), path
-    for path in ("/predict", "/v2/models/c/infer", "/v1/models/c:predict", "/"):
-        assert not untraced(path), path
-    assert untraced_urls({"OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "/docs"}).startswith("/docs,")
+def test_fastapi_adds_no_exporter_and_no_telemetry_when_traces_are_off(monkeypatch) -> None:
+    monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")  # would add its own exporters
+    off = server_spans({})
+    assert off["auto_configure"] is False and off["tracing"] is False
+    assert off["metrics"] is False and off["logs"] is False
+
+
+def test_trace_context_alone_unless_the_operator_names_propagators() -> None:
+    before = propagate.get_global_textmap()
+    try:
+        default_propagator({"OTEL_PROPAGATORS": "tracecontext,baggage"})
+        assert propagate.get_global_textmap() is before
+        default_propagator({})
+        assert propagate.get_global_textmap().fields == {"traceparent", "tracestate"}
+    finally:
+        propagate.set_global_textmap(before)
+
+
+def test_every_image_of_a_batch_counts_in_its_size(exported) -> None:
+    """Traced or not, the batch size is the model call's; only traced images get spans."""
+    sdk, stages, spans = exported
+    model = SimpleNamespace(version="5", runtime_name="litert")
+    observe.set_tracer(stages)
+    try:
+        with sdk.start_as_current_span("POST /predict"):
+            traced = observe.capture()
+        now = time.perf_counter()
+        _record_spans(model, [(traced, now - 0.01)], now - 0.005, now - 0.004, now, 8)
+    finally:
+        observe.set_tracer(None)
+    names = {s.name: dict(s.attributes) for s in spans.get_finished_spans()}
+    assert set(names) == {"POST /predict", "queue wait", "model call"}
+    assert names["model call"] == {**VERSION, "catdog.batch_size": 8}
