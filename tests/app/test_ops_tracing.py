@@ -35,6 +35,14 @@ def exported() -> Iterator[tuple[trace.Tracer, StageTracer, InMemorySpanExporter
     provider.shutdown()
 
 
+@pytest.fixture
+def observed(exported) -> Iterator[tuple[trace.Tracer, StageTracer, InMemorySpanExporter]]:
+    """``exported``, with its StageTracer as the service's (``app.core.observe``)."""
+    observe.set_tracer(exported[1])
+    yield exported
+    observe.set_tracer(None)
+
+
 def test_stages_are_children_of_the_request_span(exported) -> None:
     sdk, stages, spans = exported
     with sdk.start_as_current_span("POST /predict", kind=trace.SpanKind.SERVER) as request:
@@ -86,23 +94,19 @@ def test_no_stage_under_a_request_not_sampled(exported) -> None:
     assert spans.get_finished_spans() == ()
 
 
-def test_a_request_asks_once_whether_it_is_traced(exported) -> None:
+def test_a_request_asks_once_whether_it_is_traced(observed) -> None:
     """``observe.capture`` is None under a request the sampler left out, and every stage
     given that None is skipped; under a recorded request the stages are its children."""
-    sdk, stages, spans = exported
-    observe.set_tracer(stages)
-    try:
-        with TracerProvider(sampler=ALWAYS_OFF).get_tracer("t").start_as_current_span("out"):
-            left_out = observe.capture()
-            with observe.span("decode", left_out) as nothing:
-                observe.record_since("admission", left_out, time.perf_counter())
-        with sdk.start_as_current_span("POST /predict") as request:
-            traced = observe.capture()
-        with observe.span("decode", traced, **VERSION):  # later, outside: the parent holds
-            pass
-        observe.record_since("admission", traced, time.perf_counter() - 0.002)
-    finally:
-        observe.set_tracer(None)
+    sdk, _, spans = observed
+    with TracerProvider(sampler=ALWAYS_OFF).get_tracer("t").start_as_current_span("out"):
+        left_out = observe.capture()
+        with observe.span("decode", left_out) as nothing:
+            observe.record_since("admission", left_out, time.perf_counter())
+    with sdk.start_as_current_span("POST /predict") as request:
+        traced = observe.capture()
+    with observe.span("decode", traced, **VERSION):  # later, outside: the parent holds
+        pass
+    observe.record_since("admission", traced, time.perf_counter() - 0.002)
     assert left_out is None and nothing is None and traced is not None
     server, decode, admission = spans.get_finished_spans()
     assert [s.name for s in (server, decode, admission)] == ["POST /predict", "decode", "admission"]
@@ -149,9 +153,8 @@ def test_probes_are_left_untraced() -> None:
     assert operator({"path": "/readyz"})
 
 
-def test_fastapi_adds_no_exporter_and_no_telemetry_when_traces_are_off(monkeypatch) -> None:
-    monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")  # would add its own exporters
-    off = server_spans({})
+def test_fastapi_adds_no_exporter_and_no_telemetry_when_traces_are_off() -> None:
+    off = server_spans({})  # auto_configure set: FASTAPI_OTEL_AUTO_CONFIGURE cannot turn it on
     assert off["auto_configure"] is False and off["tracing"] is False
     assert off["metrics"] is False and off["logs"] is False
 
@@ -167,18 +170,14 @@ def test_trace_context_alone_unless_the_operator_names_propagators() -> None:
         propagate.set_global_textmap(before)
 
 
-def test_every_image_of_a_batch_counts_in_its_size(exported) -> None:
+def test_every_image_of_a_batch_counts_in_its_size(observed) -> None:
     """Traced or not, the batch size is the model call's; only traced images get spans."""
-    sdk, stages, spans = exported
+    sdk, _, spans = observed
     model = SimpleNamespace(version="5", runtime_name="litert")
-    observe.set_tracer(stages)
-    try:
-        with sdk.start_as_current_span("POST /predict"):
-            traced = observe.capture()
-        now = time.perf_counter()
-        _record_spans(model, [(traced, now - 0.01)], now - 0.005, now - 0.004, now, 8)
-    finally:
-        observe.set_tracer(None)
+    with sdk.start_as_current_span("POST /predict"):
+        traced = observe.capture()
+    now = time.perf_counter()
+    _record_spans(model, [(traced, now - 0.01)], now - 0.005, now - 0.004, now, 8)
     names = {s.name: dict(s.attributes) for s in spans.get_finished_spans()}
     assert set(names) == {"POST /predict", "queue wait", "model call"}
     assert names["model call"] == {**VERSION, "catdog.batch_size": 8}
