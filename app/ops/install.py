@@ -29,10 +29,10 @@ def install(app: FastAPI) -> None:
     """Add what the settings of ``app.state.service`` switch on."""
     service: InferenceService = app.state.service
     settings = service.settings
-    keys = ApiKeys(settings.api_keys_file, service.metrics) if settings.api_keys_file else None
     json_logs = settings.log_format == "json"
-    if json_logs:
+    if json_logs:  # first: reading the keys logs a line
         logs.configure_json()
+    keys = ApiKeys(settings.api_keys_file, service.metrics) if settings.api_keys_file else None
     if settings.payload_log:
         service.payload_log = PayloadLog(
             settings.payload_log, settings.payload_log_rate, service.metrics

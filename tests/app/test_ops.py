@@ -89,7 +89,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pa
     tmp = tmp_path_factory.mktemp("keys")
     keys = tmp / "keys"
     keys.write_text(f"{KEY}\nsha256:{hashlib.sha256(OTHER.encode()).hexdigest()}\n")
-    with server(tmp, api_keys_file=keys) as started:
+    with server(tmp, api_keys_file=keys, log_format="json") as started:
         yield started, keys
 
 
@@ -139,6 +139,11 @@ def test_keys_are_counted_by_id_and_never_logged(keyed: tuple[Server, Path]) -> 
     assert f'catdog_key_requests_total{{key_id="{key_id}"}}' in metrics
     assert 'catdog_auth_refused_total{reason="missing"}' in metrics
     assert KEY not in metrics and KEY not in started.log()
+
+
+def test_key_file_lines_are_json(keyed: tuple[Server, Path]) -> None:
+    told = [line for line in keyed[0].log().splitlines() if "API keys: 2 read" in line]
+    assert told and all(json.loads(line)["logger"] == "catdog.keys" for line in told), told
 
 
 def test_key_file_is_reread_on_change(keyed: tuple[Server, Path]) -> None:
