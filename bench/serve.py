@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench import harness, sizing
 from bench.harness import floats, ints, named_settings, split_cpus, table
 from bench.serve_images import GROUPS, build_image_set
@@ -44,6 +46,9 @@ def parse_args(
     add("--clients", type=ints, default=[1, 16, 64, 256], help="e.g. 1,16,64")
     add("--duration", type=float, default=20.0, help="measured seconds per level")
     add("--warmup", type=float, default=3.0, help="unmeasured seconds before")
+    add("--rounds", type=int, default=1, help="times each client count runs against each mode")
+    fresh = "start each server right before its level, stop it after (default: all up throughout)"
+    add("--fresh", action="store_true", help=fresh)
     add("--modes", default="on,off", help="batching modes: on,off and --mode names")
     mode = "a mode of its own (repeatable), e.g. b8:max_batch_size=8; OTEL_* names are "
     add("--mode", type=named_settings, action="append", default=[], metavar="NAME:SETTING=VALUE",
@@ -124,7 +129,8 @@ def model_section(result: dict[str, Any]) -> list[str]:
         f"{info['parameters']} parameters; served with {' and '.join(served) or '?'}.",
         "",
     ]
-    lines += [*table(rows, SERVICE, {"mode"}), "", "p50 / p99 ms by image size:", ""]
+    lines += [*table(rows, SERVICE, {"mode"}), "", *against_first(rows)]
+    lines += ["p50 / p99 ms by image size:", ""]
     sized = [
         {"mode": r["mode"], "clients": r["clients"]}
         | {g: f"{v['p50_ms']} / {v['p99_ms']}" for g, v in r["by_image"].items()}
@@ -149,6 +155,50 @@ def model_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def against_first(rows: list[dict[str, Any]]) -> list[str]:
+    """With ``--rounds``: each mode's req/s and server CPU per request against the first
+    mode's in the same round and client count; the median and range over the rounds."""
+    if not any("round" in r for r in rows):
+        return []
+    first = rows[0]["mode"]
+    base = {(r["clients"], r["round"]): r for r in rows if r["mode"] == first}
+    by_mode: dict[tuple[str, int], list[tuple[float, float | None]]] = {}
+    for r in rows:
+        b = base.get((r["clients"], r["round"]))
+        if r["mode"] == first or b is None or not (r["req_per_s"] and b["req_per_s"]):
+            continue
+        cpu = None
+        if r["server_cores"] and b["server_cores"]:
+            cpu = (r["server_cores"] / r["req_per_s"]) / (b["server_cores"] / b["req_per_s"]) - 1
+        speed = r["req_per_s"] / b["req_per_s"] - 1
+        by_mode.setdefault((r["mode"], r["clients"]), []).append((speed, cpu))
+    summary = []
+    for (mode, clients), pairs in by_mode.items():
+        speed = [p[0] for p in pairs]
+        cpu = [p[1] for p in pairs if p[1] is not None]
+        summary.append({
+            "mode": mode,
+            "clients": clients,
+            "rounds": len(pairs),
+            "median": f"{np.median(speed):+.1%}",
+            "range": f"{min(speed):+.1%} to {max(speed):+.1%}",
+            "past": sum(v < -0.05 for v in speed),
+            "cpu": f"{np.median(cpu):+.1%}" if cpu else None,
+        })  # fmt: skip
+    columns = [("batching", "mode"), ("clients", "clients"), ("rounds", "rounds")]
+    columns += [("req/s vs first, median", "median"), ("range", "range")]
+    columns += [("rounds past −5%", "past"), ("server CPU per request vs first, median", "cpu")]
+    about = f"Each round against `{first}` in the same round (median and range over the rounds):"
+    return [about, "", *table(summary, columns, {"mode"}), ""]
+
+
+def repeats(settings: dict[str, Any]) -> str:
+    """How often each level ran, and whether its servers were new (old reports: once)."""
+    rounds = settings.get("rounds", 1)
+    times = f", {rounds} rounds (the modes' order flipping each level)" if rounds > 1 else ""
+    return times + (", each server started for its level" if settings.get("fresh") else "")
+
+
 def render(report: dict[str, Any]) -> str:
     """The whole report as markdown."""
     env, settings = report["environment"], report["settings"]
@@ -167,7 +217,8 @@ def render(report: dict[str, Any]) -> str:
     about = (
         f"{report['started']}; {env['cpus']} CPUs ({env['pinning']}), load average "
         f"{env['loadavg_start']} at start, {env.get('loadavg_end')} at end; {settings['warmup']} s "
-        f"warm-up then {settings['duration']} s per client count; request mix: {mix}. "
+        f"warm-up then {settings['duration']} s per client count{repeats(settings)}; "
+        f"request mix: {mix}. "
         f"Batching modes: {modes}. efficiency = req/s / in-process best images/s."
     )
     body = [line for result in report["models"] for line in model_section(result)]

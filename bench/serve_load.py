@@ -233,51 +233,68 @@ def bench_servers(
 ) -> dict[Config, list[dict[str, Any]]]:
     """One server per (runtime, batching mode), every client count against each; rows by config.
 
-    The servers start one after the other (each timed while the others idle) and
-    stay up; then each client count runs against each server in turn, in the
-    opposite order at the next count, so that the machine's drift over minutes
-    does not favour one configuration.
+    Each client count runs ``args.rounds`` times (default 1) against each server in
+    turn, the servers' order flipping at every level, so that the machine's drift
+    over minutes does not favour one configuration. By default the servers start one
+    after the other (each timed while the others idle) and stay up to the end; with
+    ``args.fresh`` each one starts right before its level and stops right after, so
+    that no server is measured after idling beside the others, and each round's
+    servers are new processes.
     """
     rows: dict[Config, list[dict[str, Any]]] = {config: [] for config in configs}
-    servers: dict[Config, tuple[Server, float | None]] = {}
+    levels = [(clients, r + 1) for clients in args.clients for r in range(args.rounds)]
+    exits: dict[Config, str] = {}
     with contextlib.ExitStack() as stack:
-        for config in configs:
-            runtime, mode = config
-            # OTEL_* names in a mode are OpenTelemetry's own variables, not CATDOG_ settings.
-            env, settings = settings_env(args, runtime), {}
-            for key, val in args.mode_settings[mode].items():
-                (env if key.startswith("otel_") else settings)[key.upper()] = val
-            log = CACHE / "logs" / f"{harness.slug(model_dir)}-{runtime or 'default'}-{mode}.log"
-            server = stack.enter_context(
-                uvicorn_server(
-                    model_dir,
-                    log,
-                    ready_timeout=args.ready_timeout,
-                    env=env,
-                    cpus=args.server_cpus,
-                    access_log=args.access_log,
-                    **settings,
-                )  # fmt: skip
-            )
-            idle_kb = harness.proc_status_kb(server.process.pid, "VmRSS")  # right after /readyz
-            servers[config] = server, None if idle_kb is None else round(idle_kb / 1024, 1)
-            print(f"[{label(config)}] ready in {server.ready_s:.2f} s, RSS {servers[config][1]} MB")
-        for level, clients in enumerate(args.clients):
-            for config in list(servers)[:: -1 if level % 2 else 1]:
-                server, idle_rss_mb = servers[config]
-                row = summarize(asyncio.run(run_load(server, images, clients, args, probe)))
-                row.update(mode=config[1], requested_runtime=config[0], idle_rss_mb=idle_rss_mb)
-                row.update(ready_s=server.ready_s, peak_rss_mb=server.peak_rss_mb)
-                rows[config].append(row)
-                print(f"  [{label(config)}] {format_row(row)}", flush=True)
-                if server.process.poll() is not None:
-                    raise RuntimeError(f"server died during the run:\n{server.log_tail()}")
+        servers = {} if args.fresh else {c: start(stack, model_dir, c, args) for c in configs}
+        for level, (clients, round_) in enumerate(levels):
+            for config in list(configs)[:: -1 if level % 2 else 1]:
+                with contextlib.ExitStack() as own:
+                    server, idle_rss_mb = servers.get(config) or start(own, model_dir, config, args)
+                    row = summarize(asyncio.run(run_load(server, images, clients, args, probe)))
+                    row.update(mode=config[1], requested_runtime=config[0], idle_rss_mb=idle_rss_mb)
+                    row.update(ready_s=server.ready_s, peak_rss_mb=server.peak_rss_mb)
+                    row.update(round=round_) if args.rounds > 1 else None
+                    rows[config].append(row)
+                    print(f"  [{label(config)}] {format_row(row)}", flush=True)
+                    if server.process.poll() is not None:
+                        raise RuntimeError(f"server died during the run:\n{server.log_tail()}")
+                if args.fresh:
+                    exits[config] = harness.describe_exit(server.process.returncode)
     for config, (server, _) in servers.items():
-        stopped = harness.describe_exit(server.process.returncode)
+        exits[config] = harness.describe_exit(server.process.returncode)
+    for config, stopped in exits.items():
         print(f"[{label(config)}] stopped: {stopped}", flush=True)
         for row in rows[config]:
             row["server_exit"] = stopped
     return rows
+
+
+def start(
+    stack: contextlib.ExitStack, model_dir: Path, config: Config, args: argparse.Namespace
+) -> tuple[Server, float | None]:
+    """A ready server of ``config``, stopped when ``stack`` closes; its RSS when ready."""
+    runtime, mode = config
+    # OTEL_* names in a mode are OpenTelemetry's own variables, not CATDOG_ settings.
+    env, settings = settings_env(args, runtime), {}
+    for key, val in args.mode_settings[mode].items():
+        (env if key.startswith("otel_") else settings)[key.upper()] = val
+    log = CACHE / "logs" / f"{harness.slug(model_dir)}-{runtime or 'default'}-{mode}.log"
+    server = stack.enter_context(
+        uvicorn_server(
+            model_dir,
+            log,
+            ready_timeout=args.ready_timeout,
+            env=env,
+            cpus=args.server_cpus,
+            access_log=args.access_log,
+            **settings,
+        )  # fmt: skip
+    )
+    idle_kb = harness.proc_status_kb(server.process.pid, "VmRSS")  # right after /readyz
+    idle_rss_mb = None if idle_kb is None else round(idle_kb / 1024, 1)
+    if not args.fresh:
+        print(f"[{label(config)}] ready in {server.ready_s:.2f} s, RSS {idle_rss_mb} MB")
+    return server, idle_rss_mb
 
 
 def label(config: Config) -> str:
