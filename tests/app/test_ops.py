@@ -329,18 +329,22 @@ class _SlowSink(_Sink):
         super().do_POST()
 
 
-def test_a_full_payload_queue_drops_and_counts(tmp_path: Path) -> None:
-    """The request path never waits for the sink: past the queue, records are dropped."""
+@pytest.mark.parametrize("bound", ["records", "bytes"])
+def test_a_full_payload_queue_drops_and_counts(bound: str) -> None:
+    """The request path never waits for the sink: past the queue's records, or its
+    bytes of images waiting to be hashed, records are dropped."""
     bodies: list[tuple[str, str, bytes]] = []
     http = ThreadingHTTPServer(("127.0.0.1", 0), type("Slow", (_SlowSink,), {"bodies": bodies}))
     threading.Thread(target=http.serve_forever, daemon=True).start()
     metrics = Metrics()
     url = f"http://127.0.0.1:{http.server_address[1]}"
-    payload = PayloadLog(url, 1.0, metrics, queue_size=2)
+    images = [good_image(seed) for seed in range(10)]
+    limit = {"queue_size": 2} if bound == "records" else {"queue_bytes": 2 * max(map(len, images))}
+    payload = PayloadLog(url, 1.0, metrics, **limit)
     answer = Classification("cat", 0, {"cat": 0.9, "dog": 0.1}, "1")
     started = time.perf_counter()
-    for seed in range(10):
-        payload.offer([good_image(seed)], [answer], 0.01)
+    for image in images:
+        payload.offer([image], [answer], 0.01)
     offered = time.perf_counter() - started
     payload.close(timeout=10)
     http.shutdown()
@@ -350,3 +354,16 @@ def test_a_full_payload_queue_drops_and_counts(tmp_path: Path) -> None:
     assert dropped >= 6 and written + dropped == 10, (dropped, written)
     assert len(bodies) == written
     assert offered < 3, "offering waited for the sink (0.5 s a record)"
+
+
+def test_a_payload_record_hashes_the_image_as_answered(tmp_path: Path) -> None:
+    """The writer hashes later, so a view into a body that is reused meanwhile is copied."""
+    target = tmp_path / "payload.jsonl"
+    payload = PayloadLog(str(target), 1.0, Metrics())
+    body = bytearray(good_image())
+    answered = hashlib.sha256(body).hexdigest()
+    payload.offer([memoryview(body)], [Classification("cat", 0, {"cat": 0.9, "dog": 0.1}, "1")], 0)
+    body[:] = bytes(len(body))  # the buffer reused for the next request
+    payload.close()
+    [record] = [json.loads(line) for line in target.read_text().splitlines()]
+    assert record["sha256"] == answered and record["pixels"][0] > 0
