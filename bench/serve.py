@@ -129,15 +129,17 @@ def model_section(result: dict[str, Any]) -> list[str]:
         f"{info['parameters']} parameters; served with {' and '.join(served) or '?'}.",
         "",
     ]
-    lines += [*table(rows, SERVICE, {"mode"}), "", *against_first(rows)]
+    rounds = [("round", "round")] if any("round" in r for r in rows) else []
+    lines += [*table(rows, [*SERVICE[:2], *rounds, *SERVICE[2:]], {"mode"}), ""]
+    lines += against_first(rows)
     lines += ["p50 / p99 ms by image size:", ""]
     sized = [
-        {"mode": r["mode"], "clients": r["clients"]}
+        {"mode": r["mode"], "clients": r["clients"], "round": r.get("round")}
         | {g: f"{v['p50_ms']} / {v['p99_ms']}" for g, v in r["by_image"].items()}
         for r in rows
     ]
     groups = [(g, g) for g in GROUPS if any(g in row for row in sized)]
-    lines += [*table(sized, [("batching", "mode"), ("clients", "clients"), *groups], {"mode"}), ""]
+    lines += [*table(sized, [*SERVICE[:2], *rounds, *groups], {"mode"}), ""]
     if inproc:
         best = inproc["best"]
         lines += [
