@@ -38,7 +38,6 @@ import random
 import socket
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
@@ -54,6 +53,7 @@ log = logging.getLogger("catdog.payload_log")
 QUEUE_SIZE = 10_000  # records waiting for the writer
 QUEUE_BYTES = 64 * 1024 * 1024  # and the image bytes they hold, until the writer hashes them
 GATHER_S = 0.2  # the file sink's wait for more records after one arrives
+WRITE_BATCH = 256  # records the file sink appends in one write, at most
 EVENT_TYPE = "org.catdog.prediction"
 HTTP_TIMEOUT_S = 5.0
 _STOP = object()
@@ -104,20 +104,20 @@ class PayloadLog:
         for image, answer in zip(images, answers):
             if self.rate < 1.0 and random.random() >= self.rate:
                 continue
-            if isinstance(image, np.ndarray):  # a tensor: its size is its shape
-                data, pixels = image.tobytes(), pixel_size(image)
-            else:  # a view is copied: the request's body is not held past the request
-                data, pixels = bytes(image), None
-            with self._lock:
-                held = self._held + len(data) <= self.queue_bytes
-                self._held += len(data) if held else 0
-            item = (data, pixels, answer, time.time(), seconds, context)
+            tensor = isinstance(image, np.ndarray)
+            size = image.nbytes if tensor else len(image)
+            with self._lock:  # counted before any copy: one past the bound is not copied
+                held = self._held + size <= self.queue_bytes
+                self._held += size if held else 0
             try:
                 if not held:
                     raise queue.Full
-                self._queue.put_nowait(item)
+                # A view is copied: the request's body is not held past the request.
+                data = image.tobytes() if tensor else bytes(image)
+                pixels = pixel_size(image) if tensor else None  # a tensor's is its shape
+                self._queue.put_nowait((data, pixels, answer, time.time(), seconds, context))
             except queue.Full:
-                self._release(len(data) if held else 0)
+                self._release(size if held else 0)
                 self.metrics.payload_log.labels(result="dropped").inc()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -155,9 +155,9 @@ class PayloadLog:
     def _run(self) -> None:
         while True:
             items = [self._queue.get()]
-            if not self.http and items[0] is not _STOP:
+            if not self.http and items[0] is not _STOP and self._queue.qsize() < WRITE_BATCH:
                 time.sleep(GATHER_S)  # one wake, open and write for all that come meanwhile
-            while not self.http and not self._queue.empty():
+            while not self.http and len(items) < WRITE_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             stop = any(i is _STOP for i in items)
             records = [self._record(i) for i in items if i is not _STOP]
@@ -168,9 +168,10 @@ class PayloadLog:
                 elif records:
                     with open(self.target, "a", encoding="utf-8") as f:
                         f.write("".join(json.dumps(r) + "\n" for r in records))
-            except (OSError, urllib.error.URLError) as exc:
+            except Exception as exc:  # any failure of the sink (a garbled HTTP answer too):
+                # counted, and the writer goes on; should it stop, the queue would fill
                 self.metrics.payload_log.labels(result="failed").inc(len(records))
-                log.warning("payload log: %s", exc)
+                log.warning("payload log: %s: %s", type(exc).__name__, exc)
             else:
                 self.metrics.payload_log.labels(result="written").inc(len(records))
             if stop:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 import tensorflow as tf
 import tritonclient.http as triton
@@ -367,3 +368,37 @@ def test_a_payload_record_hashes_the_image_as_answered(tmp_path: Path) -> None:
     payload.close()
     [record] = [json.loads(line) for line in target.read_text().splitlines()]
     assert record["sha256"] == answered and record["pixels"][0] > 0
+
+
+class _GarbledSink(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802  # http.server's name
+        self.rfile.read(int(self.headers["content-length"]))
+        self.wfile.write(b"garbage\r\n\r\n")  # not an HTTP status line
+
+
+def test_a_garbled_sink_is_counted_and_the_writer_goes_on() -> None:
+    """A sink's answer that is not HTTP fails its record; the next records still go out,
+    and the images they held are let go."""
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _GarbledSink)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    metrics = Metrics()
+    payload = PayloadLog(f"http://127.0.0.1:{http.server_address[1]}", 1.0, metrics)
+    answer = Classification("cat", 0, {"cat": 0.9, "dog": 0.1}, "1")
+    for seed in range(3):
+        payload.offer([good_image(seed)], [answer], 0.01)
+    payload.close(timeout=10)
+    http.shutdown()
+    name = "catdog_payload_log_records_total"
+    assert metrics.registry.get_sample_value(name, {"result": "failed"}) == 3
+    assert not payload._writer.is_alive() and payload._held == 0  # stopped by close()
+
+
+def test_a_tensor_past_the_byte_bound_is_dropped() -> None:
+    metrics = Metrics()
+    payload = PayloadLog("/dev/null", 1.0, metrics, queue_bytes=1000)
+    answer = Classification("cat", 0, {"cat": 0.9, "dog": 0.1}, "1")
+    payload.offer([np.zeros((32, 32, 3), np.float32)], [answer], 0.01)  # 12,288 bytes
+    payload.close()
+    name = "catdog_payload_log_records_total"
+    assert metrics.registry.get_sample_value(name, {"result": "dropped"}) == 1
+    assert payload._held == 0
