@@ -14,9 +14,10 @@ The request path only samples and queues (``put_nowait`` on a bounded queue) the
 image's bytes with its answer; one writer thread hashes them, reads the header and
 sends the records. When the queue is full, or the images waiting would pass
 ``QUEUE_BYTES``, the record is dropped and counted
-(``catdog_payload_log_records_total{result="dropped"}``); a sink that fails counts
-``failed`` and is retried with the next record. The file sink gathers for
-``GATHER_S`` after a record and appends all that came meanwhile in one write.
+(``catdog_payload_log_records_total{result="dropped"}``); a sink that fails in any
+way (an answer that is not HTTP too) counts ``failed`` and is tried again with the
+next record. The file sink gathers for ``GATHER_S`` after a record and appends what
+came meanwhile, up to ``WRITE_BATCH`` records, in one write.
 
 Why the writer hashes and gathers: measured with one record every 30 ms (a server
 at ~330 requests/s, one image in ten logged), hashing a 5 KB photo and reading its
