@@ -110,16 +110,16 @@ class PayloadLog:
             with self._lock:  # counted before any copy: one past the bound is not copied
                 held = self._held + size <= self.queue_bytes
                 self._held += size if held else 0
-            try:
-                if not held:
-                    raise queue.Full
+            if held:
                 # A view is copied: the request's body is not held past the request.
                 data = image.tobytes() if tensor else bytes(image)
                 pixels = pixel_size(image) if tensor else None  # a tensor's is its shape
-                self._queue.put_nowait((data, pixels, answer, time.time(), seconds, context))
-            except queue.Full:
-                self._release(size if held else 0)
-                self.metrics.payload_log.labels(result="dropped").inc()
+                try:
+                    self._queue.put_nowait((data, pixels, answer, time.time(), seconds, context))
+                    continue
+                except queue.Full:
+                    self._release(size)
+            self.metrics.payload_log.labels(result="dropped").inc()
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (for up to ``timeout`` s), then stop the writer."""
