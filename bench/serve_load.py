@@ -243,7 +243,6 @@ def bench_servers(
     """
     rows: dict[Config, list[dict[str, Any]]] = {config: [] for config in configs}
     levels = [(clients, r + 1) for clients in args.clients for r in range(args.rounds)]
-    exits: dict[Config, str] = {}
     with contextlib.ExitStack() as stack:
         servers = {} if args.fresh else {c: start(stack, model_dir, c, args) for c in configs}
         for level, (clients, round_) in enumerate(levels):
@@ -253,16 +252,17 @@ def bench_servers(
                     row = summarize(asyncio.run(run_load(server, images, clients, args, probe)))
                     row.update(mode=config[1], requested_runtime=config[0], idle_rss_mb=idle_rss_mb)
                     row.update(ready_s=server.ready_s, peak_rss_mb=server.peak_rss_mb)
-                    row.update(round=round_) if args.rounds > 1 else None
+                    if args.rounds > 1:
+                        row["round"] = round_
                     rows[config].append(row)
                     print(f"  [{label(config)}] {format_row(row)}", flush=True)
                     if server.process.poll() is not None:
                         raise RuntimeError(f"server died during the run:\n{server.log_tail()}")
-                if args.fresh:
-                    exits[config] = harness.describe_exit(server.process.returncode)
+                if args.fresh:  # its own server, stopped as the block closed
+                    row["server_exit"] = harness.describe_exit(server.process.returncode)
+                    print(f"[{label(config)}] stopped: {row['server_exit']}", flush=True)
     for config, (server, _) in servers.items():
-        exits[config] = harness.describe_exit(server.process.returncode)
-    for config, stopped in exits.items():
+        stopped = harness.describe_exit(server.process.returncode)
         print(f"[{label(config)}] stopped: {stopped}", flush=True)
         for row in rows[config]:
             row["server_exit"] = stopped
