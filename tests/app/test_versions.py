@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.core import heap
 from servicekit import value
 from tests.app.helpers import good_image, metrics_text, serve, settings_for, upload
 
@@ -127,6 +128,7 @@ async def test_a_replaced_version_is_freed_and_the_heap_frozen_again(model_base:
     """The heap is frozen while serving; a swap must not keep the old version alive."""
     async with serve(settings_for(model_base, poll_interval_s=POLL)) as (app, client):
         assert gc.get_freeze_count() > 0  # frozen after start-up
+        assert gc.get_threshold()[0] == heap.YOUNG_THRESHOLD
         old = weakref.ref(app.state.service.model)
         shutil.copytree(model_base / "1", model_base / ".tmp")
         (model_base / ".tmp").rename(model_base / "2")
@@ -137,3 +139,4 @@ async def test_a_replaced_version_is_freed_and_the_heap_frozen_again(model_base:
             assert time.monotonic() < deadline, "version 1 is still in memory after the swap"
             await asyncio.sleep(POLL)
     assert gc.get_freeze_count() == 0  # shutdown thaws it
+    assert gc.get_threshold() == heap.DEFAULT_THRESHOLD  # and gives the collector back
