@@ -22,8 +22,8 @@ What the count leaves out, and why these settings:
   process's own instructions.
 - Instructions are not time: a cache miss or a lock wait costs time, not
   instructions. The garbage collector's walks are such misses: raising its young
-  threshold (``app.core.heap``) took the collector's time from ~110 µs to ~5 µs
-  a request (~1% of the server's CPU), and the count by 0.07%. Read the count
+  threshold (``app.core.heap``) took the collector's time from 105-130 µs to
+  2-10 µs a request (~1% of the server's CPU), and the count by 0.07%. Read the count
   beside ``bench serve``'s req/s, not instead of it.
 - Valgrind runs one thread at a time and shows the program no AVX-512, so the model
   runs its AVX2 kernels. ``inference_threads`` is 1 unless a mode says otherwise,

@@ -6,10 +6,10 @@ full collection walked them in 180-220 ms (2 cores), every few seconds under loa
 the event loop stopped. Frozen after start-up (``gc.freeze``) they are skipped: 2-17 ms.
 Serving, the young generation is collected after ``YOUNG_THRESHOLD`` allocations, not
 CPython's 700: at 64 clients (15 s, LiteRT, 2 cores) 700 gave ~290 young and ~27 middle
-collections, each walking the objects of the requests in flight, for 100-120 µs of
-each request's CPU (~510 and ~47, 180-210 µs, with JSON logs, the payload log and
+collections, each walking the objects of the requests in flight, for 105-130 µs of
+each request's CPU (~510 and ~47, 145-210 µs, with JSON logs, the payload log and
 tracing on); at 7,000 the live young objects never reached the bound: one
-collection in 15 s, ~3 µs a request. Requests leave next to no cyclic garbage to wait
+collection in 15 s, 2-10 µs a request. Requests leave next to no cyclic garbage to wait
 for it: 200 requests of each answer (200, 400, 401, 415, 422) left the same ~130
 collected objects, so a refused body is not held longer; peak RSS under that load
 stayed within 2 MB.
