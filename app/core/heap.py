@@ -9,10 +9,12 @@ CPython's 700: at 64 clients (15 s, LiteRT, 2 cores) 700 gave ~290 young and ~27
 collections, each walking the objects of the requests in flight, for 105-130 µs of
 each request's CPU (~510 and ~47, 145-210 µs, with JSON logs, the payload log and
 tracing on); at 7,000 the live young objects never reached the bound: one
-collection in 15 s, 2-10 µs a request. Requests leave next to no cyclic garbage to wait
-for it: 200 requests of each answer (200, 400, 401, 415, 422) left the same ~130
-collected objects, so a refused body is not held longer; peak RSS under that load
-stayed within 2 MB.
+collection in 15 s, 2-10 µs a request; peak RSS under that load stayed within 2 MB.
+Little cyclic garbage waits for it, and none that holds a body: on REST, 200 requests
+of each answer (200, 400, 401, 415, 422) left the same ~130 collected objects; a
+refused gRPC call leaves ~50-75 (collected every ~100 refusals instead of ~10), and
+100 refused 4 MB messages grew RSS by 36 MB at 7,000 and 32 MB at 700, where 100
+messages held until a collection would be 400 MB.
 glibc keeps what Python frees: after 12 TF Serving bodies of 25 MB at once (``python -m
 bench memory_release``, commit ef329f7) the idle process held 462 MB against 216 MB
 before; ``release_when_idle`` trims it (``malloc_trim``) once the service is idle: 232 MB
