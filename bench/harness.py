@@ -63,6 +63,11 @@ def named_settings(text: str) -> tuple[str, dict[str, str]]:
     return name.strip(), {key.strip().lower(): val.strip() for key, _, val in pairs}
 
 
+def header_values(items: Sequence[str]) -> dict[str, str]:
+    """``--header NAME:VALUE`` options as the headers a client sends."""
+    return {k.strip(): v.strip() for k, _, v in (item.partition(":") for item in items)}
+
+
 def loadavg() -> list[float]:
     """The 1, 5 and 15 minute load averages (the machine may be busy with other work)."""
     return [round(x, 2) for x in os.getloadavg()]

@@ -81,7 +81,7 @@ def parse_args(
     args.modes += [name for name, _ in args.mode if name not in args.modes]
     if unknown := set(args.modes) - set(args.mode_settings):
         p.error(f"unknown modes {sorted(unknown)}; choose from {sorted(args.mode_settings)}")
-    args.headers = {k.strip(): v.strip() for k, _, v in (h.partition(":") for h in args.header)}
+    args.headers = harness.header_values(args.header)
     args.runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] or [None]
     if unknown := set(args.runtimes) - {None, *RUNTIMES}:
         p.error(f"unknown runtimes {sorted(unknown)}; choose from {', '.join(RUNTIMES)}")

@@ -49,16 +49,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,9 +66,21 @@ import httpx
 
 from bench import harness
 from bench.clients import photo_files
-from bench.harness import ROOT, free_port, named_settings, server_command, server_env, value
+from bench.harness import (
+    ROOT,
+    Server,
+    free_port,
+    named_settings,
+    parse_metrics,
+    server_command,
+    server_env,
+    stop,
+    wait_ready,
+)
+from bench.serve_load import batch_counters, post_image, split_mode
 
 READY_TIMEOUT_S = 900.0  # start-up under valgrind, two at once on two cores: ~1-3 minutes
+STOP_GRACE_S = 120.0  # shutting down under valgrind, writing the last dump
 NAME = re.compile(r"c?ob=\((\d+)\)(?: (.*))?")  # callgrind's compressed object names
 # Where each group's instructions run, by the file name of the shared object.
 GROUPS = {
@@ -128,41 +138,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown modes {sorted(unknown)}; define them with --mode")
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         p.error("valgrind is not installed (Debian: apt-get install valgrind)")
-    args.headers = dict(h.split(":", 1) for h in args.header)
-    args.headers = {k.strip(): v.strip() for k, v in args.headers.items()}
+    args.headers = harness.header_values(args.header)
     return args
 
 
 def mode_env(settings: dict[str, str], model_dir: Path) -> dict[str, str]:
-    """The server's environment for a mode: ``OTEL_*`` names as they are, the rest as
-    ``CATDOG_`` settings, one inference thread unless the mode says otherwise."""
-    env = {k.upper(): v for k, v in settings.items() if k.startswith("otel_")}
-    catdog = {"inference_threads": "1"} | {
-        k: v for k, v in settings.items() if not k.startswith("otel_")
-    }
-    return server_env(model_dir, env, **catdog)
+    """The server's environment for a mode (``bench.serve_load.split_mode``), with one
+    inference thread unless the mode says otherwise."""
+    otel, catdog = split_mode({"inference_threads": "1"} | settings)
+    return server_env(model_dir, otel, **catdog)
 
 
 async def send(url: str, bodies: list[bytes], headers: dict[str, str], clients: int) -> dict:
-    """POST ``bodies`` to ``/predict`` in order from ``clients`` clients; statuses counted."""
-    queue = iter(bodies)
-    statuses: dict[int, int] = {}
+    """POST ``bodies`` to ``/predict`` in order from ``clients`` clients; outcomes counted."""
+    queue = iter(enumerate(bodies))
+    outcomes: Counter[int | str] = Counter()
 
     async def client() -> None:
         async with httpx.AsyncClient(timeout=600.0, headers=headers) as http:
-            for i, body in enumerate(queue):
-                files = {"file": (f"photo{i}.jpg", body, "image/jpeg")}
-                status = (await http.post(f"{url}/predict", files=files)).status_code
-                statuses[status] = statuses.get(status, 0) + 1
+            for i, body in queue:
+                outcomes[await post_image(http, f"{url}/predict", (f"photo{i}.jpg", body))] += 1
 
     await asyncio.gather(*(client() for _ in range(clients)))
-    return statuses
+    return dict(outcomes)
 
 
 def batches(url: str) -> tuple[float, float]:
     """(sum, count) of ``catdog_batch_size`` from the server's ``/metrics``."""
-    text = httpx.get(f"{url}/metrics", timeout=120.0).text
-    return value(text, "catdog_batch_size_sum"), value(text, "catdog_batch_size_count")
+    return batch_counters(parse_metrics(httpx.get(f"{url}/metrics", timeout=120.0).text))
 
 
 def control(pid: int, *command: str) -> None:
@@ -183,31 +186,21 @@ def run_once(mode: str, repeat: int, bodies: list[bytes], args: argparse.Namespa
         *server_command(port, access_log=True),
     ]  # fmt: skip
     env = mode_env(args.mode_settings[mode], args.model_dir)
-    url, started = f"http://127.0.0.1:{port}", time.perf_counter()
     with open(work / "server.log", "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(process, port, work / "server.log")
     try:
-        while not ready(url):
-            if process.poll() is not None or time.perf_counter() - started > READY_TIMEOUT_S:
-                tail = (work / "server.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{mode}: the server did not start:\n{tail}")
-            time.sleep(1.0)
-        warm = bodies[: args.warmup_requests]
-        asyncio.run(send(url, warm, args.headers, args.clients))
-        before = batches(url)
+        wait_ready(server, READY_TIMEOUT_S)
+        asyncio.run(send(server.url, bodies[: args.warmup_requests], args.headers, args.clients))
+        before = batches(server.url)
         control(process.pid, "-i", "on")
         counted = bodies[args.warmup_requests :]
-        statuses = asyncio.run(send(url, counted, args.headers, args.clients))
+        statuses = asyncio.run(send(server.url, counted, args.headers, args.clients))
         control(process.pid, "-i", "off")
-        after = batches(url)
+        after = batches(server.url)
         control(process.pid, "-d")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(server, STOP_GRACE_S)
     groups = dict.fromkeys([*GROUPS, "rest"], 0)
     for dump in work.glob("callgrind.out*"):
         for group, count in by_group(dump.read_text(errors="replace")).items():
@@ -224,13 +217,6 @@ def run_once(mode: str, repeat: int, bodies: list[bytes], args: argparse.Namespa
         "m_per_request": round(sum(groups.values()) / n / 1e6, 3),
         **{f"m_{group}": round(count / n / 1e6, 3) for group, count in groups.items()},
     }
-
-
-def ready(url: str) -> bool:
-    """Whether ``/readyz`` answers 200 now."""
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(f"{url}/readyz", timeout=10.0).status_code == 200
-    return False
 
 
 def summary(rows: list[dict[str, Any]], modes: list[str]) -> list[dict[str, Any]]:

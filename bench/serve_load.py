@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,6 +221,13 @@ def settings_env(args: argparse.Namespace, runtime: str | None = None) -> dict[s
     return env | ({"CATDOG_RUNTIME": runtime} if runtime else {})
 
 
+def split_mode(settings: Mapping[str, object]) -> tuple[dict[str, str], dict[str, object]]:
+    """A mode's settings as (environment variables, ``CATDOG_`` settings): ``OTEL_*`` names
+    are OpenTelemetry's own variables, passed as they are; the rest are the service's."""
+    otel = {k.upper(): str(v) for k, v in settings.items() if k.startswith("otel_")}
+    return otel, {k.upper(): v for k, v in settings.items() if not k.startswith("otel_")}
+
+
 Config = tuple[str | None, str]  # (runtime, batching mode) of one server
 
 
@@ -274,10 +281,8 @@ def start(
 ) -> tuple[Server, float | None]:
     """A ready server of ``config``, stopped when ``stack`` closes; its RSS when ready."""
     runtime, mode = config
-    # OTEL_* names in a mode are OpenTelemetry's own variables, not CATDOG_ settings.
-    env, settings = settings_env(args, runtime), {}
-    for key, val in args.mode_settings[mode].items():
-        (env if key.startswith("otel_") else settings)[key.upper()] = val
+    otel, settings = split_mode(args.mode_settings[mode])
+    env = settings_env(args, runtime) | otel
     log = CACHE / "logs" / f"{harness.slug(model_dir)}-{runtime or 'default'}-{mode}.log"
     server = stack.enter_context(
         uvicorn_server(
