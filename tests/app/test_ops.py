@@ -285,6 +285,13 @@ def test_spans_reach_an_otlp_receiver(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- payload log
 
+ANSWER = Classification("cat", 0, {"cat": 0.9, "dog": 0.1}, "1")  # offered with each image
+
+
+def records_counted(metrics: Metrics, result: str) -> float | None:
+    """``catdog_payload_log_records_total{result}`` of a ``PayloadLog``'s metrics."""
+    return metrics.registry.get_sample_value("catdog_payload_log_records_total", {"result": result})
+
 
 def test_payload_records_in_a_file(tmp_path: Path) -> None:
     target = tmp_path / "payload.jsonl"
@@ -342,16 +349,14 @@ def test_a_full_payload_queue_drops_and_counts(bound: str) -> None:
     images = [good_image(seed) for seed in range(10)]
     limit = {"queue_size": 2} if bound == "records" else {"queue_bytes": 2 * max(map(len, images))}
     payload = PayloadLog(url, 1.0, metrics, **limit)
-    answer = Classification("cat", 0, {"cat": 0.9, "dog": 0.1}, "1")
     started = time.perf_counter()
     for image in images:
-        payload.offer([image], [answer], 0.01)
+        payload.offer([image], [ANSWER], 0.01)
     offered = time.perf_counter() - started
     payload.close(timeout=10)
     http.shutdown()
-    name = "catdog_payload_log_records_total"
-    dropped = metrics.registry.get_sample_value(name, {"result": "dropped"}) or 0
-    written = metrics.registry.get_sample_value(name, {"result": "written"}) or 0
+    dropped = records_counted(metrics, "dropped") or 0
+    written = records_counted(metrics, "written") or 0
     assert dropped >= 6 and written + dropped == 10, (dropped, written)
     assert len(bodies) == written
     assert offered < 3, "offering waited for the sink (0.5 s a record)"
@@ -363,7 +368,7 @@ def test_a_payload_record_hashes_the_image_as_answered(tmp_path: Path) -> None:
     payload = PayloadLog(str(target), 1.0, Metrics())
     body = bytearray(good_image())
     answered = hashlib.sha256(body).hexdigest()
-    payload.offer([memoryview(body)], [Classification("cat", 0, {"cat": 0.9, "dog": 0.1}, "1")], 0)
+    payload.offer([memoryview(body)], [ANSWER], 0)
     body[:] = bytes(len(body))  # the buffer reused for the next request
     payload.close()
     [record] = [json.loads(line) for line in target.read_text().splitlines()]
@@ -383,22 +388,18 @@ def test_a_garbled_sink_is_counted_and_the_writer_goes_on() -> None:
     threading.Thread(target=http.serve_forever, daemon=True).start()
     metrics = Metrics()
     payload = PayloadLog(f"http://127.0.0.1:{http.server_address[1]}", 1.0, metrics)
-    answer = Classification("cat", 0, {"cat": 0.9, "dog": 0.1}, "1")
     for seed in range(3):
-        payload.offer([good_image(seed)], [answer], 0.01)
+        payload.offer([good_image(seed)], [ANSWER], 0.01)
     payload.close(timeout=10)
     http.shutdown()
-    name = "catdog_payload_log_records_total"
-    assert metrics.registry.get_sample_value(name, {"result": "failed"}) == 3
+    assert records_counted(metrics, "failed") == 3
     assert not payload._writer.is_alive() and payload._held == 0  # stopped by close()
 
 
 def test_a_tensor_past_the_byte_bound_is_dropped() -> None:
     metrics = Metrics()
     payload = PayloadLog("/dev/null", 1.0, metrics, queue_bytes=1000)
-    answer = Classification("cat", 0, {"cat": 0.9, "dog": 0.1}, "1")
-    payload.offer([np.zeros((32, 32, 3), np.float32)], [answer], 0.01)  # 12,288 bytes
+    payload.offer([np.zeros((32, 32, 3), np.float32)], [ANSWER], 0.01)  # 12,288 bytes
     payload.close()
-    name = "catdog_payload_log_records_total"
-    assert metrics.registry.get_sample_value(name, {"result": "dropped"}) == 1
+    assert records_counted(metrics, "dropped") == 1
     assert payload._held == 0
